@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Make sure the host has Python 3.11+ with venv, and the project's virtualenv in .venv.
+# Sourced by scripts/start-local.sh and scripts/run-tests.sh; $1 = pip extras to install.
+set -euo pipefail
+
+havre_ensure_venv() {
+  local extras="$1"
+  if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    echo "==> Installing Python 3 from Debian"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 python3-venv python3-pip
+  fi
+  if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+  fi
+  local stamp=.venv/.havre-installed
+  local want
+  want="$(cat pyproject.toml | sha256sum | cut -c1-16)-${extras}"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+    echo "==> Installing Havre and its ${extras} dependencies into .venv"
+    .venv/bin/pip install -q --upgrade pip
+    .venv/bin/pip install -q -e ".[${extras}]"
+    echo "$want" >"$stamp"
+  fi
+}

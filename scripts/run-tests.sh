@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Set up everything the test suite needs on this host and run it.
+# Fresh Debian 12, as root: Docker Engine, Python venv with test dependencies, the images;
+# then lint and the whole pytest suite (unit + integration against the real Docker engine).
+# Extra arguments go to pytest. Exits non-zero when pytest collects no test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ "$(id -u)" = 0 ] || { echo "error: run as root (the tests drive Docker and host networking)" >&2; exit 1; }
+source scripts/lib/docker-engine.sh
+source scripts/lib/python-env.sh
+
+havre_ensure_docker
+havre_ensure_venv dev
+if ! command -v ip >/dev/null 2>&1; then
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2
+fi
+bash images/build.sh
+
+echo "==> Lint"
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+
+echo "==> Tests"
+set +e
+.venv/bin/python -m pytest -ra "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "error: pytest collected no tests" >&2
+  exit 1
+fi
+exit "$status"

@@ -1,0 +1,104 @@
+"""``havre``: the command line of an enclave host.
+
+havre check-config FILE          validate an enclave config, print every problem
+havre demo-init [--state-dir D]  write the demo enclave (config, data, passwords) once
+havre up --config FILE           start the hub, proxy and egress service; print the URL
+havre down --config FILE [--purge]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from spawner import __version__
+from spawner.enclave import EnclaveConfigError, load_enclave_config
+
+DEFAULT_STATE_DIR = Path("/var/lib/havre")
+DEFAULT_NOTEBOOK_IMAGE = f"havre/notebook:{__version__}"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="havre", description="Run a Havre enclave.")
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    check = sub.add_parser("check-config", help="validate an enclave config file")
+    check.add_argument("config", type=Path)
+
+    demo = sub.add_parser("demo-init", help="write the demo enclave once (idempotent)")
+    demo.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR)
+    demo.add_argument("--notebook-image", default=DEFAULT_NOTEBOOK_IMAGE)
+
+    up = sub.add_parser("up", help="start the enclave's hub, proxy and egress service")
+    up.add_argument("--config", type=Path, default=DEFAULT_STATE_DIR / "enclave.yaml")
+    up.add_argument("--bind", default="127.0.0.1", help="host address of the web port")
+    up.add_argument("--port", type=int, default=8000)
+
+    down = sub.add_parser("down", help="stop the enclave's containers")
+    down.add_argument("--config", type=Path, default=DEFAULT_STATE_DIR / "enclave.yaml")
+    down.add_argument(
+        "--purge", action="store_true", help="also remove its networks and state folder"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit status."""
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "check-config":
+            enclave = load_enclave_config(args.config)
+            print(f"{args.config}: valid ({len(enclave.projects)} projects)")
+            return 0
+        if args.command == "demo-init":
+            from spawner.demo import init_demo
+
+            enclave, users = init_demo(args.state_dir, args.notebook_image)
+            print(f"demo enclave config: {enclave.source}")
+            return 0
+        from spawner import stack
+
+        enclave = load_enclave_config(args.config)
+        if args.command == "up":
+            url = stack.up(enclave, stack.StackOptions(bind_ip=args.bind, port=args.port))
+            _print_welcome(enclave, url)
+            return 0
+        if args.command == "down":
+            stack.down(enclave, purge=args.purge)
+            print("stopped" + (" and purged" if args.purge else ""))
+            return 0
+    except EnclaveConfigError as err:
+        print(f"havre: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # a clear one-line error for the operator
+        from spawner.stack import StackError
+
+        if isinstance(err, StackError):
+            print(f"havre: {err}", file=sys.stderr)
+            return 1
+        raise
+    return 1
+
+
+def _print_welcome(enclave: object, url: str) -> None:
+    from spawner.enclave import EnclaveConfig
+
+    assert isinstance(enclave, EnclaveConfig)
+    print(f"\nHavre enclave '{enclave.name}' is running at {url}")
+    plain = enclave.state_dir / "secrets" / "demo-passwords.txt"
+    if plain.exists():
+        print("Log in with one of these demo users (synthetic data only):")
+        from spawner.demo import demo_roles
+
+        roles = demo_roles()
+        for line in plain.read_text().splitlines():
+            name, _, password = line.partition(" ")
+            print(f"  {name:<8} password {password:<18} {roles.get(name, '')}")
+        print(f"(passwords are kept in {plain}, readable by root only)")
+    print("Each project is a server of its own: /user/<name>/<project>/")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,328 @@
+"""ProjectSpawner: one hardened notebook container per user and project.
+
+A JupyterHub *named server* is a project: ``/user/<name>/<project-slug>/``. The spawner
+
+* refuses, before anything is created, a server for a project the user is not a member of
+  (fail closed: an unknown project, an empty server name, an unreadable config all refuse);
+* puts the container on the project's own ``internal`` Docker network (made on demand, with no
+  address for the host on it) and attaches the hub and the egress service to that network;
+* hardens the container (no capabilities, no-new-privileges, read-only root filesystem, non-root
+  user, pids/memory/CPU limits, no IPv6, no ICMP sockets, DNS that answers only local names);
+* mounts the project's data read-only at ``/data``, a persistent home per user and project, and
+  the project's ``outputs`` folder (the only path toward release).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+from dockerspawner import DockerSpawner
+from jupyterhub.spawner import SpawnException
+from traitlets import Dict, Int, List, Unicode, default
+
+from spawner.enclave import EnclaveConfig, EnclaveConfigError, Project, load_enclave_config
+
+#: Docker network driver options of every project network. ``inhibit_ipv4`` leaves the
+#: host without an address on the bridge, so services listening on the host's wildcard
+#: address can't be reached through the network's gateway.
+PROJECT_NETWORK_OPTIONS = {
+    "com.docker.network.bridge.inhibit_ipv4": "true",
+}
+
+_network_locks: dict[str, asyncio.Lock] = {}
+
+
+def project_network_is_closed(network_attrs: dict[str, Any]) -> bool:
+    """True when an existing Docker network has the properties Havre relies on."""
+    options = network_attrs.get("Options") or {}
+    return (
+        bool(network_attrs.get("Internal"))
+        and not network_attrs.get("EnableIPv6")
+        and options.get("com.docker.network.bridge.inhibit_ipv4") == "true"
+    )
+
+
+class ProjectSpawner(DockerSpawner):
+    """Spawn a hardened per-project notebook container (a DockerSpawner)."""
+
+    enclave_config_path = Unicode(
+        os.environ.get("HAVRE_CONFIG", "/etc/havre/enclave.yaml"),
+        config=True,
+        help="""Path of the enclave config file (projects, members, images, limits).
+
+        Read when the hub starts; the hub refuses to start when it is invalid.
+        """,
+    )
+
+    attach_containers = List(
+        Unicode(),
+        config=True,
+        help="""Names of the containers to attach to every project network.
+
+        The hub (with its proxy) and the egress service: a notebook container reaches them
+        by name on its project network, and reaches nothing else.
+        """,
+    )
+
+    dns_sink = Unicode(
+        "192.0.2.53",
+        config=True,
+        help="""Upstream DNS server given to notebook containers.
+
+        Docker's embedded resolver still answers the names of containers on the project
+        network (the hub, the egress service), but forwards every other name to this
+        address, from the container's own network namespace where it has no route. This
+        closes the outside-name lookup channel, including CVE-2024-29018 (Docker Engine
+        before 26.0.2 forwards lookups of internal-network containers from the host's
+        namespace when the host resolver is on a loopback address). The default is in
+        TEST-NET-1 (RFC 5737), an address that is never routed.
+        """,
+    )
+
+    notebook_uid = Int(
+        1000,
+        config=True,
+        help="Numeric user id the notebook runs as (never 0); owns the home folder.",
+    )
+
+    notebook_gid = Int(
+        1000,
+        config=True,
+        help="Numeric group id the notebook runs as; owns the home folder.",
+    )
+
+    home_mount_point = Unicode(
+        "/home/researcher",
+        config=True,
+        help="Where the user's persistent per-project home is mounted in the container.",
+    )
+
+    data_mount_point = Unicode(
+        "/data",
+        config=True,
+        help="Where the project's data is mounted, read-only, in the container.",
+    )
+
+    tmp_size = Unicode(
+        "512m",
+        config=True,
+        help="Size of the tmpfs mounted at /tmp (the root filesystem is read-only).",
+    )
+
+    extra_sysctls = Dict(
+        config=True,
+        help="Extra namespaced sysctls for notebook containers, merged over Havre's.",
+    )
+
+    @default("remove")
+    def _default_remove(self) -> bool:
+        return True
+
+    @default("pull_policy")
+    def _default_pull_policy(self) -> str:
+        return "never"
+
+    @default("use_internal_ip")
+    def _default_use_internal_ip(self) -> bool:
+        return True
+
+    @default("name_template")
+    def _default_name_template(self) -> str:
+        # Escaped username + project; "--" never occurs in an escaped name.
+        return "{prefix}-nb-{username}--{servername}"
+
+    # ------------------------------------------------------------------ config
+
+    @property
+    def enclave(self) -> EnclaveConfig:
+        """The enclave config (loaded once per path and cached)."""
+        return _load_cached(self.enclave_config_path)
+
+    def authorize_project(self) -> Project:
+        """The project this server is for, if the user may start it; else refuse.
+
+        Every refusal is a :class:`SpawnException` raised before any Docker object exists.
+        """
+        slug = self.name
+        if not slug:
+            raise SpawnException(
+                "Choose a project: Havre servers are per project (/user/<name>/<project>/).",
+                reason="no-project",
+                status_code=400,
+            )
+        try:
+            enclave = self.enclave
+        except EnclaveConfigError as err:  # fail closed on an unreadable config
+            self.log.error("Refusing spawn: %s", err)
+            raise SpawnException(
+                "The enclave configuration can't be read; ask the administrator.",
+                reason="config",
+                status_code=503,
+            ) from None
+        if slug not in enclave.projects or not enclave.is_member(self.user.name, slug):
+            # Same answer for "no such project" and "not a member": don't reveal projects.
+            raise SpawnException(
+                f"{self.user.name} is not a member of project {slug!r}.",
+                reason="not-member",
+                status_code=403,
+            )
+        project = enclave.project(slug)
+        if project.image not in enclave.allowed_images:
+            raise SpawnException(
+                f"Image {project.image!r} of project {slug!r} is not on the allow-list.",
+                reason="image",
+                status_code=403,
+            )
+        return project
+
+    # ------------------------------------------------------------------ docker
+
+    async def ensure_project_network(self, project: Project) -> str:
+        """Create the project's internal network if needed and attach the hub and egress."""
+        name = self.enclave.network_name(project.slug)
+        lock = _network_locks.setdefault(name, asyncio.Lock())
+        async with lock:
+            try:
+                attrs = await self.docker("inspect_network", name)
+            except docker.errors.NotFound:
+                self.log.info("Creating internal network %s", name)
+                await self.docker(
+                    "create_network",
+                    name,
+                    driver="bridge",
+                    internal=True,
+                    enable_ipv6=False,
+                    check_duplicate=True,
+                    options=PROJECT_NETWORK_OPTIONS,
+                    labels={
+                        "havre.enclave": self.enclave.name,
+                        "havre.project": project.slug,
+                    },
+                )
+                attrs = await self.docker("inspect_network", name)
+            if not project_network_is_closed(attrs):
+                raise SpawnException(
+                    f"Network {name} exists but is not an internal network with no host "
+                    "address; refusing to start on it. Remove it and try again.",
+                    reason="network",
+                    status_code=500,
+                )
+            connected = {c.get("Name") for c in (attrs.get("Containers") or {}).values()}
+            for container in self.attach_containers:
+                if container not in connected:
+                    try:
+                        await self.docker("connect_container_to_network", container, name)
+                    except docker.errors.APIError as err:
+                        if "already exists" not in str(err):
+                            raise
+        return name
+
+    def prepare_folders(self, project: Project) -> tuple[Path, Path]:
+        """Create the user's home and the project's outputs folder (kept across stops)."""
+        home = self.enclave.home_dir(project.slug, self.user.name)
+        outputs = self.enclave.outputs_dir(project.slug)
+        for folder in (home, outputs):
+            if not folder.exists():
+                folder.mkdir(parents=True, mode=0o750)
+                os.chown(folder, self.notebook_uid, self.notebook_gid)
+        # the mount point of outputs inside the home, so Docker doesn't create it as root
+        mount_point = home / "outputs"
+        if not mount_point.exists():
+            mount_point.mkdir(mode=0o750)
+            os.chown(mount_point, self.notebook_uid, self.notebook_gid)
+        return home, outputs
+
+    def hardened_host_config(self, project: Project) -> dict[str, Any]:
+        """The docker-py HostConfig arguments every notebook container gets."""
+        sysctls = {
+            "net.ipv6.conf.all.disable_ipv6": "1",
+            "net.ipv6.conf.default.disable_ipv6": "1",
+            # no unprivileged ICMP sockets (Docker 20.10 allows them to every gid)
+            "net.ipv4.ping_group_range": "1 0",
+        }
+        sysctls.update(self.extra_sysctls)
+        return {
+            "cap_drop": ["ALL"],
+            "security_opt": ["no-new-privileges:true"],
+            "read_only": True,
+            "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={self.tmp_size},mode=1777"},
+            "pids_limit": project.limits.pids,
+            "memswap_limit": project.limits.memory_bytes,
+            "dns": [self.dns_sink],
+            "dns_search": ["."],
+            "sysctls": sysctls,
+            "ipc_mode": "private",
+            "privileged": False,
+            "network_mode": self.enclave.network_name(project.slug),
+        }
+
+    async def check_image_present(self, image: str) -> None:
+        """Refuse with a clear message when the project's image isn't on this host."""
+        try:
+            await self.docker("inspect_image", image)
+        except docker.errors.ImageNotFound:
+            raise SpawnException(
+                f"Image {image} is not on this host (Havre never pulls at spawn time); "
+                "ask the administrator to build or load it.",
+                reason="image-missing",
+                status_code=503,
+            ) from None
+
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        project = self.enclave.project(self.name)
+        env.update(
+            {
+                "HAVRE_PROJECT": project.slug,
+                "HAVRE_PROJECT_TITLE": project.title,
+                "HAVRE_OUTPUTS_DIR": f"{self.home_mount_point}/outputs",
+                "HAVRE_DATA_DIR": self.data_mount_point,
+                "HOME": self.home_mount_point,
+            }
+        )
+        return env
+
+    async def start(self) -> tuple[str, int]:
+        project = self.authorize_project()
+        await self.check_image_present(project.image)
+        self.image = project.image
+        self.network_name = await self.ensure_project_network(project)
+        home, outputs = await asyncio.get_running_loop().run_in_executor(
+            None, self.prepare_folders, project
+        )
+        self.volumes = {
+            str(home): {"bind": self.home_mount_point, "mode": "rw"},
+            str(outputs): {"bind": f"{self.home_mount_point}/outputs", "mode": "rw"},
+            str(project.data_path): {"bind": self.data_mount_point, "mode": "ro"},
+        }
+        self.mem_limit = project.limits.memory_bytes
+        self.cpu_limit = project.limits.cpu
+        self.extra_host_config = self.hardened_host_config(project)
+        self.extra_create_kwargs = {
+            "user": f"{self.notebook_uid}:{self.notebook_gid}",
+            "working_dir": self.home_mount_point,
+            "hostname": project.slug,
+            "labels": {
+                "havre.enclave": self.enclave.name,
+                "havre.project": project.slug,
+                "havre.user": self.user.name,
+            },
+        }
+        self.log.info(
+            "Starting %s for project %s on %s", self.user.name, project.slug, self.network_name
+        )
+        return await super().start()
+
+
+_config_cache: dict[str, EnclaveConfig] = {}
+
+
+def _load_cached(path: str) -> EnclaveConfig:
+    config = _config_cache.get(path)
+    if config is None:
+        config = _config_cache[path] = load_enclave_config(path)
+    return config

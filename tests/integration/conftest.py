@@ -1,0 +1,118 @@
+"""Fixtures that run a real enclave: the Havre images on the real Docker engine.
+
+The session fixture ``enclave`` writes the demo enclave under a name and state folder of its
+own (so it never touches a locally running enclave), starts it with the same code as
+``havre up``, and purges it at the end.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import docker
+import pytest
+
+from spawner import stack
+from spawner.cli import DEFAULT_NOTEBOOK_IMAGE
+from spawner.demo import init_demo
+from spawner.enclave import EnclaveConfig
+from tests.integration.hub_client import HubUser
+
+ENCLAVE_NAME = "havretest"
+
+
+def _docker_or_skip() -> docker.DockerClient:
+    try:
+        client = docker.from_env(version="auto")
+        client.ping()
+    except Exception as err:  # pragma: no cover - depends on the machine
+        pytest.skip(f"needs a running Docker engine (scripts/run-tests.sh starts one): {err}")
+    for image in (DEFAULT_NOTEBOOK_IMAGE, stack.StackOptions().hub_image):
+        try:
+            client.images.get(image)
+        except docker.errors.ImageNotFound:
+            pytest.skip(f"needs image {image}: build it with `bash images/build.sh`")
+    return client
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class RunningEnclave:
+    config: EnclaveConfig
+    url: str
+    passwords: dict[str, str]
+    docker: docker.DockerClient
+
+    def user(self, name: str) -> HubUser:
+        return HubUser(self.url, name, self.passwords[name]).login()
+
+    def notebook_container(self, username: str, project: str):
+        found = self.docker.containers.list(
+            all=True,
+            filters={
+                "label": [
+                    f"havre.enclave={self.config.name}",
+                    f"havre.user={username}",
+                    f"havre.project={project}",
+                ]
+            },
+        )
+        return found[0] if found else None
+
+    def hub_container(self):
+        return self.docker.containers.get(stack.hub_container_name(self.config))
+
+    def egress_container(self):
+        return self.docker.containers.get(stack.egress_container_name(self.config))
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[docker.DockerClient]:
+    client = _docker_or_skip()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def enclave(docker_client, tmp_path_factory) -> Iterator[RunningEnclave]:
+    state = tmp_path_factory.mktemp("enclave-state")
+    config, users = init_demo(state, DEFAULT_NOTEBOOK_IMAGE, enclave_name=ENCLAVE_NAME)
+    stack.down(config, purge=False)  # leftovers of an interrupted run
+    url = stack.up(config, stack.StackOptions(port=free_port()))
+    running = RunningEnclave(config, url, {u.name: u.password for u in users}, docker_client)
+    try:
+        yield running
+    finally:
+        stack.down(config, purge=True)
+
+
+@pytest.fixture(scope="session")
+def alice_cardio(enclave) -> Iterator[tuple[HubUser, object]]:
+    """Alice's running cardio server and its container (shared by read-only probes)."""
+    alice = enclave.user("alice")
+    r = alice.start_server("cardio")
+    assert r.status_code in (201, 202), r.text
+    alice.wait_ready("cardio")
+    container = enclave.notebook_container("alice", "cardio")
+    assert container is not None
+    yield alice, container
+    alice.stop_server("cardio")
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the isolation probe table (channel, control result, notebook result)."""
+    from tests.integration.test_isolation import PROBE_TABLE
+
+    if not PROBE_TABLE:
+        return
+    terminalreporter.section("isolation probes")
+    terminalreporter.write_line(f"{'channel':<40} {'control':<26} notebook")
+    for channel, control, notebook in PROBE_TABLE:
+        terminalreporter.write_line(f"{channel:<40} {control:<26} {notebook}")

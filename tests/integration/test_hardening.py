@@ -1,0 +1,94 @@
+"""Hardening seen from inside a spawned notebook container."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.docker
+
+
+def sh(container, command: str) -> str:
+    code, out = container.exec_run(["sh", "-c", command])
+    return out.decode(errors="replace")
+
+
+def status_field(container, name: str) -> str:
+    for line in sh(container, "cat /proc/self/status").splitlines():
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1].strip()
+    raise AssertionError(f"{name} not in /proc/self/status")
+
+
+def test_no_capabilities_and_no_new_privileges(alice_cardio):
+    _alice, container = alice_cardio
+    for field in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert status_field(container, field) == "0000000000000000", field
+    assert status_field(container, "NoNewPrivs") == "1"
+
+
+def test_runs_as_a_non_root_user(alice_cardio):
+    _alice, container = alice_cardio
+    assert sh(container, "id -u").strip() == "1000"
+    # the jupyter server itself (PID 1's tree) is not root either
+    assert "Uid:\t1000" in sh(container, "cat /proc/1/status")
+
+
+def test_root_filesystem_is_read_only(alice_cardio):
+    _alice, container = alice_cardio
+    out = sh(container, "touch /usr/local/planted 2>&1; echo rc=$?")
+    assert "Read-only file system" in out and "rc=1" in out
+    root = [line for line in sh(container, "cat /proc/mounts").splitlines() if " / " in line]
+    assert root and " ro," in root[0]
+    # the writable places are the tmpfs, the home and the outputs folder
+    assert "rc=0" in sh(container, "touch /tmp/x ~/x ~/outputs/.probe; echo rc=$?")
+    sh(container, "rm -f /tmp/x ~/x ~/outputs/.probe")
+
+
+def test_pids_memory_and_cpu_limits_are_in_force(enclave, alice_cardio):
+    _alice, container = alice_cardio
+    limits = enclave.config.project("cardio").limits
+    assert sh(container, "cat /sys/fs/cgroup/pids/pids.max").strip() == str(limits.pids)
+    memory = sh(container, "cat /sys/fs/cgroup/memory/memory.limit_in_bytes").strip()
+    assert int(memory) == limits.memory_bytes
+    quota = sh(container, "cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us").strip()
+    period = sh(container, "cat /sys/fs/cgroup/cpu/cpu.cfs_period_us").strip()
+    assert int(quota) / int(period) == pytest.approx(limits.cpu)
+    # try to exceed the pids limit: thread creation must fail before it
+    code, out = container.exec_run(
+        [
+            "python3",
+            "-c",
+            "import threading, time\n"
+            "n = 0\n"
+            "try:\n"
+            f"    for _ in range({limits.pids + 100}):\n"
+            "        threading.Thread(target=time.sleep, args=(5,), daemon=True).start(); n += 1\n"
+            "except RuntimeError:\n"
+            "    pass\n"
+            "print(n)\n",
+        ]
+    )
+    started = int(out.decode().strip().splitlines()[-1])
+    assert started < limits.pids
+
+
+def test_no_docker_socket_and_no_proxy_secret(alice_cardio):
+    _alice, container = alice_cardio
+    out = sh(container, "ls /var/run/docker.sock /run/docker.sock 2>&1; env")
+    assert "No such file" in out
+    assert "CONFIGPROXY_AUTH_TOKEN" not in out
+    assert "HAVRE_PROJECT=cardio" in out
+
+
+def test_container_config_matches_the_policy(enclave, alice_cardio):
+    """What the engine was told (the attacks above show it is also what happens)."""
+    _alice, container = alice_cardio
+    container.reload()
+    host = container.attrs["HostConfig"]
+    assert host["CapDrop"] == ["ALL"] and not host["CapAdd"]
+    assert host["ReadonlyRootfs"] is True and host["Privileged"] is False
+    assert "no-new-privileges:true" in host["SecurityOpt"]
+    assert container.attrs["Config"]["Image"] in enclave.config.allowed_images
+    binds = {b.split(":")[1]: b for b in host["Binds"]}
+    assert binds["/data"].endswith(":ro")
+    assert not any("docker.sock" in b for b in host["Binds"])

@@ -1,0 +1,114 @@
+"""Project servers through the real hub: who may start what, and what a server holds."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.docker
+
+
+def test_member_runs_code_in_a_kernel_that_reads_data_and_cannot_write_it(alice_cardio):
+    alice, _container = alice_cardio
+    out = alice.run_code(
+        "cardio",
+        "import csv\n"
+        "rows = list(csv.DictReader(open('/data/hospital_stays.csv')))\n"
+        "print('rows', len(rows), sorted(rows[0])[:2])\n"
+        "try:\n"
+        "    open('/data/planted.csv', 'w')\n"
+        "    print('WROTE')\n"
+        "except OSError as e:\n"
+        "    print('refused', e.errno)\n",
+    )
+    assert out["error"] is None, out
+    assert "rows 5000 ['age_band', 'cost_eur']" in out["stdout"]
+    assert "refused 30" in out["stdout"]  # EROFS: read-only file system
+    assert "WROTE" not in out["stdout"]
+
+
+def test_server_is_at_the_project_url_on_the_project_network(enclave, alice_cardio):
+    _alice, container = alice_cardio
+    container.reload()
+    networks = container.attrs["NetworkSettings"]["Networks"]
+    assert list(networks) == [enclave.config.network_name("cardio")]
+    assert container.labels["havre.project"] == "cardio"
+
+
+@pytest.mark.parametrize(
+    ("user", "owner", "project", "expected"),
+    [
+        ("bob", "bob", "cardio", 403),  # not a member of cardio
+        ("bob", "bob", "no-such-project", 403),  # unknown project: same answer
+        ("bob", "alice", "cardio", 403),  # someone else's server
+        ("olivia", "olivia", "cardio", 403),  # a checker is not a project member
+        ("bob", "bob", "", 400),  # the default (project-less) server
+    ],
+)
+def test_non_member_is_refused_and_no_container_appears(enclave, user, owner, project, expected):
+    session = enclave.user(user)
+    before = {c.name for c in enclave.docker.containers.list(all=True)}
+    path = f"users/{owner}/servers/{project}" if project else f"users/{owner}/server"
+    r = session.api("POST", path)
+    assert r.status_code == expected, (r.status_code, r.text)
+    after = {c.name for c in enclave.docker.containers.list(all=True)}
+    assert after == before
+    assert enclave.notebook_container(owner, project or "") is None
+
+
+def test_member_of_two_projects_gets_two_isolated_servers_and_homes_survive_a_stop(enclave):
+    carol = enclave.user("carol")
+    for project in ("cardio", "diabetes"):
+        assert carol.start_server(project).status_code in (201, 202)
+    for project in ("cardio", "diabetes"):
+        carol.wait_ready(project)
+    out = carol.run_code(
+        "cardio", "open('note.txt','w').write('kept'); print(open('/etc/hostname').read())"
+    )
+    assert out["error"] is None and "cardio" in out["stdout"]
+    out = carol.run_code("diabetes", "import os; print(os.path.exists('note.txt'))")
+    assert out["stdout"].strip() == "False"  # homes are per project
+
+    carol.stop_server("cardio")
+    assert enclave.notebook_container("carol", "cardio") is None  # container removed on stop
+    assert (enclave.config.home_dir("cardio", "carol") / "note.txt").read_text() == "kept"
+
+    assert carol.start_server("cardio").status_code in (201, 202)
+    carol.wait_ready("cardio")
+    out = carol.run_code("cardio", "print(open('note.txt').read())")
+    assert out["stdout"].strip() == "kept"
+    for project in ("cardio", "diabetes"):
+        carol.stop_server(project)
+
+
+def test_outputs_folder_is_shared_with_the_egress_service_read_only(enclave, alice_cardio):
+    alice, _container = alice_cardio
+    out = alice.run_code(
+        "cardio", "open('outputs/table.csv','w').write('region,n\\nA,12\\n'); print('ok')"
+    )
+    assert out["stdout"].strip() == "ok", out
+    egress = enclave.egress_container()
+    path = enclave.config.outputs_dir("cardio") / "table.csv"
+    code, output = egress.exec_run(["cat", str(path)])
+    assert code == 0 and output.decode() == "region,n\nA,12\n"
+    code, output = egress.exec_run(["sh", "-c", f"echo x >> {path}"])
+    assert code != 0  # the egress service can read outputs, never change them
+
+
+def test_hub_refuses_to_start_on_an_invalid_config(enclave, tmp_path):
+    bad = tmp_path / "enclave.yaml"
+    bad.write_text("projects:\n  Bad_Slug:\n    title: x\n    members: [alice]\n")
+    container = enclave.docker.containers.run(
+        enclave.hub_container().image.id,
+        detach=True,
+        environment={"HAVRE_CONFIG": "/etc/havre/enclave.yaml"},
+        volumes={str(bad): {"bind": "/etc/havre/enclave.yaml", "mode": "ro"}},
+        network_disabled=True,
+    )
+    try:
+        result = container.wait(timeout=60)
+        logs = container.logs().decode()
+    finally:
+        container.remove(force=True)
+    assert result["StatusCode"] != 0
+    assert "refusing to start" in logs
+    assert "Bad_Slug" in logs

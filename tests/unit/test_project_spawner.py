@@ -1,0 +1,105 @@
+"""The spawner's policy decisions, without Docker (the integration tests attack the real thing)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from jupyterhub.spawner import SpawnException
+
+from spawner.enclave import parse_enclave_config
+from spawner.project_spawner import ProjectSpawner, project_network_is_closed
+
+CONFIG = {
+    "enclave": {"name": "unit", "state_dir": "/srv/unit"},
+    "images": {"allowed": ["havre/notebook:0.1.0"], "default": "havre/notebook:0.1.0"},
+    "limits": {"cpu": 1.5, "memory": "1G", "pids": 300},
+    "projects": {
+        "cardio": {"title": "Cardio", "members": ["alice", "carol"]},
+        "diabetes": {"title": "Diabetes", "members": ["bob", "carol"]},
+    },
+    "output_checkers": ["olivia"],
+}
+
+
+def make_spawner(username: str, server_name: str, config=CONFIG) -> ProjectSpawner:
+    orm_spawner = SimpleNamespace(name=server_name, display_name=server_name, server=None)
+    user = SimpleNamespace(name=username, url=f"/user/{username}/")
+    spawner = ProjectSpawner(user=user, orm_spawner=orm_spawner)
+    enclave = parse_enclave_config(config, source="unit")
+    import spawner.project_spawner as module
+
+    module._config_cache[spawner.enclave_config_path] = enclave
+    return spawner
+
+
+@pytest.mark.parametrize(
+    ("user", "project", "allowed", "status"),
+    [
+        ("alice", "cardio", True, None),
+        ("carol", "cardio", True, None),
+        ("carol", "diabetes", True, None),
+        ("bob", "diabetes", True, None),
+        ("alice", "diabetes", False, 403),
+        ("bob", "cardio", False, 403),
+        ("olivia", "cardio", False, 403),  # a checker is not a member
+        ("mallory", "cardio", False, 403),
+        ("alice", "unknown", False, 403),  # no such project: same answer as non-member
+        ("alice", "", False, 400),  # the default server has no project
+    ],
+)
+def test_who_may_start_which_project(user, project, allowed, status):
+    spawner = make_spawner(user, project)
+    if allowed:
+        assert spawner.authorize_project().slug == project
+    else:
+        with pytest.raises(SpawnException) as info:
+            spawner.authorize_project()
+        assert info.value.status_code == status
+
+
+def test_unreadable_config_fails_closed(tmp_path):
+    spawner = ProjectSpawner(
+        user=SimpleNamespace(name="alice", url="/"),
+        orm_spawner=SimpleNamespace(name="cardio", display_name="cardio", server=None),
+    )
+    spawner.enclave_config_path = str(tmp_path / "missing.yaml")
+    with pytest.raises(SpawnException) as info:
+        spawner.authorize_project()
+    assert info.value.status_code == 503
+
+
+def test_hardened_host_config_has_every_control():
+    spawner = make_spawner("alice", "cardio")
+    project = spawner.authorize_project()
+    host = spawner.hardened_host_config(project)
+    assert host["cap_drop"] == ["ALL"]
+    assert host["security_opt"] == ["no-new-privileges:true"]
+    assert host["read_only"] is True
+    assert host["pids_limit"] == 300
+    assert host["memswap_limit"] == 1024**3  # no swap beyond the memory limit
+    assert host["dns"] == ["192.0.2.53"]
+    assert host["sysctls"]["net.ipv6.conf.all.disable_ipv6"] == "1"
+    assert host["sysctls"]["net.ipv4.ping_group_range"] == "1 0"
+    assert host["network_mode"] == "unit-project-cardio"
+    assert "/tmp" in host["tmpfs"] and "nosuid" in host["tmpfs"]["/tmp"]
+
+
+@pytest.mark.parametrize(
+    ("attrs", "closed"),
+    [
+        ({"Internal": True, "Options": {"com.docker.network.bridge.inhibit_ipv4": "true"}}, True),
+        ({"Internal": False, "Options": {"com.docker.network.bridge.inhibit_ipv4": "true"}}, False),
+        ({"Internal": True, "Options": {}}, False),
+        (
+            {
+                "Internal": True,
+                "EnableIPv6": True,
+                "Options": {"com.docker.network.bridge.inhibit_ipv4": "true"},
+            },
+            False,
+        ),
+    ],
+)
+def test_an_existing_network_is_used_only_when_closed(attrs, closed):
+    assert project_network_is_closed(attrs) is closed
