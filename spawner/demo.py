@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ def demo_config_text(state_dir: Path, notebook_image: str) -> str:
         "# Havre demo enclave, written by `havre demo-init`. Synthetic data only.",
         "enclave:",
         "  name: havre",
-        f"  state_dir: {state_dir}",
+        f"  state_dir: {json.dumps(str(state_dir))}",
         "images:",
         f'  allowed: ["{notebook_image}"]',
         f'  default: "{notebook_image}"',
