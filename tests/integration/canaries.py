@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -187,15 +188,20 @@ def host_resolver_on_loopback(canary_address: str = "127.0.0.1") -> Iterator[Non
         os.unlink(fake)
 
 
-def link_local_address(interface: str) -> str:
-    """The host's IPv6 link-local address on ``interface``."""
-    out = subprocess.run(
-        ["ip", "-6", "-o", "addr", "show", "dev", interface, "scope", "link"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    for line in out.splitlines():
-        parts = line.split()
-        return parts[parts.index("inet6") + 1].split("/")[0]
-    raise AssertionError(f"{interface} has no IPv6 link-local address")
+def link_local_address(interface: str, wait: float = 10.0) -> str:
+    """The host's IPv6 link-local address on ``interface`` (waiting for it to appear)."""
+    deadline = time.monotonic() + wait
+    while True:
+        out = subprocess.run(
+            ["ip", "-6", "-o", "addr", "show", "dev", interface, "scope", "link"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for line in out.splitlines():
+            parts = line.split()
+            if "tentative" not in parts:
+                return parts[parts.index("inet6") + 1].split("/")[0]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{interface} has no IPv6 link-local address")
+        time.sleep(0.5)

@@ -250,24 +250,29 @@ def test_ipv6_link_local_to_the_host(enclave, alice_cardio, control_networks):
     _alice, notebook = alice_cardio
     client = enclave.docker
     canary = tcp_canary("::", 0, family=socket.AF_INET6)
+    # a control container with IPv6 on: the bridge gets its link-local address once a
+    # container is attached, and the container's own address once duplicate detection is done
+    control = client.containers.run(
+        DEFAULT_NOTEBOOK_IMAGE,
+        ["sleep", "120"],
+        network=control_networks["internal"],
+        user="0",
+        detach=True,
+        sysctls={
+            "net.ipv6.conf.all.disable_ipv6": "0",
+            "net.ipv6.conf.default.disable_ipv6": "0",
+            "net.ipv6.conf.eth0.disable_ipv6": "0",
+        },
+    )
     try:
         control_ll = link_local_address(bridge_interface(client, control_networks["internal"]))
+        time.sleep(3)  # IPv6 duplicate address detection in the control container
         token = new_token()
-        in_control(
-            client,
-            control_networks["internal"],
-            "tcp6",
-            f"{control_ll}%eth0",
-            canary.port,
-            token,
-            sysctls={
-                "net.ipv6.conf.all.disable_ipv6": "0",
-                "net.ipv6.conf.default.disable_ipv6": "0",
-                "net.ipv6.conf.eth0.disable_ipv6": "0",
-            },
+        _code, out = control.exec_run(
+            ["python3", "-c", PROBE, "tcp6", f"{control_ll}%eth0", str(canary.port), token]
         )
         time.sleep(SETTLE)
-        assert canary.saw(token), "control could not reach the host over IPv6 link-local"
+        assert canary.saw(token), f"control could not reach the host over IPv6: {out!r}"
 
         project_bridge = bridge_interface(client, enclave.config.network_name("cardio"))
         token = new_token()
@@ -276,10 +281,11 @@ def test_ipv6_link_local_to_the_host(enclave, alice_cardio, control_networks):
         )
         time.sleep(SETTLE)
         assert not canary.saw(token) and result["error"]
-        code, out = notebook.exec_run(["cat", "/proc/net/if_inet6"])
+        _code, out = notebook.exec_run(["cat", "/proc/net/if_inet6"])
         assert out.strip() == b""  # no IPv6 address at all in the container
         record("IPv6 link-local to the host", "arrived", "nothing arrived (no IPv6)")
     finally:
+        control.remove(force=True)
         canary.close()
 
 
