@@ -49,6 +49,7 @@ class RunningEnclave:
     url: str
     passwords: dict[str, str]
     docker: docker.DockerClient
+    options: stack.StackOptions
 
     def user(self, name: str) -> HubUser:
         return HubUser(self.url, name, self.passwords[name]).login()
@@ -85,8 +86,10 @@ def enclave(docker_client, tmp_path_factory) -> Iterator[RunningEnclave]:
     state = tmp_path_factory.mktemp("enclave-state")
     config, users = init_demo(state, DEFAULT_NOTEBOOK_IMAGE, enclave_name=ENCLAVE_NAME)
     stack.down(config, purge=False)  # leftovers of an interrupted run
-    url = stack.up(config, stack.StackOptions(port=free_port()))
-    running = RunningEnclave(config, url, {u.name: u.password for u in users}, docker_client)
+    options = stack.StackOptions(port=free_port())
+    url = stack.up(config, options)
+    passwords = {u.name: u.password for u in users}
+    running = RunningEnclave(config, url, passwords, docker_client, options)
     try:
         yield running
     finally:

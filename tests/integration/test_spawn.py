@@ -112,3 +112,16 @@ def test_hub_refuses_to_start_on_an_invalid_config(enclave, tmp_path):
     assert result["StatusCode"] != 0
     assert "refusing to start" in logs
     assert "Bad_Slug" in logs
+
+
+def test_starting_the_enclave_again_changes_nothing(enclave, alice_cardio):
+    """`havre up` twice is harmless: same hub and egress containers, servers keep running."""
+    from spawner import stack
+
+    alice, notebook = alice_cardio
+    before = (enclave.hub_container().id, enclave.egress_container().id)
+    assert stack.up(enclave.config, enclave.options) == enclave.url
+    assert (enclave.hub_container().id, enclave.egress_container().id) == before
+    notebook.reload()
+    assert notebook.status == "running"
+    assert alice.run_code("cardio", "print(1 + 1)")["stdout"].strip() == "2"

@@ -1,0 +1,365 @@
+#!/usr/bin/env bash
+# Build Havre's container images.
+#
+#   bash images/build.sh [--only base|notebook|hub|egress]...
+#
+# Tags: havre/base:bookworm, havre/notebook:VERSION, havre/hub:VERSION, havre/egress:VERSION
+# (VERSION from pyproject.toml). Idempotent: an existing base image is kept, wheels are
+# downloaded only when a requirements file changed, and Docker's layer cache makes a run with
+# nothing changed quick and leaves every tag where it was. Offline-capable once images/.wheels
+# is filled (copy it to an air-gapped host). See images/README.md.
+#
+# Environment:
+#   HAVRE_BASE_IMAGE       use this image as the base (tagged havre/base:bookworm) instead of
+#                          debootstrap; pulled only if it is not present locally.
+#   HAVRE_DEBIAN_MIRROR    Debian mirror for debootstrap (default: from /etc/apt sources).
+#   HAVRE_DEBIAN_SECURITY_MIRROR   mirror for bookworm-security (default: from /etc/apt sources).
+#   HAVRE_HUB_CONFIG       jupyterhub_config.py to put in the hub image
+#                          (default: jupyterhub_config.py at the repository root).
+#   PYTHON                 host Python whose pip downloads wheels (default: python3).
+set -euo pipefail
+
+IMAGES_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO="$(cd "$IMAGES_DIR/.." && pwd)"
+readonly IMAGES_DIR REPO
+cd "$REPO"
+
+readonly BASE_TAG="havre/base:bookworm"
+readonly SUITE="bookworm"
+readonly WHEELS="$IMAGES_DIR/.wheels"
+readonly CONTEXTS="$IMAGES_DIR/.context"
+PYTHON="${PYTHON:-python3}"
+
+# Debian bookworm's python3 is 3.11.2 on glibc 2.36. pip does not widen a manylinux_2_X
+# --platform to older glibc levels by itself (it only does so for manylinux2014/2010), so
+# every level from 2_36 down to 2_17 is listed; manylinux2014 covers 2010 and manylinux1.
+PIP_TARGET_FLAGS=(--python-version 3.11.2 --implementation cp --only-binary=:all:)
+for glibc_minor in $(seq 36 -1 17); do
+    PIP_TARGET_FLAGS+=(--platform "manylinux_2_${glibc_minor}_x86_64")
+done
+PIP_TARGET_FLAGS+=(--platform manylinux2014_x86_64)
+readonly PIP_TARGET_FLAGS
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'images/build.sh: error: %s\n' "$*" >&2; exit 1; }
+
+usage() {
+    sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Arguments
+selected=()
+while (($#)); do
+    case "$1" in
+        --only)
+            (($# >= 2)) || die "--only needs an image name (base, notebook, hub, egress)"
+            selected+=("$2"); shift 2 ;;
+        --only=*)
+            selected+=("${1#--only=}"); shift ;;
+        -h|--help)
+            usage; exit 0 ;;
+        *)
+            die "unknown argument: $1 (usage: bash images/build.sh [--only base|notebook|hub|egress]...)" ;;
+    esac
+done
+for name in "${selected[@]+"${selected[@]}"}"; do
+    case "$name" in
+        base|notebook|hub|egress) ;;
+        *) die "unknown image '$name' (choose from base, notebook, hub, egress)" ;;
+    esac
+done
+((${#selected[@]})) || selected=(base notebook hub egress)
+wanted() {
+    local name
+    for name in "${selected[@]}"; do [[ "$name" == "$1" ]] && return 0; done
+    return 1
+}
+
+# ---------------------------------------------------------------------------------------------
+# Facts from the repository
+VERSION="$(awk -F'"' '
+    /^\[/ { in_project = ($0 == "[project]") }
+    in_project && /^version[ \t]*=/ { print $2; exit }' pyproject.toml)"
+[[ -n "$VERSION" ]] || die "cannot read the version from $REPO/pyproject.toml"
+readonly VERSION
+
+HUB_CONFIG="${HAVRE_HUB_CONFIG:-$REPO/jupyterhub_config.py}"
+if wanted hub && [[ ! -f "$HUB_CONFIG" ]]; then
+    die "the hub image needs $HUB_CONFIG (copied to /srv/havre/jupyterhub_config.py), and it does not exist.
+Write jupyterhub_config.py at the repository root (or point HAVRE_HUB_CONFIG at one), or build
+the other images with: bash images/build.sh --only base --only notebook --only egress"
+fi
+
+command -v docker >/dev/null || die "the docker client is not installed"
+docker info >/dev/null 2>&1 || die "cannot talk to the Docker engine (is dockerd running?)"
+# Without buildx, a recent docker client refuses DOCKER_BUILDKIT=1 and warns otherwise; the
+# Dockerfiles work with both builders.
+if [[ -z "${DOCKER_BUILDKIT:-}" ]] && ! docker buildx version >/dev/null 2>&1; then
+    export DOCKER_BUILDKIT=0
+fi
+DOCKER_BUILD_FLAGS=()
+if [[ "${DOCKER_BUILDKIT:-}" == 0 ]]; then
+    # The legacy builder leaves the container of a failed step behind unless told otherwise.
+    DOCKER_BUILD_FLAGS+=(--force-rm)
+fi
+
+mkdir -p "$WHEELS" "$CONTEXTS"
+# One build at a time on this checkout.
+if command -v flock >/dev/null; then
+    exec 9>"$CONTEXTS/.lock"
+    if ! flock -n 9; then
+        say "another images/build.sh holds $CONTEXTS/.lock; waiting for it"
+        flock 9
+    fi
+fi
+
+image_exists() { docker image inspect "$1" >/dev/null 2>&1; }
+
+# ---------------------------------------------------------------------------------------------
+# 1. Base image
+first_uri() {   # first URI of a deb822 stanza (or one-line entry) whose suites match $2
+    local file="$1" want="$2"
+    [[ -f "$file" ]] || return 0
+    case "$file" in
+        *.sources)
+            awk -v want="$want" '
+                function flush() { if (uri != "" && suites ~ want && !done) { print uri; done = 1 }
+                                   uri = ""; suites = "" }
+                /^[ \t]*$/ { flush(); next }
+                tolower($1) == "uris:"   { uri = $2 }
+                tolower($1) == "suites:" { suites = $0 }
+                END { flush() }' "$file" ;;
+        *)
+            awk -v want="$want" '$1 == "deb" && $0 ~ want {
+                for (i = 2; i <= NF; i++) if ($i ~ /^[a-z]+:\/\//) { print $i; exit } }' "$file" ;;
+    esac
+}
+
+debian_mirrors() {
+    local file main="" security=""
+    for file in /etc/apt/sources.list.d/*.sources /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [[ -n "$main" ]] || main="$(first_uri "$file" "[ \t]${SUITE}([ \t]|\$)" | head -n1)"
+        [[ -n "$security" ]] || security="$(first_uri "$file" "${SUITE}-security" | head -n1)"
+    done
+    MIRROR="${HAVRE_DEBIAN_MIRROR:-${main:-http://deb.debian.org/debian}}"
+    MIRROR="${MIRROR%/}"
+    if [[ -z "${HAVRE_DEBIAN_SECURITY_MIRROR:-}" && -z "$security" && "$MIRROR" == */debian ]]; then
+        security="${MIRROR}-security"
+    fi
+    SECURITY_MIRROR="${HAVRE_DEBIAN_SECURITY_MIRROR:-${security:-http://deb.debian.org/debian-security}}"
+    SECURITY_MIRROR="${SECURITY_MIRROR%/}"
+}
+
+debootstrap_base() {
+    if ! command -v debootstrap >/dev/null; then
+        say "installing debootstrap"
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends debootstrap
+    fi
+    debian_mirrors
+    local rootfs
+    rootfs="$(mktemp -d /tmp/havre-rootfs.XXXXXX)"
+    # shellcheck disable=SC2064
+    trap "rm -rf '$rootfs'" EXIT
+    say "debootstrap --variant=minbase $SUITE from $MIRROR (about a minute)"
+    debootstrap --variant=minbase "$SUITE" "$rootfs" "$MIRROR" >"$rootfs.log" 2>&1 \
+        || { tail -n 30 "$rootfs.log" >&2; die "debootstrap failed (full log: $rootfs.log)"; }
+    rm -f "$rootfs.log"
+
+    cat >"$rootfs/etc/apt/sources.list" <<EOF
+deb $MIRROR $SUITE main
+deb $MIRROR $SUITE-updates main
+deb $SECURITY_MIRROR $SUITE-security main
+EOF
+    # Container conventions, as in Debian's own images: no package caches or indexes kept
+    # in layers, no documentation, manuals or translations installed.
+    cat >"$rootfs/etc/apt/apt.conf.d/docker-clean" <<'EOF'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+EOF
+    cat >"$rootfs/etc/apt/apt.conf.d/docker-no-languages" <<'EOF'
+Acquire::Languages "none";
+EOF
+    cat >"$rootfs/etc/apt/apt.conf.d/docker-autoremove-suggests" <<'EOF'
+Apt::AutoRemove::SuggestsImportant "false";
+EOF
+    cat >"$rootfs/etc/dpkg/dpkg.cfg.d/docker-slim" <<'EOF'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/groff/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/linda/*
+path-exclude /usr/share/lintian/*
+path-exclude /usr/share/locale/*
+path-exclude /usr/share/man/*
+EOF
+    rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
+           "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/usr/share/locale/* \
+           "$rootfs"/usr/share/groff/* "$rootfs"/usr/share/lintian/*
+    find "$rootfs/usr/share/doc" -mindepth 2 -not -name copyright -not -type d -delete
+    find "$rootfs/usr/share/doc" -mindepth 1 -type d -empty -delete
+    # Docker supplies these at run time; do not carry the build host's.
+    : >"$rootfs/etc/resolv.conf"
+    echo localhost >"$rootfs/etc/hostname"
+
+    say "importing the root filesystem as $BASE_TAG"
+    tar -C "$rootfs" --numeric-owner -c . \
+        | docker import -c 'CMD ["/bin/bash"]' -m "debootstrap --variant=minbase $SUITE $MIRROR" - "$BASE_TAG" >/dev/null
+    rm -rf "$rootfs"
+    trap - EXIT
+}
+
+ensure_base() {
+    if [[ -n "${HAVRE_BASE_IMAGE:-}" ]]; then
+        if ! image_exists "$HAVRE_BASE_IMAGE"; then
+            say "HAVRE_BASE_IMAGE=$HAVRE_BASE_IMAGE is not present locally; pulling it"
+            docker pull "$HAVRE_BASE_IMAGE"
+        fi
+        docker tag "$HAVRE_BASE_IMAGE" "$BASE_TAG"
+        say "$BASE_TAG <- $HAVRE_BASE_IMAGE"
+        return
+    fi
+    # Someone else may be making it right now (another debootstrap on this host): wait for
+    # it instead of racing it, for at most 15 minutes.
+    local waited=0
+    while ! image_exists "$BASE_TAG" && pgrep -x debootstrap >/dev/null && ((waited < 900)); do
+        ((waited == 0)) && say "a debootstrap is running on this host; waiting for $BASE_TAG"
+        sleep 5; waited=$((waited + 5))
+    done
+    if image_exists "$BASE_TAG"; then
+        say "$BASE_TAG exists; kept"
+        return
+    fi
+    debootstrap_base
+}
+
+# ---------------------------------------------------------------------------------------------
+# 2. Wheels
+pip_quiet() {   # pip, minus the noise of this host's extra file:// indexes
+    "$PYTHON" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+}
+
+# download_wheels NAME REQUIREMENTS [pip flags...]: fill $WHEELS/NAME, unless its stamp says
+# it was filled from the same requirements file with the same flags.
+download_wheels() {
+    local name="$1" req="$2"; shift 2
+    local dest="$WHEELS/$name" stamp want
+    want="$( { sha256sum <"$req"; printf '%s\n' "$@"; } | sha256sum | cut -d' ' -f1)"
+    stamp="$dest/.requirements.sha256"
+    if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+        say "wheels for $name: ${req#"$REPO"/} unchanged; kept images/.wheels/$name"
+        return
+    fi
+    say "downloading wheels for $name from ${req#"$REPO"/}"
+    rm -rf "$dest.partial"
+    if ! pip_quiet download --quiet --disable-pip-version-check --dest "$dest.partial" "$@" -r "$req"; then
+        rm -rf "$dest.partial"
+        die "pip download for $name failed. Offline? Copy images/.wheels from a host that built
+the same requirements files (see images/README.md)."
+    fi
+    rm -rf "$dest"
+    mv "$dest.partial" "$dest"
+    echo "$want" >"$stamp"
+}
+
+build_havre_wheel() {
+    local src out wheel
+    src="$(mktemp -d /tmp/havre-src.XXXXXX)"
+    out="$(mktemp -d /tmp/havre-wheel.XXXXXX)"
+    # Build from a clean copy of the tracked and untracked-but-not-ignored files, so stale
+    # build/ or *.egg-info directories in the checkout never leak into the wheel.
+    if git -C "$REPO" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
+        git -C "$REPO" ls-files -z --cached --others --exclude-standard \
+            | grep -zv '^images/' \
+            | tar -C "$REPO" --null --ignore-failed-read -T - -cf - \
+            | tar -C "$src" -xf -
+    else
+        tar -C "$REPO" --exclude=./images --exclude=./.git --exclude=./build --exclude='*.egg-info' \
+            --exclude=__pycache__ -cf - . | tar -C "$src" -xf -
+    fi
+    # A fixed SOURCE_DATE_EPOCH makes the wheel byte-for-byte reproducible, so unchanged
+    # sources keep Docker's cache (and the image ids) as they were.
+    if ! SOURCE_DATE_EPOCH=315532800 pip_quiet wheel --quiet --no-deps --no-index \
+            --find-links "$WHEELS/build" -w "$out" "$src"; then
+        rm -rf "$src" "$out"
+        die "building the havre wheel failed"
+    fi
+    wheel="$(find "$out" -name 'havre-*.whl' | head -n1)"
+    [[ -n "$wheel" ]] || die "pip wheel produced no havre wheel"
+    mkdir -p "$WHEELS/havre"
+    if [[ -f "$WHEELS/havre/${wheel##*/}" ]] && cmp -s "$wheel" "$WHEELS/havre/${wheel##*/}"; then
+        say "havre wheel: unchanged (${wheel##*/})"
+    else
+        rm -f "$WHEELS"/havre/havre-*.whl
+        cp "$wheel" "$WHEELS/havre/"
+        say "havre wheel: built ${wheel##*/}"
+    fi
+    rm -rf "$src" "$out"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 3. Images
+make_context() {   # make_context NAME: assemble $CONTEXTS/NAME
+    local name="$1" ctx="$CONTEXTS/$1"
+    rm -rf "$ctx"
+    mkdir -p "$ctx"
+    cp -a "$IMAGES_DIR/$name/." "$ctx/"
+    cp "$IMAGES_DIR/requirements/$name.txt" "$ctx/requirements.txt"
+    # Hard links: instant, and no second copy of a few hundred MB of wheels.
+    cp -al "$WHEELS/$name" "$ctx/wheels" 2>/dev/null || cp -a "$WHEELS/$name" "$ctx/wheels"
+    rm -f "$ctx/wheels/.requirements.sha256"
+    mkdir -p "$ctx/havre"
+    cp "$WHEELS"/havre/havre-*.whl "$ctx/havre/"
+    if [[ "$name" == hub ]]; then
+        cp "$HUB_CONFIG" "$ctx/jupyterhub_config.py"
+    fi
+}
+
+build_image() {   # build_image NAME
+    local name="$1" tag="havre/$1:$VERSION"
+    make_context "$name"
+    say "building $tag"
+    docker build "${DOCKER_BUILD_FLAGS[@]+"${DOCKER_BUILD_FLAGS[@]}"}" \
+        --build-arg BASE_IMAGE="$BASE_TAG" \
+        --build-arg HAVRE_VERSION="$VERSION" \
+        -t "$tag" \
+        -f "$CONTEXTS/$name/Dockerfile" \
+        "$CONTEXTS/$name"
+    built+=("$tag")
+}
+
+# ---------------------------------------------------------------------------------------------
+started=$SECONDS
+built=()
+
+ensure_base
+built+=("$BASE_TAG")
+
+app_images=()
+for name in notebook hub egress; do
+    if wanted "$name"; then app_images+=("$name"); fi
+done
+
+if ((${#app_images[@]})); then
+    "$PYTHON" -m pip --version >/dev/null 2>&1 || die "$PYTHON has no pip (set PYTHON=...)"
+    download_wheels build "$IMAGES_DIR/requirements/build.txt" --only-binary=:all:
+    for name in "${app_images[@]}"; do
+        download_wheels "$name" "$IMAGES_DIR/requirements/$name.txt" "${PIP_TARGET_FLAGS[@]}"
+    done
+    build_havre_wheel
+    for name in "${app_images[@]}"; do
+        build_image "$name"
+    done
+fi
+
+echo
+printf '%-24s %-12s %s\n' IMAGE ID SIZE
+for tag in "${built[@]}"; do
+    read -r id size < <(docker image inspect -f '{{.Id}} {{.Size}}' "$tag")
+    id="${id#sha256:}"
+    printf '%-24s %-12s %s MB\n' "$tag" "${id:0:12}" "$((size / 1000000))"
+done
+say "done in $((SECONDS - started)) s"
