@@ -83,7 +83,9 @@ def configure_hub(c: Any, environ: Mapping[str, str] = os.environ) -> EnclaveCon
     c.JupyterHub.cookie_secret_file = str(secrets_dir(enclave) / "cookie-secret")
     c.JupyterHub.pid_file = str(hub_state / "jupyterhub.pid")
     c.JupyterHub.allow_named_servers = True
-    c.JupyterHub.named_server_limit_per_user = max(1, len(enclave.projects))
+    # no fixed limit: a user has at most one server per project they belong to, and the
+    # spawner forgets refused attempts (see ProjectSpawner.forget_refused_server)
+    c.JupyterHub.named_server_limit_per_user = 0
     c.JupyterHub.shutdown_on_logout = False
 
     # -- who may log in (identity provider integration replaces this; see docs/sysadmin)

@@ -165,6 +165,7 @@ class ProjectSpawner(DockerSpawner):
             ) from None
         if slug not in enclave.projects or not enclave.is_member(self.user.name, slug):
             # Same answer for "no such project" and "not a member": don't reveal projects.
+            self.forget_refused_server()
             raise SpawnException(
                 f"{self.user.name} is not a member of project {slug!r}.",
                 reason="not-member",
@@ -178,6 +179,33 @@ class ProjectSpawner(DockerSpawner):
                 status_code=403,
             )
         return project
+
+    def forget_refused_server(self) -> None:
+        """Delete the hub's record of a refused named server once the refusal is handled.
+
+        JupyterHub stores a named server before it is started; without this, every refused
+        attempt would leave a record behind, cluttering the user's home page and counting
+        towards the named-server limit.
+        """
+        user, name = self.user, self.name
+        db = getattr(user, "db", None)
+        if db is None or not name:
+            return
+
+        async def forget() -> None:
+            for _ in range(100):  # bounded: 10 s
+                await asyncio.sleep(0.1)
+                spawner = user.spawners.get(name)
+                if spawner is None or not (spawner.active or spawner.pending):
+                    break
+            orm_spawner = user.orm_user.orm_spawners.get(name)
+            if orm_spawner is not None and not (self.active or self.pending):
+                db.delete(orm_spawner)
+                user.spawners.pop(name, None)
+                db.commit()
+                self.log.info("Forgot refused server %s/%s", user.name, name)
+
+        asyncio.ensure_future(forget())
 
     # ------------------------------------------------------------------ docker
 

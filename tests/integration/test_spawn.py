@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 pytestmark = pytest.mark.docker
@@ -52,7 +54,25 @@ def test_non_member_is_refused_and_no_container_appears(enclave, user, owner, pr
     assert r.status_code == expected, (r.status_code, r.text)
     after = {c.name for c in enclave.docker.containers.list(all=True)}
     assert after - before == set()  # nothing new (others may vanish: auto-removed on stop)
-    assert enclave.notebook_container(owner, project or "") is None
+    if owner == user:
+        assert enclave.notebook_container(owner, project or "") is None
+        # the refused attempt leaves no server record behind on the hub
+        deadline = time.monotonic() + 10
+        while project and project in (session.api("GET", f"users/{user}").json()["servers"]):
+            assert time.monotonic() < deadline, "the refused server is still listed"
+            time.sleep(0.2)
+
+
+def test_refused_attempts_do_not_use_up_a_members_servers(enclave):
+    """Many refused attempts, then the member's own project still starts."""
+    bob = enclave.user("bob")
+    for project in ("cardio", "secret-one", "secret-two", "secret-three"):
+        assert bob.start_server(project).status_code == 403
+    time.sleep(1)
+    r = bob.start_server("diabetes")
+    assert r.status_code in (201, 202), r.text
+    bob.wait_ready("diabetes")
+    bob.stop_server("diabetes")
 
 
 def test_member_of_two_projects_gets_two_isolated_servers_and_homes_survive_a_stop(enclave):
