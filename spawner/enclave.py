@@ -96,11 +96,66 @@ REVIEWS_MIN = 1
 REVIEWS_MAX = 5
 _INT64_MAX = 2**63 - 1
 
-_TOP_KEYS = ("enclave", "images", "limits", "projects", "output_checkers", "review")
+_TOP_KEYS = (
+    "enclave",
+    "images",
+    "limits",
+    "projects",
+    "output_checkers",
+    "review",
+    "identity",
+    "culling",
+)
 _ENCLAVE_KEYS = ("name", "state_dir")
 _IMAGES_KEYS = ("allowed", "default")
 _LIMITS_KEYS = ("cpu", "memory", "pids")
-_PROJECT_KEYS = ("title", "members", "data_path", "image", "limits")
+_PROJECT_KEYS = ("title", "members", "groups", "data_path", "image", "limits")
+_IDENTITY_KEYS = (
+    "provider",
+    "checker_groups",
+    "admin_groups",
+    "server_access_groups",
+    "refresh_seconds",
+    "membership_check_seconds",
+    "oidc",
+)
+_OIDC_KEYS = (
+    "authorize_url",
+    "token_url",
+    "userdata_url",
+    "logout_url",
+    "client_id",
+    "client_secret_file",
+    "username_claim",
+    "groups_claim",
+    "scopes",
+)
+_OIDC_REQUIRED = ("authorize_url", "token_url", "userdata_url", "client_id", "client_secret_file")
+_CULLING_KEYS = ("idle_seconds", "max_age_seconds")
+PROVIDERS = ("embedded", "oidc")
+#: Names of the hub groups Havre manages from the identity provider's groups.
+CHECKERS_HUB_GROUP = "output-checkers"
+ADMINS_HUB_GROUP = "hub-admins"
+SERVER_ACCESS_HUB_GROUP = "server-access"
+
+
+def project_hub_group(slug: str) -> str:
+    """The hub group whose members belong to project ``slug``."""
+    return f"project-{slug}"
+
+
+def group_matches(configured: str, provider_group: str) -> bool:
+    """Whether a group name sent by the identity provider matches a configured one.
+
+    Keycloak sends full group paths (``/project-cardio``, ``/org/cardio``). A configured
+    name without a leading ``/`` matches the bare name and the top-level path form; a
+    configured path (``/org/cardio``) matches only that exact path.
+    """
+    if configured.startswith("/"):
+        return provider_group == configured
+    return provider_group in (configured, "/" + configured)
+
+
 _REVIEW_KEYS = ("reviews_required",)
 
 _TOP = "top level"
@@ -245,6 +300,43 @@ class Project:
     data_path: Path
     image: str
     limits: Limits
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OidcSettings:
+    """How the hub talks to an external OpenID Connect provider (Keycloak, ...)."""
+
+    authorize_url: str
+    token_url: str
+    userdata_url: str
+    client_id: str
+    client_secret_file: Path
+    logout_url: str = ""
+    username_claim: str = "preferred_username"
+    groups_claim: str = "groups"
+    scopes: tuple[str, ...] = ("openid", "profile", "email", "groups")
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """Who users are (the identity provider) and which of their groups give which rights."""
+
+    provider: str = "embedded"
+    checker_groups: tuple[str, ...] = ("output-checkers",)
+    admin_groups: tuple[str, ...] = ("havre-admins",)
+    server_access_groups: tuple[str, ...] = ()
+    refresh_seconds: int = 300
+    membership_check_seconds: int = 60
+    oidc: OidcSettings | None = None
+
+
+@dataclass(frozen=True)
+class CullingPolicy:
+    """When idle or old notebook servers are stopped (0 = never)."""
+
+    idle_seconds: int = 3600
+    max_age_seconds: int = 12 * 3600
 
 
 @dataclass(frozen=True)
@@ -339,6 +431,8 @@ class EnclaveConfig:
     output_checkers: frozenset[str]
     review: ReviewPolicy
     source: str = field(default="<string>", compare=False)
+    identity: IdentityConfig = IdentityConfig()
+    culling: CullingPolicy = CullingPolicy()
 
     def __post_init__(self) -> None:
         if not isinstance(self.projects, _FrozenMapping):
@@ -346,14 +440,57 @@ class EnclaveConfig:
         object.__setattr__(self, "allowed_images", tuple(self.allowed_images))
         object.__setattr__(self, "output_checkers", frozenset(self.output_checkers))
 
-    def projects_of(self, username: str) -> list[Project]:
-        """The projects ``username`` is a member of, in config order."""
-        return [p for p in self.projects.values() if username in p.members]
+    def projects_of(self, username: str, hub_groups: Iterable[str] = ()) -> list[Project]:
+        """The projects ``username`` is a member of, in config order.
 
-    def is_member(self, username: str, slug: str) -> bool:
+        Membership is the project's ``members`` list or the project's hub group
+        (``project-<slug>``, given to users whose identity-provider groups match).
+        """
+        groups = set(hub_groups)
+        return [
+            p
+            for p in self.projects.values()
+            if username in p.members or project_hub_group(p.slug) in groups
+        ]
+
+    def is_member(self, username: str, slug: str, hub_groups: Iterable[str] = ()) -> bool:
         """Whether ``username`` is a member of project ``slug`` (``False`` if unknown)."""
         project = self.projects.get(slug) if isinstance(slug, str) else None
-        return project is not None and username in project.members
+        if project is None:
+            return False
+        return username in project.members or project_hub_group(slug) in set(hub_groups)
+
+    def is_checker(self, username: str, hub_groups: Iterable[str] = ()) -> bool:
+        """Whether ``username`` is an output checker (listed, or in a checker group)."""
+        return username in self.output_checkers or CHECKERS_HUB_GROUP in set(hub_groups)
+
+    def hub_groups_for(self, provider_groups: Iterable[str]) -> list[str]:
+        """Map the identity provider's groups to the hub groups Havre manages.
+
+        Unmapped provider groups are dropped: they never reach the hub.
+        """
+        given = [g for g in provider_groups if isinstance(g, str)]
+        ident = self.identity
+        result: list[str] = []
+
+        def matches(configured: Iterable[str]) -> bool:
+            return any(group_matches(c, g) for c in configured for g in given)
+
+        for project in self.projects.values():
+            if matches(project.groups):
+                result.append(project_hub_group(project.slug))
+        if matches(ident.checker_groups):
+            result.append(CHECKERS_HUB_GROUP)
+        if matches(ident.admin_groups):
+            result.append(ADMINS_HUB_GROUP)
+        if matches(ident.server_access_groups):
+            result.append(SERVER_ACCESS_HUB_GROUP)
+        return result
+
+    def all_hub_groups(self) -> list[str]:
+        """Every hub group Havre may give (the hub's allow-list of groups)."""
+        groups = [project_hub_group(slug) for slug in self.projects]
+        return groups + [CHECKERS_HUB_GROUP, ADMINS_HUB_GROUP, SERVER_ACCESS_HUB_GROUP]
 
     def project(self, slug: str) -> Project:
         """The project ``slug``; raises :class:`UnknownProjectError` (a ``KeyError``)."""
@@ -669,6 +806,9 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
         else:
             reviews_required = value
 
+    identity = _identity(p, _section(p, data, "identity", "", _IDENTITY_KEYS))
+    culling = _culling(p, _section(p, data, "culling", "", _CULLING_KEYS))
+
     # projects:
     projects: list[Project] = []
     raw_projects = data.get("projects")
@@ -705,6 +845,119 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
         output_checkers=frozenset(output_checkers),
         review=ReviewPolicy(reviews_required=reviews_required),
         source=source,
+        identity=identity,
+        culling=culling,
+    )
+
+
+def _group_names(p: _Problems, value: object, path: str) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        p.add(path, "must be a list of group names", value)
+        return ()
+    names: list[str] = []
+    for i, item in enumerate(value):
+        where = f"{path}[{i}]"
+        if not isinstance(item, str) or not item.strip() or item != item.strip():
+            p.add(where, "must be a non-empty group name without surrounding spaces", item)
+        elif any(unicodedata.category(ch)[0] == "C" for ch in item):
+            p.add(where, "must not contain control characters", item)
+        elif item in names:
+            p.add(where, "duplicate group", item)
+        else:
+            names.append(item)
+    return tuple(names)
+
+
+def _seconds(p: _Problems, raw: Mapping[Any, Any], key: str, path: str, default: int) -> int:
+    value = raw.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        p.add(f"{path}.{key}", "must be a whole number of seconds (0 or more)", value)
+        return default
+    return value
+
+
+def _url(p: _Problems, value: object, path: str) -> str:
+    if not isinstance(value, str) or not re.fullmatch(r"https?://[^\s]+", value):
+        p.add(path, "must be an http(s) URL", value)
+        return ""
+    return value
+
+
+def _identity(p: _Problems, raw: Mapping[Any, Any]) -> IdentityConfig:
+    base = IdentityConfig()
+    provider = raw.get("provider", base.provider)
+    if provider not in PROVIDERS:
+        p.add("identity.provider", f"must be one of {', '.join(PROVIDERS)}", provider)
+        provider = base.provider
+    checker_groups = base.checker_groups
+    if raw.get("checker_groups") is not None:
+        checker_groups = _group_names(p, raw["checker_groups"], "identity.checker_groups")
+    admin_groups = base.admin_groups
+    if raw.get("admin_groups") is not None:
+        admin_groups = _group_names(p, raw["admin_groups"], "identity.admin_groups")
+    access = _group_names(p, raw.get("server_access_groups"), "identity.server_access_groups")
+    oidc = None
+    raw_oidc = _section(p, raw, "oidc", "identity", _OIDC_KEYS)
+    if provider == "oidc":
+        for key in _OIDC_REQUIRED:
+            if raw_oidc.get(key) is None:
+                p.add(f"identity.oidc.{key}", "required when identity.provider is oidc")
+        if all(raw_oidc.get(key) is not None for key in _OIDC_REQUIRED):
+            where = "identity.oidc"
+            scopes = raw_oidc.get("scopes", ["openid", "profile", "email", "groups"])
+            if not isinstance(scopes, list) or "openid" not in scopes:
+                p.add(f"{where}.scopes", "must be a list that includes 'openid'", scopes)
+                scopes = ["openid"]
+            oidc = OidcSettings(
+                authorize_url=_url(p, raw_oidc["authorize_url"], f"{where}.authorize_url"),
+                token_url=_url(p, raw_oidc["token_url"], f"{where}.token_url"),
+                userdata_url=_url(p, raw_oidc["userdata_url"], f"{where}.userdata_url"),
+                logout_url=(
+                    _url(p, raw_oidc["logout_url"], f"{where}.logout_url")
+                    if raw_oidc.get("logout_url") is not None
+                    else ""
+                ),
+                client_id=_string(p, raw_oidc["client_id"], f"{where}.client_id") or "",
+                client_secret_file=_abs_path(
+                    p, raw_oidc["client_secret_file"], f"{where}.client_secret_file"
+                )
+                or Path("/"),
+                username_claim=_string(
+                    p,
+                    raw_oidc.get("username_claim", "preferred_username"),
+                    f"{where}.username_claim",
+                )
+                or "preferred_username",
+                groups_claim=_string(
+                    p, raw_oidc.get("groups_claim", "groups"), f"{where}.groups_claim"
+                )
+                or "groups",
+                scopes=tuple(str(s) for s in scopes),
+            )
+    elif raw_oidc:
+        p.add("identity.oidc", "only used when identity.provider is oidc", dict(raw_oidc))
+    return IdentityConfig(
+        provider=provider,
+        checker_groups=checker_groups,
+        admin_groups=admin_groups,
+        server_access_groups=access,
+        refresh_seconds=_seconds(p, raw, "refresh_seconds", "identity", base.refresh_seconds),
+        membership_check_seconds=_seconds(
+            p, raw, "membership_check_seconds", "identity", base.membership_check_seconds
+        ),
+        oidc=oidc,
+    )
+
+
+def _culling(p: _Problems, raw: Mapping[Any, Any]) -> CullingPolicy:
+    base = CullingPolicy()
+    return CullingPolicy(
+        idle_seconds=_seconds(p, raw, "idle_seconds", "culling", base.idle_seconds),
+        max_age_seconds=_seconds(p, raw, "max_age_seconds", "culling", base.max_age_seconds),
     )
 
 
@@ -802,6 +1055,12 @@ def _project(
         if image is None:
             ok = False
 
+    groups: tuple[str, ...] = (project_hub_group(slug),) if isinstance(slug, str) else ()
+    if raw.get("groups") is not None:
+        n_before = len(p.items)
+        groups = _group_names(p, raw["groups"], f"{path}.groups")
+        ok = ok and len(p.items) == n_before
+
     n_problems = len(p.items)
     limits_raw = _section(p, raw, "limits", path, _LIMITS_KEYS)
     limits = _limits(p, limits_raw, f"{path}.limits", default_limits)
@@ -817,6 +1076,7 @@ def _project(
         data_path=data_path,
         image=image,
         limits=limits,
+        groups=groups,
     )
 
 
@@ -963,6 +1223,7 @@ def dump_enclave_config(cfg: EnclaveConfig) -> str:
         projects[slug] = {
             "title": proj.title,
             "members": sorted(proj.members),
+            "groups": list(proj.groups),
             "data_path": str(proj.data_path),
             "image": proj.image,
             "limits": {
@@ -977,8 +1238,39 @@ def dump_enclave_config(cfg: EnclaveConfig) -> str:
         "projects": projects,
         "output_checkers": sorted(cfg.output_checkers),
         "review": {"reviews_required": cfg.review.reviews_required},
+        "identity": _identity_doc(cfg.identity),
+        "culling": {
+            "idle_seconds": cfg.culling.idle_seconds,
+            "max_age_seconds": cfg.culling.max_age_seconds,
+        },
     }
     body = yaml.safe_dump(
         doc, sort_keys=False, allow_unicode=True, default_flow_style=False, width=100
     )
     return "# Havre enclave configuration (written by dump_enclave_config)\n" + body
+
+
+def _identity_doc(ident: IdentityConfig) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "provider": ident.provider,
+        "checker_groups": list(ident.checker_groups),
+        "admin_groups": list(ident.admin_groups),
+        "server_access_groups": list(ident.server_access_groups),
+        "refresh_seconds": ident.refresh_seconds,
+        "membership_check_seconds": ident.membership_check_seconds,
+    }
+    if ident.oidc is not None:
+        o = ident.oidc
+        doc["oidc"] = {
+            "authorize_url": o.authorize_url,
+            "token_url": o.token_url,
+            "userdata_url": o.userdata_url,
+            "client_id": o.client_id,
+            "client_secret_file": str(o.client_secret_file),
+            "username_claim": o.username_claim,
+            "groups_claim": o.groups_claim,
+            "scopes": list(o.scopes),
+        }
+        if o.logout_url:
+            doc["oidc"]["logout_url"] = o.logout_url
+    return doc

@@ -19,7 +19,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from spawner.enclave import EnclaveConfig, EnclaveConfigError, load_enclave_config
+from spawner.enclave import (
+    ADMINS_HUB_GROUP,
+    SERVER_ACCESS_HUB_GROUP,
+    EnclaveConfig,
+    EnclaveConfigError,
+    load_enclave_config,
+)
 
 HUB_PORT = 8081
 PROXY_PORT = 8000
@@ -88,13 +94,8 @@ def configure_hub(c: Any, environ: Mapping[str, str] = os.environ) -> EnclaveCon
     c.JupyterHub.named_server_limit_per_user = 0
     c.JupyterHub.shutdown_on_logout = False
 
-    # -- who may log in (identity provider integration replaces this; see docs/sysadmin)
-    users = set(enclave.output_checkers)
-    for project in enclave.projects.values():
-        users |= project.members
-    c.JupyterHub.authenticator_class = "spawner.demo_auth.DemoPasswordAuthenticator"
-    c.DemoPasswordAuthenticator.password_file = str(secrets_dir(enclave) / "demo-passwords.json")
-    c.Authenticator.allowed_users = users
+    # -- who users are: OpenID Connect (the embedded provider, or the site's own)
+    configure_identity(c, enclave, environ)
 
     # -- spawner
     c.JupyterHub.spawner_class = "spawner.project_spawner.ProjectSpawner"
@@ -104,6 +105,7 @@ def configure_hub(c: Any, environ: Mapping[str, str] = os.environ) -> EnclaveCon
     c.ProjectSpawner.start_timeout = 120
     c.ProjectSpawner.http_timeout = 60
     c.ProjectSpawner.debug = False
+    c.ProjectSpawner.membership_check_interval = enclave.identity.membership_check_seconds
 
     # -- the egress (output-checking) service, reached through the proxy
     c.JupyterHub.services = [
@@ -115,12 +117,148 @@ def configure_hub(c: Any, environ: Mapping[str, str] = os.environ) -> EnclaveCon
             "display": True,
         }
     ]
-    c.JupyterHub.load_roles = [
+    c.JupyterHub.load_roles = least_privilege_roles()
+    configure_culler(c, enclave)
+    return enclave
+
+
+#: What an ordinary user may do: their own servers, nothing else. JupyterHub's default
+#: ``self`` scope also lets users mint API tokens (a way to script downloads from outside the
+#: browser) and share their servers with other users; Havre gives neither.
+USER_SCOPES = [
+    "read:users!user",
+    "users:activity!user",
+    "servers!user",
+    "access:servers!user",
+    "read:tokens!user",
+]
+#: What an administrator may do (the ``hub-administrator`` role of the admin groups): manage
+#: users, groups and servers, but not enter a user's server, read their OAuth tokens (auth
+#: state), or mint tokens.
+ADMIN_SCOPES = [
+    "admin-ui",
+    "users",
+    "delete:users",
+    "admin:servers",
+    "admin:groups",
+    "list:services",
+    "read:services",
+    "read:hub",
+    "read:roles",
+    "read:metrics",
+    "proxy",
+    "shutdown",
+]
+
+
+def least_privilege_roles() -> list[dict[str, Any]]:
+    """JupyterHub roles: narrowed ``user`` and ``admin``, and the explicit break-glass role."""
+    return [
+        {"name": "user", "scopes": USER_SCOPES},
+        {
+            # Not JupyterHub's built-in "admin" role (which includes access:servers and
+            # can't be narrowed): nobody gets that one.
+            "name": "hub-administrator",
+            "description": "Hub administration without access to users' servers.",
+            "scopes": ADMIN_SCOPES,
+            "groups": [ADMINS_HUB_GROUP],
+        },
+        {
+            "name": "server-access",
+            "description": "Break glass: open any user's notebook server. Every use is logged.",
+            "scopes": ["access:servers", "read:users", "list:users"],
+            "groups": [SERVER_ACCESS_HUB_GROUP],
+        },
         {
             "name": "egress-service",
             "description": "What the egress service needs: who a user is and their groups.",
             "scopes": ["read:users:name", "read:users:groups", "read:groups"],
             "services": ["egress"],
-        }
+        },
+        {
+            "name": "idle-culler",
+            "description": "Stop idle and too-old notebook servers.",
+            "scopes": ["list:users", "read:users:activity", "read:servers", "delete:servers"],
+            "services": ["idle-culler"],
+        },
     ]
-    return enclave
+
+
+def configure_culler(c: Any, enclave: EnclaveConfig) -> None:
+    """The idle culler, a hub-managed service, with the enclave's limits."""
+    culling = enclave.culling
+    if not (culling.idle_seconds or culling.max_age_seconds):
+        c.JupyterHub.load_roles = [r for r in c.JupyterHub.load_roles if r["name"] != "idle-culler"]
+        return
+    command = [sys.executable, "-m", "jupyterhub_idle_culler", "--cull-every=60"]
+    command.append(f"--timeout={culling.idle_seconds or 10**9}")
+    if culling.max_age_seconds:
+        command.append(f"--max-age={culling.max_age_seconds}")
+    c.JupyterHub.services.append({"name": "idle-culler", "command": command})
+
+
+def configure_identity(c: Any, enclave: EnclaveConfig, environ: Mapping[str, str]) -> None:
+    """Log in with OpenID Connect; map the provider's groups to Havre's hub groups."""
+    ident = enclave.identity
+    public_url = environ.get("HAVRE_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+    c.JupyterHub.authenticator_class = "generic-oauth"
+    auth = c.GenericOAuthenticator
+    if ident.provider == "embedded":
+        browser = environ.get("HAVRE_IDP_PUBLIC_URL", "http://127.0.0.1:8001").rstrip("/")
+        internal = environ.get("HAVRE_IDP_INTERNAL_URL", browser).rstrip("/")
+        auth.authorize_url = f"{browser}/authorize"
+        auth.token_url = f"{internal}/token"
+        auth.userdata_url = f"{internal}/userinfo"
+        auth.client_id = "jupyterhub"
+        auth.client_secret = read_secret(enclave, "idp-client-jupyterhub")
+        auth.logout_redirect_url = (
+            f"{browser}/logout?client_id=jupyterhub&post_logout_redirect_uri={public_url}/hub/login"
+        )
+        auth.login_service = "Havre sign-in"
+        groups_claim, username_claim = "groups", "preferred_username"
+        auth.scope = ["openid", "profile", "email", "groups"]
+    else:
+        oidc = ident.oidc
+        assert oidc is not None  # the config validation requires it
+        auth.authorize_url = oidc.authorize_url
+        auth.token_url = oidc.token_url
+        auth.userdata_url = oidc.userdata_url
+        auth.client_id = oidc.client_id
+        auth.client_secret = Path(oidc.client_secret_file).read_text().strip()
+        if oidc.logout_url:
+            auth.logout_redirect_url = oidc.logout_url
+        auth.login_service = "single sign-on"
+        groups_claim, username_claim = oidc.groups_claim, oidc.username_claim
+        auth.scope = list(oidc.scopes)
+    auth.oauth_callback_url = f"{public_url}/hub/oauth_callback"
+    auth.username_claim = username_claim
+    auth.enable_pkce = True
+    auth.basic_auth = True
+    auth.manage_groups = True
+    auth.enable_auth_state = True
+
+    def provider_groups_to_hub_groups(auth_state: dict[str, Any]) -> list[str]:
+        user = (auth_state or {}).get("oauth_user") or {}
+        groups = user.get(groups_claim)
+        if not isinstance(groups, list):
+            return []  # no groups claim: no project, no role (fail closed)
+        return enclave.hub_groups_for(groups)
+
+    auth.auth_state_groups_key = provider_groups_to_hub_groups
+    auth.allowed_groups = set(enclave.all_hub_groups())
+    auth.admin_groups = set()  # see the hub-administrator role
+    auth.admin_users = set()
+    listed = set(enclave.output_checkers)
+    for project in enclave.projects.values():
+        listed |= project.members
+    auth.allowed_users = listed  # users listed in the config need no group
+    auth.custom_403_message = (
+        "You signed in, but your account is in no Havre project group and has no Havre "
+        "role (the identity provider sent no matching groups), so Havre gives you no access. "
+        "Ask your project's data custodian to add you to the project's group."
+    )
+    c.Authenticator.refresh_pre_spawn = True
+    c.Authenticator.auth_refresh_age = ident.refresh_seconds
+    c.CryptKeeper.keys = [bytes.fromhex(read_secret(enclave, "jupyterhub-crypt-key"))]
+    if public_url.startswith("https://"):
+        c.JupyterHub.cookie_options = {"secure": True, "samesite": "Lax"}

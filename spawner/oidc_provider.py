@@ -49,7 +49,7 @@ import yaml
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from spawner.demo_auth import hash_password, verify_password
+from spawner.passwords import hash_password, verify_password
 
 log = logging.getLogger("havre.idp")
 
@@ -77,7 +77,7 @@ CLAIMS_SUPPORTED = (
 )
 
 USERNAME_PATTERN = r"[a-z0-9][a-z0-9._@-]{0,63}"
-GROUP_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}"
+GROUP_PATTERN = r"/?[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}"  # Keycloak-style paths allowed
 CLIENT_ID_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 #: Secrets are at least 32 URL-unreserved characters, so that form-encoding them (as RFC 6749
 #: §2.3.1 asks of HTTP Basic client credentials) changes nothing, whatever the client does.

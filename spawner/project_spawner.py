@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,19 @@ class ProjectSpawner(DockerSpawner):
         help="Size of the tmpfs mounted at /tmp (the root filesystem is read-only).",
     )
 
+    membership_check_interval = Int(
+        60,
+        config=True,
+        help="""Seconds between checks that a running server's user is still in its project.
+
+        At each check the user's groups are refreshed from the identity provider (with the
+        refresh token kept in the hub's encrypted auth state); a user no longer in the
+        project, or whose sign-in was revoked, has the server stopped. A user therefore
+        loses access within this interval plus the hub's poll interval (30 s).
+        0 turns the check off.
+        """,
+    )
+
     extra_sysctls = Dict(
         config=True,
         help="Extra namespaced sysctls for notebook containers, merged over Havre's.",
@@ -163,7 +177,7 @@ class ProjectSpawner(DockerSpawner):
                 reason="config",
                 status_code=503,
             ) from None
-        if slug not in enclave.projects or not enclave.is_member(self.user.name, slug):
+        if slug not in enclave.projects or not self.user_is_member(slug):
             # Same answer for "no such project" and "not a member": don't reveal projects.
             self.forget_refused_server()
             raise SpawnException(
@@ -179,6 +193,53 @@ class ProjectSpawner(DockerSpawner):
                 status_code=403,
             )
         return project
+
+    def hub_group_names(self) -> list[str]:
+        """The user's hub groups (Havre's, mapped from the identity provider's groups)."""
+        return [group.name for group in getattr(self.user, "groups", None) or []]
+
+    def user_is_member(self, slug: str) -> bool:
+        """Whether the user belongs to project ``slug``: listed, or through a group."""
+        return self.enclave.is_member(self.user.name, slug, self.hub_group_names())
+
+    async def refresh_groups(self) -> bool:
+        """Refresh the user's groups from the identity provider; False if sign-in is gone."""
+        authenticator = self.authenticator
+        if authenticator is None or not getattr(authenticator, "enable_auth_state", False):
+            return True
+        result = await authenticator.refresh_user(self.user, None)
+        if result is False:
+            return False
+        if isinstance(result, dict):
+            if result.get("auth_state") is not None:
+                await self.user.save_auth_state(result["auth_state"])
+            if getattr(authenticator, "manage_groups", False) and "groups" in result:
+                self.user.sync_groups(result["groups"])
+        return True
+
+    async def poll(self) -> int | None:
+        """Docker's answer, and a stop when the user has left the project (see help)."""
+        status = await super().poll()
+        if status is not None or not self.membership_check_interval or not self.name:
+            return status
+        now = time.monotonic()
+        last = getattr(self, "_membership_checked_at", None)
+        if last is None:
+            self._membership_checked_at = now
+            return None
+        if now - last < self.membership_check_interval:
+            return None
+        self._membership_checked_at = now
+        try:
+            signed_in = await self.refresh_groups()
+        except Exception:
+            self.log.exception("Group refresh for %s failed; keeping the server", self.user.name)
+            return None
+        if signed_in and self.user_is_member(self.name):
+            return None
+        why = "is no longer in project" if signed_in else "has lost their sign-in for"
+        self.log.warning("Stopping %s's server: %s %s", self.user.name, why, self.name)
+        return 0
 
     def forget_refused_server(self) -> None:
         """Delete the hub's record of a refused named server once the refusal is handled.

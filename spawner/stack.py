@@ -36,7 +36,15 @@ NOTEBOOK_UID = 1000
 NOTEBOOK_GID = 1000
 EGRESS_UID = 1001
 CONFIG_IN_CONTAINER = "/etc/havre/enclave.yaml"
-SECRETS = ("cookie-secret", "proxy-auth-token", "egress-api-token")
+SECRETS = (
+    "cookie-secret",
+    "proxy-auth-token",
+    "egress-api-token",
+    "jupyterhub-crypt-key",
+    "idp-client-jupyterhub",
+    "idp-admin-token",
+)
+IDP_PORT = 8001
 
 
 class StackError(RuntimeError):
@@ -49,9 +57,21 @@ class StackOptions:
 
     bind_ip: str = "127.0.0.1"
     port: int = 8000
+    idp_port: int = 8001
+    public_host: str = ""  # the host name users type; default: bind_ip
     hub_image: str = f"havre/hub:{__version__}"
     egress_image: str = f"havre/egress:{__version__}"
     wait_seconds: float = 120.0
+
+    @property
+    def public_url(self) -> str:
+        """Where users open the enclave (the proxy's published port)."""
+        return f"http://{self.public_host or self.bind_ip}:{self.port}"
+
+    @property
+    def idp_public_url(self) -> str:
+        """Where browsers reach the embedded identity provider."""
+        return f"http://{self.public_host or self.bind_ip}:{self.idp_port}"
 
 
 def hub_container_name(enclave: EnclaveConfig) -> str:
@@ -60,6 +80,10 @@ def hub_container_name(enclave: EnclaveConfig) -> str:
 
 def egress_container_name(enclave: EnclaveConfig) -> str:
     return f"{enclave.name}-egress"
+
+
+def idp_container_name(enclave: EnclaveConfig) -> str:
+    return f"{enclave.name}-idp"
 
 
 def front_network_name(enclave: EnclaveConfig) -> str:
@@ -91,7 +115,7 @@ def prepare_state(enclave: EnclaveConfig) -> None:
 
 
 def _config_digest(enclave: EnclaveConfig, *images: str) -> str:
-    """A digest of what a running container depends on: config file and image ids."""
+    """A digest of what a running container depends on: config file, image ids, addresses."""
     digest = hashlib.sha256(Path(enclave.source).read_bytes())
     for image in images:
         digest.update(image.encode())
@@ -194,10 +218,81 @@ def _start_egress(client: docker.DockerClient, enclave: EnclaveConfig, opts: Sta
     )
 
 
+def idp_config_text(enclave: EnclaveConfig, opts: StackOptions) -> str:
+    """The embedded identity provider's config for this enclave and these addresses."""
+    state = enclave.state_dir
+    return "\n".join(
+        [
+            "# Written by `havre up`; changes are overwritten.",
+            f"issuer: {opts.idp_public_url}",
+            f"state_dir: {state / 'idp'}",
+            f"users_file: {state / 'idp' / 'users.json'}",
+            f"admin_token_file: {state / 'secrets' / 'idp-admin-token'}",
+            "clients:",
+            "  - client_id: jupyterhub",
+            "    name: Havre",
+            f"    client_secret_file: {state / 'secrets' / 'idp-client-jupyterhub'}",
+            f"    redirect_uris: [{opts.public_url}/hub/oauth_callback]",
+            f"    post_logout_redirect_uris: [{opts.public_url}/hub/login]",
+            "access_token_seconds: 300",
+            "refresh_token_seconds: 86400",
+            "",
+        ]
+    )
+
+
+def _start_idp(client: docker.DockerClient, enclave: EnclaveConfig, opts: StackOptions) -> None:
+    """The embedded OpenID Connect provider (only when no external one is configured)."""
+    name = idp_container_name(enclave)
+    if enclave.identity.provider != "embedded":
+        try:
+            client.containers.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        return
+    idp_dir = enclave.state_dir / "idp"
+    idp_dir.mkdir(mode=0o700, exist_ok=True)
+    config_file = idp_dir / "idp.yaml"
+    text = idp_config_text(enclave, opts)
+    if not config_file.exists() or config_file.read_text() != text:
+        config_file.write_text(text)
+    users = idp_dir / "users.json"
+    if not users.exists():
+        fd = os.open(users, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write("{}\n")
+    digest = _config_digest(enclave, _image_id(client, opts.hub_image), text)
+    if _replace_container(client, name, digest):
+        return
+    secret_files = [
+        str(enclave.state_dir / "secrets" / s) for s in ("idp-admin-token", "idp-client-jupyterhub")
+    ]
+    client.containers.run(
+        opts.hub_image,
+        ["havre-idp", "--config", str(config_file), "--port", str(IDP_PORT)],
+        name=name,
+        detach=True,
+        user="0:0",
+        network=front_network_name(enclave),
+        ports={f"{IDP_PORT}/tcp": (opts.bind_ip, opts.idp_port)},
+        volumes={
+            str(idp_dir): {"bind": str(idp_dir), "mode": "rw"},
+            **{path: {"bind": path, "mode": "ro"} for path in secret_files},
+        },
+        read_only=True,
+        tmpfs={"/tmp": "rw,nosuid,nodev,size=16m"},
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges:true"],
+        pids_limit=128,
+        restart_policy={"Name": "unless-stopped"},
+        labels={"havre.enclave": enclave.name, "havre.role": "idp", "havre.digest": digest},
+    )
+
+
 def _start_hub(client: docker.DockerClient, enclave: EnclaveConfig, opts: StackOptions) -> None:
     name = hub_container_name(enclave)
     digest = _config_digest(
-        enclave, _image_id(client, opts.hub_image), f"{opts.bind_ip}:{opts.port}"
+        enclave, _image_id(client, opts.hub_image), opts.public_url, opts.idp_public_url
     )
     if _replace_container(client, name, digest):
         return
@@ -213,6 +308,9 @@ def _start_hub(client: docker.DockerClient, enclave: EnclaveConfig, opts: StackO
             "HAVRE_HUB_CONTAINER": name,
             "HAVRE_EGRESS_CONTAINER": egress_container_name(enclave),
             "HAVRE_FRONT_NETWORK": front_network_name(enclave),
+            "HAVRE_PUBLIC_URL": opts.public_url,
+            "HAVRE_IDP_PUBLIC_URL": opts.idp_public_url,
+            "HAVRE_IDP_INTERNAL_URL": f"http://{idp_container_name(enclave)}:{IDP_PORT}",
         },
         volumes={
             str(Path(enclave.source).resolve()): {"bind": CONFIG_IN_CONTAINER, "mode": "ro"},
@@ -232,7 +330,9 @@ def wait_for_hub(
     health = url.rstrip("/") + "/hub/health"
     while time.monotonic() < deadline:
         container = client.containers.get(hub_container_name(enclave))
-        if container.status in ("exited", "dead"):
+        if container.status in ("exited", "dead", "restarting") or container.attrs.get(
+            "RestartCount"
+        ):
             logs = container.logs(tail=30).decode(errors="replace")
             raise StackError(f"the hub container stopped; its last log lines:\n{logs}")
         try:
@@ -254,12 +354,13 @@ def up(enclave: EnclaveConfig, opts: StackOptions | None = None) -> str:
             _image_id(client, image)
         prepare_state(enclave)
         _ensure_front_network(client, enclave)
+        _start_idp(client, enclave, opts)
         _start_egress(client, enclave, opts)
         _start_hub(client, enclave, opts)
         project_nets = _project_networks(client, enclave)
         _attach(client, egress_container_name(enclave), project_nets)
         _attach(client, hub_container_name(enclave), project_nets)
-        url = f"http://{opts.bind_ip}:{opts.port}/"
+        url = opts.public_url + "/"
         wait_for_hub(client, enclave, url, opts.wait_seconds)
         return url
     finally:

@@ -8,6 +8,7 @@ own (so it never touches a locally running enclave), starts it with the same cod
 from __future__ import annotations
 
 import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -67,6 +68,15 @@ class RunningEnclave:
         )
         return found[0] if found else None
 
+    def wait_container_gone(self, username: str, project: str, timeout: float = 30) -> bool:
+        """Wait until the notebook container is removed (Docker removes it asynchronously)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.notebook_container(username, project) is None:
+                return True
+            time.sleep(0.3)
+        return False
+
     def hub_container(self):
         return self.docker.containers.get(stack.hub_container_name(self.config))
 
@@ -86,7 +96,7 @@ def enclave(docker_client, tmp_path_factory) -> Iterator[RunningEnclave]:
     state = tmp_path_factory.mktemp("enclave-state")
     config, users = init_demo(state, DEFAULT_NOTEBOOK_IMAGE, enclave_name=ENCLAVE_NAME)
     stack.down(config, purge=False)  # leftovers of an interrupted run
-    options = stack.StackOptions(port=free_port())
+    options = stack.StackOptions(port=free_port(), idp_port=free_port())
     url = stack.up(config, options)
     passwords = {u.name: u.password for u in users}
     running = RunningEnclave(config, url, passwords, docker_client, options)

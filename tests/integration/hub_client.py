@@ -8,9 +8,12 @@ the Jupyter websocket protocol.
 from __future__ import annotations
 
 import json
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
+from html import unescape
+from urllib.parse import urljoin
 
 import requests
 import websocket
@@ -18,6 +21,15 @@ import websocket
 
 class HubError(AssertionError):
     """The hub answered something a test did not expect."""
+
+
+def login_form(html: str) -> tuple[str, dict[str, str]] | None:
+    """The action and hidden fields of the identity provider's login form, if any."""
+    match = re.search(r'<form[^>]*method="post"[^>]*action="([^"]*)"', html)
+    if match is None:
+        return None
+    hidden = re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', html)
+    return unescape(match.group(1)), {name: unescape(value) for name, value in hidden}
 
 
 @dataclass
@@ -33,18 +45,27 @@ class HubUser:
         return self.base_url.rstrip("/") + "/" + path.lstrip("/")
 
     def login(self) -> HubUser:
-        r = self.session.get(self.url("hub/login"), timeout=30)
-        r.raise_for_status()
-        xsrf = self.session.cookies.get("_xsrf", path="/hub/")
-        r = self.session.post(
-            self.url("hub/login"),
-            data={"username": self.name, "password": self.password, "_xsrf": xsrf},
-            allow_redirects=False,
-            timeout=30,
-        )
-        if r.status_code != 302:
-            raise HubError(f"login of {self.name} failed: {r.status_code}")
+        """Sign in as a browser does: hub -> identity provider's login page -> hub."""
+        response = self.sign_in()
+        if response.status_code != 200 or not self.session.cookies.get(
+            "jupyterhub-session-id"
+        ):
+            raise HubError(f"login of {self.name} failed: {response.status_code}")
         return self
+
+    def sign_in(self, password: str | None = None, next_path: str = "/hub/home"):
+        """The whole sign-in dance; returns the final response (not raising on refusal)."""
+        page = self.session.get(
+            self.url(f"hub/oauth_login?next={next_path}"), timeout=30, allow_redirects=True
+        )
+        form = login_form(page.text)
+        if form is None:
+            raise HubError(f"no login form at {page.url}: {page.status_code} {page.text[:200]}")
+        action, fields = form
+        fields.update({"username": self.name, "password": password or self.password})
+        return self.session.post(
+            urljoin(page.url, action), data=fields, timeout=30, allow_redirects=True
+        )
 
     def _api_headers(self) -> dict[str, str]:
         return {"X-XSRFToken": self.session.cookies.get("_xsrf", path="/hub/") or ""}

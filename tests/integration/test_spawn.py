@@ -89,7 +89,7 @@ def test_member_of_two_projects_gets_two_isolated_servers_and_homes_survive_a_st
     assert out["stdout"].strip() == "False"  # homes are per project
 
     carol.stop_server("cardio")
-    assert enclave.notebook_container("carol", "cardio") is None  # container removed on stop
+    assert enclave.wait_container_gone("carol", "cardio")  # container removed on stop
     assert (enclave.config.home_dir("cardio", "carol") / "note.txt").read_text() == "kept"
 
     assert carol.start_server("cardio").status_code in (201, 202)

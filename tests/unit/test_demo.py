@@ -1,11 +1,12 @@
-"""The demo enclave and its passwords: written once, kept on a second run."""
+"""The demo enclave and its users: written once, kept on a second run."""
 
 from __future__ import annotations
 
 import stat
 
-from spawner.demo import init_demo
-from spawner.demo_auth import hash_password, read_password_file, verify_password
+from spawner.demo import idp_users_file, init_demo
+from spawner.oidc_provider import read_users_file
+from spawner.passwords import hash_password, verify_password
 from spawner.stack import prepare_state
 
 
@@ -19,11 +20,15 @@ def test_password_hashes_verify_and_reject():
 def test_demo_init_is_idempotent_and_keeps_secrets_private(tmp_path):
     config, users = init_demo(tmp_path, "havre/notebook:0.1.0")
     assert set(config.projects) == {"cardio", "diabetes"}
-    assert {u.name for u in users} == {"alice", "bob", "carol", "olivia", "oscar"}
-    assert config.projects_of("carol") == [config.project("cardio"), config.project("diabetes")]
-    hashes = read_password_file(tmp_path / "secrets" / "demo-passwords.json")
+    assert {u.name for u in users} == {"alice", "bob", "carol", "olivia", "oscar", "adam"}
+    idp_users = read_users_file(idp_users_file(config))
     for user in users:
-        assert verify_password(user.password, hashes[user.name])
+        assert verify_password(user.password, idp_users[user.name].password_hash)
+    carol_groups = config.hub_groups_for(idp_users["carol"].groups)
+    assert [p.slug for p in config.projects_of("carol", carol_groups)] == ["cardio", "diabetes"]
+    bob_groups = config.hub_groups_for(idp_users["bob"].groups)  # Keycloak-style path
+    assert [p.slug for p in config.projects_of("bob", bob_groups)] == ["diabetes"]
+    assert config.is_checker("olivia", config.hub_groups_for(idp_users["olivia"].groups))
     data = tmp_path / "projects" / "cardio" / "data" / "hospital_stays.csv"
     before = data.read_bytes()
 
@@ -32,9 +37,9 @@ def test_demo_init_is_idempotent_and_keeps_secrets_private(tmp_path):
     assert data.read_bytes() == before
     assert again == config
 
-    for name in ("demo-passwords.json", "demo-passwords.txt"):
-        mode = stat.S_IMODE((tmp_path / "secrets" / name).stat().st_mode)
-        assert mode == 0o600, name
+    mode = stat.S_IMODE((tmp_path / "secrets" / "demo-passwords.txt").stat().st_mode)
+    assert mode == 0o600
+    assert stat.S_IMODE(idp_users_file(config).stat().st_mode) == 0o600
 
 
 def test_prepare_state_makes_secrets_once(tmp_path):

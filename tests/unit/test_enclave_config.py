@@ -403,7 +403,8 @@ BAD = [
         "colour: blue\n" + OK_PROJECT,
         [
             "colour: unknown key 'colour'",
-            "allowed keys: enclave, images, limits, output_checkers, projects, review",
+            "allowed keys: culling, enclave, identity, images, limits, output_checkers, "
+            "projects, review",
         ],
     ),
     (
@@ -417,7 +418,7 @@ BAD = [
         [
             "projects.cardio.titel",
             "unknown key 'titel'",
-            "allowed keys: data_path, image, limits, members, title",
+            "allowed keys: data_path, groups, image, limits, members, title",
         ],
     ),
     (
@@ -852,3 +853,91 @@ def configs(draw):
 def test_valid_configs_round_trip(data):
     cfg = parse_enclave_config(data)
     assert parse_enclave_yaml(dump_enclave_config(cfg)) == cfg
+
+
+# -- identity: providers, group mapping -------------------------------------------------
+
+IDENTITY_BAD = [
+    ("identity:\n  provider: saml\n", "identity.provider: must be one of embedded, oidc"),
+    ("identity:\n  checker_groups: checkers\n", "identity.checker_groups: must be a list"),
+    ("identity:\n  admin_groups: [' x']\n", "identity.admin_groups[0]: must be a non-empty"),
+    ("identity:\n  refresh_seconds: -1\n", "identity.refresh_seconds: must be a whole number"),
+    ("identity:\n  provider: oidc\n", "identity.oidc.authorize_url: required"),
+    (
+        "identity:\n  provider: embedded\n  oidc: {client_id: x}\n",
+        "identity.oidc: only used when identity.provider is oidc",
+    ),
+    (
+        "identity:\n  provider: oidc\n  oidc: {authorize_url: ftp://x, token_url: http://k/t,"
+        " userdata_url: http://k/u, client_id: havre, client_secret_file: /s}\n",
+        "identity.oidc.authorize_url: must be an http(s) URL",
+    ),
+    ("culling:\n  idle_seconds: soon\n", "culling.idle_seconds: must be a whole number"),
+    (
+        "projects:\n  cardio:\n    title: x\n    groups: [a, a]\n",
+        "projects.cardio.groups[1]: duplicate group",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), IDENTITY_BAD)
+def test_bad_identity_config_is_reported(text, expected):
+    if "projects:" not in text:
+        text += OK_PROJECT
+    problems = problems_of(text)
+    assert any(expected in problem for problem in problems), problems
+
+
+KEYCLOAK = """\
+identity:
+  provider: oidc
+  checker_groups: [/havre/checkers]
+  admin_groups: [havre-admins]
+  oidc:
+    authorize_url: https://sso.example.org/realms/r/protocol/openid-connect/auth
+    token_url: https://sso.example.org/realms/r/protocol/openid-connect/token
+    userdata_url: https://sso.example.org/realms/r/protocol/openid-connect/userinfo
+    client_id: havre
+    client_secret_file: /etc/havre/oidc-secret
+projects:
+  cardio:
+    title: Cardio
+    groups: [project-cardio, /hospital/cardiology]
+  diabetes:
+    title: Diabetes
+"""
+
+
+@pytest.mark.parametrize(
+    ("provider_groups", "hub_groups"),
+    [
+        ([], []),
+        (["project-cardio"], ["project-cardio"]),
+        (["/project-cardio"], ["project-cardio"]),  # Keycloak's top-level path form
+        (["/hospital/cardiology"], ["project-cardio"]),
+        (["hospital/cardiology"], []),  # a configured path matches only itself
+        (["/other/project-cardio"], []),
+        (["project-diabetes", "unrelated"], ["project-diabetes"]),  # default project group
+        (["/havre/checkers"], ["output-checkers"]),
+        (["havre/checkers", "checkers"], []),
+        (["/havre-admins"], ["hub-admins"]),
+        (["PROJECT-CARDIO"], []),  # case matters
+    ],
+)
+def test_provider_groups_map_to_hub_groups(provider_groups, hub_groups):
+    config = parse_enclave_yaml(KEYCLOAK)
+    assert config.hub_groups_for(provider_groups) == hub_groups
+
+
+def test_membership_by_list_or_by_group():
+    config = parse_enclave_yaml(KEYCLOAK + "    members: [bob]\n")
+    assert config.is_member("bob", "diabetes")
+    assert not config.is_member("alice", "diabetes")
+    assert config.is_member("alice", "diabetes", ["project-diabetes"])
+    assert not config.is_member("alice", "cardio", ["project-diabetes"])
+    assert [p.slug for p in config.projects_of("alice", ["project-cardio"])] == ["cardio"]
+    assert config.is_checker("alice", ["output-checkers"])
+    assert not config.is_checker("alice", ["project-cardio"])
+    assert config.identity.oidc is not None
+    assert config.identity.oidc.username_claim == "preferred_username"
+    assert parse_enclave_yaml(dump_enclave_config(config)) == config

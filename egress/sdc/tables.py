@@ -1,0 +1,1089 @@
+"""Per-output disclosure checks: tables computed from records, published count tables, models.
+
+The same functions serve the egress server and the researchers' library, so a researcher sees
+in the notebook the verdict a checker will see:
+
+* :func:`check_frequency_table` — a count crosstab computed from records;
+* :func:`check_magnitude_table` — a crosstab of ``sum``, ``mean``, ``median``, ``std``,
+  ``min``, ``max`` or ``count`` of a value column;
+* :func:`check_histogram` — a histogram of one column;
+* :func:`check_regression` — a fitted model's residual degrees of freedom;
+* :func:`check_frequency_csv` — a published count table when only the counts are at hand
+  (what the server can check from a CSV file);
+* :func:`suppress` — the table with failing cells masked, secondary suppression so no masked
+  cell can be worked out from totals, and margins recomputed from the published cells.
+
+Each check returns an :class:`OutputCheck`: the overall verdict (the worst cell), per-cell
+verdicts and reasons, counts per rule, a summary sentence, the parameters used, and
+:meth:`OutputCheck.to_acro_sdc` for ACRO's ``results.json`` ``sdc`` block.
+
+How tables are computed (fast: no per-cell Python loop).  Each grouping column is factorised
+once (sorted labels, like :func:`pandas.crosstab`); the row and column codes are combined into
+one cell code per record; counts and sums are ``numpy.bincount`` over the cell codes; the
+largest contributions per cell come from ``numpy.maximum.at`` passes, each pass taking out the
+current largest values (ties counted), so the (n, k) rule needs at most ``max(n, 2)`` passes.
+
+Only numpy and pandas; no I/O.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .params import SDCParams
+from .rules import (
+    _LABELS,
+    ACRO_KEYS,
+    ALL_RULES,
+    CellReasons,
+    Finding,
+    Rule,
+    Verdict,
+    check_dof,
+    evaluate_cells,
+    rule_verdict,
+)
+
+__all__ = [
+    "MAX_CELLS",
+    "RULES_FOR",
+    "STATISTICS",
+    "OutputCheck",
+    "check_frequency_csv",
+    "check_frequency_table",
+    "check_histogram",
+    "check_magnitude_table",
+    "check_regression",
+    "protect_pattern",
+    "recoverable_cells",
+    "suppress",
+]
+
+#: The statistics a magnitude table may show.
+STATISTICS = ("count", "sum", "mean", "median", "std", "min", "max")
+
+_BASE = Rule.THRESHOLD | Rule.ZEROS | Rule.MISSING
+#: ACRO's rule set per statistic (missing values only count when ``check_missing_values``).
+RULES_FOR: dict[str, Rule] = {
+    "count": _BASE,
+    "sum": _BASE | Rule.DOMINANCE | Rule.P_RATIO | Rule.NEGATIVE,
+    "mean": _BASE | Rule.DOMINANCE | Rule.P_RATIO | Rule.NEGATIVE,
+    "median": _BASE,
+    "min": _BASE | Rule.MIN_MAX,
+    "max": _BASE | Rule.MIN_MAX,
+    "std": _BASE | Rule.DOF,
+}
+
+#: Statistics whose cells add up to the margins (suppression can recompute those margins).
+_ADDITIVE = ("count", "sum", "mean")
+
+#: Refuse tables larger than this many cells (a typo such as grouping by an id column).
+MAX_CELLS = 5_000_000
+
+_ACRO_SUMMARY_KEYS = ("negative", "missing", "threshold", "p-ratio", "nk-rule")
+
+
+# ----------------------------------------------------------------------------------------
+# The result of a check
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class OutputCheck:
+    """The disclosure check of one output.
+
+    ``table`` is the statistic as computed (unsuppressed), rows and columns labelled as
+    :func:`pandas.crosstab` would; ``cells`` holds the per-cell bitmasks and statistics, in
+    row-major order of ``table``; ``findings`` are reasons about the output as a whole.
+    """
+
+    kind: str
+    statistic: str | None
+    params: SDCParams
+    table: pd.DataFrame | None = None
+    cells: CellReasons | None = None
+    findings: tuple[Finding, ...] = ()
+    properties: dict[str, Any] = field(default_factory=dict)
+
+    # -- verdicts --------------------------------------------------------------------------
+
+    @cached_property
+    def verdict(self) -> Verdict:
+        """The overall verdict: the worst cell or output-level finding."""
+        verdicts = [f.verdict for f in self.findings]
+        if self.cells is not None:
+            verdicts.append(self.cells.verdict)
+        return Verdict.worst(verdicts)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(rows, columns) of the table; (0, 0) for an output without cells."""
+        return self.table.shape if self.table is not None else (0, 0)
+
+    def _grid(self, flat: np.ndarray) -> np.ndarray:
+        return flat.reshape(self.shape)
+
+    def _frame(self, flat: np.ndarray) -> pd.DataFrame:
+        if self.table is None:
+            return pd.DataFrame()
+        return pd.DataFrame(self._grid(flat), index=self.table.index, columns=self.table.columns)
+
+    @cached_property
+    def cell_verdicts(self) -> pd.DataFrame:
+        """``pass`` / ``review`` / ``fail`` per cell, shaped like ``table``."""
+        if self.cells is None:
+            return pd.DataFrame()
+        return self._frame(_LABELS[self.cells.codes])
+
+    @cached_property
+    def verdict_codes(self) -> np.ndarray:
+        """Verdict codes per cell (0 pass, 1 review, 2 fail), shaped like ``table``."""
+        if self.cells is None:
+            return np.zeros((0, 0), dtype=np.int8)
+        return self._grid(self.cells.codes)
+
+    @property
+    def mask(self) -> np.ndarray:
+        """The :class:`Rule` bitmask per cell, shaped like ``table`` (``CellReasons``)."""
+        if self.cells is None:
+            return np.zeros((0, 0), dtype=np.uint16)
+        return self._grid(self.cells.mask)
+
+    def flags(self, rule: Rule) -> pd.DataFrame:
+        """True for the cells breaking ``rule``, shaped like ``table``."""
+        if self.cells is None:
+            return pd.DataFrame()
+        return self._frame((self.cells.mask & int(rule)) != 0)
+
+    @cached_property
+    def cell_reasons(self) -> pd.DataFrame:
+        """Per cell, its reasons joined with ``"; "`` (empty for a clean cell)."""
+        if self.cells is None:
+            return pd.DataFrame()
+        return self._frame(self.cells.reason_series().to_numpy())
+
+    @cached_property
+    def reasons(self) -> tuple[str, ...]:
+        """Every reason in words: cells (worst first), then the output-level findings."""
+        cell_texts = self.cells.texts if self.cells is not None else ()
+        return tuple(cell_texts) + tuple(f.text for f in self.findings)
+
+    @cached_property
+    def rule_counts(self) -> dict[str, int]:
+        """How many cells break each rule (by rule key, every rule listed)."""
+        if self.cells is None:
+            return {rule.key: 0 for rule in ALL_RULES}
+        return self.cells.counts()
+
+    @cached_property
+    def summary(self) -> str:
+        """One sentence for the checker, e.g.
+        ``fail: 6 of 20 cells fail (threshold 4, zeros 2); 1 cell to review (negative 1)``.
+        """
+        parts = []
+        if self.cells is not None:
+            n = len(self.cells.codes)
+            counts = self.rule_counts
+            by_verdict: dict[Verdict, list[str]] = {Verdict.FAIL: [], Verdict.REVIEW: []}
+            for rule in ALL_RULES:
+                v = rule_verdict(rule, self.params)
+                if counts[rule.key] and v in by_verdict:
+                    by_verdict[v].append(f"{rule.key} {counts[rule.key]}")
+            n_fail = int(np.count_nonzero(self.cells.codes == Verdict.FAIL))
+            n_review = int(np.count_nonzero(self.cells.codes == Verdict.REVIEW))
+            if n_fail:
+                parts.append(f"{n_fail} of {n} cells fail ({', '.join(by_verdict[Verdict.FAIL])})")
+            if n_review:
+                noun = "cell needs" if n_review == 1 else "cells need"
+                parts.append(f"{n_review} {noun} review ({', '.join(by_verdict[Verdict.REVIEW])})")
+            if n and not n_fail and not n_review:
+                parts.append(f"all {n} cells pass")
+        parts.extend(f.text for f in self.findings if f.verdict != Verdict.PASS)
+        if not parts:
+            parts.extend(f.text for f in self.findings)
+        return f"{self.verdict.label}: " + "; ".join(parts)
+
+    # -- records -----------------------------------------------------------------------------
+
+    def to_acro_sdc(self, suppressed: bool = False) -> dict[str, Any]:
+        """ACRO's ``results.json`` ``sdc`` block for this output.
+
+        ``{"summary": {"suppressed", "negative", "missing", "threshold", "p-ratio", "nk-rule",
+        "all-values-are-same"}, "cells": {same keys: [[row, col], ...]}}``, positions counted
+        from 0 in ``table``.  Empty cells and the standard deviation's degrees of freedom are
+        reported under ``threshold`` (ACRO counts empty cells there); ``all-values-are-same``
+        (ACRO's rule for ``mode``) is always empty.  Outputs without cells (models) give
+        ``{}``, as ACRO does.
+        """
+        if self.cells is None:
+            return {}
+        grid = self.mask
+        summary: dict[str, Any] = {"suppressed": bool(suppressed)}
+        cells: dict[str, list[list[int]]] = {}
+        for key in (*_ACRO_SUMMARY_KEYS, "all-values-are-same"):
+            bits = 0
+            for rule, acro_key in ACRO_KEYS.items():
+                if acro_key == key:
+                    bits |= int(rule)
+            positions = np.argwhere((grid & bits) != 0) if bits else np.zeros((0, 2), int)
+            summary[key] = int(len(positions))
+            cells[key] = [[int(r), int(c)] for r, c in positions]
+        return {"summary": summary, "cells": cells}
+
+    def as_record(self) -> dict[str, Any]:
+        """JSON-ready record for the release: verdict, summary, counts, reasons, parameters."""
+        return {
+            "kind": self.kind,
+            "statistic": self.statistic,
+            "verdict": self.verdict.label,
+            "summary": self.summary,
+            "rule_counts": self.rule_counts,
+            "findings": [f.as_dict() for f in self.findings],
+            "reasons": list(self.reasons),
+            "params": self.params.as_dict(),
+            "properties": dict(self.properties),
+            "sdc": self.to_acro_sdc(),
+        }
+
+
+# ----------------------------------------------------------------------------------------
+# From records to cells
+# ----------------------------------------------------------------------------------------
+
+
+def _keys(name: str, keys: str | Sequence[str] | None, df: pd.DataFrame) -> list[str]:
+    if keys is None:
+        return []
+    out = [keys] if isinstance(keys, str) else list(keys)
+    if not out and name == "index":
+        raise ValueError("index: give at least one column to group by")
+    missing = [k for k in out if k not in df.columns]
+    if missing:
+        raise KeyError(f"{name}: no such column(s): {', '.join(map(repr, missing))}")
+    return out
+
+
+def _key_codes(col: pd.Series, observed: bool) -> tuple[np.ndarray, pd.Index, bool]:
+    """Codes (-1 for missing) and sorted labels of one grouping column."""
+    if isinstance(col.dtype, pd.CategoricalDtype) and not observed:
+        codes = col.cat.codes.to_numpy().astype(np.int64)
+        return codes, pd.Index(col.cat.categories, name=col.name), True
+    try:
+        codes, uniques = pd.factorize(col, sort=True)
+    except TypeError:  # labels of mixed types that can't be ordered
+        codes, uniques = pd.factorize(col, sort=False)
+    return codes.astype(np.int64, copy=False), pd.Index(uniques, name=col.name), False
+
+
+def _axis(df: pd.DataFrame, keys: list[str], observed: bool) -> tuple[np.ndarray, pd.Index]:
+    """Per-record codes (-1 for a missing key) and the labels of one table axis."""
+    parts = [_key_codes(df[k], observed) for k in keys]
+    if len(parts) == 1:
+        return parts[0][0], parts[0][1]
+    sizes = [max(len(labels), 1) for _, labels, _ in parts]
+    if float(np.prod(sizes, dtype=float)) > 2**62:
+        raise ValueError(f"too many combinations of {', '.join(keys)} to tabulate")
+    combined = np.zeros(len(df), dtype=np.int64)
+    bad = np.zeros(len(df), dtype=bool)
+    for (codes, _, _), size in zip(parts, sizes, strict=True):
+        combined = combined * size + np.maximum(codes, 0)
+        bad |= codes < 0
+    if any(categorical for _, _, categorical in parts):
+        # Every combination of the categories, as pandas.groupby(observed=False) does.
+        combined[bad] = -1
+        product = int(np.prod(sizes))
+        if product > MAX_CELLS:
+            raise ValueError(f"{product:,} combinations of {', '.join(keys)}: too many to check")
+        return combined, pd.MultiIndex.from_product([p[1] for p in parts], names=keys)
+    # Observed combinations only, sorted.
+    out = np.full(len(df), -1, dtype=np.int64)
+    found, uniques = pd.factorize(combined[~bad], sort=True)
+    out[~bad] = found
+    digits = np.asarray(uniques, dtype=np.int64)
+    arrays = []
+    for (_, labels, _), size in zip(reversed(parts), reversed(sizes), strict=True):
+        arrays.append(labels.take(digits % size))
+        digits = digits // size
+    return out, pd.MultiIndex.from_arrays(arrays[::-1], names=keys)
+
+
+@dataclass
+class _Cells:
+    """Records mapped to the cells of a table."""
+
+    cell: np.ndarray  # cell code of each kept record
+    keep: np.ndarray | None  # which records are in the table (None: all)
+    rows: pd.Index
+    cols: pd.Index
+    dropped: int  # records left out for a missing key
+
+    @property
+    def n(self) -> int:
+        return len(self.rows) * len(self.cols)
+
+    def take(self, values: np.ndarray) -> np.ndarray:
+        """``values`` of the records in the table."""
+        return values if self.keep is None else values[self.keep]
+
+    def index(self) -> pd.MultiIndex:
+        """Labels of the cells in row-major order (row key levels, then column key levels)."""
+        nr, nc = len(self.rows), len(self.cols)
+        positions = (np.repeat(np.arange(nr), nc), np.tile(np.arange(nc), nr))
+        arrays: list[Any] = []
+        names: list[Any] = []
+        for labels, pos in zip((self.rows, self.cols), positions, strict=True):
+            if isinstance(labels, pd.MultiIndex):
+                for i in range(labels.nlevels):
+                    arrays.append(labels.get_level_values(i).take(pos))
+                    names.append(labels.names[i])
+            else:
+                arrays.append(labels.take(pos))
+                names.append(labels.name)
+        return pd.MultiIndex.from_arrays(arrays, names=names)
+
+    def frame(self, flat: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame(
+            flat.reshape(len(self.rows), len(self.cols)), index=self.rows, columns=self.cols
+        )
+
+
+def _cells(
+    df: pd.DataFrame,
+    index: str | Sequence[str],
+    columns: str | Sequence[str] | None,
+    column_label: str,
+    observed: bool,
+) -> _Cells:
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame of records (got {type(df).__name__})")
+    row_keys = _keys("index", index, df)
+    col_keys = _keys("columns", columns, df)
+    row_codes, rows = _axis(df, row_keys, observed)
+    if col_keys:
+        col_codes, cols = _axis(df, col_keys, observed)
+    else:
+        col_codes, cols = np.zeros(len(df), dtype=np.int64), pd.Index([column_label])
+    n_cells = len(rows) * len(cols)
+    if n_cells > MAX_CELLS:
+        raise ValueError(f"a table of {n_cells:,} cells is too large to check")
+    cell = row_codes * len(cols) + col_codes
+    bad = (row_codes < 0) | (col_codes < 0)
+    dropped = int(np.count_nonzero(bad))
+    keep = None
+    if dropped:
+        keep = ~bad
+        cell = cell[keep]
+    return _Cells(cell, keep, rows, cols, dropped)
+
+
+def _units(
+    df: pd.DataFrame, contributor: str | None, cells: _Cells
+) -> tuple[np.ndarray, int] | None:
+    """Contributor codes of the kept records (missing ids count as one contributor)."""
+    if contributor is None:
+        return None
+    if contributor not in df.columns:
+        raise KeyError(f"contributor: no such column: {contributor!r}")
+    codes, uniques = pd.factorize(df[contributor])
+    n_units = len(uniques) + 1
+    codes = np.where(codes < 0, n_units - 1, codes).astype(np.int64)
+    return cells.take(codes), n_units
+
+
+def _per_contributor(
+    cell: np.ndarray, units: np.ndarray, n_units: int, values: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """One entry per (cell, contributor): its cell code and (if values) its summed value."""
+    pair = cell * n_units + units
+    codes, uniques = pd.factorize(pair)
+    pair_cell = np.asarray(uniques, dtype=np.int64) // n_units
+    if values is None:
+        return pair_cell, None
+    return pair_cell, np.bincount(codes, weights=values, minlength=len(uniques))
+
+
+def _top_values(
+    cell: np.ndarray, values: np.ndarray, n_cells: int, n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per cell: the largest and second largest of ``values`` (>= 0) and the sum of the n
+    largest (ties counted: two equal largest values are the largest and the second)."""
+    need = max(n, 2)
+    work = np.array(values, dtype=float)
+    largest = np.zeros(n_cells)
+    second = np.zeros(n_cells)
+    top_n = np.zeros(n_cells)
+    filled = np.zeros(n_cells, dtype=np.int64)
+    for _ in range(need):
+        current = np.full(n_cells, -1.0)
+        np.maximum.at(current, cell, work)
+        active = (current >= 0) & (filled < need)
+        if not active.any():
+            break
+        at_max = (work == current[cell]) & (work >= 0)
+        ties = np.where(active, np.bincount(cell[at_max], minlength=n_cells), 0)
+        largest = np.where(active & (filled == 0), current, largest)
+        second = np.where(active & (filled <= 1) & (filled + ties >= 2), current, second)
+        take = np.clip(np.minimum(ties, n - filled), 0, None)
+        top_n += np.where(active, take * current, 0.0)
+        filled += ties
+        work[at_max] = -1.0
+    return largest, second, top_n
+
+
+def _missing_keys_finding(cells: _Cells, keys: list[str], params: SDCParams) -> list[Finding]:
+    if not cells.dropped:
+        return []
+    verdict = Verdict.REVIEW if params.check_missing_values else Verdict.PASS
+    noun = "record has" if cells.dropped == 1 else "records have"
+    return [
+        Finding(
+            Rule.MISSING,
+            verdict,
+            f"{cells.dropped} {noun} no value for {' or '.join(keys)}: left out of the table",
+        )
+    ]
+
+
+def _empty_finding(cells: _Cells) -> list[Finding]:
+    if cells.n:
+        return []
+    return [Finding(None, Verdict.REVIEW, "the table has no cells (no records to tabulate)")]
+
+
+def _all_keys(index: str | Sequence[str], columns: str | Sequence[str] | None) -> list[str]:
+    out = [index] if isinstance(index, str) else list(index)
+    if columns is not None:
+        out += [columns] if isinstance(columns, str) else list(columns)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# The checks
+# ----------------------------------------------------------------------------------------
+
+
+def check_frequency_table(
+    df: pd.DataFrame,
+    index: str | Sequence[str],
+    columns: str | Sequence[str] | None = None,
+    *,
+    params: SDCParams | None = None,
+    contributor: str | None = None,
+    observed: bool = False,
+) -> OutputCheck:
+    """Check the count crosstab of ``df`` by ``index`` (rows) and ``columns``.
+
+    Rules: threshold and zeros.  ``columns=None`` gives a one-way table (one ``count``
+    column).  With ``contributor`` (an id column, e.g. a patient id), contributors are the
+    distinct ids in a cell rather than its records; the table still counts records.
+    Categorical grouping columns show all their categories (empty ones as zero cells, e.g.
+    empty bins from :func:`pandas.cut`) unless ``observed=True``.  Records with a missing
+    grouping value are left out (as :func:`pandas.crosstab` does) and reported.
+    """
+    params = params or SDCParams()
+    cells = _cells(df, index, columns, "count", observed)
+    records = np.bincount(cells.cell, minlength=cells.n)
+    units = _units(df, contributor, cells)
+    if units is None:
+        count = records
+    else:
+        pair_cell, _ = _per_contributor(cells.cell, units[0], units[1], None)
+        count = np.bincount(pair_cell, minlength=cells.n)
+    stats = pd.DataFrame({"count": count, "records": records}, index=cells.index())
+    reasons = evaluate_cells(stats, params, Rule.THRESHOLD | Rule.ZEROS, "count")
+    findings = _missing_keys_finding(cells, _all_keys(index, columns), params)
+    findings += _empty_finding(cells)
+    return OutputCheck(
+        kind="frequency",
+        statistic="count",
+        params=params,
+        table=cells.frame(records),
+        cells=reasons,
+        findings=tuple(findings),
+        properties={"method": "crosstab", "index": index, "columns": columns},
+    )
+
+
+def check_magnitude_table(
+    df: pd.DataFrame,
+    index: str | Sequence[str],
+    columns: str | Sequence[str] | None,
+    values: str,
+    aggfunc: str = "mean",
+    *,
+    params: SDCParams | None = None,
+    contributor: str | None = None,
+    observed: bool = False,
+) -> OutputCheck:
+    """Check a crosstab of ``aggfunc`` of ``values`` by ``index`` and ``columns``.
+
+    Rules per statistic (ACRO's): ``count`` — threshold, zeros; ``sum``/``mean`` — threshold,
+    zeros, (n, k) dominance, p-ratio, negatives; ``median`` — threshold, zeros; ``min``/``max``
+    — threshold, zeros, and every non-empty cell goes to review (one contributor's own value);
+    ``std`` — threshold, zeros and degrees of freedom (contributors - 1 at least
+    ``min_residual_dof``).  Missing values (NaN, infinities) are left out of the statistic;
+    with ``check_missing_values`` the cells holding them go to review.  Contributors to a cell
+    are its records with a value or, with ``contributor``, the distinct ids among them (the
+    dominance rules then use each contributor's summed value).
+    """
+    params = params or SDCParams()
+    if aggfunc not in STATISTICS:
+        raise ValueError(f"aggfunc must be one of {', '.join(STATISTICS)} (got {aggfunc!r})")
+    if values not in df.columns:
+        raise KeyError(f"values: no such column: {values!r}")
+    try:
+        raw = df[values].to_numpy(dtype=float, na_value=np.nan)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"values: column {values!r} is not numeric") from exc
+    cells = _cells(df, index, columns, aggfunc, observed)
+    n = cells.n
+    v = cells.take(raw)
+    cell = cells.cell
+    missing = ~np.isfinite(v)
+    units = _units(df, contributor, cells)
+    stats: dict[str, np.ndarray] = {}
+    if missing.any():
+        stats["missing"] = np.bincount(cell[missing], minlength=n)
+        keep = ~missing
+        cell, v = cell[keep], v[keep]
+        if units is not None:
+            units = (units[0][keep], units[1])
+    else:
+        stats["missing"] = np.zeros(n, dtype=np.int64)
+    records = np.bincount(cell, minlength=n)
+    total_sum = np.bincount(cell, weights=v, minlength=n)
+    if units is None:
+        contrib_cell, contrib = cell, v
+    else:
+        contrib_cell, contrib = _per_contributor(cell, units[0], units[1], v)
+    stats["count"] = records if units is None else np.bincount(contrib_cell, minlength=n)
+    stats["records"] = records
+    stats["sum"] = total_sum
+
+    rules = RULES_FOR[aggfunc]
+    if rules & Rule.DOMINANCE:
+        magnitude = np.abs(contrib)
+        minimum = np.full(n, np.inf)
+        np.minimum.at(minimum, contrib_cell, contrib)
+        stats["minimum"] = np.where(np.isfinite(minimum), minimum, np.nan)
+        stats["total"] = np.bincount(contrib_cell, weights=magnitude, minlength=n)
+        largest, second, top_n = _top_values(contrib_cell, magnitude, n, params.dominance_n)
+        stats["largest"], stats["second"], stats["top_n"] = largest, second, top_n
+    if rules & Rule.DOF:
+        stats["dof"] = stats["count"] - 1.0
+
+    table_values = _statistic(aggfunc, cell, v, n, records, total_sum)
+    frame = pd.DataFrame(stats, index=cells.index())
+    reasons = evaluate_cells(frame, params, rules, aggfunc)
+    findings = _missing_keys_finding(cells, _all_keys(index, columns), params)
+    findings += _empty_finding(cells)
+    return OutputCheck(
+        kind="magnitude",
+        statistic=aggfunc,
+        params=params,
+        table=cells.frame(table_values),
+        cells=reasons,
+        findings=tuple(findings),
+        properties={
+            "method": "crosstab",
+            "index": index,
+            "columns": columns,
+            "values": values,
+            "aggfunc": aggfunc,
+        },
+    )
+
+
+def _statistic(
+    aggfunc: str,
+    cell: np.ndarray,
+    v: np.ndarray,
+    n: int,
+    records: np.ndarray,
+    total_sum: np.ndarray,
+) -> np.ndarray:
+    """The statistic per cell (NaN for an empty cell, except counts)."""
+    empty = records == 0
+    if aggfunc == "count":
+        return records
+    if aggfunc == "sum":
+        return np.where(empty, np.nan, total_sum)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = total_sum / records
+    if aggfunc == "mean":
+        return np.where(empty, np.nan, mean)
+    if aggfunc == "std":
+        deviation = v - mean[cell]
+        squares = np.bincount(cell, weights=deviation * deviation, minlength=n)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(records >= 2, np.sqrt(squares / (records - 1)), np.nan)
+    if aggfunc in ("min", "max"):
+        out = np.full(n, np.inf if aggfunc == "min" else -np.inf)
+        (np.minimum if aggfunc == "min" else np.maximum).at(out, cell, v)
+        return np.where(empty, np.nan, out)
+    # median
+    medians = pd.Series(v).groupby(cell).median()
+    out = np.full(n, np.nan)
+    out[medians.index.to_numpy()] = medians.to_numpy()
+    return out
+
+
+def check_histogram(
+    values: Any,
+    bins: int | Sequence[float] = 10,
+    *,
+    params: SDCParams | None = None,
+    range: tuple[float, float] | None = None,
+) -> OutputCheck:
+    """Check a histogram of ``values`` (bins as for :func:`numpy.histogram`).
+
+    Each bin is a cell of a one-way count table: threshold, and zeros for empty bins.  A
+    histogram with data always goes to review as well: its outer bins show where the data
+    starts and ends (with ACRO's advice to check the minimum and maximum).
+    """
+    params = params or SDCParams()
+    x = np.asarray(pd.Series(values).to_numpy(dtype=float, na_value=np.nan), dtype=float)
+    finite = np.isfinite(x)
+    counts, edges = np.histogram(x[finite], bins=bins, range=range)
+    labels = pd.IntervalIndex.from_breaks(edges, closed="left", name="bin")
+    stats = pd.DataFrame(
+        {"count": counts, "records": counts},
+        index=pd.MultiIndex.from_arrays([labels], names=["bin"]),
+    )
+    reasons = evaluate_cells(stats, params, Rule.THRESHOLD | Rule.ZEROS, "count")
+    findings = []
+    if finite.any():
+        findings.append(
+            Finding(
+                Rule.MIN_MAX,
+                Verdict.REVIEW,
+                f"a histogram shows the range of the data (from {x[finite].min():g} to "
+                f"{x[finite].max():g}): the extremes may be single people's values",
+            )
+        )
+    n_missing = int(np.count_nonzero(~finite))
+    if n_missing:
+        findings.append(
+            Finding(
+                Rule.MISSING,
+                Verdict.REVIEW if params.check_missing_values else Verdict.PASS,
+                f"{n_missing} missing {'value is' if n_missing == 1 else 'values are'} left "
+                "out of the histogram",
+            )
+        )
+    table = pd.DataFrame({"count": counts}, index=labels)
+    return OutputCheck(
+        kind="histogram",
+        statistic="count",
+        params=params,
+        table=table,
+        cells=reasons,
+        findings=tuple(findings),
+        properties={"method": "histogram", "bins": len(counts)},
+    )
+
+
+def check_regression(dof_resid: Any, *, params: SDCParams | None = None) -> OutputCheck:
+    """Check a model by its residual degrees of freedom (fails below ``min_residual_dof``).
+
+    ``dof_resid`` is a number or anything with a ``df_resid`` attribute (a statsmodels model
+    or results object).  An unknown or non-finite value goes to review.
+    """
+    params = params or SDCParams()
+    dof = getattr(dof_resid, "df_resid", dof_resid)
+    verdict, text = check_dof(dof, params)
+    shown = float(dof) if verdict != Verdict.REVIEW else None
+    return OutputCheck(
+        kind="regression",
+        statistic=None,
+        params=params,
+        findings=(Finding(Rule.DOF, verdict, text),),
+        properties={"method": "regression", "dof": shown},
+    )
+
+
+def check_frequency_csv(
+    table: pd.DataFrame | pd.Series,
+    *,
+    params: SDCParams | None = None,
+    margins_name: str | None = "All",
+) -> OutputCheck:
+    """Check a published count table given only as counts (e.g. read from a CSV file).
+
+    Without records only the counts can be checked: threshold and zeros per cell (margins
+    included: they are published counts too).  Blank or non-numeric cells are taken as
+    suppressed.  Cells that are not counts (negative or fractional) go to review.  When the
+    table has margins (a row and/or column labelled ``margins_name``), a suppressed cell whose
+    value follows from the published totals and cells (the "totals leak") fails.
+    """
+    params = params or SDCParams()
+    if isinstance(table, pd.Series):
+        table = table.to_frame()
+    if not isinstance(table, pd.DataFrame):
+        raise TypeError(f"expected a pandas DataFrame (got {type(table).__name__})")
+    numeric = table.apply(pd.to_numeric, errors="coerce").astype(float)
+    values = numeric.to_numpy()
+    flat = values.ravel()
+    n_rows, n_cols = values.shape
+    rows_pos = np.repeat(np.arange(n_rows), n_cols)
+    cols_pos = np.tile(np.arange(n_cols), n_rows)
+    index = pd.MultiIndex.from_arrays(
+        [_flat_labels(numeric.index).take(rows_pos), _flat_labels(numeric.columns).take(cols_pos)]
+    )
+    recovered = _recover_from_margins(values, numeric.index, numeric.columns, margins_name)
+    stats = pd.DataFrame(
+        {"count": flat, "value": flat, "recovered": recovered.ravel()}, index=index
+    )
+    reasons = evaluate_cells(stats, params, Rule.THRESHOLD | Rule.ZEROS, "count")
+    mask = reasons.mask.copy()
+    visible = np.isfinite(flat)
+    not_count = visible & ((flat < 0) | (flat != np.floor(flat)))
+    mask[not_count] |= np.uint16(Rule.NOT_A_COUNT)
+    # A negative or fractional "count" is no count: don't also call it small or empty.
+    mask[not_count] &= ~np.uint16(Rule.THRESHOLD | Rule.ZEROS)
+    mask[np.isfinite(recovered.ravel())] |= np.uint16(Rule.RECOVERABLE)
+    reasons = CellReasons(index, mask, stats, params, "count")
+    n_suppressed = int(np.count_nonzero(~visible))
+    findings = []
+    if n_suppressed:
+        findings.append(
+            Finding(
+                None,
+                Verdict.PASS,
+                f"{n_suppressed} {'cell is' if n_suppressed == 1 else 'cells are'} blank "
+                "(taken as suppressed)",
+            )
+        )
+    if values.size == 0:
+        findings.append(Finding(None, Verdict.REVIEW, "the table has no cells"))
+    return OutputCheck(
+        kind="frequency-csv",
+        statistic="count",
+        params=params,
+        table=numeric,
+        cells=reasons,
+        findings=tuple(findings),
+        properties={"method": "csv", "margins_name": margins_name},
+    )
+
+
+def _flat_labels(labels: pd.Index) -> pd.Index:
+    """Labels as one flat index (tuples for a MultiIndex)."""
+    if isinstance(labels, pd.MultiIndex):
+        return pd.Index(list(labels), tupleize_cols=False)
+    return labels
+
+
+def _is_margin(labels: pd.Index, margins_name: str | None) -> np.ndarray:
+    if margins_name is None:
+        return np.zeros(len(labels), dtype=bool)
+    if isinstance(labels, pd.MultiIndex):
+        return np.asarray(labels.get_level_values(0) == margins_name)
+    return np.asarray([label == margins_name for label in labels], dtype=bool)
+
+
+def _recover_from_margins(
+    values: np.ndarray, index: pd.Index, columns: pd.Index, margins_name: str | None
+) -> np.ndarray:
+    """Values of blank cells that follow from the published cells and totals (NaN elsewhere).
+
+    Every row and column of the table gives one equation: its inner cells add up to its
+    margin cell.  The blank cells are the unknowns; a blank cell's value is determined when
+    its unit vector lies in the row space of the equations (exact linear algebra, which
+    covers chains of subtractions).
+    """
+    out = np.full(values.shape, np.nan)
+    row_m, col_m = _is_margin(index, margins_name), _is_margin(columns, margins_name)
+    if not (row_m.sum() == 1 or col_m.sum() == 1):
+        return out
+    inner_rows, inner_cols = np.flatnonzero(~row_m), np.flatnonzero(~col_m)
+    lines: list[tuple[list[tuple[int, int]], tuple[int, int]]] = []
+    if col_m.sum() == 1:
+        c_tot = int(np.flatnonzero(col_m)[0])
+        for r in range(values.shape[0]):
+            lines.append(([(r, int(c)) for c in inner_cols], (r, c_tot)))
+    if row_m.sum() == 1:
+        r_tot = int(np.flatnonzero(row_m)[0])
+        for c in range(values.shape[1]):
+            lines.append(([(int(r), c) for r in inner_rows], (r_tot, c)))
+    unknown = ~np.isfinite(values)
+    if not unknown.any() or not lines:
+        return out
+    positions = [tuple(p) for p in np.argwhere(unknown)]
+    column_of = {p: j for j, p in enumerate(positions)}
+    a = np.zeros((len(lines), len(positions)))
+    b = np.zeros(len(lines))
+    for i, (members, total) in enumerate(lines):
+        for sign, where in [(1.0, m) for m in members] + [(-1.0, total)]:
+            if where in column_of:
+                a[i, column_of[where]] += sign
+            else:
+                b[i] -= sign * values[where]
+    determined = _determined(a)
+    if determined.any():
+        solution = np.linalg.lstsq(a, b, rcond=None)[0]
+        for j in np.flatnonzero(determined):
+            out[positions[j]] = solution[j]
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Suppression
+# ----------------------------------------------------------------------------------------
+
+
+def _determined(a: np.ndarray) -> np.ndarray:
+    """For a system ``a @ x = b`` in unknowns ``x``: which unknowns it determines uniquely.
+
+    ``x_j`` is determined exactly when the unit vector ``e_j`` lies in the row space of
+    ``a``, i.e. when the orthogonal projection onto the row space keeps ``e_j``: the squared
+    norm of column ``j`` of the right singular vectors (non-zero singular values) is 1.
+    """
+    k = a.shape[1]
+    if k == 0 or a.shape[0] == 0:
+        return np.zeros(k, dtype=bool)
+    _, s, vt = np.linalg.svd(a, full_matrices=False)
+    tol = max(a.shape) * np.finfo(float).eps * (s[0] if s.size else 0.0)
+    basis = vt[s > tol]
+    return (basis * basis).sum(axis=0) > 1 - 1e-6
+
+
+def _line_system(pattern: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Equations an attacker knowing every true row and column total has about the
+    suppressed cells of ``pattern``: one per row and column (lines of one cell excluded:
+    their total is the cell itself)."""
+    n_rows, n_cols = pattern.shape
+    positions = np.argwhere(pattern)
+    rows = []
+    if n_cols >= 2:
+        rows += [positions[:, 0] == r for r in range(n_rows)]
+    if n_rows >= 2:
+        rows += [positions[:, 1] == c for c in range(n_cols)]
+    a = np.array(rows, dtype=float).reshape(len(rows), len(positions))
+    return a, positions
+
+
+def recoverable_cells(suppressed: np.ndarray | pd.DataFrame) -> np.ndarray:
+    """Suppressed cells whose value an attacker can work out from the published cells and the
+    *true* row and column totals (published elsewhere, or known): a boolean array shaped like
+    ``suppressed``.
+
+    This is the strongest subtraction attack on a two-way table: any chain of row and column
+    subtractions, and any combination of them (linear algebra, see :func:`_determined`).
+    """
+    pattern = np.asarray(suppressed, dtype=bool)
+    out = np.zeros(pattern.shape, dtype=bool)
+    if not pattern.any():
+        return out
+    a, positions = _line_system(pattern)
+    determined = _determined(a)
+    out[positions[determined, 0], positions[determined, 1]] = True
+    return out
+
+
+def _candidates(
+    pattern: np.ndarray, weights: np.ndarray, r: int, c: int, along_row: bool
+) -> list[tuple[int, int]]:
+    """Unsuppressed cells in row ``r`` (or column ``c``) to suppress next, best first:
+    non-empty cells before empty ones, then cells whose crossing line already has suppressed
+    cells (a line with exactly one first: the new cell protects both lines), then the
+    smallest, then table order."""
+    if along_row:
+        free = np.flatnonzero(~pattern[r, :])
+        crossing = pattern[:, free].sum(axis=0)
+        w = weights[r, free]
+    else:
+        free = np.flatnonzero(~pattern[:, c])
+        crossing = pattern[free, :].sum(axis=1)
+        w = weights[free, c]
+    joins = np.where(crossing == 1, 2, np.where(crossing >= 2, 1, 0))
+    order = np.lexsort((free, w, -joins, w <= 0))
+    if along_row:
+        return [(r, int(free[i])) for i in order]
+    return [(int(free[i]), c) for i in order]
+
+
+def _needs_more(suppressed: np.ndarray, weights: np.ndarray, need_total: float) -> bool:
+    """Whether a line with these suppressed cells must have one more: a lone suppressed cell
+    is its total minus the published cells; a group of suppressed cells adding up to fewer
+    than ``need_total`` is itself a small (disclosive) cell once the true total is known."""
+    k = int(suppressed.sum())
+    if k == 0:
+        return False
+    if k == 1:
+        return True
+    return bool(weights[suppressed].sum() < need_total)
+
+
+def protect_pattern(
+    primary: np.ndarray,
+    weights: np.ndarray | None = None,
+    params: SDCParams | None = None,
+) -> np.ndarray:
+    """The suppression pattern: ``primary`` cells plus secondary (complementary) cells chosen
+    so that no suppressed cell can be recovered from true row and column totals.
+
+    1. While some row or column holds exactly one suppressed cell (that cell would be its
+       total minus the published cells), or suppressed cells adding up (by ``weights``, the
+       counts) to fewer than ``params.threshold`` (their sum would be a small cell), suppress
+       one more cell in that line: preferably non-empty, in a crossing line that already has
+       suppressed cells, and small.
+    2. Audit the pattern with :func:`recoverable_cells` (which also catches cells exposed by
+       combinations of lines, e.g. a suppressed cell bridging two suppressed rectangles); for
+       each cell still recoverable, try the candidates of its row and column in the same
+       order and keep the first that protects it.
+
+    Suppression only grows, so this ends; in the worst case every cell is suppressed.
+    Without ``params`` only step 1's first condition and step 2 apply.
+    """
+    pattern = np.array(primary, dtype=bool)
+    w = np.ones(pattern.shape) if weights is None else np.nan_to_num(np.asarray(weights, float))
+    need_total = float(params.threshold) if params is not None else 0.0
+    for _ in range(pattern.size + 1):
+        _complete_lines(pattern, w, need_total)
+        exposed = np.argwhere(recoverable_cells(pattern))
+        if not len(exposed):
+            return pattern
+        r, c = (int(x) for x in exposed[0])
+        options = _candidates(pattern, w, r, c, True) + _candidates(pattern, w, r, c, False)
+        if not options:  # nothing left to suppress around it
+            return pattern
+        for option in options[:20]:
+            trial = pattern.copy()
+            trial[option] = True
+            if not recoverable_cells(trial)[r, c]:
+                pattern = trial
+                break
+        else:
+            for along_row in (True, False):
+                best = _candidates(pattern, w, r, c, along_row)
+                if best:
+                    pattern[best[0]] = True
+    return pattern
+
+
+def _complete_lines(pattern: np.ndarray, weights: np.ndarray, need_total: float) -> None:
+    """Step 1 of :func:`protect_pattern`, in place."""
+    n_rows, n_cols = pattern.shape
+    changed = True
+    while changed:
+        changed = False
+        if n_cols >= 2:
+            for r in range(n_rows):
+                if _needs_more(pattern[r, :], weights[r, :], need_total):
+                    options = _candidates(pattern, weights, r, 0, True)
+                    if options:
+                        pattern[options[0]] = True
+                        changed = True
+        if n_rows >= 2:
+            for c in range(n_cols):
+                if _needs_more(pattern[:, c], weights[:, c], need_total):
+                    options = _candidates(pattern, weights, 0, c, False)
+                    if options:
+                        pattern[options[0]] = True
+                        changed = True
+
+
+def _margin_label(labels: pd.Index, name: str) -> Any:
+    if isinstance(labels, pd.MultiIndex):
+        return (name,) + ("",) * (labels.nlevels - 1)
+    return name
+
+
+def _strip_margins(table: pd.DataFrame, name: str) -> pd.DataFrame:
+    rows = ~_is_margin(table.index, name)
+    cols = ~_is_margin(table.columns, name)
+    return table.loc[rows, cols]
+
+
+def suppress(
+    check: OutputCheck,
+    table: pd.DataFrame | None = None,
+    *,
+    margins: bool = True,
+    margins_name: str = "All",
+    secondary: bool = True,
+) -> pd.DataFrame:
+    """The table to publish: failing cells masked (NaN), secondary suppression, and margins
+    recomputed from the published cells only.
+
+    ``table`` defaults to ``check.table``; margins already in it (labelled ``margins_name``)
+    are dropped and recomputed.  Cells that fail are masked (cells to *review* are left for
+    the checkers).  For counts, sums and means, :func:`protect_pattern` adds secondary
+    suppression so that no masked cell can be recovered even from the true totals; then
+    margins are the totals of the *published* cells (the sum, or for a mean the
+    count-weighted mean, of the cells left), so subtracting published cells from a published
+    margin gives nothing away.  A line whose cells are all masked gets a blank margin.
+    Other statistics (median, std, min, max) do not add up, so only the failing cells are
+    masked and no margins are added.  One-way tables get only the column total.
+    """
+    if check.cells is None or check.table is None:
+        raise ValueError(f"a {check.kind} output has no cells to suppress")
+    # A published table checked with its margins: work on its inner cells.
+    inner_rows = ~_is_margin(check.table.index, check.properties.get("margins_name"))
+    inner_cols = ~_is_margin(check.table.columns, check.properties.get("margins_name"))
+    inner = np.ix_(inner_rows, inner_cols)
+    shape = (int(inner_rows.sum()), int(inner_cols.sum()))
+    if table is None:
+        base = check.table.iloc[inner_rows, inner_cols]
+    else:
+        base = _strip_margins(table, margins_name)
+    if base.shape != shape:
+        raise ValueError(
+            f"the table is {base.shape[0]} x {base.shape[1]} without margins but the check was "
+            f"of a {shape[0]} x {shape[1]} table"
+        )
+    stats = check.cells.stats
+
+    def grid(values: Any) -> np.ndarray:
+        return np.asarray(values).reshape(check.shape)[inner]
+
+    primary = grid(check.cells.codes) == Verdict.FAIL
+    primary |= ~np.isfinite(base.to_numpy(dtype=float))  # blank cells stay blank
+    additive = check.statistic in _ADDITIVE
+    weights_col = "records" if "records" in stats else "count"
+    weights = np.nan_to_num(grid(stats[weights_col].to_numpy(dtype=float)))
+    pattern = protect_pattern(primary, weights, check.params) if additive and secondary else primary
+    out = base.astype(float).mask(pattern)
+    if not (margins and additive):
+        return out
+    published = ~pattern
+    n_rows, n_cols = shape
+    if check.statistic == "mean":
+        sums = np.where(published, grid(stats["sum"].to_numpy(dtype=float)), 0.0)
+        counts = np.where(published, weights, 0.0)
+
+        def total(axis: int | None) -> Any:
+            with np.errstate(divide="ignore", invalid="ignore"):
+                s, n = sums.sum(axis=axis), counts.sum(axis=axis)
+                return np.where(n > 0, s / np.where(n > 0, n, 1), np.nan)
+
+    else:
+        cells = np.where(published, np.nan_to_num(out.to_numpy(dtype=float)), 0.0)
+        any_published = published
+
+        def total(axis: int | None) -> Any:
+            s = cells.sum(axis=axis)
+            return np.where(any_published.any(axis=axis), s, np.nan)
+
+    result = out.copy()
+    if n_cols >= 2:
+        result[_margin_label(out.columns, margins_name)] = total(1)
+    if n_rows >= 2:
+        row = list(total(0))
+        if n_cols >= 2:
+            row.append(float(total(None)))
+        label = _margin_label(out.index, margins_name)
+        if isinstance(out.index, pd.MultiIndex):
+            labels = pd.MultiIndex.from_tuples([label], names=out.index.names)
+        else:
+            labels = pd.Index([label], name=out.index.name)
+        margin_row = pd.DataFrame([row], index=labels, columns=result.columns)
+        result = pd.concat([result, margin_row])
+    return result
