@@ -31,7 +31,6 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from tornado.netutil import bind_sockets
 
-from spawner.passwords import verify_password
 from spawner.oidc_provider import (
     ConfigError,
     SigningKey,
@@ -44,6 +43,7 @@ from spawner.oidc_provider import (
     seed_users,
     write_users_file,
 )
+from spawner.passwords import verify_password
 
 CALLBACK = "http://127.0.0.1:8000/hub/oauth_callback"
 LOGOUT_DONE = "http://127.0.0.1:8000/hub/logged-out"
