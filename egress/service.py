@@ -38,15 +38,15 @@ class WhoAmIHandler(HubOAuthenticated, web.RequestHandler):
     @web.authenticated
     def get(self) -> None:
         user = self.get_current_user()
-        name = user["name"]
+        name, groups = user["name"], user.get("groups") or []
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
         self.write(
             json.dumps(
                 {
                     "name": name,
-                    "projects": [p.slug for p in self.enclave.projects_of(name)],
-                    "output_checker": name in self.enclave.output_checkers,
+                    "projects": [p.slug for p in self.enclave.projects_of(name, groups)],
+                    "output_checker": self.enclave.is_checker(name, groups),
                 }
             )
         )

@@ -45,7 +45,12 @@ class DemoUser:
     role: str
 
 
-def demo_config_text(state_dir: Path, notebook_image: str, enclave_name: str = "havre") -> str:
+def demo_config_text(
+    state_dir: Path,
+    notebook_image: str,
+    enclave_name: str = "havre",
+    membership_check_seconds: int = 60,
+) -> str:
     """The demo enclave's config file."""
     lines = [
         "# Havre demo enclave, written by `havre demo-init`. Synthetic data only.",
@@ -64,6 +69,7 @@ def demo_config_text(state_dir: Path, notebook_image: str, enclave_name: str = "
         "  checker_groups: [output-checkers]",
         "  admin_groups: [havre-admins]",
         "  server_access_groups: [havre-server-access]",
+        f"  membership_check_seconds: {membership_check_seconds}",
         "projects:",
     ]
     for slug, title, _seed in DEMO_PROJECTS:
@@ -83,14 +89,21 @@ def idp_users_file(enclave: EnclaveConfig) -> Path:
 
 
 def init_demo(
-    state_dir: Path, notebook_image: str, *, enclave_name: str | None = None
+    state_dir: Path,
+    notebook_image: str,
+    *,
+    enclave_name: str | None = None,
+    membership_check_seconds: int = 60,
 ) -> tuple[EnclaveConfig, list[DemoUser]]:
     """Write the demo config, data and users where missing; return config and logins."""
     state_dir = state_dir.resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     config_path = state_dir / "enclave.yaml"
     if not config_path.exists():
-        config_path.write_text(demo_config_text(state_dir, notebook_image, enclave_name or "havre"))
+        text = demo_config_text(
+            state_dir, notebook_image, enclave_name or "havre", membership_check_seconds
+        )
+        config_path.write_text(text)
     enclave = load_enclave_config(config_path)
 
     for slug, _title, seed in DEMO_PROJECTS:

@@ -65,8 +65,24 @@ def own_front_address(container: str, network: str) -> str:
     return address
 
 
+def work_around_jupyterhub_bugs() -> None:
+    """Fixes for JupyterHub 6.1.1 that Havre's settings run into.
+
+    * ``BaseHandler.refresh_auth`` reads ``self._token_authenticated``, which is only set on
+      token-authenticated requests; a cookie-authenticated API call whose sign-in was revoked
+      at the identity provider then fails with AttributeError (HTTP 500) instead of 403
+      "login again". Every other reader uses ``getattr(..., False)``: give the class that
+      default.
+    """
+    from jupyterhub.handlers.base import BaseHandler
+
+    if not hasattr(BaseHandler, "_token_authenticated"):
+        BaseHandler._token_authenticated = False
+
+
 def configure_hub(c: Any, environ: Mapping[str, str] = os.environ) -> EnclaveConfig:
     """Fill JupyterHub's config object ``c`` for this enclave; exit on an invalid config."""
+    work_around_jupyterhub_bugs()
     try:
         enclave = load_enclave_config(environ.get("HAVRE_CONFIG", "/etc/havre/enclave.yaml"))
     except EnclaveConfigError as err:
@@ -106,6 +122,8 @@ def configure_hub(c: Any, environ: Mapping[str, str] = os.environ) -> EnclaveCon
     c.ProjectSpawner.http_timeout = 60
     c.ProjectSpawner.debug = False
     c.ProjectSpawner.membership_check_interval = enclave.identity.membership_check_seconds
+    if enclave.identity.membership_check_seconds:
+        c.ProjectSpawner.poll_interval = min(30, enclave.identity.membership_check_seconds)
 
     # -- the egress (output-checking) service, reached through the proxy
     c.JupyterHub.services = [
@@ -114,6 +132,7 @@ def configure_hub(c: Any, environ: Mapping[str, str] = os.environ) -> EnclaveCon
             "url": f"http://{egress_container}:{EGRESS_PORT}",
             "api_token": read_secret(enclave, "egress-api-token"),
             "oauth_no_confirm": True,
+            "oauth_client_allowed_scopes": ["read:users:groups!user"],
             "display": True,
         }
     ]
@@ -131,6 +150,7 @@ USER_SCOPES = [
     "servers!user",
     "access:servers!user",
     "read:tokens!user",
+    "access:services!service=egress",
 ]
 #: What an administrator may do (the ``hub-administrator`` role of the admin groups): manage
 #: users, groups and servers, but not enter a user's server, read their OAuth tokens (auth

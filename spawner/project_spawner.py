@@ -223,10 +223,7 @@ class ProjectSpawner(DockerSpawner):
         if status is not None or not self.membership_check_interval or not self.name:
             return status
         now = time.monotonic()
-        last = getattr(self, "_membership_checked_at", None)
-        if last is None:
-            self._membership_checked_at = now
-            return None
+        last = getattr(self, "_membership_checked_at", None) or 0.0
         if now - last < self.membership_check_interval:
             return None
         self._membership_checked_at = now
@@ -402,8 +399,14 @@ class ProjectSpawner(DockerSpawner):
             },
         }
         self.log.info(
-            "Starting %s for project %s on %s", self.user.name, project.slug, self.network_name
+            "Starting %s for project %s on %s (membership checked every %s s, polled every %s s)",
+            self.user.name,
+            project.slug,
+            self.network_name,
+            self.membership_check_interval,
+            self.poll_interval,
         )
+        self._membership_checked_at = time.monotonic()
         return await super().start()
 
 

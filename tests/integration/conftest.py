@@ -22,6 +22,8 @@ from spawner.enclave import EnclaveConfig
 from tests.integration.hub_client import HubUser
 
 ENCLAVE_NAME = "havretest"
+#: short, so that tests see a removed member's server stopped quickly
+MEMBERSHIP_CHECK_SECONDS = 5
 
 
 def _docker_or_skip() -> docker.DockerClient:
@@ -94,7 +96,12 @@ def docker_client() -> Iterator[docker.DockerClient]:
 @pytest.fixture(scope="session")
 def enclave(docker_client, tmp_path_factory) -> Iterator[RunningEnclave]:
     state = tmp_path_factory.mktemp("enclave-state")
-    config, users = init_demo(state, DEFAULT_NOTEBOOK_IMAGE, enclave_name=ENCLAVE_NAME)
+    config, users = init_demo(
+        state,
+        DEFAULT_NOTEBOOK_IMAGE,
+        enclave_name=ENCLAVE_NAME,
+        membership_check_seconds=MEMBERSHIP_CHECK_SECONDS,
+    )
     stack.down(config, purge=False)  # leftovers of an interrupted run
     options = stack.StackOptions(port=free_port(), idp_port=free_port())
     url = stack.up(config, options)

@@ -47,9 +47,7 @@ class HubUser:
     def login(self) -> HubUser:
         """Sign in as a browser does: hub -> identity provider's login page -> hub."""
         response = self.sign_in()
-        if response.status_code != 200 or not self.session.cookies.get(
-            "jupyterhub-session-id"
-        ):
+        if response.status_code != 200 or not self.session.cookies.get("jupyterhub-session-id"):
             raise HubError(f"login of {self.name} failed: {response.status_code}")
         return self
 
