@@ -13,7 +13,9 @@ import sys
 from pathlib import Path
 
 from spawner import __version__
-from spawner.enclave import EnclaveConfigError, load_enclave_config
+from spawner.demo import demo_roles
+from spawner.enclave import EnclaveConfig, EnclaveConfigError, load_enclave_config
+from spawner.stack import StackOptions
 
 DEFAULT_STATE_DIR = Path("/var/lib/havre")
 DEFAULT_NOTEBOOK_IMAGE = f"havre/notebook:{__version__}"
@@ -35,6 +37,12 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--config", type=Path, default=DEFAULT_STATE_DIR / "enclave.yaml")
     up.add_argument("--bind", default="127.0.0.1", help="host address of the web port")
     up.add_argument("--port", type=int, default=8000)
+    up.add_argument("--idp-port", type=int, default=8001, help="port of the embedded sign-in page")
+    up.add_argument(
+        "--public-host",
+        default="",
+        help="host name users type in their browser (default: the --bind address)",
+    )
 
     down = sub.add_parser("down", help="stop the enclave's containers")
     down.add_argument("--config", type=Path, default=DEFAULT_STATE_DIR / "enclave.yaml")
@@ -62,8 +70,14 @@ def main(argv: list[str] | None = None) -> int:
 
         enclave = load_enclave_config(args.config)
         if args.command == "up":
-            url = stack.up(enclave, stack.StackOptions(bind_ip=args.bind, port=args.port))
-            _print_welcome(enclave, url)
+            opts = stack.StackOptions(
+                bind_ip=args.bind,
+                port=args.port,
+                idp_port=args.idp_port,
+                public_host=args.public_host,
+            )
+            stack.up(enclave, opts)
+            _print_welcome(enclave, opts)
             return 0
         if args.command == "down":
             stack.down(enclave, purge=args.purge)
@@ -82,16 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     return 1
 
 
-def _print_welcome(enclave: object, url: str) -> None:
-    from spawner.enclave import EnclaveConfig
-
-    assert isinstance(enclave, EnclaveConfig)
-    print(f"\nHavre enclave '{enclave.name}' is running at {url}")
+def _print_welcome(enclave: EnclaveConfig, opts: StackOptions) -> None:
+    print(f"\nHavre enclave '{enclave.name}' is running at {opts.public_url}/")
+    if enclave.identity.provider == "embedded":
+        print(f"Sign-in page (Havre's embedded OpenID Connect provider): {opts.idp_public_url}/")
     plain = enclave.state_dir / "secrets" / "demo-passwords.txt"
     if plain.exists():
-        print("Log in with one of these demo users (synthetic data only):")
-        from spawner.demo import demo_roles
-
+        print("Sign in with one of these demo users (synthetic data only):")
         roles = demo_roles()
         for line in plain.read_text().splitlines():
             name, _, password = line.partition(" ")
