@@ -1299,9 +1299,16 @@ def _identify(data: bytes, name: str, policy: CheckPolicy, found: list[FileKind]
     if kind is FileKind.TSV:
         detected.table = _parse_table(text, "\t", "TSV", policy)
     elif kind is FileKind.CSV:
+        # Comma; or semicolon (common in Europe) when the first line suggests it and every
+        # row then has the same number of fields (else it is a comma file with ';' in cells).
         first = text.split("\n", 1)[0]
-        delimiter = ";" if first.count(";") > first.count(",") else ","
-        detected.table = _parse_table(text, delimiter, "CSV", policy)
+        if first.count(";") > first.count(","):
+            try:
+                detected.table = _parse_table(text, ";", "CSV", policy)
+                return detected
+            except FileRefused:
+                pass
+        detected.table = _parse_table(text, ",", "CSV", policy)
     return detected
 
 
