@@ -1,82 +1,61 @@
-"""The egress (output-checking) service: a JupyterHub service at ``/services/egress/``.
+"""``havre-egress``: the egress (output-checking) service process.
 
-This module holds the web process: Hub OAuth login (users are who the hub says they are) and
-the routes. The release-request workflow, policy, audit log and disclosure checks live in their
-own pure modules beside it.
+A JupyterHub service at ``/services/egress/`` (Hub OAuth: users are who the hub says, with the
+hub groups Havre manages). It keeps its state under ``<state_dir>/egress/``: the database
+(SQLite with WAL by default; ``$HAVRE_EGRESS_DB`` for PostgreSQL), the content store of
+snapshots, the release-signing key (made at first start, mode 0600) and the audit checkpoints.
+The pages and the API are in :mod:`egress.web`; every operation in :mod:`egress.core`.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 import signal
 
-from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
-from jupyterhub.utils import url_path_join
-from tornado import ioloop, web
+from tornado import ioloop
 
+from egress.content_store import ContentStore
+from egress.core import EgressService, ServicePaths
+from egress.signing import generate_key
+from egress.store.db import make_engine, migrate
+from egress.web import make_app
 from spawner.enclave import EnclaveConfig, load_enclave_config
 
 DEFAULT_PORT = 8090
 
 
-class HealthHandler(web.RequestHandler):
-    """Liveness probe for the stack launcher and Ansible (no login, no data)."""
-
-    def get(self) -> None:
-        self.set_header("Content-Type", "application/json")
-        self.write(json.dumps({"status": "ok"}))
-
-
-class WhoAmIHandler(HubOAuthenticated, web.RequestHandler):
-    """The logged-in user and the projects they can ask releases for (JSON)."""
-
-    @property
-    def enclave(self) -> EnclaveConfig:
-        return self.settings["enclave"]
-
-    @web.authenticated
-    def get(self) -> None:
-        user = self.get_current_user()
-        name, groups = user["name"], user.get("groups") or []
-        self.set_header("Content-Type", "application/json")
-        self.set_header("Cache-Control", "no-store")
-        self.write(
-            json.dumps(
-                {
-                    "name": name,
-                    "projects": [p.slug for p in self.enclave.projects_of(name, groups)],
-                    "output_checker": self.enclave.is_checker(name, groups),
-                }
-            )
-        )
-
-
-def make_app(enclave: EnclaveConfig, prefix: str) -> web.Application:
-    """The tornado application, routes under ``prefix`` (``/services/egress/``)."""
-    return web.Application(
-        [
-            (url_path_join(prefix, "healthz"), HealthHandler),
-            (url_path_join(prefix, "oauth_callback"), HubOAuthCallbackHandler),
-            (url_path_join(prefix, "api/whoami"), WhoAmIHandler),
-            (prefix, WhoAmIHandler),
-        ],
-        cookie_secret=os.urandom(32),
-        enclave=enclave,
-        xsrf_cookies=False,
+def build_service(enclave: EnclaveConfig, *, public_url: str = "") -> EgressService:
+    """The core service over this enclave's state: migrated database, store, signing key."""
+    paths = ServicePaths(enclave.state_dir)
+    paths.egress_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    engine = make_engine(os.environ.get("HAVRE_EGRESS_DB") or paths.db_url)
+    migrate(engine)
+    if not paths.signing_key.exists():
+        generate_key(paths.signing_key)
+    return EgressService(
+        engine,
+        ContentStore(paths.content_dir),
+        enclave,
+        signing_key_path=paths.signing_key,
+        checkpoint_path=paths.checkpoints,
+        service_url=public_url,
     )
 
 
 def main() -> None:
     """Console entry point ``havre-egress``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     enclave = load_enclave_config(os.environ.get("HAVRE_CONFIG", "/etc/havre/enclave.yaml"))
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/egress/")
-    app = make_app(enclave, prefix)
+    public = os.environ.get("HAVRE_PUBLIC_URL", "").rstrip("/")
+    service = build_service(enclave, public_url=f"{public}{prefix}".rstrip("/") if public else "")
+    app = make_app(service, prefix, cookie_secret=os.urandom(32))
     port = int(os.environ.get("HAVRE_EGRESS_PORT", DEFAULT_PORT))
     app.listen(port, address="0.0.0.0")
     loop = ioloop.IOLoop.current()
     signal.signal(signal.SIGTERM, lambda *_: loop.add_callback_from_signal(loop.stop))
-    print(f"havre-egress listening on :{port}{prefix}", flush=True)
+    logging.getLogger("egress").info("havre-egress listening on :%s%s", port, prefix)
     loop.start()
 
 

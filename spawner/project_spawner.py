@@ -70,17 +70,17 @@ class ProjectSpawner(DockerSpawner):
     )
 
     dns_sink = Unicode(
-        "192.0.2.53",
+        "",
         config=True,
-        help="""Upstream DNS server given to notebook containers.
+        help="""Upstream DNS server given to notebook containers ("": the project network's
+        gateway address, which nothing has, since the network is made with no host address).
 
         Docker's embedded resolver still answers the names of containers on the project
         network (the hub, the egress service), but forwards every other name to this
-        address, from the container's own network namespace where it has no route. This
+        address, from the container's own network namespace, where nothing answers. This
         closes the outside-name lookup channel, including CVE-2024-29018 (Docker Engine
         before 26.0.2 forwards lookups of internal-network containers from the host's
-        namespace when the host resolver is on a loopback address). The default is in
-        TEST-NET-1 (RFC 5737), an address that is never routed.
+        namespace when the host resolver is on a loopback address).
         """,
     )
 
@@ -322,7 +322,7 @@ class ProjectSpawner(DockerSpawner):
             os.chown(mount_point, self.notebook_uid, self.notebook_gid)
         return home, outputs
 
-    def hardened_host_config(self, project: Project) -> dict[str, Any]:
+    def hardened_host_config(self, project: Project, dns: str | None = None) -> dict[str, Any]:
         """The docker-py HostConfig arguments every notebook container gets."""
         sysctls = {
             "net.ipv6.conf.all.disable_ipv6": "1",
@@ -338,7 +338,7 @@ class ProjectSpawner(DockerSpawner):
             "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={self.tmp_size},mode=1777"},
             "pids_limit": project.limits.pids,
             "memswap_limit": project.limits.memory_bytes,
-            "dns": [self.dns_sink],
+            "dns": [dns or self.dns_sink or "127.0.0.1"],
             "dns_search": ["."],
             "sysctls": sysctls,
             "ipc_mode": "private",
@@ -377,6 +377,8 @@ class ProjectSpawner(DockerSpawner):
         await self.check_image_present(project.image)
         self.image = project.image
         self.network_name = await self.ensure_project_network(project)
+        network = await self.docker("inspect_network", self.network_name)
+        gateway = (network.get("IPAM", {}).get("Config") or [{}])[0].get("Gateway", "")
         home, outputs = await asyncio.get_running_loop().run_in_executor(
             None, self.prepare_folders, project
         )
@@ -387,7 +389,7 @@ class ProjectSpawner(DockerSpawner):
         }
         self.mem_limit = project.limits.memory_bytes
         self.cpu_limit = project.limits.cpu
-        self.extra_host_config = self.hardened_host_config(project)
+        self.extra_host_config = self.hardened_host_config(project, dns=gateway)
         self.extra_create_kwargs = {
             "user": f"{self.notebook_uid}:{self.notebook_gid}",
             "working_dir": self.home_mount_point,

@@ -104,6 +104,9 @@ def prepare_state(enclave: EnclaveConfig) -> None:
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_hex(32) + "\n")
         os.chmod(path, 0o600)
+    egress_dir = state / "egress"
+    egress_dir.mkdir(mode=0o700, exist_ok=True)
+    os.chown(egress_dir, EGRESS_UID, EGRESS_UID)
     for slug, project in enclave.projects.items():
         outputs = enclave.outputs_dir(slug)
         homes = enclave.project_dir(slug) / "homes"
@@ -176,7 +179,7 @@ def _attach(client: docker.DockerClient, container: str, networks: list[str]) ->
 
 def _start_egress(client: docker.DockerClient, enclave: EnclaveConfig, opts: StackOptions) -> None:
     name = egress_container_name(enclave)
-    digest = _config_digest(enclave, _image_id(client, opts.egress_image))
+    digest = _config_digest(enclave, _image_id(client, opts.egress_image), opts.public_url)
     if _replace_container(client, name, digest):
         return
     token = (enclave.state_dir / "secrets" / "egress-api-token").read_text().strip()
@@ -200,12 +203,17 @@ def _start_egress(client: docker.DockerClient, enclave: EnclaveConfig, opts: Sta
             "JUPYTERHUB_OAUTH_CALLBACK_URL": f"{prefix}oauth_callback",
             "JUPYTERHUB_BASE_URL": "/",
             "JUPYTERHUB_HOST": "",
+            "HAVRE_PUBLIC_URL": opts.public_url,
         },
         volumes={
             str(Path(enclave.source).resolve()): {"bind": CONFIG_IN_CONTAINER, "mode": "ro"},
             str(enclave.state_dir / "projects"): {
                 "bind": str(enclave.state_dir / "projects"),
                 "mode": "ro",
+            },
+            str(enclave.state_dir / "egress"): {
+                "bind": str(enclave.state_dir / "egress"),
+                "mode": "rw",
             },
         },
         read_only=True,

@@ -78,7 +78,8 @@ def test_hardened_host_config_has_every_control():
     assert host["read_only"] is True
     assert host["pids_limit"] == 300
     assert host["memswap_limit"] == 1024**3  # no swap beyond the memory limit
-    assert host["dns"] == ["192.0.2.53"]
+    assert host["dns"] == ["127.0.0.1"]  # with no network gateway known
+    assert spawner.hardened_host_config(project, dns="10.9.0.1")["dns"] == ["10.9.0.1"]
     assert host["sysctls"]["net.ipv6.conf.all.disable_ipv6"] == "1"
     assert host["sysctls"]["net.ipv4.ping_group_range"] == "1 0"
     assert host["network_mode"] == "unit-project-cardio"

@@ -1,0 +1,2065 @@
+"""The egress service's core: every operation on a release request happens here, and only here.
+
+The web layer (``egress.service``) and the admin command line (``egress.cli``) are thin shells
+around :class:`EgressService`. Each operation
+
+1. takes an :class:`~egress.policy.Actor` (built from the hub user with :func:`actor_for`);
+2. runs in **one database transaction** that first locks the audit log
+   (``egress.store.audit_log.lock``: ``BEGIN IMMEDIATE`` on SQLite, ``SELECT ... FOR UPDATE`` on
+   PostgreSQL), so that everything it reads is current and no other writer interleaves;
+3. asks ``egress.policy.require`` whether the actor may do it now (403/409 with the policy's
+   sentence otherwise) and ``egress.workflow.next_state`` where the request goes;
+4. writes its changes **and** its audit event(s) **and** any notification e-mails to the outbox
+   in that same transaction: the audit log and the data can never disagree, whatever crashes.
+
+Refused operations (403, 409, and 400/404/422 from this module) change nothing and are **not**
+written to the audit log: the log records what happened to requests, and a refused attempt
+happened to nothing. They are logged by the service's ordinary logger (``egress.core``, level
+INFO) with the actor, the operation, the request and the reason.
+
+Files
+    ``add_file`` reads the file from the project's outputs folder (``egress.outputs_folder``,
+    never following links), runs the automatic checks (``egress.file_checks.check_file``) and,
+    for a CSV/TSV table of counts, the SDC frequency-table check
+    (``egress.sdc.check_frequency_csv``); it refuses failing files (422, with every reason).
+    The snapshot (and the neutralised/sanitised version, when it differs) goes into the
+    content store *before* the transaction; if the transaction then fails, the blob is an
+    unreferenced leftover, never a reference to something missing. Reviewers see, and the
+    release contains, exactly the ``release_sha256`` blob. The SDC verdict informs the
+    checkers; it does not refuse a file (humans decide).
+
+    Adding a file whose path is already in the request replaces it: if its bytes changed, its
+    votes start again (``workflow.votes_after_file_change``) when the request is resubmitted.
+    Removing a file deletes its votes.
+
+Rounds
+    A request starts in round 1. Resubmitting a returned request starts the next round: every
+    file's votes of the last round are carried over with ``workflow.votes_after_resubmit``
+    (approvals stay, requests for changes become undecided), except for files whose bytes
+    changed, which get ``workflow.votes_after_file_change`` (all undecided). Every reviewer must
+    submit a review again. The number of reviews required is read from
+    ``enclave.review.reviews_required`` each time the request is submitted.
+
+Verification
+    :meth:`EgressService.verify_audit` (and :func:`verify_database`, used by the CLI) checks the
+    hash chain, the head recorded in the database, any checkpoints (an external file and every
+    signed release record's ``audit_head``; each record's signature is checked too), and then
+    **replays the log against the tables**: every request's state and round, files (and their
+    hashes), votes, reviews, comments, group texts and release records must be exactly what the
+    events say. An ``UPDATE votes SET vote = 'approve'`` or a swapped file hash made directly in
+    the database is therefore caught, not only an edited event.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import re
+import secrets
+import string
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from importlib import metadata
+from pathlib import Path
+from typing import IO, Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import delete, func, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from egress import policy
+from egress.audit import (
+    AuditEvent,
+    Checkpoint,
+    EventType,
+    VerifyReport,
+    append_checkpoint,
+    canonical_json,
+    format_time,
+)
+from egress.content_store import ContentStore
+from egress.file_checks import DEFAULT_POLICY, CheckPolicy, FileCheckResult, FileKind, check_file
+from egress.outputs_folder import OutputPathError, read_output, scan_outputs
+from egress.policy import Actor, Permission, PermissionDenied, RequestView
+from egress.sdc import SDCParams
+from egress.signing import (
+    key_id,
+    load_private_key,
+    load_public_key,
+    public_key_path,
+    release_record,
+    sign_record,
+    verify_record,
+)
+from egress.store import audit_log
+from egress.store.db import current_revision, head_revision, read_session, write_session
+from egress.store.models import (
+    AuditEventRow,
+    AuditLogRow,
+    Comment,
+    FileGroup,
+    Notification,
+    Release,
+    Request,
+    RequestFile,
+    Review,
+)
+from egress.store.models import Vote as VoteRow
+from egress.workflow import (
+    INDEPENDENT_REVIEW_STATES,
+    REVIEW_STATES,
+    Action,
+    Party,
+    RequestState,
+    Vote,
+    file_decision,
+    next_state,
+    turn_of,
+    votes_after_file_change,
+    votes_after_resubmit,
+)
+from spawner.enclave import ADMINS_HUB_GROUP, EnclaveConfig
+
+__all__ = [
+    "EgressError",
+    "EgressService",
+    "FileContent",
+    "FileRefused",
+    "InvalidInput",
+    "NotFound",
+    "OutboxMessage",
+    "ServicePaths",
+    "actor_for",
+    "export_database_audit",
+    "verify_database",
+]
+
+log = logging.getLogger("egress.core")
+
+MAX_TITLE = 200
+MAX_GROUP_NAME = 100
+MAX_COMMENT = 10_000
+MAX_CONTEXT = 20_000
+DEFAULT_GROUP = "default"
+_REQUEST_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,16}")
+_STATE_EVENTS = {
+    Action.SUBMIT: EventType.SUBMITTED,
+    Action.WITHDRAW: EventType.WITHDRAWN,
+    Action.RETURN: EventType.RETURNED,
+    Action.APPROVE: EventType.APPROVED,
+    Action.REJECT: EventType.REJECTED,
+    Action.RELEASE: EventType.RELEASED,
+    Action.REVOKE: EventType.REVOKED,
+}
+MEDIA_TYPES = {
+    FileKind.CSV: "text/csv; charset=utf-8",
+    FileKind.TSV: "text/tab-separated-values; charset=utf-8",
+    FileKind.PNG: "image/png",
+    FileKind.JPEG: "image/jpeg",
+    FileKind.SVG: "image/svg+xml",
+    FileKind.PDF: "application/pdf",
+    FileKind.TEXT: "text/plain; charset=utf-8",
+    FileKind.MARKDOWN: "text/markdown; charset=utf-8",
+    FileKind.NOTEBOOK: "application/x-ipynb+json",
+}
+
+
+# --------------------------------------------------------------------------------------------
+# Errors and small value types
+
+
+class EgressError(Exception):
+    """A refusal that is not a policy decision; ``status`` is HTTP-like, ``reason`` a sentence.
+
+    The web layer handles it like ``policy.PermissionDenied`` (which has the same two
+    attributes).
+    """
+
+    status = 400
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class InvalidInput(EgressError):
+    """Malformed input (an empty title, an unknown vote...)."""
+
+    status = 400
+
+
+class NotFound(EgressError):
+    """No such request, or no such file in it."""
+
+    status = 404
+
+
+class FileRefused(EgressError):
+    """The automatic checks refuse the file; ``problems`` lists every reason."""
+
+    status = 422
+
+    def __init__(self, path: str, problems: list[str], warnings: list[str] | None = None) -> None:
+        super().__init__(f"{path} can't be released: " + "; ".join(problems))
+        self.path = path
+        self.problems = list(problems)
+        self.warnings = list(warnings or [])
+
+
+@dataclass(frozen=True)
+class FileContent:
+    """Bytes of a file of a request, with what a viewer or a download needs to know."""
+
+    file_id: int
+    path: str
+    data: bytes = field(repr=False)
+    sha256: str
+    size: int
+    kind: str
+    media_type: str
+    snapshot_sha256: str
+
+
+@dataclass(frozen=True)
+class OutboxMessage:
+    """A notification to send: ``to`` are usernames (the sender resolves their addresses)."""
+
+    id: int
+    event: str
+    to: tuple[str, ...]
+    subject: str
+    body: str
+    created_at: datetime
+    attempts: int
+
+
+@dataclass(frozen=True)
+class ServicePaths:
+    """Where the egress service keeps its state under the enclave's state directory."""
+
+    state_dir: Path
+
+    @property
+    def egress_dir(self) -> Path:
+        return Path(self.state_dir) / "egress"
+
+    @property
+    def db_url(self) -> str:
+        return f"sqlite:///{self.egress_dir / 'egress.db'}"
+
+    @property
+    def content_dir(self) -> Path:
+        return self.egress_dir / "content"
+
+    @property
+    def signing_key(self) -> Path:
+        return self.egress_dir / "signing-key.pem"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.egress_dir / "audit-checkpoints.jsonl"
+
+
+def actor_for(enclave: EnclaveConfig, name: str, hub_groups: Iterable[str] = ()) -> Actor:
+    """The policy's :class:`Actor` for hub user ``name`` with ``hub_groups``.
+
+    Projects and the checker role come from the enclave config (listed members and checkers, or
+    the hub groups Havre manages); administrators are the members of the ``hub-admins`` group.
+    """
+    groups = list(hub_groups)
+    return Actor(
+        username=name,
+        projects=frozenset(p.slug for p in enclave.projects_of(name, groups)),
+        is_checker=enclave.is_checker(name, groups),
+        is_admin=ADMINS_HUB_GROUP in groups,
+    )
+
+
+_ID_ALPHABET = string.ascii_letters + string.digits
+
+
+def new_request_id() -> str:
+    """A random request id: 12 letters and digits (71 bits; never starts with ``-``)."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(12))
+
+
+def _now_utc() -> datetime:
+    return datetime.now(UTC)
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else format_time(when)
+
+
+def _clean_text(value: object, what: str, limit: int, *, allow_empty: bool = False) -> str:
+    if not isinstance(value, str):
+        raise InvalidInput(f"{what} must be text.")
+    text = value.strip()
+    if not text and not allow_empty:
+        raise InvalidInput(f"{what} can't be empty.")
+    if len(text) > limit:
+        raise InvalidInput(f"{what} is longer than {limit} characters.")
+    if "\x00" in text:
+        raise InvalidInput(f"{what} contains a NUL character.")
+    return text
+
+
+def _group_name(value: object) -> str:
+    name = _clean_text(value, "The group name", MAX_GROUP_NAME)
+    if not name.isprintable():
+        raise InvalidInput("The group name contains invisible or control characters.")
+    return name
+
+
+def _request_id(value: object) -> str:
+    if not isinstance(value, str) or not _REQUEST_ID_RE.fullmatch(value):
+        raise NotFound(f"There is no release request {value!r}.")
+    return value
+
+
+def _file_id(value: object) -> int:
+    try:
+        number = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        raise NotFound(f"There is no file {value!r} in this request.") from None
+    if isinstance(value, bool) or number < 1:
+        raise NotFound(f"There is no file {value!r} in this request.")
+    return number
+
+
+def _versions(*names: str) -> dict[str, str]:
+    found = {}
+    for name in names:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# SDC check of CSV/TSV tables of counts
+
+
+def _frequency_table_check(result: FileCheckResult, params: SDCParams) -> dict[str, Any] | None:
+    """The SDC verdict for a CSV/TSV that is a table of counts; ``None`` for other files.
+
+    A table of counts: a first column of labels, then only non-negative whole numbers (blank
+    cells are taken as suppressed). Anything else is recorded as not checked, with the reason.
+    """
+    if result.kind not in (FileKind.CSV, FileKind.TSV) or result.release_bytes is None:
+        return None
+    delimiter = "\t" if result.kind is FileKind.TSV else ","
+    text = result.release_bytes.decode("utf-8-sig")
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+    rows = [row for row in rows if any(cell.strip() for cell in row)]
+    not_checked = {
+        "checked": False,
+        "reason": "not a table of counts (labels in the first column and header row, then "
+        "whole numbers); only tables of counts are checked automatically",
+    }
+    if len(rows) < 2 or len(rows[0]) < 2:
+        return not_checked
+    numbers = 0
+    for row in rows[1:]:
+        for cell in row[1:]:
+            cell = cell.strip()
+            if not cell:
+                continue
+            try:
+                value = float(cell)
+            except ValueError:
+                return not_checked
+            if not math.isfinite(value) or value < 0 or value != int(value):
+                return not_checked
+            numbers += 1
+    if not numbers:
+        return not_checked
+    import pandas as pd
+
+    from egress.sdc import check_frequency_csv
+
+    try:
+        frame = pd.read_csv(
+            io.StringIO(text),
+            sep=delimiter,
+            index_col=0,
+            dtype=str,
+            keep_default_na=False,
+            skip_blank_lines=True,
+        )
+        outcome = check_frequency_csv(frame, params=params)
+    except Exception as exc:  # the verdict informs checkers; its failure must not block a file
+        log.exception("the SDC check of %s failed", result.name)
+        return {"checked": False, "reason": f"the automatic SDC check failed: {exc}"}
+    record = outcome.as_record()
+    record.pop("sdc", None)  # per-cell positions: recomputed when a checker needs them
+    record["reasons"] = record["reasons"][:200]
+    return {"checked": True, **record}
+
+
+def _check_json(result: FileCheckResult, sdc: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "outcome": result.outcome,
+        "warnings": list(result.warnings),
+        "changes": list(result.changes),
+        "flagged_cells": [dataclasses.asdict(c) for c in result.flagged_cells[:100]],
+        "flagged_cell_count": len(result.flagged_cells),
+        "sdc": sdc,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Transactions
+
+
+class _Tx:
+    """One write transaction: its session, the locked audit log, its time, what it queued."""
+
+    def __init__(self, session: Session, log_row: AuditLogRow, now: datetime) -> None:
+        self.session = session
+        self.log_row = log_row
+        self.now = now
+        self.events: list[AuditEvent] = []
+        self.notified = False
+
+    def audit(
+        self,
+        actor: Actor | str,
+        event: EventType,
+        request: Request | None = None,
+        *,
+        object: str | None = None,
+        file_hashes: Mapping[str, str] | None = None,
+        details: Mapping[str, Any] | None = None,
+    ) -> AuditEvent:
+        ev = audit_log.append(
+            self.session,
+            self.log_row,
+            actor=actor if isinstance(actor, str) else actor.username,
+            event=event,
+            time=self.now,
+            project=request.project if request is not None else None,
+            request_id=request.id if request is not None else None,
+            object=object,
+            file_hashes=file_hashes,
+            details=details,
+        )
+        self.events.append(ev)
+        return ev
+
+    def notify(self, event: str, to: Iterable[str], subject: str, body: str) -> None:
+        recipients = sorted(set(to))
+        if not recipients:
+            return
+        self.session.add(
+            Notification(
+                event=event,
+                to=json.dumps(recipients),
+                subject=subject,
+                body=body,
+                created_at=self.now,
+                sent_at=None,
+                attempts=0,
+                last_error=None,
+            )
+        )
+        self.notified = True
+
+
+def _refused(op: str, actor: Actor, request_id: str | None, exc: Exception) -> None:
+    log.info(
+        "refused: %s by %s on %s: %s (%s)",
+        op,
+        actor.username,
+        request_id or "-",
+        getattr(exc, "reason", str(exc)),
+        getattr(exc, "status", "?"),
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# The service
+
+
+class EgressService:
+    """Every operation of the egress service (see the module documentation).
+
+    ``engine``: a migrated database (``egress.store.db.make_engine`` + ``migrate``).
+    ``content``: the content store of snapshots. ``enclave``: the enclave config (projects,
+    members, checkers, reviews required). ``outputs_root``: project slug -> its outputs folder
+    (default: ``enclave.outputs_dir``). ``signing_key_path``: the Ed25519 private key that signs
+    release records (``egress.signing.generate_key``); loaded when first needed.
+    ``clock``: returns an aware UTC datetime (tests pass a fake). ``notifier``: called with no
+    arguments after a transaction that queued notifications commits (e.g. to wake the sender);
+    its failures are logged and ignored. ``checkpoint_path``: a JSON-lines file outside the
+    database where the audit head is appended after each release (and read by
+    :meth:`verify_audit`). ``service_url``: the service's public URL, for links in e-mails.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        content: ContentStore,
+        enclave: EnclaveConfig,
+        *,
+        outputs_root: Callable[[str], Path] | None = None,
+        signing_key_path: str | Path | None = None,
+        clock: Callable[[], datetime] = _now_utc,
+        notifier: Callable[[], None] | None = None,
+        sdc_params: SDCParams | None = None,
+        check_policy: CheckPolicy = DEFAULT_POLICY,
+        checkpoint_path: str | Path | None = None,
+        service_url: str = "",
+        strict_key_permissions: bool = True,
+        check_schema: bool = True,
+    ) -> None:
+        self.engine = engine
+        self.content = content
+        self.enclave = enclave
+        self._outputs_root = outputs_root or enclave.outputs_dir
+        self.signing_key_path = Path(signing_key_path) if signing_key_path else None
+        self._clock = clock
+        self._notifier = notifier
+        self.sdc_params = sdc_params or SDCParams()
+        self.check_policy = check_policy
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.service_url = service_url.rstrip("/")
+        self._strict_key = strict_key_permissions
+        self._private_key: Ed25519PrivateKey | None = None
+        if check_schema:
+            have, want = current_revision(engine), head_revision()
+            if have != want:
+                raise RuntimeError(
+                    f"the egress database schema is at revision {have}, not {want}: run "
+                    "`havre-egress-admin migrate` first"
+                )
+        self.log_id = audit_log.ensure_log(engine, self._now, details={"enclave": enclave.name})
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        now = self._clock()
+        if now.tzinfo is None or now.utcoffset() is None:
+            raise ValueError("the clock must return timezone-aware datetimes")
+        return now.astimezone(UTC)
+
+    @contextmanager
+    def _write(self, op: str, actor: Actor, request_id: str | None = None) -> Iterator[_Tx]:
+        tx: _Tx | None = None
+        try:
+            with write_session(self.engine) as session:
+                log_row = audit_log.lock(session)
+                tx = _Tx(session, log_row, self._now())
+                yield tx
+        except (PermissionDenied, EgressError) as exc:
+            _refused(op, actor, request_id, exc)
+            raise
+        if tx is not None and tx.notified and self._notifier is not None:
+            try:
+                self._notifier()
+            except Exception:  # never let a notifier break the workflow
+                log.exception("the notifier callback failed")
+
+    @contextmanager
+    def _read(self, op: str, actor: Actor, request_id: str | None = None) -> Iterator[Session]:
+        try:
+            with read_session(self.engine) as session:
+                yield session
+        except (PermissionDenied, EgressError) as exc:
+            _refused(op, actor, request_id, exc)
+            raise
+
+    def _private(self) -> Ed25519PrivateKey:
+        if self._private_key is None:
+            if self.signing_key_path is None:
+                raise EgressError("No signing key is configured; releases can't be signed.")
+            self._private_key = load_private_key(
+                self.signing_key_path, strict_permissions=self._strict_key
+            )
+        return self._private_key
+
+    def public_key(self) -> Ed25519PublicKey | None:
+        """The public key that checks release records (``None`` if no key is configured)."""
+        if self.signing_key_path is None:
+            return None
+        pub = Path(public_key_path(self.signing_key_path))
+        if pub.exists():
+            return load_public_key(pub)
+        return self._private().public_key()
+
+    @staticmethod
+    def _load(session: Session, request_id: object) -> Request:
+        request = session.get(Request, _request_id(request_id))
+        if request is None:
+            raise NotFound(f"There is no release request {request_id!r}.")
+        return request
+
+    @staticmethod
+    def _file(session: Session, request: Request, file_id: object) -> RequestFile:
+        row = session.get(RequestFile, _file_id(file_id))
+        if row is None or row.request_id != request.id:
+            raise NotFound(f"There is no file {file_id!r} in request {request.id}.")
+        return row
+
+    @staticmethod
+    def _votes(session: Session, request: Request, round_: int) -> dict[int, dict[str, Vote]]:
+        votes: dict[int, dict[str, Vote]] = {}
+        for file_id, reviewer, vote in session.execute(
+            select(VoteRow.file_id, VoteRow.reviewer, VoteRow.vote).where(
+                VoteRow.request_id == request.id, VoteRow.round == round_
+            )
+        ):
+            votes.setdefault(file_id, {})[reviewer] = Vote(vote)
+        return votes
+
+    @staticmethod
+    def _reviewers(session: Session, request: Request) -> list[str]:
+        return list(
+            session.execute(
+                select(Review.reviewer)
+                .where(Review.request_id == request.id, Review.round == request.round)
+                .order_by(Review.submitted_at, Review.id)
+            ).scalars()
+        )
+
+    def _files(self, session: Session, request: Request) -> list[RequestFile]:
+        return list(
+            session.execute(
+                select(RequestFile)
+                .where(RequestFile.request_id == request.id)
+                .order_by(RequestFile.path)
+            ).scalars()
+        )
+
+    def _groups(self, session: Session, request: Request) -> list[FileGroup]:
+        return list(
+            session.execute(
+                select(FileGroup).where(FileGroup.request_id == request.id).order_by(FileGroup.name)
+            ).scalars()
+        )
+
+    def _view(self, session: Session, request: Request) -> RequestView:
+        files = self._files(session, request)
+        votes = self._votes(session, request, request.round)
+        used = {f.group for f in files}
+        missing = {
+            g.name
+            for g in self._groups(session, request)
+            if g.name in used and not (g.context.strip() and g.controls.strip())
+        }
+        return RequestView(
+            id=request.id,
+            project=request.project,
+            author=request.author,
+            state=RequestState(request.state),
+            reviews_required=request.reviews_required,
+            reviewers_who_submitted=frozenset(self._reviewers(session, request)),
+            files={f.path: votes.get(f.id, {}) for f in files},
+            groups_missing_context=frozenset(missing),
+        )
+
+    def _require(
+        self, session: Session, actor: Actor, permission: Permission, request: Request
+    ) -> RequestView:
+        view = self._view(session, request)
+        policy.require(actor, permission, view)
+        return view
+
+    @staticmethod
+    def _move(
+        tx: _Tx, request: Request, action: Action, **counts: int
+    ) -> tuple[RequestState, RequestState]:
+        before = RequestState(request.state)
+        after = next_state(before, action, **counts)
+        request.state = after.value
+        request.updated_at = tx.now
+        return before, after
+
+    def _checkers_to_notify(self, request: Request) -> list[str]:
+        return sorted(self.enclave.output_checkers - {request.author})
+
+    def _link(self, request: Request) -> str:
+        if not self.service_url:
+            return ""
+        return f"\n\n{self.service_url}/requests/{request.id}\n"
+
+    def _notify(self, tx: _Tx, request: Request, event: str, to: Iterable[str], what: str) -> None:
+        # E-mails leave the enclave: ids and states only, never titles, file names or comments.
+        tx.notify(
+            event,
+            to,
+            f"[Havre] Release request {request.id} ({request.project}) {what}",
+            f"Release request {request.id} in project {request.project} {what}."
+            f"{self._link(request)}\n-- Havre egress service\n",
+        )
+
+    # -- requests ------------------------------------------------------------------------------
+
+    def create_request(self, actor: Actor, project: str, title: str) -> dict[str, Any]:
+        """Start a draft request in ``project``; returns its summary (see :meth:`list_requests`)."""
+        with self._write("create_request", actor) as tx:
+            title = _clean_text(title, "The title", MAX_TITLE)
+            draft = RequestView(id="-", project=project, author=actor.username, state="draft")
+            policy.require(actor, Permission.CREATE, draft)
+            if project not in self.enclave.projects:
+                raise NotFound(f"There is no project {project!r}.")
+            request = Request(
+                id=new_request_id(),
+                project=project,
+                author=actor.username,
+                title=title,
+                state=RequestState.DRAFT.value,
+                reviews_required=self.enclave.review.reviews_required,
+                round=1,
+                created_at=tx.now,
+                updated_at=tx.now,
+                submitted_at=None,
+            )
+            tx.session.add(request)
+            tx.session.flush()
+            tx.audit(
+                actor,
+                EventType.REQUEST_CREATED,
+                request,
+                details={
+                    "title": title,
+                    "state": request.state,
+                    "round": request.round,
+                    "reviews_required": request.reviews_required,
+                },
+            )
+            return self._summary(tx.session, request)
+
+    def list_outputs(self, actor: Actor, project: str) -> dict[str, Any]:
+        """The files a member can add from ``project``'s outputs folder, and what is skipped.
+
+        ``{"files": [{"path", "size", "mtime"}], "skipped": [{"path", "reason"}]}``.
+        """
+        decision = policy.check_create(actor, project)
+        if not decision.allowed:
+            exc = PermissionDenied(decision.reason, decision.status)
+            _refused("list_outputs", actor, None, exc)
+            raise exc
+        try:
+            listing = scan_outputs(self._outputs_root(project))
+        except OutputPathError as exc:
+            raise EgressError(exc.reason) from None
+        return {
+            "files": [{"path": e.path, "size": e.size, "mtime": e.mtime} for e in listing.entries],
+            "skipped": [{"path": s.path, "reason": s.reason} for s in listing.skipped],
+        }
+
+    def add_file(
+        self, actor: Actor, request_id: str, path: str, group: str = DEFAULT_GROUP
+    ) -> dict[str, Any]:
+        """Snapshot ``path`` from the outputs folder into the request, in ``group``.
+
+        Refused with :class:`FileRefused` (422) when the checks fail. Returns the file's entry
+        (as in :meth:`get_request`) plus ``replaced`` and ``content_changed``.
+        """
+        group = _group_name(group)
+        with self._read("add_file", actor, request_id) as session:
+            request = self._load(session, request_id)
+            self._require(session, actor, Permission.ADD_FILE, request)
+            project = request.project
+        try:
+            data = read_output(
+                self._outputs_root(project), path, max_bytes=self.check_policy.max_file_bytes
+            )
+        except OutputPathError as exc:
+            refusal = FileRefused(str(path), [exc.reason])
+            _refused("add_file", actor, request_id, refusal)
+            raise refusal from None
+        result = check_file(path, data, self.check_policy)
+        if not result.ok or result.release_bytes is None or result.release_sha256 is None:
+            refusal = FileRefused(path, result.problems, result.warnings)
+            _refused("add_file", actor, request_id, refusal)
+            raise refusal
+        sdc = _frequency_table_check(result, self.sdc_params)
+        self.content.put(data)
+        if result.changed:
+            self.content.put(result.release_bytes)
+        with self._write("add_file", actor, request_id) as tx:
+            request = self._load(tx.session, request_id)
+            self._require(tx.session, actor, Permission.ADD_FILE, request)
+            target_round = (
+                request.round if request.state == RequestState.DRAFT else request.round + 1
+            )
+            row = tx.session.execute(
+                select(RequestFile).where(
+                    RequestFile.request_id == request.id, RequestFile.path == path
+                )
+            ).scalar_one_or_none()
+            replaced = row is not None
+            changed = row is None or row.release_sha256 != result.release_sha256
+            if row is None:
+                row = RequestFile(request_id=request.id, path=path)
+                tx.session.add(row)
+            row.group = group
+            row.sha256 = result.sha256
+            row.release_sha256 = result.release_sha256
+            row.size = result.size
+            row.release_size = len(result.release_bytes)
+            row.kind = result.kind.value if result.kind else "unknown"
+            row.check = _check_json(result, sdc)
+            row.added_at = tx.now
+            if changed:
+                row.changed_in_round = target_round
+            self._ensure_group(tx.session, request, group)
+            request.updated_at = tx.now
+            tx.session.flush()
+            tx.audit(
+                actor,
+                EventType.FILE_ADDED,
+                request,
+                object=path,
+                file_hashes={path: result.sha256},
+                details={
+                    "file_id": row.id,
+                    "group": group,
+                    "release_sha256": result.release_sha256,
+                    "size": row.size,
+                    "release_size": row.release_size,
+                    "kind": row.kind,
+                    "outcome": result.outcome,
+                    "sdc_verdict": sdc.get("verdict") if sdc else None,
+                    "replaced": replaced,
+                    "content_changed": changed,
+                    "changed_in_round": row.changed_in_round,
+                },
+            )
+            entry = self._file_entry(row, {})
+            return {**entry, "replaced": replaced, "content_changed": changed}
+
+    @staticmethod
+    def _ensure_group(session: Session, request: Request, name: str) -> FileGroup:
+        group = session.execute(
+            select(FileGroup).where(FileGroup.request_id == request.id, FileGroup.name == name)
+        ).scalar_one_or_none()
+        if group is None:
+            group = FileGroup(request_id=request.id, name=name, context="", controls="")
+            session.add(group)
+            session.flush()
+        return group
+
+    def remove_file(self, actor: Actor, request_id: str, file_id: int) -> None:
+        """Take a file (and its votes) out of a draft or returned request."""
+        with self._write("remove_file", actor, request_id) as tx:
+            request = self._load(tx.session, request_id)
+            self._require(tx.session, actor, Permission.REMOVE_FILE, request)
+            row = self._file(tx.session, request, file_id)
+            tx.session.execute(delete(VoteRow).where(VoteRow.file_id == row.id))
+            for comment in tx.session.execute(
+                select(Comment).where(Comment.file_id == row.id)
+            ).scalars():
+                comment.file_id = None
+            tx.session.delete(row)
+            request.updated_at = tx.now
+            tx.session.flush()
+            tx.audit(
+                actor,
+                EventType.FILE_REMOVED,
+                request,
+                object=row.path,
+                file_hashes={row.path: row.sha256},
+                details={"file_id": row.id, "group": row.group},
+            )
+
+    def set_group_context(
+        self, actor: Actor, request_id: str, group: str, context: str, controls: str
+    ) -> dict[str, Any]:
+        """Set a file group's context (what the files are) and controls (disclosure controls)."""
+        with self._write("set_group_context", actor, request_id) as tx:
+            name = _group_name(group)
+            context = _clean_text(context, "The context", MAX_CONTEXT, allow_empty=True)
+            controls = _clean_text(controls, "The controls", MAX_CONTEXT, allow_empty=True)
+            request = self._load(tx.session, request_id)
+            self._require(tx.session, actor, Permission.EDIT_CONTEXT, request)
+            row = self._ensure_group(tx.session, request, name)
+            row.context = context
+            row.controls = controls
+            request.updated_at = tx.now
+            tx.audit(
+                actor,
+                EventType.CONTEXT_EDITED,
+                request,
+                object=name,
+                details={"context_sha256": _sha(context), "controls_sha256": _sha(controls)},
+            )
+            return {"name": name, "context": context, "controls": controls}
+
+    def submit(self, actor: Actor, request_id: str) -> dict[str, Any]:
+        """Submit a draft, or resubmit a returned request (a new review round)."""
+        with self._write("submit", actor, request_id) as tx:
+            request = self._load(tx.session, request_id)
+            self._require(tx.session, actor, Permission.SUBMIT, request)
+            resubmit = request.state == RequestState.RETURNED
+            carried: dict[str, dict[str, str]] = {}
+            changed: list[str] = []
+            if resubmit:
+                old_round, new_round = request.round, request.round + 1
+                previous = self._votes(tx.session, request, old_round)
+                for row in self._files(tx.session, request):
+                    before = previous.get(row.id, {})
+                    if row.changed_in_round == new_round:
+                        after = votes_after_file_change(before)
+                        changed.append(row.path)
+                    else:
+                        after = votes_after_resubmit(before)
+                    for reviewer, vote in sorted(after.items()):
+                        tx.session.add(
+                            VoteRow(
+                                request_id=request.id,
+                                file_id=row.id,
+                                reviewer=reviewer,
+                                round=new_round,
+                                vote=vote.value,
+                                updated_at=tx.now,
+                            )
+                        )
+                    if after:
+                        carried[row.path] = {r: v.value for r, v in sorted(after.items())}
+                request.round = new_round
+            before_state, after_state = self._move(tx, request, Action.SUBMIT)
+            request.reviews_required = self.enclave.review.reviews_required
+            request.submitted_at = tx.now
+            details: dict[str, Any] = {
+                "from": before_state.value,
+                "state": after_state.value,
+                "round": request.round,
+                "reviews_required": request.reviews_required,
+            }
+            if resubmit:
+                details["votes"] = carried
+                details["files_changed"] = changed
+            tx.audit(
+                actor,
+                EventType.RESUBMITTED if resubmit else EventType.SUBMITTED,
+                request,
+                file_hashes=self._release_hashes(tx.session, request),
+                details=details,
+            )
+            self._notify(
+                tx,
+                request,
+                "submitted",
+                self._checkers_to_notify(request),
+                "is waiting for review" + (f" (round {request.round})" if resubmit else ""),
+            )
+            return self._summary(tx.session, request)
+
+    def _release_hashes(self, session: Session, request: Request) -> dict[str, str]:
+        return {f.path: f.release_sha256 for f in self._files(session, request)}
+
+    def withdraw(self, actor: Actor, request_id: str) -> dict[str, Any]:
+        """The author withdraws the request (any time before approval)."""
+        return self._transition("withdraw", actor, request_id, Permission.WITHDRAW, Action.WITHDRAW)
+
+    def _transition(
+        self,
+        op: str,
+        actor: Actor,
+        request_id: str,
+        permission: Permission,
+        action: Action,
+        *,
+        notify_author: str | None = None,
+        extra: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        with self._write(op, actor, request_id) as tx:
+            request = self._load(tx.session, request_id)
+            view = self._require(tx.session, actor, permission, request)
+            before, after = self._move(tx, request, action)
+            details = {"from": before.value, "state": after.value, "round": request.round}
+            if action in (Action.RETURN, Action.REJECT, Action.APPROVE):
+                details["decision"] = view.decision().value
+                details["votes"] = {
+                    path: {r: v.value for r, v in sorted(view.counted_votes(path).items())}
+                    for path in sorted(view.files)
+                }
+            details.update(extra or {})
+            tx.audit(
+                actor,
+                _STATE_EVENTS[action],
+                request,
+                file_hashes=self._release_hashes(tx.session, request),
+                details=details,
+            )
+            if notify_author:
+                self._notify(tx, request, op, [request.author], notify_author)
+            return self._summary(tx.session, request)
+
+    # -- reviewing -----------------------------------------------------------------------------
+
+    def view_file(self, actor: Actor, request_id: str, file_id: int) -> FileContent:
+        """The bytes that would be released for one file (audited as FILE_VIEWED for checkers)."""
+        with self._write("view_file", actor, request_id) as tx:
+            request = self._load(tx.session, request_id)
+            self._require(tx.session, actor, Permission.VIEW_FILE, request)
+            row = self._file(tx.session, request, file_id)
+            content = self._content(row)
+            if actor.is_checker and actor.username != request.author:
+                tx.audit(
+                    actor,
+                    EventType.FILE_VIEWED,
+                    request,
+                    object=row.path,
+                    file_hashes={row.path: row.release_sha256},
+                    details={"file_id": row.id, "round": request.round},
+                )
+            return content
+
+    def _content(self, row: RequestFile) -> FileContent:
+        data = self.content.get(row.release_sha256)
+        try:
+            media_type = MEDIA_TYPES[FileKind(row.kind)]
+        except (KeyError, ValueError):
+            media_type = "application/octet-stream"
+        return FileContent(
+            file_id=row.id,
+            path=row.path,
+            data=data,
+            sha256=row.release_sha256,
+            size=len(data),
+            kind=row.kind,
+            media_type=media_type,
+            snapshot_sha256=row.sha256,
+        )
+
+    def vote(self, actor: Actor, request_id: str, file_id: int, vote: str) -> dict[str, Any]:
+        """Record the actor's vote on one file in the current round.
+
+        Setting a vote back to ``undecided`` is a reset and needs ``reset_vote`` too (allowed
+        only before the actor's review is submitted).
+        """
+        try:
+            choice = Vote(vote)
+        except ValueError:
+            raise InvalidInput(
+                f"{vote!r} is not a vote; use approve, request_changes or undecided."
+            ) from None
+        with self._write("vote", actor, request_id) as tx:
+            request = self._load(tx.session, request_id)
+            view = self._require(tx.session, actor, Permission.VOTE, request)
+            if choice is Vote.UNDECIDED:
+                policy.require(actor, Permission.RESET_VOTE, view)
+            row = self._file(tx.session, request, file_id)
+            existing = tx.session.execute(
+                select(VoteRow).where(
+                    VoteRow.file_id == row.id,
+                    VoteRow.reviewer == actor.username,
+                    VoteRow.round == request.round,
+                )
+            ).scalar_one_or_none()
+            previous = existing.vote if existing else None
+            if existing is None:
+                existing = VoteRow(
+                    request_id=request.id,
+                    file_id=row.id,
+                    reviewer=actor.username,
+                    round=request.round,
+                )
+                tx.session.add(existing)
+            existing.vote = choice.value
+            existing.updated_at = tx.now
+            request.updated_at = tx.now
+            tx.audit(
+                actor,
+                EventType.VOTED,
+                request,
+                object=row.path,
+                file_hashes={row.path: row.release_sha256},
+                details={
+                    "file_id": row.id,
+                    "vote": choice.value,
+                    "previous": previous,
+                    "round": request.round,
+                },
+            )
+            return {
+                "file_id": row.id,
+                "path": row.path,
+                "vote": choice.value,
+                "round": request.round,
+            }
+
+    def reset_votes(
+        self, actor: Actor, request_id: str, file_ids: Iterable[int] | None = None
+    ) -> list[str]:
+        """Set the actor's own votes back to undecided (all files, or ``file_ids``).
+
+        The safe direction only: allowed before the actor's review is submitted. Returns the
+        paths whose vote was reset.
+        """
+        with self._write("reset_votes", actor, request_id) as tx:
+            request = self._load(tx.session, request_id)
+            self._require(tx.session, actor, Permission.RESET_VOTE, request)
+            files = {f.id: f for f in self._files(tx.session, request)}
+            wanted = set(files) if file_ids is None else {_file_id(i) for i in file_ids}
+            unknown = wanted - set(files)
+            if unknown:
+                raise NotFound(f"There is no file {min(unknown)} in request {request.id}.")
+            reset = []
+            for row in tx.session.execute(
+                select(VoteRow).where(
+                    VoteRow.request_id == request.id,
+                    VoteRow.round == request.round,
+                    VoteRow.reviewer == actor.username,
+                    VoteRow.file_id.in_(wanted),
+                )
+            ).scalars():
+                if row.vote != Vote.UNDECIDED:
+                    row.vote = Vote.UNDECIDED.value
+                    row.updated_at = tx.now
+                    reset.append(files[row.file_id].path)
+            reset.sort()
+            request.updated_at = tx.now
+            tx.audit(
+                actor,
+                EventType.VOTE_RESET,
+                request,
+                details={"round": request.round, "files": reset},
+            )
+            return reset
+
+    def comment(
+        self,
+        actor: Actor,
+        request_id: str,
+        body: str,
+        visibility: str = "public",
+        file_id: int | None = None,
+    ) -> dict[str, Any]:
+        """Comment on the request (or one of its files): ``public`` or ``private`` (checkers)."""
+        if visibility not in ("public", "private"):
+            raise InvalidInput("A comment is either public or private.")
+        permission = (
+            Permission.COMMENT_PUBLIC if visibility == "public" else Permission.COMMENT_PRIVATE
+        )
+        with self._write("comment", actor, request_id) as tx:
+            text = _clean_text(body, "The comment", MAX_COMMENT)
+            request = self._load(tx.session, request_id)
+            self._require(tx.session, actor, permission, request)
+            row = self._file(tx.session, request, file_id) if file_id is not None else None
+            comment = Comment(
+                request_id=request.id,
+                file_id=row.id if row else None,
+                author=actor.username,
+                visibility=visibility,
+                round=request.round,
+                body=text,
+                created_at=tx.now,
+                during_review=request.state in REVIEW_STATES,
+            )
+            tx.session.add(comment)
+            tx.session.flush()
+            tx.audit(
+                actor,
+                EventType.COMMENTED,
+                request,
+                object=row.path if row else None,
+                details={
+                    "comment_id": comment.id,
+                    "visibility": visibility,
+                    "round": request.round,
+                    "body_sha256": _sha(text),
+                    "during_review": comment.during_review,
+                },
+            )
+            return self._comment_entry(comment, row.path if row else None)
+
+    def submit_review(self, actor: Actor, request_id: str) -> dict[str, Any]:
+        """Submit the actor's review of the current round (every file voted on)."""
+        with self._write("submit_review", actor, request_id) as tx:
+            request = self._load(tx.session, request_id)
+            view = self._require(tx.session, actor, Permission.SUBMIT_REVIEW, request)
+            reviews_in = len(view.reviewers_who_submitted) + 1
+            before, after = self._move(
+                tx,
+                request,
+                Action.SUBMIT_REVIEW,
+                reviews_in=reviews_in,
+                reviews_required=request.reviews_required,
+            )
+            tx.session.add(
+                Review(
+                    request_id=request.id,
+                    reviewer=actor.username,
+                    round=request.round,
+                    submitted_at=tx.now,
+                )
+            )
+            tx.audit(
+                actor,
+                EventType.REVIEW_SUBMITTED,
+                request,
+                details={
+                    "from": before.value,
+                    "state": after.value,
+                    "round": request.round,
+                    "reviews_in": reviews_in,
+                    "votes": {
+                        path: votes[actor.username].value
+                        for path, votes in sorted(view.files.items())
+                        if actor.username in votes
+                    },
+                },
+            )
+            if after is RequestState.REVIEWED:
+                reviewers = set(view.reviewers_who_submitted) | {actor.username}
+                self._notify(tx, request, "review_complete", reviewers, "has all its reviews")
+            return self._summary(tx.session, request)
+
+    def return_request(self, actor: Actor, request_id: str) -> dict[str, Any]:
+        """A checker returns a reviewed request to its author for changes."""
+        return self._transition(
+            "return",
+            actor,
+            request_id,
+            Permission.RETURN,
+            Action.RETURN,
+            notify_author="was returned to you for changes",
+        )
+
+    def approve(self, actor: Actor, request_id: str) -> dict[str, Any]:
+        """A checker approves a reviewed request whose every file is approved."""
+        return self._transition("approve", actor, request_id, Permission.APPROVE, Action.APPROVE)
+
+    def reject(self, actor: Actor, request_id: str) -> dict[str, Any]:
+        """A checker rejects a reviewed request: nothing is released."""
+        return self._transition(
+            "reject",
+            actor,
+            request_id,
+            Permission.REJECT,
+            Action.REJECT,
+            notify_author="was rejected",
+        )
+
+    def release(self, actor: Actor, request_id: str) -> dict[str, Any]:
+        """Release an approved request: sign and store its release record; returns it (signed).
+
+        Every file's release bytes are read back from the content store and verified first; a
+        corrupt or missing blob stops the release (nothing changes).
+        """
+        key = self._private()
+        with self._write("release", actor, request_id) as tx:
+            request = self._load(tx.session, request_id)
+            view = self._require(tx.session, actor, Permission.RELEASE, request)
+            files = self._files(tx.session, request)
+            for row in files:
+                try:
+                    self.content.get(row.release_sha256)
+                except (KeyError, ValueError) as exc:
+                    raise EgressError(
+                        f"{row.path} can't be released: its approved bytes are missing or "
+                        f"corrupt in the content store ({exc})."
+                    ) from None
+            head_row = tx.log_row
+            head_time = tx.session.execute(
+                select(AuditEventRow.time).where(AuditEventRow.seq == head_row.head_seq)
+            ).scalar_one()
+            checkpoint = Checkpoint(
+                head_row.log_id, head_row.head_seq, head_row.head_hash, head_time
+            )
+            comments = tx.session.execute(
+                select(Comment)
+                .where(Comment.request_id == request.id, Comment.visibility == "public")
+                .order_by(Comment.created_at, Comment.id)
+            ).scalars()
+            paths = {f.id: f.path for f in files}
+            record = release_record(
+                request_id=request.id,
+                project=request.project,
+                author=request.author,
+                released_at=tx.now,
+                released_by=actor.username,
+                files=[
+                    {"path": f.path, "sha256": f.release_sha256, "size": f.release_size}
+                    for f in files
+                ],
+                votes=[
+                    {"reviewer": reviewer, "file": path, "vote": vote.value}
+                    for path in sorted(view.files)
+                    for reviewer, vote in sorted(view.counted_votes(path).items())
+                ],
+                public_comments=[
+                    {
+                        "author": c.author,
+                        "time": format_time(c.created_at),
+                        "round": c.round,
+                        "file": paths.get(c.file_id) if c.file_id else None,
+                        "text": c.body,
+                    }
+                    for c in comments
+                ],
+                sdc_policy={
+                    "sdc": self.sdc_params.as_dict(),
+                    "file_checks": dataclasses.asdict(self.check_policy),
+                    "reviews_required": request.reviews_required,
+                    "verdicts": {f.path: (f.check.get("sdc") or {}).get("verdict") for f in files},
+                },
+                audit_head=checkpoint,
+                tool_versions=_versions("sqlalchemy", "numpy", "pandas", "cryptography"),
+            )
+            signed = sign_record(record, key)
+            record_json = canonical_json(signed).decode("utf-8")
+            tx.session.add(
+                Release(
+                    request_id=request.id,
+                    released_at=tx.now,
+                    released_by=actor.username,
+                    record_json=record_json,
+                )
+            )
+            before, after = self._move(tx, request, Action.RELEASE)
+            tx.audit(
+                actor,
+                EventType.RELEASED,
+                request,
+                file_hashes={f.path: f.release_sha256 for f in files},
+                details={
+                    "from": before.value,
+                    "state": after.value,
+                    "round": request.round,
+                    "record_sha256": _sha(record_json),
+                    "key_id": key_id(key),
+                },
+            )
+            self._notify(tx, request, "released", [request.author], "was released")
+            head = Checkpoint.of(tx.events[-1], self.log_id)
+        if self.checkpoint_path is not None:
+            try:
+                append_checkpoint(self.checkpoint_path, head)
+            except OSError:
+                log.exception("could not append the audit checkpoint to %s", self.checkpoint_path)
+        return signed
+
+    def download_released(self, actor: Actor, request_id: str, file_id: int) -> FileContent:
+        """A project member downloads one released file (exactly the approved bytes; audited)."""
+        with self._write("download_released", actor, request_id) as tx:
+            request = self._load(tx.session, request_id)
+            self._require(tx.session, actor, Permission.DOWNLOAD_RELEASED, request)
+            row = self._file(tx.session, request, file_id)
+            release = tx.session.execute(
+                select(Release).where(Release.request_id == request.id)
+            ).scalar_one_or_none()
+            released = json.loads(release.record_json)["record"]["files"] if release else []
+            if {"path": row.path, "sha256": row.release_sha256, "size": row.release_size} not in (
+                released
+            ):
+                raise EgressError(
+                    f"{row.path} is not in this request's release record; it can't be downloaded."
+                )
+            content = self._content(row)
+            tx.audit(
+                actor,
+                EventType.DOWNLOADED,
+                request,
+                object=row.path,
+                file_hashes={row.path: row.release_sha256},
+                details={"file_id": row.id},
+            )
+            return content
+
+    def revoke(self, actor: Actor, request_id: str, reason: str = "") -> dict[str, Any]:
+        """Revoke a release: no further downloads. ``reason`` goes into the audit log."""
+        reason = _clean_text(reason, "The reason", MAX_COMMENT, allow_empty=True)
+        return self._transition(
+            "revoke",
+            actor,
+            request_id,
+            Permission.REVOKE,
+            Action.REVOKE,
+            notify_author="was revoked: its files can no longer be downloaded",
+            extra={"reason": reason},
+        )
+
+    def release_record(self, actor: Actor, request_id: str) -> dict[str, Any] | None:
+        """The signed release record of a released (or revoked) request, else ``None``."""
+        with self._read("release_record", actor, request_id) as session:
+            request = self._load(session, request_id)
+            self._require(session, actor, Permission.VIEW_REQUEST, request)
+            release = session.execute(
+                select(Release).where(Release.request_id == request.id)
+            ).scalar_one_or_none()
+            return json.loads(release.record_json) if release else None
+
+    # -- views ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _counts() -> tuple[Any, Any]:
+        """Correlated subqueries: reviews in the request's current round, and its files."""
+        reviews = (
+            select(func.count())
+            .select_from(Review)
+            .where(Review.request_id == Request.id, Review.round == Request.round)
+            .correlate(Request)
+            .scalar_subquery()
+        )
+        files = (
+            select(func.count())
+            .select_from(RequestFile)
+            .where(RequestFile.request_id == Request.id)
+            .correlate(Request)
+            .scalar_subquery()
+        )
+        return reviews, files
+
+    def _summary(
+        self,
+        session: Session,
+        request: Request,
+        counts: tuple[int, int] | None = None,
+    ) -> dict[str, Any]:
+        if counts is None:
+            reviews, files = self._counts()
+            row = session.execute(select(reviews, files).where(Request.id == request.id)).one()
+            counts = (row[0], row[1])
+        state = RequestState(request.state)
+        return {
+            "id": request.id,
+            "project": request.project,
+            "author": request.author,
+            "title": request.title,
+            "state": state.value,
+            "turn": turn_of(state).value,
+            "round": request.round,
+            "reviews_required": request.reviews_required,
+            "reviews_in": counts[0],
+            "files": counts[1],
+            "created_at": _iso(request.created_at),
+            "updated_at": _iso(request.updated_at),
+            "submitted_at": _iso(request.submitted_at),
+        }
+
+    @staticmethod
+    def _file_entry(row: RequestFile, votes: Mapping[str, Vote]) -> dict[str, Any]:
+        return {
+            "id": row.id,
+            "path": row.path,
+            "group": row.group,
+            "sha256": row.sha256,
+            "release_sha256": row.release_sha256,
+            "size": row.size,
+            "release_size": row.release_size,
+            "kind": row.kind,
+            "check": row.check,
+            "added_at": _iso(row.added_at),
+            "changed_in_round": row.changed_in_round,
+            "votes": {r: v.value for r, v in sorted(votes.items())},
+        }
+
+    @staticmethod
+    def _comment_entry(comment: Comment, path: str | None) -> dict[str, Any]:
+        return {
+            "id": comment.id,
+            "author": comment.author,
+            "visibility": comment.visibility,
+            "round": comment.round,
+            "during_review": comment.during_review,
+            "file_id": comment.file_id,
+            "file": path,
+            "body": comment.body,
+            "created_at": _iso(comment.created_at),
+        }
+
+    def get_request(self, actor: Actor, request_id: str) -> dict[str, Any]:
+        """Everything ``actor`` may see of one request.
+
+        The summary (see :meth:`list_requests`) plus ``allowed`` (the permissions the actor has
+        now: which buttons to show), ``groups`` (name, context, controls), ``files`` (each with
+        its check results and the votes the actor may see), ``reviewers`` (who submitted a
+        review this round), ``comments`` and, once released, ``release`` (with the signed
+        record). While reviews are independent a checker sees only their own votes, and the
+        project's members see no votes until the checkers have finished; private comments are
+        shown to checkers only; checkers' comments of a round still in independent review are
+        shown only to whoever may see that round's votes. ``decision`` (the combined verdict of
+        the votes) is included only for those who may see everyone's votes.
+        """
+        with self._read("get_request", actor, request_id) as session:
+            request = self._load(session, request_id)
+            view = self._require(session, actor, Permission.VIEW_REQUEST, request)
+            allowed = policy.allowed_permissions(actor, view)
+            see_all = Permission.VIEW_VOTES_OF_OTHERS in allowed
+            see_private = Permission.VIEW_PRIVATE_COMMENTS in allowed
+            files = self._files(session, request)
+            paths = {f.id: f.path for f in files}
+            result = self._summary(session, request)
+            result["allowed"] = sorted(p.value for p in allowed)
+            result["groups"] = [
+                {"name": g.name, "context": g.context, "controls": g.controls}
+                for g in self._groups(session, request)
+            ]
+            entries = []
+            for row in files:
+                votes = view.files.get(row.path, {})
+                if see_all:
+                    entry = self._file_entry(row, votes)
+                    counted = view.counted_votes(row.path)
+                    entry["decision"] = file_decision(counted, request.reviews_required).value
+                else:
+                    entry = self._file_entry(
+                        row, {r: v for r, v in votes.items() if r == actor.username}
+                    )
+                entries.append(entry)
+            result["files"] = entries
+            result["reviewers"] = sorted(view.reviewers_who_submitted)
+            if see_all:
+                result["decision"] = view.decision().value
+            comments = []
+            for c in session.execute(
+                select(Comment)
+                .where(Comment.request_id == request.id)
+                .order_by(Comment.created_at, Comment.id)
+            ).scalars():
+                if c.visibility == "private" and not see_private:
+                    continue
+                if (
+                    not see_all
+                    and c.during_review
+                    and c.round == request.round
+                    and c.author != actor.username
+                ):
+                    continue  # a checker's comment of a round still under review
+                comments.append(self._comment_entry(c, paths.get(c.file_id or 0)))
+            result["comments"] = comments
+            release = session.execute(
+                select(Release).where(Release.request_id == request.id)
+            ).scalar_one_or_none()
+            result["release"] = (
+                {
+                    "released_at": _iso(release.released_at),
+                    "released_by": release.released_by,
+                    "record": json.loads(release.record_json),
+                }
+                if release
+                else None
+            )
+            return result
+
+    def list_requests(
+        self,
+        actor: Actor,
+        *,
+        project: str | None = None,
+        state: str | None = None,
+        mine_to_review: bool = False,
+        older_than: timedelta | None = None,
+    ) -> list[dict[str, Any]]:
+        """Summaries of the requests ``actor`` may see, newest first.
+
+        Members see their projects' requests; checkers and administrators see every project's.
+        ``mine_to_review``: the checker's queue (the checkers' turn, not their own request, and
+        not already reviewed by them in this round). ``older_than``: not updated for that long.
+        Each summary: ``id, project, author, title, state, turn, round, reviews_required,
+        reviews_in, files, created_at, updated_at, submitted_at``.
+        """
+        with self._read("list_requests", actor) as session:
+            reviews, files = self._counts()
+            query = select(Request, reviews, files).order_by(Request.updated_at.desc(), Request.id)
+            if not (actor.is_checker or actor.is_admin):
+                query = query.where(Request.project.in_(sorted(actor.projects)))
+            if project is not None:
+                query = query.where(Request.project == project)
+            if state is not None:
+                try:
+                    query = query.where(Request.state == RequestState(state).value)
+                except ValueError:
+                    raise InvalidInput(f"{state!r} is not a request state.") from None
+            if older_than is not None:
+                query = query.where(Request.updated_at < self._now() - older_than)
+            if mine_to_review:
+                if not actor.is_checker:
+                    return []
+                checkers_turn = [s.value for s in RequestState if turn_of(s) is Party.CHECKERS]
+                independent = [s.value for s in INDEPENDENT_REVIEW_STATES]
+                reviewed_by_me = (
+                    select(Review.id)
+                    .where(
+                        Review.request_id == Request.id,
+                        Review.round == Request.round,
+                        Review.reviewer == actor.username,
+                    )
+                    .correlate(Request)
+                    .exists()
+                )
+                query = query.where(
+                    Request.state.in_(checkers_turn),
+                    Request.author != actor.username,
+                    ~(Request.state.in_(independent) & reviewed_by_me),
+                )
+            return [
+                self._summary(session, request, (n_reviews, n_files))
+                for request, n_reviews, n_files in session.execute(query)
+            ]
+
+    def request_audit(self, actor: Actor, request_id: str) -> list[dict[str, Any]]:
+        """The audit events of one request (for checkers and administrators; see the policy)."""
+        with self._read("request_audit", actor, request_id) as session:
+            request = self._load(session, request_id)
+            self._require(session, actor, Permission.VIEW_AUDIT, request)
+            lines = session.execute(
+                select(AuditEventRow.line)
+                .where(AuditEventRow.request_id == request.id)
+                .order_by(AuditEventRow.seq)
+            ).scalars()
+            return [json.loads(line) for line in lines]
+
+    # -- audit and notifications ------------------------------------------------------------------
+
+    def checkpoints(self) -> list[Checkpoint]:
+        """The checkpoints kept outside the database (``checkpoint_path``), if any.
+
+        An unterminated last line (a crash or power loss while appending) is skipped with a
+        warning; any other unreadable line raises ``ValueError``.
+        """
+        if self.checkpoint_path is None or not self.checkpoint_path.exists():
+            return []
+        text_ = self.checkpoint_path.read_text(encoding="utf-8")
+        lines = text_.split("\n")
+        if lines[-1].strip():
+            log.warning("%s: ignoring an incomplete last line", self.checkpoint_path)
+        found = []
+        for number, line in enumerate(lines[:-1], 1):
+            if line.strip():
+                try:
+                    found.append(Checkpoint.from_dict(json.loads(line)))
+                except (ValueError, TypeError) as exc:
+                    raise ValueError(
+                        f"{self.checkpoint_path}, line {number}: not a checkpoint: {exc}"
+                    ) from None
+        return found
+
+    def verify_audit(self, checkpoints: Iterable[Checkpoint] = ()) -> VerifyReport:
+        """Verify the audit log and replay it against the tables (see the module docs)."""
+        public = None
+        try:
+            public = self.public_key()
+        except (OSError, ValueError):
+            log.exception("the public key can't be loaded; release signatures are not checked")
+        try:
+            kept = self.checkpoints()
+        except (OSError, ValueError) as exc:
+            return _failed(None, f"the checkpoint file can't be read: {exc}", self.log_id)
+        return verify_database(self.engine, public_key=public, checkpoints=[*kept, *checkpoints])
+
+    def export_audit(self, fmt: str, dest: IO[str]) -> VerifyReport:
+        """Write the whole audit log to ``dest`` as ``csv`` or ``jsonl``; returns the verdict."""
+        return export_database_audit(self.engine, fmt, dest)
+
+    def pending_notifications(self, max_attempts: int = 5) -> list[OutboxMessage]:
+        """Notifications not sent yet (and not given up on), oldest first."""
+        with read_session(self.engine) as session:
+            return [
+                _message(n)
+                for n in session.execute(
+                    select(Notification)
+                    .where(Notification.sent_at.is_(None), Notification.attempts < max_attempts)
+                    .order_by(Notification.id)
+                ).scalars()
+            ]
+
+    def deliver_notifications(
+        self, send: Callable[[OutboxMessage], None], *, max_attempts: int = 5, limit: int = 100
+    ) -> dict[str, int]:
+        """Send queued notifications with ``send``; failures are counted and retried later.
+
+        A failing ``send`` never affects the workflow: the row's ``attempts`` goes up and its
+        ``last_error`` is kept; after ``max_attempts`` it is left alone. Returns
+        ``{"sent": n, "failed": m}``. Run one deliverer at a time (a crash between sending and
+        recording can send a message twice; never zero times).
+        """
+        sent = failed = 0
+        for message in self.pending_notifications(max_attempts)[:limit]:
+            error = None
+            try:
+                send(message)
+            except Exception as exc:  # a failed e-mail must never stop the workflow
+                error = f"{type(exc).__name__}: {exc}"[:2000]
+                log.warning("notification %s failed: %s", message.id, error)
+            with write_session(self.engine) as session:
+                row = session.get(Notification, message.id)
+                if row is None or row.sent_at is not None:
+                    continue
+                row.attempts += 1
+                if error is None:
+                    row.sent_at = self._now()
+                    sent += 1
+                else:
+                    row.last_error = error
+                    failed += 1
+        return {"sent": sent, "failed": failed}
+
+
+def _message(row: Notification) -> OutboxMessage:
+    return OutboxMessage(
+        id=row.id,
+        event=row.event,
+        to=tuple(json.loads(row.to)),
+        subject=row.subject,
+        body=row.body,
+        created_at=row.created_at,
+        attempts=row.attempts,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Verification: the chain, then the tables replayed from the events
+
+_CSV_COLUMNS = (
+    "seq",
+    "time",
+    "actor",
+    "event",
+    "project",
+    "request_id",
+    "object",
+    "file_hashes",
+    "details",
+    "prev_hash",
+    "hash",
+)
+
+
+def _failed(report: VerifyReport | None, problem: str, log_id: str) -> VerifyReport:
+    return VerifyReport(
+        ok=False,
+        events_checked=report.events_checked if report else 0,
+        first_bad_seq=None,
+        problem=problem,
+        head=report.head if report else None,
+        log_id=log_id,
+    )
+
+
+class _Mismatch(Exception):
+    pass
+
+
+@dataclass
+class _ReplayedRequest:
+    project: str
+    author: str
+    state: str = ""
+    round: int = 1
+    files: dict[str, tuple[str, str, str]] = field(default_factory=dict)
+    groups: dict[str, tuple[str, str]] = field(default_factory=dict)
+    votes: dict[tuple[int, str, str], str] = field(default_factory=dict)
+    reviews: set[tuple[str, int]] = field(default_factory=set)
+    comments: dict[int, tuple[str, str, int, str, bool, str | None]] = field(default_factory=dict)
+    release: str | None = None
+
+
+_EMPTY = _sha("")
+
+
+class _Replay:
+    """What the tables must hold, rebuilt from the audit events (one pass, in seq order)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, _ReplayedRequest] = {}
+
+    def feed(self, seq: int, line: str, columns: tuple[Any, ...]) -> None:
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            raise _Mismatch(f"event {seq}: the stored line is not JSON") from None
+        if not isinstance(ev, dict):
+            raise _Mismatch(f"event {seq}: the stored line is not an event")
+        expected = (ev.get("seq"), ev.get("event"), ev.get("actor"), ev.get("project"))
+        expected += (ev.get("request_id"), ev.get("time"))
+        if tuple(columns) != expected:
+            raise _Mismatch(
+                f"event {seq}: the audit_events columns (event, actor, project, request_id, time) "
+                "don't match the stored line: the row was edited"
+            )
+        request_id = ev.get("request_id")
+        if request_id is None:
+            return
+        name, details = ev["event"], ev.get("details") or {}
+        actor, path = ev["actor"], ev.get("object")
+        if name == EventType.REQUEST_CREATED:
+            self.requests[request_id] = _ReplayedRequest(project=ev["project"], author=actor)
+        r = self.requests.get(request_id)
+        if r is None:
+            raise _Mismatch(f"event {seq} is about request {request_id}, which was never created")
+        if "state" in details:
+            r.state = details["state"]
+        if "round" in details and name in (EventType.SUBMITTED, EventType.RESUBMITTED):
+            r.round = details["round"]
+        if name == EventType.FILE_ADDED:
+            group = details["group"]
+            r.files[path] = (ev["file_hashes"][path], details["release_sha256"], group)
+            r.groups.setdefault(group, (_EMPTY, _EMPTY))
+        elif name == EventType.FILE_REMOVED:
+            r.files.pop(path, None)
+            r.votes = {k: v for k, v in r.votes.items() if k[1] != path}
+            r.comments = {i: (*c[:5], None) if c[5] == path else c for i, c in r.comments.items()}
+        elif name == EventType.CONTEXT_EDITED:
+            r.groups[path] = (details["context_sha256"], details["controls_sha256"])
+        elif name == EventType.RESUBMITTED:
+            for file_path, votes in details.get("votes", {}).items():
+                for reviewer, vote in votes.items():
+                    r.votes[(r.round, file_path, reviewer)] = vote
+        elif name == EventType.VOTED:
+            r.votes[(details["round"], path, actor)] = details["vote"]
+        elif name == EventType.VOTE_RESET:
+            for file_path in details["files"]:
+                r.votes[(details["round"], file_path, actor)] = Vote.UNDECIDED.value
+        elif name == EventType.REVIEW_SUBMITTED:
+            r.reviews.add((actor, details["round"]))
+        elif name == EventType.COMMENTED:
+            r.comments[details["comment_id"]] = (
+                actor,
+                details["visibility"],
+                details["round"],
+                details["body_sha256"],
+                details["during_review"],
+                path,
+            )
+        elif name == EventType.RELEASED:
+            r.release = details["record_sha256"]
+
+    def compare(self, session: Session) -> str | None:
+        """The first difference between the tables and the replayed events, or ``None``."""
+        stored = {r.id: r for r in session.execute(select(Request)).scalars()}
+        for request_id in sorted(set(stored) | set(self.requests)):
+            if request_id not in self.requests:
+                return f"request {request_id} is in the database but no event created it"
+            if request_id not in stored:
+                return f"request {request_id} was created in the audit log but is missing"
+            problem = self._compare_one(session, stored[request_id], self.requests[request_id])
+            if problem:
+                return f"request {request_id}: {problem}"
+        return None
+
+    @staticmethod
+    def _compare_one(session: Session, req: Request, r: _ReplayedRequest) -> str | None:
+        if (req.project, req.author) != (r.project, r.author):
+            return "its project or author differs from the audit log"
+        if req.state != r.state:
+            return f"it is {req.state} in the database but {r.state} in the audit log"
+        if req.round != r.round:
+            return f"it is in round {req.round} in the database but {r.round} in the audit log"
+        files = {
+            f.path: (f.sha256, f.release_sha256, f.group)
+            for f in session.execute(
+                select(RequestFile).where(RequestFile.request_id == req.id)
+            ).scalars()
+        }
+        if files != r.files:
+            diff = sorted(set(files.items()) ^ set(r.files.items()))
+            return f"its files differ from the audit log (e.g. {diff[0][0]})"
+        paths = dict(
+            session.execute(
+                select(RequestFile.id, RequestFile.path).where(RequestFile.request_id == req.id)
+            ).all()
+        )
+        votes = {
+            (round_, paths.get(file_id, "?"), reviewer): vote
+            for file_id, reviewer, round_, vote in session.execute(
+                select(VoteRow.file_id, VoteRow.reviewer, VoteRow.round, VoteRow.vote).where(
+                    VoteRow.request_id == req.id
+                )
+            )
+        }
+        if votes != r.votes:
+            diff = sorted(set(votes.items()) ^ set(r.votes.items()))
+            (round_, path, reviewer), _ = diff[0]
+            return f"the vote of {reviewer} on {path} in round {round_} differs from the audit log"
+        reviews = set(
+            session.execute(
+                select(Review.reviewer, Review.round).where(Review.request_id == req.id)
+            ).all()
+        )
+        if reviews != r.reviews:
+            return "its submitted reviews differ from the audit log"
+        groups = {
+            g.name: (_sha(g.context), _sha(g.controls))
+            for g in session.execute(
+                select(FileGroup).where(FileGroup.request_id == req.id)
+            ).scalars()
+        }
+        if groups != r.groups:
+            return "the context or controls of a file group differ from the audit log"
+        comments = {
+            c.id: (
+                c.author,
+                c.visibility,
+                c.round,
+                _sha(c.body),
+                c.during_review,
+                paths.get(c.file_id or 0),
+            )
+            for c in session.execute(select(Comment).where(Comment.request_id == req.id)).scalars()
+        }
+        if comments != r.comments:
+            return "its comments differ from the audit log"
+        release = session.execute(
+            select(Release.record_json).where(Release.request_id == req.id)
+        ).scalar_one_or_none()
+        if (release and _sha(release)) != r.release:
+            return "its release record differs from the one the audit log recorded"
+        if (release is not None) != (req.state in ("released", "revoked")):
+            return f"it is {req.state} but has {'a' if release else 'no'} release record"
+        return None
+
+
+def _release_checkpoints(
+    session: Session, public_key: Ed25519PublicKey | None
+) -> tuple[list[Checkpoint], str | None]:
+    cps = []
+    for request_id, record_json in session.execute(
+        select(Release.request_id, Release.record_json).order_by(Release.id)
+    ):
+        try:
+            signed = json.loads(record_json)
+            cps.append(Checkpoint.from_dict(signed["record"]["audit_head"]))
+        except (ValueError, KeyError, TypeError):
+            return cps, f"the release record of request {request_id} is unreadable"
+        if public_key is not None and not verify_record(signed, public_key):
+            return cps, (
+                f"the release record of request {request_id} does not verify with the service's "
+                "public key: it was altered"
+            )
+    return cps, None
+
+
+def verify_database(
+    engine: Engine,
+    *,
+    public_key: Ed25519PublicKey | None = None,
+    checkpoints: Iterable[Checkpoint] = (),
+    replay: bool = True,
+) -> VerifyReport:
+    """Verify the audit log stored in the database and (``replay``) the tables against it.
+
+    Checks, in order: the signatures of the stored release records (with ``public_key``, when
+    given); the hash chain, the head recorded in ``audit_log``, the release records'
+    ``audit_head`` checkpoints and ``checkpoints``; that no event follows the recorded head;
+    that each row's query columns match its line; then that the tables hold exactly what the
+    events say. Returns the first problem (``ok`` false), or the head when all is well.
+    """
+    with read_session(engine) as session:
+        row = session.get(AuditLogRow, audit_log.LOG_ROW_ID)
+        log_id = row.log_id if row else ""
+        release_cps, problem = _release_checkpoints(session, public_key)
+        if problem:
+            return _failed(None, problem, log_id)
+        replayed = _Replay()
+        mismatch: list[str] = []
+
+        def lines() -> Iterator[str]:
+            query = select(
+                AuditEventRow.seq,
+                AuditEventRow.line,
+                AuditEventRow.event,
+                AuditEventRow.actor,
+                AuditEventRow.project,
+                AuditEventRow.request_id,
+                AuditEventRow.time,
+            ).order_by(AuditEventRow.seq)
+            last = None
+            while True:
+                page = query if last is None else query.where(AuditEventRow.seq > last)
+                rows = session.execute(page.limit(5000)).all()
+                if not rows:
+                    return
+                for seq, line, *columns in rows:
+                    if replay and not mismatch:
+                        try:
+                            replayed.feed(seq, line, (seq, *columns))
+                        except (_Mismatch, KeyError, TypeError, AttributeError) as exc:
+                            text = exc.args[0] if isinstance(exc, _Mismatch) else repr(exc)
+                            mismatch.append(f"event {seq} can't be replayed: {text}")
+                    yield line
+                last = rows[-1][0]
+
+        report = audit_log.verify_chain(
+            session, checkpoints=[*release_cps, *checkpoints], lines=lines()
+        )
+        if not report.ok:
+            return report
+        if row is None:
+            if session.execute(select(func.count()).select_from(Request)).scalar():
+                return _failed(report, "requests exist but the audit log is empty", log_id)
+            return report
+        if report.head is None or report.head.seq != row.head_seq:
+            last_seq = report.head.seq if report.head else 0
+            return _failed(
+                report,
+                f"events {row.head_seq + 1} to {last_seq} follow the head recorded in "
+                "audit_log: they were inserted behind the service's back",
+                log_id,
+            )
+        if mismatch:
+            return _failed(report, mismatch[0], log_id)
+        if replay:
+            problem = replayed.compare(session)
+            if problem:
+                return _failed(
+                    report, f"the database disagrees with the audit log: {problem}", log_id
+                )
+        return report
+
+
+def _csv_cell(value: Any) -> str:
+    if value is None:
+        return ""
+    text = canonical_json(value).decode("utf-8") if isinstance(value, dict) else str(value)
+    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        text = "'" + text  # stop spreadsheets reading user text as formulas
+    return text
+
+
+def export_database_audit(engine: Engine, fmt: str, dest: IO[str]) -> VerifyReport:
+    """Write every stored event to ``dest`` (``csv`` or ``jsonl``) and verify the chain.
+
+    Everything readable is exported, whatever the verdict; check the returned report.
+    """
+    if fmt not in ("csv", "jsonl"):
+        raise InvalidInput(f"unknown export format {fmt!r}; use csv or jsonl")
+    writer = csv.writer(dest) if fmt == "csv" else None
+    if writer is not None:
+        writer.writerow(_CSV_COLUMNS)
+
+    def write(line: str) -> None:
+        if writer is None:
+            dest.write(line + "\n")
+            return
+        try:
+            event = json.loads(line)
+            writer.writerow([_csv_cell(event.get(c)) for c in _CSV_COLUMNS])
+        except (ValueError, AttributeError):
+            writer.writerow([_csv_cell(line)])
+
+    with read_session(engine) as session:
+        written = 0
+
+        def lines() -> Iterator[str]:
+            nonlocal written
+            for _seq, line in audit_log.iter_lines(session):
+                write(line)
+                written += 1
+                yield line
+
+        report = audit_log.verify_chain(session, lines=lines())
+        if not report.ok:  # verification stopped at the first problem: export the rest anyway
+            for index, (_seq, line) in enumerate(audit_log.iter_lines(session)):
+                if index >= written:
+                    write(line)
+        return report

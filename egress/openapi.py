@@ -1,0 +1,247 @@
+"""The OpenAPI 3.1 document of the egress service's JSON API (served at ``api/openapi.json``).
+
+Authentication is the hub's: a browser session (cookie, with JupyterHub's ``_xsrf`` token sent
+as ``X-XSRFToken`` on requests that change something) or a hub API token of a service.
+Refusals are ``{"status": N, "message": "<sentence>"}`` with 400, 403, 404, 409 or 422.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from egress.web import REQUEST_ACTIONS
+
+_ERROR = {"$ref": "#/components/responses/Refused"}
+_REQ = {"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}
+_FILE = {"name": "file_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _op(
+    summary: str,
+    response: dict[str, Any],
+    *,
+    params: list[dict[str, Any]] | None = None,
+    body: dict[str, Any] | None = None,
+    status: str = "200",
+) -> dict[str, Any]:
+    op: dict[str, Any] = {
+        "summary": summary,
+        "parameters": params or [],
+        "responses": {status: response, "400": _ERROR, "403": _ERROR, "404": _ERROR},
+    }
+    if body is not None:
+        op["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": body}},
+        }
+        op["responses"]["409"] = _ERROR
+        op["responses"]["422"] = _ERROR
+    return op
+
+
+def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
+    """The document; ``servers`` points at the service's prefix behind the hub's proxy."""
+    summary = {"$ref": "#/components/schemas/RequestSummary"}
+    detail = {"$ref": "#/components/schemas/Request"}
+    obj = {"type": "object"}
+    paths: dict[str, Any] = {
+        "/api/whoami": {
+            "get": _op(
+                "The signed-in user, their projects and whether they check outputs",
+                _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "name": {"type": "string"},
+                            "projects": {"type": "array", "items": {"type": "string"}},
+                            "output_checker": {"type": "boolean"},
+                        },
+                    }
+                ),
+            )
+        },
+        "/api/projects/{project}/outputs": {
+            "get": _op(
+                "Files in a project's outputs folder that can be added to a request",
+                _json(obj),
+                params=[
+                    {
+                        "name": "project",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
+            )
+        },
+        "/api/requests": {
+            "get": _op(
+                "Requests the user may see, newest first",
+                _json({"type": "array", "items": summary}),
+                params=[
+                    {"name": "project", "in": "query", "schema": {"type": "string"}},
+                    {"name": "state", "in": "query", "schema": {"type": "string"}},
+                    {"name": "mine_to_review", "in": "query", "schema": {"type": "boolean"}},
+                    {"name": "older_than_days", "in": "query", "schema": {"type": "number"}},
+                ],
+            ),
+            "post": _op(
+                "Start a draft request in a project",
+                _json(summary, "Created"),
+                body={
+                    "type": "object",
+                    "required": ["project", "title"],
+                    "properties": {"project": {"type": "string"}, "title": {"type": "string"}},
+                },
+                status="201",
+            ),
+        },
+        "/api/requests/{request_id}": {
+            "get": _op("A request as the user may see it", _json(detail), params=[_REQ])
+        },
+        "/api/requests/{request_id}/files": {
+            "post": _op(
+                "Add (snapshot and check) a file from the project's outputs folder",
+                _json(detail, "Added"),
+                params=[_REQ],
+                body={
+                    "type": "object",
+                    "required": ["path"],
+                    "properties": {"path": {"type": "string"}, "group": {"type": "string"}},
+                },
+                status="201",
+            )
+        },
+        "/api/requests/{request_id}/files/{file_id}": {
+            "delete": _op("Remove a file from a draft", _json(detail), params=[_REQ, _FILE])
+        },
+        "/api/requests/{request_id}/files/{file_id}/vote": {
+            "put": _op(
+                "Vote on a file (checkers)",
+                _json(obj),
+                params=[_REQ, _FILE],
+                body={
+                    "type": "object",
+                    "required": ["vote"],
+                    "properties": {"vote": {"enum": ["approve", "request_changes", "undecided"]}},
+                },
+            )
+        },
+        "/api/requests/{request_id}/groups/{group}": {
+            "put": _op(
+                "Set a file group's context and disclosure controls",
+                _json(detail),
+                params=[
+                    _REQ,
+                    {"name": "group", "in": "path", "required": True, "schema": {"type": "string"}},
+                ],
+                body={
+                    "type": "object",
+                    "properties": {"context": {"type": "string"}, "controls": {"type": "string"}},
+                },
+            )
+        },
+        "/api/requests/{request_id}/comments": {
+            "post": _op(
+                "Comment on a request (private: checkers only)",
+                _json(obj, "Created"),
+                params=[_REQ],
+                body={
+                    "type": "object",
+                    "required": ["body"],
+                    "properties": {
+                        "body": {"type": "string"},
+                        "visibility": {"enum": ["public", "private"]},
+                        "file_id": {"type": ["integer", "null"]},
+                    },
+                },
+                status="201",
+            )
+        },
+        "/api/requests/{request_id}/record": {
+            "get": _op("The signed release record", _json(obj), params=[_REQ])
+        },
+        "/api/audit/verify": {
+            "get": _op(
+                "Verify the audit log's hash chain and replay it against the data",
+                _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "ok": {"type": "boolean"},
+                            "events_checked": {"type": "integer"},
+                            "first_bad_seq": {"type": ["integer", "null"]},
+                            "problem": {"type": ["string", "null"]},
+                        },
+                    }
+                ),
+            )
+        },
+    }
+    for action in REQUEST_ACTIONS:
+        paths[f"/api/requests/{{request_id}}/{action}"] = {
+            "post": _op(f"{action.capitalize()} the request", _json(obj), params=[_REQ])
+        }
+        paths[f"/api/requests/{{request_id}}/{action}"]["post"]["responses"]["409"] = _ERROR
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Havre egress (output checking) API",
+            "version": "1",
+            "description": __doc__,
+        },
+        "servers": [{"url": prefix.rstrip("/")}],
+        "paths": paths,
+        "components": {
+            "responses": {
+                "Refused": _json(
+                    {
+                        "type": "object",
+                        "required": ["status", "message"],
+                        "properties": {
+                            "status": {"type": "integer"},
+                            "message": {"type": "string"},
+                            "problems": {"type": "array", "items": {"type": "string"}},
+                        },
+                    },
+                    "Refused, with the reason",
+                )
+            },
+            "schemas": {
+                "RequestSummary": {
+                    "type": "object",
+                    "properties": {
+                        "id": {"type": "string"},
+                        "project": {"type": "string"},
+                        "author": {"type": "string"},
+                        "title": {"type": "string"},
+                        "state": {"type": "string"},
+                        "turn": {"type": "string"},
+                        "round": {"type": "integer"},
+                        "reviews_required": {"type": "integer"},
+                        "reviews_in": {"type": "integer"},
+                        "files": {"type": "integer"},
+                    },
+                },
+                "Request": {
+                    "allOf": [
+                        {"$ref": "#/components/schemas/RequestSummary"},
+                        {
+                            "type": "object",
+                            "properties": {
+                                "allowed": {"type": "array", "items": {"type": "string"}},
+                                "groups": {"type": "array", "items": obj},
+                                "files": {"type": "array", "items": obj},
+                                "comments": {"type": "array", "items": obj},
+                                "release": {"type": ["object", "null"]},
+                            },
+                        },
+                    ]
+                },
+            },
+        },
+    }

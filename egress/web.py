@@ -1,0 +1,548 @@
+"""The egress service's web layer: pages for researchers and checkers, and the JSON API.
+
+A thin shell around :class:`egress.core.EgressService`: every handler builds the
+:class:`~egress.policy.Actor` from the hub user (name and the hub groups Havre manages), calls
+one core operation and shows its result. The core decides what is allowed and writes the audit
+log; refusals come back as ``PermissionDenied`` / ``EgressError`` with an HTTP status and a
+sentence, shown as they are.
+
+Routes (under the service prefix, ``/services/egress/``):
+
+    pages   /                            requests I can see; my projects; the checkers' queue
+            /projects/<project>/new      start a request (form posts to /requests)
+            /requests/<id>               a request: files, checks, votes, comments, actions
+            /requests/<id>/files/<fid>   one file shown in place (sanitised), /raw its bytes
+            /requests/<id>/files/<fid>/download   a released file
+            /audit                       the audit log and its verification
+    api     /api/...                     JSON, described by /api/openapi.json
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.utils import url_path_join
+from tornado import web
+
+from egress.core import EgressError, EgressService, FileRefused, actor_for
+from egress.policy import Actor, PermissionDenied
+from egress.render import CHECKER_PAGE_CSP, raw_response_headers, render_for_checker
+
+log = logging.getLogger("egress.web")
+
+TEMPLATES = Path(__file__).parent / "templates"
+#: Actions a form or an API call can take on a request, and the core method doing it.
+REQUEST_ACTIONS: dict[str, str] = {
+    "submit": "submit",
+    "withdraw": "withdraw",
+    "review": "submit_review",
+    "return": "return_request",
+    "approve": "approve",
+    "reject": "reject",
+    "release": "release",
+    "revoke": "revoke",
+}
+_ID = r"[A-Za-z0-9_-]{1,64}"
+
+
+def _jinja() -> jinja2.Environment:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["size"] = lambda n: f"{n:,} B" if n < 10_000 else f"{n / 1024:,.0f} KiB"
+    return env
+
+
+class BaseHandler(HubOAuthenticated, web.RequestHandler):
+    """Login through the hub, security headers, and refusals shown with their sentence."""
+
+    @property
+    def service(self) -> EgressService:
+        return self.settings["egress_service"]
+
+    @property
+    def prefix(self) -> str:
+        return self.settings["egress_prefix"]
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Security-Policy", CHECKER_PAGE_CSP)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("X-Frame-Options", "DENY")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Cache-Control", "no-store")
+
+    def actor(self) -> Actor:
+        user = self.current_user
+        if not user:
+            raise web.HTTPError(403)
+        return actor_for(self.service.enclave, user["name"], user.get("groups") or [])
+
+    def call(self, operation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a core operation; turn its refusals into HTTP errors with the core's sentence."""
+        try:
+            return operation(*args, **kwargs)
+        except FileRefused as exc:
+            self._refusal = {"message": exc.reason, "problems": exc.problems}
+            raise web.HTTPError(exc.status, reason=_reason(exc.status)) from None
+        except (PermissionDenied, EgressError) as exc:
+            self._refusal = {"message": exc.reason}
+            raise web.HTTPError(exc.status, reason=_reason(exc.status)) from None
+
+    def url(self, *parts: str) -> str:
+        return url_path_join(self.prefix, *[quote(str(p), safe="/") for p in parts])
+
+    def render_page(self, template: str, **context: Any) -> None:
+        user = self.current_user or {}
+        html = (
+            self.settings["jinja"]
+            .get_template(template)
+            .render(
+                prefix=self.prefix,
+                url=self.url,
+                user=user.get("name", ""),
+                actor=self.actor() if user else None,
+                xsrf=self.xsrf_form_html(),
+                hub_home="/hub/home",
+                **context,
+            )
+        )
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(html)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        refusal = getattr(self, "_refusal", None) or {"message": self._reason}
+        if self.request.path.startswith(url_path_join(self.prefix, "api")):
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"status": status_code, **refusal}))
+            return
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        html = (
+            self.settings["jinja"]
+            .get_template("error.html")
+            .render(prefix=self.prefix, status=status_code, refusal=refusal, back=self.url())
+        )
+        self.finish(html)
+
+
+def _reason(status: int) -> str:
+    return {400: "Bad Request", 403: "Forbidden", 404: "Not Found", 409: "Conflict"}.get(
+        status, "Unprocessable Entity" if status == 422 else "Error"
+    )
+
+
+# --------------------------------------------------------------------------------- pages
+
+
+class IndexPage(BaseHandler):
+    @web.authenticated
+    def get(self) -> None:
+        actor = self.actor()
+        requests = self.call(self.service.list_requests, actor)
+        queue = (
+            self.call(self.service.list_requests, actor, mine_to_review=True)
+            if actor.is_checker
+            else []
+        )
+        self.render_page(
+            "index.html",
+            requests=requests,
+            queue=queue,
+            projects=sorted(actor.projects),
+        )
+
+
+class NewRequestPage(BaseHandler):
+    @web.authenticated
+    def get(self, project: str) -> None:
+        self.render_page("new_request.html", project=project)
+
+
+class RequestsForm(BaseHandler):
+    @web.authenticated
+    def post(self) -> None:
+        summary = self.call(
+            self.service.create_request,
+            self.actor(),
+            self.get_body_argument("project", ""),
+            self.get_body_argument("title", ""),
+        )
+        self.redirect(self.url("requests", summary["id"]))
+
+
+class RequestPage(BaseHandler):
+    @web.authenticated
+    def get(self, request_id: str) -> None:
+        actor = self.actor()
+        request = self.call(self.service.get_request, actor, request_id)
+        outputs = None
+        if "add_file" in request["allowed"]:
+            outputs = self.call(self.service.list_outputs, actor, request["project"])
+        self.render_page("request.html", r=request, outputs=outputs)
+
+
+class RequestForm(BaseHandler):
+    """The forms of the request page: one POST route, the form says what to do."""
+
+    @web.authenticated
+    def post(self, request_id: str) -> None:
+        actor, arg = self.actor(), self.get_body_argument
+        action = arg("action", "")
+        svc = self.service
+        if action in REQUEST_ACTIONS:
+            self.call(getattr(svc, REQUEST_ACTIONS[action]), actor, request_id)
+        elif action == "add_file":
+            self.call(svc.add_file, actor, request_id, arg("path", ""), arg("group", "") or "main")
+        elif action == "remove_file":
+            self.call(svc.remove_file, actor, request_id, arg("file_id", ""))
+        elif action == "context":
+            self.call(
+                svc.set_group_context,
+                actor,
+                request_id,
+                arg("group", ""),
+                arg("context", ""),
+                arg("controls", ""),
+            )
+        elif action == "vote":
+            self.call(svc.vote, actor, request_id, arg("file_id", ""), arg("vote", ""))
+        elif action == "reset_votes":
+            self.call(svc.reset_votes, actor, request_id)
+        elif action == "comment":
+            file_id = arg("file_id", "") or None
+            self.call(
+                svc.comment,
+                actor,
+                request_id,
+                arg("body", ""),
+                arg("visibility", "public"),
+                file_id,
+            )
+        else:
+            self._refusal = {"message": f"Unknown action {action!r}."}
+            raise web.HTTPError(400)
+        self.redirect(self.url("requests", request_id))
+
+
+class FilePage(BaseHandler):
+    """One file, shown in place and sanitised (no script from a researcher's file runs)."""
+
+    @web.authenticated
+    def get(self, request_id: str, file_id: str) -> None:
+        actor = self.actor()
+        request = self.call(self.service.get_request, actor, request_id)
+        content = self.call(self.service.view_file, actor, request_id, file_id)
+        entry = next(f for f in request["files"] if str(f["id"]) == str(file_id))
+        verdicts, reasons = _cell_verdicts(entry.get("check") or {})
+        rendered = render_for_checker(
+            content.kind,
+            content.data,
+            name=content.path,
+            raw_url=self.url("requests", request_id, "files", file_id, "raw"),
+            cell_verdicts=verdicts,
+            cell_reasons=reasons,
+        )
+        self.render_page("file.html", r=request, f=entry, rendered=rendered)
+
+
+class RawFile(BaseHandler):
+    """The snapshot's bytes for viewers (images), with headers that keep them inert."""
+
+    @web.authenticated
+    def get(self, request_id: str, file_id: str) -> None:
+        content = self.call(self.service.view_file, self.actor(), request_id, file_id)
+        self._send(content, download=False)
+
+    def _send(self, content: Any, *, download: bool) -> None:
+        for name, value in raw_response_headers(content.kind, content.path).items():
+            self.set_header(name, value)
+        if download:
+            safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(content.path).name) or "file"
+            self.set_header("Content-Disposition", f'attachment; filename="{safe}"')
+        self.set_header("X-Havre-SHA256", content.sha256)
+        self.finish(content.data)
+
+
+class DownloadFile(RawFile):
+    """A released file: exactly the approved bytes."""
+
+    @web.authenticated
+    def get(self, request_id: str, file_id: str) -> None:
+        content = self.call(self.service.download_released, self.actor(), request_id, file_id)
+        self._send(content, download=True)
+
+
+class AuditPage(BaseHandler):
+    @web.authenticated
+    def get(self) -> None:
+        actor = self.actor()
+        if not (actor.is_checker or actor.is_admin):
+            self._refusal = {"message": "Only output checkers and administrators see the log."}
+            raise web.HTTPError(403)
+        report = self.service.verify_audit()
+        request_id = self.get_query_argument("request", "")
+        events = self.call(self.service.request_audit, actor, request_id) if request_id else []
+        self.render_page("audit.html", report=report, events=events, request_id=request_id)
+
+
+def _cell_verdicts(check: dict[str, Any]) -> tuple[dict[tuple[int, int], str], dict]:
+    """Per-cell verdicts of the SDC check stored with a file, for highlighting its table."""
+    sdc = check.get("sdc") or {}
+    verdicts: dict[tuple[int, int], str] = {}
+    reasons: dict[tuple[int, int], str] = {}
+    for cell in sdc.get("cells", []) if isinstance(sdc.get("cells"), list) else []:
+        try:
+            key = (int(cell["row"]), int(cell["column"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+        verdicts[key] = str(cell.get("verdict", "review"))
+        if cell.get("reason"):
+            reasons[key] = str(cell["reason"])
+    return verdicts, reasons
+
+
+# --------------------------------------------------------------------------------- API
+
+
+class ApiHandler(BaseHandler):
+    def body(self) -> dict[str, Any]:
+        if not self.request.body:
+            return {}
+        try:
+            data = json.loads(self.request.body)
+        except ValueError:
+            self._refusal = {"message": "The body must be a JSON object."}
+            raise web.HTTPError(400) from None
+        if not isinstance(data, dict):
+            self._refusal = {"message": "The body must be a JSON object."}
+            raise web.HTTPError(400)
+        return data
+
+    def send(self, data: Any, status: int = 200) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(data, default=str))
+
+
+class WhoAmIApi(ApiHandler):
+    @web.authenticated
+    def get(self) -> None:
+        actor = self.actor()
+        self.send(
+            {
+                "name": actor.username,
+                "projects": sorted(actor.projects),
+                "output_checker": actor.is_checker,
+            }
+        )
+
+
+class OutputsApi(ApiHandler):
+    @web.authenticated
+    def get(self, project: str) -> None:
+        self.send(self.call(self.service.list_outputs, self.actor(), project))
+
+
+class RequestsApi(ApiHandler):
+    @web.authenticated
+    def get(self) -> None:
+        arg = self.get_query_argument
+        older = arg("older_than_days", "")
+        self.send(
+            self.call(
+                self.service.list_requests,
+                self.actor(),
+                project=arg("project", None),
+                state=arg("state", None),
+                mine_to_review=arg("mine_to_review", "") in ("1", "true"),
+                older_than=timedelta(days=float(older)) if older else None,
+            )
+        )
+
+    @web.authenticated
+    def post(self) -> None:
+        body = self.body()
+        summary = self.call(
+            self.service.create_request,
+            self.actor(),
+            str(body.get("project", "")),
+            str(body.get("title", "")),
+        )
+        self.send(summary, 201)
+
+
+class RequestApi(ApiHandler):
+    @web.authenticated
+    def get(self, request_id: str) -> None:
+        self.send(self.call(self.service.get_request, self.actor(), request_id))
+
+
+class RequestActionApi(ApiHandler):
+    @web.authenticated
+    def post(self, request_id: str, action: str) -> None:
+        if action not in REQUEST_ACTIONS:
+            raise web.HTTPError(404)
+        method = getattr(self.service, REQUEST_ACTIONS[action])
+        self.call(method, self.actor(), request_id)
+        # the request as it now is (a release's signed record is in its "release" field)
+        self.send(self.call(self.service.get_request, self.actor(), request_id))
+
+
+class FilesApi(ApiHandler):
+    @web.authenticated
+    def post(self, request_id: str) -> None:
+        body = self.body()
+        self.call(
+            self.service.add_file,
+            self.actor(),
+            request_id,
+            str(body.get("path", "")),
+            str(body.get("group", "") or "main"),
+        )
+        self.send(self.call(self.service.get_request, self.actor(), request_id), 201)
+
+
+class FileApi(ApiHandler):
+    @web.authenticated
+    def delete(self, request_id: str, file_id: str) -> None:
+        self.call(self.service.remove_file, self.actor(), request_id, file_id)
+        self.send(self.call(self.service.get_request, self.actor(), request_id))
+
+
+class VoteApi(ApiHandler):
+    @web.authenticated
+    def put(self, request_id: str, file_id: str) -> None:
+        vote = str(self.body().get("vote", ""))
+        self.send(self.call(self.service.vote, self.actor(), request_id, file_id, vote))
+
+
+class GroupApi(ApiHandler):
+    @web.authenticated
+    def put(self, request_id: str, group: str) -> None:
+        body = self.body()
+        self.call(
+            self.service.set_group_context,
+            self.actor(),
+            request_id,
+            group,
+            str(body.get("context", "")),
+            str(body.get("controls", "")),
+        )
+        self.send(self.call(self.service.get_request, self.actor(), request_id))
+
+
+class CommentsApi(ApiHandler):
+    @web.authenticated
+    def post(self, request_id: str) -> None:
+        body = self.body()
+        self.send(
+            self.call(
+                self.service.comment,
+                self.actor(),
+                request_id,
+                str(body.get("body", "")),
+                str(body.get("visibility", "public")),
+                body.get("file_id"),
+            ),
+            201,
+        )
+
+
+class RecordApi(ApiHandler):
+    @web.authenticated
+    def get(self, request_id: str) -> None:
+        record = self.call(self.service.release_record, self.actor(), request_id)
+        if record is None:
+            self._refusal = {"message": f"Request {request_id} has no release record."}
+            raise web.HTTPError(404)
+        self.send(record)
+
+
+class AuditVerifyApi(ApiHandler):
+    @web.authenticated
+    def get(self) -> None:
+        actor = self.actor()
+        if not (actor.is_checker or actor.is_admin):
+            self._refusal = {"message": "Only output checkers and administrators verify the log."}
+            raise web.HTTPError(403)
+        report = self.service.verify_audit()
+        self.send(
+            {
+                "ok": report.ok,
+                "events_checked": report.events_checked,
+                "first_bad_seq": report.first_bad_seq,
+                "problem": report.problem,
+            }
+        )
+
+
+class OpenApiDocument(web.RequestHandler):
+    """The API's OpenAPI document (public: it holds no data)."""
+
+    def get(self) -> None:
+        from egress.openapi import openapi_document
+
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(openapi_document(self.settings["egress_prefix"])))
+
+
+class HealthHandler(web.RequestHandler):
+    """Liveness for the stack launcher and Ansible (no login, no data)."""
+
+    def get(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"status": "ok"}))
+
+
+def make_app(service: EgressService, prefix: str, cookie_secret: bytes) -> web.Application:
+    """The tornado application of the egress service, routes under ``prefix``."""
+
+    def route(path: str) -> str:
+        return url_path_join(prefix, path)
+
+    r, f = rf"(?P<request_id>{_ID})", r"(?P<file_id>[0-9]{1,12})"
+    return web.Application(
+        [
+            (route("healthz"), HealthHandler),
+            (route("oauth_callback"), HubOAuthCallbackHandler),
+            (route("api/openapi.json"), OpenApiDocument),
+            (route("api/whoami"), WhoAmIApi),
+            (route(r"api/projects/([a-z0-9-]{1,40})/outputs"), OutputsApi),
+            (route("api/requests"), RequestsApi),
+            (route(f"api/requests/{r}"), RequestApi),
+            (route(f"api/requests/{r}/files"), FilesApi),
+            (route(f"api/requests/{r}/files/{f}"), FileApi),
+            (route(f"api/requests/{r}/files/{f}/vote"), VoteApi),
+            (route(f"api/requests/{r}/groups/(?P<group>[^/]{{1,64}})"), GroupApi),
+            (route(f"api/requests/{r}/comments"), CommentsApi),
+            (route(f"api/requests/{r}/record"), RecordApi),
+            (route(f"api/requests/{r}/(?P<action>[a-z]+)"), RequestActionApi),
+            (route("api/audit/verify"), AuditVerifyApi),
+            (route("projects/([a-z0-9-]{1,40})/new"), NewRequestPage),
+            (route("requests"), RequestsForm),
+            (route(f"requests/{r}"), RequestPage),
+            (route(f"requests/{r}/do"), RequestForm),
+            (route(f"requests/{r}/files/{f}"), FilePage),
+            (route(f"requests/{r}/files/{f}/raw"), RawFile),
+            (route(f"requests/{r}/files/{f}/download"), DownloadFile),
+            (route("audit"), AuditPage),
+            (prefix, IndexPage),
+        ],
+        cookie_secret=cookie_secret,
+        # CSRF: HubOAuth checks JupyterHub's _xsrf token on every cookie-authenticated
+        # request that changes something (forms carry it; API clients send X-XSRFToken).
+        xsrf_cookies=True,
+        egress_service=service,
+        egress_prefix=prefix,
+        jinja=_jinja(),
+    )

@@ -1,0 +1,132 @@
+"""The release story through the real hub, the real egress service and its real database.
+
+A researcher writes a table in her notebook, asks for its release through the egress service's
+API with her browser session, two checkers review it, it is released, and she downloads exactly
+the approved bytes. Every call goes through the hub's proxy with the users' own sessions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from tests.integration.hub_client import HubUser
+
+pytestmark = pytest.mark.docker
+
+TABLE = "region,cases\nBretagne,40\nOccitanie,55\nNormandie,23\n"
+
+
+class Egress:
+    """The egress service's API, with a user's hub session (cookie + JupyterHub's _xsrf)."""
+
+    def __init__(self, user: HubUser) -> None:
+        self.user = user
+        self.base = user.url("services/egress/")
+        page = user.session.get(self.base, timeout=30)  # OAuth with the hub; sets _xsrf
+        assert page.status_code == 200, (page.status_code, page.url)
+
+    def _xsrf(self) -> str:
+        for cookie in self.user.session.cookies:
+            if cookie.name == "_xsrf" and cookie.path.startswith("/services/egress"):
+                return cookie.value
+        return ""
+
+    def call(self, method: str, path: str, **kwargs):
+        headers = {"X-XSRFToken": self._xsrf()}
+        return self.user.session.request(
+            method, self.base + path, headers=headers, timeout=60, **kwargs
+        )
+
+    def ok(self, method: str, path: str, status: int = 200, **kwargs) -> dict:
+        r = self.call(method, path, **kwargs)
+        assert r.status_code == status, (method, path, r.status_code, r.text[:500])
+        return r.json()
+
+
+def test_researcher_to_release_with_two_independent_reviews(enclave, alice_cardio):
+    alice, _container = alice_cardio
+    out = alice.run_code("cardio", f"open('outputs/cases_by_region.csv','w').write({TABLE!r})")
+    assert out["error"] is None, out
+
+    researcher = Egress(alice)
+    assert researcher.ok("GET", "api/whoami")["projects"] == ["cardio"]
+    outputs = researcher.ok("GET", "api/projects/cardio/outputs")
+    assert "cases_by_region.csv" in [f["path"] for f in outputs["files"]]
+
+    request = researcher.ok(
+        "POST", "api/requests", 201, json={"project": "cardio", "title": "Cases by region"}
+    )
+    rid = request["id"]
+    detail = researcher.ok(
+        "POST", f"api/requests/{rid}/files", 201, json={"path": "cases_by_region.csv"}
+    )
+    (table,) = detail["files"]
+    assert table["sha256"] == hashlib.sha256(TABLE.encode()).hexdigest()
+    assert table["check"]["sdc"]["checked"] and table["check"]["sdc"]["verdict"] == "pass"
+    # no context yet: submitting is refused with the reason, and nothing changes
+    refused = researcher.call("POST", f"api/requests/{rid}/submit")
+    assert refused.status_code == 409 and "context" in refused.json()["message"]
+    researcher.ok(
+        "PUT",
+        f"api/requests/{rid}/groups/main",
+        json={"context": "Stays by region, 2025", "controls": "All cells >= 10"},
+    )
+    assert researcher.ok("POST", f"api/requests/{rid}/submit")["state"] == "submitted"
+
+    # the author can't review; a member of another project doesn't even see the request
+    assert (
+        researcher.call(
+            "PUT", f"api/requests/{rid}/files/{table['id']}/vote", json={"vote": "approve"}
+        ).status_code
+        == 403
+    )
+    bob = Egress(enclave.user("bob"))
+    assert bob.call("GET", f"api/requests/{rid}").status_code == 403
+
+    olivia, oscar = Egress(enclave.user("olivia")), Egress(enclave.user("oscar"))
+    queue = olivia.ok("GET", "api/requests?mine_to_review=1")
+    assert rid in [q["id"] for q in queue]
+    olivia.ok("PUT", f"api/requests/{rid}/files/{table['id']}/vote", json={"vote": "approve"})
+    assert olivia.ok("POST", f"api/requests/{rid}/review")["state"] == "under_review"
+    # independent reviews: oscar doesn't see olivia's vote before his own review is in
+    seen = oscar.ok("GET", f"api/requests/{rid}")["files"][0]["votes"]
+    assert "olivia" not in seen
+    oscar.ok("PUT", f"api/requests/{rid}/files/{table['id']}/vote", json={"vote": "approve"})
+    assert oscar.ok("POST", f"api/requests/{rid}/review")["state"] == "reviewed"
+    assert oscar.ok("POST", f"api/requests/{rid}/approve")["state"] == "approved"
+    assert oscar.ok("POST", f"api/requests/{rid}/release")["state"] == "released"
+
+    download = researcher.call("GET", f"requests/{rid}/files/{table['id']}/download")
+    assert download.status_code == 200
+    assert download.content == TABLE.encode()  # exactly the approved bytes
+    assert "attachment" in download.headers["Content-Disposition"]
+
+    record = researcher.ok("GET", f"api/requests/{rid}/record")
+    assert record["record"]["files"][0]["sha256"] == table["release_sha256"]
+    assert record["signature"]["algorithm"] == "ed25519"
+    verified = olivia.ok("GET", "api/audit/verify")
+    assert verified["ok"] and verified["events_checked"] >= 10
+
+
+def test_pages_render_for_researchers_and_checkers(enclave):
+    carol = Egress(enclave.user("carol"))
+    page = carol.user.session.get(carol.base, timeout=30)
+    assert page.status_code == 200 and "New request in cardio" in page.text
+    assert "default-src 'none'" in page.headers["Content-Security-Policy"]
+    olivia = Egress(enclave.user("olivia"))
+    page = olivia.user.session.get(olivia.base + "audit", timeout=30)
+    assert page.status_code == 200 and "The log verifies" in page.text
+    # a form post without the _xsrf token is refused (CSRF)
+    r = carol.user.session.post(
+        carol.base + "requests", data={"project": "cardio", "title": "x"}, timeout=30
+    )
+    assert r.status_code == 403
+
+
+def test_openapi_document_is_published(enclave):
+    r = enclave.user("alice").session.get(enclave.url + "services/egress/api/openapi.json")
+    assert r.status_code == 200
+    doc = r.json()
+    assert doc["openapi"].startswith("3.") and "/api/requests/{request_id}/release" in doc["paths"]
