@@ -11,8 +11,15 @@ source scripts/lib/python-env.sh
 
 havre_ensure_docker
 havre_ensure_venv dev
-if ! command -v ip >/dev/null 2>&1; then
-  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q iproute2
+# host tools the tests drive: ip (canary addresses), PostgreSQL (the egress store's tests)
+missing=()
+command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+if ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "==> Installing ${missing[*]} from Debian"
+  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
 bash images/build.sh
 
