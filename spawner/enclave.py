@@ -105,7 +105,9 @@ _TOP_KEYS = (
     "review",
     "identity",
     "culling",
+    "notifications",
 )
+_NOTIFICATIONS_KEYS = ("smtp", "address_template")
 _ENCLAVE_KEYS = ("name", "state_dir")
 _IMAGES_KEYS = ("allowed", "default")
 _LIMITS_KEYS = ("cpu", "memory", "pids")
@@ -340,6 +342,22 @@ class CullingPolicy:
 
 
 @dataclass(frozen=True)
+class NotificationSettings:
+    """E-mail about release requests: the relay (checked by the egress service) and addresses.
+
+    ``smtp`` is kept as given (host, port, sender, starttls, ssl, username, password_file,
+    timeout, ca_file) and validated in full by ``egress.notify.parse_smtp_settings``; ``None``
+    means no e-mail. ``address_template`` turns a username into an address.
+    """
+
+    smtp: Mapping[str, Any] | None = None
+    address_template: str = ""
+
+    def __hash__(self) -> int:
+        return hash((tuple(sorted((self.smtp or {}).items())), self.address_template))
+
+
+@dataclass(frozen=True)
 class ReviewPolicy:
     """How outputs leave the enclave."""
 
@@ -433,6 +451,7 @@ class EnclaveConfig:
     source: str = field(default="<string>", compare=False)
     identity: IdentityConfig = IdentityConfig()
     culling: CullingPolicy = CullingPolicy()
+    notifications: NotificationSettings = NotificationSettings()
 
     def __post_init__(self) -> None:
         if not isinstance(self.projects, _FrozenMapping):
@@ -808,6 +827,7 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
 
     identity = _identity(p, _section(p, data, "identity", "", _IDENTITY_KEYS))
     culling = _culling(p, _section(p, data, "culling", "", _CULLING_KEYS))
+    notifications = _notifications(p, _section(p, data, "notifications", "", _NOTIFICATIONS_KEYS))
 
     # projects:
     projects: list[Project] = []
@@ -847,6 +867,7 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
         source=source,
         identity=identity,
         culling=culling,
+        notifications=notifications,
     )
 
 
@@ -950,6 +971,27 @@ def _identity(p: _Problems, raw: Mapping[Any, Any]) -> IdentityConfig:
             p, raw, "membership_check_seconds", "identity", base.membership_check_seconds
         ),
         oidc=oidc,
+    )
+
+
+def _notifications(p: _Problems, raw: Mapping[Any, Any]) -> NotificationSettings:
+    smtp = raw.get("smtp")
+    if smtp is not None and not isinstance(smtp, Mapping):
+        p.add("notifications.smtp", "must be a mapping (host, port, sender, ...)", smtp)
+        smtp = None
+    template = raw.get("address_template", "")
+    if smtp is not None and "host" not in smtp:
+        p.add("notifications.smtp.host", "required when notifications.smtp is given")
+    if smtp is not None and (not isinstance(template, str) or "{username}" not in template):
+        p.add(
+            "notifications.address_template",
+            "required with smtp: a text with {username}, e.g. '{username}@hospital.example'",
+            template,
+        )
+        template = ""
+    return NotificationSettings(
+        smtp=dict(smtp) if smtp is not None else None,
+        address_template=template if isinstance(template, str) else "",
     )
 
 
@@ -1244,6 +1286,11 @@ def dump_enclave_config(cfg: EnclaveConfig) -> str:
             "max_age_seconds": cfg.culling.max_age_seconds,
         },
     }
+    if cfg.notifications.smtp is not None:
+        doc["notifications"] = {
+            "smtp": dict(cfg.notifications.smtp),
+            "address_template": cfg.notifications.address_template,
+        }
     body = yaml.safe_dump(
         doc, sort_keys=False, allow_unicode=True, default_flow_style=False, width=100
     )

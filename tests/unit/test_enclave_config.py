@@ -403,8 +403,8 @@ BAD = [
         "colour: blue\n" + OK_PROJECT,
         [
             "colour: unknown key 'colour'",
-            "allowed keys: culling, enclave, identity, images, limits, output_checkers, "
-            "projects, review",
+            "allowed keys: culling, enclave, identity, images, limits, notifications, "
+            "output_checkers, projects, review",
         ],
     ),
     (
@@ -892,6 +892,15 @@ IDENTITY_BAD = [
         "identity.oidc.authorize_url: must be an http(s) URL",
     ),
     ("culling:\n  idle_seconds: soon\n", "culling.idle_seconds: must be a whole number"),
+    ("notifications:\n  smtp: relay\n", "notifications.smtp: must be a mapping"),
+    (
+        "notifications:\n  smtp: {host: relay}\n",
+        "notifications.address_template: required with smtp",
+    ),
+    (
+        "notifications:\n  smtp: {port: 25}\n  address_template: '{username}@x.org'\n",
+        "notifications.smtp.host: required",
+    ),
     (
         "projects:\n  cardio:\n    title: x\n    groups: [a, a]\n",
         "projects.cardio.groups[1]: duplicate group",
