@@ -176,6 +176,10 @@ MEDIA_TYPES = {
 # Errors and small value types
 
 
+#: A recipient meaning "every output checker at delivery time, except the user named after it".
+CHECKERS_MARKER = "@output-checkers-except:"
+
+
 class EgressError(Exception):
     """A refusal that is not a policy decision; ``status`` is HTTP-like, ``reason`` a sentence.
 
@@ -689,7 +693,11 @@ class EgressService:
         return before, after
 
     def _checkers_to_notify(self, request: Request) -> list[str]:
-        return sorted(self.enclave.output_checkers - {request.author})
+        """The checkers listed in the config, and a marker the mailer expands at delivery time
+        into everyone then in the checkers' hub group (never the author): asking the hub
+        inside this transaction would hold the database lock on a network call."""
+        listed = sorted(self.enclave.output_checkers - {request.author})
+        return [*listed, f"{CHECKERS_MARKER}{request.author}"]
 
     def _link(self, request: Request) -> str:
         if not self.service_url:
@@ -711,11 +719,11 @@ class EgressService:
     def create_request(self, actor: Actor, project: str, title: str) -> dict[str, Any]:
         """Start a draft request in ``project``; returns its summary (see :meth:`list_requests`)."""
         with self._write("create_request", actor) as tx:
-            title = _clean_text(title, "The title", MAX_TITLE)
             draft = RequestView(id="-", project=project, author=actor.username, state="draft")
             policy.require(actor, Permission.CREATE, draft)
             if project not in self.enclave.projects:
                 raise NotFound(f"There is no project {project!r}.")
+            title = _clean_text(title, "The title", MAX_TITLE)
             request = Request(
                 id=new_request_id(),
                 project=project,
@@ -770,11 +778,15 @@ class EgressService:
         Refused with :class:`FileRefused` (422) when the checks fail. Returns the file's entry
         (as in :meth:`get_request`) plus ``replaced`` and ``content_changed``.
         """
-        group = _group_name(group)
         with self._read("add_file", actor, request_id) as session:
             request = self._load(session, request_id)
             self._require(session, actor, Permission.ADD_FILE, request)
             project = request.project
+        try:
+            group = _group_name(group)
+        except InvalidInput as exc:
+            _refused("add_file", actor, request_id, exc)
+            raise
         try:
             data = read_output(
                 self._outputs_root(project), path, max_bytes=self.check_policy.max_file_bytes
@@ -883,11 +895,11 @@ class EgressService:
     ) -> dict[str, Any]:
         """Set a file group's context (what the files are) and controls (disclosure controls)."""
         with self._write("set_group_context", actor, request_id) as tx:
+            request = self._load(tx.session, request_id)
+            self._require(tx.session, actor, Permission.EDIT_CONTEXT, request)
             name = _group_name(group)
             context = _clean_text(context, "The context", MAX_CONTEXT, allow_empty=True)
             controls = _clean_text(controls, "The controls", MAX_CONTEXT, allow_empty=True)
-            request = self._load(tx.session, request_id)
-            self._require(tx.session, actor, Permission.EDIT_CONTEXT, request)
             row = self._ensure_group(tx.session, request, name)
             row.context = context
             row.controls = controls
@@ -1045,15 +1057,15 @@ class EgressService:
         Setting a vote back to ``undecided`` is a reset and needs ``reset_vote`` too (allowed
         only before the actor's review is submitted).
         """
-        try:
-            choice = Vote(vote)
-        except ValueError:
-            raise InvalidInput(
-                f"{vote!r} is not a vote; use approve, request_changes or undecided."
-            ) from None
         with self._write("vote", actor, request_id) as tx:
             request = self._load(tx.session, request_id)
             view = self._require(tx.session, actor, Permission.VOTE, request)
+            try:
+                choice = Vote(vote)
+            except ValueError:
+                raise InvalidInput(
+                    f"{vote!r} is not a vote; use approve, request_changes or undecided."
+                ) from None
             if choice is Vote.UNDECIDED:
                 policy.require(actor, Permission.RESET_VOTE, view)
             row = self._file(tx.session, request, file_id)
@@ -1144,15 +1156,16 @@ class EgressService:
         file_id: int | None = None,
     ) -> dict[str, Any]:
         """Comment on the request (or one of its files): ``public`` or ``private`` (checkers)."""
-        if visibility not in ("public", "private"):
-            raise InvalidInput("A comment is either public or private.")
-        permission = (
-            Permission.COMMENT_PUBLIC if visibility == "public" else Permission.COMMENT_PRIVATE
-        )
         with self._write("comment", actor, request_id) as tx:
-            text = _clean_text(body, "The comment", MAX_COMMENT)
             request = self._load(tx.session, request_id)
+            if visibility not in ("public", "private"):
+                self._require(tx.session, actor, Permission.VIEW_REQUEST, request)
+                raise InvalidInput("A comment is either public or private.")
+            permission = (
+                Permission.COMMENT_PUBLIC if visibility == "public" else Permission.COMMENT_PRIVATE
+            )
             self._require(tx.session, actor, permission, request)
+            text = _clean_text(body, "The comment", MAX_COMMENT)
             row = self._file(tx.session, request, file_id) if file_id is not None else None
             comment = Comment(
                 request_id=request.id,
@@ -1377,7 +1390,8 @@ class EgressService:
 
     def revoke(self, actor: Actor, request_id: str, reason: str = "") -> dict[str, Any]:
         """Revoke a release: no further downloads. ``reason`` goes into the audit log."""
-        reason = _clean_text(reason, "The reason", MAX_COMMENT, allow_empty=True)
+        if not isinstance(reason, str) or len(reason) > MAX_COMMENT:
+            raise InvalidInput(f"The reason must be text of at most {MAX_COMMENT} characters.")
         return self._transition(
             "revoke",
             actor,
@@ -1385,7 +1399,7 @@ class EgressService:
             Permission.REVOKE,
             Action.REVOKE,
             notify_author="was revoked: its files can no longer be downloaded",
-            extra={"reason": reason},
+            extra={"reason": reason.strip()},
         )
 
     def release_record(self, actor: Actor, request_id: str) -> dict[str, Any] | None:

@@ -15,7 +15,7 @@ import os
 import urllib.request
 from collections.abc import Callable, Iterable
 
-from egress.core import EgressService, OutboxMessage
+from egress.core import CHECKERS_MARKER, EgressService, OutboxMessage
 from egress.notify import SmtpSettings, parse_smtp_settings, plain_message, send
 from spawner.enclave import CHECKERS_HUB_GROUP, EnclaveConfig
 
@@ -49,11 +49,13 @@ class Mailer:
         address_template: str,
         *,
         transport: Callable[[SmtpSettings, object], None] = send,
+        checkers: Callable[[], set[str]] | None = None,
     ) -> None:
         self.service = service
         self.settings = settings
         self.address_template = address_template
         self.transport = transport
+        self.checkers = checkers or (lambda: checkers_now(service.enclave))
 
     @classmethod
     def from_enclave(cls, service: EgressService, enclave: EnclaveConfig) -> Mailer | None:
@@ -64,8 +66,20 @@ class Mailer:
         settings = parse_smtp_settings(notifications.smtp, enclave.source, path="smtp")
         return cls(service, settings, notifications.address_template)
 
+    def recipients(self, usernames: Iterable[str]) -> set[str]:
+        """Usernames, with the checkers marker expanded to the checkers of now."""
+        names: set[str] = set()
+        for name in usernames:
+            if name.startswith(CHECKERS_MARKER):
+                author = name[len(CHECKERS_MARKER) :]
+                names |= self.checkers() - {author}
+            else:
+                names.add(name)
+        return names
+
     def addresses(self, usernames: Iterable[str]) -> list[str]:
-        return sorted({self.address_template.format(username=name) for name in usernames})
+        names = self.recipients(usernames)
+        return sorted({self.address_template.format(username=name) for name in names})
 
     def _send(self, message: OutboxMessage) -> None:
         email = plain_message(self.addresses(message.to), message.subject, message.body)

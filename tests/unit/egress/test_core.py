@@ -29,6 +29,7 @@ from egress import cli
 from egress.audit import AuditChainError, AuditEvent, Checkpoint, read_checkpoints
 from egress.content_store import ContentStore
 from egress.core import (
+    CHECKERS_MARKER,
     EgressService,
     FileRefused,
     InvalidInput,
@@ -401,6 +402,12 @@ def test_input_validation_and_unknown_things(service):
     refused(400, lambda: service.comment(alice, rid, "", "public"))
     refused(400, lambda: service.comment(alice, rid, "hi", "secret"))
     refused(400, lambda: service.list_requests(alice, state="pending"))
+    # The policy is asked first: whoever may not act gets 403, whatever they sent.
+    refused(403, lambda: service.create_request(bob, "cardio", ""))
+    refused(403, lambda: service.add_file(bob, rid, "notes.txt", "bad\u202egroup"))
+    refused(403, lambda: service.set_group_context(carol, rid, "", "x" * 10**6, ""))
+    refused(403, lambda: service.comment(bob, rid, "", "secret"))
+    refused(403, lambda: service.vote(carol, rid, "x", "maybe"))
 
 
 def test_remove_file_removes_its_votes(service):
@@ -744,7 +751,17 @@ def test_notifications_are_queued_and_retried(make_service):
     rid, _ = new_request(svc, {"notes.txt": "notes"})
     assert woken == [1]
     [message] = svc.pending_notifications()
-    assert message.to == ("amy", "chloe", "olivia", "oscar") and message.event == "submitted"
+    assert (
+        message.to
+        == (
+            f"{CHECKERS_MARKER}alice",  # and whoever is in the checkers group at delivery
+            "amy",
+            "chloe",
+            "olivia",
+            "oscar",
+        )
+        and message.event == "submitted"
+    )
     assert rid in message.subject
 
     def failing(message):
@@ -919,6 +936,7 @@ class RoleWorld:
     service: EgressService
     requests: dict[str, tuple[str, int]] = field(default_factory=dict)
     rows: dict[str, list[dict]] = field(default_factory=dict)
+    snapshot: tuple | None = None  # after the last refusal (None: take a new one)
 
     def save(self) -> None:
         with self.service.engine.connect() as conn:
@@ -1003,11 +1021,11 @@ def role_world(request, tmp_path_factory, signing_key, sqlite_template):
 def _snapshot(engine) -> tuple:
     """Row counts, the audit head, and every row an operation could change."""
     tables = Base.metadata.sorted_tables
-    counts = select(*(select(func.count()).select_from(t).scalar_subquery() for t in tables))
+    counts = [select(func.count()).select_from(t).scalar_subquery() for t in tables]
+    head = [select(c).scalar_subquery() for c in (AuditLogRow.head_seq, AuditLogRow.head_hash)]
     with engine.connect() as conn:
         return (
-            tuple(conn.execute(counts).one()),
-            tuple(conn.execute(select(AuditLogRow.head_seq, AuditLogRow.head_hash)).one()),
+            tuple(conn.execute(select(*counts, *head)).one()),
             sorted(
                 conn.execute(select(Request.id, Request.state, Request.round, Request.updated_at))
             ),
@@ -1022,6 +1040,11 @@ def _snapshot(engine) -> tuple:
         )
 
 
+def _head_seq(engine) -> int:
+    with engine.connect() as conn:
+        return conn.execute(select(AuditLogRow.head_seq)).scalar_one()
+
+
 TABLE = [(op, role, state) for op in OPERATIONS for role in ROLES for state in STATES]
 
 
@@ -1033,26 +1056,27 @@ def test_role_state_operation(role_world, op, role, state):
     rid, fid = role_world.requests[state]
     actor = ROLES[role]
     call = OPERATIONS[op]
+    svc = role_world.service
     if want != 200:
-        svc = role_world.service
-        before = _snapshot(svc.engine)
+        # The state after the previous refusal is this one's "before" (nothing changed).
+        before = role_world.snapshot or _snapshot(svc.engine)
         with pytest.raises(PermissionDenied) as info:
             call(svc, actor, rid, fid)
         assert info.value.status == want, info.value.reason
         assert info.value.reason
-        assert _snapshot(svc.engine) == before  # nothing changed, nothing audited
+        role_world.snapshot = _snapshot(svc.engine)
+        assert role_world.snapshot == before  # nothing changed, nothing audited
         return
+    role_world.snapshot = None
     if op in NEUTRAL:
-        call(role_world.service, actor, rid, fid)
+        call(svc, actor, rid, fid)
         return
-    svc = role_world.service
-    head_before = _snapshot(svc.engine)[1]
+    head_before = _head_seq(svc.engine)
     try:
         call(svc, actor, rid, fid)
-        assert _snapshot(svc.engine)[1][0] == head_before[0] + 1  # exactly one event
+        assert _head_seq(svc.engine) == head_before + 1  # exactly one event
         report = svc.verify_audit()
         assert report.ok, report.problem
     finally:
         role_world.restore()
-    saved = role_world.rows["audit_log"][0]
-    assert _snapshot(svc.engine)[1] == (saved["head_seq"], saved["head_hash"])
+    assert _head_seq(svc.engine) == role_world.rows["audit_log"][0]["head_seq"]

@@ -42,7 +42,13 @@ def relay():
 def test_submit_mails_the_checkers_and_release_mails_the_author(service, relay):
     inbox, port = relay
     settings = SmtpSettings(host="127.0.0.1", port=port, sender="havre@hospital.example")
-    mailer = Mailer(service, settings, "{username}@hospital.example")
+    # olivia and oscar are listed in the config; chloe is a checker through her hub group
+    mailer = Mailer(
+        service,
+        settings,
+        "{username}@hospital.example",
+        checkers=lambda: {"olivia", "chloe", "alice"},
+    )
     rid, _files = new_request(service, {"tables/smoking.csv": "main"})
     assert mailer.deliver() == {"sent": 1, "failed": 0}
     deadline = time.monotonic() + 5
@@ -50,6 +56,7 @@ def test_submit_mails_the_checkers_and_release_mails_the_author(service, relay):
         time.sleep(0.05)
     (recipients, content), *_ = inbox.messages
     assert "olivia@hospital.example" in recipients and "oscar@hospital.example" in recipients
+    assert "chloe@hospital.example" in recipients
     assert "alice@hospital.example" not in recipients  # never the author as a checker
     assert rid in content and "smoking" not in content  # ids only: no file names leave
     assert mailer.deliver() == {"sent": 0, "failed": 0}  # sent once
@@ -58,7 +65,7 @@ def test_submit_mails_the_checkers_and_release_mails_the_author(service, relay):
 @pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
 def test_a_dead_relay_delays_mail_and_never_blocks_the_workflow(service):
     settings = SmtpSettings(host="127.0.0.1", port=free_port(), sender="h@x.example", timeout=2)
-    mailer = Mailer(service, settings, "{username}@x.example")
+    mailer = Mailer(service, settings, "{username}@x.example", checkers=lambda: set())
     rid, files = new_request(service, {"tables/smoking.csv": "main"})
     assert mailer.deliver() == {"sent": 0, "failed": 1}
     # the workflow goes on: a checker reviews while the mail waits in the outbox

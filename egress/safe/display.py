@@ -1,0 +1,107 @@
+"""How a verdict shows in the notebook: a small HTML badge, and tables that carry theirs.
+
+:func:`verdict_badge_html` renders an :class:`~egress.safe.outputs.Output` as a coloured badge
+(PASS / REVIEW / FAIL, always spelled out, not only a colour), the output's id, its summary and
+its reasons (folded when there are many). Everything taken from the data (labels, reasons) is
+HTML-escaped; there is no script and no outside resource (the enclave's Content-Security-Policy
+allows neither), only inline styles.
+
+:class:`SafeTable` is the :class:`pandas.DataFrame` the library returns for tables: an ordinary
+DataFrame (every pandas operation works, and gives back a plain DataFrame: a derived table has
+not been checked) whose notebook display starts with its verdict badge.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from .outputs import escape
+
+if TYPE_CHECKING:
+    from .outputs import Output
+
+__all__ = ["MAX_REASONS_SHOWN", "SafeTable", "verdict_badge_html"]
+
+#: Reasons listed in a badge before "and N more".
+MAX_REASONS_SHOWN = 12
+
+_COLOURS = {
+    "pass": ("#1a7f37", "#ffffff"),
+    "review": ("#9a6700", "#ffffff"),
+    "fail": ("#cf222e", "#ffffff"),
+}
+
+_MEANING = {
+    "pass": "no rule is broken; checkers still review it before release",
+    "review": "a checker must look at it (see the reasons)",
+    "fail": "a rule is broken: suppress, change the output, or ask for an exception",
+}
+
+
+def verdict_badge_html(output: Output) -> str:
+    """The verdict of ``output`` as a small HTML block for the notebook."""
+    background, foreground = _COLOURS.get(output.status, ("#57606a", "#ffffff"))
+    badge = (
+        f'<span style="background:{background};color:{foreground};border-radius:3px;'
+        f'padding:1px 6px;font-weight:bold;letter-spacing:0.04em" '
+        f'title="{escape(_MEANING.get(output.status, ""))}">{escape(output.status.upper())}</span>'
+    )
+    method = output.properties.get("method", output.output_type)
+    head = f"{badge} <code>{escape(output.uid)}</code> {escape(method)}: {escape(output.summary)}"
+    parts = [
+        '<div class="havre-sdc-verdict" style="font-family:sans-serif;font-size:12px;'
+        f'margin:2px 0 6px 0;line-height:1.5">{head}'
+    ]
+    reasons = output.reasons
+    if reasons:
+        shown = reasons[:MAX_REASONS_SHOWN]
+        items = "".join(f"<li>{escape(r)}</li>" for r in shown)
+        if len(reasons) > len(shown):
+            items += f"<li>... and {len(reasons) - len(shown)} more (see results.json)</li>"
+        noun = "reason" if len(reasons) == 1 else "reasons"
+        opened = " open" if output.status != "pass" and len(reasons) <= 3 else ""
+        parts.append(
+            f'<details{opened} style="margin-left:1em"><summary>{len(reasons)} {noun}'
+            f'</summary><ul style="margin:0">{items}</ul></details>'
+        )
+    if output.exception:
+        parts.append(
+            f'<div style="margin-left:1em">exception requested: {escape(output.exception)}</div>'
+        )
+    parts.append("</div>")
+    return "".join(parts)
+
+
+class SafeTable(pd.DataFrame):
+    """A table returned by the safe-analysis library: a DataFrame that shows its verdict.
+
+    ``table.safe_output`` is the recorded :class:`~egress.safe.outputs.Output` (status,
+    reasons, files). Any operation on the table returns a plain DataFrame without a verdict.
+    """
+
+    _metadata = ["_safe_output"]
+
+    @property
+    def _constructor(self) -> type[pd.DataFrame]:
+        return pd.DataFrame
+
+    @classmethod
+    def wrap(cls, table: pd.DataFrame, output: Output) -> SafeTable:
+        """``table`` (not copied) as a SafeTable carrying ``output``."""
+        out = cls(table, copy=False)
+        out._safe_output = output
+        return out
+
+    @property
+    def safe_output(self) -> Output | None:
+        """The recorded output behind this table."""
+        return getattr(self, "_safe_output", None)
+
+    def _repr_html_(self) -> Any:
+        table_html = super()._repr_html_()
+        output = self.safe_output
+        if output is None:
+            return table_html
+        return verdict_badge_html(output) + (table_html or "")
