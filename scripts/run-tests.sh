@@ -8,9 +8,11 @@ cd "$(dirname "$0")/.."
 [ "$(id -u)" = 0 ] || { echo "error: run as root (the tests drive Docker and host networking)" >&2; exit 1; }
 source scripts/lib/docker-engine.sh
 source scripts/lib/python-env.sh
+source scripts/lib/browser.sh
 
 havre_ensure_docker
 havre_ensure_venv dev
+havre_ensure_browser
 # host tools the tests drive: ip (canary addresses), PostgreSQL (the egress store's tests)
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)

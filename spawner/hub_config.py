@@ -109,6 +109,10 @@ def configure_hub(c: Any, environ: Mapping[str, str] = os.environ) -> EnclaveCon
     # spawner forgets refused attempts (see ProjectSpawner.forget_refused_server)
     c.JupyterHub.named_server_limit_per_user = 0
     c.JupyterHub.shutdown_on_logout = False
+    # after sign-in: the hub's home page (the project list), not the default server's spawn
+    # page (Havre has no project-less server)
+    c.JupyterHub.redirect_to_server = False
+    c.JupyterHub.default_url = "/hub/home"
 
     # -- who users are: OpenID Connect (the embedded provider, or the site's own)
     configure_identity(c, enclave, environ)
@@ -277,6 +281,7 @@ def configure_identity(c: Any, enclave: EnclaveConfig, environ: Mapping[str, str
         "role (the identity provider sent no matching groups), so Havre gives you no access. "
         "Ask your project's data custodian to add you to the project's group."
     )
+    c.Authenticator.auto_login = True  # straight to the provider's sign-in page
     c.Authenticator.refresh_pre_spawn = True
     c.Authenticator.auth_refresh_age = ident.refresh_seconds
     c.CryptKeeper.keys = [bytes.fromhex(read_secret(enclave, "jupyterhub-crypt-key"))]

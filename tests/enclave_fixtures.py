@@ -1,4 +1,5 @@
-"""Fixtures that run a real enclave: the Havre images on the real Docker engine.
+"""Fixtures that run a real enclave: the Havre images on the real Docker engine (a plugin that
+tests/conftest.py loads for the whole run).
 
 The session fixture ``enclave`` writes the demo enclave under a name and state folder of its
 own (so it never touches a locally running enclave), starts it with the same code as
@@ -7,6 +8,7 @@ own (so it never touches a locally running enclave), starts it with the same cod
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -21,7 +23,8 @@ from spawner.demo import init_demo
 from spawner.enclave import EnclaveConfig
 from tests.integration.hub_client import HubUser
 
-ENCLAVE_NAME = "havretest"
+#: the test enclave's name; another one (HAVRE_TEST_ENCLAVE) keeps runs on a shared machine apart
+ENCLAVE_NAME = os.environ.get("HAVRE_TEST_ENCLAVE", "havretest")
 #: short, so that tests see a removed member's server stopped quickly
 MEMBERSHIP_CHECK_SECONDS = 5
 

@@ -1,0 +1,1 @@
+"""Browser tests: the enclave driven through a real Chromium."""

@@ -1,0 +1,112 @@
+"""Browser tests: the real enclave of tests/integration, driven through a real Chromium.
+
+The enclave fixtures (``enclave``, ``alice_cardio``, ...) come from ``tests/enclave_fixtures.py``
+(loaded for the whole run by ``tests/conftest.py``), so the browser and integration tests share
+one enclave.
+
+The browser is Debian's Chromium (``scripts/lib/browser.sh`` installs it), driven by
+Playwright's Python package; ``playwright install`` is never needed. Playwright gives every
+launch a fresh temporary profile (its own ``--user-data-dir``), and every user gets a browser
+context of their own (separate cookies), as if on a machine of their own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = os.environ.get("HAVRE_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-quic",
+]
+VIEWPORT = {"width": 1280, "height": 800}
+#: Per step (a navigation, a click and the page it leads to, a selector to show up), in ms.
+STEP_TIMEOUT_MS = 30_000
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    """One headless Chromium for the session (users get contexts of their own)."""
+    sync_api = pytest.importorskip(
+        "playwright.sync_api", reason="needs Playwright: pip install -e '.[dev]'"
+    )
+    if shutil.which(CHROMIUM) is None:
+        pytest.skip(f"needs {CHROMIUM}: source scripts/lib/browser.sh; havre_ensure_browser")
+    sync_api.expect.set_options(timeout=STEP_TIMEOUT_MS)
+    with sync_api.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS, timeout=STEP_TIMEOUT_MS
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+class SignedIn:
+    """A user's own browser context and page, signed in to the hub."""
+
+    def __init__(self, browser, enclave, name: str) -> None:
+        self.name = name
+        self.enclave = enclave
+        self.context = browser.new_context(viewport=VIEWPORT, accept_downloads=True)
+        self.context.set_default_timeout(STEP_TIMEOUT_MS)
+        self.context.set_default_navigation_timeout(STEP_TIMEOUT_MS)
+        self.page = self.context.new_page()
+
+    def url(self, path: str = "") -> str:
+        return self.enclave.url.rstrip("/") + "/" + path.lstrip("/")
+
+    def egress(self, path: str = "") -> str:
+        return self.url("services/egress/" + path.lstrip("/"))
+
+    def sign_in(self) -> SignedIn:
+        """Open the enclave, go through the sign-in page of the identity provider, and back."""
+        from playwright.sync_api import expect
+
+        page = self.page
+        page.goto(self.url())
+        idp = self.enclave.options.idp_public_url.rstrip("/")
+        if not page.url.startswith(idp):
+            # the hub's own login page: one button that leads to the identity provider
+            page.locator("a[href*='oauth_login']").click()
+            page.wait_for_url(re.compile("^" + re.escape(idp) + "/"))
+        expect(page).to_have_title("Havre sign-in", timeout=STEP_TIMEOUT_MS)
+        page.fill("#username", self.name)
+        page.fill("#password", self.enclave.passwords[self.name])
+        with page.expect_navigation(url=re.compile("^" + re.escape(self.url("hub/")))) as nav:
+            page.click("button[type=submit]")
+        #: the hub's answer to the page the sign-in ended on
+        self.landing = nav.value
+        return self
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def sign_in(browser, enclave) -> Iterator[object]:
+    """``sign_in("alice")``: a new browser context of alice's, signed in to the hub."""
+    opened: list[SignedIn] = []
+
+    def open_as(name: str) -> SignedIn:
+        user = SignedIn(browser, enclave, name)
+        opened.append(user)
+        return user.sign_in()
+
+    yield open_as
+    for user in opened:
+        user.close()

@@ -1,0 +1,543 @@
+"""Hostile HTTP requests against the live egress service, through the hub's proxy.
+
+Each row of ``HOSTILE`` is one request a malicious or confused client could send: forged
+credentials, another user's cookie, a missing XSRF token, a member of another project, path
+traversal in a file path, ids that don't exist or belong elsewhere, malformed or oversized
+bodies, methods the API doesn't have, and roles acting beyond their rights. For each row the
+test checks the status, that the refusal carries a sentence a person can act on (the JSON
+``message`` of the API, or the alert of an HTML page), and that nothing changed: the requests an
+output checker sees (ids, states, file counts, last update) and the number of events in the
+audit log (``GET api/audit/verify``) are the same before and after.
+
+Rows marked ``bug`` are real defects of the service, reported to the lead and expected to fail
+(``xfail(strict=True)``): when one is fixed its row XPASSes and fails, the signal to unmark it.
+"""
+
+from __future__ import annotations
+
+import html
+import http
+import os
+import re
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import requests
+
+from tests.integration.test_egress_flow import Egress
+
+pytestmark = pytest.mark.docker
+
+TABLE_NAME = "hostile_counts.csv"
+TABLE = "region,stays\nBretagne,44\nOccitanie,61\nNormandie,29\n"
+FIVE_MB = 5 * 1024 * 1024
+UNKNOWN_ID = "NoSuchReq123"
+
+# Bugs found by these rows (see the report to the lead).
+BUG_NO_SENTENCE = (
+    "bug (egress/web.py write_error): a 403 raised by @web.authenticated or by the XSRF check "
+    "(no or bad session, missing/mismatched X-XSRFToken) carries only the reason phrase "
+    "'Forbidden' as its message"
+)
+BUG_REDIRECT = (
+    "bug (egress/web.py): an API GET without a valid session (forged token) is redirected (302) "
+    "to the hub's OAuth page instead of being refused with 403 and a JSON message"
+)
+BUG_PAGE = (
+    "bug (egress/templates/error.html + StrictUndefined): every refusal on a page route renders "
+    "an empty body: `refusal.problems` is undefined when the refusal has no problems, so "
+    "write_error raises jinja2.UndefinedError"
+)
+BUG_BARE_PHRASE = (
+    "bug (egress/web.py): tornado's own refusals (405, unknown action 404) carry only the reason "
+    "phrase as message"
+)
+BUG_HTML_404 = (
+    "bug (egress/web.py): an API path that no route matches gets tornado's HTML 404 page, not a "
+    "JSON refusal"
+)
+BUG_BODY_LIMIT = (
+    "bug (egress/web.py ApiHandler.body): a 5 MB JSON body is read and accepted (tornado's default "
+    "max_body_size is 100 MB); the request is created"
+)
+BUG_NESTED_JSON = (
+    "bug (egress/web.py ApiHandler.body): a deeply nested JSON body raises RecursionError in "
+    "json.loads, which is not a ValueError: 500"
+)
+BUG_BIG_FILE_ID = (
+    "bug (egress/core.py _file_id): a comment's file_id above 2**63-1 reaches SQLite: "
+    "OverflowError, 500"
+)
+BUG_OLDER_THAN = (
+    "bug (egress/web.py RequestsApi.get): float(older_than_days) is unguarded: ValueError, 500"
+)
+
+
+@dataclass(frozen=True)
+class Hostile:
+    """One hostile request and what the service must answer."""
+
+    id: str
+    actor: str
+    method: str
+    path: str  # formatted with the ids of the fixture objects: {draft}, {sub}, {sub_file}...
+    expect: frozenset[int]
+    #: "session" (cookie + X-XSRFToken), "no-xsrf", "forged-token", "forged-cookie",
+    #: "swapped-cookie" (the actor's cookies with bob's service cookie swapped in)
+    auth: str = "session"
+    json: Any = None
+    body: Callable[[], bytes | str] | None = None
+    form: dict[str, str] | None = None
+    page: bool = False  # an HTML page route: the message is the page's alert
+    mentions: tuple[str, ...] = ()  # words the message must contain
+    bug: str | None = None
+
+    def param(self) -> Any:
+        marks = [pytest.mark.xfail(strict=True, reason=self.bug)] if self.bug else []
+        return pytest.param(self, id=self.id, marks=marks)
+
+
+def _s(*codes: int) -> frozenset[int]:
+    return frozenset(codes)
+
+
+def _traversal(row_id: str, path: str, *mentions: str) -> Hostile:
+    return Hostile(
+        row_id,
+        "alice",
+        "POST",
+        "api/requests/{draft}/files",
+        _s(400, 422),
+        json={"path": path},
+        mentions=mentions,
+    )
+
+
+HOSTILE = [
+    # -- credentials and CSRF -------------------------------------------------------------
+    Hostile(
+        "forged-token-get",
+        "anonymous",
+        "GET",
+        "api/requests/{sub}",
+        _s(401, 403),
+        auth="forged-token",
+        bug=BUG_REDIRECT,
+    ),
+    Hostile(
+        "forged-token-post",
+        "anonymous",
+        "POST",
+        "api/requests/{sub}/approve",
+        _s(401, 403),
+        auth="forged-token",
+        bug=BUG_NO_SENTENCE,
+    ),
+    Hostile(
+        "forged-service-cookie",
+        "anonymous",
+        "POST",
+        "api/requests",
+        _s(401, 403),
+        auth="forged-cookie",
+        json={"project": "cardio", "title": "forged"},
+        bug=BUG_NO_SENTENCE,
+    ),
+    Hostile(
+        "bob-cookie-on-alices-request",
+        "bob",
+        "POST",
+        "api/requests/{draft}/withdraw",
+        _s(403),
+        mentions=("cardio",),
+    ),
+    Hostile(
+        "bobs-cookie-swapped-into-alices-jar",
+        "alice",
+        "POST",
+        "api/requests/{draft}/withdraw",
+        _s(403),
+        auth="swapped-cookie",
+        bug=BUG_NO_SENTENCE,
+    ),
+    Hostile(
+        "post-without-xsrf-header",
+        "alice",
+        "POST",
+        "api/requests/{draft}/withdraw",
+        _s(403),
+        auth="no-xsrf",
+        bug=BUG_NO_SENTENCE,
+    ),
+    Hostile(
+        "form-post-without-xsrf",
+        "alice",
+        "POST",
+        "requests/{draft}/do",
+        _s(403),
+        auth="no-xsrf",
+        form={"action": "withdraw"},
+        page=True,
+        bug=BUG_PAGE,
+    ),
+    Hostile(
+        "form-post-by-other-project",
+        "bob",
+        "POST",
+        "requests/{draft}/do",
+        _s(403),
+        form={"action": "withdraw"},
+        page=True,
+        bug=BUG_PAGE,
+    ),
+    # -- a member of another project (bob, diabetes) on cardio's requests ------------------
+    Hostile(
+        "other-project-reads", "bob", "GET", "api/requests/{sub}", _s(403), mentions=("cardio",)
+    ),
+    Hostile(
+        "other-project-adds-file",
+        "bob",
+        "POST",
+        "api/requests/{draft}/files",
+        _s(403),
+        json={"path": TABLE_NAME},
+    ),
+    Hostile(
+        "other-project-votes",
+        "bob",
+        "PUT",
+        "api/requests/{sub}/files/{sub_file}/vote",
+        _s(403),
+        json={"vote": "approve"},
+    ),
+    Hostile(
+        "other-project-comments",
+        "bob",
+        "POST",
+        "api/requests/{sub}/comments",
+        _s(403),
+        json={"body": "let me in"},
+    ),
+    Hostile("other-project-lists-outputs", "bob", "GET", "api/projects/cardio/outputs", _s(403)),
+    Hostile(
+        "other-project-raw-file",
+        "bob",
+        "GET",
+        "requests/{sub}/files/{sub_file}/raw",
+        _s(403),
+        page=True,
+        bug=BUG_PAGE,
+    ),
+    # -- paths into the outputs folder ------------------------------------------------------
+    _traversal("traversal-dotdot", "../../etc/passwd", "'..'"),
+    _traversal("traversal-absolute", "/etc/passwd", "absolute"),
+    _traversal("traversal-inner-dotdot", "a/../../x", "'..'"),
+    _traversal("traversal-nul", "a\x00b.csv", "NUL"),
+    _traversal("traversal-long-path", "d/" * 2100 + "x.csv", "longer than"),
+    _traversal("traversal-long-name", "n" * 300 + ".csv", "255"),
+    _traversal("traversal-missing", "no_such_file.csv", "does not exist"),
+    # -- ids that don't exist or belong to another request -----------------------------------
+    Hostile("unknown-request", "alice", "GET", f"api/requests/{UNKNOWN_ID}", _s(404)),
+    Hostile(
+        "unknown-request-action", "olivia", "POST", f"api/requests/{UNKNOWN_ID}/approve", _s(404)
+    ),
+    Hostile(
+        "file-of-another-request-delete",
+        "alice",
+        "DELETE",
+        "api/requests/{draft}/files/{sub_file}",
+        _s(404),
+    ),
+    Hostile(
+        "file-of-another-request-vote",
+        "olivia",
+        "PUT",
+        "api/requests/{sub}/files/{draft_file}/vote",
+        _s(404),
+        json={"vote": "approve"},
+    ),
+    Hostile(
+        "unknown-file-vote",
+        "olivia",
+        "PUT",
+        "api/requests/{sub}/files/999999999/vote",
+        _s(404),
+        json={"vote": "approve"},
+    ),
+    Hostile(
+        "huge-file-id-in-comment",
+        "alice",
+        "POST",
+        "api/requests/{sub}/comments",
+        _s(400, 404),
+        json={"body": "about that file", "file_id": 10**30},
+        bug=BUG_BIG_FILE_ID,
+    ),
+    # -- bodies and parameters -------------------------------------------------------------
+    Hostile(
+        "vote-not-in-enum",
+        "olivia",
+        "PUT",
+        "api/requests/{sub}/files/{sub_file}/vote",
+        _s(400),
+        json={"vote": "yes"},
+        mentions=("approve",),
+    ),
+    Hostile(
+        "vote-not-a-string",
+        "olivia",
+        "PUT",
+        "api/requests/{sub}/files/{sub_file}/vote",
+        _s(400),
+        json={"vote": ["approve"]},
+    ),
+    Hostile(
+        "oversized-title",
+        "alice",
+        "POST",
+        "api/requests",
+        _s(400, 413),
+        body=lambda: '{"project": "cardio", "title": "' + "x" * FIVE_MB + '"}',
+    ),
+    Hostile(
+        "oversized-body",
+        "alice",
+        "POST",
+        "api/requests",
+        _s(400, 413),
+        body=lambda: '{"project": "cardio", "title": "t", "pad": "' + "x" * FIVE_MB + '"}',
+        bug=BUG_BODY_LIMIT,
+    ),
+    Hostile(
+        "non-json-body",
+        "alice",
+        "POST",
+        "api/requests",
+        _s(400),
+        body=lambda: "project=cardio&title=t",
+        mentions=("JSON",),
+    ),
+    Hostile(
+        "json-array-body", "alice", "POST", "api/requests", _s(400), json=[{"project": "cardio"}]
+    ),
+    Hostile("json-string-body", "alice", "POST", "api/requests", _s(400), json="cardio"),
+    Hostile(
+        "invalid-utf8-body", "alice", "POST", "api/requests", _s(400), body=lambda: b"\xff\xfe{"
+    ),
+    Hostile(
+        "deeply-nested-json",
+        "alice",
+        "POST",
+        "api/requests",
+        _s(400),
+        body=lambda: "[" * 100_000,
+        bug=BUG_NESTED_JSON,
+    ),
+    Hostile(
+        "group-name-nul",
+        "alice",
+        "PUT",
+        "api/requests/{draft}/groups/%00",
+        _s(400),
+        json={"context": "x"},
+        mentions=("NUL",),
+    ),
+    Hostile(
+        "bad-older-than-days",
+        "olivia",
+        "GET",
+        "api/requests?older_than_days=abc",
+        _s(400),
+        bug=BUG_OLDER_THAN,
+    ),
+    Hostile("bad-state-filter", "olivia", "GET", "api/requests?state=hacked", _s(400)),
+    # -- methods and routes -----------------------------------------------------------------
+    Hostile("method-not-allowed", "alice", "DELETE", "api/requests", _s(405), bug=BUG_BARE_PHRASE),
+    Hostile(
+        "method-not-allowed-on-request",
+        "alice",
+        "PATCH",
+        "api/requests/{draft}",
+        _s(405),
+        bug=BUG_BARE_PHRASE,
+    ),
+    Hostile(
+        "unknown-action",
+        "alice",
+        "POST",
+        "api/requests/{draft}/frobnicate",
+        _s(404),
+        bug=BUG_BARE_PHRASE,
+    ),
+    Hostile("unknown-api-route", "alice", "GET", "api/admin/users", _s(404), bug=BUG_HTML_404),
+    # -- roles beyond their rights ----------------------------------------------------------
+    Hostile("author-approves-own", "alice", "POST", "api/requests/{sub}/approve", _s(403)),
+    Hostile("author-releases-own", "alice", "POST", "api/requests/{sub}/release", _s(403)),
+    Hostile(
+        "author-votes-own",
+        "alice",
+        "PUT",
+        "api/requests/{sub}/files/{sub_file}/vote",
+        _s(403),
+        json={"vote": "approve"},
+        mentions=("author",),
+    ),
+    Hostile("co-member-approves", "carol", "POST", "api/requests/{sub}/approve", _s(403)),
+    Hostile("co-member-withdraws", "carol", "POST", "api/requests/{draft}/withdraw", _s(403)),
+    Hostile(
+        "checker-creates-in-cardio",
+        "olivia",
+        "POST",
+        "api/requests",
+        _s(403),
+        json={"project": "cardio", "title": "from a checker"},
+        mentions=("cardio",),
+    ),
+    Hostile(
+        "checker-adds-file",
+        "olivia",
+        "POST",
+        "api/requests/{draft}/files",
+        _s(403),
+        json={"path": TABLE_NAME},
+    ),
+    Hostile("researcher-verifies-audit", "alice", "GET", "api/audit/verify", _s(403)),
+]
+
+
+# ---------------------------------------------------------------------------- fixtures
+
+
+@dataclass
+class World:
+    users: dict[str, Egress]
+    ids: dict[str, str]
+
+    def snapshot(self) -> tuple[Any, ...]:
+        """What a checker sees of every request, and the audit log's length."""
+        checker = self.users["olivia"]
+        listed = checker.ok("GET", "api/requests")
+        requests_seen = sorted(
+            (r["id"], r["state"], r["files"], r["round"], r["updated_at"]) for r in listed
+        )
+        verified = checker.ok("GET", "api/audit/verify")
+        assert verified["ok"], verified
+        return len(requests_seen), requests_seen, verified["events_checked"]
+
+
+@pytest.fixture(scope="module")
+def world(enclave) -> World:
+    users = {name: Egress(enclave.user(name)) for name in ("alice", "bob", "carol", "olivia")}
+    path = enclave.config.outputs_dir("cardio") / TABLE_NAME
+    path.write_text(TABLE)
+    os.chown(path, 1000, 1000)
+    os.chmod(path, 0o640)
+    alice = users["alice"]
+    made = {}
+    for key in ("draft", "sub"):
+        rid = alice.ok("POST", "api/requests", 201, json={"project": "cardio", "title": key})["id"]
+        detail = alice.ok("POST", f"api/requests/{rid}/files", 201, json={"path": TABLE_NAME})
+        alice.ok(
+            "PUT",
+            f"api/requests/{rid}/groups/main",
+            json={"context": "Stays by region", "controls": "All cells >= 10"},
+        )
+        made[key], made[f"{key}_file"] = rid, str(detail["files"][0]["id"])
+    assert alice.ok("POST", f"api/requests/{made['sub']}/submit")["state"] == "submitted"
+    return World(users, made)
+
+
+# ---------------------------------------------------------------------------- the test
+
+
+def _is_sentence(message: object, status: int) -> bool:
+    """A message a person can act on: words, not just the status's reason phrase."""
+    if not isinstance(message, str):
+        return False
+    text = message.strip()
+    try:
+        bare = http.HTTPStatus(status).phrase.lower()
+    except ValueError:
+        bare = ""
+    return len(re.findall(r"[A-Za-z]{2,}", text)) >= 3 and text.lower() != bare
+
+
+def _send(world: World, row: Hostile) -> requests.Response:
+    url = world.users["alice"].base + row.path.format(**world.ids)
+    kwargs: dict[str, Any] = {"timeout": 120, "allow_redirects": False}
+    if row.json is not None:
+        kwargs["json"] = row.json
+    elif row.body is not None:
+        kwargs["data"] = row.body()
+    form = dict(row.form) if row.form is not None else None
+    headers: dict[str, str] = {}
+    if row.auth in ("session", "no-xsrf"):
+        user = world.users[row.actor]
+        session = user.user.session
+        if row.auth == "session":
+            headers["X-XSRFToken"] = user._xsrf()
+            if form is not None:
+                form["_xsrf"] = user._xsrf()
+    elif row.auth == "forged-token":
+        session = requests.Session()
+        headers["Authorization"] = f"token {secrets.token_hex(16)}"
+    elif row.auth == "forged-cookie":
+        session = requests.Session()
+        forged = f"2|1:0|10:1700000000|14:service-egress|44:{secrets.token_urlsafe(33)}|" + (
+            secrets.token_hex(32)
+        )
+        session.cookies.set("service-egress", forged, path="/services/egress/")
+        xsrf = secrets.token_urlsafe(24)
+        session.cookies.set("_xsrf", xsrf, path="/services/egress/")
+        headers["X-XSRFToken"] = xsrf
+    elif row.auth == "swapped-cookie":
+        user, bob = world.users[row.actor], world.users["bob"]
+        session = requests.Session()
+        for cookie in user.user.session.cookies:
+            if cookie.name != "service-egress":
+                session.cookies.set_cookie(cookie)
+        for cookie in bob.user.session.cookies:
+            if cookie.name == "service-egress":
+                session.cookies.set_cookie(cookie)
+        headers["X-XSRFToken"] = user._xsrf()
+    else:  # pragma: no cover - a typo in the table
+        raise AssertionError(f"unknown auth {row.auth!r}")
+    if form is not None:
+        kwargs["data"] = form
+    return session.request(row.method, url, headers=headers, **kwargs)
+
+
+def _message(response: requests.Response, page: bool) -> object:
+    content_type = response.headers.get("Content-Type", "")
+    if page:
+        assert content_type.startswith("text/html"), content_type
+        found = re.search(r'role="alert">\s*<p>(.*?)</p>', response.text, re.S)
+        return html.unescape(found.group(1)).strip() if found else None
+    assert content_type.startswith("application/json"), (content_type, response.text[:200])
+    data = response.json()
+    assert isinstance(data, dict) and data.get("status") == response.status_code, data
+    return data.get("message")
+
+
+@pytest.mark.parametrize("row", [row.param() for row in HOSTILE])
+def test_hostile_request_is_refused_and_changes_nothing(world, row):
+    before = world.snapshot()
+    response = _send(world, row)
+    after = world.snapshot()
+    shown = f"{row.method} {row.path} as {row.actor} ({row.auth})"
+    assert response.status_code in row.expect, (
+        shown,
+        response.status_code,
+        response.headers.get("Location"),
+        response.text[:300],
+    )
+    message = _message(response, row.page)
+    assert _is_sentence(message, response.status_code), (shown, response.status_code, message)
+    for word in row.mentions:
+        assert word.lower() in str(message).lower(), (shown, word, message)
+    assert after == before, f"{shown} changed something: {before} -> {after}"
+    # nothing of the file leaks in a refusal
+    assert "Bretagne" not in response.text
