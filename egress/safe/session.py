@@ -1399,20 +1399,28 @@ def _outcome(
 
 def _reasons(check: OutputCheck, limit: int) -> tuple[list[str], int]:
     """Up to ``limit`` reasons (worst cells first, then findings) and how many there are
-    (one sentence per rule per cell: the sum of the rule counts)."""
+    (one sentence per rule per cell: the sum of the rule counts).
+
+    Only the cells whose sentences are kept are described (in one batch), so a huge table
+    with many failing cells costs no more than ``limit`` sentences.
+    """
     findings = [f.text for f in check.findings]
-    if check.cells is None:
-        return findings[:limit], len(findings)
-    cells = check.cells
-    positions = cells.flagged_positions()
-    order = positions[np.argsort(-cells.codes[positions], kind="stable")]
+    total = len(findings)
     texts: list[str] = []
-    for p in order.tolist():
-        if len(texts) >= limit:
-            break
-        texts.extend(cells.describe(p))
-    texts = texts[:limit]
-    total = sum(check.rule_counts.values()) + len(findings)
+    if check.cells is not None:
+        cells = check.cells
+        total += sum(check.rule_counts.values())
+        positions = cells.flagged_positions()
+        worst = positions[np.argsort(-cells.codes[positions], kind="stable")][:limit]
+        if len(worst):
+            subset = CellReasons(
+                cells.index[worst],
+                cells.mask[worst],
+                cells.stats.iloc[worst],
+                cells.params,
+                cells.statistic,
+            )
+            texts = list(subset.texts[:limit])
     return texts + findings[: max(limit - len(texts), 0)], total
 
 
