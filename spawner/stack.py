@@ -381,7 +381,13 @@ def down(enclave: EnclaveConfig, *, purge: bool = False) -> None:
     try:
         label = f"havre.enclave={enclave.name}"
         for container in client.containers.list(all=True, filters={"label": label}):
-            container.remove(force=True)
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass  # removed meanwhile (notebook containers remove themselves)
+            except docker.errors.APIError as err:
+                if "already in progress" not in str(err):
+                    raise
         if purge:
             for network in client.networks.list(filters={"label": label}):
                 network.reload()

@@ -22,6 +22,7 @@ import itertools
 import json
 import linecache
 import os
+import re
 import sys
 import threading
 import warnings
@@ -278,7 +279,10 @@ class Session:
     file named by ``$HAVRE_SDC_PARAMS``, else ACRO's defaults; ``project`` to
     ``$HAVRE_PROJECT``. ``name`` (the session folder's name) defaults to
     ``<user>-<date>-<time>``, made unique. An existing session folder is refused unless
-    ``resume=True``, which reads its ``results.json`` and carries on numbering. ``show``
+    ``resume=True``, which reads its ``results.json`` and carries on numbering, or
+    ``replace=True``, which removes the outputs it lists (and its results, config and
+    checksum files; nothing else) and starts again at ``output_0``: what a notebook run from
+    the top wants, e.g. in a trusted re-execution, which then writes the same paths. ``show``
     displays the verdict of models and plots in the notebook (tables show theirs).
     ``durable`` flushes each output file and ``results.json`` to disk before it replaces the
     old one (every write is atomic either way).
@@ -292,6 +296,7 @@ class Session:
         *,
         name: str | None = None,
         resume: bool = False,
+        replace: bool = False,
         show: bool = True,
         durable: bool = True,
     ) -> None:
@@ -317,13 +322,19 @@ class Session:
         else:
             validate_name(name, "session name")
             self.folder = SessionFolder(self.outputs_dir, name, durable=durable)
+            if resume and replace:
+                raise ValueError("resume and replace: choose one")
             if self.folder.exists():
-                if not resume:
+                if replace:
+                    self._clear()
+                elif resume:
+                    self._load()
+                else:
                     raise FileExistsError(
                         f"session folder {self.folder.path} already exists: choose another "
-                        "name, or pass resume=True to carry on with it"
+                        "name, pass resume=True to carry on with it, or replace=True to start "
+                        "it again"
                     )
-                self._load()
 
     # ------------------------------------------------------------------------------------
     # Session state
@@ -377,6 +388,20 @@ class Session:
             self._outputs[uid] = Output.from_json(record)
             if uid.startswith("output_") and uid[7:].isdigit():
                 self._next = max(self._next, int(uid[7:]) + 1)
+
+    def _clear(self) -> None:
+        """Remove what an earlier run of this session wrote (``replace=True``)."""
+        self.folder.ensure()
+        self._load()
+        for output in self._outputs.values():
+            for name in output.file_names:
+                self.folder.remove(name)
+        for name in (RESULTS_FILE, CONFIG_FILE):
+            self.folder.remove(name)
+        self.folder.prune_checksums(())
+        self._outputs.clear()
+        self._fragments.clear()
+        self._next = 0
 
     def _session_block(self) -> dict[str, Any]:
         return {
@@ -954,7 +979,7 @@ class Session:
             "nobs": float(results.nobs),
             "formula": formula,
         }
-        text = str(results.summary()).encode("utf-8")
+        text = _reproducible(str(results.summary())).encode("utf-8")
         coefficients = _coefficients(results).to_csv().encode("utf-8")
         names = list(getattr(model, "exog_names", None) or [])
         fair = {
@@ -1422,6 +1447,20 @@ def _reasons(check: OutputCheck, limit: int) -> tuple[list[str], int]:
             )
             texts = list(subset.texts[:limit])
     return texts + findings[: max(limit - len(texts), 0)], total
+
+
+_CLOCK_LINE = re.compile(r"^(Date:|Time:)(\s+)(\S(?:.*?\S)?)(?=\s{2,}|\s*$)", re.MULTILINE)
+
+
+def _reproducible(summary: str) -> str:
+    """A statsmodels summary without the date and time it was printed (so the same model on
+    the same data gives the same bytes, e.g. in a trusted re-execution); layout kept."""
+
+    def blank(match: re.Match[str]) -> str:
+        width = len(match.group(2)) + len(match.group(3))
+        return match.group(1) + "-".rjust(width)
+
+    return _CLOCK_LINE.sub(blank, summary)
 
 
 def _coefficients(results: Any) -> pd.DataFrame:

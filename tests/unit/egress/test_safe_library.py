@@ -608,3 +608,50 @@ def test_results_json_is_valid_with_unicode_labels(session):
     assert record["outcome"]["表"]["Île-de-France"] == "ok"
     text = io.StringIO((session.path / "output_0.csv").read_text(encoding="utf-8"))
     assert "Île-de-France" in text.getvalue()
+
+
+def _analysis(session, df):
+    session.crosstab(df["region"], df["band"], suppress=True, margins=True)
+    session.crosstab(df["region"], df["band"], values=df["cost"], aggfunc="mean")
+    session.describe(df[["cost"]])
+    session.hist(df["cost"], bins=8)
+    session.ols("y ~ cost + C(region)", df)
+
+
+def test_replace_starts_a_named_session_again(tmp_path, df):
+    first = Session(tmp_path, name="analysis", show=False)
+    _analysis(first, df)
+    first.finalise()
+    keep = first.path / "notes.txt"  # not the library's: left alone
+    keep.write_text("mine")
+    again = Session(tmp_path, name="analysis", replace=True, show=False)
+    assert again.outputs == {}
+    assert sorted(os.listdir(again.path)) == ["checksums", "notes.txt"]
+    assert os.listdir(again.path / "checksums") == []
+    again.crosstab(df["region"], df["band"])
+    assert list(_results(again)["results"]) == ["output_0"]
+    with pytest.raises(ValueError, match="choose one"):
+        Session(tmp_path, name="analysis", replace=True, resume=True, show=False)
+
+
+def test_the_same_analysis_writes_the_same_files(tmp_path, df):
+    # What a trusted re-execution compares: the same notebook on the same data must write the
+    # same bytes (results.json aside: it holds timestamps).
+    runs = []
+    for folder in ("run1", "run2"):
+        session = Session(tmp_path / folder, name="analysis", show=False)
+        _analysis(session, df)
+        session.finalise()
+        runs.append(
+            {
+                p: (session.path / p).read_bytes()
+                for p in _files_under(session.path)
+                if "results.json" not in p
+            }
+        )
+    assert runs[0].keys() == runs[1].keys()
+    different = [p for p in runs[0] if runs[0][p] != runs[1][p]]
+    assert different == []
+    text = (tmp_path / "run1" / "analysis" / "output_4.txt").read_text()
+    clock = [line.split()[:2] for line in text.splitlines() if line.startswith(("Date:", "Time:"))]
+    assert clock == [["Date:", "-"], ["Time:", "-"]]
