@@ -176,6 +176,8 @@ MEDIA_TYPES = {
 # Errors and small value types
 
 
+#: The largest row id accepted in input (beyond any real one; fits every database's integers).
+MAX_ID = 999_999_999_999
 #: A recipient meaning "every output checker at delivery time, except the user named after it".
 CHECKERS_MARKER = "@output-checkers-except:"
 
@@ -338,8 +340,8 @@ def _file_id(value: object) -> int:
         number = int(value)  # type: ignore[call-overload]
     except (TypeError, ValueError):
         raise NotFound(f"There is no file {value!r} in this request.") from None
-    if isinstance(value, bool) or number < 1:
-        raise NotFound(f"There is no file {value!r} in this request.")
+    if isinstance(value, bool) or not 1 <= number <= MAX_ID:
+        raise NotFound(f"There is no file {str(value)[:40]!r} in this request.")
     return number
 
 

@@ -12,8 +12,40 @@ from typing import Any
 from egress.web import REQUEST_ACTIONS
 
 _ERROR = {"$ref": "#/components/responses/Refused"}
-_REQ = {"name": "request_id", "in": "path", "required": True, "schema": {"type": "string"}}
-_FILE = {"name": "file_id", "in": "path", "required": True, "schema": {"type": "integer"}}
+_REQ = {
+    "name": "request_id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
+}
+_ID = {"type": "integer", "minimum": 1, "maximum": 999_999_999_999}
+_FILE = {"name": "file_id", "in": "path", "required": True, "schema": _ID}
+_PROJECT = {
+    "name": "project",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[a-z0-9-]{1,40}$"},
+}
+_GROUP = {
+    "name": "group",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+}
+
+
+#: The fields a request's summary and its full view share.
+_COMMON: dict[str, Any] = {
+    "id": {"type": "string"},
+    "project": {"type": "string"},
+    "author": {"type": "string"},
+    "title": {"type": "string"},
+    "state": {"type": "string"},
+    "turn": {"type": "string"},
+    "round": {"type": "integer"},
+    "reviews_required": {"type": "integer"},
+    "reviews_in": {"type": "integer"},
+}
 
 
 def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
@@ -86,7 +118,11 @@ def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
                     {"name": "project", "in": "query", "schema": {"type": "string"}},
                     {"name": "state", "in": "query", "schema": {"type": "string"}},
                     {"name": "mine_to_review", "in": "query", "schema": {"type": "boolean"}},
-                    {"name": "older_than_days", "in": "query", "schema": {"type": "number"}},
+                    {
+                        "name": "older_than_days",
+                        "in": "query",
+                        "schema": {"type": "number", "minimum": 0, "maximum": 36500},
+                    },
                 ],
             ),
             "post": _op(
@@ -117,7 +153,9 @@ def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
             )
         },
         "/api/requests/{request_id}/files/{file_id}": {
-            "delete": _op("Remove a file from a draft", _json(detail), params=[_REQ, _FILE])
+            "delete": {
+                **_op("Remove a file from a draft", _json(detail), params=[_REQ, _FILE]),
+            }
         },
         "/api/requests/{request_id}/files/{file_id}/vote": {
             "put": _op(
@@ -135,10 +173,7 @@ def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
             "put": _op(
                 "Set a file group's context and disclosure controls",
                 _json(detail),
-                params=[
-                    _REQ,
-                    {"name": "group", "in": "path", "required": True, "schema": {"type": "string"}},
-                ],
+                params=[_REQ, _GROUP],
                 body={
                     "type": "object",
                     "properties": {"context": {"type": "string"}, "controls": {"type": "string"}},
@@ -156,7 +191,7 @@ def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
                     "properties": {
                         "body": {"type": "string"},
                         "visibility": {"enum": ["public", "private"]},
-                        "file_id": {"type": ["integer", "null"]},
+                        "file_id": {"oneOf": [_ID, {"type": "null"}]},
                     },
                 },
                 status="201",
@@ -182,6 +217,7 @@ def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
             )
         },
     }
+    paths["/api/requests/{request_id}/files/{file_id}"]["delete"]["responses"]["409"] = _ERROR
     for action in REQUEST_ACTIONS:
         paths[f"/api/requests/{{request_id}}/{action}"] = {
             "post": _op(f"{action.capitalize()} the request", _json(obj), params=[_REQ])
@@ -214,33 +250,18 @@ def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
             "schemas": {
                 "RequestSummary": {
                     "type": "object",
-                    "properties": {
-                        "id": {"type": "string"},
-                        "project": {"type": "string"},
-                        "author": {"type": "string"},
-                        "title": {"type": "string"},
-                        "state": {"type": "string"},
-                        "turn": {"type": "string"},
-                        "round": {"type": "integer"},
-                        "reviews_required": {"type": "integer"},
-                        "reviews_in": {"type": "integer"},
-                        "files": {"type": "integer"},
-                    },
+                    "properties": {**_COMMON, "files": {"type": "integer"}},
                 },
                 "Request": {
-                    "allOf": [
-                        {"$ref": "#/components/schemas/RequestSummary"},
-                        {
-                            "type": "object",
-                            "properties": {
-                                "allowed": {"type": "array", "items": {"type": "string"}},
-                                "groups": {"type": "array", "items": obj},
-                                "files": {"type": "array", "items": obj},
-                                "comments": {"type": "array", "items": obj},
-                                "release": {"type": ["object", "null"]},
-                            },
-                        },
-                    ]
+                    "type": "object",
+                    "properties": {
+                        **_COMMON,
+                        "files": {"type": "array", "items": obj},
+                        "allowed": {"type": "array", "items": {"type": "string"}},
+                        "groups": {"type": "array", "items": obj},
+                        "comments": {"type": "array", "items": obj},
+                        "release": {"type": ["object", "null"]},
+                    },
                 },
             },
         },

@@ -82,6 +82,18 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         self.set_header("Referrer-Policy", "no-referrer")
         self.set_header("Cache-Control", "no-store")
 
+    def get_current_user(self) -> Any:
+        # HubAuth's XSRF check can ask for the current user again, from its worker thread,
+        # while this very call waits on that thread (JupyterHub 6.1.1): answer that inner
+        # question with "nobody" instead of waiting forever.
+        if getattr(self, "_resolving_user", False):
+            return None
+        self._resolving_user = True
+        try:
+            return super().get_current_user()
+        finally:
+            self._resolving_user = False
+
     def actor(self) -> Actor:
         user = self.current_user
         if not user:
@@ -121,7 +133,9 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         self.finish(html)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
-        refusal = getattr(self, "_refusal", None) or {"message": self._reason}
+        refusal = getattr(self, "_refusal", None) or {
+            "message": GENERIC_REFUSALS.get(status_code, self._reason)
+        }
         if self.request.path.startswith(url_path_join(self.prefix, "api")):
             self.set_header("Content-Type", "application/json")
             self.finish(json.dumps({"status": status_code, **refusal}))
@@ -133,6 +147,19 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             .render(prefix=self.prefix, status=status_code, refusal=refusal, back=self.url())
         )
         self.finish(html)
+
+
+#: What a refusal says when no operation gave a sentence of its own.
+GENERIC_REFUSALS = {
+    400: "The request is malformed.",
+    403: "Not allowed: you are not signed in for this, or the form or its security token "
+    "(_xsrf) is missing or out of date. Reload the page and try again.",
+    404: "There is no such page or API endpoint.",
+    405: "This method is not allowed on this address.",
+    413: "The request body is too large.",
+}
+#: The largest request body the API reads (file contents never come through it).
+MAX_API_BODY = 1024 * 1024
 
 
 def _reason(status: int) -> str:
@@ -315,12 +342,23 @@ def _cell_verdicts(check: dict[str, Any]) -> tuple[dict[tuple[int, int], str], d
 
 
 class ApiHandler(BaseHandler):
+    def prepare(self) -> None:
+        size = int(self.request.headers.get("Content-Length") or len(self.request.body or b""))
+        if size > MAX_API_BODY:
+            self._refusal = {"message": f"The request body is larger than {MAX_API_BODY} bytes."}
+            raise web.HTTPError(413)
+
+    def get_login_url(self) -> str:
+        # an API client is not sent to a login page: it is refused, with the reason
+        self._refusal = {"message": "Not signed in: a hub session or token is required."}
+        raise web.HTTPError(403)
+
     def body(self) -> dict[str, Any]:
         if not self.request.body:
             return {}
         try:
             data = json.loads(self.request.body)
-        except ValueError:
+        except (ValueError, RecursionError):
             self._refusal = {"message": "The body must be a JSON object."}
             raise web.HTTPError(400) from None
         if not isinstance(data, dict):
@@ -358,6 +396,13 @@ class RequestsApi(ApiHandler):
     def get(self) -> None:
         arg = self.get_query_argument
         older = arg("older_than_days", "")
+        try:
+            days = float(older) if older else None
+            if days is not None and not 0 <= days <= 36500:
+                raise ValueError
+        except ValueError:
+            self._refusal = {"message": "older_than_days must be a number of days, 0 to 36500."}
+            raise web.HTTPError(400) from None
         self.send(
             self.call(
                 self.service.list_requests,
@@ -365,7 +410,7 @@ class RequestsApi(ApiHandler):
                 project=arg("project", None),
                 state=arg("state", None),
                 mine_to_review=arg("mine_to_review", "") in ("1", "true"),
-                older_than=timedelta(days=float(older)) if older else None,
+                older_than=timedelta(days=days) if days is not None else None,
             )
         )
 
@@ -486,6 +531,14 @@ class AuditVerifyApi(ApiHandler):
         )
 
 
+class ApiNotFound(ApiHandler):
+    """Any other address under api/: a JSON refusal, like the rest of the API."""
+
+    def prepare(self) -> None:
+        self._refusal = {"message": f"There is no API endpoint {self.request.path}."}
+        raise web.HTTPError(404)
+
+
 class OpenApiDocument(web.RequestHandler):
     """The API's OpenAPI document (public: it holds no data)."""
 
@@ -528,6 +581,7 @@ def make_app(service: EgressService, prefix: str, cookie_secret: bytes) -> web.A
             (route(f"api/requests/{r}/record"), RecordApi),
             (route(f"api/requests/{r}/(?P<action>[a-z]+)"), RequestActionApi),
             (route("api/audit/verify"), AuditVerifyApi),
+            (route("api/.*"), ApiNotFound),
             (route("projects/([a-z0-9-]{1,40})/new"), NewRequestPage),
             (route("requests"), RequestsForm),
             (route(f"requests/{r}"), RequestPage),

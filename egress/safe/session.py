@@ -381,11 +381,18 @@ class Session:
         path = self.folder.path / RESULTS_FILE
         if not path.exists():
             return
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
-        for uid, record in (document.get("results") or {}).items():
+        try:
+            with open(path, encoding="utf-8") as handle:
+                document = json.load(handle)
+            records = dict(document.get("results") or {})
+            loaded = {uid: Output.from_json(record) for uid, record in records.items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise ValueError(
+                f"can't read {path} ({exc}): choose another session name, or move that folder"
+            ) from None
+        for uid, output in loaded.items():
             validate_name(uid, "output name")
-            self._outputs[uid] = Output.from_json(record)
+            self._outputs[uid] = output
             if uid.startswith("output_") and uid[7:].isdigit():
                 self._next = max(self._next, int(uid[7:]) + 1)
 
@@ -507,6 +514,7 @@ class Session:
         """Write the output's files, record it, rewrite ``results.json``."""
         with self._lock:
             first = not self.folder.exists() or not (self.folder.path / CONFIG_FILE).exists()
+            numbered = self._next
             uid = self._next_uid()
             written: list[str] = []
             entries = []
@@ -537,6 +545,7 @@ class Session:
                 self._outputs[uid] = output
                 self._write_results()
             except BaseException:
+                self._next = numbered
                 self._outputs.pop(uid, None)
                 self._fragments.pop(uid, None)
                 for file_name in written:
@@ -607,7 +616,7 @@ class Session:
             ]
         if (values is None) != (aggfunc is None):
             raise ValueError("values and aggfunc go together: give both or neither")
-        data: dict[str, Any] = {}
+        statistic = None if values is None else _aggfunc_name(aggfunc)
         row_keys = [f"__row{i}" for i in range(len(rows))]
         col_keys = [f"__col{i}" for i in range(len(cols))]
         items = list(zip(row_keys, rows, strict=True)) + list(zip(col_keys, cols, strict=True))
@@ -622,7 +631,6 @@ class Session:
         if contributor is not None:
             items.append(("__contributor", _as_series_list(contributor, "contributor")[0]))
         data = _aligned(items)
-        statistic = None if values is None else _aggfunc_name(aggfunc)
         spec = _TableSpec(
             method="crosstab",
             frame=data,
@@ -1406,20 +1414,19 @@ def _outcome(
         return {}
     grid = check.mask
     n_rows, n_cols = grid.shape
-    texts = {int(v): _rule_text(int(v)) for v in np.unique(grid)}
+    codes, inverse = np.unique(grid, return_inverse=True)
+    texts = np.array([_rule_text(int(v)) for v in codes], dtype=object)[inverse.reshape(grid.shape)]
+    if secondary is not None:
+        protected = np.zeros(grid.shape, dtype=bool)
+        rows, cols = min(n_rows, secondary.shape[0]), min(n_cols, secondary.shape[1])
+        protected[:rows, :cols] = secondary[:rows, :cols]
+        texts[protected] = "suppressed to protect other cells"
     row_labels = [_label(x) for x in table.index[:n_rows]]
     col_labels = [_label(x) for x in table.columns[:n_cols]]
-    out: dict[str, dict[str, str]] = {}
-    for j, col in enumerate(col_labels):
-        column: dict[str, str] = {}
-        for i, row in enumerate(row_labels):
-            text = texts[int(grid[i, j])]
-            if secondary is not None and i < secondary.shape[0] and j < secondary.shape[1]:
-                if secondary[i, j]:
-                    text = "suppressed to protect other cells"
-            column[row] = text
-        out[col] = column
-    return out
+    return {
+        col: dict(zip(row_labels, texts[:, j].tolist(), strict=True))
+        for j, col in enumerate(col_labels)
+    }
 
 
 def _reasons(check: OutputCheck, limit: int) -> tuple[list[str], int]:

@@ -90,51 +90,15 @@ class KnownIssueSeen(AssertionError):
     """Only known (reported, not yet fixed) issues were seen for this operation."""
 
 
-HTML_404 = KnownIssue(
-    "html-404",
-    "bug (egress/web.py): a path the API routes don't match (request_id 'a.b', file_id '-1', "
-    "a project with capitals...) gets tornado's HTML 404 page, not a JSON refusal; and "
-    "openapi.py doesn't give path parameters the routes' patterns, so even valid-by-document "
-    "ids reach it",
-    lambda o: o.status == 404 and o.content_type.startswith("text/html"),
-)
-DETAIL_SCHEMA = KnownIssue(
-    "detail-schema",
-    "openapi.py: Request is allOf[RequestSummary, ...] but RequestSummary.files is an integer "
-    "and Request.files an array, so no request detail can validate",
-    lambda o: o.kind == "JsonSchemaError" and "RequestSummary/properties/files" in str(o.failure),
-)
-OLDER_THAN_500 = KnownIssue(
-    "older-than-500",
-    "bug (egress/web.py RequestsApi.get): timedelta(days=float(older_than_days)) is unguarded: "
-    "'null', 'abc', 'nan' or 1e300 give a 500",
-    lambda o: o.status == 500 and "older_than_days=" in o.url,
-)
-
-UNDOCUMENTED_409 = KnownIssue(
-    "delete-409",
-    "openapi.py: DELETE /api/requests/{request_id}/files/{file_id} answers 409 (the request is "
-    "no longer a draft or returned) but only 200, 400, 403 and 404 are documented",
-    lambda o: o.status == 409 and o.kind == "UndefinedStatusCode",
-)
-
-
 def _operations() -> list[tuple[str, str, tuple[KnownIssue, ...]]]:
     """(method, path, known issues) of every operation of the document the code serves."""
     found = []
     for path, item in openapi_document()["paths"].items():
-        for method, op in item.items():
+        for method, _op in item.items():
+            # issues found and fixed when this was written: HTML 404s for unmatched API
+            # paths, a detail schema that couldn't validate, a 500 on older_than_days, an
+            # undocumented 409. Record a newly found, unfixed one as a KnownIssue here.
             known: list[KnownIssue] = []
-            if any(p["in"] == "path" for p in op.get("parameters", [])):
-                known.append(HTML_404)
-            ok = next(iter(op["responses"].values()))
-            schema = ok.get("content", {}).get("application/json", {}).get("schema", {})
-            if schema.get("$ref") == "#/components/schemas/Request":
-                known.append(DETAIL_SCHEMA)
-            if (method, path) == ("get", "/api/requests"):
-                known.append(OLDER_THAN_500)
-            if method == "delete" and "409" not in op["responses"]:
-                known.append(UNDOCUMENTED_409)
             found.append((method.upper(), path, tuple(known)))
     return found
 
@@ -265,6 +229,12 @@ def test_operation_conforms_to_the_document(
                 case.path_parameters[name] = real[name]
             if label == "POST /api/requests/{request_id}/files" and data.draw(st.booleans()):
                 case.body = {"path": FUZZ_FILE}
+        if (
+            label == "POST /api/requests"
+            and isinstance(case.body, dict)
+            and data.draw(st.booleans())
+        ):
+            case.body = {**case.body, "project": "cardio"}  # a project that exists
         response = case.call(
             base_url=user.base.rstrip("/"),
             session=user.user.session,
