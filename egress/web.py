@@ -349,9 +349,13 @@ class ApiHandler(BaseHandler):
             raise web.HTTPError(413)
 
     def get_login_url(self) -> str:
-        # an API client is not sent to a login page: it is refused, with the reason
-        self._refusal = {"message": "Not signed in: a hub session or token is required."}
-        raise web.HTTPError(403)
+        # A client that sent a token is refused, with the reason (a token that doesn't work
+        # won't work better after a login page); a browser without a session yet is sent
+        # through the hub's login, as for the pages.
+        if self.request.headers.get("Authorization"):
+            self._refusal = {"message": "Not signed in: the token is invalid or expired."}
+            raise web.HTTPError(403)
+        return super().get_login_url()
 
     def body(self) -> dict[str, Any]:
         if not self.request.body:
