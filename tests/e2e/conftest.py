@@ -37,9 +37,13 @@ STEP_TIMEOUT_MS = 30_000
 SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
-    """One headless Chromium for the session (users get contexts of their own)."""
+    """One headless Chromium per test module (users get contexts of their own).
+
+    Not for the whole session: Playwright's sync API keeps an event loop running in the main
+    thread while it is open, and later tests that call ``asyncio.run`` would fail.
+    """
     sync_api = pytest.importorskip(
         "playwright.sync_api", reason="needs Playwright: pip install -e '.[dev]'"
     )
