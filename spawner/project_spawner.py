@@ -416,10 +416,10 @@ class ProjectSpawner(DockerSpawner):
     async def wait_listening(self, ip: str, port: int) -> None:
         """Return as soon as the server accepts connections (checked every 25 ms).
 
-        The hub then checks the server over HTTP with a back-off that starts at 0.1 s and
-        doubles, so a server that comes up between two of its checks waits up to the next
-        one (a third of a second, typically). Waiting here, finely, saves that time; the
-        hub's own check still decides when the server is ready.
+        The hub then checks the server over HTTP with a randomised back-off (a first wait of
+        up to 0.2 s, doubling), so a server that comes up between two of its checks waits for
+        the next one (a third of a second, typically, measured in benchmarks/). Waiting here,
+        finely, saves that time; the hub's own check still decides when the server is ready.
         """
         deadline = time.monotonic() + self.http_timeout
         while time.monotonic() < deadline:
