@@ -1368,7 +1368,8 @@ def read_checkpoints(path: str | os.PathLike[str]) -> list[Checkpoint]:
 # --------------------------------------------------------------------------------------------
 # Command line
 
-_CSV_COLUMNS = (
+#: The columns of an exported audit log (CSV).
+CSV_COLUMNS = (
     "seq",
     "time",
     "actor",
@@ -1383,7 +1384,8 @@ _CSV_COLUMNS = (
 )
 
 
-def _csv_cell(value: Any) -> str:
+def csv_cell(value: Any) -> str:
+    """One value of an event as a CSV cell that spreadsheets won't run as a formula."""
     if value is None:
         return ""
     if isinstance(value, Mapping):
@@ -1428,13 +1430,13 @@ def _export(args: argparse.Namespace, cps: list[Checkpoint]) -> VerifyReport:
     writer = csv.writer(out) if args.format == "csv" else None
     try:
         if writer is not None:
-            writer.writerow(_CSV_COLUMNS)
+            writer.writerow(CSV_COLUMNS)
         # Export everything readable, verifying as we go; the verdict comes at the end.
         failed = False
         try:
             for ev in read_jsonl(args.file):
                 if writer is not None:
-                    writer.writerow([_csv_cell(getattr(ev, c)) for c in _CSV_COLUMNS])
+                    writer.writerow([csv_cell(getattr(ev, c)) for c in CSV_COLUMNS])
                 else:
                     out.write(canonical_json(ev.to_dict()).decode("utf-8") + "\n")
                 if not failed:

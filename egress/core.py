@@ -77,12 +77,14 @@ from sqlalchemy.orm import Session
 
 from egress import policy
 from egress.audit import (
+    CSV_COLUMNS,
     AuditEvent,
     Checkpoint,
     EventType,
     VerifyReport,
     append_checkpoint,
     canonical_json,
+    csv_cell,
     format_time,
 )
 from egress.content_store import ContentStore
@@ -1736,20 +1738,6 @@ def _message(row: Notification) -> OutboxMessage:
 # --------------------------------------------------------------------------------------------
 # Verification: the chain, then the tables replayed from the events
 
-_CSV_COLUMNS = (
-    "seq",
-    "time",
-    "actor",
-    "event",
-    "project",
-    "request_id",
-    "object",
-    "file_hashes",
-    "details",
-    "prev_hash",
-    "hash",
-)
-
 
 def _failed(report: VerifyReport | None, problem: str, log_id: str) -> VerifyReport:
     return VerifyReport(
@@ -2033,15 +2021,6 @@ def verify_database(
         return report
 
 
-def _csv_cell(value: Any) -> str:
-    if value is None:
-        return ""
-    text = canonical_json(value).decode("utf-8") if isinstance(value, dict) else str(value)
-    if text[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        text = "'" + text  # stop spreadsheets reading user text as formulas
-    return text
-
-
 def export_database_audit(engine: Engine, fmt: str, dest: IO[str]) -> VerifyReport:
     """Write every stored event to ``dest`` (``csv`` or ``jsonl``) and verify the chain.
 
@@ -2051,7 +2030,7 @@ def export_database_audit(engine: Engine, fmt: str, dest: IO[str]) -> VerifyRepo
         raise InvalidInput(f"unknown export format {fmt!r}; use csv or jsonl")
     writer = csv.writer(dest) if fmt == "csv" else None
     if writer is not None:
-        writer.writerow(_CSV_COLUMNS)
+        writer.writerow(CSV_COLUMNS)
 
     def write(line: str) -> None:
         if writer is None:
@@ -2059,9 +2038,9 @@ def export_database_audit(engine: Engine, fmt: str, dest: IO[str]) -> VerifyRepo
             return
         try:
             event = json.loads(line)
-            writer.writerow([_csv_cell(event.get(c)) for c in _CSV_COLUMNS])
+            writer.writerow([csv_cell(event.get(c)) for c in CSV_COLUMNS])
         except (ValueError, AttributeError):
-            writer.writerow([_csv_cell(line)])
+            writer.writerow([csv_cell(line)])
 
     with read_session(engine) as session:
         written = 0
