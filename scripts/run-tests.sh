@@ -23,7 +23,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
   echo "==> Installing ${missing[*]} from Debian"
   apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
-bash images/build.sh
+PYTHON=.venv/bin/python bash images/build.sh  # the venv has pip (Debian's python3 may not)
 
 echo "==> Lint"
 .venv/bin/ruff check .

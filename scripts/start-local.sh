@@ -13,7 +13,7 @@ source scripts/lib/python-env.sh
 
 havre_ensure_docker
 havre_ensure_venv cli
-bash images/build.sh
+PYTHON=.venv/bin/python bash images/build.sh  # the venv has pip (Debian's python3 may not)
 state="${HAVRE_STATE_DIR:-/var/lib/havre}"
 .venv/bin/havre demo-init --state-dir "$state"
 exec .venv/bin/havre up --config "$state/enclave.yaml" \
