@@ -49,7 +49,7 @@ from egress.sdc import (
     suppress as sdc_suppress,
 )
 from egress.sdc.rules import ALL_RULES
-from egress.sdc.tables import STATISTICS
+from egress.sdc.tables import STATISTICS, cell_labels
 
 from .display import SafeTable
 from .outputs import (
@@ -225,23 +225,6 @@ def _aggfunc_name(aggfunc: Any) -> str:
     if name not in STATISTICS:
         raise ValueError(f"aggfunc must be one of {', '.join(STATISTICS)} (got {name!r})")
     return name
-
-
-def _cell_labels(index: pd.Index, columns: pd.Index) -> pd.MultiIndex:
-    """Labels of the cells of a table in row-major order (row levels, then column levels)."""
-    nr, nc = len(index), len(columns)
-    rows_pos, cols_pos = np.repeat(np.arange(nr), nc), np.tile(np.arange(nc), nr)
-    arrays: list[Any] = []
-    names: list[Any] = []
-    for labels, pos in ((index, rows_pos), (columns, cols_pos)):
-        if isinstance(labels, pd.MultiIndex):
-            for i in range(labels.nlevels):
-                arrays.append(labels.get_level_values(i).take(pos))
-                names.append(labels.names[i])
-        else:
-            arrays.append(labels.take(pos))
-            names.append(labels.name)
-    return pd.MultiIndex.from_arrays(arrays, names=names)
 
 
 def _margin_label(labels: pd.Index, name: str) -> Any:
@@ -823,7 +806,7 @@ class Session:
                 sub = cache[(i, row)].cells
                 masks.append(sub.mask)
                 stats.append(sub.stats.reset_index(drop=True))
-        labels = _cell_labels(table.index.rename("statistic"), table.columns.rename("variable"))
+        labels = cell_labels(table.index.rename("statistic"), table.columns.rename("variable"))
         all_stats = pd.concat(stats, ignore_index=True)
         all_stats.index = labels
         cells = CellReasons(labels, np.concatenate(masks), all_stats, self.params, None)
@@ -1357,7 +1340,7 @@ def _with_margins(spec: _TableSpec, inner: OutputCheck, params: SDCParams) -> Ou
     masks = np.concatenate([p.cells.mask for p in pieces])
     stats = pd.concat([p.cells.stats.reset_index(drop=True) for p in pieces], ignore_index=True)
     order = pos.ravel()
-    labels = _cell_labels(out.index, out.columns)
+    labels = cell_labels(out.index, out.columns)
     stats = stats.iloc[order]
     stats.index = labels
     cells = CellReasons(labels, masks[order], stats, params, inner.statistic)

@@ -313,6 +313,23 @@ def _axis(df: pd.DataFrame, keys: list[str], observed: bool) -> tuple[np.ndarray
     return out, pd.MultiIndex.from_arrays(arrays[::-1], names=keys)
 
 
+def cell_labels(rows: pd.Index, cols: pd.Index) -> pd.MultiIndex:
+    """Labels of a table's cells in row-major order (row levels, then column levels)."""
+    nr, nc = len(rows), len(cols)
+    positions = (np.repeat(np.arange(nr), nc), np.tile(np.arange(nc), nr))
+    arrays: list[Any] = []
+    names: list[Any] = []
+    for labels, pos in zip((rows, cols), positions, strict=True):
+        if isinstance(labels, pd.MultiIndex):
+            for i in range(labels.nlevels):
+                arrays.append(labels.get_level_values(i).take(pos))
+                names.append(labels.names[i])
+        else:
+            arrays.append(labels.take(pos))
+            names.append(labels.name)
+    return pd.MultiIndex.from_arrays(arrays, names=names)
+
+
 @dataclass
 class _Cells:
     """Records mapped to the cells of a table."""
@@ -333,19 +350,7 @@ class _Cells:
 
     def index(self) -> pd.MultiIndex:
         """Labels of the cells in row-major order (row key levels, then column key levels)."""
-        nr, nc = len(self.rows), len(self.cols)
-        positions = (np.repeat(np.arange(nr), nc), np.tile(np.arange(nc), nr))
-        arrays: list[Any] = []
-        names: list[Any] = []
-        for labels, pos in zip((self.rows, self.cols), positions, strict=True):
-            if isinstance(labels, pd.MultiIndex):
-                for i in range(labels.nlevels):
-                    arrays.append(labels.get_level_values(i).take(pos))
-                    names.append(labels.names[i])
-            else:
-                arrays.append(labels.take(pos))
-                names.append(labels.name)
-        return pd.MultiIndex.from_arrays(arrays, names=names)
+        return cell_labels(self.rows, self.cols)
 
     def frame(self, flat: np.ndarray) -> pd.DataFrame:
         return pd.DataFrame(
