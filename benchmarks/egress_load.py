@@ -86,6 +86,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
@@ -203,11 +204,11 @@ def serve(args: argparse.Namespace) -> None:
     from sqlalchemy import event
     from tornado.httpserver import HTTPServer
     from tornado.ioloop import IOLoop
-    from tornado.netutil import bind_sockets
 
     from egress import web
     from egress.content_store import ContentStore
     from egress.core import EgressService
+    from egress.service import listen, serve_workers
     from egress.store.db import make_engine
     from spawner.enclave import parse_enclave_yaml
 
@@ -221,13 +222,39 @@ def serve(args: argparse.Namespace) -> None:
     web.BaseHandler.get_current_user = bench_user  # type: ignore[method-assign]
     web.BaseHandler.check_xsrf_cookie = lambda self: None  # type: ignore[method-assign]
 
-    # Every handler method is timed (its own execution: the service time, without the time the
-    # request waited for the IOLoop) and, with --profile-dir, profiled per endpoint.
-    # label -> [(start, wall ms, thread CPU ms, SQL statements)]
+    # Every handler is timed from its start to its end (on the IOLoop, with the time its core
+    # operations take in the thread pool, waits for a pool thread included), the CPU of those
+    # operations and of the handler's own code measured, and their SQL statements counted; with
+    # --profile-dir the core operations are profiled per endpoint (then with one pool thread:
+    # cProfile follows one thread at a time).
+    # label -> [(start, wall ms, CPU ms, SQL statements)]
     times: dict[str, list[tuple[float, float, float, int]]] = defaultdict(list)
     profiles: dict[str, cProfile.Profile] | None = (
         defaultdict(cProfile.Profile) if args.profile_dir else None
     )
+    original_run = web.BaseHandler.run
+
+    async def measured_run(self: Any, operation: Callable[..., Any], *a: Any, **kw: Any) -> Any:
+        label = _server_label(self)
+
+        def job() -> Any:
+            profile = profiles[label] if profiles is not None else None
+            statements, cpu = _statements(), time.thread_time()
+            if profile is not None:
+                profile.enable()
+            try:
+                return operation(*a, **kw)
+            finally:
+                if profile is not None:
+                    profile.disable()
+                used = getattr(self, "_bench_used", [0.0, 0])
+                used[0] += (time.thread_time() - cpu) * 1000
+                used[1] += _statements() - statements
+                self._bench_used = used
+
+        return await original_run(self, job)
+
+    web.BaseHandler.run = measured_run  # type: ignore[method-assign]
     handlers = {
         web.RequestsApi: ("get", "post"),
         web.RequestApi: ("get",),
@@ -240,68 +267,75 @@ def serve(args: argparse.Namespace) -> None:
     }
     for cls, methods in handlers.items():
         for method in methods:
-            setattr(cls, method, _timed(getattr(cls, method), times, profiles))
+            setattr(cls, method, _timed(getattr(cls, method), times))
 
     enclave = parse_enclave_yaml(Path(args.enclave).read_text(), source=args.enclave)
     outputs = Path(args.outputs)
-    engine = make_engine(args.db_url)
-    event.listen(engine, "before_cursor_execute", _count_statement)
-    service = EgressService(
-        engine,
-        ContentStore(args.content),
-        enclave,
-        outputs_root=lambda project: outputs / project,
-        signing_key_path=args.key,
-        checkpoint_path=args.checkpoints,
-    )
-    app = web.make_app(service, PREFIX, cookie_secret=os.urandom(32))
-    app.settings["log_function"] = lambda handler: None  # no access log
-    sockets = bind_sockets(0, "127.0.0.1")
-    HTTPServer(app).add_sockets(sockets)
-    loop = IOLoop.current()
-    signal.signal(signal.SIGTERM, lambda *_: loop.add_callback_from_signal(loop.stop))
-    print(f"READY {sockets[0].getsockname()[1]}", flush=True)
-    loop.start()
-    stats = {"times_ms": times}
-    Path(args.stats).write_text(json.dumps(stats))
-    if profiles is not None:
-        for label, profile in profiles.items():
-            profile.dump_stats(str(Path(args.profile_dir) / f"{label}.pstats"))
-    engine.dispose()
+    cookie_secret = os.urandom(32)
+    # a free port, held (bound, not listening) while the workers listen on it with SO_REUSEPORT
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+
+    def run_worker(index: int) -> None:
+        # as the service's main(): each worker process its own engine, service and IOLoop
+        engine = make_engine(args.db_url)
+        event.listen(engine, "before_cursor_execute", _count_statement)
+        service = EgressService(
+            engine,
+            ContentStore(args.content),
+            enclave,
+            outputs_root=lambda project: outputs / project,
+            signing_key_path=args.key,
+            checkpoint_path=args.checkpoints,
+        )
+        app = web.make_app(
+            service, PREFIX, cookie_secret=cookie_secret, threads=1 if profiles else args.threads
+        )
+        app.settings["log_function"] = lambda handler: None  # no access log
+        HTTPServer(app).add_sockets(listen(port, "127.0.0.1", shared=True))
+        loop = IOLoop.current()
+        signal.signal(signal.SIGTERM, lambda *_: loop.add_callback_from_signal(loop.stop))
+        loop.start()
+        Path(f"{args.stats}.{index}").write_text(json.dumps({"times_ms": times}))
+        if profiles is not None:
+            for label, profile in profiles.items():
+                profile.dump_stats(str(Path(args.profile_dir) / f"{label}.{index}.pstats"))
+        engine.dispose()
+
+    print(f"READY {port}", flush=True)  # the client waits for the port to answer
+    serve_workers(run_worker, args.processes)
 
 
-_STATEMENTS = [0]  # SQL statements executed so far by the server
+_STATEMENT_COUNT = threading.local()  # SQL statements executed so far, per thread
 
 
 def _count_statement(*_args: Any) -> None:
-    _STATEMENTS[0] += 1
+    _STATEMENT_COUNT.n = getattr(_STATEMENT_COUNT, "n", 0) + 1
+
+
+def _statements() -> int:
+    return getattr(_STATEMENT_COUNT, "n", 0)
 
 
 def _timed(
-    method: Callable[..., Any],
-    times: dict[str, list[tuple[float, float, float, int]]],
-    profiles: dict[str, cProfile.Profile] | None,
+    method: Callable[..., Any], times: dict[str, list[tuple[float, float, float, int]]]
 ) -> Any:
-    """``method`` timed (wall and CPU), its SQL statements counted, and profiled if asked, per
-    endpoint. Handlers are synchronous: from its start to its return is the request's whole
-    service time (``finish`` included)."""
+    """The handler ``method`` timed per endpoint: its wall time from start to end (waits for
+    the pool included), and the CPU and SQL statements of the core operations it ran in the
+    pool (``_bench_used``, filled in by ``measured_run``)."""
 
     @functools.wraps(method)
-    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         label = _server_label(self)
-        profile = profiles[label] if profiles is not None else None
-        statements = _STATEMENTS[0]
-        started, cpu = time.perf_counter(), time.thread_time()
-        if profile is not None:
-            profile.enable()
+        started = time.perf_counter()
         try:
-            return method(self, *args, **kwargs)
+            return await method(self, *args, **kwargs)
         finally:
-            if profile is not None:
-                profile.disable()
             wall = (time.perf_counter() - started) * 1000
-            cpu_ms = (time.thread_time() - cpu) * 1000
-            times[label].append((started, wall, cpu_ms, _STATEMENTS[0] - statements))
+            pool_cpu, sql = getattr(self, "_bench_used", [0.0, 0])
+            times[label].append((started, wall, pool_cpu, sql))
 
     return wrapper
 
@@ -434,7 +468,11 @@ class Probe:
 
     def sample(self) -> dict[str, float]:
         out = {"t": time.perf_counter()}
-        out["server_cpu"], out["server_wait"] = _schedstat(self.server_pid)
+        out["server_cpu"] = out["server_wait"] = 0.0
+        for pid in [self.server_pid, *_children(self.server_pid)]:
+            cpu, wait = _schedstat(pid)
+            out["server_cpu"] += cpu
+            out["server_wait"] += wait
         out["clients_cpu"], out["clients_wait"] = _schedstat(os.getpid())
         out["postgres_cpu"] = out["postgres_wait"] = 0.0
         if self.postmaster_pid:
@@ -797,7 +835,7 @@ def summarise(values: list[float], elapsed: float, conflicts: int = 0, errors: i
 
 
 def start_server(
-    env: Env, db_url: str, workdir: Path, profile_dir: Path | None
+    env: Env, db_url: str, workdir: Path, profile_dir: Path | None, processes: int, threads: int
 ) -> tuple[subprocess.Popen[str], int]:
     cmd = [
         sys.executable,
@@ -817,6 +855,10 @@ def start_server(
         str(workdir / "checkpoints.jsonl"),
         "--stats",
         str(workdir / "server-stats.json"),
+        "--processes",
+        str(processes),
+        "--threads",
+        str(threads),
     ]
     if profile_dir is not None:
         cmd += ["--profile-dir", str(profile_dir)]
@@ -829,7 +871,17 @@ def start_server(
         proc.wait()
         log = (workdir / "server-stderr.log").read_text()[-3000:]
         raise RuntimeError(f"the server did not start:\n{log}")
-    return proc, int(line.split()[1])
+    port = int(line.split()[1])
+    deadline = time.monotonic() + 30
+    while True:  # the workers bind the port themselves: wait until one listens
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, port
+        except OSError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("the server's workers did not listen") from None
+            time.sleep(0.05)
 
 
 def stop_server(proc: subprocess.Popen[str]) -> None:
@@ -850,6 +902,7 @@ def one_run(
     cluster: PostgresCluster | None,
     profile_dir: Path | None = None,
     duration: float | None = None,
+    workers: str = "1x4",
 ) -> RunResult:
     workdir = env.tmp / f"{backend}-run{run}"
     workdir.mkdir()
@@ -867,7 +920,8 @@ def one_run(
         def drop() -> None:
             cluster.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    proc, port = start_server(env, db_url, workdir, profile_dir)
+    processes, threads = (int(n) for n in workers.split("x"))
+    proc, port = start_server(env, db_url, workdir, profile_dir, processes, threads)
     try:
         probe = Probe(proc.pid, cluster.postmaster_pid() if cluster else None)
         rng = random.Random(f"{args.seed}-{run}")
@@ -879,8 +933,10 @@ def one_run(
         drop()
     loadavg = os.getloadavg()
     elapsed = after["t"] - before["t"]
-    stats_path = workdir / "server-stats.json"
-    server = json.loads(stats_path.read_text()) if stats_path.exists() else {"times_ms": {}}
+    server: dict[str, dict[str, list]] = {"times_ms": defaultdict(list)}
+    for stats_path in workdir.glob("server-stats.json.*"):  # one per worker process
+        for label, rows in json.loads(stats_path.read_text())["times_ms"].items():
+            server["times_ms"][label] += rows
     endpoints = {
         label: summarise(
             rec.latencies.get(label, []), elapsed, rec.conflicts[label], rec.errors[label]
@@ -914,10 +970,10 @@ def one_run(
         if rows
     }
     usage = {key: (after[key] - before[key]) / elapsed for key in after if key != "t"}
-    # the share of the window the server's one thread spent inside handlers
+    # handlers in progress on average (Little's law over the window, all workers together)
     usage["handlers"] = server_ms.get("all requests", {}).get("sum_s", 0.0) / elapsed
     result = RunResult(
-        backend=backend,
+        backend=config_key(backend, workers),
         run=run,
         elapsed_s=elapsed,
         endpoints=endpoints,
@@ -955,7 +1011,7 @@ def median_of(results: list[RunResult], part: str, label: str, key: str) -> floa
 def backend_tables(backend: str, results: list[RunResult]) -> list[str]:
     runs = len(results)
     out = [
-        f"#### {BACKEND_NAMES[backend]} (median of {runs} run{'s' * (runs != 1)})",
+        f"#### {config_name(backend)} (median of {runs} run{'s' * (runs != 1)})",
         "",
         "| endpoint | count | req/s | median ms | p95 ms | p99 ms | max ms | 409 | errors "
         "| server ms | server CPU ms | SQL/request |",
@@ -994,10 +1050,12 @@ def backend_tables(backend: str, results: list[RunResult]) -> list[str]:
     cpu = {k: statistics.median(r.cpu[k] for r in results) for k in results[0].cpu}
     out += [
         "",
-        "Server ms: the mean wall time of the handler's own execution (service time, without "
-        "waiting for the IOLoop); server CPU ms: the CPU its thread used meanwhile; SQL/request: "
-        "statements executed per request (means). In the window (medians), the server's one "
-        f"thread was inside handlers {100 * cpu['handlers']:.0f} % of the time; cores used / "
+        "Server ms: the mean wall time of the handler, from its start on the IOLoop to its end "
+        "(its core operations in the thread pool included, and their waits for a pool thread, "
+        "the GIL and the database; not the wait for the IOLoop before it starts); server CPU "
+        "ms: the CPU its core operations used in the pool; SQL/request: statements executed "
+        "per request (means). In the window (medians), handlers in progress in the server, on "
+        f"average: {cpu['handlers']:.1f}; cores used / "
         "cores waited for in the run queue: server process "
         f"{cpu['server_cpu']:.2f} / {cpu['server_wait']:.2f}, "
         f"PostgreSQL {cpu['postgres_cpu']:.2f} / {cpu['postgres_wait']:.2f}, load generator "
@@ -1017,12 +1075,32 @@ def backend_tables(backend: str, results: list[RunResult]) -> list[str]:
 BACKEND_NAMES = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}
 
 
+def config_key(backend: str, workers: str) -> str:
+    """A configuration measured: the database, and worker processes x pool threads."""
+    return f"{backend}/{workers}"
+
+
+def workers_name(workers: str) -> str:
+    processes, threads = workers.split("x")
+    return (
+        f"{processes} worker process{'es' if processes != '1' else ''} x "
+        f"{threads} thread{'s' if threads != '1' else ''}"
+    )
+
+
+def config_name(key: str) -> str:
+    backend, workers = key.split("/")
+    return f"{BACKEND_NAMES[backend]}, {workers_name(workers)}"
+
+
 def comparison_table(by_backend: dict[str, list[RunResult]]) -> list[str]:
-    if not {"sqlite", "postgresql"} <= set(by_backend):
+    last = list(by_backend)[-1].split("/")[1]  # the service's default configuration
+    sk, pk = config_key("sqlite", last), config_key("postgresql", last)
+    if not {sk, pk} <= set(by_backend):
         return []
-    s, p = by_backend["sqlite"], by_backend["postgresql"]
+    s, p = by_backend[sk], by_backend[pk]
     out = [
-        "#### PostgreSQL / SQLite",
+        f"#### PostgreSQL / SQLite ({workers_name(last)})",
         "",
         "| endpoint | SQLite p95 ms | PostgreSQL p95 ms | p95 ratio | SQLite req/s "
         "| PostgreSQL req/s | req/s ratio |",
@@ -1040,6 +1118,37 @@ def comparison_table(by_backend: dict[str, list[RunResult]]) -> list[str]:
     return out
 
 
+def workers_table(by_backend: dict[str, list[RunResult]]) -> list[str]:
+    """Each backend in each worker configuration against its first one (the baseline, run in
+    the same session, interleaved)."""
+    out: list[str] = []
+    for backend in BACKEND_NAMES:
+        keys = [k for k in by_backend if k.startswith(f"{backend}/")]
+        if len(keys) < 2:
+            continue
+        base = by_backend[keys[0]]
+        baseline = workers_name(keys[0].split("/")[1])
+        if not out:
+            out = [
+                f"#### Worker configurations against the first ({baseline}), same session",
+                "",
+                "| database | workers | p95 ms | p95 / baseline | median ms | req/s "
+                "| req/s / baseline |",
+                "|---|---|---:|---:|---:|---:|---:|",
+            ]
+        b95, brps = (median_of(base, "endpoints", "all requests", k) for k in ("p95", "rps"))
+        for key in keys:
+            rs = by_backend[key]
+            p95, med, rps = (
+                median_of(rs, "endpoints", "all requests", k) for k in ("p95", "median", "rps")
+            )
+            out.append(
+                f"| {BACKEND_NAMES[backend]} | {workers_name(key.split('/')[1])} | {fmt(p95)} "
+                f"| {fmt(p95 / b95, 2)} | {fmt(med)} | {fmt(rps)} | {fmt(rps / brps, 2)} |"
+            )
+    return out
+
+
 def verdict(by_backend: dict[str, list[RunResult]]) -> list[str]:
     lines = []
     for backend, results in by_backend.items():
@@ -1052,7 +1161,7 @@ def verdict(by_backend: dict[str, list[RunResult]]) -> list[str]:
         met = "met" if p95 < TARGET_P95_MS else "NOT met"
         every = "every endpoint under it" if worst_p95 < TARGET_P95_MS else "not every endpoint"
         lines.append(
-            f"- {BACKEND_NAMES[backend]}: p95 of all requests {fmt(p95)} ms: target "
+            f"- {config_name(backend)}: p95 of all requests {fmt(p95)} ms: target "
             f"p95 < {TARGET_P95_MS:.0f} ms **{met}** ({every}; slowest endpoint by p95: "
             f"{worst}, {fmt(worst_p95)} ms)."
         )
@@ -1064,13 +1173,13 @@ def profile_report(profile_dir: Path, backend: str, top: int) -> list[str]:
     files = sorted(profile_dir.glob("*.pstats"))
     if not files:
         return []
-    totals = {}
+    totals: dict[str, float] = defaultdict(float)  # files are <label>.<worker>.pstats
     for path in files:
         st = pstats.Stats(str(path))
-        totals[path.stem] = st.total_tt  # type: ignore[attr-defined]
+        totals[path.name.split(".")[0]] += st.total_tt  # type: ignore[attr-defined]
     grand = sum(totals.values()) or 1.0
     out = [
-        f"Profile ({BACKEND_NAMES[backend]}, cProfile around each handler in the server; "
+        f"Profile ({config_name(backend)}, cProfile around each handler in the server; "
         "profiled times are inflated by cProfile itself):",
         "",
         "```",
@@ -1087,7 +1196,8 @@ def profile_report(profile_dir: Path, backend: str, top: int) -> list[str]:
     out += _top_rows(everything, "cumulative", top)
     slowest = max(totals, key=lambda k: totals[k])
     out += ["", f"the endpoint with the most handler time, {slowest}, by cumulative time:"]
-    out += _top_rows(pstats.Stats(str(profile_dir / f"{slowest}.pstats")), "cumulative", top)
+    slowest_files = [str(f) for f in profile_dir.glob(f"{slowest}.*.pstats")]
+    out += _top_rows(pstats.Stats(*slowest_files), "cumulative", top)
     out.append("```")
     return out
 
@@ -1155,6 +1265,8 @@ def build_env(tmp: Path, rng: random.Random) -> Env:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from egress.service import worker_count
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--duration", type=float, default=30.0, help="seconds per run")
@@ -1168,7 +1280,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile-duration", type=float, default=15.0)
     parser.add_argument("--top", type=int, default=15, help="functions shown per profile")
     parser.add_argument("--no-append", action="store_true", help="don't append to the README")
+    parser.add_argument(
+        "--workers",
+        default=f"1x1,1x4,{worker_count('')}x4",
+        help="worker configurations to measure, PROCESSESxTHREADS, comma-separated; the first "
+        "is the baseline (default: 1x1, one process and one thread as the service ran before, "
+        "1x4, and the service's default, one process per core with 4 pool threads each)",
+    )
     args = parser.parse_args(argv)
+    configs_wanted = [w.strip() for w in args.workers.split(",") if w.strip()]
+    for spec in configs_wanted:
+        p_, _, t_ = spec.partition("x")
+        if not (p_.isdigit() and t_.isdigit() and int(p_) >= 1 and int(t_) >= 1):
+            parser.error(f"--workers: {spec!r} is not PROCESSESxTHREADS, e.g. 2x4")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     for backend in backends:
         if backend not in BACKEND_NAMES:
@@ -1178,7 +1302,9 @@ def main(argv: list[str] | None = None) -> int:
     started = datetime.now(UTC)
     rng = random.Random(args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="havre-egress-load-"))
-    by_backend: dict[str, list[RunResult]] = {b: [] for b in backends}
+    by_backend: dict[str, list[RunResult]] = {
+        config_key(b, w): [] for w in configs_wanted for b in backends
+    }
     profiles: list[str] = []
     seeded: dict[str, Counter[str]] = {}
     pg_version = ""
@@ -1200,29 +1326,31 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
             for run in range(1, args.runs + 1):
-                order = backends if run % 2 else backends[::-1]
-                for backend in order:
-                    result = one_run(backend, run, env, args, cluster)
-                    by_backend[backend].append(result)
+                configs = [(b, w) for w in configs_wanted for b in backends]
+                for backend, w in configs if run % 2 else configs[::-1]:
+                    result = one_run(backend, run, env, args, cluster, workers=w)
+                    by_backend[result.backend].append(result)
                     a = result.endpoints["all requests"]
                     print(
-                        f"run {run} {backend}: {a['count']} requests in {result.elapsed_s:.1f} s, "
+                        f"run {run} {result.backend}: {a['count']} requests in "
+                        f"{result.elapsed_s:.1f} s, "
                         f"{a['rps']:.1f} req/s, median {a['median']:.1f} ms, p95 "
                         f"{a['p95']:.1f} ms, 409 {a['conflicts']}, errors {a['errors']}; "
                         f"CPU/run-queue wait: server {result.cpu['server_cpu']:.2f}/"
                         f"{result.cpu['server_wait']:.2f} pg {result.cpu['postgres_cpu']:.2f}/"
                         f"{result.cpu['postgres_wait']:.2f} clients "
                         f"{result.cpu['clients_cpu']:.2f}/{result.cpu['clients_wait']:.2f}; "
-                        "in handlers "
-                        f"{100 * result.cpu['handlers']:.0f} %; load {result.loadavg[0]:.2f}",
+                        "handlers in progress "
+                        f"{result.cpu['handlers']:.1f}; load {result.loadavg[0]:.2f}",
                         flush=True,
                     )
             if args.profile:
                 for backend in backends:
                     pdir = tmp / f"profile-{backend}"
                     pdir.mkdir()
-                    one_run(backend, 99, env, args, cluster, pdir, args.profile_duration)
-                    profiles += [*profile_report(pdir, backend, args.top), ""]
+                    w = configs_wanted[-1]
+                    one_run(backend, 99, env, args, cluster, pdir, args.profile_duration, w)
+                    profiles += [*profile_report(pdir, config_key(backend, w), args.top), ""]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -1255,6 +1383,7 @@ def main(argv: list[str] | None = None) -> int:
     for backend, results in by_backend.items():
         lines += [*backend_tables(backend, results), ""]
     lines += [*comparison_table(by_backend), ""]
+    lines += [*workers_table(by_backend), ""]
     lines += profiles
     text = "\n".join(lines).rstrip() + "\n"
     print()
@@ -1277,6 +1406,8 @@ def serve_main(argv: list[str]) -> None:
         parser.add_argument(name, required=True)
     parser.add_argument("--stats", required=True)
     parser.add_argument("--profile-dir", default="")
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=4)
     serve(parser.parse_args(argv))
 
 

@@ -52,6 +52,7 @@ Verification
 
 from __future__ import annotations
 
+import base64
 import csv
 import dataclasses
 import hashlib
@@ -91,6 +92,7 @@ from egress.content_store import ContentStore
 from egress.file_checks import DEFAULT_POLICY, CheckPolicy, FileCheckResult, FileKind, check_file
 from egress.outputs_folder import OutputPathError, read_output, scan_outputs
 from egress.policy import Actor, Permission, PermissionDenied, RequestView
+from egress.reexecution_jobs import JobsFolder
 from egress.sdc import SDCParams
 from egress.signing import (
     key_id,
@@ -309,6 +311,41 @@ def _sha(text: str) -> str:
 
 def _iso(when: datetime | None) -> str | None:
     return None if when is None else format_time(when)
+
+
+#: the columns of a request that its summary shows (see ``EgressService._summary``)
+_SUMMARY_COLUMNS = (
+    "id",
+    "project",
+    "author",
+    "title",
+    "state",
+    "round",
+    "reviews_required",
+    "created_at",
+    "updated_at",
+    "submitted_at",
+)
+
+
+def page_cursor(summary: Mapping[str, Any]) -> str:
+    """The opaque position after ``summary`` in the requests list (its ``after`` argument)."""
+    raw = json.dumps([summary["updated_at"], summary["id"]], separators=(",", ":"))
+    return base64.urlsafe_b64encode(raw.encode()).decode().rstrip("=")
+
+
+def _parse_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        updated, request_id = json.loads(raw)
+        when = datetime.fromisoformat(updated)
+        if when.tzinfo is None or not isinstance(request_id, str):
+            raise ValueError
+    except (ValueError, TypeError):
+        raise InvalidInput(
+            "after is not a position in the requests list; use the `next` link of a page."
+        ) from None
+    return when, request_id
 
 
 def _clean_text(value: object, what: str, limit: int, *, allow_empty: bool = False) -> str:
@@ -659,13 +696,21 @@ class EgressService:
             ).scalars()
         )
 
-    def _view(self, session: Session, request: Request) -> RequestView:
-        files = self._files(session, request)
+    def _view(
+        self,
+        session: Session,
+        request: Request,
+        files: list[RequestFile] | None = None,
+        groups: list[FileGroup] | None = None,
+    ) -> RequestView:
+        """What the policy needs to know of ``request`` (``files``/``groups``: already read)."""
+        files = self._files(session, request) if files is None else files
+        groups = self._groups(session, request) if groups is None else groups
         votes = self._votes(session, request, request.round)
         used = {f.group for f in files}
         missing = {
             g.name
-            for g in self._groups(session, request)
+            for g in groups
             if g.name in used and not (g.context.strip() and g.controls.strip())
         }
         return RequestView(
@@ -680,9 +725,14 @@ class EgressService:
         )
 
     def _require(
-        self, session: Session, actor: Actor, permission: Permission, request: Request
+        self,
+        session: Session,
+        actor: Actor,
+        permission: Permission,
+        request: Request,
+        **already_read: Any,
     ) -> RequestView:
-        view = self._view(session, request)
+        view = self._view(session, request, **already_read)
         policy.require(actor, permission, view)
         return view
 
@@ -1112,6 +1162,67 @@ class EgressService:
                 "round": request.round,
             }
 
+    def request_changes(
+        self, actor: Actor, request_id: str, file_ids: Iterable[int] | None = None
+    ) -> list[str]:
+        """Bulk vote "request changes" on all files (or ``file_ids``): the safe direction only.
+
+        Needs the same permission as one vote; there is no bulk approval (a checker approves
+        each file after looking at it). Each changed vote is its own ``voted`` audit event, as
+        if cast one by one. Returns the paths whose vote changed.
+        """
+        with self._write("request_changes", actor, request_id) as tx:
+            request = self._load(tx.session, request_id)
+            self._require(tx.session, actor, Permission.VOTE, request)
+            files = {f.id: f for f in self._files(tx.session, request)}
+            wanted = set(files) if file_ids is None else {_file_id(i) for i in file_ids}
+            unknown = wanted - set(files)
+            if unknown:
+                raise NotFound(f"There is no file {min(unknown)} in request {request.id}.")
+            mine = {
+                row.file_id: row
+                for row in tx.session.execute(
+                    select(VoteRow).where(
+                        VoteRow.request_id == request.id,
+                        VoteRow.round == request.round,
+                        VoteRow.reviewer == actor.username,
+                    )
+                ).scalars()
+            }
+            changed = []
+            for file_id in sorted(wanted, key=lambda i: files[i].path):
+                row, existing = files[file_id], mine.get(file_id)
+                previous = existing.vote if existing else None
+                if previous == Vote.REQUEST_CHANGES.value:
+                    continue
+                if existing is None:
+                    existing = VoteRow(
+                        request_id=request.id,
+                        file_id=row.id,
+                        reviewer=actor.username,
+                        round=request.round,
+                    )
+                    tx.session.add(existing)
+                existing.vote = Vote.REQUEST_CHANGES.value
+                existing.updated_at = tx.now
+                tx.audit(
+                    actor,
+                    EventType.VOTED,
+                    request,
+                    object=row.path,
+                    file_hashes={row.path: row.release_sha256},
+                    details={
+                        "file_id": row.id,
+                        "vote": Vote.REQUEST_CHANGES.value,
+                        "previous": previous,
+                        "round": request.round,
+                    },
+                )
+                changed.append(row.path)
+            if changed:
+                request.updated_at = tx.now
+            return changed
+
     def reset_votes(
         self, actor: Actor, request_id: str, file_ids: Iterable[int] | None = None
     ) -> list[str]:
@@ -1416,6 +1527,92 @@ class EgressService:
             ).scalar_one_or_none()
             return json.loads(release.record_json) if release else None
 
+    # -- trusted re-execution (the runner is another container: egress.reexecution_service) ---
+
+    @property
+    def reexecution_jobs(self) -> JobsFolder:
+        """The jobs folder shared with the re-execution runner (``<state_dir>/reexec``)."""
+        jobs = getattr(self, "_reexecution_jobs", None)
+        if jobs is None:
+            jobs = self._reexecution_jobs = JobsFolder(Path(self.enclave.state_dir) / "reexec")
+        return jobs
+
+    @reexecution_jobs.setter
+    def reexecution_jobs(self, jobs: JobsFolder) -> None:
+        self._reexecution_jobs = jobs
+
+    def request_reexecution(
+        self, actor: Actor, request_id: str, file_id: int, parameters: object = None
+    ) -> dict[str, Any]:
+        """Ask the runner to re-run notebook ``file_id`` of the request (queued; see
+        ``docs/checker-reexecution.md``). Audited as REEXECUTION_REQUESTED."""
+        from egress import reexecution_service
+
+        return reexecution_service.request(self, actor, request_id, file_id, parameters)
+
+    def list_reexecutions(self, actor: Actor, request_id: str) -> list[dict[str, Any]]:
+        """The request's trusted re-executions, newest first."""
+        from egress import reexecution_service
+
+        return reexecution_service.list_for_request(self, actor, request_id)
+
+    def reexecution(self, actor: Actor, request_id: str, reexecution_id: str) -> dict[str, Any]:
+        """One re-execution with the submitted files compared to the trusted outputs."""
+        from egress import reexecution_service
+
+        return reexecution_service.detail(self, actor, request_id, reexecution_id)
+
+    def collect_reexecutions(self) -> int:
+        """Take in the runner's finished results (signed, stored, audited as RE_EXECUTED)."""
+        from egress import reexecution_service
+
+        return reexecution_service.collect(self)
+
+    def differencing(self, actor: Actor, request_id: str, file_id: int) -> dict[str, Any] | None:
+        """The differencing warning of a CSV/TSV table against the project's earlier releases
+        (``egress.sdc.differencing``; ``None`` for other files). Released and revoked requests
+        count: their files left. The 200 most recently changed released tables are compared."""
+        from egress.sdc.differencing import count_table_from_csv, differencing_warnings
+
+        tables = (FileKind.CSV.value, FileKind.TSV.value)
+        with self._read("differencing", actor, request_id) as session:
+            request = self._load(session, request_id)
+            self._require(session, actor, Permission.VIEW_FILE, request)
+            row = self._file(session, request, file_id)
+            if row.kind not in tables:
+                return None
+            target = (row.path, row.release_sha256, row.kind)
+            earlier = session.execute(
+                select(Request.id, RequestFile.path, RequestFile.release_sha256, RequestFile.kind)
+                .join(RequestFile, RequestFile.request_id == Request.id)
+                .where(
+                    Request.project == request.project,
+                    Request.id != request.id,
+                    Request.state.in_([RequestState.RELEASED.value, RequestState.REVOKED.value]),
+                    RequestFile.kind.in_(tables),
+                )
+                .order_by(Request.updated_at.desc(), RequestFile.id)
+                .limit(200)
+            ).all()
+
+        def parse(name: str, sha256: str, kind: str) -> Any:
+            text = self.content.get(sha256).decode("utf-8-sig", errors="replace")
+            sep = "\t" if kind == FileKind.TSV.value else ","
+            return count_table_from_csv(text, name=name, delimiter=sep)
+
+        new = parse(target[0], target[1], target[2])
+        if new is None:
+            return None
+        released = [parse(f"{rid}: {path}", sha, kind) for rid, path, sha, kind in earlier]
+        report = differencing_warnings(new, [t for t in released if t], self.sdc_params)
+        return {
+            "verdict": report.verdict,
+            "compared": list(report.compared),
+            "flags": [f.sentence(self.sdc_params.threshold) for f in report.flags[:200]],
+            "flag_count": len(report.flags),
+            "notes": list(report.notes),
+        }
+
     # -- views ----------------------------------------------------------------------------------
 
     @staticmethod
@@ -1440,7 +1637,7 @@ class EgressService:
     def _summary(
         self,
         session: Session,
-        request: Request,
+        request: Any,  # a Request, or a row of its _SUMMARY_COLUMNS
         counts: tuple[int, int] | None = None,
     ) -> dict[str, Any]:
         if counts is None:
@@ -1510,17 +1707,20 @@ class EgressService:
         """
         with self._read("get_request", actor, request_id) as session:
             request = self._load(session, request_id)
-            view = self._require(session, actor, Permission.VIEW_REQUEST, request)
+            files, groups = self._files(session, request), self._groups(session, request)
+            view = self._require(
+                session, actor, Permission.VIEW_REQUEST, request, files=files, groups=groups
+            )
             allowed = policy.allowed_permissions(actor, view)
             see_all = Permission.VIEW_VOTES_OF_OTHERS in allowed
             see_private = Permission.VIEW_PRIVATE_COMMENTS in allowed
-            files = self._files(session, request)
             paths = {f.id: f.path for f in files}
-            result = self._summary(session, request)
+            result = self._summary(
+                session, request, (len(view.reviewers_who_submitted), len(files))
+            )
             result["allowed"] = sorted(p.value for p in allowed)
             result["groups"] = [
-                {"name": g.name, "context": g.context, "controls": g.controls}
-                for g in self._groups(session, request)
+                {"name": g.name, "context": g.context, "controls": g.controls} for g in groups
             ]
             entries = []
             for row in files:
@@ -1577,18 +1777,30 @@ class EgressService:
         state: str | None = None,
         mine_to_review: bool = False,
         older_than: timedelta | None = None,
+        limit: int | None = None,
+        after: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Summaries of the requests ``actor`` may see, newest first.
+        """Summaries of the requests ``actor`` may see, most recently updated first.
 
         Members see their projects' requests; checkers and administrators see every project's.
         ``mine_to_review``: the checker's queue (the checkers' turn, not their own request, and
         not already reviewed by them in this round). ``older_than``: not updated for that long.
+        ``limit``: at most that many; ``after``: the :func:`page_cursor` of the last summary of
+        the previous page (keyset paging: a page stays cheap however long the history is).
         Each summary: ``id, project, author, title, state, turn, round, reviews_required,
         reviews_in, files, created_at, updated_at, submitted_at``.
         """
+        if limit is not None and limit < 1:
+            raise InvalidInput("limit must be a whole number, 1 or more.")
+        position = _parse_cursor(after) if after is not None else None
         with self._read("list_requests", actor) as session:
             reviews, files = self._counts()
-            query = select(Request, reviews, files).order_by(Request.updated_at.desc(), Request.id)
+            # plain rows, not ORM objects: a page of summaries costs a fraction of the time
+            query = select(
+                *(Request.__table__.c[name] for name in _SUMMARY_COLUMNS),
+                reviews.label("n_reviews"),
+                files.label("n_files"),
+            ).order_by(Request.updated_at.desc(), Request.id)
             if not (actor.is_checker or actor.is_admin):
                 query = query.where(Request.project.in_(sorted(actor.projects)))
             if project is not None:
@@ -1620,9 +1832,17 @@ class EgressService:
                     Request.author != actor.username,
                     ~(Request.state.in_(independent) & reviewed_by_me),
                 )
+            if position is not None:
+                updated, last_id = position
+                query = query.where(
+                    (Request.updated_at < updated)
+                    | ((Request.updated_at == updated) & (Request.id > last_id))
+                )
+            if limit is not None:
+                query = query.limit(limit)
             return [
-                self._summary(session, request, (n_reviews, n_files))
-                for request, n_reviews, n_files in session.execute(query)
+                self._summary(session, row, (row.n_reviews, row.n_files))
+                for row in session.execute(query)
             ]
 
     def request_audit(self, actor: Actor, request_id: str) -> list[dict[str, Any]]:

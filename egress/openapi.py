@@ -34,6 +34,23 @@ _GROUP = {
 }
 
 
+#: A trusted re-execution as the API lists it.
+_REEXECUTION: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "string"},
+        "notebook_path": {"type": "string"},
+        "notebook_sha256": {"type": "string"},
+        "parameters": {"type": "object"},
+        "requested_by": {"type": "string"},
+        "requested_at": {"type": "string"},
+        "status": {"enum": ["queued", "completed", "failed", "timeout", "refused"]},
+        "finished_at": {"type": ["string", "null"]},
+        "reason": {"type": "string"},
+        "outputs": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
 #: The fields a request's summary and its full view share.
 _COMMON: dict[str, Any] = {
     "id": {"type": "string"},
@@ -112,9 +129,22 @@ def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
         },
         "/api/requests": {
             "get": _op(
-                "Requests the user may see, newest first",
+                "Requests the user may see, most recently updated first, one page at a time "
+                '(a `Link: <...>; rel="next"` header points at the next page)',
                 _json({"type": "array", "items": summary}),
                 params=[
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "description": "requests per page (default 100)",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 500},
+                    },
+                    {
+                        "name": "after",
+                        "in": "query",
+                        "description": "the position the previous page's `next` link gives",
+                        "schema": {"type": "string"},
+                    },
                     {"name": "project", "in": "query", "schema": {"type": "string"}},
                     {"name": "state", "in": "query", "schema": {"type": "string"}},
                     {"name": "mine_to_review", "in": "query", "schema": {"type": "boolean"}},
@@ -169,6 +199,32 @@ def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
                 },
             )
         },
+        "/api/requests/{request_id}/votes": {
+            "post": _op(
+                "Bulk votes of the signed-in checker, in the safe direction only: request "
+                "changes on, or reset, every file (or the listed ones)",
+                _json(
+                    {
+                        "type": "object",
+                        "properties": {"changed": {"type": "array", "items": {"type": "string"}}},
+                    }
+                ),
+                params=[_REQ],
+                body={
+                    "type": "object",
+                    "required": ["vote"],
+                    "properties": {
+                        "vote": {"enum": ["request_changes", "undecided"]},
+                        "file_ids": {
+                            "type": "array",
+                            "items": _ID,
+                            "minItems": 1,
+                            "maxItems": 1000,
+                        },
+                    },
+                },
+            )
+        },
         "/api/requests/{request_id}/groups/{group}": {
             "put": _op(
                 "Set a file group's context and disclosure controls",
@@ -199,6 +255,60 @@ def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
         },
         "/api/requests/{request_id}/record": {
             "get": _op("The signed release record", _json(obj), params=[_REQ])
+        },
+        "/api/requests/{request_id}/files/{file_id}/reexecute": {
+            "post": _op(
+                "Ask for a trusted re-execution of a notebook of the request (checkers while "
+                "it is reviewed; its author while it is theirs or just submitted). Queued: "
+                "poll the re-execution until its status is no longer `queued`",
+                _json(_REEXECUTION, "Queued"),
+                params=[_REQ, _FILE],
+                body={
+                    "type": "object",
+                    "properties": {
+                        "parameters": {
+                            "type": "object",
+                            "description": "papermill parameters: names are Python "
+                            "identifiers, values JSON",
+                        }
+                    },
+                },
+                status="202",
+            )
+        },
+        "/api/requests/{request_id}/reexecutions": {
+            "get": _op(
+                "The request's trusted re-executions, newest first",
+                _json({"type": "array", "items": _REEXECUTION}),
+                params=[_REQ],
+            )
+        },
+        "/api/requests/{request_id}/reexecutions/{reexecution_id}": {
+            "get": _op(
+                "One trusted re-execution: its outputs (sha256, SDC verdict from the trusted "
+                "run), the submitted files compared byte for byte, the researcher's own "
+                "metadata (labelled as not verified), the log and the service's signed record",
+                _json(
+                    {
+                        **_REEXECUTION,
+                        "properties": {
+                            **_REEXECUTION["properties"],
+                            "comparison": {"type": "array", "items": obj},
+                            "record": {"type": ["object", "null"]},
+                            "log": {"type": "string"},
+                        },
+                    }
+                ),
+                params=[
+                    _REQ,
+                    {
+                        "name": "reexecution_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+                    },
+                ],
+            )
         },
         "/api/audit/verify": {
             "get": _op(

@@ -56,6 +56,11 @@ Rules, and how the brief's open points were read
       ``egress.workflow.votes_after_resubmit`` says: the service applies these when it stores
       the change; the policy only decides that the change is allowed.
     * ``create``: members of the project (checkers included, for their own projects).
+    * ``reexecute`` (ask the service to re-run a notebook of the request, trusted): checkers
+      who are not the author, while the request is being reviewed (they may have submitted
+      their review: a re-run shows no other checker's vote); and the author while it is theirs
+      (draft, returned) or just submitted ("on submission"). Other members and administrators
+      never (403): it spends the enclave's compute and adds evidence to the review.
     * Membership is checked on every action: an author who has left the project can't act on
       their requests any more.
 """
@@ -112,6 +117,7 @@ class Permission(StrEnum):
     REVOKE = "revoke"
     VIEW_VOTES_OF_OTHERS = "view_votes_of_others"
     VIEW_AUDIT = "view_audit"
+    REEXECUTE = "reexecute"
 
 
 WORKFLOW_ACTIONS: Mapping[Permission, Action] = {
@@ -615,6 +621,28 @@ def _view_audit(facts: _Facts, permission: Permission) -> Decision:
     return _forbid("Only output checkers and administrators can read the audit log.")
 
 
+def _reexecute(facts: _Facts, permission: Permission) -> Decision:
+    if facts.acts_as_checker:
+        if facts.state in REVIEW_STATES:
+            return _ALLOW
+        return _conflict(
+            f"This request is {_say(facts.state)}; checkers ask for a trusted re-execution "
+            "while it is being reviewed."
+        )
+    if facts.is_author and facts.is_member:
+        if turn_of(facts.state) is Party.AUTHOR or facts.state is RequestState.SUBMITTED:
+            return _ALLOW
+        return _conflict(
+            f"This request is {_say(facts.state)}; its author can ask for a trusted "
+            "re-execution while it is a draft, returned, or just submitted."
+        )
+    if facts.is_author:
+        return _forbid(f"You are no longer a member of project {facts.request.project}.")
+    return _forbid(
+        "Only output checkers and the request's author can ask for a trusted re-execution."
+    )
+
+
 _RULES: Mapping[Permission, Callable[[_Facts, Permission], Decision]] = {
     Permission.VIEW_REQUEST: _view_request,
     Permission.VIEW_FILE: _view_file,
@@ -637,4 +665,5 @@ _RULES: Mapping[Permission, Callable[[_Facts, Permission], Decision]] = {
     Permission.REVOKE: _revoke,
     Permission.VIEW_VOTES_OF_OTHERS: _view_votes_of_others,
     Permission.VIEW_AUDIT: _view_audit,
+    Permission.REEXECUTE: _reexecute,
 }

@@ -143,6 +143,9 @@ class ReexecutionRequest:
     memory_bytes: int | None = None
     pids: int | None = None
     extra_files: Mapping[str, bytes] = field(default_factory=dict)
+    #: more labels for the run's container (the runner adds ``havre.enclave``, so that
+    #: ``havre down`` removes a run still going)
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def limits(self) -> dict[str, Any]:
@@ -691,6 +694,7 @@ def run_notebook(
                 "HAVRE_DATA_DIR": DATA,
             },
             labels={
+                **request.labels,
                 RUN_LABEL: run_id,
                 "havre.project": request.project.slug,
                 "havre.role": "reexecution",

@@ -19,23 +19,27 @@ Routes (under the service prefix, ``/services/egress/``):
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import jinja2
-from jupyterhub.services.auth import HubOAuthCallbackHandler, HubOAuthenticated
+from jupyterhub.services.auth import HubOAuthenticated
 from jupyterhub.utils import url_path_join
-from tornado import web
+from tornado import ioloop, web
 
-from egress.core import EgressError, EgressService, FileRefused, actor_for
+from egress.core import EgressError, EgressService, FileRefused, actor_for, page_cursor
+from egress.hub_oauth import SharedStateHubOAuth, SharedStateOAuthCallback
 from egress.policy import Actor, PermissionDenied
 from egress.render import CHECKER_PAGE_CSP, raw_response_headers, render_for_checker
+from egress.workflow import RequestState
 
 log = logging.getLogger("egress.web")
 
@@ -52,6 +56,8 @@ REQUEST_ACTIONS: dict[str, str] = {
     "revoke": "revoke",
 }
 _ID = r"[A-Za-z0-9_-]{1,64}"
+#: requests per page of a list when the client gives no ``limit``, and the most it may ask
+DEFAULT_PAGE, MAX_PAGE = 100, 500
 
 
 def _jinja() -> jinja2.Environment:
@@ -66,6 +72,8 @@ def _jinja() -> jinja2.Environment:
 
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
     """Login through the hub, security headers, and refusals shown with their sentence."""
+
+    hub_auth_class = SharedStateHubOAuth  # logins work whichever worker the hub sends back to
 
     @property
     def service(self) -> EgressService:
@@ -101,18 +109,54 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         return actor_for(self.service.enclave, user["name"], user.get("groups") or [])
 
     def call(self, operation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run a core operation; turn its refusals into HTTP errors with the core's sentence."""
+        """Run a core operation here, on the IOLoop's thread (quick ones only: see ``run``)."""
         try:
             return operation(*args, **kwargs)
-        except FileRefused as exc:
-            self._refusal = {"message": exc.reason, "problems": exc.problems}
-            raise web.HTTPError(exc.status, reason=_reason(exc.status)) from None
         except (PermissionDenied, EgressError) as exc:
-            self._refusal = {"message": exc.reason}
-            raise web.HTTPError(exc.status, reason=_reason(exc.status)) from None
+            raise self._refused(exc) from None
+
+    async def run(self, operation: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a core operation in the worker's thread pool, so the IOLoop keeps answering
+        while it waits on the database; its refusals become HTTP errors with its sentence."""
+        pool = self.settings["egress_executor"]
+        job = functools.partial(operation, *args, **kwargs)
+        try:
+            return await ioloop.IOLoop.current().run_in_executor(pool, job)
+        except (PermissionDenied, EgressError) as exc:
+            raise self._refused(exc) from None
+
+    def _refused(self, exc: PermissionDenied | EgressError) -> web.HTTPError:
+        self._refusal = {"message": exc.reason}
+        if isinstance(exc, FileRefused):
+            self._refusal["problems"] = exc.problems
+        return web.HTTPError(exc.status, reason=_reason(exc.status))
 
     def url(self, *parts: str) -> str:
         return url_path_join(self.prefix, *[quote(str(p), safe="/") for p in parts])
+
+    async def page_of_requests(self, **filters: Any) -> tuple[list[dict[str, Any]], str | None]:
+        """One page of the requests list (``?limit=``, ``?after=``) and the next page's cursor."""
+        raw = self.get_query_argument("limit", "")
+        if raw and not (raw.isdigit() and 1 <= int(raw) <= MAX_PAGE):
+            self._refusal = {"message": f"limit must be a whole number from 1 to {MAX_PAGE}."}
+            raise web.HTTPError(400)
+        limit = int(raw) if raw else DEFAULT_PAGE
+        items = await self.run(
+            self.service.list_requests,
+            self.actor(),
+            limit=limit + 1,
+            after=self.get_query_argument("after", None),
+            **filters,
+        )
+        if len(items) > limit:
+            return items[:limit], page_cursor(items[limit - 1])
+        return items, None
+
+    def next_page_url(self, after: str) -> str:
+        """This request's URL with ``after`` set: the next page of a list."""
+        query = {k: self.get_query_argument(k) for k in self.request.query_arguments}
+        query["after"] = after
+        return f"{self.request.path}?{urlencode(query)}"
 
     def render_page(self, template: str, **context: Any) -> None:
         user = self.current_user or {}
@@ -173,32 +217,46 @@ def _reason(status: int) -> str:
 
 class IndexPage(BaseHandler):
     @web.authenticated
-    def get(self) -> None:
-        actor = self.actor()
-        requests = self.call(self.service.list_requests, actor)
+    async def get(self) -> None:
+        actor, arg = self.actor(), self.get_query_argument
+        filters = {"project": arg("project", "") or None, "state": arg("state", "") or None}
+        older = arg("older_than_days", "")
+        if older:
+            if not (older.isdigit() and int(older) <= 36500):
+                self._refusal = {"message": "Older than: a whole number of days, 0 to 36500."}
+                raise web.HTTPError(400)
+            filters["older_than"] = timedelta(days=int(older))
+        requests, after = await self.page_of_requests(**filters)
         queue = (
-            self.call(self.service.list_requests, actor, mine_to_review=True)
+            await self.run(self.service.list_requests, actor, mine_to_review=True, limit=MAX_PAGE)
             if actor.is_checker
             else []
         )
         self.render_page(
             "index.html",
             requests=requests,
+            next_page=self.next_page_url(after) if after else None,
             queue=queue,
             projects=sorted(actor.projects),
+            filters={
+                "project": filters["project"] or "",
+                "state": filters["state"] or "",
+                "older_than_days": older,
+            },
+            states=[s.value for s in RequestState],
         )
 
 
 class NewRequestPage(BaseHandler):
     @web.authenticated
-    def get(self, project: str) -> None:
+    async def get(self, project: str) -> None:
         self.render_page("new_request.html", project=project)
 
 
 class RequestsForm(BaseHandler):
     @web.authenticated
-    def post(self) -> None:
-        summary = self.call(
+    async def post(self) -> None:
+        summary = await self.run(
             self.service.create_request,
             self.actor(),
             self.get_body_argument("project", ""),
@@ -209,31 +267,36 @@ class RequestsForm(BaseHandler):
 
 class RequestPage(BaseHandler):
     @web.authenticated
-    def get(self, request_id: str) -> None:
+    async def get(self, request_id: str) -> None:
         actor = self.actor()
-        request = self.call(self.service.get_request, actor, request_id)
+        request = await self.run(self.service.get_request, actor, request_id)
         outputs = None
         if "add_file" in request["allowed"]:
-            outputs = self.call(self.service.list_outputs, actor, request["project"])
-        self.render_page("request.html", r=request, outputs=outputs)
+            outputs = await self.run(self.service.list_outputs, actor, request["project"])
+        reexecutions = None
+        if "view_file" in request["allowed"]:
+            reexecutions = await self.run(self.service.list_reexecutions, actor, request_id)
+        self.render_page("request.html", r=request, outputs=outputs, reexecutions=reexecutions)
 
 
 class RequestForm(BaseHandler):
     """The forms of the request page: one POST route, the form says what to do."""
 
     @web.authenticated
-    def post(self, request_id: str) -> None:
+    async def post(self, request_id: str) -> None:
         actor, arg = self.actor(), self.get_body_argument
         action = arg("action", "")
         svc = self.service
         if action in REQUEST_ACTIONS:
-            self.call(getattr(svc, REQUEST_ACTIONS[action]), actor, request_id)
+            await self.run(getattr(svc, REQUEST_ACTIONS[action]), actor, request_id)
         elif action == "add_file":
-            self.call(svc.add_file, actor, request_id, arg("path", ""), arg("group", "") or "main")
+            await self.run(
+                svc.add_file, actor, request_id, arg("path", ""), arg("group", "") or "main"
+            )
         elif action == "remove_file":
-            self.call(svc.remove_file, actor, request_id, arg("file_id", ""))
+            await self.run(svc.remove_file, actor, request_id, arg("file_id", ""))
         elif action == "context":
-            self.call(
+            await self.run(
                 svc.set_group_context,
                 actor,
                 request_id,
@@ -242,12 +305,19 @@ class RequestForm(BaseHandler):
                 arg("controls", ""),
             )
         elif action == "vote":
-            self.call(svc.vote, actor, request_id, arg("file_id", ""), arg("vote", ""))
+            await self.run(svc.vote, actor, request_id, arg("file_id", ""), arg("vote", ""))
         elif action == "reset_votes":
-            self.call(svc.reset_votes, actor, request_id)
+            await self.run(svc.reset_votes, actor, request_id)
+        elif action == "request_changes_all":
+            await self.run(svc.request_changes, actor, request_id)
+        elif action == "reexecute":
+            parameters = _parameters_field(self, arg("parameters", ""))
+            await self.run(
+                svc.request_reexecution, actor, request_id, arg("file_id", ""), parameters
+            )
         elif action == "comment":
             file_id = arg("file_id", "") or None
-            self.call(
+            await self.run(
                 svc.comment,
                 actor,
                 request_id,
@@ -265,10 +335,10 @@ class FilePage(BaseHandler):
     """One file, shown in place and sanitised (no script from a researcher's file runs)."""
 
     @web.authenticated
-    def get(self, request_id: str, file_id: str) -> None:
+    async def get(self, request_id: str, file_id: str) -> None:
         actor = self.actor()
-        request = self.call(self.service.get_request, actor, request_id)
-        content = self.call(self.service.view_file, actor, request_id, file_id)
+        request = await self.run(self.service.get_request, actor, request_id)
+        content = await self.run(self.service.view_file, actor, request_id, file_id)
         entry = next(f for f in request["files"] if str(f["id"]) == str(file_id))
         verdicts, reasons = _cell_verdicts(entry.get("check") or {})
         rendered = render_for_checker(
@@ -279,15 +349,20 @@ class FilePage(BaseHandler):
             cell_verdicts=verdicts,
             cell_reasons=reasons,
         )
-        self.render_page("file.html", r=request, f=entry, rendered=rendered)
+        differencing = None
+        if actor.is_checker:
+            differencing = await self.run(self.service.differencing, actor, request_id, file_id)
+        self.render_page(
+            "file.html", r=request, f=entry, rendered=rendered, differencing=differencing
+        )
 
 
 class RawFile(BaseHandler):
     """The snapshot's bytes for viewers (images), with headers that keep them inert."""
 
     @web.authenticated
-    def get(self, request_id: str, file_id: str) -> None:
-        content = self.call(self.service.view_file, self.actor(), request_id, file_id)
+    async def get(self, request_id: str, file_id: str) -> None:
+        content = await self.run(self.service.view_file, self.actor(), request_id, file_id)
         self._send(content, download=False)
 
     def _send(self, content: Any, *, download: bool) -> None:
@@ -304,21 +379,21 @@ class DownloadFile(RawFile):
     """A released file: exactly the approved bytes."""
 
     @web.authenticated
-    def get(self, request_id: str, file_id: str) -> None:
-        content = self.call(self.service.download_released, self.actor(), request_id, file_id)
+    async def get(self, request_id: str, file_id: str) -> None:
+        content = await self.run(self.service.download_released, self.actor(), request_id, file_id)
         self._send(content, download=True)
 
 
 class AuditPage(BaseHandler):
     @web.authenticated
-    def get(self) -> None:
+    async def get(self) -> None:
         actor = self.actor()
         if not (actor.is_checker or actor.is_admin):
             self._refusal = {"message": "Only output checkers and administrators see the log."}
             raise web.HTTPError(403)
-        report = self.service.verify_audit()
+        report = await self.run(self.service.verify_audit)
         request_id = self.get_query_argument("request", "")
-        events = self.call(self.service.request_audit, actor, request_id) if request_id else []
+        events = await self.run(self.service.request_audit, actor, request_id) if request_id else []
         self.render_page("audit.html", report=report, events=events, request_id=request_id)
 
 
@@ -378,7 +453,7 @@ class ApiHandler(BaseHandler):
 
 class WhoAmIApi(ApiHandler):
     @web.authenticated
-    def get(self) -> None:
+    async def get(self) -> None:
         actor = self.actor()
         self.send(
             {
@@ -391,13 +466,13 @@ class WhoAmIApi(ApiHandler):
 
 class OutputsApi(ApiHandler):
     @web.authenticated
-    def get(self, project: str) -> None:
-        self.send(self.call(self.service.list_outputs, self.actor(), project))
+    async def get(self, project: str) -> None:
+        self.send(await self.run(self.service.list_outputs, self.actor(), project))
 
 
 class RequestsApi(ApiHandler):
     @web.authenticated
-    def get(self) -> None:
+    async def get(self) -> None:
         arg = self.get_query_argument
         older = arg("older_than_days", "")
         try:
@@ -407,21 +482,20 @@ class RequestsApi(ApiHandler):
         except ValueError:
             self._refusal = {"message": "older_than_days must be a number of days, 0 to 36500."}
             raise web.HTTPError(400) from None
-        self.send(
-            self.call(
-                self.service.list_requests,
-                self.actor(),
-                project=arg("project", None),
-                state=arg("state", None),
-                mine_to_review=arg("mine_to_review", "") in ("1", "true"),
-                older_than=timedelta(days=days) if days is not None else None,
-            )
+        items, after = await self.page_of_requests(
+            project=arg("project", None),
+            state=arg("state", None),
+            mine_to_review=arg("mine_to_review", "") in ("1", "true"),
+            older_than=timedelta(days=days) if days is not None else None,
         )
+        if after is not None:
+            self.set_header("Link", f'<{self.next_page_url(after)}>; rel="next"')
+        self.send(items)
 
     @web.authenticated
-    def post(self) -> None:
+    async def post(self) -> None:
         body = self.body()
-        summary = self.call(
+        summary = await self.run(
             self.service.create_request,
             self.actor(),
             str(body.get("project", "")),
@@ -432,54 +506,82 @@ class RequestsApi(ApiHandler):
 
 class RequestApi(ApiHandler):
     @web.authenticated
-    def get(self, request_id: str) -> None:
-        self.send(self.call(self.service.get_request, self.actor(), request_id))
+    async def get(self, request_id: str) -> None:
+        self.send(await self.run(self.service.get_request, self.actor(), request_id))
 
 
 class RequestActionApi(ApiHandler):
     @web.authenticated
-    def post(self, request_id: str, action: str) -> None:
+    async def post(self, request_id: str, action: str) -> None:
         if action not in REQUEST_ACTIONS:
             raise web.HTTPError(404)
         method = getattr(self.service, REQUEST_ACTIONS[action])
-        self.call(method, self.actor(), request_id)
+        await self.run(method, self.actor(), request_id)
         # the request as it now is (a release's signed record is in its "release" field)
-        self.send(self.call(self.service.get_request, self.actor(), request_id))
+        self.send(await self.run(self.service.get_request, self.actor(), request_id))
 
 
 class FilesApi(ApiHandler):
     @web.authenticated
-    def post(self, request_id: str) -> None:
+    async def post(self, request_id: str) -> None:
         body = self.body()
-        self.call(
+        await self.run(
             self.service.add_file,
             self.actor(),
             request_id,
             str(body.get("path", "")),
             str(body.get("group", "") or "main"),
         )
-        self.send(self.call(self.service.get_request, self.actor(), request_id), 201)
+        self.send(await self.run(self.service.get_request, self.actor(), request_id), 201)
 
 
 class FileApi(ApiHandler):
     @web.authenticated
-    def delete(self, request_id: str, file_id: str) -> None:
-        self.call(self.service.remove_file, self.actor(), request_id, file_id)
-        self.send(self.call(self.service.get_request, self.actor(), request_id))
+    async def delete(self, request_id: str, file_id: str) -> None:
+        await self.run(self.service.remove_file, self.actor(), request_id, file_id)
+        self.send(await self.run(self.service.get_request, self.actor(), request_id))
 
 
 class VoteApi(ApiHandler):
     @web.authenticated
-    def put(self, request_id: str, file_id: str) -> None:
+    async def put(self, request_id: str, file_id: str) -> None:
         vote = str(self.body().get("vote", ""))
-        self.send(self.call(self.service.vote, self.actor(), request_id, file_id, vote))
+        self.send(await self.run(self.service.vote, self.actor(), request_id, file_id, vote))
+
+
+class BulkVotesApi(ApiHandler):
+    """Bulk votes on a request's files, in the safe direction only: request changes, or reset."""
+
+    BULK = {"request_changes": "request_changes", "undecided": "reset_votes"}
+
+    @web.authenticated
+    async def post(self, request_id: str) -> None:
+        body = self.body()
+        vote = body.get("vote")
+        if not isinstance(vote, str) or vote not in self.BULK:
+            self._refusal = {
+                "message": "Bulk votes go in the safe direction only: vote is request_changes "
+                "or undecided (approve each file on its own, after looking at it)."
+            }
+            raise web.HTTPError(400)
+        file_ids = body.get("file_ids")
+        if file_ids is not None and not (
+            isinstance(file_ids, list)
+            and 0 < len(file_ids) <= 1000
+            and all(type(i) is int and i > 0 for i in file_ids)
+        ):
+            self._refusal = {"message": "file_ids must be a list of 1 to 1000 file ids."}
+            raise web.HTTPError(400)
+        method = getattr(self.service, self.BULK[vote])
+        changed = await self.run(method, self.actor(), request_id, file_ids)
+        self.send({"changed": changed})
 
 
 class GroupApi(ApiHandler):
     @web.authenticated
-    def put(self, request_id: str, group: str) -> None:
+    async def put(self, request_id: str, group: str) -> None:
         body = self.body()
-        self.call(
+        await self.run(
             self.service.set_group_context,
             self.actor(),
             request_id,
@@ -487,15 +589,15 @@ class GroupApi(ApiHandler):
             str(body.get("context", "")),
             str(body.get("controls", "")),
         )
-        self.send(self.call(self.service.get_request, self.actor(), request_id))
+        self.send(await self.run(self.service.get_request, self.actor(), request_id))
 
 
 class CommentsApi(ApiHandler):
     @web.authenticated
-    def post(self, request_id: str) -> None:
+    async def post(self, request_id: str) -> None:
         body = self.body()
         self.send(
-            self.call(
+            await self.run(
                 self.service.comment,
                 self.actor(),
                 request_id,
@@ -509,8 +611,8 @@ class CommentsApi(ApiHandler):
 
 class RecordApi(ApiHandler):
     @web.authenticated
-    def get(self, request_id: str) -> None:
-        record = self.call(self.service.release_record, self.actor(), request_id)
+    async def get(self, request_id: str) -> None:
+        record = await self.run(self.service.release_record, self.actor(), request_id)
         if record is None:
             self._refusal = {"message": f"Request {request_id} has no release record."}
             raise web.HTTPError(404)
@@ -519,12 +621,12 @@ class RecordApi(ApiHandler):
 
 class AuditVerifyApi(ApiHandler):
     @web.authenticated
-    def get(self) -> None:
+    async def get(self) -> None:
         actor = self.actor()
         if not (actor.is_checker or actor.is_admin):
             self._refusal = {"message": "Only output checkers and administrators verify the log."}
             raise web.HTTPError(403)
-        report = self.service.verify_audit()
+        report = await self.run(self.service.verify_audit)
         self.send(
             {
                 "ok": report.ok,
@@ -533,6 +635,67 @@ class AuditVerifyApi(ApiHandler):
                 "problem": report.problem,
             }
         )
+
+
+# ------------------------------------------------------------------ trusted re-execution
+
+
+def _parameters_field(handler: BaseHandler, text: str) -> object:
+    """The papermill parameters typed in the request page's form (a JSON object, or empty)."""
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        handler._refusal = {"message": 'Parameters must be a JSON object, e.g. {"year": 2024}.'}
+        raise web.HTTPError(400) from None
+
+
+def _reexecution_for_json(detail: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in detail.items() if k != "executed_notebook_bytes"}
+
+
+class ReexecutionPage(BaseHandler):
+    """One trusted re-execution: the comparison, the verdicts, the executed notebook."""
+
+    @web.authenticated
+    async def get(self, request_id: str, reexecution_id: str) -> None:
+        actor = self.actor()
+        request = await self.run(self.service.get_request, actor, request_id)
+        rx = await self.run(self.service.reexecution, actor, request_id, reexecution_id)
+        rendered = None
+        if rx["executed_notebook_bytes"] is not None:
+            rendered = render_for_checker(
+                "notebook", rx["executed_notebook_bytes"], name=f"{rx['notebook_path']} (run)"
+            )
+        self.render_page("reexecution.html", r=request, rx=rx, rendered=rendered)
+
+
+class ReexecuteApi(ApiHandler):
+    @web.authenticated
+    async def post(self, request_id: str, file_id: str) -> None:
+        body = self.body()
+        entry = await self.run(
+            self.service.request_reexecution,
+            self.actor(),
+            request_id,
+            file_id,
+            body.get("parameters"),
+        )
+        self.send(entry, 202)
+
+
+class ReexecutionsApi(ApiHandler):
+    @web.authenticated
+    async def get(self, request_id: str) -> None:
+        self.send(await self.run(self.service.list_reexecutions, self.actor(), request_id))
+
+
+class ReexecutionApi(ApiHandler):
+    @web.authenticated
+    async def get(self, request_id: str, reexecution_id: str) -> None:
+        detail = await self.run(self.service.reexecution, self.actor(), request_id, reexecution_id)
+        self.send(_reexecution_for_json(detail))
 
 
 class ApiNotFound(ApiHandler):
@@ -546,7 +709,7 @@ class ApiNotFound(ApiHandler):
 class OpenApiDocument(web.RequestHandler):
     """The API's OpenAPI document (public: it holds no data)."""
 
-    def get(self) -> None:
+    async def get(self) -> None:
         from egress.openapi import openapi_document
 
         self.set_header("Content-Type", "application/json")
@@ -556,22 +719,38 @@ class OpenApiDocument(web.RequestHandler):
 class HealthHandler(web.RequestHandler):
     """Liveness for the stack launcher and Ansible (no login, no data)."""
 
-    def get(self) -> None:
+    async def get(self) -> None:
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps({"status": "ok"}))
 
 
-def make_app(service: EgressService, prefix: str, cookie_secret: bytes) -> web.Application:
-    """The tornado application of the egress service, routes under ``prefix``."""
+def make_app(
+    service: EgressService,
+    prefix: str,
+    cookie_secret: bytes,
+    *,
+    threads: int = 4,
+    oauth_state_dir: Path | None = None,
+) -> web.Application:
+    """The tornado application of the egress service, routes under ``prefix``.
+
+    ``threads``: the pool that runs the core's operations (database work) off the IOLoop, so
+    that one request waiting for the database doesn't hold up the others.
+    ``oauth_state_dir``: where logins in progress are kept when several worker processes serve
+    (see :mod:`egress.hub_oauth`); None keeps them in this process.
+    """
+    if oauth_state_dir is not None:
+        SharedStateHubOAuth.instance().oauth_state_dir = str(oauth_state_dir)
 
     def route(path: str) -> str:
         return url_path_join(prefix, path)
 
     r, f = rf"(?P<request_id>{_ID})", r"(?P<file_id>[0-9]{1,12})"
+    x = r"(?P<reexecution_id>[0-9a-f]{32})"
     return web.Application(
         [
             (route("healthz"), HealthHandler),
-            (route("oauth_callback"), HubOAuthCallbackHandler),
+            (route("oauth_callback"), SharedStateOAuthCallback),
             (route("api/openapi.json"), OpenApiDocument),
             (route("api/whoami"), WhoAmIApi),
             (route(r"api/projects/([a-z0-9-]{1,40})/outputs"), OutputsApi),
@@ -582,7 +761,11 @@ def make_app(service: EgressService, prefix: str, cookie_secret: bytes) -> web.A
             (route(f"api/requests/{r}/files/{f}/vote"), VoteApi),
             (route(f"api/requests/{r}/groups/(?P<group>[^/]{{1,64}})"), GroupApi),
             (route(f"api/requests/{r}/comments"), CommentsApi),
+            (route(f"api/requests/{r}/votes"), BulkVotesApi),
             (route(f"api/requests/{r}/record"), RecordApi),
+            (route(f"api/requests/{r}/files/{f}/reexecute"), ReexecuteApi),
+            (route(f"api/requests/{r}/reexecutions"), ReexecutionsApi),
+            (route(f"api/requests/{r}/reexecutions/{x}"), ReexecutionApi),
             (route(f"api/requests/{r}/(?P<action>[a-z]+)"), RequestActionApi),
             (route("api/audit/verify"), AuditVerifyApi),
             (route("api/.*"), ApiNotFound),
@@ -593,6 +776,7 @@ def make_app(service: EgressService, prefix: str, cookie_secret: bytes) -> web.A
             (route(f"requests/{r}/files/{f}"), FilePage),
             (route(f"requests/{r}/files/{f}/raw"), RawFile),
             (route(f"requests/{r}/files/{f}/download"), DownloadFile),
+            (route(f"requests/{r}/reexecutions/{x}"), ReexecutionPage),
             (route("audit"), AuditPage),
             (prefix, IndexPage),
         ],
@@ -601,6 +785,7 @@ def make_app(service: EgressService, prefix: str, cookie_secret: bytes) -> web.A
         # request that changes something (forms carry it; API clients send X-XSRFToken).
         xsrf_cookies=True,
         egress_service=service,
+        egress_executor=ThreadPoolExecutor(threads, thread_name_prefix="egress-core"),
         egress_prefix=prefix,
         jinja=_jinja(),
     )

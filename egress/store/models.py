@@ -24,6 +24,9 @@ What the tables hold
     ``releases``: the signed release record of a released request.
     ``notifications_outbox``: e-mails to send, written in the same transaction as the event
     that causes them, sent later by ``EgressService.deliver_notifications``.
+    ``reexecutions``: trusted re-executions of a request's notebook (id: the runner's job id),
+    ``queued`` until the runner's result is taken in; then its report (outputs with sha256 and
+    SDC metadata, no bytes: those are in the content store) and the service's signed record.
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ __all__ = [
     "Comment",
     "FileGroup",
     "Notification",
+    "Reexecution",
     "Release",
     "Request",
     "RequestFile",
@@ -260,3 +264,22 @@ class Notification(Base):
     sent_at: Mapped[datetime | None]
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Reexecution(Base):
+    __tablename__ = "reexecutions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    request_id: Mapped[str] = mapped_column(
+        ForeignKey("requests.id", ondelete="CASCADE"), index=True
+    )
+    notebook_path: Mapped[str] = mapped_column(Text)
+    notebook_sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH))
+    parameters: Mapped[dict[str, Any]]
+    requested_by: Mapped[str] = mapped_column(String(USERNAME_LENGTH))
+    requested_at: Mapped[datetime]
+    status: Mapped[str] = mapped_column(String(20))
+    finished_at: Mapped[datetime | None]
+    reason: Mapped[str] = mapped_column(Text, default="")
+    report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    record_json: Mapped[str | None] = mapped_column(Text)

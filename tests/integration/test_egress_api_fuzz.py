@@ -224,6 +224,7 @@ def test_operation_conforms_to_the_document(
                 "file_id": data.draw(st.sampled_from(files)),
                 "project": "cardio",
                 "group": "main",
+                "reexecution_id": "0" * 32,  # well formed; no such run (404)
             }
             for name in path_names:
                 case.path_parameters[name] = real[name]

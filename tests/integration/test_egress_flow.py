@@ -130,3 +130,66 @@ def test_openapi_document_is_published(enclave):
     assert r.status_code == 200
     doc = r.json()
     assert doc["openapi"].startswith("3.") and "/api/requests/{request_id}/release" in doc["paths"]
+
+
+def _next_link(response) -> str | None:
+    link = response.headers.get("Link", "")
+    if not link:
+        return None
+    assert link.endswith('>; rel="next"'), link
+    return link[link.index("<") + 1 : link.index(">")]
+
+
+def test_request_list_pages_and_bulk_request_changes(enclave, alice_cardio):
+    alice, _container = alice_cardio
+    code = "for n in 'ab': open(f'outputs/bulk_{n}.csv','w').write('group,count\\nx,20\\ny,31\\n')"
+    assert alice.run_code("cardio", code)["error"] is None
+    researcher = Egress(alice)
+    rid = researcher.ok("POST", "api/requests", 201, json={"project": "cardio", "title": "Bulk"})[
+        "id"
+    ]
+    for name in ("bulk_a.csv", "bulk_b.csv"):
+        researcher.ok("POST", f"api/requests/{rid}/files", 201, json={"path": name})
+    researcher.ok("PUT", f"api/requests/{rid}/groups/main", json={"context": "c", "controls": "k"})
+    files = researcher.ok("POST", f"api/requests/{rid}/submit")["files"]
+    for extra in range(3):  # a few more, so that pages of one have somewhere to go
+        researcher.ok("POST", "api/requests", 201, json={"project": "cardio", "title": f"p{extra}"})
+
+    # pages of one, followed through their Link headers, give the whole list once, in order
+    everything = [r["id"] for r in researcher.ok("GET", "api/requests?limit=500")]
+    seen, url = [], researcher.base + "api/requests?limit=1"
+    while url:
+        page = researcher.user.session.get(
+            url if url.startswith("http") else enclave.url.rstrip("/") + url, timeout=30
+        )
+        assert page.status_code == 200, page.text
+        seen += [r["id"] for r in page.json()]
+        url = _next_link(page)
+    assert seen == everything and rid in seen
+    assert researcher.call("GET", "api/requests?limit=0").status_code == 400
+    bad = researcher.call("GET", "api/requests?after=not-a-position")
+    assert bad.status_code == 400 and "position" in bad.json()["message"]
+
+    olivia = Egress(enclave.user("olivia"))
+    olivia.ok("PUT", f"api/requests/{rid}/files/{files[0]['id']}/vote", json={"vote": "approve"})
+    # bulk approval doesn't exist; the author can't vote in bulk either
+    refused = olivia.call("POST", f"api/requests/{rid}/votes", json={"vote": "approve"})
+    assert refused.status_code == 400 and "safe direction" in refused.json()["message"]
+    assert (
+        researcher.call(
+            "POST", f"api/requests/{rid}/votes", json={"vote": "request_changes"}
+        ).status_code
+        == 403
+    )
+    changed = olivia.ok("POST", f"api/requests/{rid}/votes", json={"vote": "request_changes"})
+    assert changed["changed"] == ["bulk_a.csv", "bulk_b.csv"]
+    votes = {
+        f["path"]: f["votes"]["olivia"] for f in olivia.ok("GET", f"api/requests/{rid}")["files"]
+    }
+    assert votes == {"bulk_a.csv": "request_changes", "bulk_b.csv": "request_changes"}
+    reset = olivia.ok(
+        "POST",
+        f"api/requests/{rid}/votes",
+        json={"vote": "undecided", "file_ids": [files[1]["id"]]},
+    )
+    assert reset["changed"] == ["bulk_b.csv"]

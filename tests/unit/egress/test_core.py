@@ -36,6 +36,7 @@ from egress.core import (
     NotFound,
     ServicePaths,
     actor_for,
+    page_cursor,
 )
 from egress.policy import Actor, PermissionDenied
 from egress.signing import load_public_key, public_key_path, verify_record
@@ -388,6 +389,33 @@ def test_votes_reset_and_undecided_needs_reset_permission(service):
     assert service.verify_audit().ok
 
 
+def test_bulk_request_changes_is_one_vote_per_file_and_never_an_approval(service):
+    rid, files = new_request(
+        service,
+        {"notes.txt": "notes", "tables/smoking.csv": "tables", "tables/regions.csv": "tables"},
+    )
+    ids = {path: f["id"] for path, f in files.items()}
+    service.vote(olivia, rid, ids["notes.txt"], "request_changes")
+    service.vote(olivia, rid, ids["tables/regions.csv"], "approve")
+    refused(404, lambda: service.request_changes(olivia, rid, [999_999]))
+    refused(403, lambda: service.request_changes(alice, rid))  # the author
+    # the vote already "request changes" is left alone; the approval is turned round
+    assert service.request_changes(olivia, rid) == ["tables/regions.csv", "tables/smoking.csv"]
+    assert service.request_changes(olivia, rid) == []
+    votes = {f["path"]: f["votes"] for f in service.get_request(olivia, rid)["files"]}
+    assert {path: v["olivia"] for path, v in votes.items()} == dict.fromkeys(ids, "request_changes")
+    # a second checker's votes are untouched, and only the listed files change
+    service.vote(oscar, rid, ids["notes.txt"], "approve")
+    assert service.request_changes(oscar, rid, [ids["tables/regions.csv"]]) == [
+        "tables/regions.csv"
+    ]
+    votes = {f["path"]: f["votes"] for f in service.get_request(oscar, rid)["files"]}
+    assert votes["notes.txt"]["oscar"] == "approve"
+    events = [e for e in service.request_audit(adam, rid) if e["event"] == "VOTED"]
+    assert len(events) == 2 + 2 + 1 + 1  # one event per vote that changed
+    assert service.verify_audit().ok
+
+
 def test_input_validation_and_unknown_things(service):
     refused(400, lambda: service.create_request(alice, "cardio", "   "))
     refused(400, lambda: service.create_request(alice, "cardio", "x" * 201))
@@ -443,6 +471,33 @@ def test_list_requests(service, clock):
     assert ids(service.list_requests(oscar, mine_to_review=True)) == {r2}
     summary = service.list_requests(oscar, mine_to_review=True)[0]
     assert summary["reviews_in"] == 1 and summary["reviews_required"] == 2
+
+
+def test_list_requests_pages_see_every_request_once_even_with_equal_times(service):
+    for n in range(6):
+        service.create_request(alice, "cardio", f"request {n}")
+    everything = service.list_requests(adam)
+    # two requests updated in the same microsecond: the id breaks the tie
+    with service.engine.begin() as conn:
+        same = conn.execute(select(Request.updated_at).where(Request.id == everything[2]["id"]))
+        conn.execute(
+            update(Request)
+            .where(Request.id == everything[3]["id"])
+            .values(updated_at=same.scalar_one())
+        )
+    everything = service.list_requests(adam)
+    for size in (1, 2, 4, 6, 7):
+        seen, after = [], None
+        while True:
+            page = service.list_requests(adam, limit=size, after=after)
+            seen += page
+            if len(page) < size:
+                break
+            after = page_cursor(page[-1])
+        assert [r["id"] for r in seen] == [r["id"] for r in everything], size
+    refused(400, lambda: service.list_requests(adam, limit=0))
+    for bad in ("nonsense", page_cursor({"updated_at": "yesterday", "id": "x"}), "W10"):
+        refused(400, lambda bad=bad: service.list_requests(adam, after=bad), match="position")
 
 
 def test_actor_for_uses_the_enclave_and_hub_groups(enclave):
@@ -875,6 +930,7 @@ OPERATIONS: dict[str, Callable[[EgressService, Actor, str, int], object]] = {
     "view_file": lambda s, a, r, f: s.view_file(a, r, f),
     "vote": lambda s, a, r, f: s.vote(a, r, f, "approve"),
     "reset_votes": lambda s, a, r, f: s.reset_votes(a, r),
+    "request_changes_all": lambda s, a, r, f: s.request_changes(a, r),
     "comment_public": lambda s, a, r, f: s.comment(a, r, "a comment", "public"),
     "comment_private": lambda s, a, r, f: s.comment(a, r, "a checker note", "private"),
     "submit_review": lambda s, a, r, f: s.submit_review(a, r),
@@ -913,7 +969,7 @@ def expected_status(op: str, role: str, state: str) -> int:
             return 200 if state in AUTHORS_TURN else 409
         return 403
     done = role == "reviewer" and state == "under_review"  # own review in, round independent
-    if op == "vote":
+    if op in ("vote", "request_changes_all"):
         if state == "reviewed":
             return 200 if role == "reviewer" else 409
         return 200 if state in ("submitted", "under_review") and not done else 409

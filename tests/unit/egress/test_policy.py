@@ -397,6 +397,19 @@ released      403     403       403     403       ok       ok        ok
 rejected      403     403       403     403       ok       ok        ok
 withdrawn     403     403       403     403       ok       ok        ok
 revoked       403     403       403     403       ok       ok        ok
+
+[reexecute]
+state         author  auth_chk  member  outsider  checker  reviewed  admin
+draft         ok      ok        403     403       409      409       403
+submitted     ok      ok        403     403       ok       ok        403
+under_review  409     409       403     403       ok       ok        403
+reviewed      409     409       403     403       ok       ok        403
+returned      ok      ok        403     403       409      409       403
+approved      409     409       403     403       409      409       403
+released      409     409       403     403       409      409       403
+rejected      409     409       403     403       409      409       403
+withdrawn     409     409       403     403       409      409       403
+revoked       409     409       403     403       409      409       403
 """
 
 CREATE_TABLE = """
@@ -446,7 +459,7 @@ def test_table_covers_every_permission_state_and_role_exactly_once():
     assert set(EXPECTED) == {
         (p, s, r) for p in request_permissions for s in RequestState for r in ROLES
     }
-    assert len(EXPECTED) == 21 * 10 * 7 == 1470
+    assert len(EXPECTED) == 22 * 10 * 7 == 1540
 
 
 @pytest.mark.parametrize(
@@ -587,6 +600,7 @@ def test_allowed_permissions_lists_what_check_allows():
         P.VIEW_REQUEST,
         P.VIEW_FILE,
         P.VIEW_PRIVATE_COMMENTS,
+        P.REEXECUTE,
     }
 
 

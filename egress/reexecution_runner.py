@@ -1,0 +1,253 @@
+"""``havre-reexec-runner``: runs the trusted re-executions the egress service asks for.
+
+The egress service faces the browsers and has no Docker socket; this process has the socket and
+**no network at all** (``havre up`` starts it as ``<enclave>-runner`` with ``network_mode=none``,
+the egress image, uid 1000 plus the socket's group, read-only root, no capabilities). Its only
+input is the jobs folder it shares with the service (:mod:`egress.reexecution_jobs`):
+
+1. at start, it removes what a previous runner left behind: re-execution containers whose
+   scratch folder is under this runner's ``work/`` folder, scratch folders, half-written
+   temporary files; jobs still in ``running/`` are started again, unless they were already
+   started :data:`~egress.reexecution_jobs.MAX_ATTEMPTS` times (then they are reported failed:
+   a notebook that kills the runner doesn't get to kill it for ever);
+2. it claims the oldest job in ``inbox/``, checks it (protocol, the notebook's sha256, the
+   project exists in the enclave config), runs it with :func:`egress.reexecution.run_notebook`
+   using **only** the enclave config and its own options for what matters: the project's
+   image (which must be on the enclave's allow-list), data folder and CPU/memory/process limits,
+   and the time limit given to this runner (``--time-limit``);
+3. it publishes the result folder in one rename (the service then stores it, signs its record
+   and writes the audit events), and takes the next job. One job at a time.
+
+A job's file is data, never configuration: it can name a project of the enclave, a notebook (by
+content, checked) and papermill parameters (checked by ``egress.reexecution``), nothing else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from egress.reexecution_jobs import (
+    MAX_ATTEMPTS,
+    JobsFolder,
+    ProtocolError,
+    failure_report,
+    result_report,
+)
+from spawner.enclave import EnclaveConfig, load_enclave_config
+
+log = logging.getLogger("egress.reexecution_runner")
+
+DEFAULT_TIME_LIMIT = 600
+#: The jobs folder under the enclave's state folder (``havre up`` shares it with the service).
+JOBS_SUBDIR = "reexec"
+
+
+def jobs_folder(enclave: EnclaveConfig) -> JobsFolder:
+    """The enclave's jobs folder (``<state_dir>/reexec``)."""
+    return JobsFolder(Path(enclave.state_dir) / JOBS_SUBDIR)
+
+
+class Runner:
+    """One runner over one enclave's jobs folder (see the module documentation)."""
+
+    def __init__(
+        self,
+        enclave: EnclaveConfig,
+        folder: JobsFolder,
+        client: Any,
+        *,
+        time_limit: int = DEFAULT_TIME_LIMIT,
+    ) -> None:
+        if not 1 <= int(time_limit) <= 24 * 3600:
+            raise ValueError("the time limit must be 1 to 86400 seconds")
+        self.enclave = enclave
+        self.folder = folder
+        self.client = client
+        self.time_limit = int(time_limit)
+        self.stopping = False
+
+    # -- recovery ------------------------------------------------------------------------------
+
+    def clean_up(self) -> None:
+        """Remove leftover containers, scratch folders and temporary files of earlier runs."""
+        from egress.reexecution import RUN_LABEL, _remove_tree
+
+        work = str(self.folder.work.resolve()) + "/"
+        for container in self.client.containers.list(
+            all=True, filters={"label": [RUN_LABEL, f"havre.enclave={self.enclave.name}"]}
+        ):
+            mounts = container.attrs.get("Mounts") or []
+            if any(str(m.get("Source", "")).startswith(work) for m in mounts):
+                log.warning("removing leftover re-execution container %s", container.name)
+                try:
+                    container.remove(force=True)
+                except Exception as err:  # already gone, being removed
+                    log.info("could not remove %s: %s", container.name, err)
+        for entry in os.scandir(self.folder.work):
+            if entry.name.startswith("reexec-"):
+                _remove_tree(Path(entry.path))
+        removed = self.folder.remove_leftovers()
+        if removed:
+            log.info("removed %d half-written temporary files", removed)
+
+    def recover(self) -> int:
+        """Run again (or report failed) the jobs a previous runner left in ``running/``."""
+        claimed = self.folder.claimed()
+        for job_id in claimed:
+            log.warning("job %s was left running by a previous runner", job_id)
+            self.process(job_id)
+        return len(claimed)
+
+    # -- one job -------------------------------------------------------------------------------
+
+    def process(self, job_id: str) -> str:
+        """Run one claimed job and publish its result; the result's status."""
+        attempt = self.folder.start_attempt(job_id)
+        job = self.folder.unreadable_job(job_id)
+        if attempt > MAX_ATTEMPTS:
+            if job is None:
+                self.folder.drop_claimed(job_id)
+                return "dropped"
+            reason = (
+                f"the runner stopped {attempt - 1} times while running this job; "
+                "it is not run again"
+            )
+            self.folder.finish(job_id, failure_report(job, "failed", reason))
+            log.error("job %s: %s", job_id, reason)
+            return "failed"
+        try:
+            job, notebook = self.folder.load_claimed(job_id)
+        except ProtocolError as err:
+            if job is None:
+                log.error("job %s dropped: its file can't be read (%s)", job_id, err)
+                self.folder.drop_claimed(job_id)
+                return "dropped"
+            self.folder.finish(job_id, failure_report(job, "refused", str(err)))
+            return "refused"
+        project = self.enclave.projects.get(job.project)
+        if project is None:
+            reason = f"there is no project {job.project!r} in this enclave's config"
+            self.folder.finish(job_id, failure_report(job, "refused", reason))
+            return "refused"
+
+        from egress.reexecution import ReexecutionRequest, run_notebook
+
+        request = ReexecutionRequest(
+            notebook=notebook,
+            parameters=dict(job.parameters),
+            project=project,
+            image=project.image,
+            timeout_seconds=self.time_limit,
+            labels={"havre.enclave": self.enclave.name},
+        )
+        log.info(
+            "job %s: running %s of request %s (project %s, image %s, time limit %d s)",
+            job_id,
+            job.notebook_path,
+            job.request_id,
+            project.slug,
+            project.image,
+            self.time_limit,
+        )
+        try:
+            result = run_notebook(
+                self.client,
+                request,
+                workdir_root=self.folder.work,
+                allowed_images=self.enclave.allowed_images,
+            )
+        except Exception as err:  # the Docker engine failed, not the notebook
+            log.exception("job %s: the run failed", job_id)
+            reason = f"the runner could not run the notebook: {type(err).__name__}: {err}"
+            self.folder.finish(job_id, failure_report(job, "failed", reason[:2000]))
+            return "failed"
+        report = result_report(
+            job, result, limits_source=f"enclave config; time limit {self.time_limit} s (runner)"
+        )
+        self.folder.finish(
+            job_id, report, executed_notebook=result.executed_notebook, outputs=result.outputs
+        )
+        log.info("job %s: %s in %.1f s %s", job_id, result.status, result.duration_s, result.reason)
+        return result.status
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def run_pending(self) -> int:
+        """Claim and run every job waiting now; how many were run."""
+        count = 0
+        while not self.stopping and (job_id := self.folder.claim_next()) is not None:
+            self.process(job_id)
+            count += 1
+        return count
+
+    def serve(self, poll_seconds: float = 1.0) -> None:
+        """Recover, then run jobs as they come until :attr:`stopping`."""
+        self.clean_up()
+        self.recover()
+        while not self.stopping:
+            if not self.run_pending():
+                time.sleep(poll_seconds)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point ``havre-reexec-runner``."""
+    parser = argparse.ArgumentParser(
+        prog="havre-reexec-runner",
+        description="Run the egress service's trusted re-execution jobs (needs the Docker "
+        "socket; started by `havre up` in a container with no network).",
+    )
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("HAVRE_CONFIG", "/etc/havre/enclave.yaml"),
+        help="the enclave config file (default: $HAVRE_CONFIG or /etc/havre/enclave.yaml)",
+    )
+    parser.add_argument(
+        "--jobs",
+        default="",
+        help=f"the jobs folder shared with the egress service (default: <state_dir>/{JOBS_SUBDIR})",
+    )
+    parser.add_argument(
+        "--time-limit",
+        type=int,
+        default=DEFAULT_TIME_LIMIT,
+        help=f"seconds a notebook may run before it is stopped (default {DEFAULT_TIME_LIMIT})",
+    )
+    parser.add_argument(
+        "--poll-seconds", type=float, default=1.0, help="how often to look for new jobs"
+    )
+    parser.add_argument(
+        "--once", action="store_true", help="run the jobs waiting now, then exit (no recovery)"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    enclave = load_enclave_config(args.config)
+    folder = JobsFolder(args.jobs) if args.jobs else jobs_folder(enclave)
+    for sub in (folder.inbox, folder.running, folder.results, folder.work):
+        if not sub.is_dir():
+            parser.error(f"{sub} is missing: `havre up` prepares the jobs folder")
+    import docker
+
+    client = docker.from_env(version="auto")
+    runner = Runner(enclave, folder, client, time_limit=args.time_limit)
+
+    def stop(*_: Any) -> None:
+        runner.stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("havre-reexec-runner: jobs in %s, time limit %d s", folder.root, args.time_limit)
+    if args.once:
+        runner.run_pending()
+    else:
+        runner.serve(args.poll_seconds)
+    client.close()
+
+
+__all__ = ["DEFAULT_TIME_LIMIT", "JOBS_SUBDIR", "Runner", "jobs_folder", "main"]

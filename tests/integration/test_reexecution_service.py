@@ -1,0 +1,226 @@
+"""Trusted re-execution through the running enclave: the egress service asks, the runner runs.
+
+A researcher runs a notebook in her own JupyterLab server (tables made with the safe-analysis
+library), tampers with one of the tables, and asks for the release of the notebook and the
+tables; a checker asks the service, through its API, to re-run the notebook. The egress service
+has no Docker socket: the runner container (``<enclave>-runner``, no network) runs it, the service
+takes the result in, signs and audits it. The checker then sees the untouched table *identical*,
+the tampered one *differs*, the trusted run's SDC verdicts marked verified and the researcher's
+own marked as not verified. A notebook that opens a socket fails (a canary on the host hears
+nothing); one that runs past the runner's time limit is stopped and reported.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+
+import nbformat
+import pytest
+from nbformat.v4 import new_code_cell, new_notebook
+
+from egress.signing import load_public_key, public_key_path, verify_record
+from spawner import stack
+from tests.integration.canaries import new_token, tcp_canary
+from tests.integration.test_egress_flow import Egress
+from tests.integration.test_reexecution import docker0_address
+
+pytestmark = pytest.mark.docker
+
+#: The runner's time limit in this module (the enclave's default is 600 s).
+TIME_LIMIT = 45
+SESSION = f"rx-{os.getpid()}"
+FOLDER = "rxservice"
+ANALYSIS = [
+    "import pandas as pd\nimport egress.safe as safe",
+    "df = pd.read_csv('/data/hospital_stays.csv')",
+    f"safe.new_session(name={SESSION!r}, show=False)",
+    "by_region = safe.crosstab(df['region'], df['sex'])",
+    "by_age = safe.crosstab(df['age_band'], df['sex'])",
+    "safe.finalise()",
+    "print('tables written:', by_region.shape, by_age.shape)",
+]
+
+
+def notebook_bytes(sources: list[str]) -> bytes:
+    nb = new_notebook(cells=[new_code_cell(s) for s in sources])
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    return nbformat.writes(nb).encode()
+
+
+@pytest.fixture(scope="module")
+def short_runner(enclave):
+    """The enclave's runner with a short time limit (``havre up`` with the option changed)."""
+    changes: list[str] = []
+    stack.up(enclave.config, replace(enclave.options, reexecution_time_limit=TIME_LIMIT), changes)
+    assert f"replaced {stack.runner_container_name(enclave.config)}" in changes, changes
+    yield
+    stack.up(enclave.config, enclave.options)
+
+
+def save_output(enclave, relative: str, data: bytes) -> None:
+    """A file the researcher saved in her outputs folder (owned by the notebook user)."""
+    path = enclave.config.outputs_dir("cardio") / relative
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chown(path.parent, 1000, 1000)
+    path.write_bytes(data)
+    os.chown(path, 1000, 1000)
+
+
+def wait_finished(checker: Egress, rid: str, rx_id: str, timeout: float = 400) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        detail = checker.ok("GET", f"api/requests/{rid}/reexecutions/{rx_id}")
+        if detail["status"] != "queued":
+            return detail
+        time.sleep(1)
+    raise AssertionError(f"re-execution {rx_id} still queued after {timeout} s")
+
+
+def test_runner_is_the_only_one_with_docker_and_has_no_network(enclave):
+    runner = enclave.docker.containers.get(stack.runner_container_name(enclave.config))
+    egress = enclave.egress_container()
+    assert runner.attrs["HostConfig"]["NetworkMode"] == "none"
+    interfaces = runner.exec_run(["ls", "/sys/class/net"]).output.decode().split()
+    assert interfaces == ["lo"]
+    # the egress service, which faces the browsers, can't reach the Docker engine
+    probe = egress.exec_run(
+        ["python3", "-c", "import os; print(os.path.exists('/var/run/docker.sock'))"]
+    )
+    assert probe.output.decode().strip() == "False"
+    # the runner can (that is its job), as a non-root user with no capabilities
+    assert runner.attrs["Config"]["User"] == "1000:1000"
+    assert runner.attrs["HostConfig"]["CapDrop"] == ["ALL"]
+    ping = runner.exec_run(["python3", "-c", "import docker; print(docker.from_env().ping())"])
+    assert ping.output.decode().strip() == "True", ping.output
+
+
+def test_checker_reexecutes_and_sees_identical_differs_and_verified_verdicts(
+    enclave, alice_cardio, short_runner
+):
+    alice, _container = alice_cardio
+    # the researcher's own run, in her JupyterLab server
+    out = alice.run_code("cardio", "\n".join(ANALYSIS))
+    assert out["error"] is None, out
+    save_output(enclave, f"{FOLDER}/analysis.ipynb", notebook_bytes(ANALYSIS))
+    token = new_token()
+    gateway = docker0_address() or "127.0.0.1"
+    canary = tcp_canary(gateway)
+    socket_nb = notebook_bytes(
+        [
+            "import socket",
+            f"with socket.create_connection(({gateway!r}, {canary.port}), timeout=3) as s:\n"
+            f"    s.sendall({token!r}.encode())",
+        ]
+    )
+    save_output(enclave, f"{FOLDER}/phone_home.ipynb", socket_nb)
+    save_output(
+        enclave, f"{FOLDER}/forever.ipynb", notebook_bytes(["import time", "time.sleep(3600)"])
+    )
+    session = enclave.config.outputs_dir("cardio") / SESSION
+    tables = sorted(p.name for p in session.glob("output_*.csv"))
+    assert len(tables) == 2, tables
+    untouched, tampered = f"{SESSION}/{tables[0]}", f"{SESSION}/{tables[1]}"
+    # she edits a count by hand after the run
+    text = (session / tables[1]).read_text()
+    lines = text.splitlines()
+    head, *cells = lines[1].split(",")
+    cells[-1] = str(int(float(cells[-1])) + 10)
+    lines[1] = ",".join([head, *cells])
+    (session / tables[1]).write_text("\n".join(lines) + "\n")
+
+    researcher = Egress(alice)
+    rid = researcher.ok("POST", "api/requests", 201, json={"project": "cardio", "title": "RX"})[
+        "id"
+    ]
+    ids = {}
+    for path in (
+        f"{FOLDER}/analysis.ipynb",
+        f"{FOLDER}/phone_home.ipynb",
+        f"{FOLDER}/forever.ipynb",
+        untouched,
+        tampered,
+    ):
+        detail = researcher.ok("POST", f"api/requests/{rid}/files", 201, json={"path": path})
+        ids[path] = next(f["id"] for f in detail["files"] if f["path"] == path)
+    researcher.ok(
+        "PUT", f"api/requests/{rid}/groups/main", json={"context": "RX", "controls": "safe"}
+    )
+    researcher.ok("POST", f"api/requests/{rid}/submit")
+
+    olivia = Egress(enclave.user("olivia"))
+    bob = Egress(enclave.user("bob"))
+    notebook_id = ids[f"{FOLDER}/analysis.ipynb"]
+    assert bob.call("POST", f"api/requests/{rid}/files/{notebook_id}/reexecute").status_code == 403
+    not_notebook = olivia.call("POST", f"api/requests/{rid}/files/{ids[untouched]}/reexecute")
+    assert not_notebook.status_code == 400 and "not a notebook" in not_notebook.json()["message"]
+
+    queued = {
+        name: olivia.ok(
+            "POST", f"api/requests/{rid}/files/{ids[f'{FOLDER}/{name}']}/reexecute", 202
+        )
+        for name in ("analysis.ipynb", "phone_home.ipynb", "forever.ipynb")
+    }
+    assert {q["status"] for q in queued.values()} == {"queued"}
+    again = olivia.call("POST", f"api/requests/{rid}/files/{notebook_id}/reexecute")
+    assert again.status_code == 409 and "already waiting" in again.json()["message"]
+
+    try:
+        done = {name: wait_finished(olivia, rid, q["id"]) for name, q in queued.items()}
+        time.sleep(1.0)
+        assert not canary.saw(token), "the canary heard the re-executed notebook"
+    finally:
+        canary.close()
+
+    analysis = done["analysis.ipynb"]
+    assert analysis["status"] == "completed", (analysis["reason"], analysis["log"][-2000:])
+    lines_by_path = {c["path"]: c for c in analysis["comparison"]}
+    assert lines_by_path[untouched]["status"] == "identical"
+    assert lines_by_path[tampered]["status"] == "differs"
+    for path in (untouched, tampered):
+        assert lines_by_path[path]["trusted_sdc"]["status"] in ("pass", "review", "fail")
+        assert lines_by_path[path]["researcher_sdc"]["label"] == (
+            "supplied by the researcher, not verified"
+        )
+    trusted_outputs = {o["path"]: o for o in analysis["outputs"]}
+    assert trusted_outputs[untouched]["sdc_label"] == "verified (trusted re-execution)"
+    record = analysis["record"]
+    key = load_public_key(public_key_path(enclave.config.state_dir / "egress" / "signing-key.pem"))
+    assert verify_record(record, key)
+    assert record["record"]["network"] == "none"
+    assert record["record"]["request"]["requested_by"] == "olivia"
+    assert record["record"]["image"]["reference"] == enclave.config.projects["cardio"].image
+    assert record["record"]["limits"]["timeout_seconds"] == TIME_LIMIT
+
+    phone = done["phone_home.ipynb"]
+    assert phone["status"] == "failed" and "papermill exited" in phone["reason"]
+
+    forever = done["forever.ipynb"]
+    assert forever["status"] == "timeout", forever
+    assert f"still running after {TIME_LIMIT} s" in forever["reason"]
+
+    # the checker's page: comparison, labels, the executed notebook rendered inertly
+    page = olivia.call("GET", f"requests/{rid}/reexecutions/{analysis['id']}")
+    assert page.status_code == 200
+    assert 'data-status="differs"' in page.text and 'data-status="identical"' in page.text
+    assert "verified (trusted re-execution)" in page.text
+    assert "supplied by the researcher, not verified" in page.text
+    assert "tables written:" in page.text  # the executed notebook's output
+    assert "<script" not in page.text.split("file-view", 1)[1].lower()
+    request_page = olivia.call("GET", f"requests/{rid}")
+    assert "Trusted re-executions" in request_page.text
+    file_page = olivia.call("GET", f"requests/{rid}/files/{ids[untouched]}")
+    assert "Differencing with earlier releases" in file_page.text
+
+    # audited (REEXECUTION_REQUESTED, RE_EXECUTED: see the unit tests); the log still verifies
+    verified = olivia.ok("GET", "api/audit/verify")
+    assert verified["ok"], verified
+    leftovers = enclave.docker.containers.list(
+        all=True, filters={"label": ["havre.reexecution", "havre.project=cardio"]}
+    )
+    assert leftovers == []
