@@ -26,10 +26,13 @@ from spawner.enclave import (
     EnclaveConfigError,
     load_enclave_config,
 )
+from spawner.hub_pages import configure_pages
 
 HUB_PORT = 8081
 PROXY_PORT = 8000
 EGRESS_PORT = 8090
+#: the download guard, on the hub container's loopback address
+GUARD_PORT = 8082
 
 
 def secrets_dir(enclave: EnclaveConfig) -> Path:
@@ -104,6 +107,12 @@ def configure_hub(c: Any, environ: Mapping[str, str] = os.environ) -> EnclaveCon
     c.JupyterHub.db_url = f"sqlite:///{hub_state / 'jupyterhub.sqlite'}"
     c.JupyterHub.cookie_secret_file = str(secrets_dir(enclave) / "cookie-secret")
     c.JupyterHub.pid_file = str(hub_state / "jupyterhub.pid")
+    # the proxy's pid on the container's tmpfs: a pid file left by a killed hub would make the
+    # restarted one take a stranger's pid for a running proxy
+    c.ConfigurableHTTPProxy.pid_file = "/tmp/jupyterhub-proxy.pid"
+    # a hub restart (an upgrade, a crash) leaves researchers' servers running: the new hub
+    # finds them again (the spawner's state keeps each container's address for the guard)
+    c.JupyterHub.cleanup_servers = False
     c.JupyterHub.allow_named_servers = True
     # no fixed limit: a user has at most one server per project they belong to, and the
     # spawner forgets refused attempts (see ProjectSpawner.forget_refused_server)
@@ -128,6 +137,12 @@ def configure_hub(c: Any, environ: Mapping[str, str] = os.environ) -> EnclaveCon
     c.ProjectSpawner.membership_check_interval = enclave.identity.membership_check_seconds
     if enclave.identity.membership_check_seconds:
         c.ProjectSpawner.poll_interval = min(30, enclave.identity.membership_check_seconds)
+    # the proxy reaches notebook servers through the download guard (spawner/download_guard.py)
+    c.ProjectSpawner.download_guard_address = "127.0.0.1"
+    c.ProjectSpawner.download_guard_port = GUARD_PORT
+
+    # -- the hub's pages: the user's projects, spawn progress, clear refusals
+    configure_pages(c, enclave)
 
     # -- the egress (output-checking) service, reached through the proxy
     c.JupyterHub.services = [

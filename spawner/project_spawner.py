@@ -25,26 +25,11 @@ from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SpawnException
 from traitlets import Dict, Int, List, Unicode, default
 
+from spawner.download_guard import ensure_guard
 from spawner.enclave import EnclaveConfig, EnclaveConfigError, Project, load_enclave_config
-
-#: Docker network driver options of every project network. ``inhibit_ipv4`` leaves the
-#: host without an address on the bridge, so services listening on the host's wildcard
-#: address can't be reached through the network's gateway.
-PROJECT_NETWORK_OPTIONS = {
-    "com.docker.network.bridge.inhibit_ipv4": "true",
-}
+from spawner.networks import project_network_is_closed, project_network_options
 
 _network_locks: dict[str, asyncio.Lock] = {}
-
-
-def project_network_is_closed(network_attrs: dict[str, Any]) -> bool:
-    """True when an existing Docker network has the properties Havre relies on."""
-    options = network_attrs.get("Options") or {}
-    return (
-        bool(network_attrs.get("Internal"))
-        and not network_attrs.get("EnableIPv6")
-        and options.get("com.docker.network.bridge.inhibit_ipv4") == "true"
-    )
 
 
 class ProjectSpawner(DockerSpawner):
@@ -130,6 +115,24 @@ class ProjectSpawner(DockerSpawner):
     extra_sysctls = Dict(
         config=True,
         help="Extra namespaced sysctls for notebook containers, merged over Havre's.",
+    )
+
+    download_guard_address = Unicode(
+        "127.0.0.1",
+        config=True,
+        help="""Address the download guard listens on, in the hub's own container.
+
+        The guard (spawner/download_guard.py) sits between the proxy and every notebook
+        server: it refuses the routes that hand raw files to a browser and forwards the
+        rest. Keep it on loopback: the proxy shares the hub container, notebook containers
+        and browsers must not reach it.
+        """,
+    )
+
+    download_guard_port = Int(
+        8082,
+        config=True,
+        help="Port of the download guard on download_guard_address.",
     )
 
     @default("remove")
@@ -283,7 +286,7 @@ class ProjectSpawner(DockerSpawner):
                     internal=True,
                     enable_ipv6=False,
                     check_duplicate=True,
-                    options=PROJECT_NETWORK_OPTIONS,
+                    options=project_network_options(name),
                     labels={
                         "havre.enclave": self.enclave.name,
                         "havre.project": project.slug,
@@ -372,10 +375,68 @@ class ProjectSpawner(DockerSpawner):
         )
         return env
 
-    async def start(self) -> tuple[str, int]:
+    # ------------------------------------------------------------------ progress, guard
+
+    def report(self, percent: int, message: str) -> None:
+        """One progress message for the spawn page (see :meth:`progress`)."""
+        self._progress_events = [*getattr(self, "_progress_events", []), (percent, message)]
+
+    async def progress(self) -> Any:
+        """The spawn's progress messages, as the hub's spawn page shows them."""
+        seen = 0
+        while True:
+            events = getattr(self, "_progress_events", [])
+            for percent, message in events[seen:]:
+                yield {"progress": percent, "message": message}
+            seen = len(events)
+            await asyncio.sleep(0.1)
+
+    def guard_prefix(self) -> str | None:
+        server = self.server
+        return server.base_url if server is not None else None
+
+    def guard_server(self, target: str) -> str:
+        """Register the server's real address with the download guard; return the guard's."""
+        guard = ensure_guard(self.download_guard_address, self.download_guard_port)
+        prefix = self.guard_prefix()
+        if prefix is None:
+            raise SpawnException("The hub has no record of this server.", status_code=500)
+        guard.routes.register(prefix, target)
+        self.guard_target = target
+        return guard.url
+
+    def unguard_server(self) -> None:
+        prefix = self.guard_prefix()
+        guard = ensure_guard(self.download_guard_address, self.download_guard_port)
+        if prefix is not None:
+            guard.routes.unregister(prefix)
+        self.guard_target = ""
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        if getattr(self, "guard_target", ""):
+            state["guard_target"] = self.guard_target
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        target = state.get("guard_target") if state else None
+        if target and self.guard_prefix() is not None:
+            # the hub restarted with this server running: its route points at the guard
+            self.guard_server(target)
+
+    async def stop(self, now: bool = False) -> None:
+        if getattr(self, "guard_target", ""):
+            self.unguard_server()
+        await super().stop(now=now)
+
+    async def start(self) -> str:
+        self._progress_events = []
+        self.report(5, f"Checking that you are a member of project {self.name!r}")
         project = self.authorize_project()
         await self.check_image_present(project.image)
         self.image = project.image
+        self.report(20, "Preparing the project's closed network")
         self.network_name = await self.ensure_project_network(project)
         network = await self.docker("inspect_network", self.network_name)
         gateway = (network.get("IPAM", {}).get("Config") or [{}])[0].get("Gateway", "")
@@ -409,9 +470,11 @@ class ProjectSpawner(DockerSpawner):
             self.poll_interval,
         )
         self._membership_checked_at = time.monotonic()
+        self.report(40, "Starting your hardened container (no network out, data read-only)")
         ip, port = await super().start()
+        self.report(70, "Waiting for JupyterLab, which opens behind Havre's download guard")
         await self.wait_listening(ip, port)
-        return ip, port
+        return self.guard_server(f"http://{ip}:{port}")
 
     async def wait_listening(self, ip: str, port: int) -> None:
         """Return as soon as the server accepts connections (checked every 25 ms).

@@ -8,7 +8,8 @@ import pytest
 from jupyterhub.spawner import SpawnException
 
 from spawner.enclave import parse_enclave_config
-from spawner.project_spawner import ProjectSpawner, project_network_is_closed
+from spawner.networks import project_network_is_closed
+from spawner.project_spawner import ProjectSpawner
 
 CONFIG = {
     "enclave": {"name": "unit", "state_dir": "/srv/unit"},

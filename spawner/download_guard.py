@@ -1,0 +1,319 @@
+"""The download guard: a filtering reverse proxy between the proxy and notebook servers.
+
+Settings inside a notebook container can be undone by its user (JupyterLab's page config is
+read from the home folder too, and a terminal runs any command), so the routes that hand raw
+files to a browser are refused outside the container, here. The guard runs in the hub
+process, listening on the hub container's loopback address only: the proxy
+(configurable-http-proxy, in the same container) reaches it, notebook containers and browsers
+don't. :class:`~spawner.project_spawner.ProjectSpawner` returns the guard's address to the hub
+as the server's address, so the proxy's route for ``/user/<name>/<project>/`` points here, and
+registers where the container really listens; the guard
+
+* refuses, with a 403 page that says why, what :func:`spawner.download_policy.request_refusal`
+  refuses (``files/``, ``nbconvert/``, ``view/``, ``?download=``) and answers that carry a
+  ``Content-Disposition``;
+* forwards everything else (HTTP, and websockets as a byte tunnel after the upgrade request
+  is checked) to the container, and puts the notebook Content-Security-Policy on the answers;
+* answers 503 for a server it doesn't know (stopped, or not started since the hub restarted).
+
+The registry of servers lives in the hub process and is rebuilt from the spawners' saved state
+when the hub restarts (see ``ProjectSpawner.load_state``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import json
+import logging
+from urllib.parse import urlsplit
+
+from tornado import httpclient, httpserver, web
+from tornado.httputil import HTTPHeaders
+from tornado.iostream import IOStream, StreamClosedError
+from tornado.tcpclient import TCPClient
+
+from spawner.download_policy import (
+    Refusal,
+    content_security_policy,
+    request_refusal,
+    response_refusal,
+)
+
+log = logging.getLogger("havre.download_guard")
+
+#: headers of one connection only (RFC 9110 7.6.1), never forwarded
+HOP_BY_HOP = {
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+}
+#: the largest request body forwarded (JupyterLab uploads big files in 1 MiB chunks)
+MAX_BODY_BYTES = 512 * 1024 * 1024
+#: seconds an answer from a notebook server may take (a long save, a big folder listing)
+REQUEST_TIMEOUT = 300.0
+#: concurrent forwarded HTTP requests (websockets don't count)
+MAX_CLIENTS = 256
+
+
+class ServerRoutes:
+    """Where each running server really listens: ``/user/<name>/<project>/`` -> URL."""
+
+    def __init__(self) -> None:
+        self._targets: dict[str, str] = {}
+
+    def register(self, prefix: str, target: str) -> None:
+        if not prefix.startswith("/") or not prefix.endswith("/"):
+            raise ValueError(f"a server prefix starts and ends with '/': {prefix!r}")
+        self._targets[prefix] = target.rstrip("/")
+        log.info("Download guard: %s -> %s", prefix, target)
+
+    def unregister(self, prefix: str) -> None:
+        if self._targets.pop(prefix, None) is not None:
+            log.info("Download guard: %s removed", prefix)
+
+    def lookup(self, path: str) -> tuple[str, str] | None:
+        """(prefix, target) of the server a request path belongs to, if any."""
+        best = None
+        for prefix, target in self._targets.items():
+            if path.startswith(prefix) and (best is None or len(prefix) > len(best[0])):
+                best = (prefix, target)
+        return best
+
+    def __len__(self) -> int:
+        return len(self._targets)
+
+
+REFUSAL_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Not available in Havre</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:44rem;margin:3rem auto;
+line-height:1.5;padding:0 1rem}}h1{{font-size:1.4rem}}</style></head>
+<body><h1 id="havre-refusal">Not available in Havre: no downloads from a project server</h1>
+<p>{sentence}</p>
+<p><a href="/services/egress/">Output checking</a> · <a href="{server}lab">Back to JupyterLab</a>
+· <a href="/hub/home">Your projects</a></p>
+<p><small>Refused: {code}</small></p></body></html>
+"""
+
+UNKNOWN_SERVER_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Server not running</title></head>
+<body><h1>This project server is not running</h1>
+<p>It has stopped, or the hub has restarted since it started. Start it again from
+<a href="/hub/home">your projects</a>.</p></body></html>
+"""
+
+
+class GuardHandler(web.RequestHandler):
+    """Check one request, forward it (or tunnel a websocket), check the answer."""
+
+    SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+    def initialize(self, routes: ServerRoutes, client: httpclient.AsyncHTTPClient) -> None:
+        self.routes = routes
+        self.client = client
+
+    def compute_etag(self) -> None:
+        return None  # the notebook server's own ETag, if any, is forwarded as is
+
+    def check_xsrf_cookie(self) -> None:
+        return None  # the notebook server checks its own XSRF token
+
+    async def _handle(self) -> None:
+        request = self.request
+        found = self.routes.lookup(request.path)
+        if found is None:
+            self.set_status(503)
+            self.set_header("Content-Type", "text/html; charset=utf-8")
+            self.finish(UNKNOWN_SERVER_PAGE)
+            return
+        prefix, target = found
+        refusal = request_refusal(request.path[len(prefix) :], request.query)
+        if refusal is not None:
+            self.refuse(prefix, refusal)
+            return
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            await self.tunnel(target)
+            return
+        await self.forward(prefix, target)
+
+    get = head = post = put = patch = delete = options = _handle
+
+    def refuse(self, prefix: str, refusal: Refusal) -> None:
+        log.warning(
+            "Download guard refused %s %s (%s)", self.request.method, self.request.uri, refusal.code
+        )
+        self.clear()
+        self.set_status(403)
+        self.set_header("Content-Security-Policy", content_security_policy())
+        self.set_header("X-Havre-Refused", refusal.code)
+        self.set_header("Cache-Control", "no-store")
+        if "/api/" in self.request.path or "json" in self.request.headers.get("Accept", ""):
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"message": refusal.sentence, "reason": refusal.code}))
+            return
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(
+            REFUSAL_PAGE.format(
+                sentence=html.escape(refusal.sentence),
+                server=html.escape(prefix),
+                code=html.escape(refusal.code),
+            )
+        )
+
+    def forwarded_headers(self) -> HTTPHeaders:
+        headers = HTTPHeaders()
+        for name, value in self.request.headers.get_all():
+            if name.lower() not in HOP_BY_HOP and name.lower() != "content-length":
+                headers.add(name, value)
+        return headers
+
+    async def forward(self, prefix: str, target: str) -> None:
+        request = self.request
+        body = request.body if request.method in ("POST", "PUT", "PATCH", "DELETE") else None
+        if request.method in ("POST", "PUT", "PATCH") and body is None:
+            body = b""
+        try:
+            response = await self.client.fetch(
+                httpclient.HTTPRequest(
+                    target + request.uri,
+                    method=request.method,
+                    headers=self.forwarded_headers(),
+                    body=body,
+                    follow_redirects=False,
+                    decompress_response=False,
+                    allow_nonstandard_methods=True,
+                    request_timeout=REQUEST_TIMEOUT,
+                ),
+                raise_error=False,
+            )
+        except (OSError, StreamClosedError, httpclient.HTTPClientError) as err:
+            log.warning("Download guard: %s unreachable: %s", target, err)
+            self.set_status(503)
+            self.set_header("Content-Type", "text/html; charset=utf-8")
+            self.finish(UNKNOWN_SERVER_PAGE)
+            return
+        if response.code == 599:  # no answer (connection refused, timeout)
+            log.warning("Download guard: %s gave no answer: %s", target, response.error)
+            self.set_status(503)
+            self.set_header("Content-Type", "text/html; charset=utf-8")
+            self.finish(UNKNOWN_SERVER_PAGE)
+            return
+        refusal = response_refusal(response.headers.get_all())
+        if refusal is not None:
+            self.refuse(prefix, refusal)
+            return
+        self.clear()
+        self.clear_header("Content-Type")
+        self.set_status(response.code, response.reason)
+        for name, value in response.headers.get_all():
+            lower = name.lower()
+            if lower in HOP_BY_HOP or lower in ("content-length", "content-security-policy"):
+                continue
+            if lower in ("server", "date", "content-type"):  # one each, the server's
+                self.set_header(name, value)
+            else:
+                self.add_header(name, value)
+        self.set_header(
+            "Content-Security-Policy", content_security_policy(f"{prefix}api/security/csp-report")
+        )
+        if response.code in (204, 304) or request.method == "HEAD":
+            self.finish()
+        else:
+            self.finish(response.body or b"")
+
+    async def tunnel(self, target: str) -> None:
+        """Pass a checked websocket upgrade to the server, then copy bytes both ways."""
+        parts = urlsplit(target)
+        try:
+            upstream = await TCPClient().connect(parts.hostname, parts.port or 80)
+        except OSError as err:
+            log.warning("Download guard: %s unreachable for a websocket: %s", target, err)
+            self.set_status(503)
+            self.finish(UNKNOWN_SERVER_PAGE)
+            return
+        request = self.request
+        lines = [f"GET {request.uri} HTTP/1.1"]
+        for name, value in request.headers.get_all():
+            if name.lower() in ("connection", "upgrade", "content-length"):
+                continue
+            lines.append(f"{name}: {value}")
+        lines += ["Connection: Upgrade", "Upgrade: websocket", "", ""]
+        downstream = self.detach()
+        try:
+            await upstream.write("\r\n".join(lines).encode("latin-1"))
+        except StreamClosedError:
+            downstream.close()
+            return
+        await asyncio.gather(_pump(downstream, upstream), _pump(upstream, downstream))
+
+
+async def _pump(source: IOStream, sink: IOStream) -> None:
+    try:
+        while True:
+            data = await source.read_bytes(65536, partial=True)
+            await sink.write(data)
+    except StreamClosedError:
+        pass
+    finally:
+        sink.close()
+        source.close()
+
+
+def log_request(handler: web.RequestHandler) -> None:
+    """Failures at warning level; ordinary traffic (every JupyterLab request) at debug level."""
+    status = handler.get_status()
+    level = logging.WARNING if status >= 500 else logging.DEBUG
+    log.log(
+        level,
+        "%d %s %s %.1f ms",
+        status,
+        handler.request.method,
+        handler.request.path,
+        1000 * handler.request.request_time(),
+    )
+
+
+class DownloadGuard:
+    """The guard's HTTP server and its registry of servers (one per hub process)."""
+
+    def __init__(self, address: str, port: int) -> None:
+        self.address = address
+        self.port = port
+        self.routes = ServerRoutes()
+        self.client = httpclient.AsyncHTTPClient(force_instance=True, max_clients=MAX_CLIENTS)
+        app = web.Application(
+            [(r".*", GuardHandler, {"routes": self.routes, "client": self.client})],
+            xsrf_cookies=False,
+            log_function=log_request,
+        )
+        self.server = httpserver.HTTPServer(
+            app, max_body_size=MAX_BODY_BYTES, xheaders=False, decompress_request=False
+        )
+        self.server.listen(port, address)
+        log.info("Download guard listening on %s", self.url)
+
+    @property
+    def url(self) -> str:
+        """The address the hub stores for every guarded server (the proxy's route target)."""
+        return f"http://{self.address}:{self.port}"
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.client.close()
+
+
+_guards: dict[tuple[str, int], DownloadGuard] = {}
+
+
+def ensure_guard(address: str, port: int) -> DownloadGuard:
+    """The guard listening on ``address:port`` in this process, started on first use."""
+    guard = _guards.get((address, port))
+    if guard is None:
+        guard = _guards[(address, port)] = DownloadGuard(address, port)
+    return guard

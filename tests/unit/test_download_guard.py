@@ -1,0 +1,212 @@
+"""The download guard as a process part: real sockets on loopback, a real tornado upstream.
+
+The upstream plays a notebook server's routes (a JSON API, a raw-file route, an answer with
+Content-Disposition, a websocket with a subprotocol); the guard sits in front of it as it sits in
+front of notebook containers in the hub. The enclave tests repeat the attacks against a real
+JupyterLab (tests/integration/test_download_guard.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+
+import pytest
+from tornado import httpclient, httpserver, web, websocket
+
+from spawner.download_guard import DownloadGuard
+
+PREFIX = "/user/alice/cardio/"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Api(web.RequestHandler):
+    def get(self, rest: str) -> None:
+        self.set_header("Content-Security-Policy", "frame-ancestors 'none'")
+        self.add_header("Set-Cookie", "a=1; Path=/")
+        self.add_header("Set-Cookie", "b=2; Path=/")
+        self.write({"path": rest, "host": self.request.headers.get("Host")})
+
+    def put(self, rest: str) -> None:
+        self.set_status(201)
+        self.write({"got": json.loads(self.request.body)})
+
+
+class Raw(web.RequestHandler):
+    def get(self, rest: str) -> None:
+        self.write(b"secret,cells\n1,2\n")
+
+
+class Attachment(web.RequestHandler):
+    def get(self) -> None:
+        self.set_header("Content-Disposition", 'attachment; filename="t.csv"')
+        self.write(b"secret\n")
+
+
+class Echo(websocket.WebSocketHandler):
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        return subprotocols[0] if subprotocols else None
+
+    def on_message(self, message: str | bytes) -> None:
+        self.write_message(message, binary=isinstance(message, bytes))
+
+
+@pytest.fixture
+def guarded():
+    async def setup():
+        app = web.Application(
+            [
+                (PREFIX + r"api/contents/(.*)", Api),
+                (PREFIX + r"files/(.*)", Raw),
+                (PREFIX + r"attachment", Attachment),
+                (PREFIX + r"api/kernels/k/channels", Echo),
+            ]
+        )
+        upstream_port = free_port()
+        upstream = httpserver.HTTPServer(app)
+        upstream.listen(upstream_port, "127.0.0.1")
+        guard = DownloadGuard("127.0.0.1", free_port())
+        guard.routes.register(PREFIX, f"http://127.0.0.1:{upstream_port}")
+        return upstream, guard
+
+    loop = asyncio.new_event_loop()
+    upstream, guard = loop.run_until_complete(setup())
+    yield loop, guard
+    guard.stop()
+    upstream.stop()
+    loop.close()
+
+
+async def fetch(guard: DownloadGuard, path: str, **kwargs) -> httpclient.HTTPResponse:
+    client = httpclient.AsyncHTTPClient(force_instance=True)
+    try:
+        return await client.fetch(guard.url + path, raise_error=False, **kwargs)
+    finally:
+        client.close()
+
+
+def test_api_passes_with_headers_cookies_and_the_notebook_csp(guarded):
+    loop, guard = guarded
+    r = loop.run_until_complete(
+        fetch(guard, PREFIX + "api/contents/outputs/t.csv", headers={"Host": "enclave.example"})
+    )
+    assert r.code == 200
+    assert json.loads(r.body) == {"path": "outputs/t.csv", "host": "enclave.example"}
+    assert r.headers.get_list("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/"]
+    csp = r.headers.get_list("Content-Security-Policy")
+    assert len(csp) == 1 and "connect-src 'self'" in csp[0]
+    assert f"report-uri {PREFIX}api/security/csp-report" in csp[0]
+    put = loop.run_until_complete(
+        fetch(guard, PREFIX + "api/contents/x.ipynb", method="PUT", body=json.dumps({"a": 1}))
+    )
+    assert put.code == 201 and json.loads(put.body) == {"got": {"a": 1}}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "files/outputs/t.csv",
+        "files/outputs/t.csv?download=1",
+        "%66iles/outputs/t.csv",
+        "api/contents/outputs/t.csv?download=1",
+        "nbconvert/html/a.ipynb?download=true",
+        "attachment",  # refused on the answer: it carries Content-Disposition
+    ],
+)
+def test_download_routes_get_a_403_page_that_says_why(guarded, path):
+    loop, guard = guarded
+    r = loop.run_until_complete(fetch(guard, PREFIX + path))
+    assert r.code == 403
+    assert b"secret" not in r.body
+    assert r.headers["X-Havre-Refused"]
+    assert b"release" in r.body
+
+
+def test_unknown_server_is_503(guarded):
+    loop, guard = guarded
+    r = loop.run_until_complete(fetch(guard, "/user/mallory/cardio/api/contents/"))
+    assert r.code == 503
+
+
+def test_websocket_passes_with_its_subprotocol_and_binary_frames(guarded):
+    loop, guard = guarded
+
+    async def talk():
+        url = guard.url.replace("http://", "ws://") + PREFIX + "api/kernels/k/channels"
+        ws = await websocket.websocket_connect(
+            url, subprotocols=["v1.kernel.websocket.jupyter.org"]
+        )
+        assert ws.selected_subprotocol == "v1.kernel.websocket.jupyter.org"
+        await ws.write_message("hello")
+        text = await ws.read_message()
+        await ws.write_message(b"\x00\x01binary", binary=True)
+        data = await ws.read_message()
+        ws.close()
+        return text, data
+
+    assert loop.run_until_complete(talk()) == ("hello", b"\x00\x01binary")
+
+
+def test_websocket_to_a_refused_route_is_refused(guarded):
+    loop, guard = guarded
+
+    async def talk():
+        url = guard.url.replace("http://", "ws://") + PREFIX + "files/outputs/t.csv"
+        await websocket.websocket_connect(url)
+
+    with pytest.raises(httpclient.HTTPClientError) as info:
+        loop.run_until_complete(talk())
+    assert info.value.code == 403
+
+
+def test_a_restarted_hub_puts_running_servers_back_behind_the_guard():
+    """The spawner saves where its container listens; loading that state (the hub starting
+    with the server still running) registers it with the guard again."""
+    from types import SimpleNamespace
+
+    from jupyterhub import orm
+
+    from spawner import download_guard
+    from spawner.project_spawner import ProjectSpawner
+
+    port = free_port()
+
+    async def scenario():
+        orm_spawner = SimpleNamespace(
+            name="cardio",
+            display_name="cardio",
+            server=orm.Server(
+                base_url=PREFIX, proto="http", ip="127.0.0.1", port=8082, cookie_name="c"
+            ),
+        )
+        spawner = ProjectSpawner(
+            user=SimpleNamespace(name="alice", url="/user/alice/"),
+            orm_spawner=orm_spawner,
+            download_guard_port=port,
+        )
+        spawner.guard_target = "http://10.9.0.2:8888"
+        state = spawner.get_state()
+        assert state["guard_target"] == "http://10.9.0.2:8888"
+        restarted = ProjectSpawner(
+            user=SimpleNamespace(name="alice", url="/user/alice/"),
+            orm_spawner=orm_spawner,
+            download_guard_port=port,
+        )
+        restarted.load_state(state)
+        guard = download_guard.ensure_guard("127.0.0.1", port)
+        return guard, guard.routes.lookup(PREFIX + "lab")
+
+    loop = asyncio.new_event_loop()
+    try:
+        guard, found = loop.run_until_complete(scenario())
+        guard.stop()
+        download_guard._guards.pop(("127.0.0.1", port), None)
+    finally:
+        loop.close()
+    assert found == (PREFIX, "http://10.9.0.2:8888")
