@@ -3,12 +3,14 @@
 havre check-config FILE          validate an enclave config, print every problem
 havre demo-init [--state-dir D]  write the demo enclave (config, data, passwords) once
 havre up --config FILE           start the hub, proxy and egress service; print the URL
+                                 (--json: one JSON object saying what changed, for Ansible)
 havre down --config FILE [--purge]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -43,6 +45,21 @@ def _parser() -> argparse.ArgumentParser:
         default="",
         help="host name users type in their browser (default: the --bind address)",
     )
+    up.add_argument("--hub-image", default=StackOptions.hub_image, help="hub image (and provider)")
+    up.add_argument("--egress-image", default=StackOptions.egress_image, help="egress image")
+    up.add_argument("--tls-cert", default="", help="PEM certificate: the proxy serves HTTPS")
+    up.add_argument("--tls-key", default="", help="PEM private key of --tls-cert")
+    up.add_argument(
+        "--create-project-networks",
+        action="store_true",
+        help="make every project's network now, its bridge named hvp... (the host firewall's "
+        "match) instead of at the first server start",
+    )
+    up.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"url", "changed", "changes"} as JSON instead of the welcome text',
+    )
 
     down = sub.add_parser("down", help="stop the enclave's containers")
     down.add_argument("--config", type=Path, default=DEFAULT_STATE_DIR / "enclave.yaml")
@@ -70,14 +87,26 @@ def main(argv: list[str] | None = None) -> int:
 
         enclave = load_enclave_config(args.config)
         if args.command == "up":
+            if bool(args.tls_cert) != bool(args.tls_key):
+                print("havre: --tls-cert and --tls-key go together", file=sys.stderr)
+                return 2
             opts = stack.StackOptions(
                 bind_ip=args.bind,
                 port=args.port,
                 idp_port=args.idp_port,
                 public_host=args.public_host,
+                hub_image=args.hub_image,
+                egress_image=args.egress_image,
+                tls_cert=args.tls_cert,
+                tls_key=args.tls_key,
+                create_project_networks=args.create_project_networks,
             )
-            stack.up(enclave, opts)
-            _print_welcome(enclave, opts)
+            changes: list[str] = []
+            url = stack.up(enclave, opts, changes)
+            if args.json:
+                print(json.dumps({"url": url, "changed": bool(changes), "changes": changes}))
+            else:
+                _print_welcome(enclave, opts)
             return 0
         if args.command == "down":
             stack.down(enclave, purge=args.purge)
@@ -91,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
 
         if isinstance(err, StackError):
             print(f"havre: {err}", file=sys.stderr)
+            return 1
+        import docker.errors
+
+        if isinstance(err, docker.errors.APIError):  # e.g. a port already taken
+            print(f"havre: Docker refused: {err.explanation or err}", file=sys.stderr)
             return 1
         raise
     return 1

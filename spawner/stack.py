@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import ssl
 import time
 import urllib.error
 import urllib.request
@@ -31,6 +32,7 @@ import docker.errors
 from spawner import __version__
 from spawner.enclave import EnclaveConfig
 from spawner.hub_config import EGRESS_PORT, PROXY_PORT
+from spawner.networks import project_network_options
 
 NOTEBOOK_UID = 1000
 NOTEBOOK_GID = 1000
@@ -45,6 +47,9 @@ SECRETS = (
     "idp-admin-token",
 )
 IDP_PORT = 8001
+#: The re-execution jobs folder under the state folder (shared by egress and the runner).
+REEXEC_JOBS = "reexec"
+TLS_IN_CONTAINER = "/etc/havre/tls"
 
 
 class StackError(RuntimeError):
@@ -62,11 +67,25 @@ class StackOptions:
     hub_image: str = f"havre/hub:{__version__}"
     egress_image: str = f"havre/egress:{__version__}"
     wait_seconds: float = 120.0
+    tls_cert: str = ""  # PEM certificate (chain) the proxy serves HTTPS with; "": plain HTTP
+    tls_key: str = ""  # its PEM private key
+    create_project_networks: bool = False  # make every project's network now, bridge "hvp..."
+    reexecution_time_limit: int = 600  # seconds a trusted re-execution may run (the runner's)
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls_cert else "http"
 
     @property
     def public_url(self) -> str:
         """Where users open the enclave (the proxy's published port)."""
-        return f"http://{self.public_host or self.bind_ip}:{self.port}"
+        return f"{self.scheme}://{self.public_host or self.bind_ip}:{self.port}"
+
+    @property
+    def local_url(self) -> str:
+        """Where this host reaches the proxy (for the health check)."""
+        host = "127.0.0.1" if self.bind_ip in ("0.0.0.0", "") else self.bind_ip
+        return f"{self.scheme}://{host}:{self.port}"
 
     @property
     def idp_public_url(self) -> str:
@@ -82,6 +101,11 @@ def egress_container_name(enclave: EnclaveConfig) -> str:
     return f"{enclave.name}-egress"
 
 
+def runner_container_name(enclave: EnclaveConfig) -> str:
+    """The trusted re-execution runner (the only container besides the hub with Docker)."""
+    return f"{enclave.name}-runner"
+
+
 def idp_container_name(enclave: EnclaveConfig) -> str:
     return f"{enclave.name}-idp"
 
@@ -90,9 +114,12 @@ def front_network_name(enclave: EnclaveConfig) -> str:
     return f"{enclave.name}-front"
 
 
-def prepare_state(enclave: EnclaveConfig) -> None:
+def prepare_state(enclave: EnclaveConfig, changes: list[str] | None = None) -> None:
     """Create the state folders and any missing secret; never overwrite an existing one."""
+    changes = [] if changes is None else changes
     state = enclave.state_dir
+    if not (state / "secrets").exists():
+        changes.append(f"created the state folder {state}")
     (state / "hub").mkdir(parents=True, exist_ok=True)
     secrets_dir = state / "secrets"
     secrets_dir.mkdir(mode=0o700, exist_ok=True)
@@ -103,6 +130,7 @@ def prepare_state(enclave: EnclaveConfig) -> None:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as f:
                 f.write(secrets.token_hex(32) + "\n")
+            changes.append(f"created the secret {name}")
         os.chmod(path, 0o600)
     egress_dir = state / "egress"
     egress_dir.mkdir(mode=0o700, exist_ok=True)
@@ -111,6 +139,8 @@ def prepare_state(enclave: EnclaveConfig) -> None:
         outputs = enclave.outputs_dir(slug)
         homes = enclave.project_dir(slug) / "homes"
         for folder in (project.data_path, outputs, homes):
+            if not folder.is_dir():
+                changes.append(f"created {folder}")
             folder.mkdir(parents=True, exist_ok=True)
         os.chown(outputs, NOTEBOOK_UID, NOTEBOOK_GID)
         os.chmod(outputs, 0o2770)  # setgid: files stay in the group egress reads with
@@ -125,6 +155,16 @@ def _config_digest(enclave: EnclaveConfig, *images: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _tls_digest(opts: StackOptions) -> str:
+    """What the proxy's HTTPS depends on: the certificate and key files' contents."""
+    if not opts.tls_cert:
+        return ""
+    digest = hashlib.sha256()
+    for path in (opts.tls_cert, opts.tls_key):
+        digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
 def _image_id(client: docker.DockerClient, image: str) -> str:
     try:
         return client.images.get(image).id
@@ -135,11 +175,14 @@ def _image_id(client: docker.DockerClient, image: str) -> str:
         ) from None
 
 
-def _ensure_front_network(client: docker.DockerClient, enclave: EnclaveConfig) -> None:
+def _ensure_front_network(
+    client: docker.DockerClient, enclave: EnclaveConfig, changes: list[str]
+) -> None:
     name = front_network_name(enclave)
     try:
         client.networks.get(name)
     except docker.errors.NotFound:
+        changes.append(f"created the network {name}")
         client.networks.create(
             name,
             driver="bridge",
@@ -149,38 +192,79 @@ def _ensure_front_network(client: docker.DockerClient, enclave: EnclaveConfig) -
         )
 
 
+def _ensure_project_networks(
+    client: docker.DockerClient, enclave: EnclaveConfig, changes: list[str]
+) -> None:
+    """Make each project's internal network now, its bridge named for the host firewall."""
+    for slug in enclave.projects:
+        name = enclave.network_name(slug)
+        try:
+            client.networks.get(name)
+            continue
+        except docker.errors.NotFound:
+            pass
+        client.networks.create(
+            name,
+            driver="bridge",
+            internal=True,
+            enable_ipv6=False,
+            check_duplicate=True,
+            options=project_network_options(name),
+            labels={"havre.enclave": enclave.name, "havre.project": slug},
+        )
+        changes.append(f"created the network {name}")
+
+
 def _project_networks(client: docker.DockerClient, enclave: EnclaveConfig) -> list[str]:
     nets = client.networks.list(filters={"label": f"havre.enclave={enclave.name}"})
     return [n.name for n in nets if (n.attrs.get("Labels") or {}).get("havre.project")]
 
 
 def _replace_container(
-    client: docker.DockerClient, name: str, digest: str
+    client: docker.DockerClient, name: str, digest: str, changes: list[str] | None = None
 ) -> docker.models.containers.Container | None:
     """The running container ``name`` if it is current; else remove it and return None."""
     try:
         existing = client.containers.get(name)
     except docker.errors.NotFound:
+        if changes is not None:
+            changes.append(f"started {name}")
         return None
     if existing.status == "running" and existing.labels.get("havre.digest") == digest:
         return existing
     existing.remove(force=True)
+    if changes is not None:
+        changes.append(f"replaced {name}")
     return None
 
 
-def _attach(client: docker.DockerClient, container: str, networks: list[str]) -> None:
+def _attach(
+    client: docker.DockerClient,
+    container: str,
+    networks: list[str],
+    changes: list[str] | None = None,
+) -> None:
     for net in networks:
         try:
             client.networks.get(net).connect(container)
+            if changes is not None:
+                changes.append(f"attached {container} to {net}")
         except docker.errors.APIError as err:
             if "already exists" not in str(err):
                 raise
 
 
-def _start_egress(client: docker.DockerClient, enclave: EnclaveConfig, opts: StackOptions) -> None:
+def _start_egress(
+    client: docker.DockerClient,
+    enclave: EnclaveConfig,
+    opts: StackOptions,
+    changes: list[str] | None = None,
+) -> None:
     name = egress_container_name(enclave)
-    digest = _config_digest(enclave, _image_id(client, opts.egress_image), opts.public_url)
-    if _replace_container(client, name, digest):
+    digest = _config_digest(
+        enclave, _image_id(client, opts.egress_image), opts.public_url, "reexec-jobs"
+    )
+    if _replace_container(client, name, digest, changes):
         return
     token = (enclave.state_dir / "secrets" / "egress-api-token").read_text().strip()
     prefix = "/services/egress/"
@@ -215,6 +299,11 @@ def _start_egress(client: docker.DockerClient, enclave: EnclaveConfig, opts: Sta
                 "bind": str(enclave.state_dir / "egress"),
                 "mode": "rw",
             },
+            # the re-execution jobs folder, shared with the runner (egress.reexecution_jobs)
+            str(enclave.state_dir / REEXEC_JOBS): {
+                "bind": str(enclave.state_dir / REEXEC_JOBS),
+                "mode": "rw",
+            },
         },
         read_only=True,
         tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"},
@@ -223,6 +312,70 @@ def _start_egress(client: docker.DockerClient, enclave: EnclaveConfig, opts: Sta
         pids_limit=256,
         restart_policy={"Name": "unless-stopped"},
         labels={"havre.enclave": enclave.name, "havre.role": "egress", "havre.digest": digest},
+    )
+
+
+def _start_runner(
+    client: docker.DockerClient,
+    enclave: EnclaveConfig,
+    opts: StackOptions,
+    changes: list[str] | None = None,
+) -> None:
+    """The trusted re-execution runner (``havre-reexec-runner``, the egress image).
+
+    It has the Docker socket (it starts the re-execution containers) and therefore nothing
+    else: no network at all, uid 1000 plus the socket's group, read-only root, no capabilities;
+    it shares only the jobs folder with the egress service, and reads the enclave config and
+    the projects' data folders (to check them; the data goes to the re-run's container).
+    """
+    from egress.reexecution_jobs import JobsFolder
+
+    name = runner_container_name(enclave)
+    jobs = enclave.state_dir / REEXEC_JOBS
+    JobsFolder(jobs).prepare(uid=NOTEBOOK_UID, gid=NOTEBOOK_GID)
+    socket_path = "/var/run/docker.sock"
+    socket_gid = os.stat(socket_path).st_gid
+    digest = _config_digest(
+        enclave,
+        _image_id(client, opts.egress_image),
+        str(opts.reexecution_time_limit),
+        str(socket_gid),
+    )
+    if _replace_container(client, name, digest, changes):
+        return
+    data = {
+        str(p.data_path): {"bind": str(p.data_path), "mode": "ro"}
+        for p in enclave.projects.values()
+    }
+    client.containers.run(
+        opts.egress_image,
+        [
+            "havre-reexec-runner",
+            "--config",
+            CONFIG_IN_CONTAINER,
+            "--jobs",
+            str(jobs),
+            "--time-limit",
+            str(int(opts.reexecution_time_limit)),
+        ],
+        name=name,
+        detach=True,
+        user=f"{NOTEBOOK_UID}:{NOTEBOOK_GID}",
+        group_add=[str(socket_gid)],
+        network_mode="none",
+        volumes={
+            str(Path(enclave.source).resolve()): {"bind": CONFIG_IN_CONTAINER, "mode": "ro"},
+            str(jobs): {"bind": str(jobs), "mode": "rw"},
+            socket_path: {"bind": socket_path, "mode": "rw"},
+            **data,
+        },
+        read_only=True,
+        tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"},
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges:true"],
+        pids_limit=256,
+        restart_policy={"Name": "unless-stopped"},
+        labels={"havre.enclave": enclave.name, "havre.role": "runner", "havre.digest": digest},
     )
 
 
@@ -249,12 +402,19 @@ def idp_config_text(enclave: EnclaveConfig, opts: StackOptions) -> str:
     )
 
 
-def _start_idp(client: docker.DockerClient, enclave: EnclaveConfig, opts: StackOptions) -> None:
+def _start_idp(
+    client: docker.DockerClient,
+    enclave: EnclaveConfig,
+    opts: StackOptions,
+    changes: list[str] | None = None,
+) -> None:
     """The embedded OpenID Connect provider (only when no external one is configured)."""
     name = idp_container_name(enclave)
     if enclave.identity.provider != "embedded":
         try:
             client.containers.get(name).remove(force=True)
+            if changes is not None:
+                changes.append(f"removed {name} (an external provider is configured)")
         except docker.errors.NotFound:
             pass
         return
@@ -264,13 +424,15 @@ def _start_idp(client: docker.DockerClient, enclave: EnclaveConfig, opts: StackO
     text = idp_config_text(enclave, opts)
     if not config_file.exists() or config_file.read_text() != text:
         config_file.write_text(text)
+        if changes is not None:
+            changes.append(f"wrote {config_file}")
     users = idp_dir / "users.json"
     if not users.exists():
         fd = os.open(users, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write("{}\n")
     digest = _config_digest(enclave, _image_id(client, opts.hub_image), text)
-    if _replace_container(client, name, digest):
+    if _replace_container(client, name, digest, changes):
         return
     secret_files = [
         str(enclave.state_dir / "secrets" / s) for s in ("idp-admin-token", "idp-client-jupyterhub")
@@ -297,16 +459,42 @@ def _start_idp(client: docker.DockerClient, enclave: EnclaveConfig, opts: StackO
     )
 
 
-def _start_hub(client: docker.DockerClient, enclave: EnclaveConfig, opts: StackOptions) -> None:
+def _start_hub(
+    client: docker.DockerClient,
+    enclave: EnclaveConfig,
+    opts: StackOptions,
+    changes: list[str] | None = None,
+) -> None:
     name = hub_container_name(enclave)
     digest = _config_digest(
-        enclave, _image_id(client, opts.hub_image), opts.public_url, opts.idp_public_url
+        enclave,
+        _image_id(client, opts.hub_image),
+        opts.public_url,
+        opts.idp_public_url,
+        _tls_digest(opts),
     )
-    if _replace_container(client, name, digest):
+    if _replace_container(client, name, digest, changes):
         return
     state = str(enclave.state_dir)
+    tls_volumes: dict[str, dict[str, str]] = {}
+    command = None
+    if opts.tls_cert:
+        cert, key = f"{TLS_IN_CONTAINER}/cert.pem", f"{TLS_IN_CONTAINER}/key.pem"
+        tls_volumes = {
+            str(Path(opts.tls_cert).resolve()): {"bind": cert, "mode": "ro"},
+            str(Path(opts.tls_key).resolve()): {"bind": key, "mode": "ro"},
+        }
+        # the image's command, plus the proxy's certificate (JupyterHub passes it to the proxy)
+        command = [
+            "jupyterhub",
+            "-f",
+            "/srv/havre/jupyterhub_config.py",
+            f"--JupyterHub.ssl_cert={cert}",
+            f"--JupyterHub.ssl_key={key}",
+        ]
     client.containers.run(
         opts.hub_image,
+        command,
         name=name,
         detach=True,
         network=front_network_name(enclave),
@@ -324,7 +512,9 @@ def _start_hub(client: docker.DockerClient, enclave: EnclaveConfig, opts: StackO
             str(Path(enclave.source).resolve()): {"bind": CONFIG_IN_CONTAINER, "mode": "ro"},
             state: {"bind": state, "mode": "rw"},
             "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
+            **tls_volumes,
         },
+        tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"},  # cleared by a restart (the proxy's pid)
         restart_policy={"Name": "unless-stopped"},
         labels={"havre.enclave": enclave.name, "havre.role": "hub", "havre.digest": digest},
     )
@@ -344,7 +534,9 @@ def wait_for_hub(
             logs = container.logs(tail=30).decode(errors="replace")
             raise StackError(f"the hub container stopped; its last log lines:\n{logs}")
         try:
-            with urllib.request.urlopen(health, timeout=2) as response:
+            # the hub's own proxy on this host: a lab's self-signed certificate is fine here
+            context = ssl._create_unverified_context() if health.startswith("https") else None
+            with urllib.request.urlopen(health, timeout=2, context=context) as response:
                 if response.status == 200:
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
@@ -353,24 +545,33 @@ def wait_for_hub(
     raise StackError(f"the hub did not answer at {health} within {timeout:.0f} s")
 
 
-def up(enclave: EnclaveConfig, opts: StackOptions | None = None) -> str:
-    """Start (or leave running) the enclave's containers; return the public URL."""
+def up(
+    enclave: EnclaveConfig, opts: StackOptions | None = None, changes: list[str] | None = None
+) -> str:
+    """Start (or leave running) the enclave's containers; return the public URL.
+
+    What it changed (created, started, replaced, attached) is appended to ``changes``: an
+    empty list means the enclave was already up as configured.
+    """
     opts = opts or StackOptions()
+    changes = [] if changes is None else changes
     client = docker.from_env(version="auto")
     try:
         for image in (opts.hub_image, opts.egress_image, *enclave.allowed_images):
             _image_id(client, image)
-        prepare_state(enclave)
-        _ensure_front_network(client, enclave)
-        _start_idp(client, enclave, opts)
-        _start_egress(client, enclave, opts)
-        _start_hub(client, enclave, opts)
+        prepare_state(enclave, changes)
+        _ensure_front_network(client, enclave, changes)
+        if opts.create_project_networks:
+            _ensure_project_networks(client, enclave, changes)
+        _start_idp(client, enclave, opts, changes)
+        _start_egress(client, enclave, opts, changes)
+        _start_runner(client, enclave, opts, changes)
+        _start_hub(client, enclave, opts, changes)
         project_nets = _project_networks(client, enclave)
-        _attach(client, egress_container_name(enclave), project_nets)
-        _attach(client, hub_container_name(enclave), project_nets)
-        url = opts.public_url + "/"
-        wait_for_hub(client, enclave, url, opts.wait_seconds)
-        return url
+        _attach(client, egress_container_name(enclave), project_nets, changes)
+        _attach(client, hub_container_name(enclave), project_nets, changes)
+        wait_for_hub(client, enclave, opts.local_url + "/", opts.wait_seconds)
+        return opts.public_url + "/"
     finally:
         client.close()
 
