@@ -1282,10 +1282,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-append", action="store_true", help="don't append to the README")
     parser.add_argument(
         "--workers",
-        default=f"1x1,1x4,{worker_count('')}x4",
+        default=f"1x1,{worker_count('')}x1",
         help="worker configurations to measure, PROCESSESxTHREADS, comma-separated; the first "
-        "is the baseline (default: 1x1, one process and one thread as the service ran before, "
-        "1x4, and the service's default, one process per core with 4 pool threads each)",
+        "is the baseline (default: 1x1, one process as the service ran before, and the "
+        "service's default, one process per core, each with one pool thread)",
     )
     args = parser.parse_args(argv)
     configs_wanted = [w.strip() for w in args.workers.split(",") if w.strip()]
@@ -1407,7 +1407,7 @@ def serve_main(argv: list[str]) -> None:
     parser.add_argument("--stats", required=True)
     parser.add_argument("--profile-dir", default="")
     parser.add_argument("--processes", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1)
     serve(parser.parse_args(argv))
 
 

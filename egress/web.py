@@ -729,13 +729,15 @@ def make_app(
     prefix: str,
     cookie_secret: bytes,
     *,
-    threads: int = 4,
+    threads: int = 1,
     oauth_state_dir: Path | None = None,
 ) -> web.Application:
     """The tornado application of the egress service, routes under ``prefix``.
 
-    ``threads``: the pool that runs the core's operations (database work) off the IOLoop, so
-    that one request waiting for the database doesn't hold up the others.
+    ``threads``: the pool that runs the core's operations (database work) off the IOLoop. One
+    by default: the operations are mostly Python, and more threads in one process were measured
+    slower (they contend for the GIL; ``benchmarks/egress-load-README.md``); more cores are
+    used by more worker processes instead.
     ``oauth_state_dir``: where logins in progress are kept when several worker processes serve
     (see :mod:`egress.hub_oauth`); None keeps them in this process.
     """

@@ -305,6 +305,33 @@ HOSTILE = [
         _s(400),
     ),
     Hostile("bad-state-filter", "olivia", "GET", "api/requests?state=hacked", _s(400)),
+    Hostile("bad-page-limit", "olivia", "GET", "api/requests?limit=-5", _s(400)),
+    Hostile("forged-page-position", "olivia", "GET", "api/requests?after=Jy0tJw", _s(400)),
+    Hostile(
+        "bulk-approval",
+        "olivia",
+        "POST",
+        "api/requests/{sub}/votes",
+        _s(400),
+        json={"vote": "approve"},
+        mentions=("safe direction",),
+    ),
+    Hostile(
+        "author-bulk-votes-own",
+        "alice",
+        "POST",
+        "api/requests/{sub}/votes",
+        _s(403),
+        json={"vote": "request_changes"},
+    ),
+    Hostile(
+        "bulk-votes-not-a-list",
+        "olivia",
+        "POST",
+        "api/requests/{sub}/votes",
+        _s(400),
+        json={"vote": "request_changes", "file_ids": "1,2"},
+    ),
     # -- methods and routes -----------------------------------------------------------------
     Hostile("method-not-allowed", "alice", "DELETE", "api/requests", _s(405)),
     Hostile(
