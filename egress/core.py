@@ -432,19 +432,10 @@ def _frequency_table_check(result: FileCheckResult, params: SDCParams) -> dict[s
             numbers += 1
     if not numbers:
         return not_checked
-    import pandas as pd
-
-    from egress.sdc import check_frequency_csv
+    from egress.sdc import check_frequency_csv, read_table_csv
 
     try:
-        frame = pd.read_csv(
-            io.StringIO(text),
-            sep=delimiter,
-            index_col=0,
-            dtype=str,
-            keep_default_na=False,
-            skip_blank_lines=True,
-        )
+        frame = read_table_csv(text, delimiter=delimiter)
         outcome = check_frequency_csv(frame, params=params)
     except Exception as exc:  # the verdict informs checkers; its failure must not block a file
         log.exception("the SDC check of %s failed", result.name)
@@ -1130,37 +1121,59 @@ class EgressService:
                     VoteRow.round == request.round,
                 )
             ).scalar_one_or_none()
-            previous = existing.vote if existing else None
-            if existing is None:
-                existing = VoteRow(
-                    request_id=request.id,
-                    file_id=row.id,
-                    reviewer=actor.username,
-                    round=request.round,
-                )
-                tx.session.add(existing)
-            existing.vote = choice.value
-            existing.updated_at = tx.now
+            self._cast(tx, actor, request, row, existing, choice)
             request.updated_at = tx.now
-            tx.audit(
-                actor,
-                EventType.VOTED,
-                request,
-                object=row.path,
-                file_hashes={row.path: row.release_sha256},
-                details={
-                    "file_id": row.id,
-                    "vote": choice.value,
-                    "previous": previous,
-                    "round": request.round,
-                },
-            )
             return {
                 "file_id": row.id,
                 "path": row.path,
                 "vote": choice.value,
                 "round": request.round,
             }
+
+    @staticmethod
+    def _chosen(
+        request: Request, files: list[RequestFile], file_ids: Iterable[int] | None
+    ) -> list[RequestFile]:
+        """The files a bulk action names (``None``: all of them), by path; 404 for a stranger."""
+        by_id = {f.id: f for f in files}
+        wanted = set(by_id) if file_ids is None else {_file_id(i) for i in file_ids}
+        unknown = wanted - set(by_id)
+        if unknown:
+            raise NotFound(f"There is no file {min(unknown)} in request {request.id}.")
+        return sorted((by_id[i] for i in wanted), key=lambda f: f.path)
+
+    @staticmethod
+    def _cast(
+        tx: _Tx,
+        actor: Actor,
+        request: Request,
+        row: RequestFile,
+        existing: VoteRow | None,
+        choice: Vote,
+    ) -> None:
+        """Set the actor's vote on ``row`` (``existing``: their vote row of this round, if any)
+        and write its ``VOTED`` event."""
+        previous = existing.vote if existing else None
+        if existing is None:
+            existing = VoteRow(
+                request_id=request.id, file_id=row.id, reviewer=actor.username, round=request.round
+            )
+            tx.session.add(existing)
+        existing.vote = choice.value
+        existing.updated_at = tx.now
+        tx.audit(
+            actor,
+            EventType.VOTED,
+            request,
+            object=row.path,
+            file_hashes={row.path: row.release_sha256},
+            details={
+                "file_id": row.id,
+                "vote": choice.value,
+                "previous": previous,
+                "round": request.round,
+            },
+        )
 
     def request_changes(
         self, actor: Actor, request_id: str, file_ids: Iterable[int] | None = None
@@ -1174,11 +1187,8 @@ class EgressService:
         with self._write("request_changes", actor, request_id) as tx:
             request = self._load(tx.session, request_id)
             self._require(tx.session, actor, Permission.VOTE, request)
-            files = {f.id: f for f in self._files(tx.session, request)}
-            wanted = set(files) if file_ids is None else {_file_id(i) for i in file_ids}
-            unknown = wanted - set(files)
-            if unknown:
-                raise NotFound(f"There is no file {min(unknown)} in request {request.id}.")
+            files = self._files(tx.session, request)
+            wanted = self._chosen(request, files, file_ids)
             mine = {
                 row.file_id: row
                 for row in tx.session.execute(
@@ -1190,34 +1200,11 @@ class EgressService:
                 ).scalars()
             }
             changed = []
-            for file_id in sorted(wanted, key=lambda i: files[i].path):
-                row, existing = files[file_id], mine.get(file_id)
-                previous = existing.vote if existing else None
-                if previous == Vote.REQUEST_CHANGES.value:
+            for row in wanted:
+                existing = mine.get(row.id)
+                if existing is not None and existing.vote == Vote.REQUEST_CHANGES.value:
                     continue
-                if existing is None:
-                    existing = VoteRow(
-                        request_id=request.id,
-                        file_id=row.id,
-                        reviewer=actor.username,
-                        round=request.round,
-                    )
-                    tx.session.add(existing)
-                existing.vote = Vote.REQUEST_CHANGES.value
-                existing.updated_at = tx.now
-                tx.audit(
-                    actor,
-                    EventType.VOTED,
-                    request,
-                    object=row.path,
-                    file_hashes={row.path: row.release_sha256},
-                    details={
-                        "file_id": row.id,
-                        "vote": Vote.REQUEST_CHANGES.value,
-                        "previous": previous,
-                        "round": request.round,
-                    },
-                )
+                self._cast(tx, actor, request, row, existing, Vote.REQUEST_CHANGES)
                 changed.append(row.path)
             if changed:
                 request.updated_at = tx.now
@@ -1234,24 +1221,21 @@ class EgressService:
         with self._write("reset_votes", actor, request_id) as tx:
             request = self._load(tx.session, request_id)
             self._require(tx.session, actor, Permission.RESET_VOTE, request)
-            files = {f.id: f for f in self._files(tx.session, request)}
-            wanted = set(files) if file_ids is None else {_file_id(i) for i in file_ids}
-            unknown = wanted - set(files)
-            if unknown:
-                raise NotFound(f"There is no file {min(unknown)} in request {request.id}.")
+            files = self._files(tx.session, request)
+            paths = {f.id: f.path for f in self._chosen(request, files, file_ids)}
             reset = []
             for row in tx.session.execute(
                 select(VoteRow).where(
                     VoteRow.request_id == request.id,
                     VoteRow.round == request.round,
                     VoteRow.reviewer == actor.username,
-                    VoteRow.file_id.in_(wanted),
+                    VoteRow.file_id.in_(paths),
                 )
             ).scalars():
                 if row.vote != Vote.UNDECIDED:
                     row.vote = Vote.UNDECIDED.value
                     row.updated_at = tx.now
-                    reset.append(files[row.file_id].path)
+                    reset.append(paths[row.file_id])
             reset.sort()
             request.updated_at = tx.now
             tx.audit(

@@ -305,14 +305,25 @@ def _start_egress(
                 "mode": "rw",
             },
         },
-        read_only=True,
-        tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"},
-        cap_drop=["ALL"],
-        security_opt=["no-new-privileges:true"],
-        pids_limit=256,
-        restart_policy={"Name": "unless-stopped"},
-        labels={"havre.enclave": enclave.name, "havre.role": "egress", "havre.digest": digest},
+        **_service_container(enclave, "egress", digest, tmp="64m", pids=256),
     )
+
+
+def _service_container(
+    enclave: EnclaveConfig, role: str, digest: str, *, tmp: str, pids: int
+) -> dict[str, object]:
+    """What every service container of the stack gets (``docker run`` arguments): a read-only
+    root with a small ``/tmp``, no capabilities, no privilege gain, a process limit, restarts
+    with the host, and the labels ``havre down`` and the config digest use."""
+    return {
+        "read_only": True,
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={tmp}"},
+        "cap_drop": ["ALL"],
+        "security_opt": ["no-new-privileges:true"],
+        "pids_limit": pids,
+        "restart_policy": {"Name": "unless-stopped"},
+        "labels": {"havre.enclave": enclave.name, "havre.role": role, "havre.digest": digest},
+    }
 
 
 def _start_runner(
@@ -369,13 +380,7 @@ def _start_runner(
             socket_path: {"bind": socket_path, "mode": "rw"},
             **data,
         },
-        read_only=True,
-        tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"},
-        cap_drop=["ALL"],
-        security_opt=["no-new-privileges:true"],
-        pids_limit=256,
-        restart_policy={"Name": "unless-stopped"},
-        labels={"havre.enclave": enclave.name, "havre.role": "runner", "havre.digest": digest},
+        **_service_container(enclave, "runner", digest, tmp="64m", pids=256),
     )
 
 
@@ -449,13 +454,7 @@ def _start_idp(
             str(idp_dir): {"bind": str(idp_dir), "mode": "rw"},
             **{path: {"bind": path, "mode": "ro"} for path in secret_files},
         },
-        read_only=True,
-        tmpfs={"/tmp": "rw,nosuid,nodev,size=16m"},
-        cap_drop=["ALL"],
-        security_opt=["no-new-privileges:true"],
-        pids_limit=128,
-        restart_policy={"Name": "unless-stopped"},
-        labels={"havre.enclave": enclave.name, "havre.role": "idp", "havre.digest": digest},
+        **_service_container(enclave, "idp", digest, tmp="16m", pids=128),
     )
 
 

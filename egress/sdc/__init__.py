@@ -32,6 +32,7 @@ from .tables import (
     check_magnitude_table,
     check_regression,
     protect_pattern,
+    read_table_csv,
     recoverable_cells,
     suppress,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "check_regression",
     "evaluate_cells",
     "protect_pattern",
+    "read_table_csv",
     "recoverable_cells",
     "round_to_base",
     "suppress",

@@ -34,7 +34,6 @@ single-table "totals leak" is :func:`egress.sdc.recoverable_cells`'s job). A rel
 from __future__ import annotations
 
 import csv
-import io
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -44,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from .params import SDCParams
+from .tables import read_table_csv
 
 __all__ = [
     "CountTable",
@@ -184,14 +184,7 @@ def count_table_from_csv(text: str, *, name: str, delimiter: str = ",") -> Count
     header row, every cell as text first), so the row dimension is the top-left header.
     """
     try:
-        frame = pd.read_csv(
-            io.StringIO(text),
-            sep=delimiter,
-            index_col=0,
-            dtype=str,
-            keep_default_na=False,
-            skip_blank_lines=True,
-        )
+        frame = read_table_csv(text, delimiter=delimiter)
     except (ValueError, pd.errors.ParserError, csv.Error):
         return None
     if frame.shape[0] < 1 or frame.shape[1] < 1:

@@ -28,6 +28,7 @@ Only numpy and pandas; no I/O.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -710,6 +711,20 @@ def check_regression(dof_resid: Any, *, params: SDCParams | None = None) -> Outp
         params=params,
         findings=(Finding(Rule.DOF, verdict, text),),
         properties={"method": "regression", "dof": shown},
+    )
+
+
+def read_table_csv(text: str, *, delimiter: str = ",") -> pd.DataFrame:
+    """A CSV/TSV table of counts as the egress service reads one: labels in the first column
+    and the header row, every cell as text (numbers are parsed by the checks, which say what
+    they couldn't read). Raises ``ValueError`` (pandas' parser errors included) on bad text."""
+    return pd.read_csv(
+        io.StringIO(text),
+        sep=delimiter,
+        index_col=0,
+        dtype=str,
+        keep_default_na=False,
+        skip_blank_lines=True,
     )
 
 
