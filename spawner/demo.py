@@ -29,6 +29,10 @@ DEMO_USERS = {
     "alice": (["project-cardio"], "researcher in cardio"),
     "bob": (["/project-diabetes"], "researcher in diabetes"),
     "carol": (["project-cardio", "project-diabetes"], "researcher in cardio and diabetes"),
+    "chloe": (
+        ["project-cardio", "output-checkers"],
+        "researcher in cardio and output checker (never of her own requests)",
+    ),
     "olivia": (["output-checkers"], "output checker"),
     "oscar": (["output-checkers"], "output checker"),
     "adam": (["havre-admins"], "hub administrator (can't enter researchers' servers)"),
