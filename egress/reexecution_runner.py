@@ -44,7 +44,6 @@ from spawner.enclave import EnclaveConfig, load_enclave_config
 
 log = logging.getLogger("egress.reexecution_runner")
 
-DEFAULT_TIME_LIMIT = 600
 #: The jobs folder under the enclave's state folder (``havre up`` shares it with the service).
 JOBS_SUBDIR = "reexec"
 
@@ -63,8 +62,10 @@ class Runner:
         folder: JobsFolder,
         client: Any,
         *,
-        time_limit: int = DEFAULT_TIME_LIMIT,
+        time_limit: int | None = None,
     ) -> None:
+        if time_limit is None:  # the enclave config's review.reexecution_seconds
+            time_limit = enclave.review.reexecution_seconds
         if not 1 <= int(time_limit) <= 24 * 3600:
             raise ValueError("the time limit must be 1 to 86400 seconds")
         self.enclave = enclave
@@ -216,8 +217,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--time-limit",
         type=int,
-        default=DEFAULT_TIME_LIMIT,
-        help=f"seconds a notebook may run before it is stopped (default {DEFAULT_TIME_LIMIT})",
+        default=None,
+        help="seconds a notebook may run before it is stopped (default: the enclave config's "
+        "review.reexecution_seconds)",
     )
     parser.add_argument(
         "--poll-seconds", type=float, default=1.0, help="how often to look for new jobs"
@@ -242,7 +244,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("havre-reexec-runner: jobs in %s, time limit %d s", folder.root, args.time_limit)
+    log.info("havre-reexec-runner: jobs in %s, time limit %d s", folder.root, runner.time_limit)
     if args.once:
         runner.run_pending()
     else:
@@ -250,4 +252,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     client.close()
 
 
-__all__ = ["DEFAULT_TIME_LIMIT", "JOBS_SUBDIR", "Runner", "jobs_folder", "main"]
+__all__ = ["JOBS_SUBDIR", "Runner", "jobs_folder", "main"]

@@ -158,7 +158,9 @@ def group_matches(configured: str, provider_group: str) -> bool:
     return provider_group in (configured, "/" + configured)
 
 
-_REVIEW_KEYS = ("reviews_required",)
+_REVIEW_KEYS = ("reviews_required", "reexecution_seconds")
+#: the bounds of review.reexecution_seconds
+REEXECUTION_SECONDS_MIN, REEXECUTION_SECONDS_MAX = 10, 24 * 3600
 
 _TOP = "top level"
 
@@ -362,6 +364,8 @@ class ReviewPolicy:
     """How outputs leave the enclave."""
 
     reviews_required: int = 2
+    #: seconds a trusted re-execution of a notebook may run before it is stopped
+    reexecution_seconds: int = 600
 
 
 class _FrozenMapping(Mapping[str, Project]):
@@ -824,6 +828,17 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
             p.add(where, f"must be between {REVIEWS_MIN} and {REVIEWS_MAX}", value)
         else:
             reviews_required = value
+    reexecution_seconds = ReviewPolicy.reexecution_seconds
+    if review_raw.get("reexecution_seconds") is not None:
+        value = review_raw["reexecution_seconds"]
+        where = "review.reexecution_seconds"
+        bounds = f"{REEXECUTION_SECONDS_MIN} and {REEXECUTION_SECONDS_MAX}"
+        if isinstance(value, bool) or not isinstance(value, int):
+            p.add(where, f"must be a whole number of seconds between {bounds}", value)
+        elif not REEXECUTION_SECONDS_MIN <= value <= REEXECUTION_SECONDS_MAX:
+            p.add(where, f"must be between {bounds} seconds", value)
+        else:
+            reexecution_seconds = value
 
     identity = _identity(p, _section(p, data, "identity", "", _IDENTITY_KEYS))
     culling = _culling(p, _section(p, data, "culling", "", _CULLING_KEYS))
@@ -863,7 +878,9 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
         default_image=default_image,
         projects=_FrozenMapping((proj.slug, proj) for proj in projects),
         output_checkers=frozenset(output_checkers),
-        review=ReviewPolicy(reviews_required=reviews_required),
+        review=ReviewPolicy(
+            reviews_required=reviews_required, reexecution_seconds=reexecution_seconds
+        ),
         source=source,
         identity=identity,
         culling=culling,
@@ -1279,7 +1296,10 @@ def dump_enclave_config(cfg: EnclaveConfig) -> str:
         "images": {"allowed": list(cfg.allowed_images), "default": cfg.default_image},
         "projects": projects,
         "output_checkers": sorted(cfg.output_checkers),
-        "review": {"reviews_required": cfg.review.reviews_required},
+        "review": {
+            "reviews_required": cfg.review.reviews_required,
+            "reexecution_seconds": cfg.review.reexecution_seconds,
+        },
         "identity": _identity_doc(cfg.identity),
         "culling": {
             "idle_seconds": cfg.culling.idle_seconds,

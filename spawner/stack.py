@@ -70,7 +70,8 @@ class StackOptions:
     tls_cert: str = ""  # PEM certificate (chain) the proxy serves HTTPS with; "": plain HTTP
     tls_key: str = ""  # its PEM private key
     create_project_networks: bool = False  # make every project's network now, bridge "hvp..."
-    reexecution_time_limit: int = 600  # seconds a trusted re-execution may run (the runner's)
+    #: seconds a trusted re-execution may run, overriding the config's review.reexecution_seconds
+    reexecution_time_limit: int | None = None
 
     @property
     def scheme(self) -> str:
@@ -366,8 +367,11 @@ def _start_runner(
             CONFIG_IN_CONTAINER,
             "--jobs",
             str(jobs),
-            "--time-limit",
-            str(int(opts.reexecution_time_limit)),
+            *(
+                ["--time-limit", str(int(opts.reexecution_time_limit))]
+                if opts.reexecution_time_limit is not None
+                else []
+            ),
         ],
         name=name,
         detach=True,

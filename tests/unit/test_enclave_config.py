@@ -65,6 +65,7 @@ projects:
 output_checkers: [olivia, oscar]
 review:
   reviews_required: 3
+  reexecution_seconds: 900
 """
 
 MINIMAL = """\
@@ -98,7 +99,7 @@ def test_full_example_is_parsed():
     assert cfg.default_image == "havre/notebook:0.1.0"
     assert list(cfg.projects) == ["cardio", "onco", "empty-project"]
     assert cfg.output_checkers == frozenset({"olivia", "oscar"})
-    assert cfg.review == ReviewPolicy(reviews_required=3)
+    assert cfg.review == ReviewPolicy(reviews_required=3, reexecution_seconds=900)
     assert cfg.source == "full.yaml"
 
     cardio = cfg.projects["cardio"]
@@ -149,6 +150,7 @@ def test_defaults_are_applied():
     assert cfg.default_image == DEFAULT_IMAGE == "havre/notebook:0.1.0"
     assert cfg.output_checkers == frozenset()
     assert cfg.review.reviews_required == 2
+    assert cfg.review.reexecution_seconds == 600
     project = cfg.project("cardio")
     assert project.limits == DEFAULT_LIMITS == Limits(cpu=1.0, memory_bytes=2 * GIB, pids=512)
     assert project.image == DEFAULT_IMAGE
@@ -477,6 +479,16 @@ BAD = [
         "reviews-required-six",
         "review: {reviews_required: 6}\n" + OK_PROJECT,
         ["review.reviews_required", "(got 6)"],
+    ),
+    (
+        "reexecution-seconds-too-short",
+        "review: {reexecution_seconds: 5}\n" + OK_PROJECT,
+        ["review.reexecution_seconds", "between 10 and 86400", "(got 5)"],
+    ),
+    (
+        "reexecution-seconds-text",
+        "review: {reexecution_seconds: ten minutes}\n" + OK_PROJECT,
+        ["review.reexecution_seconds", "whole number", "(got 'ten minutes')"],
     ),
     (
         "reviews-required-word",

@@ -307,6 +307,11 @@ def test_runner_time_limit_is_checked(enclave, jobs):
         Runner(enclave, jobs, client=None, time_limit=0)
 
 
+def test_runner_time_limit_comes_from_the_enclave_config_unless_given(enclave, jobs):
+    assert Runner(enclave, jobs, client=None).time_limit == enclave.review.reexecution_seconds
+    assert Runner(enclave, jobs, client=None, time_limit=45).time_limit == 45
+
+
 # --------------------------------------------------------------------------------------------
 # The service's side
 
