@@ -97,6 +97,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from host_facts import cpu_model  # this folder (scripts here run as benchmarks/<name>.py)
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 README = Path(__file__).with_name("egress-load-README.md")
@@ -1224,14 +1226,7 @@ def _short(filename: str) -> str:
 
 
 def machine() -> dict[str, str]:
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     versions = {}
     for name in ("tornado", "sqlalchemy", "psycopg", "aiohttp", "jupyterhub"):
         try:

@@ -80,6 +80,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run as a script from anywhere
     sys.path.insert(0, str(REPO))
 
+from host_facts import cpu_model  # noqa: E402  (this folder)
+
 from spawner import __version__, stack  # noqa: E402
 from spawner.enclave import EnclaveConfig, load_enclave_config, parse_enclave_yaml  # noqa: E402
 from tests.integration.hub_client import HubUser  # noqa: E402
@@ -839,14 +841,7 @@ def idle_bare(bench: Bench, network: str, seconds: float) -> dict[str, Any]:
 
 def machine_info(client: docker.DockerClient) -> dict[str, Any]:
     info = client.info()
-    model = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    model = cpu_model()
     images = {}
     for tag in (NOTEBOOK_IMAGE, f"havre/hub:{__version__}", f"havre/egress:{__version__}"):
         try:
