@@ -15,6 +15,7 @@ histograms through :func:`egress.sdc.check_histogram`, models through
 from __future__ import annotations
 
 import builtins
+import dataclasses
 import datetime
 import functools
 import getpass
@@ -74,6 +75,9 @@ MAX_REASONS_RECORDED = 500
 ENV_OUTPUTS_DIR = "HAVRE_OUTPUTS_DIR"
 ENV_PROJECT = "HAVRE_PROJECT"
 ENV_PARAMS = "HAVRE_SDC_PARAMS"
+#: Set to ``1`` by the trusted re-execution runner: ``$HAVRE_SDC_PARAMS`` is then a floor
+#: that a notebook's own ``params=`` can't go below (see ``_forced_params``).
+ENV_TRUSTED_RUN = "HAVRE_TRUSTED_REEXECUTION"
 
 _AGGFUNC_ALIASES: dict[Any, str] = {
     np.sum: "sum",
@@ -143,6 +147,24 @@ def _params_from_env() -> SDCParams:
     with open(path, encoding="utf-8") as handle:
         mapping = json.load(handle)
     return SDCParams.from_mapping(mapping, source=f"{ENV_PARAMS} ({path})")
+
+
+def _forced_params(params: SDCParams) -> SDCParams:
+    """In a trusted re-execution (``$HAVRE_TRUSTED_REEXECUTION=1``) the project's parameters
+    (``$HAVRE_SDC_PARAMS``) are forced: each rule a notebook's ``params=`` makes less strict is
+    set back to the project's value (with a warning); stricter values are kept."""
+    if os.environ.get(ENV_TRUSTED_RUN) != "1":
+        return params
+    forced = _params_from_env()
+    weaker = params.weaker_than(forced)
+    if not weaker:
+        return params
+    warnings.warn(
+        "trusted re-execution: the project's SDC parameters are forced; "
+        + ", ".join(f"{n} {getattr(params, n)!r} -> {getattr(forced, n)!r}" for n in weaker),
+        stacklevel=3,
+    )
+    return dataclasses.replace(params, **{n: getattr(forced, n) for n in weaker})
 
 
 def _caller_command(default: str) -> str:
@@ -292,7 +314,7 @@ class Session:
             params = SDCParams.from_mapping(params)
         elif not isinstance(params, SDCParams):
             raise TypeError("params must be an SDCParams or a mapping of parameters")
-        self.params: SDCParams = params
+        self.params: SDCParams = _forced_params(params)
         self.project = project if project is not None else os.environ.get(ENV_PROJECT)
         self.user = _user()
         self.show = show
