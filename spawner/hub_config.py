@@ -171,15 +171,18 @@ USER_SCOPES = [
     "read:tokens!user",
     "access:services!service=egress",
 ]
-#: What an administrator may do (the ``hub-administrator`` role of the admin groups): manage
-#: users, groups and servers, but not enter a user's server, read their OAuth tokens (auth
-#: state), or mint tokens.
+#: What an administrator may do (the ``hub-administrator`` role of the admin groups): see
+#: users and groups, manage servers and delete users; not enter a user's server, read their
+#: OAuth tokens (auth state) or mint tokens. Groups are read-only: project, checker and
+#: break-glass membership comes only from the identity provider (the authenticator writes the
+#: hub's groups at each sign-in), so an administrator can't grant access, to himself or anyone.
 ADMIN_SCOPES = [
     "admin-ui",
     "users",
     "delete:users",
     "admin:servers",
-    "admin:groups",
+    "list:groups",
+    "read:groups",
     "list:services",
     "read:services",
     "read:hub",

@@ -205,6 +205,27 @@ def test_admin_manages_users_but_cannot_open_a_researchers_server(enclave, alice
     assert r.status_code == 403
 
 
+@pytest.mark.parametrize("group", ["project-cardio", "output-checkers", "server-access"])
+def test_admin_cannot_grant_himself_a_project_the_checker_role_or_break_glass(enclave, group):
+    """Membership comes only from the identity provider: the hub's group API refuses writes."""
+    adam = enclave.user("adam")
+    # control: the same session and XSRF token read the group (the request itself is sound)
+    before = adam.api("GET", f"groups/{group}")
+    assert before.status_code == 200, before.text
+    r = adam.api("POST", f"groups/{group}/users", json={"users": ["adam"]})
+    assert r.status_code == 403, r.text
+    assert "groups" in r.json()["message"]  # JupyterHub names the missing scope
+    r = adam.api("DELETE", f"groups/{group}/users", json={"users": before.json()["users"]})
+    assert r.status_code == 403, r.text
+    r = adam.api("POST", "groups/adam-made-this", json={"users": ["adam"]})
+    assert r.status_code == 403, r.text
+    r = adam.api("PATCH", "users/adam", json={"admin": True, "groups": [group]})
+    assert r.status_code == 403, r.text
+    after = adam.api("GET", f"groups/{group}")
+    assert after.json()["users"] == before.json()["users"]
+    assert "adam" not in after.json()["users"]
+
+
 def test_break_glass_role_opens_a_server_after_consent_and_is_logged(
     enclave, provider, alice_cardio
 ):

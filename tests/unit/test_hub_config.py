@@ -101,6 +101,12 @@ def test_roles_never_give_tokens_or_server_access_by_default(enclave_files):
         s.startswith(("access:servers", "tokens", "admin:auth_state")) for s in ADMIN_SCOPES
     )
     assert roles["server-access"]["groups"] == ["server-access"]
+    # membership (projects, checkers, break-glass) comes only from the identity provider
+    from jupyterhub.scopes import _expand_scope
+
+    granted = set().union(*(_expand_scope(s) for s in ADMIN_SCOPES))
+    assert not granted & {"groups", "admin:groups", "admin:users", "delete:groups"}
+    assert {"read:groups", "list:groups"} <= granted
     assert set(roles["egress-service"]["scopes"]) <= {
         "read:users:name",
         "read:users:groups",
