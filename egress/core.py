@@ -94,6 +94,7 @@ from egress.outputs_folder import OutputPathError, read_output, scan_outputs
 from egress.policy import Actor, Permission, PermissionDenied, RequestView
 from egress.reexecution_jobs import JobsFolder
 from egress.sdc import SDCParams
+from egress.sdc_badge import LibraryReadError, LibraryRecords, combine, view_check
 from egress.signing import (
     key_id,
     load_private_key,
@@ -398,23 +399,44 @@ def _versions(*names: str) -> dict[str, str]:
 # SDC check of CSV/TSV tables of counts
 
 
-def _frequency_table_check(result: FileCheckResult, params: SDCParams) -> dict[str, Any] | None:
-    """The SDC verdict for a CSV/TSV that is a table of counts; ``None`` for other files.
+def _count_check_function() -> Callable[..., Any] | None:
+    """``egress.sdc.published.check_count_csv_text`` when this version of the rules has it."""
+    try:
+        from egress.sdc.published import check_count_csv_text
+    except ImportError:
+        return None
+    return check_count_csv_text
 
-    A table of counts: a first column of labels, then only non-negative whole numbers (blank
+
+def _frequency_table_check(result: FileCheckResult, params: SDCParams) -> dict[str, Any] | None:
+    """The count-table rules' verdict for a CSV/TSV of numbers; ``None`` for other files.
+
+    A table of numbers: a first column of labels, then only non-negative whole numbers (blank
     cells are taken as suppressed). Anything else is recorded as not checked, with the reason.
+    This reads every number as a count: whether the table *holds* counts is decided with the
+    library's record (:func:`egress.sdc_badge.combine`), never here.
     """
     if result.kind not in (FileKind.CSV, FileKind.TSV) or result.release_bytes is None:
         return None
     delimiter = "\t" if result.kind is FileKind.TSV else ","
     text = result.release_bytes.decode("utf-8-sig")
-    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
-    rows = [row for row in rows if any(cell.strip() for cell in row)]
     not_checked = {
         "checked": False,
         "reason": "not a table of counts (labels in the first column and header row, then "
         "whole numbers); only tables of counts are checked automatically",
     }
+    fast = _count_check_function()
+    if fast is not None:
+        try:
+            outcome = fast(text, delimiter=delimiter, params=params)
+        except Exception as exc:  # the verdict informs checkers; its failure must not block
+            log.exception("the SDC check of %s failed", result.name)
+            return {"checked": False, "reason": f"the automatic SDC check failed: {exc}"}
+        if outcome is None:
+            return not_checked
+        return _count_record(outcome)
+    rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter))
+    rows = [row for row in rows if any(cell.strip() for cell in row)]
     if len(rows) < 2 or len(rows[0]) < 2:
         return not_checked
     numbers = 0
@@ -440,13 +462,55 @@ def _frequency_table_check(result: FileCheckResult, params: SDCParams) -> dict[s
     except Exception as exc:  # the verdict informs checkers; its failure must not block a file
         log.exception("the SDC check of %s failed", result.name)
         return {"checked": False, "reason": f"the automatic SDC check failed: {exc}"}
+    return _count_record(outcome)
+
+
+def _count_record(outcome: Any) -> dict[str, Any]:
     record = outcome.as_record()
     record.pop("sdc", None)  # per-cell positions: recomputed when a checker needs them
     record["reasons"] = record["reasons"][:200]
     return {"checked": True, **record}
 
 
-def _check_json(result: FileCheckResult, sdc: dict[str, Any] | None) -> dict[str, Any]:
+#: The largest ``results.json`` (or checksum file) read to find the library's record.
+LIBRARY_RECORD_MAX_BYTES = 64 * 1024 * 1024
+
+
+def _library_reader(root: Path) -> Callable[[str], bytes | None]:
+    """Reads a file of the outputs folder for :class:`egress.sdc_badge.LibraryRecords`."""
+
+    def read(relative: str) -> bytes | None:
+        try:
+            return read_output(root, relative, max_bytes=LIBRARY_RECORD_MAX_BYTES)
+        except OutputPathError as exc:
+            if "does not exist" in exc.reason:
+                return None
+            raise LibraryReadError(exc.reason) from None
+
+    return read
+
+
+def _raw_count_check(sdc: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The count-table rules' record behind a stored ``sdc`` (before the badge capped it)."""
+    if not sdc or not sdc.get("checked") or not isinstance(sdc.get("count_rules"), dict):
+        return dict(sdc) if sdc else None
+    rules = sdc["count_rules"]
+    raw = {k: v for k, v in sdc.items() if k != "count_rules"}
+    raw.update(
+        verdict=rules.get("verdict"),
+        summary=rules.get("summary"),
+        reasons=list(rules.get("reasons") or []),
+        statistic="count",
+    )
+    return raw
+
+
+def _check_json(
+    result: FileCheckResult,
+    sdc: dict[str, Any] | None,
+    library: dict[str, Any] | None = None,
+    badge: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     return {
         "outcome": result.outcome,
         "warnings": list(result.warnings),
@@ -454,6 +518,8 @@ def _check_json(result: FileCheckResult, sdc: dict[str, Any] | None) -> dict[str
         "flagged_cells": [dataclasses.asdict(c) for c in result.flagged_cells[:100]],
         "flagged_cell_count": len(result.flagged_cells),
         "sdc": sdc,
+        "library": library,
+        "badge": badge,
     }
 
 
@@ -845,7 +911,9 @@ class EgressService:
             refusal = FileRefused(path, result.problems, result.warnings)
             _refused("add_file", actor, request_id, refusal)
             raise refusal
-        sdc = _frequency_table_check(result, self.sdc_params)
+        count = _frequency_table_check(result, self.sdc_params)
+        library = self._library_records(project).for_file(path, result.sha256)
+        sdc, badge = combine(count, library, self.sdc_params)
         self.content.put(data)
         if result.changed:
             self.content.put(result.release_bytes)
@@ -871,7 +939,7 @@ class EgressService:
             row.size = result.size
             row.release_size = len(result.release_bytes)
             row.kind = result.kind.value if result.kind else "unknown"
-            row.check = _check_json(result, sdc)
+            row.check = _check_json(result, sdc, library, badge)
             row.added_at = tx.now
             if changed:
                 row.changed_in_round = target_round
@@ -893,6 +961,7 @@ class EgressService:
                     "kind": row.kind,
                     "outcome": result.outcome,
                     "sdc_verdict": sdc.get("verdict") if sdc else None,
+                    "library_record": library["status"],
                     "replaced": replaced,
                     "content_changed": changed,
                     "changed_in_round": row.changed_in_round,
@@ -911,6 +980,45 @@ class EgressService:
             session.add(group)
             session.flush()
         return group
+
+    def _library_records(self, project: str) -> LibraryRecords:
+        """The library's records in ``project``'s outputs folder (each results.json read once)."""
+        return LibraryRecords(_library_reader(self._outputs_root(project)), self.sdc_params)
+
+    def _recheck_library(
+        self, actor: Actor, request_id: str
+    ) -> dict[int, tuple[str, dict[str, Any]]]:
+        """Each file's check set again against the outputs folder's library records as they
+        are now: ``{file id: (sha256 it was made for, new check)}`` for the checks that change.
+
+        A record that matched the file's bytes when it was added stays (it was about these
+        very bytes), with a sentence when the folder's record has changed since.
+        """
+        with self._read("submit", actor, request_id) as session:
+            request = self._load(session, request_id)
+            self._require(session, actor, Permission.SUBMIT, request)
+            rows = [(f.id, f.path, f.sha256, f.check or {}) for f in self._files(session, request)]
+            project = request.project
+        records = self._library_records(project)
+        updates: dict[int, tuple[str, dict[str, Any]]] = {}
+        for file_id, path, sha256, check in rows:
+            if "badge" not in check:
+                continue  # checked before library records were compared: shown as such
+            stored = check.get("library") or {}
+            library = records.for_file(path, sha256)
+            if library.get("status") != "matched" and stored.get("status") == "matched":
+                library = {
+                    **stored,
+                    "message": "The library's record matched these bytes when the file was "
+                    f"added; {library.get('results_json', 'results.json')} no longer holds "
+                    "it (the session was run again or edited since): the record shown is the "
+                    "one read when the file was added.",
+                }
+            sdc, badge = combine(_raw_count_check(check.get("sdc")), library, self.sdc_params)
+            new = {**check, "sdc": sdc, "library": library, "badge": badge}
+            if new != check:
+                updates[file_id] = (sha256, new)
+        return updates
 
     def remove_file(self, actor: Actor, request_id: str, file_id: int) -> None:
         """Take a file (and its votes) out of a draft or returned request."""
@@ -959,10 +1067,19 @@ class EgressService:
             return {"name": name, "context": context, "controls": controls}
 
     def submit(self, actor: Actor, request_id: str) -> dict[str, Any]:
-        """Submit a draft, or resubmit a returned request (a new review round)."""
+        """Submit a draft, or resubmit a returned request (a new review round).
+
+        Each file's badge is first set again against the library's records in the outputs
+        folder as they are now (a file changed after the library checked it is flagged).
+        """
+        rechecked = self._recheck_library(actor, request_id)
         with self._write("submit", actor, request_id) as tx:
             request = self._load(tx.session, request_id)
             self._require(tx.session, actor, Permission.SUBMIT, request)
+            for row in self._files(tx.session, request):
+                update = rechecked.get(row.id)
+                if update is not None and update[0] == row.sha256:
+                    row.check = update[1]
             resubmit = request.state == RequestState.RETURNED
             carried: dict[str, dict[str, str]] = {}
             changed: list[str] = []
@@ -1422,7 +1539,10 @@ class EgressService:
                     "sdc": self.sdc_params.as_dict(),
                     "file_checks": dataclasses.asdict(self.check_policy),
                     "reviews_required": request.reviews_required,
-                    "verdicts": {f.path: (f.check.get("sdc") or {}).get("verdict") for f in files},
+                    "verdicts": {
+                        f.path: ((view_check(f.check) or {}).get("sdc") or {}).get("verdict")
+                        for f in files
+                    },
                 },
                 audit_head=checkpoint,
                 tool_versions=_versions("sqlalchemy", "numpy", "pandas", "cryptography"),
@@ -1656,7 +1776,7 @@ class EgressService:
             "size": row.size,
             "release_size": row.release_size,
             "kind": row.kind,
-            "check": row.check,
+            "check": view_check(row.check),
             "added_at": _iso(row.added_at),
             "changed_in_round": row.changed_in_round,
             "votes": {r: v.value for r, v in sorted(votes.items())},

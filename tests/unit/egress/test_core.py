@@ -131,7 +131,11 @@ def test_full_story(service, engine, outputs, signing_key, clock, tmp_path):
     # --- Request 1: approved and released -------------------------------------------------
     r1 = svc.create_request(alice, "cardio", "Smoking by sex")["id"]
     table = svc.add_file(alice, r1, "tables/smoking.csv", "tables")
-    assert table["check"]["sdc"]["checked"] and table["check"]["sdc"]["verdict"] == "pass"
+    # Whole numbers written by hand, with no library record: read as counts they pass, but
+    # nothing says they are counts (issue #11), so the badge is review.
+    assert table["check"]["sdc"]["checked"] and table["check"]["sdc"]["verdict"] == "review"
+    assert table["check"]["sdc"]["count_rules"]["verdict"] == "pass"
+    assert table["check"]["library"]["status"] == "no_record"
     assert table["sha256"] == table["release_sha256"] == hashlib.sha256(FREQUENCY_TABLE).hexdigest()
     formula = svc.add_file(alice, r1, "tables/formula.csv", "tables")
     assert formula["check"]["outcome"] == "neutralised"
@@ -194,7 +198,7 @@ def test_full_story(service, engine, outputs, signing_key, clock, tmp_path):
     }
     assert len(record["votes"]) == 6 and {v["vote"] for v in record["votes"]} == {"approve"}
     assert record["sdc_policy"]["sdc"]["threshold"] == 10
-    assert record["sdc_policy"]["verdicts"]["tables/smoking.csv"] == "pass"
+    assert record["sdc_policy"]["verdicts"]["tables/smoking.csv"] == "review"
     assert record["public_comments"] == []  # private comments never go into the record
     for f in files:
         got = svc.download_released(alice, r1, f["id"])
