@@ -51,6 +51,108 @@ _REEXECUTION: dict[str, Any] = {
     },
 }
 
+_VERDICT = {"enum": ["pass", "review", "fail", None]}
+_TEXTS = {"type": "array", "items": {"type": "string"}}
+
+#: A file of a request, with its automatic checks (``egress.sdc_badge``).
+_REQUEST_FILE: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "id": {"type": "integer"},
+        "path": {"type": "string"},
+        "group": {"type": "string"},
+        "sha256": {"type": "string"},
+        "release_sha256": {"type": "string"},
+        "size": {"type": "integer"},
+        "release_size": {"type": "integer"},
+        "kind": {"type": "string"},
+        "added_at": {"type": "string"},
+        "changed_in_round": {"type": "integer"},
+        "votes": {"type": "object"},
+        "decision": {"type": "string"},
+        "check": {
+            "type": "object",
+            "properties": {
+                "outcome": {"type": "string"},
+                "warnings": _TEXTS,
+                "changes": _TEXTS,
+                "flagged_cells": {"type": "array", "items": {"type": "object"}},
+                "flagged_cell_count": {"type": "integer"},
+                "sdc": {
+                    "type": ["object", "null"],
+                    "description": "The SDC record of a CSV/TSV of numbers. `verdict` is the "
+                    "badge's (never better than `count_rules.verdict`, the service's count-table "
+                    "rules, nor than the library's record); `statistic` is the statistic the "
+                    "library's record claims (null: unknown); `checked` false with `reason` "
+                    "for a table the service could not read as numbers.",
+                    "properties": {
+                        "checked": {"type": "boolean"},
+                        "verdict": _VERDICT,
+                        "summary": {"type": "string"},
+                        "reasons": _TEXTS,
+                        "statistic": {"type": ["string", "null"]},
+                        "params": {"type": "object"},
+                        "count_rules": {"type": "object"},
+                        "reason": {"type": "string"},
+                    },
+                },
+                "library": {
+                    "type": ["object", "null"],
+                    "description": "The researcher's library's record of this file, from "
+                    "results.json in its folder: `matched` (same name and sha256: its "
+                    "verdict, statistic, reasons, parameters and `relaxed` parameters, each "
+                    "with the library's and the project's value), `changed` (the file was "
+                    "changed after the library checked it: no verdict shown), `no_record` or "
+                    "`unreadable`. Always the researcher's claim (`label`).",
+                    "properties": {
+                        "status": {"enum": ["matched", "changed", "no_record", "unreadable"]},
+                        "message": {"type": "string"},
+                        "label": {"type": "string"},
+                        "results_json": {"type": "string"},
+                        "uid": {"type": "string"},
+                        "recorded_sha256": {"type": ["string", "null"]},
+                        "statistic": {"type": ["string", "null"]},
+                        "verdict": _VERDICT,
+                        "reasons": _TEXTS,
+                        "params": {"type": ["object", "null"]},
+                        "relaxed": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "name": {"type": "string"},
+                                    "library": {},
+                                    "project": {},
+                                },
+                            },
+                        },
+                    },
+                },
+                "badge": {
+                    "type": ["object", "null"],
+                    "description": "What checkers are shown (the request and file pages "
+                    "render this): `verdict` (null: not checked), `text`, `summary`, "
+                    "`sentences` (why it is not better), `verified_by`, `params` (the "
+                    "project's parameters in force).",
+                    "properties": {
+                        "verdict": _VERDICT,
+                        "text": {"type": "string"},
+                        "summary": {"type": "string"},
+                        "sentences": _TEXTS,
+                        "verified_by": {"type": ["string", "null"]},
+                        "count_rules_verdict": _VERDICT,
+                        "statistic": {"type": ["string", "null"]},
+                        "statistic_source": {"type": ["string", "null"]},
+                        "params": {"type": ["object", "null"]},
+                        "library_status": {"type": ["string", "null"]},
+                        "version": {"type": "integer"},
+                    },
+                },
+            },
+        },
+    },
+}
+
 #: The fields a request's summary and its full view share.
 _COMMON: dict[str, Any] = {
     "id": {"type": "string"},
@@ -358,6 +460,7 @@ def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
                 )
             },
             "schemas": {
+                "RequestFile": _REQUEST_FILE,
                 "RequestSummary": {
                     "type": "object",
                     "properties": {**_COMMON, "files": {"type": "integer"}},
@@ -366,7 +469,10 @@ def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
                     "type": "object",
                     "properties": {
                         **_COMMON,
-                        "files": {"type": "array", "items": obj},
+                        "files": {
+                            "type": "array",
+                            "items": {"$ref": "#/components/schemas/RequestFile"},
+                        },
                         "allowed": {"type": "array", "items": {"type": "string"}},
                         "groups": {"type": "array", "items": obj},
                         "comments": {"type": "array", "items": obj},

@@ -14,11 +14,13 @@ import json
 import shutil
 from pathlib import Path
 
+import jsonschema
 import numpy as np
 import pandas as pd
 import pytest
 
 from egress.core import EgressService
+from egress.openapi import openapi_document
 from egress.safe import Session
 from egress.sdc import SDCParams
 from egress.sdc_badge import LIBRARY_LABEL, LibraryRecords, combine, view_check
@@ -333,3 +335,73 @@ def test_records_of_one_folder_are_read_once(tmp_path):
 def test_odd_results_files_never_raise(doc):
     records = LibraryRecords(lambda path: doc if path.endswith(".json") else None, SDCParams())
     assert records.for_file("x.csv", "0" * 64)["status"] in ("unreadable", "no_record")
+
+
+# --------------------------------------------------------------------------------------------
+# The HTML pages show what the JSON view holds (one computation, rendered by both pages)
+
+
+def render(template: str, **context: object) -> str:
+    from egress.render import render_for_checker
+    from egress.web import _jinja
+
+    base = {
+        "prefix": "/services/egress/",
+        "url": lambda *parts: "/services/egress/" + "/".join(map(str, parts)),
+        "user": "olivia",
+        "actor": olivia,
+        "xsrf": "",
+        "hub_home": "/hub/home",
+    }
+    if template == "file.html":
+        f = context["f"]
+        data = f.get("_bytes", b"")
+        context["rendered"] = render_for_checker("csv", data, name=f["path"])
+        context.setdefault("differencing", None)
+    return _jinja().get_template(template).render(**base, **context)
+
+
+def test_the_request_and_file_pages_show_the_badge_the_json_view_holds(service, outputs):
+    df = people()
+    s = session(outputs, threshold=3)
+    s.crosstab(df.region, df.sex)
+    s.crosstab(df.region, df.sex, values=df.income, aggfunc="sum")
+    path = outputs / "cardio/s1/output_1.csv"
+    path.write_text(path.read_text() + "\n")  # changed after the library checked it
+    rid, _ = add(service, "s1/output_0.csv")
+    add(service, "s1/output_1.csv", rid)
+    add(service, "tables/smoking.csv", rid)
+    view = service.get_request(olivia, rid)
+    schema = openapi_document()["components"]["schemas"]["RequestFile"]
+    for f in view["files"]:
+        jsonschema.validate(f, schema)  # the JSON view is what the API document says
+    page = render("request.html", r=view, outputs=None, reexecutions=[])
+    for f in view["files"]:
+        assert f["check"]["badge"]["text"] in page
+    assert page.count("SDC: review") == 3 and "SDC: pass" not in page
+    assert "Relaxed parameters:" in page and "threshold 3 (project: 10)" in page
+    assert "Changed after the library checked it." in page
+    assert "No library record" in page
+
+    relaxed = next(f for f in view["files"] if f["path"] == "s1/output_0.csv")
+    detail = render("file.html", r=view, f=relaxed)
+    assert "SDC: review" in detail and "threshold 3 instead of the project&#39;s 10" in detail
+    assert '<table class="sdc-params">' in detail and "(relaxed)" in detail
+    changed = next(f for f in view["files"] if f["path"] == "s1/output_1.csv")
+    detail = render("file.html", r=view, f=changed)
+    assert "Changed after the library checked it." in detail
+    assert "The library&#39;s reasons" not in detail  # its verdict is not shown for other bytes
+
+
+def test_the_openapi_document_describes_the_badge():
+    schemas = openapi_document()["components"]["schemas"]
+    check = schemas["RequestFile"]["properties"]["check"]["properties"]
+    assert {"sdc", "library", "badge"} <= set(check)
+    assert check["library"]["properties"]["status"]["enum"] == [
+        "matched",
+        "changed",
+        "no_record",
+        "unreadable",
+    ]
+    request_files = schemas["Request"]["properties"]["files"]["items"]
+    assert request_files == {"$ref": "#/components/schemas/RequestFile"}
