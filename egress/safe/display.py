@@ -13,6 +13,7 @@ not been checked) whose notebook display starts with its verdict badge.
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
@@ -22,7 +23,13 @@ from .outputs import escape
 if TYPE_CHECKING:
     from .outputs import Output
 
-__all__ = ["MAX_REASONS_SHOWN", "SafeTable", "verdict_badge_html"]
+__all__ = [
+    "MAX_REASONS_SHOWN",
+    "SafeTable",
+    "edited_badge_html",
+    "table_fingerprint",
+    "verdict_badge_html",
+]
 
 #: Reasons listed in a badge before "and N more".
 MAX_REASONS_SHOWN = 12
@@ -74,14 +81,51 @@ def verdict_badge_html(output: Output) -> str:
     return "".join(parts)
 
 
+def edited_badge_html(output: Output) -> str:
+    """The badge of a table changed in place after its check: never the recorded verdict's
+    colour or word, and it says what the recorded verdict is of."""
+    badge = (
+        '<span style="background:#57606a;color:#ffffff;border-radius:3px;padding:1px 6px;'
+        'font-weight:bold;letter-spacing:0.04em" title="the values shown were not checked">'
+        "EDITED: NOT CHECKED</span>"
+    )
+    names = ", ".join(output.file_names) or output.uid
+    text = (
+        f"this table was changed after the library checked it: the recorded verdict "
+        f"({output.status}) is of the values written to {names}, not of what is shown here; "
+        "make the table again with the library to check the new values"
+    )
+    return (
+        '<div class="havre-sdc-verdict" style="font-family:sans-serif;font-size:12px;'
+        f'margin:2px 0 6px 0;line-height:1.5">{badge} <code>{escape(output.uid)}</code> '
+        f"{escape(text)}</div>"
+    )
+
+
+def table_fingerprint(table: pd.DataFrame) -> str:
+    """A digest of a table's values, labels and types: it changes when the table is edited
+    in place (a cell set, a column added or renamed, rows dropped)."""
+    digest = hashlib.sha256()
+    digest.update(repr((table.shape, [str(t) for t in table.dtypes])).encode())
+    try:
+        digest.update(pd.util.hash_pandas_object(table, index=True).to_numpy().tobytes())
+        digest.update(pd.util.hash_pandas_object(table.columns, index=False).to_numpy().tobytes())
+    except (TypeError, ValueError):  # labels or values pandas can't hash: hash the text
+        digest.update(table.to_csv().encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
 class SafeTable(pd.DataFrame):
     """A table returned by the safe-analysis library: a DataFrame that shows its verdict.
 
     ``table.safe_output`` is the recorded :class:`~egress.safe.outputs.Output` (status,
     reasons, files). Any operation on the table returns a plain DataFrame without a verdict.
+    A table changed in place (``t.loc[...] = ...``) keeps its record but loses its badge:
+    :attr:`edited` is True and the notebook shows "EDITED: NOT CHECKED" instead of the
+    verdict, which is of the values as checked and written.
     """
 
-    _metadata = ["_safe_output"]
+    _metadata = ["_safe_output", "_safe_fingerprint"]
 
     @property
     def _constructor(self) -> type[pd.DataFrame]:
@@ -92,6 +136,7 @@ class SafeTable(pd.DataFrame):
         """``table`` (not copied) as a SafeTable carrying ``output``."""
         out = cls(table, copy=False)
         out._safe_output = output
+        out._safe_fingerprint = table_fingerprint(out)
         return out
 
     @property
@@ -99,9 +144,17 @@ class SafeTable(pd.DataFrame):
         """The recorded output behind this table."""
         return getattr(self, "_safe_output", None)
 
+    @property
+    def edited(self) -> bool:
+        """Whether the table was changed since the library checked it."""
+        expected = getattr(self, "_safe_fingerprint", None)
+        return expected is not None and table_fingerprint(self) != expected
+
     def _repr_html_(self) -> Any:
         table_html = super()._repr_html_()
         output = self.safe_output
         if output is None:
             return table_html
+        if self.edited:
+            return edited_badge_html(output) + (table_html or "")
         return verdict_badge_html(output) + (table_html or "")

@@ -50,7 +50,7 @@ from egress.sdc import (
     suppress as sdc_suppress,
 )
 from egress.sdc.rules import ALL_RULES
-from egress.sdc.tables import STATISTICS, cell_labels
+from egress.sdc.tables import STATISTICS, _axis, cell_labels
 
 from .display import SafeTable
 from .outputs import (
@@ -65,11 +65,18 @@ from .outputs import (
     validate_name,
 )
 
-__all__ = ["MAX_REASONS_RECORDED", "Session", "library_version"]
+__all__ = ["MAX_CELLS_RECORDED", "MAX_REASONS_RECORDED", "Session", "label_key", "library_version"]
 
 #: Reasons (sentences) kept per output in ``results.json``; the counts per rule are always
 #: complete.
 MAX_REASONS_RECORDED = 500
+
+#: Per-cell records kept per output in ``results.json``: a table of more cells records only
+#: its cells that are not ``ok`` in ``outcome`` (at most this many) and at most this many
+#: positions per rule in the ``sdc`` block; counts per rule and the verdict are always of every
+#: cell, and ``havre.recorded`` says what was left out.  One wide table can't make
+#: ``results.json`` too large for the egress service to read (which would lose every record).
+MAX_CELLS_RECORDED = 2_000
 
 #: Environment variables the session reads.
 ENV_OUTPUTS_DIR = "HAVRE_OUTPUTS_DIR"
@@ -235,9 +242,18 @@ def _as_series_list(axis: Any, prefix: str) -> list[pd.Series]:
 
 
 def _aggfunc_name(aggfunc: Any) -> str:
+    if isinstance(aggfunc, list | tuple | set | dict | pd.Series | np.ndarray):
+        raise ValueError(
+            f"aggfunc: one statistic per table (got {aggfunc!r}); call once per statistic, "
+            "e.g. aggfunc='mean' then aggfunc='std', so each table is checked under its own rules"
+        )
+    try:
+        known = aggfunc in _AGGFUNC_ALIASES
+    except TypeError:  # an unhashable object
+        known = False
     if isinstance(aggfunc, str):
         name = aggfunc
-    elif aggfunc in _AGGFUNC_ALIASES:
+    elif known:
         name = _AGGFUNC_ALIASES[aggfunc]
     else:
         raise ValueError(
@@ -777,8 +793,10 @@ class Session:
                 self.params.round_base if spec.round_base is True else spec.round_base
             )
         csv = table.to_csv().encode("utf-8")
-        sdc = (inner if spec.suppress else check).to_acro_sdc(suppressed=spec.suppress)
-        outcome = _outcome(inner if spec.suppress else check, table, secondary)
+        sdc = (inner if spec.suppress else check).to_acro_sdc(
+            suppressed=spec.suppress, max_positions=MAX_CELLS_RECORDED
+        )
+        outcome, recorded = _outcome(inner if spec.suppress else check, table, secondary)
         fair = {
             "dependent": "unknown" if spec.values_name is None else _label(spec.values_name),
             "independent": [_label(n) for n in spec.row_names + spec.col_names],
@@ -792,7 +810,7 @@ class Session:
             summary=summary,
             outcome=outcome,
             fair=fair,
-            havre=self._havre_block(check),
+            havre=self._havre_block(check, {"recorded": recorded}),
             comments=comments,
             check=check,
         )
@@ -846,16 +864,20 @@ class Session:
             "columns": [_label(c) for c in numeric.columns],
             "shape": list(table.shape),
         }
+        sdc = check.to_acro_sdc(max_positions=MAX_CELLS_RECORDED)
+        outcome, recorded = _outcome(check, table, None)
         output = self._record(
             output_type="table",
             properties=properties,
-            files=[("csv", table.to_csv().encode("utf-8"), check.to_acro_sdc())],
+            files=[("csv", table.to_csv().encode("utf-8"), sdc)],
             command=command,
             status=check.verdict.label,
             summary=check.summary,
-            outcome=_outcome(check, table, None),
+            outcome=outcome,
             fair={"dependent": "unknown", "independent": [_label(c) for c in numeric.columns]},
-            havre=self._havre_block(check, {"rules_per_row": dict(_DESCRIBE_RULES)}),
+            havre=self._havre_block(
+                check, {"rules_per_row": dict(_DESCRIBE_RULES), "recorded": recorded}
+            ),
             check=check,
         )
         return SafeTable.wrap(table, output)
@@ -931,7 +953,8 @@ class Session:
         command: str,
         png: bytes | None,
     ) -> Output:
-        sdc = check.to_acro_sdc()
+        sdc = check.to_acro_sdc(max_positions=MAX_CELLS_RECORDED)
+        outcome, recorded = _outcome(check, table, None)
         files = [("csv", table.to_csv().encode("utf-8"), sdc)]
         if png is not None:
             files.insert(0, ("png", png, sdc))
@@ -942,9 +965,9 @@ class Session:
             command=command,
             status=check.verdict.label,
             summary=check.summary,
-            outcome=_outcome(check, table, None),
+            outcome=outcome,
             fair={"dependent": "unknown", "independent": [properties.get("variable")]},
-            havre=self._havre_block(check),
+            havre=self._havre_block(check, {"recorded": recorded}),
             check=check,
         )
 
@@ -1299,12 +1322,13 @@ def _check_table(
     return check
 
 
-def _positions(table_axis: pd.Index, frame: pd.DataFrame, keys: list[str]) -> np.ndarray:
-    """Each record's position on a table axis (-1 for a record not in the table)."""
-    if len(keys) == 1:
-        return table_axis.get_indexer(frame[keys[0]])
-    labels = pd.MultiIndex.from_arrays([frame[k] for k in keys])
-    return table_axis.get_indexer(labels)
+def _positions(frame: pd.DataFrame, keys: list[str], observed: bool, size: int) -> np.ndarray:
+    """Each record's position on a table axis: the codes the check itself used
+    (:func:`egress.sdc.tables._axis`), so a missing key lands in its NaN row or column."""
+    codes, labels, _ = _axis(frame, keys, observed)
+    if len(labels) != size:  # pragma: no cover - the same function made the table
+        raise RuntimeError("the table's axis changed between the check and its margins")
+    return codes
 
 
 def _with_margins(spec: _TableSpec, inner: OutputCheck, params: SDCParams) -> OutputCheck:
@@ -1313,10 +1337,12 @@ def _with_margins(spec: _TableSpec, inner: OutputCheck, params: SDCParams) -> Ou
     table = inner.table
     n_rows, n_cols = table.shape
     frame = spec.frame
-    row_pos = _positions(table.index, frame, spec.row_keys)
+    row_pos = _positions(frame, spec.row_keys, spec.observed, n_rows)
     has_cols = bool(spec.col_keys)
     col_pos = (
-        _positions(table.columns, frame, spec.col_keys) if has_cols else np.zeros_like(row_pos)
+        _positions(frame, spec.col_keys, spec.observed, n_cols)
+        if has_cols
+        else np.zeros_like(row_pos)
     )
     keep = (row_pos >= 0) & (col_pos >= 0)
     extra: dict[str, Any] = {}
@@ -1410,28 +1436,102 @@ def _rule_text(mask_value: int) -> str:
     return "; ".join(rule.key for rule in ALL_RULES if mask_value & int(rule))
 
 
+def _json_part(value: Any) -> Any:
+    """One level of a label as a JSON value that keeps its type: numbers stay numbers (so
+    ``1`` and ``"1"`` differ), a missing key is ``null``, other objects (intervals, dates)
+    are tagged with their type."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if isinstance(value, float):
+        if np.isnan(value):
+            return None
+        if np.isinf(value):
+            return {"float": str(value)}
+        return value
+    if isinstance(value, bool | int | str):
+        return value
+    return {type(value).__name__: str(value)}
+
+
+def label_key(value: Any) -> str:
+    """A table label as an unambiguous JSON key: a JSON array of its levels, e.g.
+    ``["x, y", "z"]`` for the tuple ``("x, y", "z")`` and ``[1]`` / ``["1"]`` for ``1`` and
+    ``"1"`` (``json.loads`` gives the levels back)."""
+    parts = value if isinstance(value, tuple) else (value,)
+    return json.dumps([_json_part(p) for p in parts], ensure_ascii=False)
+
+
+def _label_keys(labels: pd.Index) -> list[str]:
+    keys = [label_key(x) for x in labels]
+    if len(set(keys)) < len(keys):  # distinct objects printing alike: add the position
+        keys = [
+            json.dumps([*json.loads(k), {"position": i}], ensure_ascii=False)
+            for i, k in enumerate(keys)
+        ]
+    return keys
+
+
 def _outcome(
-    check: OutputCheck, table: pd.DataFrame, secondary: np.ndarray | None
-) -> dict[str, dict[str, str]]:
+    check: OutputCheck,
+    table: pd.DataFrame,
+    secondary: np.ndarray | None,
+    limit: int | None = None,
+) -> tuple[dict[str, dict[str, str]], dict[str, Any]]:
     """Per cell ``ok`` or the rules it breaks (``threshold; zeros``), shaped like ACRO's
-    ``outcome`` (``{column: {row: text}}``); cells blanked only to protect others say so."""
+    ``outcome`` (``{column: {row: text}}``, which ``pandas.DataFrame.from_dict`` reads); cells
+    blanked only to protect others say so.  Row and column keys are :func:`label_key` JSON
+    arrays, so two labels never share a key.
+
+    A table of more than ``limit`` (default :data:`MAX_CELLS_RECORDED`) cells records only its
+    cells that are not ``ok``, at most ``limit`` of them (worst first); the second value says
+    what was recorded (``cells``, ``outcome``: ``every cell`` or ``cells not ok``,
+    ``outcome_cells``, ``outcome_not_recorded``).
+    """
+    limit = MAX_CELLS_RECORDED if limit is None else limit
     if check.cells is None or check.table is None:
-        return {}
+        return {}, {}
     grid = check.mask
     n_rows, n_cols = grid.shape
-    codes, inverse = np.unique(grid, return_inverse=True)
-    texts = np.array([_rule_text(int(v)) for v in codes], dtype=object)[inverse.reshape(grid.shape)]
+    protected = np.zeros(grid.shape, dtype=bool)
     if secondary is not None:
-        protected = np.zeros(grid.shape, dtype=bool)
         rows, cols = min(n_rows, secondary.shape[0]), min(n_cols, secondary.shape[1])
         protected[:rows, :cols] = secondary[:rows, :cols]
-        texts[protected] = "suppressed to protect other cells"
-    row_labels = [_label(x) for x in table.index[:n_rows]]
-    col_labels = [_label(x) for x in table.columns[:n_cols]]
-    return {
-        col: dict(zip(row_labels, texts[:, j].tolist(), strict=True))
-        for j, col in enumerate(col_labels)
+    n_cells = n_rows * n_cols
+    if n_cells <= limit:
+        chosen = np.argwhere(np.ones(grid.shape, dtype=bool))
+        what = "every cell"
+        not_ok = int(np.count_nonzero((grid != 0) | protected))
+    else:
+        flagged = np.flatnonzero(((grid != 0) | protected).ravel())
+        not_ok = len(flagged)
+        order = np.argsort(-check.verdict_codes.ravel()[flagged], kind="stable")
+        picked = np.sort(flagged[order[:limit]])
+        chosen = np.column_stack(np.unravel_index(picked, grid.shape))
+        what = "cells not ok"
+    values = grid[chosen[:, 0], chosen[:, 1]] if len(chosen) else np.zeros(0, np.uint16)
+    codes, inverse = np.unique(values, return_inverse=True)
+    texts = np.array([_rule_text(int(v)) for v in codes], dtype=object)[inverse.ravel()]
+    if secondary is not None and len(chosen):
+        texts[protected[chosen[:, 0], chosen[:, 1]]] = "suppressed to protect other cells"
+    row_keys = _label_keys(table.index[:n_rows])
+    col_keys = _label_keys(table.columns[:n_cols])
+    out: dict[str, dict[str, str]] = {}
+    if what == "every cell":
+        for key in col_keys:
+            out[key] = {}
+    for (r, c), text in zip(chosen.tolist(), texts.tolist(), strict=True):
+        out.setdefault(col_keys[c], {})[row_keys[r]] = text
+    recorded_cells = len(chosen)
+    recorded = {
+        "cells": n_cells,
+        "outcome": what,
+        "outcome_cells": recorded_cells,
+        "outcome_not_recorded": 0 if what == "every cell" else not_ok - recorded_cells,
+        "label_encoding": "json-array",
     }
+    return out, recorded
 
 
 def _reasons(check: OutputCheck, limit: int) -> tuple[list[str], int]:

@@ -381,10 +381,18 @@ def _plural(n: Any, word: str) -> str:
     return f"{_num(n)} {word}" + ("" if float(n) == 1 else "s")
 
 
+def _part(value: Any) -> str:
+    if value is None or value is pd.NA or value is pd.NaT:
+        return "NaN"
+    if isinstance(value, float) and math.isnan(value):
+        return "NaN"  # a missing key: the row or column of records with no value
+    return str(value)
+
+
 def format_label(label: Any) -> str:
-    """A cell label for humans: ``(Bretagne, 80+)``."""
+    """A cell label for humans: ``(Bretagne, 80+)``; a missing key reads ``NaN``."""
     parts = label if isinstance(label, tuple) else (label,)
-    return "(" + ", ".join(str(p) for p in parts) + ")"
+    return "(" + ", ".join(_part(p) for p in parts) + ")"
 
 
 def describe_cell(

@@ -222,8 +222,14 @@ class OutputCheck:
 
     # -- records -----------------------------------------------------------------------------
 
-    def to_acro_sdc(self, suppressed: bool = False) -> dict[str, Any]:
+    def to_acro_sdc(
+        self, suppressed: bool = False, max_positions: int | None = None
+    ) -> dict[str, Any]:
         """ACRO's ``results.json`` ``sdc`` block for this output.
+
+        ``max_positions`` caps each rule's list of positions (the first ones in table order;
+        the ``summary`` counts are always of every cell), so one wide table can't make the
+        record huge.
 
         ``{"summary": {"suppressed", "negative", "missing", "threshold", "p-ratio", "nk-rule",
         "all-values-are-same"}, "cells": {same keys: [[row, col], ...]}}``, positions counted
@@ -244,7 +250,9 @@ class OutputCheck:
                     bits |= int(rule)
             positions = np.argwhere((grid & bits) != 0) if bits else np.zeros((0, 2), int)
             summary[key] = int(len(positions))
-            cells[key] = [[int(r), int(c)] for r, c in positions]
+            if max_positions is not None:
+                positions = positions[:max_positions]
+            cells[key] = positions.astype(int).tolist()
         return {"summary": summary, "cells": cells}
 
     def as_record(self) -> dict[str, Any]:
@@ -280,48 +288,63 @@ def _keys(name: str, keys: str | Sequence[str] | None, df: pd.DataFrame) -> list
     return out
 
 
-def _key_codes(col: pd.Series, observed: bool) -> tuple[np.ndarray, pd.Index, bool]:
-    """Codes (-1 for missing) and sorted labels of one grouping column."""
+def _key_codes(col: pd.Series, observed: bool) -> tuple[np.ndarray, pd.Index, int]:
+    """Codes and sorted labels of one grouping column, and how many records have no value.
+
+    Records with a missing value get a level of their own, a ``NaN`` label after the others
+    (as :func:`pandas.crosstab` does with ``dropna=False``, which ACRO uses): they are shown
+    and checked like any other cell, never left out (a count left out of a table is
+    published unchecked).  A categorical column gives all its categories unless
+    ``observed``.
+    """
     if isinstance(col.dtype, pd.CategoricalDtype) and not observed:
         codes = col.cat.codes.to_numpy().astype(np.int64)
-        return codes, pd.Index(col.cat.categories, name=col.name), True
-    try:
-        codes, uniques = pd.factorize(col, sort=True)
-    except TypeError:  # labels of mixed types that can't be ordered
-        codes, uniques = pd.factorize(col, sort=False)
-    return codes.astype(np.int64, copy=False), pd.Index(uniques, name=col.name), False
+        labels = pd.Index(col.cat.categories, name=col.name)
+    else:
+        try:
+            raw, uniques = pd.factorize(col, sort=True)
+        except TypeError:  # labels of mixed types that can't be ordered
+            raw, uniques = pd.factorize(col, sort=False)
+        codes = raw.astype(np.int64, copy=False)
+        labels = pd.Index(uniques, name=col.name)
+    missing = codes < 0
+    n_missing = int(np.count_nonzero(missing))
+    if n_missing:
+        codes = np.where(missing, len(labels), codes)
+        labels = labels.insert(len(labels), np.nan)
+    return codes, labels, n_missing
 
 
-def _axis(df: pd.DataFrame, keys: list[str], observed: bool) -> tuple[np.ndarray, pd.Index]:
-    """Per-record codes (-1 for a missing key) and the labels of one table axis."""
+def _axis(df: pd.DataFrame, keys: list[str], observed: bool) -> tuple[np.ndarray, pd.Index, int]:
+    """Per-record codes and the labels of one table axis, and how many records have a
+    missing key on it.
+
+    Several keys give the full product of each key's levels (as ACRO shows them: pandas'
+    ``dropna=False``), so a combination nobody is in is an empty cell that is shown and
+    checked, never a row or column left out (which would publish the empty cell by
+    omission).  More than :data:`MAX_CELLS` combinations are refused with a sentence.
+    """
     parts = [_key_codes(df[k], observed) for k in keys]
+    no_key = np.zeros(len(df), dtype=bool)
+    for codes, labels, n_missing in parts:
+        if n_missing:
+            no_key |= codes == len(labels) - 1
+    n_missing = int(np.count_nonzero(no_key))
     if len(parts) == 1:
-        return parts[0][0], parts[0][1]
+        return parts[0][0], parts[0][1], n_missing
     sizes = [max(len(labels), 1) for _, labels, _ in parts]
-    if float(np.prod(sizes, dtype=float)) > 2**62:
-        raise ValueError(f"too many combinations of {', '.join(keys)} to tabulate")
+    product = float(np.prod(sizes, dtype=float))
+    if product > MAX_CELLS:
+        levels = " x ".join(f"{size:,}" for size in sizes)
+        raise ValueError(
+            f"{', '.join(map(str, keys))} have {levels} levels: {product:,.0f} combinations, "
+            f"more than the {MAX_CELLS:,} cells a table may have (every combination is shown "
+            "and checked, as ACRO does); group fewer or coarser keys"
+        )
     combined = np.zeros(len(df), dtype=np.int64)
-    bad = np.zeros(len(df), dtype=bool)
     for (codes, _, _), size in zip(parts, sizes, strict=True):
-        combined = combined * size + np.maximum(codes, 0)
-        bad |= codes < 0
-    if any(categorical for _, _, categorical in parts):
-        # Every combination of the categories, as pandas.groupby(observed=False) does.
-        combined[bad] = -1
-        product = int(np.prod(sizes))
-        if product > MAX_CELLS:
-            raise ValueError(f"{product:,} combinations of {', '.join(keys)}: too many to check")
-        return combined, pd.MultiIndex.from_product([p[1] for p in parts], names=keys)
-    # Observed combinations only, sorted.
-    out = np.full(len(df), -1, dtype=np.int64)
-    found, uniques = pd.factorize(combined[~bad], sort=True)
-    out[~bad] = found
-    digits = np.asarray(uniques, dtype=np.int64)
-    arrays = []
-    for (_, labels, _), size in zip(reversed(parts), reversed(sizes), strict=True):
-        arrays.append(labels.take(digits % size))
-        digits = digits // size
-    return out, pd.MultiIndex.from_arrays(arrays[::-1], names=keys)
+        combined = combined * size + codes
+    return combined, pd.MultiIndex.from_product([p[1] for p in parts], names=keys), n_missing
 
 
 def cell_labels(rows: pd.Index, cols: pd.Index) -> pd.MultiIndex:
@@ -343,21 +366,21 @@ def cell_labels(rows: pd.Index, cols: pd.Index) -> pd.MultiIndex:
 
 @dataclass
 class _Cells:
-    """Records mapped to the cells of a table."""
+    """Records mapped to the cells of a table (every record is in the table: a missing key
+    is a level of its own)."""
 
-    cell: np.ndarray  # cell code of each kept record
-    keep: np.ndarray | None  # which records are in the table (None: all)
+    cell: np.ndarray  # cell code of each record
     rows: pd.Index
     cols: pd.Index
-    dropped: int  # records left out for a missing key
+    missing_keys: int  # records with a missing key (in the NaN row or column)
 
     @property
     def n(self) -> int:
         return len(self.rows) * len(self.cols)
 
     def take(self, values: np.ndarray) -> np.ndarray:
-        """``values`` of the records in the table."""
-        return values if self.keep is None else values[self.keep]
+        """``values`` of the records in the table (all of them)."""
+        return values
 
     def index(self) -> pd.MultiIndex:
         """Labels of the cells in row-major order (row key levels, then column key levels)."""
@@ -380,22 +403,28 @@ def _cells(
         raise TypeError(f"expected a pandas DataFrame of records (got {type(df).__name__})")
     row_keys = _keys("index", index, df)
     col_keys = _keys("columns", columns, df)
-    row_codes, rows = _axis(df, row_keys, observed)
+    row_codes, rows, missing = _axis(df, row_keys, observed)
     if col_keys:
-        col_codes, cols = _axis(df, col_keys, observed)
+        col_codes, cols, col_missing = _axis(df, col_keys, observed)
+        if col_missing:
+            missing = int(np.count_nonzero(_missing_mask(df, row_keys + col_keys)))
     else:
         col_codes, cols = np.zeros(len(df), dtype=np.int64), pd.Index([column_label])
     n_cells = len(rows) * len(cols)
     if n_cells > MAX_CELLS:
-        raise ValueError(f"a table of {n_cells:,} cells is too large to check")
-    cell = row_codes * len(cols) + col_codes
-    bad = (row_codes < 0) | (col_codes < 0)
-    dropped = int(np.count_nonzero(bad))
-    keep = None
-    if dropped:
-        keep = ~bad
-        cell = cell[keep]
-    return _Cells(cell, keep, rows, cols, dropped)
+        raise ValueError(
+            f"a table of {len(rows):,} x {len(cols):,} = {n_cells:,} cells is more than the "
+            f"{MAX_CELLS:,} a table may have; group fewer or coarser keys"
+        )
+    return _Cells(row_codes * len(cols) + col_codes, rows, cols, missing)
+
+
+def _missing_mask(df: pd.DataFrame, keys: list[str]) -> np.ndarray:
+    """Records with a missing value in any of ``keys``."""
+    out = np.zeros(len(df), dtype=bool)
+    for key in keys:
+        out |= df[key].isna().to_numpy()
+    return out
 
 
 def _units(
@@ -453,15 +482,18 @@ def _top_values(
 
 
 def _missing_keys_finding(cells: _Cells, keys: list[str], params: SDCParams) -> list[Finding]:
-    if not cells.dropped:
+    """A note that records with a missing key are a row or column of their own (checked like
+    any cell).  It gives no count: their count is in the table, checked by the rules (and
+    blanked with the cell when the table is suppressed)."""
+    if not cells.missing_keys:
         return []
     verdict = Verdict.REVIEW if params.check_missing_values else Verdict.PASS
-    noun = "record has" if cells.dropped == 1 else "records have"
     return [
         Finding(
             Rule.MISSING,
             verdict,
-            f"{cells.dropped} {noun} no value for {' or '.join(keys)}: left out of the table",
+            f"records with no value for {' or '.join(map(str, keys))} are shown as a row or "
+            "column of their own (labelled NaN, blank in a CSV file) and checked like any cell",
         )
     ]
 
@@ -499,8 +531,10 @@ def check_frequency_table(
     column).  With ``contributor`` (an id column, e.g. a patient id), contributors are the
     distinct ids in a cell rather than its records; the table still counts records.
     Categorical grouping columns show all their categories (empty ones as zero cells, e.g.
-    empty bins from :func:`pandas.cut`) unless ``observed=True``.  Records with a missing
-    grouping value are left out (as :func:`pandas.crosstab` does) and reported.
+    empty bins from :func:`pandas.cut`) unless ``observed=True``.  Several keys on an axis
+    show every combination of their levels (empty ones as zero cells, as ACRO does).  Records
+    with a missing grouping value are a ``NaN`` row or column of their own, checked like any
+    other (as in ACRO, which calls pandas with ``dropna=False``).
     """
     params = params or SDCParams()
     cells = _cells(df, index, columns, "count", observed)
@@ -683,14 +717,13 @@ def check_histogram(
                 f"{x[finite].max():g}): the extremes may be single people's values",
             )
         )
-    n_missing = int(np.count_nonzero(~finite))
-    if n_missing:
+    if not finite.all():
+        # No count: how many values are missing is not a checked cell of the histogram.
         findings.append(
             Finding(
                 Rule.MISSING,
                 Verdict.REVIEW if params.check_missing_values else Verdict.PASS,
-                f"{n_missing} missing {'value is' if n_missing == 1 else 'values are'} left "
-                "out of the histogram",
+                "missing values are left out of the histogram",
             )
         )
     table = pd.DataFrame({"count": counts}, index=labels)

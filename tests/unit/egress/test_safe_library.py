@@ -27,6 +27,7 @@ from hypothesis import strategies as st
 import egress.safe as safe
 import egress.safe.outputs as outputs_module
 from egress.safe import OutputNameError, SafeTable, Session
+from egress.safe.session import label_key as K
 from egress.sdc import Rule, SDCParams, check_frequency_csv, recoverable_cells
 
 matplotlib.use("Agg")
@@ -94,7 +95,7 @@ def test_mean_crosstab_matches_pandas_and_checks_dominance(session, df):
     table = session.crosstab(df["region"], df["band"], values=df["cost"], aggfunc="mean")
     expected = pd.crosstab(df["region"], df["band"], values=df["cost"], aggfunc="mean")
     pd.testing.assert_frame_equal(pd.DataFrame(table), expected, check_exact=False, rtol=1e-12)
-    assert table.safe_output.outcome["65+"]["north"] == "dominance; p_ratio"
+    assert table.safe_output.outcome[K("65+")][K("north")] == "dominance; p_ratio"
 
 
 @pytest.mark.parametrize("aggfunc", ["count", "sum", "mean", "median", "std", "min", "max"])
@@ -127,7 +128,7 @@ def test_margins_match_pandas_and_are_checked(session, df, aggfunc):
     # The 'west' margin (a row total of a few records) is a small cell too.
     west_total = int((df["region"] == "west").sum())
     assert west_total < 10
-    assert table.safe_output.outcome["All"]["west"].startswith("threshold")
+    assert table.safe_output.outcome[K("All")][K("west")].startswith("threshold")
 
 
 def test_one_way_table_and_multiple_keys(session, df):
@@ -276,11 +277,11 @@ def test_describe_matches_pandas_and_flags_extremes(session, df):
     pd.testing.assert_frame_equal(pd.DataFrame(table), df[["cost", "y"]].describe())
     output = table.safe_output
     assert output.status == "review"  # min and max
-    assert output.outcome["cost"]["min"] == "min_max"
-    assert output.outcome["cost"]["count"] == "ok"
+    assert output.outcome[K("cost")][K("min")] == "min_max"
+    assert output.outcome[K("cost")][K("count")] == "ok"
     small = session.describe(df["cost"].iloc[:5])
     assert small.safe_output.status == "fail"
-    assert small.safe_output.outcome["cost"]["std"].startswith("threshold")
+    assert small.safe_output.outcome[K("cost")][K("std")].startswith("threshold")
 
 
 def test_histogram_counts_empty_bins_as_zeros(session):
@@ -361,7 +362,7 @@ def test_results_json_has_acros_fields(session, df):
     assert record["files"][0]["name"] == "output_0.csv"
     assert record["files"][0]["sdc"] == session.output("output_0").check.to_acro_sdc()
     assert record["command"] == 'session.crosstab(df["region"], df["band"])'
-    assert record["outcome"]["0-17"]["west"] == "threshold"
+    assert record["outcome"][K("0-17")][K("west")] == "threshold"
     assert record["havre"]["params"] == SDCParams().as_dict()
     assert record["havre"]["reasons"]
 
@@ -617,7 +618,7 @@ def test_results_json_is_valid_with_unicode_labels(session):
     frame = pd.DataFrame({"g": ["Île-de-France"] * 12, "h": ["表"] * 12})
     session.crosstab(frame["g"], frame["h"])
     record = _results(session)["results"]["output_0"]
-    assert record["outcome"]["表"]["Île-de-France"] == "ok"
+    assert record["outcome"][K("表")][K("Île-de-France")] == "ok"
     text = io.StringIO((session.path / "output_0.csv").read_text(encoding="utf-8"))
     assert "Île-de-France" in text.getvalue()
 

@@ -110,13 +110,20 @@ def test_one_way_and_multi_key_tables():
 
     df = FREQ.assign(sex=["F"] * 15 + ["M"] * 5)
     multi = check_frequency_table(df, ["region", "sex"], "age")
-    # Observed (region, sex) combinations only, as pandas.crosstab shows them.
-    assert list(multi.table.index) == [("Bretagne", "F"), ("Bretagne", "M"), ("Corse", "M")]
-    assert multi.table.to_numpy().tolist() == [[9, 6], [0, 4], [1, 0]]
+    # Every (region, sex) combination, as ACRO shows them (pandas with dropna=False): nobody
+    # in Corse is F, and that empty combination is a shown, checked (failing) zero row.
+    assert list(multi.table.index) == [
+        ("Bretagne", "F"),
+        ("Bretagne", "M"),
+        ("Corse", "F"),
+        ("Corse", "M"),
+    ]
+    assert multi.table.to_numpy().tolist() == [[9, 6], [0, 4], [0, 0], [1, 0]]
     assert multi.reasons[0] == "cell (Bretagne, F, 0-17): 9 contributors, below the threshold of 10"
+    assert grid(multi)[2] == ["fail", "fail"]
     pd.testing.assert_frame_equal(
         multi.table,
-        pd.crosstab([df["region"], df["sex"]], df["age"]),
+        pd.crosstab([df["region"], df["sex"]], df["age"], dropna=False),
         check_dtype=False,
     )
 
@@ -153,7 +160,7 @@ def test_histogram_check():
     missing = check_histogram(
         values, bins=[0, 1, 2, 3], params=SDCParams(check_missing_values=True)
     )
-    assert "1 missing value is left out of the histogram" in missing.reasons
+    assert "missing values are left out of the histogram" in missing.reasons
 
 
 def test_contributors_are_distinct_ids():
@@ -166,17 +173,33 @@ def test_contributors_are_distinct_ids():
     assert by_patient.reasons == ("cell (a, x): 3 contributors, below the threshold of 10",)
 
 
-def test_records_with_missing_keys_are_reported():
+def test_records_with_a_missing_key_are_a_checked_row_not_an_unchecked_count():
+    # The trap (issue #11, class 9): one record with no region. Left out of the table with a
+    # sentence "1 record has no value ... left out" and a pass, its count was published
+    # unchecked. Now it is a NaN row of its own (as ACRO shows it), and 1 record fails.
     df = counts({("a", "x"): 12, ("b", "x"): 12})
     df.loc[0, "region"] = None
     check = check_frequency_table(df, "region", "age")
-    assert check.table.to_numpy().tolist() == [[11], [12]]
-    assert check.verdict is Verdict.PASS  # informational unless missing values are checked
-    assert check.findings[0].text == (
-        "1 record has no value for region or age: left out of the table"
-    )
+    assert check.table.to_numpy().tolist() == [[11], [12], [1]]
+    assert pd.isna(check.table.index[2])
+    assert grid(check) == [["pass"], ["pass"], ["fail"]]
+    assert check.verdict is Verdict.FAIL
+    assert check.reasons[0] == "cell (NaN, x): 1 contributor, below the threshold of 10"
+    note = check.findings[0]
+    assert note.verdict is Verdict.PASS
+    assert "row or column of their own" in note.text
+    assert not any(ch.isdigit() for ch in note.text)  # no count outside the checked cells
     strict = check_frequency_table(df, "region", "age", params=SDCParams(check_missing_values=True))
-    assert strict.verdict is Verdict.REVIEW
+    assert strict.findings[0].verdict is Verdict.REVIEW
+    # A missing column key: a NaN column; several keys: a NaN level of that key.
+    df2 = counts({("a", "x"): 12, ("b", "y"): 12})
+    df2.loc[0, "age"] = None
+    by_col = check_frequency_table(df2, "region", "age")
+    assert pd.isna(by_col.table.columns[-1])
+    assert by_col.table.to_numpy().sum() == len(df2)
+    pd.testing.assert_frame_equal(
+        by_col.table, pd.crosstab(df2["region"], df2["age"], dropna=False), check_dtype=False
+    )
 
 
 def test_empty_input_goes_to_review():
