@@ -2,9 +2,12 @@
 
 When an output checker asks for it, the service runs the researcher's notebook again, in a fresh
 container of the project's image, against the project's data, and collects what that run wrote.
-The outputs and their disclosure-control (SDC) metadata then carry the service's word, not the
-researcher's: they are what this code produced on this data, in a container nobody else touched.
-``docs/checker-reexecution.md`` says what that proves and what it doesn't.
+The outputs then carry the service's word, not the researcher's: they are the bytes this code
+produced on this data, in a container nobody else touched. Their disclosure-control (SDC)
+verdicts don't, entirely: the run's ``results.json`` is written inside the notebook's own
+process, where the notebook's code can influence it, so the service recomputes what it can
+(``egress.reexecution_service.recompute_sdc``). ``docs/checker-reexecution.md`` says what a
+re-execution proves and what it doesn't.
 
 One run (:func:`run_notebook`):
 
@@ -32,10 +35,17 @@ service signs::
 
     signed = egress.signing.sign_record(trusted_record(result, meta), private_key)
 
+SDC parameters: the project's (``ReexecutionRequest.sdc_params``, raised to ACRO's defaults
+where weaker: :func:`forced_sdc_params`) are written to ``.havre-sdc-params.json`` in the
+scratch folder, bind-mounted read-only over itself, and named by ``HAVRE_SDC_PARAMS``, with
+``HAVRE_TRUSTED_REEXECUTION=1``: the safe-analysis library then sets every rule a notebook's
+``params=`` relaxes back to the project's value (stricter values are kept).
+
 SDC metadata: a notebook that uses Havre's safe-analysis library writes
-``outputs/<session>/results.json`` (ACRO-style verdicts); it is collected like any other output,
-so in a trusted run those verdicts were computed by the service's run, not asserted by the
-researcher.
+``outputs/<session>/results.json`` (ACRO-style verdicts); it is collected like any other output.
+Those verdicts were computed by the library inside the re-executed notebook's process: the
+notebook's code could have changed them, so they are shown as the run's, next to the verdict
+the service recomputes itself where it can, never as the service's.
 
 The runner drives the Docker engine (whoever calls it can start containers: keep it in the
 egress service's trusted side) and bind-mounts ``workdir_root`` sub-folders, so ``workdir_root``
@@ -45,6 +55,7 @@ for the whole run: call it from a worker thread.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -69,6 +80,7 @@ import yaml
 from docker.types import LogConfig, Mount
 
 from egress.audit import canonical_json, format_time
+from egress.sdc.params import SDCParams, SDCParamsError
 from spawner.enclave import Project
 
 __all__ = [
@@ -80,6 +92,7 @@ __all__ = [
     "ReexecutionResult",
     "collect_outputs",
     "compare_outputs",
+    "forced_sdc_params",
     "notebook_container_config",
     "run_notebook",
     "trusted_record",
@@ -100,7 +113,13 @@ INPUT_NAME = "input.ipynb"
 EXECUTED_NAME = "executed.ipynb"
 PARAMS_NAME = "params.yaml"
 OUTPUTS_NAME = "outputs"
-_RESERVED = frozenset({INPUT_NAME, EXECUTED_NAME, PARAMS_NAME, OUTPUTS_NAME})
+#: The project's SDC parameters, in the scratch folder and bind-mounted read-only over itself.
+SDC_PARAMS_NAME = ".havre-sdc-params.json"
+_RESERVED = frozenset({INPUT_NAME, EXECUTED_NAME, PARAMS_NAME, OUTPUTS_NAME, SDC_PARAMS_NAME})
+#: What the runner sets in the container so that the safe-analysis library forces the
+#: project's SDC parameters (``egress.safe.session``: ``params=`` may be stricter, not weaker).
+ENV_TRUSTED_RUN = "HAVRE_TRUSTED_REEXECUTION"
+ENV_SDC_PARAMS = "HAVRE_SDC_PARAMS"
 
 MAX_NOTEBOOK_BYTES = 64 * 1024**2
 MAX_PARAMETERS_BYTES = 64 * 1024
@@ -146,6 +165,9 @@ class ReexecutionRequest:
     #: more labels for the run's container (the runner adds ``havre.enclave``, so that
     #: ``havre down`` removes a run still going)
     labels: Mapping[str, str] = field(default_factory=dict)
+    #: the project's SDC parameters (Havre's or ACRO's names), forced in the run: see
+    #: :func:`forced_sdc_params` (never weaker than ACRO's defaults)
+    sdc_params: Mapping[str, Any] | None = None
 
     @property
     def limits(self) -> dict[str, Any]:
@@ -198,6 +220,8 @@ class ReexecutionResult:
     notebook_sha256: str = ""
     parameters: dict[str, Any] = field(default_factory=dict)
     limits: dict[str, Any] = field(default_factory=dict)
+    #: the SDC parameters forced in the run (Havre's names); empty if nothing ran
+    sdc_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -216,6 +240,26 @@ class Refused(Exception):
 
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def forced_sdc_params(requested: Mapping[str, Any] | None) -> SDCParams:
+    """The SDC parameters a trusted run forces: ``requested`` (the project's, as the egress
+    service sends them), raised rule by rule to ACRO's defaults wherever it is less strict.
+
+    The floor means a job file can make a run stricter, never laxer. :class:`Refused` (with
+    the parameter named) for parameters that don't parse.
+    """
+    floor = SDCParams()
+    if requested is None:
+        return floor
+    if not isinstance(requested, Mapping):
+        raise Refused("the SDC parameters must be a mapping")
+    try:
+        params = SDCParams.from_mapping(requested, source="sdc_params")
+    except SDCParamsError as err:
+        raise Refused(f"bad SDC parameters: {'; '.join(err.problems)}") from None
+    weaker = params.weaker_than(floor)
+    return dataclasses.replace(params, **{n: getattr(floor, n) for n in weaker})
 
 
 def _now() -> datetime:
@@ -417,7 +461,12 @@ def _mkdir_owned(path: Path) -> None:
 
 
 def _make_scratch(
-    workdir_root: Path, run_id: str, notebook: bytes, params: bytes, extra: Mapping[str, bytes]
+    workdir_root: Path,
+    run_id: str,
+    notebook: bytes,
+    params: bytes,
+    extra: Mapping[str, bytes],
+    sdc_params: bytes = b"{}",
 ) -> Path:
     if os.geteuid() not in (0, NOTEBOOK_UID):
         raise Refused(
@@ -430,6 +479,7 @@ def _make_scratch(
     _mkdir_owned(scratch / OUTPUTS_NAME)
     _write_owned(scratch / INPUT_NAME, notebook)
     _write_owned(scratch / PARAMS_NAME, params)
+    _write_owned(scratch / SDC_PARAMS_NAME, sdc_params, mode=0o444)
     for name, content in extra.items():
         parent = scratch
         for part in name.split("/")[:-1]:
@@ -613,6 +663,7 @@ def run_notebook(
         else "",
         "parameters": {},
         "limits": {},
+        "sdc_params": {},
     }
 
     def refused(why: str, **extra: Any) -> ReexecutionResult:
@@ -650,6 +701,8 @@ def run_notebook(
         if request.image not in set(allowed_images):
             raise Refused(f"image {request.image!r} is not on the enclave's allow-list")
         params = parameters_yaml(request.parameters)
+        sdc_params = forced_sdc_params(request.sdc_params)
+        base["sdc_params"] = sdc_params.as_dict()
         base["parameters"] = yaml.safe_load(params) or {}
         notebook = clean_notebook(request.notebook)
         extra = _check_extra_files(request.extra_files)
@@ -670,7 +723,14 @@ def run_notebook(
     container = None
     try:
         try:
-            scratch = _make_scratch(Path(workdir_root), run_id, notebook, params, extra)
+            scratch = _make_scratch(
+                Path(workdir_root),
+                run_id,
+                notebook,
+                params,
+                extra,
+                json.dumps(base["sdc_params"], sort_keys=True).encode("ascii"),
+            )
         except Refused as why:
             return refused(str(why))
         host_config = notebook_container_config(
@@ -692,6 +752,8 @@ def run_notebook(
                 "HAVRE_PROJECT_TITLE": request.project.title,
                 "HAVRE_OUTPUTS_DIR": OUTPUTS,
                 "HAVRE_DATA_DIR": DATA,
+                ENV_TRUSTED_RUN: "1",
+                ENV_SDC_PARAMS: f"{HOME}/{SDC_PARAMS_NAME}",
             },
             labels={
                 **request.labels,
@@ -702,6 +764,13 @@ def run_notebook(
             mounts=[
                 Mount(target=DATA, source=str(data_path), type="bind", read_only=True),
                 Mount(target=HOME, source=str(scratch), type="bind", read_only=False),
+                # over the file in HOME: the notebook (which owns HOME) can't rewrite it
+                Mount(
+                    target=f"{HOME}/{SDC_PARAMS_NAME}",
+                    source=str(scratch / SDC_PARAMS_NAME),
+                    type="bind",
+                    read_only=True,
+                ),
             ],
             network_disabled=True,
             detach=True,
@@ -822,13 +891,19 @@ def compare_outputs(submitted: Mapping[str, str], trusted: Mapping[str, bytes]) 
     return result
 
 
-def trusted_record(result: ReexecutionResult, request_meta: Mapping[str, Any]) -> dict[str, Any]:
+def trusted_record(
+    result: ReexecutionResult,
+    request_meta: Mapping[str, Any],
+    service_sdc: Mapping[str, Mapping[str, Any]] | None = None,
+) -> dict[str, Any]:
     """The machine-readable record of a trusted run, ready for ``egress.signing.sign_record``.
 
     ``request_meta`` is the service's context (plain JSON), e.g. ``{"request_id": ...,
     "project": ..., "requested_by": <checker>, "notebook_path": ...}``; it is kept as given
     under ``"request"``. Outputs are listed by path with sha256 and size, not their content.
-    Raises ``ValueError``/``TypeError`` if ``request_meta`` isn't plain JSON.
+    ``service_sdc`` (path -> verdict) are the verdicts the service recomputed itself from
+    the run's outputs (``egress.reexecution_service.recompute_sdc``); each is recorded with its
+    status and summary. Raises ``ValueError``/``TypeError`` if ``request_meta`` isn't plain JSON.
     """
     if not isinstance(request_meta, Mapping):
         raise TypeError("request_meta must be a mapping")
@@ -844,6 +919,11 @@ def trusted_record(result: ReexecutionResult, request_meta: Mapping[str, Any]) -
         "notebook": {"sha256": result.notebook_sha256},
         "parameters": result.parameters,
         "limits": result.limits,
+        "sdc_params": result.sdc_params,
+        "service_sdc": {
+            path: {k: v.get(k) for k in ("status", "summary", "statistic")}
+            for path, v in sorted((service_sdc or {}).items())
+        },
         "network": "none",
         "executed_notebook": None
         if executed is None

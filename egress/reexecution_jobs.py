@@ -117,6 +117,10 @@ class Job:
     parameters: Mapping[str, Any]
     requested_by: str
     requested_at: str
+    #: the project's SDC parameters as the service holds them (Havre's names); the runner
+    #: forces them in the run, raised to ACRO's defaults where weaker
+    #: (``egress.reexecution.forced_sdc_params``): a job can make a run stricter, not laxer
+    sdc_params: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         _check(isinstance(self.job_id, str) and bool(_JOB_ID.fullmatch(self.job_id)), "bad job id")
@@ -136,9 +140,15 @@ class Job:
             "bad requested_by",
         )
         _check(isinstance(self.requested_at, str) and len(self.requested_at) <= 64, "bad time")
+        _check(
+            self.sdc_params is None or isinstance(self.sdc_params, Mapping),
+            "sdc_params must be an object",
+        )
 
     def as_json(self) -> dict[str, Any]:
+        extra = {} if self.sdc_params is None else {"sdc_params": dict(self.sdc_params)}
         return {
+            **extra,
             "schema": JOB_SCHEMA,
             "job_id": self.job_id,
             "request_id": self.request_id,
@@ -191,8 +201,13 @@ def output_sdc_metadata(files: Mapping[str, bytes]) -> tuple[dict[str, dict[str,
 
     ``files`` maps paths relative to the outputs folder to bytes (only ``.../results.json``
     files are read). For each record's files, ``<folder>/<name>`` gets ``{"status", "type",
-    "summary", "reasons", "uid", "exception", "results_json"}``. A ``results.json`` that isn't
-    ACRO-shaped is reported in the problems list, never raised.
+    "statistic", "summary", "reasons", "uid", "exception", "results_json", "params",
+    "sha256"}``: ``statistic`` is the record's (Havre's ``havre.statistic``, else
+    ``properties.statistic``; ``None`` when it says none), ``params`` the SDC parameters the
+    record says it was checked with (``havre.params``, else the file's ``session.params``;
+    ``None`` when neither is an object), ``sha256`` the digest the record gives the file.
+    Everything here is what the file *says*; whoever wrote it could write anything. A
+    ``results.json`` that isn't ACRO-shaped is reported in the problems list, never raised.
     """
     found: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
@@ -205,6 +220,7 @@ def output_sdc_metadata(files: Mapping[str, bytes]) -> tuple[dict[str, dict[str,
             results = doc["results"]
             if not isinstance(results, dict):
                 raise TypeError("results is not an object")
+            session = doc.get("session") if isinstance(doc.get("session"), dict) else {}
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as err:
             problems.append(f"{path}: not an ACRO-style results file ({type(err).__name__})")
             continue
@@ -214,21 +230,44 @@ def output_sdc_metadata(files: Mapping[str, bytes]) -> tuple[dict[str, dict[str,
                 continue
             havre = record.get("havre") if isinstance(record.get("havre"), dict) else {}
             reasons = havre.get("reasons") if isinstance(havre.get("reasons"), list) else []
+            properties = record.get("properties")
+            properties = properties if isinstance(properties, dict) else {}
+            statistic = havre.get("statistic") or properties.get("statistic")
+            params = havre.get("params")
+            if not isinstance(params, dict):
+                params = session.get("params") if isinstance(session.get("params"), dict) else None
             for entry in record.get("files") or []:
                 name = entry.get("name") if isinstance(entry, dict) else None
                 if not isinstance(name, str) or "/" in name or name in ("", ".", ".."):
                     problems.append(f"{path}: record {str(uid)[:40]!r} names a bad file")
                     continue
+                digest = entry.get("sha256")
                 found[folder + name] = {
                     "uid": str(uid)[:100],
                     "status": str(record.get("status", ""))[:20],
                     "type": str(record.get("type", ""))[:40],
+                    "statistic": str(statistic)[:40] if statistic else None,
+                    "params": _plain_params(params),
+                    "sha256": digest.lower()
+                    if isinstance(digest, str) and _HEX64.fullmatch(digest.lower())
+                    else None,
                     "summary": str(record.get("summary", ""))[:500],
                     "reasons": [str(r)[:500] for r in reasons[:20]],
                     "exception": str(record.get("exception", ""))[:2000],
                     "results_json": path,
                 }
     return found, problems
+
+
+def _plain_params(params: object) -> dict[str, Any] | None:
+    """SDC parameters as a record gives them: scalar values only, names and size capped."""
+    if not isinstance(params, dict):
+        return None
+    plain: dict[str, Any] = {}
+    for name, value in list(params.items())[:40]:
+        if isinstance(value, bool | int | float | str) or value is None:
+            plain[str(name)[:60]] = value[:60] if isinstance(value, str) else value
+    return plain
 
 
 def result_report(job: Job, result: Any, *, limits_source: str) -> dict[str, Any]:
@@ -258,6 +297,7 @@ def result_report(job: Job, result: Any, *, limits_source: str) -> dict[str, Any
         "parameters": result.parameters,
         "limits": result.limits,
         "limits_source": limits_source,
+        "sdc_params": dict(getattr(result, "sdc_params", None) or {}),
         "skipped": list(result.skipped),
         "executed_notebook": None
         if executed is None
@@ -292,6 +332,7 @@ def failure_report(job: Job, status: str, reason: str) -> dict[str, Any]:
         "parameters": dict(job.parameters),
         "limits": {},
         "limits_source": "",
+        "sdc_params": {},
         "skipped": [],
         "executed_notebook": None,
         "outputs": [],

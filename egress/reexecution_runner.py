@@ -14,12 +14,16 @@ input is the jobs folder it shares with the service (:mod:`egress.reexecution_jo
    project exists in the enclave config), runs it with :func:`egress.reexecution.run_notebook`
    using **only** the enclave config and its own options for what matters: the project's
    image (which must be on the enclave's allow-list), data folder and CPU/memory/process limits,
-   and the time limit given to this runner (``--time-limit``);
+   and the time limit given to this runner (``--time-limit``); the SDC parameters the
+   service sends with the job are forced in the run (``HAVRE_TRUSTED_REEXECUTION=1`` and a
+   read-only ``HAVRE_SDC_PARAMS`` file), raised to ACRO's defaults wherever they are weaker,
+   so a job can make the rules stricter, never laxer;
 3. it publishes the result folder in one rename (the service then stores it, signs its record
    and writes the audit events), and takes the next job. One job at a time.
 
 A job's file is data, never configuration: it can name a project of the enclave, a notebook (by
-content, checked) and papermill parameters (checked by ``egress.reexecution``), nothing else.
+content, checked), papermill parameters (checked by ``egress.reexecution``) and SDC parameters
+that can only tighten ACRO's defaults, nothing else.
 """
 
 from __future__ import annotations
@@ -147,6 +151,7 @@ class Runner:
             image=project.image,
             timeout_seconds=self.time_limit,
             labels={"havre.enclave": self.enclave.name},
+            sdc_params=job.sdc_params,
         )
         log.info(
             "job %s: running %s of request %s (project %s, image %s, time limit %d s)",

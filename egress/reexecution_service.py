@@ -37,6 +37,7 @@ from egress.audit import EventType, canonical_json, format_time
 from egress.content_store import ContentNotFound, CorruptContent
 from egress.policy import Actor, Permission, PermissionDenied
 from egress.reexecution_jobs import Job, JobsFolder, ProtocolError, new_job_id, output_sdc_metadata
+from egress.sdc.params import SDCParams, SDCParamsError
 from egress.signing import sign_record
 from egress.store.models import Reexecution, Request, RequestFile
 
@@ -52,8 +53,31 @@ MAX_PARAMETERS_JSON = 16 * 1024
 #: The name the completion events are written under (the runner did the work).
 RUNNER_ACTOR = "havre-reexec-runner"
 _RUNNER = Actor(RUNNER_ACTOR, frozenset(), is_checker=False)
-TRUSTED_LABEL = "verified (trusted re-execution)"
+#: Verdicts the run's own ``results.json`` records: computed by the safe-analysis library in
+#: the re-executed notebook's process, where the notebook's code runs too.
+IN_RUN_LABEL = (
+    "computed inside the re-executed notebook's process (the notebook's code can influence it)"
+)
+#: Verdicts the egress service computed itself from the trusted run's output files.
+SERVICE_LABEL = "recomputed by the egress service from the trusted run's file"
 RESEARCHER_LABEL = "supplied by the researcher, not verified"
+#: What a completed re-execution proves, and what it doesn't (shown to checkers as is).
+PROVES = (
+    "The notebook ran again, unchanged (same sha256), in a fresh container of the project's "
+    "image with no network, on the project's data, with the project's SDC parameters forced. "
+    "An output marked identical is byte-for-byte the file the researcher submitted: the same "
+    "code on the same data produces the same bytes."
+)
+DOES_NOT_PROVE = (
+    "It does not prove the run's own SDC verdicts: they were computed inside the notebook's "
+    "process, where the notebook's code can change them (reset the parameters, replace a "
+    "check, rewrite results.json). The service recomputes what it can itself (tables of "
+    "counts) and shows the worst of the two; other outputs carry only the run's verdict. An "
+    "output marked differs or only-submitted is not what the code produces."
+)
+#: Service recomputation: CSV/TSV outputs larger than this are not recomputed (said so).
+MAX_RECOMPUTE_BYTES = 32 * 1024**2
+_RANK = {"pass": 0, "review": 1, "fail": 2}
 
 
 def _errors() -> tuple[type[Exception], type[Exception], type[Exception]]:
@@ -91,6 +115,7 @@ def _check_parameters(parameters: object) -> dict[str, Any]:
 
 def _entry(row: Reexecution, *, detail: bool = False) -> dict[str, Any]:
     report = row.report or {}
+    service_sdc = report.get("service_sdc") or {}
     entry: dict[str, Any] = {
         "id": row.id,
         "notebook_path": row.notebook_path,
@@ -106,8 +131,13 @@ def _entry(row: Reexecution, *, detail: bool = False) -> dict[str, Any]:
         "image_id": report.get("image_id"),
         "limits": report.get("limits") or {},
         "executed_notebook": report.get("executed_notebook"),
+        "sdc_params": report.get("sdc_params") or {},
         "outputs": [
-            {**o, "sdc_label": TRUSTED_LABEL if o.get("sdc") else None}
+            {
+                **o,
+                "sdc_label": IN_RUN_LABEL if o.get("sdc") else None,
+                "service_sdc": service_sdc.get(o.get("path")),
+            }
             for o in report.get("outputs") or []
         ],
         "skipped": report.get("skipped") or [],
@@ -200,6 +230,7 @@ def request(
         job_id=job_id,
         request_id=request_id,
         project=project,
+        sdc_params=svc.sdc_params.as_dict(),
         notebook_path=path,
         notebook_sha256=sha256,
         parameters=params,
@@ -254,6 +285,7 @@ def _result_of(job_report: Mapping[str, Any], outputs: Mapping[str, bytes], exec
         notebook_sha256=job_report.get("notebook_sha256", ""),
         parameters=dict(job_report.get("parameters") or {}),
         limits=dict(job_report.get("limits") or {}),
+        sdc_params=dict(job_report.get("sdc_params") or {}),
     )
 
 
@@ -332,11 +364,14 @@ def _take_in(svc: EgressService, job_id: str) -> None:
         svc.content.put(result.executed_notebook)
     from egress.reexecution import trusted_record
 
+    run_meta, _problems = output_sdc_metadata(result.outputs)
+    service_sdc = recompute_sdc(result.outputs, run_meta, svc.sdc_params)
+    report = {**result.report, "service_sdc": service_sdc}
     record = trusted_record(
-        _result_of(result.report, result.outputs, result.executed_notebook), meta or {}
+        _result_of(report, result.outputs, result.executed_notebook), meta or {}, service_sdc
     )
     signed = sign_record(record, svc._private())
-    _close(svc, job_id, result.status, str(result.report.get("reason", "")), result.report, signed)
+    _close(svc, job_id, result.status, str(report.get("reason", "")), report, signed)
     jobs.discard_result(job_id)
 
 
@@ -366,6 +401,147 @@ def collect(svc: EgressService) -> int:
 
 
 # --------------------------------------------------------------------------------------------
+# Verdicts the service recomputes, and the verdict shown
+
+
+def _count_check(text: str, delimiter: str, params: SDCParams) -> Any:
+    """The service's own check of a published table of counts (an ``OutputCheck``), or
+    ``None`` when the text is not a table of counts (labels, then whole numbers or blanks)."""
+    try:
+        from egress.sdc.published import check_count_csv_text  # type: ignore[attr-defined]
+    except ImportError:
+        check_count_csv_text = None
+    if check_count_csv_text is not None:
+        return check_count_csv_text(text, delimiter=delimiter, params=params)
+    import pandas as pd
+
+    from egress.sdc import check_frequency_csv, read_table_csv
+
+    frame = read_table_csv(text, delimiter=delimiter)
+    if frame.shape[0] < 1 or frame.shape[1] < 1:
+        return None
+    cells = frame.apply(lambda col: col.str.strip())
+    numbers = cells.apply(pd.to_numeric, errors="coerce")
+    blank = cells.eq("")
+    if bool((numbers.isna() & ~blank).to_numpy().any()) or bool(blank.to_numpy().all()):
+        return None
+    values = numbers.to_numpy(dtype=float)
+    shown = values[~blank.to_numpy()]
+    if bool(((shown < 0) | (shown != shown.round())).any()):
+        return None
+    return check_frequency_csv(frame, params=params)
+
+
+def recompute_sdc(
+    outputs: Mapping[str, bytes],
+    run_meta: Mapping[str, Mapping[str, Any]],
+    params: SDCParams,
+) -> dict[str, dict[str, Any]]:
+    """The service's own verdict, path by path, for the trusted run's CSV/TSV outputs.
+
+    Only tables of counts can be checked from a file alone, so a file is checked when the
+    run's ``results.json`` records its statistic as ``count`` and the file reads as a table of
+    counts; otherwise its entry says why it was not (status ``"not-checked"``, never a pass).
+    That the statistic is a count is the run's word; a count check of a table that isn't one
+    can only add failures, and the verdict shown is the worst of the run's and the service's.
+    """
+    found: dict[str, dict[str, Any]] = {}
+    for path, data in sorted(outputs.items()):
+        lower = path.lower()
+        if not lower.endswith((".csv", ".tsv")):
+            continue
+        statistic = (run_meta.get(path) or {}).get("statistic")
+        entry: dict[str, Any] = {
+            "label": SERVICE_LABEL,
+            "statistic": statistic,
+            "params": params.as_dict(),
+            "reasons": [],
+        }
+        if statistic != "count":
+            said = f"records its statistic as {statistic!r}" if statistic else "has no record"
+            entry.update(
+                status="not-checked",
+                summary="not recomputed: the service can only check tables of counts from a "
+                f"file, and the run's results.json {said} for this file",
+            )
+        elif len(data) > MAX_RECOMPUTE_BYTES:
+            entry.update(
+                status="not-checked",
+                summary=f"not recomputed: larger than {MAX_RECOMPUTE_BYTES} bytes",
+            )
+        else:
+            delimiter = "\t" if lower.endswith(".tsv") else ","
+            try:
+                check = _count_check(data.decode("utf-8-sig"), delimiter, params)
+            except Exception as err:  # the check informs checkers; it must not lose the run
+                log.exception("recomputing the SDC verdict of %s failed", path)
+                check = None
+                entry["reasons"] = [f"the check could not read the file: {type(err).__name__}"]
+            if check is None:
+                entry.update(
+                    status="not-checked",
+                    summary="not recomputed: the file does not read as a table of counts "
+                    "(labels in the first column and the header row, then whole numbers)",
+                )
+            else:
+                entry.update(
+                    status=check.verdict.label,
+                    summary=check.summary,
+                    reasons=[str(r) for r in list(check.reasons)[:20]],
+                )
+        found[path] = entry
+    return found
+
+
+def _param_problem(params: Mapping[str, Any] | None, project: SDCParams) -> tuple[list[str], str]:
+    """Which rules ``params`` (a record's) relax against the project's; a sentence if any."""
+    if params is None:
+        return [], "the record does not say which SDC parameters it was checked with"
+    try:
+        known = {k: v for k, v in params.items() if k in SDCParams.field_names()}
+        theirs = SDCParams.from_mapping(known, source="results.json params")
+    except (SDCParamsError, TypeError, ValueError):
+        return [], "the record's SDC parameters can't be read"
+    relaxed = theirs.weaker_than(project)
+    if not relaxed:
+        return [], ""
+    shown = ", ".join(f"{n} {params.get(n)!r} (project: {getattr(project, n)!r})" for n in relaxed)
+    return relaxed, f"checked with relaxed parameters: {shown}"
+
+
+def shown_verdict(
+    run_sdc: Mapping[str, Any] | None,
+    service_sdc: Mapping[str, Any] | None,
+    run_problems: list[str],
+) -> dict[str, Any]:
+    """The verdict a checker sees for one output: the worst of the run's and the service's.
+
+    Never better than either: a run verdict with a problem (relaxed or unrecorded parameters, a
+    record about other bytes) counts as ``fail`` (relaxed) or ``review`` (otherwise); an
+    unknown status counts as ``review``; with no verdict at all the status is ``"none"``.
+    """
+    candidates: list[tuple[int, str, str]] = []
+    if run_sdc is not None:
+        status = str(run_sdc.get("status", ""))
+        rank = _RANK.get(status, 1)
+        for problem in run_problems:
+            rank = max(rank, 2 if problem.startswith("checked with relaxed") else 1)
+        candidates.append((rank, "the run's results.json", status))
+    if service_sdc is not None and service_sdc.get("status") in _RANK:
+        status = str(service_sdc["status"])
+        candidates.append((_RANK[status], "the service", status))
+    if not candidates:
+        return {"status": "none", "from": [], "summary": "no SDC verdict for this file"}
+    worst = max(rank for rank, _, _ in candidates)
+    label = {v: k for k, v in _RANK.items()}[worst]
+    return {
+        "status": label,
+        "from": [f"{who}: {status}" for _, who, status in candidates],
+        "summary": f"{label}: the worst of " + "; ".join(f"{w} ({s})" for _, w, s in candidates),
+    }
+
+
+# --------------------------------------------------------------------------------------------
 # Views
 
 
@@ -391,8 +567,7 @@ def researcher_metadata(
 
     Read from the project's outputs folder as it is now (``results.json`` is not a file type
     that can be released, so it is never part of a request): labelled
-    :data:`RESEARCHER_LABEL`, because the researcher can write anything there. Only a trusted
-    re-execution's ``results.json`` is verified.
+    :data:`RESEARCHER_LABEL`, because the researcher can write anything there.
     """
     from egress.outputs_folder import OutputPathError, read_output
 
@@ -421,9 +596,15 @@ def detail(
     """One re-execution for the checker: its run, and the submitted files set against it.
 
     ``comparison``: one line per path in either set (``identical``, ``differs``,
-    ``only-submitted``, ``only-trusted``; see ``egress.reexecution.compare_outputs``), with the
-    trusted run's SDC verdict (:data:`TRUSTED_LABEL`) and the researcher's own metadata, if
-    any (:data:`RESEARCHER_LABEL`). ``executed_notebook_bytes`` is for the renderer.
+    ``only-submitted``, ``only-trusted``; see ``egress.reexecution.compare_outputs``), with
+    ``run_sdc`` (the run's ``results.json`` verdict, :data:`IN_RUN_LABEL`, with the rules its
+    parameters relax against the project's and any other ``run_problems``), ``service_sdc``
+    (the verdict the service recomputed, :data:`SERVICE_LABEL`), ``verdict`` (the worst of the
+    two: :func:`shown_verdict`) and the researcher's own metadata, if any
+    (:data:`RESEARCHER_LABEL`, with its relaxed rules). ``proves`` and ``does_not_prove`` say
+    what re-execution shows; ``project_sdc_params`` are the service's parameters and
+    ``sdc_params_problem`` says when the run's forced ones were weaker.
+    ``executed_notebook_bytes`` is for the renderer.
     """
     from egress.reexecution import compare_outputs
 
@@ -448,9 +629,45 @@ def detail(
     trusted_meta = {o["path"]: o for o in entry["outputs"]}
     trusted = {path: svc.content.get(o["sha256"]) for path, o in trusted_meta.items()}
     supplied, supplied_problems = researcher_metadata(svc, req_project, sorted(submitted))
+    project_params = svc.sdc_params
+    for meta in supplied.values():
+        meta["relaxed"], meta["params_problem"] = _param_problem(meta.get("params"), project_params)
+    forced_problem = ""
+    if entry["sdc_params"]:
+        relaxed, _ = _param_problem(entry["sdc_params"], project_params)
+        if relaxed:
+            forced_problem = (
+                "the run forced SDC parameters weaker than the project's now ("
+                + ", ".join(relaxed)
+                + "): its verdicts were computed under rules the project no longer has"
+            )
+    elif entry["status"] in ("completed", "failed", "timeout"):
+        forced_problem = "the run does not say which SDC parameters it forced"
     comparison = []
     if entry["status"] in ("completed", "failed", "timeout"):
         for c in compare_outputs(submitted, trusted):
+            run_sdc = (trusted_meta.get(c.path) or {}).get("sdc")
+            problems: list[str] = []
+            if run_sdc is not None:
+                run_sdc = {
+                    "status": "",
+                    "summary": "",
+                    "reasons": [],
+                    "statistic": None,
+                    "params": None,
+                    "sha256": None,
+                    **run_sdc,
+                    "label": IN_RUN_LABEL,
+                }
+                relaxed, problem = _param_problem(run_sdc.get("params"), project_params)
+                run_sdc["relaxed"] = relaxed
+                problems += [problem] if problem else []
+                if forced_problem:
+                    problems.append(forced_problem)
+                claimed = run_sdc.get("sha256")
+                if claimed and c.trusted_sha256 and claimed != c.trusted_sha256:
+                    problems.append("the run's results.json gives this file another sha256")
+            service_sdc = (trusted_meta.get(c.path) or {}).get("service_sdc")
             comparison.append(
                 {
                     "path": c.path,
@@ -458,7 +675,10 @@ def detail(
                     "submitted_sha256": c.submitted_sha256,
                     "trusted_sha256": c.trusted_sha256,
                     "file_id": submitted_ids.get(c.path),
-                    "trusted_sdc": (trusted_meta.get(c.path) or {}).get("sdc"),
+                    "run_sdc": run_sdc,
+                    "run_problems": problems,
+                    "service_sdc": service_sdc,
+                    "verdict": shown_verdict(run_sdc, service_sdc, problems),
                     "researcher_sdc": supplied.get(c.path),
                 }
             )
@@ -466,6 +686,14 @@ def detail(
     entry["comparison"] = comparison
     entry["researcher_metadata"] = supplied
     entry["researcher_metadata_problems"] = supplied_problems
-    entry["labels"] = {"trusted": TRUSTED_LABEL, "researcher": RESEARCHER_LABEL}
+    entry["labels"] = {
+        "run": IN_RUN_LABEL,
+        "service": SERVICE_LABEL,
+        "researcher": RESEARCHER_LABEL,
+    }
+    entry["proves"] = PROVES
+    entry["does_not_prove"] = DOES_NOT_PROVE
+    entry["project_sdc_params"] = project_params.as_dict()
+    entry["sdc_params_problem"] = forced_problem
     entry["executed_notebook_bytes"] = svc.content.get(executed["sha256"]) if executed else None
     return entry

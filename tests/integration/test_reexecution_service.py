@@ -183,12 +183,12 @@ def test_checker_reexecutes_and_sees_identical_differs_and_verified_verdicts(
     assert lines_by_path[untouched]["status"] == "identical"
     assert lines_by_path[tampered]["status"] == "differs"
     for path in (untouched, tampered):
-        assert lines_by_path[path]["trusted_sdc"]["status"] in ("pass", "review", "fail")
+        assert lines_by_path[path]["run_sdc"]["status"] in ("pass", "review", "fail")
         assert lines_by_path[path]["researcher_sdc"]["label"] == (
             "supplied by the researcher, not verified"
         )
     trusted_outputs = {o["path"]: o for o in analysis["outputs"]}
-    assert trusted_outputs[untouched]["sdc_label"] == "verified (trusted re-execution)"
+    assert trusted_outputs[untouched]["sdc_label"].startswith("computed inside the re-executed")
     record = analysis["record"]
     key = load_public_key(public_key_path(enclave.config.state_dir / "egress" / "signing-key.pem"))
     assert verify_record(record, key)
@@ -208,7 +208,8 @@ def test_checker_reexecutes_and_sees_identical_differs_and_verified_verdicts(
     page = olivia.call("GET", f"requests/{rid}/reexecutions/{analysis['id']}")
     assert page.status_code == 200
     assert 'data-status="differs"' in page.text and 'data-status="identical"' in page.text
-    assert "verified (trusted re-execution)" in page.text
+    assert "computed inside the re-executed notebook&#39;s process" in page.text
+    assert "recomputed by the egress service" in page.text and "Does not prove" in page.text
     assert "supplied by the researcher, not verified" in page.text
     assert "tables written:" in page.text  # the executed notebook's output
     assert "<script" not in page.text.split("file-view", 1)[1].lower()

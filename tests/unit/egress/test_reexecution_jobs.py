@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import nbformat
@@ -22,7 +23,7 @@ from sqlalchemy import select
 from egress.audit import EventType
 from egress.core import InvalidInput, NotFound
 from egress.policy import PermissionDenied
-from egress.reexecution import ReexecutionResult, compare_outputs
+from egress.reexecution import ReexecutionResult, Refused, compare_outputs, forced_sdc_params
 from egress.reexecution_jobs import (
     MAX_ATTEMPTS,
     Job,
@@ -34,7 +35,8 @@ from egress.reexecution_jobs import (
     result_report,
 )
 from egress.reexecution_runner import Runner
-from egress.reexecution_service import RESEARCHER_LABEL, TRUSTED_LABEL
+from egress.reexecution_service import IN_RUN_LABEL, RESEARCHER_LABEL, SERVICE_LABEL
+from egress.sdc import SDCParams
 from egress.signing import verify_record
 from egress.store.models import AuditEventRow, Reexecution
 from tests.unit.egress.conftest import ACTORS
@@ -378,12 +380,12 @@ def test_checker_asks_runner_answers_service_signs_and_compares(svc, jobs, engin
     assert lines["s1/results.json"]["status"] == "only-trusted"
     assert lines["s1/extra.txt"]["status"] == "only-trusted"
     assert "analysis.ipynb" not in lines  # the notebook that was re-run is not an output
-    assert lines["s1/smoking.csv"]["trusted_sdc"]["summary"] == "pass (trusted); "
+    assert lines["s1/smoking.csv"]["run_sdc"]["summary"] == "pass (trusted); "
     assert lines["s1/smoking.csv"]["researcher_sdc"]["summary"] == "pass; "
     assert lines["s1/smoking.csv"]["researcher_sdc"]["label"] == RESEARCHER_LABEL
     assert detail["researcher_metadata_problems"] == []
     by_path = {o["path"]: o for o in detail["outputs"]}
-    assert by_path["s1/smoking.csv"]["sdc_label"] == TRUSTED_LABEL
+    assert by_path["s1/smoking.csv"]["sdc_label"] == IN_RUN_LABEL
     assert by_path["s1/extra.txt"]["sdc_label"] is None
     assert detail["executed_notebook_bytes"] == NOTEBOOK.replace(b"hello", b"hello!")
     assert detail["log"] == "papermill ran\n"
@@ -492,3 +494,226 @@ def test_a_jobs_folder_that_cannot_be_written_fails_the_run_with_a_reason(svc, t
     (listed,) = svc.list_reexecutions(olivia, rid)
     assert listed["status"] == "failed" and "could not queue" in listed["reason"]
     assert svc.verify_audit().ok
+
+
+# --------------------------------------------------------------------------------------------
+# SDC verdicts of a trusted run: forced parameters, the service's own recomputation, the
+# verdict shown (the worst), and what the checker is told re-execution proves
+
+
+PROJECT = SDCParams()  # the service's parameters in these tests (threshold 10)
+#: Region b has 2 and 1 records: fails a threshold of 10, passes a relaxed threshold of 1.
+SMALL = b"region,F,M\na,16,16\nb,2,1\n"
+BIG = b"region,F,M\na,16,16\nb,20,11\n"
+MEANS = b"region,F,M\na,31.5,36.0\nb,26.0,13.0\n"
+
+
+def results_doc(files: dict[str, tuple[bytes, str, str, dict | None]]) -> bytes:
+    """A results.json as the safe library writes one: name -> (bytes, status, statistic,
+    params); ``params`` None leaves them out (as ACRO's own results.json does)."""
+    results = {}
+    for i, (name, (data, status, statistic, params)) in enumerate(sorted(files.items())):
+        havre = {"statistic": statistic, "reasons": [f"{status} by the library"]}
+        if params is not None:
+            havre["params"] = params
+        results[f"output_{i}"] = {
+            "uid": f"output_{i}",
+            "status": status,
+            "type": "table",
+            "properties": {"statistic": statistic},
+            "files": [{"name": name, "sdc": {}, "sha256": sha(data)}],
+            "summary": f"{status}: as the library says",
+            "exception": "",
+            "havre": havre,
+        }
+    return json.dumps({"version": "0.1.0", "results": results}).encode()
+
+
+def relaxed(**changes) -> dict:
+    return {**PROJECT.as_dict(), **changes}
+
+
+def reexecute(svc, jobs, researcher: dict[str, bytes], run: dict[str, bytes], **result_kw):
+    """The researcher's folder s2/ (files + her results.json), a submitted request of the
+    notebook and her files, a re-execution whose run wrote ``run``; the checker's detail."""
+    cardio = svc._outputs_root("cardio")
+    (cardio / "s2").mkdir(exist_ok=True)
+    for name, data in researcher.items():
+        (cardio / "s2" / name).write_bytes(data)
+    rid = svc.create_request(alice, "cardio", "Tables")["id"]
+    ids = {"analysis.ipynb": svc.add_file(alice, rid, "analysis.ipynb", "main")["id"]}
+    for name in researcher:
+        if name != "results.json":
+            ids[name] = svc.add_file(alice, rid, f"s2/{name}", "main")["id"]
+    svc.set_group_context(alice, rid, "main", "Tables", "Counts of 10 or more")
+    svc.submit(alice, rid)
+    entry = svc.request_reexecution(olivia, rid, ids["analysis.ipynb"])
+    job_id = jobs.claim_next()
+    job, _notebook = jobs.load_claimed(job_id)
+    result = make_result({f"s2/{n}": d for n, d in run.items()})
+    result = replace(result, **{"sdc_params": PROJECT.as_dict(), **result_kw})
+    jobs.finish(
+        job_id,
+        result_report(job, result, limits_source="test"),
+        executed_notebook=result.executed_notebook,
+        outputs=result.outputs,
+    )
+    return rid, job, svc.reexecution(olivia, rid, entry["id"])
+
+
+def test_the_job_carries_the_service_sdc_params_and_the_runner_only_tightens_them(svc, jobs):
+    svc.sdc_params = SDCParams(threshold=15)
+    rid, ids = new_request(svc)
+    svc.request_reexecution(olivia, rid, ids["analysis.ipynb"])
+    job, _ = jobs.load_claimed(jobs.claim_next())
+    assert job.sdc_params == SDCParams(threshold=15).as_dict()
+    assert Job.from_json(job.as_json()) == job
+    # what the runner forces: the job's, never below ACRO's defaults
+    assert forced_sdc_params(job.sdc_params).threshold == 15
+    laxer = forced_sdc_params({"threshold": 1, "dominance_k": 0.99, "p_ratio": 0.2})
+    assert (laxer.threshold, laxer.dominance_k, laxer.p_ratio) == (10, 0.9, 0.2)
+    assert forced_sdc_params(None) == SDCParams()
+    with pytest.raises(Refused, match=r"bad SDC parameters: .*threshold"):
+        forced_sdc_params({"threshold": "ten"})
+    with pytest.raises(ProtocolError, match="sdc_params must be an object"):
+        make_job(sdc_params=[1])
+
+
+def test_relaxed_researcher_record_and_the_trusted_fail_are_both_shown(svc, jobs):
+    """The notebook said Session(params={"threshold": 1}); the trusted run forced 10."""
+    mine = results_doc({"small.csv": (SMALL, "pass", "count", relaxed(threshold=1))})
+    theirs = results_doc({"small.csv": (SMALL, "fail", "count", PROJECT.as_dict())})
+    _rid, _job, detail = reexecute(
+        svc,
+        jobs,
+        {"small.csv": SMALL, "results.json": mine},
+        {"small.csv": SMALL, "results.json": theirs},
+    )
+    line = {c["path"]: c for c in detail["comparison"]}["s2/small.csv"]
+    assert line["status"] == "identical"
+    assert line["researcher_sdc"]["status"] == "pass"
+    assert line["researcher_sdc"]["relaxed"] == ["threshold"]
+    assert (
+        "relaxed parameters: threshold 1 (project: 10)" in line["researcher_sdc"]["params_problem"]
+    )
+    assert line["run_sdc"]["status"] == "fail" and line["run_sdc"]["label"] == IN_RUN_LABEL
+    assert line["run_sdc"]["relaxed"] == [] and line["run_problems"] == []
+    assert line["service_sdc"]["status"] == "fail" and line["service_sdc"]["label"] == SERVICE_LABEL
+    assert line["verdict"]["status"] == "fail"
+    assert detail["sdc_params"]["threshold"] == 10 and detail["sdc_params_problem"] == ""
+    # the signed record names the forced parameters and the service's own verdict
+    record = detail["record"]["record"]
+    assert verify_record(detail["record"], svc.public_key())
+    assert record["sdc_params"]["threshold"] == 10
+    assert record["service_sdc"]["s2/small.csv"]["status"] == "fail"
+
+
+def test_a_notebook_that_disabled_a_rule_in_its_process_gets_no_pass(svc, jobs):
+    """The run's results.json says pass under the project's parameters (the notebook
+    monkeypatched the check): the service's own count check fails the table."""
+    lying = results_doc({"small.csv": (SMALL, "pass", "count", PROJECT.as_dict())})
+    _rid, _job, detail = reexecute(
+        svc,
+        jobs,
+        {"small.csv": SMALL, "results.json": lying},
+        {"small.csv": SMALL, "results.json": lying},
+    )
+    line = {c["path"]: c for c in detail["comparison"]}["s2/small.csv"]
+    assert line["run_sdc"]["status"] == "pass"
+    assert line["service_sdc"]["status"] == "fail"
+    assert any("b" in reason for reason in line["service_sdc"]["reasons"])
+    assert line["verdict"]["status"] == "fail"
+    assert "the service (fail)" in line["verdict"]["summary"]
+
+
+def test_a_relaxed_record_in_the_trusted_run_fails_even_where_nothing_is_recomputed(svc, jobs):
+    """A table of means (the service can't recompute it) whose record, in the trusted run,
+    says it was checked with threshold 1: the notebook got round the forced parameters."""
+    reset = results_doc({"means.csv": (MEANS, "pass", "mean", relaxed(threshold=1))})
+    _rid, _job, detail = reexecute(
+        svc,
+        jobs,
+        {"means.csv": MEANS, "results.json": reset},
+        {"means.csv": MEANS, "results.json": reset},
+    )
+    line = {c["path"]: c for c in detail["comparison"]}["s2/means.csv"]
+    assert line["run_sdc"]["status"] == "pass" and line["run_sdc"]["relaxed"] == ["threshold"]
+    assert line["run_problems"] == ["checked with relaxed parameters: threshold 1 (project: 10)"]
+    assert line["service_sdc"]["status"] == "not-checked"
+    assert "statistic as 'mean'" in line["service_sdc"]["summary"]
+    assert line["verdict"]["status"] == "fail"
+
+
+def test_the_service_never_passes_what_it_cannot_check_and_never_upgrades(svc, jobs):
+    run = results_doc(
+        {
+            "means.csv": (MEANS, "pass", "mean", PROJECT.as_dict()),
+            "big.csv": (BIG, "pass", "count", PROJECT.as_dict()),
+            "acro.csv": (BIG, "pass", "count", None),  # no parameters recorded
+            "other.csv": (SMALL, "pass", "count", PROJECT.as_dict()),  # about other bytes
+        }
+    )
+    files = {"means.csv": MEANS, "big.csv": BIG, "acro.csv": BIG, "other.csv": BIG}
+    _rid, _job, detail = reexecute(svc, jobs, files, {**files, "results.json": run})
+    lines = {c["path"]: c for c in detail["comparison"]}
+    # a mean: only the run's verdict, labelled as the run's; the service says why it didn't
+    assert lines["s2/means.csv"]["service_sdc"]["status"] == "not-checked"
+    assert lines["s2/means.csv"]["verdict"]["status"] == "pass"
+    assert lines["s2/means.csv"]["verdict"]["from"] == ["the run's results.json: pass"]
+    # a count table both pass
+    assert lines["s2/big.csv"]["service_sdc"]["status"] == "pass"
+    assert lines["s2/big.csv"]["verdict"]["status"] == "pass"
+    # unknown parameters, a record about other bytes: review, not pass
+    assert lines["s2/acro.csv"]["verdict"]["status"] == "review"
+    assert "does not say which SDC parameters" in lines["s2/acro.csv"]["run_problems"][0]
+    assert lines["s2/other.csv"]["verdict"]["status"] == "review"
+    assert "another sha256" in lines["s2/other.csv"]["run_problems"][0]
+    # results.json itself: no verdict at all
+    assert lines["s2/results.json"]["verdict"]["status"] == "none"
+
+
+def test_a_run_without_forced_parameters_is_not_trusted_for_its_verdicts(svc, jobs):
+    """A result from before parameters were forced (or a runner that didn't): review."""
+    run = results_doc({"big.csv": (BIG, "pass", "count", PROJECT.as_dict())})
+    _rid, _job, detail = reexecute(
+        svc, jobs, {"big.csv": BIG}, {"big.csv": BIG, "results.json": run}, sdc_params={}
+    )
+    line = {c["path"]: c for c in detail["comparison"]}["s2/big.csv"]
+    assert detail["sdc_params_problem"] == "the run does not say which SDC parameters it forced"
+    assert line["verdict"]["status"] == "review"
+
+
+def test_the_checker_page_says_what_reexecution_proves_and_never_verified(svc, jobs):
+    from egress.web import _jinja
+
+    mine = results_doc({"small.csv": (SMALL, "pass", "count", relaxed(threshold=1))})
+    theirs = results_doc({"small.csv": (SMALL, "fail", "count", PROJECT.as_dict())})
+    rid, _job, detail = reexecute(
+        svc,
+        jobs,
+        {"small.csv": SMALL, "results.json": mine},
+        {"small.csv": SMALL, "results.json": theirs},
+    )
+    request = svc.get_request(olivia, rid)
+    html = (
+        _jinja()
+        .get_template("reexecution.html")
+        .render(
+            prefix="/services/egress/",
+            url=lambda *parts: "/services/egress/" + "/".join(map(str, parts)),
+            user="olivia",
+            actor=olivia,
+            xsrf="",
+            hub_home="/hub/home",
+            r=request,
+            rx=detail,
+            rendered=None,
+        )
+    )
+    assert "verified (trusted" not in html
+    assert "Does not prove:" in html and "same sha256" in html
+    assert "byte-for-byte" in html
+    assert 'data-verdict="fail"' in html
+    assert "recomputed by the egress service" in html
+    assert "checked with relaxed parameters: threshold 1 (project: 10)" in html
+    assert "SDC parameters forced in the run" in html
