@@ -13,8 +13,12 @@ admin API (bearer token) to add users and change their groups.
 
 What it deliberately does not have: an "any user works" mode, an unauthenticated API, a debug
 console, implicit or hybrid flows, public clients, or a single sign-on session (each
-authorization asks for the password). Tokens live in memory in one process: restarting the
-provider signs everyone out of the provider (the hub's own session continues).
+authorization asks for the password). Sign-ins and their tokens are kept in the state folder
+(``tokens.json``, 0600, SHA-256 digests of the tokens only), written atomically at every
+change: a restart of the provider signs nobody out, and a refresh token rotated just before
+it still can't be replayed after it. Pending login forms and authorization codes (valid for
+seconds to minutes) live in memory only: a restart in the middle of a sign-in asks for the
+password again.
 
 Run it with ``havre-idp --config idp.yaml``; see docs/sysadmin/embedded-oidc-provider.md.
 """
@@ -96,6 +100,10 @@ USED_CODE_MEMORY_SECONDS = 600
 MAX_PENDING = 10_000  # login requests, codes and rate-limit keys kept at most, each
 MAX_BODY_BYTES = 64 * 1024
 KEY_FILE_NAME = "signing-key.pem"
+#: sign-ins and their tokens (SHA-256 digests only, never a token in clear), so that a restart
+#: of the provider signs nobody out
+TOKENS_FILE_NAME = "tokens.json"
+TOKENS_SCHEMA = 1
 BROWSER_COOKIE = "havre_idp_browser"
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -783,7 +791,8 @@ class _FailureLimiter:
 
 
 class Provider:
-    """The provider's in-memory state (one process; tokens are lost on restart)."""
+    """The provider's state: sign-ins and tokens persisted in the state folder (see
+    :data:`TOKENS_FILE_NAME`), pending logins and codes in memory."""
 
     def __init__(self, config: ProviderConfig) -> None:
         self.config = config
@@ -811,6 +820,89 @@ class Provider:
         self.user_failures = _FailureLimiter(config.login_failures_per_minute, window)
         self.ip_failures = _FailureLimiter(config.login_failures_per_minute, window)
         self._last_purge = 0.0
+        self.tokens_file = Path(config.state_dir) / TOKENS_FILE_NAME
+        self._load_tokens()
+
+    # -- persistence of sign-ins and tokens
+
+    def _load_tokens(self) -> None:
+        """Read the sign-ins a previous run of the provider left (expired ones dropped).
+
+        A file that can't be read or parsed is set aside (renamed ``.corrupt``) and logged:
+        everyone signs in again, which is safe, rather than the provider not starting.
+        """
+        try:
+            data = json.loads(self.tokens_file.read_text())
+            if data.get("schema") != TOKENS_SCHEMA:
+                raise ValueError(f"unknown schema {data.get('schema')!r}")
+            now = time.time()
+            for fid, fam in data["families"].items():
+                if fam["expires"] > now:
+                    self.families[fid] = _Family(
+                        username=fam["username"],
+                        client_id=fam["client_id"],
+                        scopes=tuple(fam["scopes"]),
+                        auth_time=int(fam["auth_time"]),
+                        expires=float(fam["expires"]),
+                    )
+            for key, rec in data["access"].items():
+                family = self.families.get(rec["family"])
+                if family is not None and rec["expires"] > now:
+                    self.access_tokens[key] = _AccessToken(
+                        rec["family"], float(rec["expires"]), tuple(rec["scopes"])
+                    )
+                    family.access.add(key)
+            for key, rec in data["refresh"].items():
+                family = self.families.get(rec["family"])
+                if family is not None and rec["expires"] > now:
+                    self.refresh_tokens[key] = _RefreshToken(
+                        rec["family"], float(rec["expires"]), bool(rec["rotated"])
+                    )
+                    family.refresh.add(key)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+            aside = self.tokens_file.with_name(f"{TOKENS_FILE_NAME}.corrupt")
+            log.error(
+                "Could not read the sign-ins in %s (%s): set aside as %s; users sign in again",
+                self.tokens_file,
+                err,
+                aside,
+            )
+            self.families.clear()
+            self.access_tokens.clear()
+            self.refresh_tokens.clear()
+            try:
+                os.replace(self.tokens_file, aside)
+            except OSError:
+                pass
+            return
+        log.info("Restored %d sign-in(s) from %s", len(self.families), self.tokens_file)
+
+    def _save_tokens(self) -> None:
+        """Write the sign-ins and token digests atomically (0600)."""
+        data = {
+            "schema": TOKENS_SCHEMA,
+            "families": {
+                fid: {
+                    "username": fam.username,
+                    "client_id": fam.client_id,
+                    "scopes": list(fam.scopes),
+                    "auth_time": fam.auth_time,
+                    "expires": fam.expires,
+                }
+                for fid, fam in self.families.items()
+            },
+            "access": {
+                key: {"family": rec.family, "expires": rec.expires, "scopes": list(rec.scopes)}
+                for key, rec in self.access_tokens.items()
+            },
+            "refresh": {
+                key: {"family": rec.family, "expires": rec.expires, "rotated": rec.rotated}
+                for key, rec in self.refresh_tokens.items()
+            },
+        }
+        _write_private(self.tokens_file, json.dumps(data, separators=(",", ":")))
 
     # -- users
 
@@ -834,12 +926,15 @@ class Provider:
             del self.login_requests[rid]
         for code in [c for c, rec in self.codes.items() if rec.expires <= now]:
             del self.codes[code]
+        before = len(self.families) + len(self.access_tokens) + len(self.refresh_tokens)
         for fid in [f for f, fam in self.families.items() if fam.expires <= now]:
-            self.revoke_family(fid)
+            self._forget_family(fid)
         for token in [t for t, rec in self.access_tokens.items() if rec.expires <= now]:
             self._drop_access(token)
         for token in [t for t, rec in self.refresh_tokens.items() if rec.expires <= now]:
             self._drop_refresh(token)
+        if len(self.families) + len(self.access_tokens) + len(self.refresh_tokens) != before:
+            self._save_tokens()
         self.user_failures.purge(now)
         self.ip_failures.purge(now)
 
@@ -935,7 +1030,10 @@ class Provider:
             expires=record.auth_time + self.config.refresh_token_seconds,
         )
         record.family = family_id
-        return self._issue(family_id, user, nonce=record.nonce)
+        try:
+            return self._issue(family_id, user, nonce=record.nonce)
+        finally:
+            self._save_tokens()
 
     def refresh(self, client_id: str, token: str, scope: str | None) -> dict[str, Any]:
         """A rotated refresh token and a new access token (RFC 6749 §6)."""
@@ -965,7 +1063,10 @@ class Provider:
             self.revoke_family(record.family)
             raise OAuthError("invalid_grant", "The user no longer exists")
         record.rotated = True
-        return self._issue(record.family, user, scopes=scopes)
+        try:
+            return self._issue(record.family, user, scopes=scopes)
+        finally:
+            self._save_tokens()
 
     def _issue(
         self,
@@ -1028,22 +1129,31 @@ class Provider:
             family = self.families.get(self.access_tokens[key].family)
             if family is not None and family.client_id == client_id:
                 self._drop_access(key)
+                self._save_tokens()
 
     def revoke_family(self, family_id: str) -> None:
         """Revoke every token issued from one sign-in."""
+        if self._forget_family(family_id):
+            self._save_tokens()
+
+    def _forget_family(self, family_id: str) -> bool:
+        """Drop one sign-in and its tokens from memory; whether there was one."""
         family = self.families.pop(family_id, None)
         if family is None:
-            return
+            return False
         for key in family.access:
             self.access_tokens.pop(key, None)
         for key in family.refresh:
             self.refresh_tokens.pop(key, None)
+        return True
 
     def revoke_user(self, username: str) -> int:
         """Revoke all of ``username``'s tokens and unused codes; the number of sign-ins ended."""
         families = [f for f, fam in self.families.items() if fam.username == username]
         for fid in families:
-            self.revoke_family(fid)
+            self._forget_family(fid)
+        if families:
+            self._save_tokens()
         for key in [k for k, c in self.codes.items() if c.username == username and not c.used]:
             del self.codes[key]
         return len(families)

@@ -1046,6 +1046,70 @@ def test_signing_key_is_kept_across_restarts(provider_factory):
     assert app.settings["havre_idp_provider"].key.kid == kid
 
 
+def restart(idp: RunningProvider, seeded: Path) -> RunningProvider:
+    """Stop the provider and start a new process-like instance on the same folder."""
+    idp.stop()
+    return start_provider(idp.config_file.parent, seeded)
+
+
+def test_a_restart_signs_nobody_out(tmp_path, seeded):
+    idp = start_provider(tmp_path, seeded)
+    kept = idp.tokens_for("alice")
+    spent = idp.tokens_for("olivia")
+    rotated = idp.refresh(spent["refresh_token"]).json()
+    revoked = idp.tokens_for("alice")
+    assert idp.admin("POST", "/users/alice/revoke-tokens").status_code == 200
+    kept = idp.tokens_for("alice")  # a sign-in after the revocation
+
+    idp = restart(idp, seeded)
+    try:
+        # control: a token the provider never issued is refused by the new instance
+        assert idp.userinfo(secrets.token_urlsafe(32)).status_code == 401
+        assert idp.userinfo(kept["access_token"]).status_code == 200
+        refreshed = idp.refresh(kept["refresh_token"])
+        assert refreshed.status_code == 200, refreshed.text
+        # revoked before the restart: still revoked
+        assert idp.userinfo(revoked["access_token"]).status_code == 401
+        assert idp.refresh(revoked["refresh_token"]).json()["error"] == "invalid_grant"
+        # a refresh token spent before the restart is still spent: its replay ends the sign-in
+        assert idp.refresh(spent["refresh_token"]).json()["error"] == "invalid_grant"
+        assert idp.userinfo(rotated["access_token"]).status_code == 401
+    finally:
+        idp.stop()
+
+
+def test_the_tokens_file_is_private_and_holds_no_token(tmp_path, seeded):
+    idp = start_provider(tmp_path, seeded)
+    try:
+        tokens = idp.tokens_for("alice")
+    finally:
+        idp.stop()
+    path = tmp_path / "state" / "tokens.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    text = path.read_text()
+    for name in ("access_token", "refresh_token"):
+        assert tokens[name] not in text
+    assert hashlib.sha256(tokens["access_token"].encode()).hexdigest() in text
+
+
+def test_an_unreadable_tokens_file_is_set_aside_and_everyone_signs_in_again(
+    tmp_path, seeded, caplog
+):
+    idp = start_provider(tmp_path, seeded)
+    tokens = idp.tokens_for("alice")
+    idp.stop()
+    path = tmp_path / "state" / "tokens.json"
+    path.write_text('{"schema": 1, "families": ')  # cut short, as by a full disk
+    idp = start_provider(tmp_path, seeded)
+    try:
+        assert idp.userinfo(tokens["access_token"]).status_code == 401
+        assert (tmp_path / "state" / "tokens.json.corrupt").exists()
+        assert "set aside" in caplog.text
+        assert idp.userinfo(idp.tokens_for("alice")["access_token"]).status_code == 200
+    finally:
+        idp.stop()
+
+
 def test_seed_users_is_idempotent_and_validates(tmp_path):
     path = tmp_path / "users.json"
     assert seed_users(path, USERS) == ["alice", "olivia", "mallory"]
