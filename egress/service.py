@@ -211,6 +211,40 @@ def serve_workers(run_worker: Callable[[int], None], processes: int) -> None:
         start(index)
 
 
+#: the service's cookie secret, under the egress state folder (created at the first start)
+COOKIE_SECRET_NAME = "cookie-secret"
+
+
+def load_cookie_secret(egress_dir: Path) -> bytes:
+    """The secret that signs the service's cookies, kept across restarts.
+
+    Made at the first start (32 random bytes, hex, mode 0600) and read at every later one, so a
+    restart of the service signs nobody out. Deleting the file (``rotate-secrets.yml`` does)
+    and restarting makes a new one: everyone then signs in to the service again, on purpose.
+    """
+    path = Path(egress_dir) / COOKIE_SECRET_NAME
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as f:
+            f.write(os.urandom(32).hex() + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    text = path.read_text().strip()
+    try:
+        secret = bytes.fromhex(text)
+    except ValueError:
+        secret = b""
+    if len(secret) < 32:
+        raise SystemExit(
+            f"havre-egress: {path} does not hold a cookie secret (64 hex digits); delete it "
+            "and start the service again to make a new one (everyone signs in again)"
+        )
+    return secret
+
+
 def main() -> None:
     """Console entry point ``havre-egress``."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -221,7 +255,8 @@ def main() -> None:
     processes = worker_count()
     # Before the workers: the schema migrated and the signing key made, once.
     build_service(enclave).engine.dispose()
-    cookie_secret = os.urandom(32)  # the same in every worker: they share the cookies
+    # the same in every worker (they share the cookies) and across restarts
+    cookie_secret = load_cookie_secret(ServicePaths(enclave.state_dir).egress_dir)
 
     def run_worker(index: int) -> None:
         loop_box: list[MailLoop] = []

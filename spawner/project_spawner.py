@@ -23,6 +23,7 @@ from typing import Any
 import docker.errors
 from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SpawnException
+from tornado.httpclient import AsyncHTTPClient
 from traitlets import Dict, Int, List, Unicode, default
 
 from spawner.download_guard import ensure_guard
@@ -220,6 +221,31 @@ class ProjectSpawner(DockerSpawner):
                 self.user.sync_groups(result["groups"])
         return True
 
+    async def provider_reachable(self) -> bool:
+        """Whether the identity provider answers at all: any HTTP answer below 500.
+
+        A failed token refresh means either "this sign-in is over" (the provider answered and
+        refused) or "the provider is down or restarting" (no answer, or a 5xx). Only the first
+        is a reason to stop a researcher's server.
+        """
+        authenticator = self.authenticator
+        url = getattr(authenticator, "token_url", "") if authenticator else ""
+        if not url:
+            return True
+        try:
+            response = await AsyncHTTPClient().fetch(
+                url,
+                method="GET",
+                raise_error=False,
+                connect_timeout=5,
+                request_timeout=10,
+                validate_cert=getattr(authenticator, "validate_server_cert", True),
+            )
+        except Exception as err:  # connection refused, DNS, TLS, timeout: no answer
+            self.log.debug("identity provider at %s gave no answer: %s", url, err)
+            return False
+        return 0 < response.code < 500
+
     async def poll(self) -> int | None:
         """Docker's answer, and a stop when the user has left the project (see help)."""
         status = await super().poll()
@@ -236,6 +262,16 @@ class ProjectSpawner(DockerSpawner):
             self.log.exception("Group refresh for %s failed; keeping the server", self.user.name)
             return None
         if signed_in and self.user_is_member(self.name):
+            return None
+        if not signed_in and not await self.provider_reachable():
+            # Down or restarting: keep running servers (their users did nothing wrong); new
+            # spawns are refused meanwhile, since the hub refreshes the sign-in before each.
+            self.log.error(
+                "Identity provider unreachable: keeping %s's server for %s running; "
+                "new servers are refused until it answers",
+                self.user.name,
+                self.name,
+            )
             return None
         why = "is no longer in project" if signed_in else "has lost their sign-in for"
         self.log.warning("Stopping %s's server: %s %s", self.user.name, why, self.name)
