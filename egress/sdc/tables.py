@@ -492,8 +492,8 @@ def _missing_keys_finding(cells: _Cells, keys: list[str], params: SDCParams) -> 
         Finding(
             Rule.MISSING,
             verdict,
-            f"records with no value for {' or '.join(map(str, keys))} are shown as a row or "
-            "column of their own (labelled NaN, blank in a CSV file) and checked like any cell",
+            "records with a missing grouping value are shown as a row or column of their "
+            "own (labelled NaN, blank in a CSV file) and checked like any cell",
         )
     ]
 
