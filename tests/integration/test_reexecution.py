@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import random
 import re
 import socket
@@ -33,13 +34,18 @@ from egress.reexecution import (
     run_notebook,
     trusted_record,
 )
+from egress.reexecution_jobs import output_sdc_metadata
+from egress.reexecution_service import _param_problem, recompute_sdc, shown_verdict
+from egress.sdc import SDCParams
 from egress.signing import generate_key, load_private_key, sign_record, verify_record
 from spawner.enclave import DEFAULT_IMAGE, GIB, Limits, Project
 from tests.integration.canaries import new_token, tcp_canary
 
 pytestmark = pytest.mark.docker
 
-IMAGE = DEFAULT_IMAGE
+#: The notebook image (``images/build.sh`` builds it from this checkout); another tag can be
+#: given to test a locally built image.
+IMAGE = os.environ.get("HAVRE_REEXEC_TEST_IMAGE", DEFAULT_IMAGE)
 SLUG = "rxtest"
 SETTLE = 1.0  # seconds a canary is given to see late connections
 ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colours in IPython tracebacks
@@ -128,6 +134,7 @@ def run(client, scratch_root, project, nb: bytes, parameters=None, **kw):
         image=kw.pop("image", IMAGE),
         timeout_seconds=kw.pop("timeout_seconds", 60),
         extra_files=kw.pop("extra_files", {}),
+        sdc_params=kw.pop("sdc_params", None),
     )
     return run_notebook(
         client,
@@ -201,6 +208,75 @@ def test_rerun_reproduces_a_local_run_and_compare_catches_tampering(
     assert verify_record(signed, public)
     signed["record"]["outputs"][0]["sha256"] = "0" * 64
     assert not verify_record(signed, public)
+
+
+#: A researcher's analysis that relaxes the threshold to 1 in its own process; region x value
+#: has 28 cells of 2 to 14 records (several under 10).
+RELAXED = [
+    "import json, os\nimport pandas as pd\nimport egress.safe as safe",
+    "df = pd.read_csv(os.environ.get('HAVRE_DATA_DIR', '/data') + '/cohort.csv')",
+    "s = safe.Session(params={'threshold': 1}, name='relaxed', show=False)\n"
+    "t = s.crosstab(df['region'], df['value'])",
+    "print('in force:', json.dumps(s.params.as_dict()))",
+]
+
+
+def test_a_notebook_that_relaxes_the_threshold_is_rerun_with_the_project_parameters(
+    client, scratch_root, project, data_dir, tmp_path, monkeypatch
+):
+    # the researcher's own run (not trusted): her relaxed parameters, a pass
+    monkeypatch.delenv("HAVRE_TRUSTED_REEXECUTION", raising=False)
+    monkeypatch.delenv("HAVRE_SDC_PARAMS", raising=False)
+    monkeypatch.setenv("HAVRE_OUTPUTS_DIR", str(tmp_path / "mine"))
+    monkeypatch.setenv("HAVRE_DATA_DIR", str(data_dir))
+    namespace: dict = {}
+    for source in RELAXED[:-1]:
+        exec(source, namespace)
+    mine = {
+        str(p.relative_to(tmp_path / "mine")): p.read_bytes()
+        for p in (tmp_path / "mine").rglob("*")
+        if p.is_file()
+    }
+    my_meta, problems = output_sdc_metadata(mine)
+    assert problems == []
+    assert my_meta["relaxed/output_0.csv"]["status"] == "pass"
+    project_params = SDCParams()
+    relaxed, sentence = _param_problem(my_meta["relaxed/output_0.csv"]["params"], project_params)
+    assert relaxed == ["threshold"] and "threshold 1 (project: 10)" in sentence
+
+    # the trusted run: the project's parameters are forced; the params file can't be rewritten
+    nb = notebook(
+        *RELAXED,
+        "import os\n"
+        "assert os.environ['HAVRE_TRUSTED_REEXECUTION'] == '1'\n"
+        "try:\n"
+        "    open(os.environ['HAVRE_SDC_PARAMS'], 'w').write('{\"threshold\": 1}')\n"
+        "    print('params file: written')\n"
+        "except OSError as err:\n"
+        "    print('params file: refused', err.errno)",
+    )
+    result = run(client, scratch_root, project, nb, sdc_params=project_params.as_dict())
+    assert result.status == "completed", result.reason + result.log
+    assert result.sdc_params == project_params.as_dict()
+    executed = nbformat.reads(result.executed_notebook.decode(), as_version=4)
+    text = ANSI.sub("", json.dumps([c.get("outputs") for c in executed.cells]))
+    assert '\\"threshold\\": 10' in text, text[:3000]  # the session ran with 10, not 1
+    assert "forced; threshold 1 -> 10" in text  # and the notebook was told
+    assert "params file: refused 30" in text  # EROFS: mounted read-only
+    run_meta, problems = output_sdc_metadata(result.outputs)
+    assert problems == []
+    trusted = run_meta["relaxed/output_0.csv"]
+    assert trusted["status"] == "fail" and trusted["params"]["threshold"] == 10
+    assert _param_problem(trusted["params"], project_params) == ([], "")
+    # the service's own check of the run's table agrees; the verdict shown is fail
+    service = recompute_sdc(result.outputs, run_meta, project_params)
+    assert service["relaxed/output_0.csv"]["status"] == "fail"
+    assert shown_verdict(trusted, service["relaxed/output_0.csv"], [])["status"] == "fail"
+    # the same table bytes as hers (the forced threshold only changes the verdict)
+    assert result.outputs["relaxed/output_0.csv"] == mine["relaxed/output_0.csv"]
+    record = trusted_record(result, {"request_id": "req-1"}, service)
+    assert record["sdc_params"]["threshold"] == 10
+    assert record["service_sdc"]["relaxed/output_0.csv"]["status"] == "fail"
 
 
 def test_parameters_change_the_output_and_are_passed_verbatim(client, scratch_root, project):
