@@ -271,11 +271,16 @@ def test_a_library_output_the_service_cannot_check_shows_the_claim_as_review(ser
     s.crosstab(df.region, df.sex, values=df.income, aggfunc="mean")  # fractional means
     _, entry = add(service, "s1/output_0.csv")
     check = entry["check"]
-    assert check["sdc"]["checked"] is False
-    assert check["library"]["status"] == "matched"
-    assert check["badge"]["verdict"] == "review"
+    assert check["library"]["status"] == "matched" and check["library"]["verdict"] == "pass"
+    assert check["badge"]["verdict"] == "review"  # fractional: not counts, whoever reads it
     _, notes = add(service, "notes.txt")
     assert notes["check"]["sdc"] is None and notes["check"]["badge"]["verdict"] is None
+    # A file the service does not check at all: the library's pass is shown as review.
+    library = {"status": "matched", "statistic": "mean", "verdict": "pass", "relaxed": []}
+    for count in (None, {"checked": False, "reason": "not a table of counts"}):
+        sdc, badge = combine(count, library, SDCParams())
+        assert badge["verdict"] == "review" and badge["verified_by"] is None
+        assert "did not check this file itself" in badge["sentences"][0]
 
 
 # --------------------------------------------------------------------------------------------
