@@ -105,7 +105,7 @@ def test_release_story_in_the_browser(enclave, alice_cardio, sign_in):
     file_link = page.locator("#files").get_by_role("link", name=FILE, exact=True)
     expect(file_link).to_be_visible()
     file_id = int(file_link.get_attribute("href").rsplit("/", 1)[1])
-    expect(page.locator("#files")).to_contain_text("SDC: pass")
+    expect(page.locator("#files")).to_contain_text("SDC: review")  # hand-written: no library record
 
     context_form = page.locator(
         "form:has(input[name=action][value=context]):has(input[name=group][value=main])"
@@ -133,7 +133,7 @@ def test_release_story_in_the_browser(enclave, alice_cardio, sign_in):
     assert "olivia:" not in votes_text(checker) and "oscar:" not in votes_text(checker)
     with checker.expect_navigation():
         checker.locator("#files").get_by_role("link", name=FILE, exact=True).click()
-    expect(checker.locator(".badge")).to_have_text("SDC: pass")
+    expect(checker.locator(".badge")).to_have_text("SDC: review")
     table = checker.locator(".file-view table")
     expect(table).to_be_visible()
     shown = [text.strip() for text in table.locator("th, td").all_inner_texts()]
