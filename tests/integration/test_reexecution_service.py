@@ -5,9 +5,12 @@ library), tampers with one of the tables, and asks for the release of the notebo
 tables; a checker asks the service, through its API, to re-run the notebook. The egress service
 has no Docker socket: the runner container (``<enclave>-runner``, no network) runs it, the service
 takes the result in, signs and audits it. The checker then sees the untouched table *identical*,
-the tampered one *differs*, the trusted run's SDC verdicts marked verified and the researcher's
-own marked as not verified. A notebook that opens a socket fails (a canary on the host hears
-nothing); one that runs past the runner's time limit is stopped and reported.
+the tampered one *differs*, the run's SDC verdicts labelled as computed inside the notebook's
+process next to the service's own recomputation, and the researcher's own marked as not
+verified. A notebook that relaxes the threshold in its own session is re-run with the project's
+parameters: the checker sees her relaxed pass and the trusted run's fail. A notebook that opens
+a socket fails (a canary on the host hears nothing); one that runs past the runner's time limit
+is stopped and reported.
 """
 
 from __future__ import annotations
@@ -100,7 +103,7 @@ def test_runner_is_the_only_one_with_docker_and_has_no_network(enclave):
     assert ping.output.decode().strip() == "True", ping.output
 
 
-def test_checker_reexecutes_and_sees_identical_differs_and_verified_verdicts(
+def test_checker_reexecutes_and_sees_identical_differs_and_labelled_verdicts(
     enclave, alice_cardio, short_runner
 ):
     alice, _container = alice_cardio
@@ -225,3 +228,58 @@ def test_checker_reexecutes_and_sees_identical_differs_and_verified_verdicts(
         all=True, filters={"label": ["havre.reexecution", "havre.project=cardio"]}
     )
     assert leftovers == []
+
+
+RELAXED_SESSION = f"rx-relaxed-{os.getpid()}"
+#: The first 150 stays, region x sex: 16 cells of 3 to 15 (8 under 10): a pass only for a
+#: threshold relaxed below the project's 10.
+RELAXED = [
+    "import pandas as pd\nimport egress.safe as safe",
+    "df = pd.read_csv('/data/hospital_stays.csv').head(150)",
+    f"s = safe.Session(params={{'threshold': 1}}, name={RELAXED_SESSION!r}, show=False)",
+    "t = s.crosstab(df['region'], df['sex'])",
+]
+
+
+def test_a_relaxed_notebook_is_rerun_with_the_project_parameters_and_the_checker_sees_both(
+    enclave, alice_cardio
+):
+    alice, _container = alice_cardio
+    out = alice.run_code("cardio", "\n".join(RELAXED))
+    assert out["error"] is None, out
+    save_output(enclave, f"{FOLDER}/relaxed.ipynb", notebook_bytes(RELAXED))
+    table = f"{RELAXED_SESSION}/output_0.csv"
+    researcher = Egress(alice)
+    rid = researcher.ok("POST", "api/requests", 201, json={"project": "cardio", "title": "R"})["id"]
+    ids = {}
+    for path in (f"{FOLDER}/relaxed.ipynb", table):
+        detail = researcher.ok("POST", f"api/requests/{rid}/files", 201, json={"path": path})
+        ids[path] = next(f["id"] for f in detail["files"] if f["path"] == path)
+    researcher.ok("PUT", f"api/requests/{rid}/groups/main", json={"context": "R", "controls": "-"})
+    researcher.ok("POST", f"api/requests/{rid}/submit")
+
+    olivia = Egress(enclave.user("olivia"))
+    queued = olivia.ok(
+        "POST", f"api/requests/{rid}/files/{ids[f'{FOLDER}/relaxed.ipynb']}/reexecute", 202
+    )
+    done = wait_finished(olivia, rid, queued["id"])
+    assert done["status"] == "completed", (done["reason"], done["log"][-2000:])
+    assert done["sdc_params"]["threshold"] == 10  # forced in the run
+    assert "byte-for-byte" in done["proves"]
+    assert "notebook's code can change them" in done["does_not_prove"]
+    line = {c["path"]: c for c in done["comparison"]}[table]
+    assert line["status"] == "identical"  # same code, same data, same bytes
+    # the researcher's own record: relaxed, a pass; the trusted run's and the service's: fail
+    assert line["researcher_sdc"]["status"] == "pass"
+    assert line["researcher_sdc"]["relaxed"] == ["threshold"]
+    assert line["run_sdc"]["status"] == "fail" and line["run_sdc"]["params"]["threshold"] == 10
+    assert line["run_problems"] == []
+    assert line["service_sdc"]["status"] == "fail"
+    assert line["verdict"]["status"] == "fail"
+    assert done["record"]["record"]["service_sdc"][table]["status"] == "fail"
+
+    page = olivia.call("GET", f"requests/{rid}/reexecutions/{queued['id']}")
+    assert page.status_code == 200
+    assert "checked with relaxed parameters: threshold 1 (project: 10)" in page.text
+    assert 'data-verdict="fail"' in page.text
+    assert "verified (trusted" not in page.text
