@@ -130,9 +130,12 @@ def alice_cardio(enclave) -> Iterator[tuple[HubUser, object]]:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    """Print the isolation probe table (channel, control result, notebook result)."""
+    """Print the isolation probe table (channel, control result, notebook result) and the
+    restart table (component, how, time to recovery, what was kept)."""
     from tests.integration.test_isolation import PROBE_TABLE
+    from tests.integration.test_restarts import print_restart_table
 
+    print_restart_table(terminalreporter.write_line)
     if not PROBE_TABLE:
         return
     terminalreporter.section("isolation probes")

@@ -107,6 +107,21 @@ def test_refused_spawns_get_a_page_that_says_why_and_what_to_do(
     assert "Back to your projects" in html
 
 
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_the_proxy_s_error_page_for_a_stopped_service_says_what_to_do(env, status):
+    # exactly the namespace JupyterHub's ProxyErrorHandler gives: no ``exception``, no message
+    html = render(
+        env,
+        "error.html",
+        status_code=status,
+        status_message="Service Unavailable",
+        message_html="Your server appears to be down.",
+        logo_url="/hub/home",
+    )
+    assert 'id="havre-unavailable"' in html and "Not answering right now" in html
+    assert "Back to your projects" in html
+
+
 def test_other_errors_keep_jupyterhub_s_page(env):
     html = render(
         env,
