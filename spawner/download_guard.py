@@ -9,10 +9,14 @@ don't. :class:`~spawner.project_spawner.ProjectSpawner` returns the guard's addr
 as the server's address, so the proxy's route for ``/user/<name>/<project>/`` points here, and
 registers where the container really listens; the guard
 
-* refuses, with a 403 page that says why, what :func:`spawner.download_policy.request_refusal`
-  refuses (``files/``, ``nbconvert/``, ``view/``, ``?download=``) and answers that carry a
-  ``Content-Disposition``;
-* forwards everything else (HTTP, and websockets as a byte tunnel after the upgrade request
+* lets through only what :func:`spawner.download_policy.check_request` allows: the routes and
+  methods JupyterLab needs (an allow-list), without a token (``Authorization`` header or
+  ``?token=``); everything else gets a 403 page or JSON that says why in a sentence, and so do
+  answers that carry a ``Content-Disposition``;
+* checks the sign-in itself on the allowed routes Jupyter Server serves without one (static
+  assets, lab extensions and themes, the API version): it asks the server's ``api/me`` with the
+  request's cookies, and refuses unless the server knows the user;
+* forwards the rest (HTTP, and websockets as a byte tunnel after the upgrade request
   is checked) to the container, and puts the notebook Content-Security-Policy on the answers;
 * answers 503 for a server it doesn't know (stopped, or not started since the hub restarted).
 
@@ -34,9 +38,12 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 
 from spawner.download_policy import (
+    LOGIN_REFUSAL,
+    AllowedRoute,
+    Login,
     Refusal,
+    check_request,
     content_security_policy,
-    request_refusal,
     response_refusal,
 )
 
@@ -94,7 +101,7 @@ REFUSAL_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Not available in Havre</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:44rem;margin:3rem auto;
 line-height:1.5;padding:0 1rem}}h1{{font-size:1.4rem}}</style></head>
-<body><h1 id="havre-refusal">Not available in Havre: no downloads from a project server</h1>
+<body><h1 id="havre-refusal">Not available in Havre</h1>
 <p>{sentence}</p>
 <p><a href="/services/egress/">Output checking</a> · <a href="{server}lab">Back to JupyterLab</a>
 · <a href="/hub/home">Your projects</a></p>
@@ -133,14 +140,52 @@ class GuardHandler(web.RequestHandler):
             self.finish(UNKNOWN_SERVER_PAGE)
             return
         prefix, target = found
-        refusal = request_refusal(request.path[len(prefix) :], request.query)
-        if refusal is not None:
-            self.refuse(prefix, refusal)
+        websocket = request.headers.get("Upgrade", "").lower() == "websocket"
+        refusal, route = check_request(
+            request.method or "",
+            request.path[len(prefix) :],
+            request.query,
+            request.headers.get_all(),
+            websocket=websocket,
+        )
+        if refusal is not None or route is None:
+            self.refuse(prefix, refusal or LOGIN_REFUSAL)
             return
-        if request.headers.get("Upgrade", "").lower() == "websocket":
+        if route.login is Login.GUARD and not await self.signed_in(prefix, target):
+            self.refuse(prefix, LOGIN_REFUSAL)
+            return
+        if websocket:
             await self.tunnel(target)
             return
-        await self.forward(prefix, target)
+        await self.forward(prefix, target, route)
+
+    async def signed_in(self, prefix: str, target: str) -> bool:
+        """Whether the server knows the user of this request's cookies (asks its ``api/me``).
+
+        For routes Jupyter Server serves without a sign-in (static assets and the like): the
+        guard requires one everywhere. Only the cookies go along (no token reaches here).
+        """
+        cookie = self.request.headers.get("Cookie", "")
+        if not cookie:
+            return False
+        headers = {"Cookie": cookie, "Sec-Fetch-Mode": "navigate", "Accept": "application/json"}
+        host = self.request.headers.get("Host")
+        if host:
+            headers["Host"] = host
+        try:
+            response = await self.client.fetch(
+                httpclient.HTTPRequest(
+                    f"{target}{prefix}api/me",
+                    headers=headers,
+                    follow_redirects=False,
+                    request_timeout=30,
+                ),
+                raise_error=False,
+            )
+        except (OSError, StreamClosedError, httpclient.HTTPClientError) as err:
+            log.warning("Download guard: sign-in check at %s failed: %s", target, err)
+            return False
+        return response.code == 200
 
     get = head = post = put = patch = delete = options = _handle
 
@@ -173,7 +218,7 @@ class GuardHandler(web.RequestHandler):
                 headers.add(name, value)
         return headers
 
-    async def forward(self, prefix: str, target: str) -> None:
+    async def forward(self, prefix: str, target: str, route: AllowedRoute) -> None:
         request = self.request
         body = request.body if request.method in ("POST", "PUT", "PATCH", "DELETE") else None
         if request.method in ("POST", "PUT", "PATCH") and body is None:
@@ -204,7 +249,7 @@ class GuardHandler(web.RequestHandler):
             self.set_header("Content-Type", "text/html; charset=utf-8")
             self.finish(UNKNOWN_SERVER_PAGE)
             return
-        refusal = response_refusal(response.headers.get_all())
+        refusal = response_refusal(response.headers.get_all(), route, response.code)
         if refusal is not None:
             self.refuse(prefix, refusal)
             return

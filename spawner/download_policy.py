@@ -1,29 +1,53 @@
-"""Which requests to a notebook server hand raw files to a browser, and are refused.
+"""Which requests may reach a notebook server through the guard, and which answers may leave.
 
 Pure policy, no web code: the download guard (:mod:`spawner.download_guard`) asks
-:func:`request_refusal` about every request before it reaches a notebook server, and
+:func:`check_request` about every request before it reaches a notebook server, and
 :func:`response_refusal` about every answer before it reaches the browser.
 
-A notebook server hands files to a browser for saving through a few routes of Jupyter Server:
+The guard is an **allow-list**: :data:`ALLOWED_ROUTES` names each route and method JupyterLab 4
+on Jupyter Server 2 uses (its pages and assets, ``lab/api/*`` settings and workspaces,
+``api/contents``, kernels and their websockets, sessions, kernelspecs and their logos,
+terminals, ``api/me``, the hub's OAuth callback...). Everything else is refused with a sentence:
+above all the routes that hand raw files to a browser,
 
 * ``files/<path>``: the raw bytes of any file (JupyterLab's *Download*, *Copy Download Link*
   and *Open in New Browser Tab*, with ``?download=1`` for an attachment);
-* ``nbconvert/<format>/<path>``: a notebook exported as HTML, PDF, a script... (JupyterLab's
-  *Save and Export Notebook As*);
-* ``view/<path>``: a page that shows a raw file in a frame.
+* ``nbconvert/<format>/<path>``: a notebook exported as HTML, PDF, a script...;
+* ``view/<path>``: a page that shows a raw file in a frame;
 
-They are refused, whatever the spelling: percent-encoding, doubled slashes, ``.`` and ``..``
-segments and upper case are undone first, and any ``download`` query parameter is refused on
-any route. What JupyterLab needs to work (``api/contents``, ``api/kernels`` and their
-websockets, ``lab`` and ``static`` assets, settings, terminals) passes. An answer that asks the
-browser to save it (a ``Content-Disposition`` header) is refused too, whichever route made it.
+and also ``metrics``, ``api/shutdown``, ``api/spec.yaml``, ``api/config`` writes, extension
+manager installs, and any route a new server extension adds (the enclave test enumerates the
+server's routes at test time and fails on one nobody reviewed).
+
+Every request is refused, too, when it
+
+* is spelt oddly: percent-encoding, doubled slashes and upper case are undone before matching,
+  and ``.``/``..`` segments, NULs and backslashes are refused (JupyterLab never sends them);
+* asks for an attachment (a ``download`` query parameter, on any route);
+* carries a token (an ``Authorization`` header, or a ``token`` query parameter): browsers use
+  their hub session (a cookie); a token (the server's own ``JUPYTERHUB_API_TOKEN``, or one read
+  from a page) replayed by a script from outside the enclave is refused here, at the edge.
+  Inside the enclave nothing needs the guard for tokens: the hub and the server talk to each
+  other directly, on the project network.
+
+Each allowed route says who checks the login (:class:`Login`): the server itself (its handler
+requires a login), the guard (routes Jupyter Server serves without one: static assets, lab
+extensions, themes, the favicon, the API version; the guard asks the server's ``api/me`` with
+the request's cookies first), or nobody (the steps of signing in: the server's root, which only
+redirects, the OAuth callback, and logout).
+
+An answer that asks the browser to save it (a ``Content-Disposition`` header) is refused too,
+whichever route made it. What a page can still read through ``api/contents`` (the content of a
+file, shown in JupyterLab) is the browser tier's accepted residual (docs/architecture.md).
 """
 
 from __future__ import annotations
 
+import enum
 import posixpath
+import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, unquote
 
 #: first path segment (inside a server's URL) -> what the route does, in words
@@ -34,24 +58,123 @@ REFUSED_ROUTES = {
 }
 #: a query parameter that asks for an attachment
 DOWNLOAD_PARAMETER = "download"
+#: a query parameter that carries an API token (Jupyter Server and JupyterHub read it)
+TOKEN_PARAMETER = "token"
 #: at most this many rounds of percent-decoding (more is refused as an evasion attempt)
 MAX_DECODE_ROUNDS = 3
+
+RELEASE_HINT = (
+    "To take a result out of the enclave, save it in your outputs folder and ask for its "
+    "release (Output checking); two output checkers review it first."
+)
+
+
+class Login(enum.Enum):
+    """Who makes sure a request to an allowed route comes from a signed-in user."""
+
+    SERVER = "server"  # the server's handler requires a login (redirect or 403 otherwise)
+    GUARD = "guard"  # the server serves it without a login: the guard checks first
+    SIGN_IN = "sign-in"  # a step of signing in (no login yet by definition); no content
 
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why a request or an answer is refused: a short code and a sentence for the user."""
+    """Why a request or an answer is refused: a short code, what it was, and a sentence."""
 
     code: str
     what: str
+    sentence: str = ""
 
-    @property
-    def sentence(self) -> str:
-        return (
-            f"Havre does not hand files to your browser: this address gives {self.what}. "
-            "To take a result out of the enclave, save it in your outputs folder and ask "
-            "for its release (Output checking); two output checkers review it first."
-        )
+    def __post_init__(self) -> None:
+        if not self.sentence:
+            object.__setattr__(
+                self,
+                "sentence",
+                f"Havre does not hand files to your browser: this address gives {self.what}. "
+                + RELEASE_HINT,
+            )
+
+
+@dataclass(frozen=True)
+class AllowedRoute:
+    """One route of a notebook server that the guard lets through, for some methods."""
+
+    name: str
+    #: matched in full against the normalised path inside the server, without its first "/"
+    pattern: str
+    methods: frozenset[str]
+    login: Login = Login.SERVER
+    websocket: bool = False
+    regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "regex", re.compile(self.pattern))
+
+    def matches(self, path: str) -> bool:
+        return self.regex.fullmatch(path) is not None
+
+
+def _route(
+    name: str,
+    pattern: str,
+    methods: str,
+    login: Login = Login.SERVER,
+    websocket: bool = False,
+) -> AllowedRoute:
+    return AllowedRoute(name, pattern, frozenset(methods.split()), login, websocket)
+
+
+_ID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"  # kernel, session ids
+_ANY = r"(/.*)?"  # a path inside the route (a file's path, a plugin id...)
+
+#: What JupyterLab 4.6 on Jupyter Server 2.21 (with the terminals and JupyterHub extensions)
+#: calls, read from the handlers those packages register and from JupyterLab's requests in the
+#: browser tests. Patterns see the normalised path in lower case. GET allows HEAD too.
+ALLOWED_ROUTES: tuple[AllowedRoute, ...] = (
+    # signing in and out (JupyterHub's single-user extension)
+    _route("server root (a redirect to lab)", r"", "GET", Login.SIGN_IN),
+    _route("OAuth callback", r"oauth_callback", "GET", Login.SIGN_IN),
+    _route("logout", r"logout", "GET", Login.SIGN_IN),
+    # JupyterLab's pages and assets
+    _route("JupyterLab page", r"(lab|doc)(/workspaces/[^/]+)?(/tree(/.*)?)?/?", "GET"),
+    _route("static assets", r"static/.+", "GET", Login.GUARD),
+    _route("favicon", r"favicon\.ico", "GET", Login.GUARD),
+    _route("lab extensions (assets)", r"lab/extensions/.+", "GET", Login.GUARD),
+    _route("lab themes", r"lab/api/themes/.+", "GET", Login.GUARD),
+    _route("lab settings", r"lab/api/settings" + _ANY, "GET PUT"),
+    _route("lab workspaces", r"lab/api/workspaces" + _ANY, "GET PUT DELETE"),
+    _route("lab translations", r"lab/api/translations" + _ANY, "GET"),
+    _route("lab listings", r"lab/api/listings" + _ANY, "GET"),
+    _route("lab licenses (of its own packages)", r"lab/api/licenses" + _ANY, "GET"),
+    _route("lab extension list (read-only)", r"lab/api/extensions/?", "GET"),
+    _route("lab plugin list", r"lab/api/plugins/?", "GET"),
+    _route("lab build status", r"lab/api/build/?", "GET"),
+    _route("lab news and update check (off)", r"lab/api/(news|update)/?", "GET"),
+    # Jupyter Server's REST API
+    _route("API version", r"api/?", "GET", Login.GUARD),
+    _route("server status", r"api/status", "GET"),
+    _route("who am I", r"api/me", "GET"),
+    _route("path resolution", r"api/resolvepath", "GET"),
+    _route("contents", r"api/contents" + _ANY, "GET PUT PATCH POST DELETE"),
+    _route("export formats (names only)", r"api/nbconvert/?", "GET"),
+    _route("kernels", r"api/kernels/?", "GET POST"),
+    _route("a kernel", rf"api/kernels/{_ID}", "GET DELETE"),
+    _route("kernel restart, interrupt", rf"api/kernels/{_ID}/(restart|interrupt)", "POST"),
+    _route("kernel channels", rf"api/kernels/{_ID}/channels", "GET", websocket=True),
+    _route("sessions", r"api/sessions/?", "GET POST"),
+    _route("a session", rf"api/sessions/{_ID}", "GET PATCH DELETE"),
+    _route("kernelspecs", r"api/kernelspecs(/[^/]+)?/?", "GET"),
+    _route(
+        "kernelspec logos",
+        r"kernelspecs/[\w.%-]+/logo-(32x32\.png|64x64\.png|svg\.svg)",
+        "GET",
+    ),
+    _route("terminals", r"api/terminals/?", "GET POST"),
+    _route("a terminal", r"api/terminals/\w+", "GET DELETE"),
+    _route("terminal websocket", r"terminals/websocket/\w+", "GET", websocket=True),
+    _route("server events", r"api/events/subscribe", "GET", websocket=True),
+    _route("CSP violation reports", r"api/security/csp-report", "POST"),
+)
 
 
 def normalised_path(path: str) -> str | None:
@@ -60,6 +183,17 @@ def normalised_path(path: str) -> str | None:
     None when it still changes after :data:`MAX_DECODE_ROUNDS` rounds of decoding, or holds
     a NUL or a backslash (no legitimate JupyterLab request does).
     """
+    decoded = _decoded(path)
+    if decoded is None:
+        return None
+    normal = posixpath.normpath("/" + decoded)
+    normal = "/" + normal.lstrip("/")  # normpath keeps a leading "//"
+    if decoded.endswith("/") and normal != "/":
+        normal += "/"
+    return normal.lower()
+
+
+def _decoded(path: str) -> str | None:
     decoded = path
     for _ in range(MAX_DECODE_ROUNDS):
         once = unquote(decoded)
@@ -71,33 +205,116 @@ def normalised_path(path: str) -> str | None:
             return None
     if "\x00" in decoded or "\\" in decoded:
         return None
-    normal = posixpath.normpath("/" + decoded)
-    normal = "/" + normal.lstrip("/")  # normpath keeps a leading "//"
-    if decoded.endswith("/") and normal != "/":
-        normal += "/"
-    return normal.lower()
+    return decoded
 
 
-def request_refusal(path_in_server: str, query: str) -> Refusal | None:
-    """Whether a request to a notebook server is refused.
+def _has_dot_segments(path: str) -> bool:
+    decoded = _decoded(path) or ""
+    return any(segment in (".", "..") for segment in decoded.split("/"))
 
-    ``path_in_server`` is the path after the server's prefix (``/user/<name>/<project>/``),
-    as sent (still percent-encoded); ``query`` the raw query string.
-    """
+
+def allowed_route(method: str, path_in_server: str) -> AllowedRoute | None:
+    """The allowed route a request matches, with its method; None when there is none."""
     normal = normalised_path(path_in_server)
     if normal is None:
-        return Refusal("odd-path", "an address spelt in a way JupyterLab never uses")
-    first = normal.strip("/").split("/", 1)[0]
-    if first in REFUSED_ROUTES:
-        return Refusal(f"route-{first}", REFUSED_ROUTES[first])
-    for name, _value in parse_qsl(query, keep_blank_values=True):
-        if name.strip().lower() == DOWNLOAD_PARAMETER:
-            return Refusal("download-parameter", "a file as an attachment to save")
+        return None
+    inside = normal.lstrip("/")
+    method = "GET" if method.upper() == "HEAD" else method.upper()
+    for route in ALLOWED_ROUTES:
+        if method in route.methods and route.matches(inside):
+            return route
     return None
 
 
-def response_refusal(headers: Iterable[tuple[str, str]]) -> Refusal | None:
-    """Whether a notebook server's answer is refused: it asks the browser to save a file."""
+def _not_allowed(method: str, normal: str) -> Refusal:
+    shown = normal if len(normal) <= 80 else normal[:77] + "..."
+    return Refusal(
+        "not-allowed",
+        f"{method} {shown}",
+        f"Havre's project servers answer only the requests JupyterLab needs, and {method} "
+        f"{shown} is not one of them. " + RELEASE_HINT,
+    )
+
+
+TOKEN_REFUSAL = Refusal(
+    "token",
+    "a request with an API token",
+    "Havre's project servers don't accept API tokens from a browser or a script: sign in "
+    "to the hub in your browser and use JupyterLab there. " + RELEASE_HINT,
+)
+
+LOGIN_REFUSAL = Refusal(
+    "login",
+    "a request without a sign-in",
+    "Sign in first: every address of a project server needs your hub sign-in "
+    "(open /hub/login, then your project from the hub's home page).",
+)
+
+
+ODD_PATH_REFUSAL = Refusal(
+    "odd-path",
+    "an address spelt in a way JupyterLab never uses",
+    "Havre refuses addresses spelt in a way JupyterLab never uses (dot segments, "
+    "backslashes, NULs, or percent-encoding in many layers). " + RELEASE_HINT,
+)
+
+SIGN_IN_REFUSAL = Refusal(
+    "sign-in",
+    "a sign-in step that did not redirect",
+    "Signing in to this project server did not finish: start again from the hub's home page "
+    "(/hub/home).",
+)
+
+
+def check_request(
+    method: str,
+    path_in_server: str,
+    query: str,
+    headers: Iterable[tuple[str, str]] = (),
+    websocket: bool = False,
+) -> tuple[Refusal | None, AllowedRoute | None]:
+    """Whether a request to a notebook server is refused, and the allowed route it matches.
+
+    ``path_in_server`` is the path after the server's prefix (``/user/<name>/<project>/``),
+    as sent (still percent-encoded); ``query`` the raw query string; ``headers`` the request's
+    headers; ``websocket`` whether it asks for a websocket upgrade. Returns (refusal, None) or
+    (None, route); the caller still checks the login when ``route.login`` is ``Login.GUARD``.
+    """
+    normal = normalised_path(path_in_server)
+    if normal is None:
+        return ODD_PATH_REFUSAL, None
+    first = normal.strip("/").split("/", 1)[0]
+    if first in REFUSED_ROUTES:
+        return Refusal(f"route-{first}", REFUSED_ROUTES[first]), None
+    if _has_dot_segments(path_in_server):
+        return ODD_PATH_REFUSAL, None
+    for name, _value in parse_qsl(query, keep_blank_values=True):
+        key = name.strip().lower()
+        if key == DOWNLOAD_PARAMETER:
+            return Refusal("download-parameter", "a file as an attachment to save"), None
+        if key == TOKEN_PARAMETER:
+            return TOKEN_REFUSAL, None
+    for name, _value in headers:
+        if name.lower() == "authorization":
+            return TOKEN_REFUSAL, None
+    route = allowed_route(method, path_in_server)
+    if route is None or route.websocket != websocket:
+        return _not_allowed(method.upper(), normal), None
+    return None, route
+
+
+def request_refusal(path_in_server: str, query: str, method: str = "GET") -> Refusal | None:
+    """Whether a request is refused (:func:`check_request` without headers or login)."""
+    return check_request(method, path_in_server, query)[0]
+
+
+def response_refusal(
+    headers: Iterable[tuple[str, str]], route: AllowedRoute | None = None, status: int = 200
+) -> Refusal | None:
+    """Whether a notebook server's answer is refused: it asks the browser to save a file, or
+    it answers a sign-in step (``route``) with anything but a redirect."""
+    if route is not None and route.login is Login.SIGN_IN and not 300 <= status < 400:
+        return SIGN_IN_REFUSAL
     for name, _value in headers:
         if name.lower() == "content-disposition":
             return Refusal("attachment", "a file as an attachment to save")

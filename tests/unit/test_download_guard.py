@@ -1,9 +1,10 @@
 """The download guard as a process part: real sockets on loopback, a real tornado upstream.
 
 The upstream plays a notebook server's routes (a JSON API, a raw-file route, an answer with
-Content-Disposition, a websocket with a subprotocol); the guard sits in front of it as it sits in
-front of notebook containers in the hub. The enclave tests repeat the attacks against a real
-JupyterLab (tests/integration/test_download_guard.py).
+Content-Disposition, a websocket with a subprotocol, static assets served without a login, an
+``api/me`` that knows one session cookie, a root that redirects); the guard sits in front of it
+as it sits in front of notebook containers in the hub. The enclave tests repeat the attacks
+against a real JupyterLab (tests/integration/test_download_guard.py).
 """
 
 from __future__ import annotations
@@ -18,6 +19,9 @@ from tornado import httpclient, httpserver, web, websocket
 from spawner.download_guard import DownloadGuard
 
 PREFIX = "/user/alice/cardio/"
+KERNEL = "0f2c5a1e-8a3b-4c2d-9e1f-123456789abc"
+#: the cookie the upstream's api/me accepts (a signed-in browser)
+SESSION = "jupyterhub-user-alice-cardio=signed-in"
 
 
 def free_port() -> int:
@@ -49,6 +53,26 @@ class Attachment(web.RequestHandler):
         self.write(b"secret\n")
 
 
+class Me(web.RequestHandler):
+    def get(self) -> None:
+        if SESSION not in self.request.headers.get("Cookie", ""):
+            raise web.HTTPError(403)
+        self.write({"identity": {"username": "alice"}})
+
+
+class Static(web.RequestHandler):
+    def get(self, rest: str) -> None:  # like Jupyter Server's static files: no login asked
+        self.write(b"static asset " + rest.encode())
+
+
+class Root(web.RequestHandler):
+    def get(self) -> None:
+        if self.get_argument("leak", ""):
+            self.write(b"secret,cells\n1,2\n")  # a server that answers with content here
+        else:
+            self.redirect(PREFIX + "lab")
+
+
 class Echo(websocket.WebSocketHandler):
     def select_subprotocol(self, subprotocols: list[str]) -> str | None:
         return subprotocols[0] if subprotocols else None
@@ -64,8 +88,12 @@ def guarded():
             [
                 (PREFIX + r"api/contents/(.*)", Api),
                 (PREFIX + r"files/(.*)", Raw),
-                (PREFIX + r"attachment", Attachment),
-                (PREFIX + r"api/kernels/k/channels", Echo),
+                (PREFIX + r"metrics", Raw),
+                (PREFIX + r"api/nbconvert", Attachment),
+                (PREFIX + rf"api/kernels/{KERNEL}/channels", Echo),
+                (PREFIX + r"api/me", Me),
+                (PREFIX + r"static/(.*)", Static),
+                (PREFIX, Root),
             ]
         )
         upstream_port = free_port()
@@ -116,7 +144,7 @@ def test_api_passes_with_headers_cookies_and_the_notebook_csp(guarded):
         "%66iles/outputs/t.csv",
         "api/contents/outputs/t.csv?download=1",
         "nbconvert/html/a.ipynb?download=true",
-        "attachment",  # refused on the answer: it carries Content-Disposition
+        "api/nbconvert",  # refused on the answer: it carries Content-Disposition
     ],
 )
 def test_download_routes_get_a_403_page_that_says_why(guarded, path):
@@ -138,7 +166,7 @@ def test_websocket_passes_with_its_subprotocol_and_binary_frames(guarded):
     loop, guard = guarded
 
     async def talk():
-        url = guard.url.replace("http://", "ws://") + PREFIX + "api/kernels/k/channels"
+        url = guard.url.replace("http://", "ws://") + PREFIX + f"api/kernels/{KERNEL}/channels"
         ws = await websocket.websocket_connect(
             url, subprotocols=["v1.kernel.websocket.jupyter.org"]
         )
@@ -163,6 +191,57 @@ def test_websocket_to_a_refused_route_is_refused(guarded):
     with pytest.raises(httpclient.HTTPClientError) as info:
         loop.run_until_complete(talk())
     assert info.value.code == 403
+
+
+@pytest.mark.parametrize(
+    "headers_or_query",
+    [
+        {"headers": {"Authorization": "token 0123456789abcdef"}},
+        {"headers": {"Authorization": "Bearer 0123456789abcdef"}},
+        {"query": "?token=0123456789abcdef"},
+    ],
+)
+def test_a_token_is_refused_even_with_a_session(guarded, headers_or_query):
+    loop, guard = guarded
+    headers = {"Cookie": SESSION, **headers_or_query.get("headers", {})}
+    path = PREFIX + "api/contents/outputs/t.csv" + headers_or_query.get("query", "")
+    r = loop.run_until_complete(fetch(guard, path, headers=headers))
+    assert r.code == 403 and r.headers["X-Havre-Refused"] == "token"
+    assert "outputs/t.csv" not in r.body.decode()
+    assert "sign in" in json.loads(r.body)["message"]
+    control = loop.run_until_complete(
+        fetch(guard, PREFIX + "api/contents/outputs/t.csv", headers={"Cookie": SESSION})
+    )
+    assert control.code == 200  # the same request with the session alone passes
+
+
+def test_a_route_off_the_allow_list_is_refused_with_a_sentence(guarded):
+    loop, guard = guarded
+    r = loop.run_until_complete(fetch(guard, PREFIX + "metrics", headers={"Cookie": SESSION}))
+    assert r.code == 403 and r.headers["X-Havre-Refused"] == "not-allowed"
+    assert b"secret" not in r.body and b"is not one of them" in r.body
+    options = loop.run_until_complete(fetch(guard, PREFIX + "api/contents/t.csv", method="OPTIONS"))
+    assert options.code == 403 and options.headers["X-Havre-Refused"] == "not-allowed"
+
+
+def test_static_assets_need_a_session_the_server_knows(guarded):
+    loop, guard = guarded
+    path = PREFIX + "static/lab/main.js"
+    signed_in = loop.run_until_complete(fetch(guard, path, headers={"Cookie": SESSION}))
+    assert signed_in.code == 200 and signed_in.body == b"static asset lab/main.js"
+    for headers in ({}, {"Cookie": "jupyterhub-user-alice-cardio=forged"}):
+        r = loop.run_until_complete(fetch(guard, path, headers=headers))
+        assert r.code == 403 and r.headers["X-Havre-Refused"] == "login", headers
+        assert b"static asset" not in r.body and b"Sign in first" in r.body
+
+
+def test_the_server_root_may_only_redirect(guarded):
+    loop, guard = guarded
+    r = loop.run_until_complete(fetch(guard, PREFIX, follow_redirects=False))
+    assert r.code == 302 and r.headers["Location"] == PREFIX + "lab"
+    leak = loop.run_until_complete(fetch(guard, PREFIX + "?leak=1", follow_redirects=False))
+    assert leak.code == 403 and leak.headers["X-Havre-Refused"] == "sign-in"
+    assert b"secret" not in leak.body
 
 
 def test_a_restarted_hub_puts_running_servers_back_behind_the_guard():

@@ -1,7 +1,8 @@
-"""The download guard's policy: which notebook-server routes hand files to a browser.
+"""The download guard's policy: the allow-list of notebook-server routes, and what is refused.
 
 The integration tests attack the real guard in front of a real server
-(tests/integration/test_download_guard.py); these cover the spellings.
+(tests/integration/test_download_guard.py, tests/integration/test_server_lockdown.py, which
+enumerates the server's routes); these cover the spellings, methods, tokens and sign-in rules.
 """
 
 from __future__ import annotations
@@ -9,11 +10,16 @@ from __future__ import annotations
 import pytest
 
 from spawner.download_policy import (
+    ALLOWED_ROUTES,
     CONTENT_SECURITY_POLICY,
+    Login,
+    check_request,
     normalised_path,
     request_refusal,
     response_refusal,
 )
+
+KERNEL = "0f2c5a1e-8a3b-4c2d-9e1f-123456789abc"
 
 
 @pytest.mark.parametrize(
@@ -46,24 +52,133 @@ def test_download_routes_are_refused_however_spelt(path, query, code):
 
 
 @pytest.mark.parametrize(
-    ("path", "query"),
+    ("method", "path", "query", "websocket"),
     [
-        ("", ""),
-        ("lab", ""),
-        ("lab/tree/getting-started.ipynb", ""),
-        ("lab/api/settings/@jupyterlab/mainmenu-extension:plugin", ""),
-        ("api/contents/outputs/t.csv", "content=1&format=text&type=file"),
-        ("api/contents/files/t.csv", ""),  # a folder named "files" in the home
-        ("api/contents/outputs", "content=1"),
-        ("api/kernels/0f2c/channels", "session_id=x"),
-        ("api/terminals/websocket/1", ""),
-        ("api/nbconvert", ""),  # the list of formats, no file
-        ("static/lab/main.js", "v=1"),
-        ("api/contents/outputs/downloads.csv", ""),  # "download" in a name is fine
+        ("GET", "", "", False),
+        ("GET", "lab", "", False),
+        ("GET", "lab/", "", False),
+        ("GET", "lab/tree/getting-started.ipynb", "", False),
+        ("GET", "lab/workspaces/auto-x/tree/a%20b.ipynb", "", False),
+        ("GET", "lab/api/settings/@jupyterlab/mainmenu-extension:plugin", "", False),
+        ("PUT", "lab/api/settings/@jupyterlab/apputils-extension:themes", "", False),
+        ("PUT", "lab/api/workspaces/default", "", False),
+        ("GET", "lab/api/translations/en", "", False),
+        ("GET", "api/contents/outputs/t.csv", "content=1&format=text&type=file", False),
+        ("PUT", "api/contents/analysis.ipynb", "", False),
+        ("PATCH", "api/contents/old.ipynb", "", False),
+        ("DELETE", "api/contents/old.ipynb", "", False),
+        ("POST", "api/contents/analysis.ipynb/checkpoints", "", False),
+        ("GET", "api/contents/files/t.csv", "", False),  # a folder named "files" in the home
+        ("GET", "api/contents/outputs", "content=1", False),
+        ("POST", "api/kernels", "", False),
+        ("DELETE", f"api/kernels/{KERNEL}", "", False),
+        ("POST", f"api/kernels/{KERNEL}/interrupt", "", False),
+        ("GET", f"api/kernels/{KERNEL}/channels", f"session_id={KERNEL}", True),
+        ("POST", "api/sessions", "", False),
+        ("PATCH", f"api/sessions/{KERNEL}", "", False),
+        ("GET", "api/kernelspecs", "", False),
+        ("GET", "kernelspecs/python3/logo-64x64.png", "", False),
+        ("GET", "kernelspecs/python3/logo-svg.svg", "", False),
+        ("POST", "api/terminals", "", False),
+        ("GET", "terminals/websocket/1", "", True),
+        ("GET", "api/events/subscribe", "", True),
+        ("GET", "api/nbconvert", "", False),  # the list of formats, no file
+        ("GET", "static/lab/main.js", "v=1", False),
+        ("HEAD", "static/lab/main.js", "", False),
+        ("GET", "api/contents/outputs/downloads.csv", "", False),  # "download" in a name
+        ("GET", "api/contents/outputs/token.csv", "", False),  # "token" in a name
+        ("POST", "api/security/csp-report", "", False),
+        ("GET", "oauth_callback", "code=abc&state=xyz", False),
     ],
 )
-def test_what_jupyterlab_needs_passes(path, query):
-    assert request_refusal(path, query) is None
+def test_what_jupyterlab_needs_passes(method, path, query, websocket):
+    refusal, route = check_request(method, path, query, websocket=websocket)
+    assert refusal is None and route is not None, (method, path)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "websocket"),
+    [
+        ("GET", "metrics", False),  # Prometheus metrics, no login
+        ("POST", "api/shutdown", False),
+        ("GET", "api/spec.yaml", False),
+        ("PUT", "api/config/notebook", False),  # writes config
+        ("PATCH", "api/config/notebook", False),
+        ("POST", "lab/api/extensions", False),  # installs an extension
+        ("POST", "lab/api/plugins", False),  # enables a locked plugin
+        ("POST", "lab/api/build", False),
+        ("GET", "kernelspecs/python3/kernel.json", False),  # raw files of a kernelspec folder
+        ("GET", "kernelspecs/mine/data.csv", False),
+        ("GET", "kernelspecs/mine/logo-64x64.png.csv", False),
+        ("POST", "api/events", False),
+        ("PATCH", "api/me", False),
+        ("GET", "api/notebooks/t.csv", False),
+        ("GET", "login", False),
+        ("OPTIONS", "api/contents/t.csv", False),
+        ("TRACE", "lab", False),
+        ("GET", "some-new-extension/api/export", False),  # any route nobody reviewed
+        ("GET", "static/../api/shutdown", False),  # dot segments inside an allowed route
+        ("GET", "api/contents/a/%2e%2e/b.csv", False),
+        ("GET", f"api/kernels/{KERNEL}/channels", False),  # a websocket route without upgrade
+        ("GET", "api/contents/t.csv", True),  # an upgrade to a route that is not a websocket
+        ("POST", "", False),
+    ],
+)
+def test_everything_else_is_refused_with_a_sentence(method, path, websocket):
+    refusal, route = check_request(method, path, "", websocket=websocket)
+    assert route is None and refusal is not None, (method, path)
+    assert refusal.code in ("not-allowed", "odd-path")
+    assert refusal.sentence.endswith(".") and len(refusal.sentence.split()) > 8
+
+
+@pytest.mark.parametrize(
+    ("query", "headers"),
+    [
+        ("", [("Authorization", "token 0123456789abcdef")]),
+        ("", [("authorization", "Bearer 0123456789abcdef")]),
+        ("", [("Authorization", "Basic YWxpY2U6c2VjcmV0")]),
+        ("token=0123456789abcdef", []),
+        ("content=1&TOKEN=0123456789abcdef", []),
+    ],
+)
+def test_a_token_is_refused_on_every_route(query, headers):
+    for method, path in [("GET", "api/contents/outputs/t.csv"), ("GET", "lab"), ("GET", "")]:
+        refusal, route = check_request(method, path, query, headers)
+        assert route is None and refusal is not None and refusal.code == "token"
+        assert "sign in" in refusal.sentence
+
+
+def test_without_a_token_the_same_request_passes():
+    refusal, route = check_request(
+        "GET", "api/contents/outputs/t.csv", "", [("Cookie", "jupyterhub-session-id=x")]
+    )
+    assert refusal is None and route is not None and route.login is Login.SERVER
+
+
+def test_routes_the_server_serves_without_login_are_checked_by_the_guard():
+    guarded = {
+        check_request("GET", path, "")[1].login
+        for path in ("static/lab/main.js", "lab/extensions/x/static/a.js", "favicon.ico", "api")
+    }
+    assert guarded == {Login.GUARD}
+    for path in ("", "oauth_callback", "logout"):
+        assert check_request("GET", path, "")[1].login is Login.SIGN_IN
+    # a sign-in step answers a redirect, nothing else
+    route = check_request("GET", "", "")[1]
+    assert response_refusal([("Location", "/user/alice/cardio/lab")], route, 302) is None
+    refusal = response_refusal([("Content-Type", "text/csv")], route, 200)
+    assert refusal is not None and refusal.code == "sign-in"
+    # other routes keep any status
+    lab = check_request("GET", "lab", "")[1]
+    assert response_refusal([("Content-Type", "text/html")], lab, 200) is None
+
+
+def test_every_allowed_route_has_methods_and_compiles():
+    names = [route.name for route in ALLOWED_ROUTES]
+    assert len(names) == len(set(names))
+    for route in ALLOWED_ROUTES:
+        assert route.methods and route.methods <= {"GET", "PUT", "PATCH", "POST", "DELETE"}
+        assert not route.websocket or route.methods == {"GET"}
 
 
 def test_an_answer_with_content_disposition_is_refused():
