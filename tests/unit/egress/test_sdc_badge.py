@@ -410,3 +410,31 @@ def test_the_openapi_document_describes_the_badge():
     ]
     request_files = schemas["Request"]["properties"]["files"]["items"]
     assert request_files == {"$ref": "#/components/schemas/RequestFile"}
+
+
+def test_an_acro_output_folder_is_read_through_its_checksum_files(
+    service, outputs, tmp_path, monkeypatch
+):
+    """ACRO 1.0.2's own results.json: no statistic, checksums only in checksums/<name>.txt."""
+    acro = pytest.importorskip("acro")
+    monkeypatch.chdir(tmp_path)  # ACRO keeps its working files in the current folder
+    df = people()
+    session = acro.ACRO(suppress=False)
+    session.crosstab(df.region, df.sex)
+    session.finalise(str(tmp_path / "acro-out"), "json")
+    shutil.copytree(tmp_path / "acro-out", outputs / "cardio/acro")
+    (name,) = [
+        f["name"]
+        for f in json.loads((outputs / "cardio/acro/results.json").read_text())["results"][
+            "output_0"
+        ]["files"]
+    ]
+    _, entry = add(service, f"acro/{name}")
+    library, badge = entry["check"]["library"], entry["check"]["badge"]
+    assert library["status"] == "matched" and library["verdict"] == "pass"
+    assert library["statistic"] is None  # ACRO's record doesn't say: not known to be counts
+    assert badge["verdict"] == "review" and "'not stated'" in badge["summary"]
+    path = outputs / "cardio/acro" / name
+    path.write_text(path.read_text() + "\n")
+    _, entry = add(service, f"acro/{name}")
+    assert entry["check"]["library"]["status"] == "changed"
