@@ -243,8 +243,10 @@ def configure_identity(c: Any, enclave: EnclaveConfig, environ: Mapping[str, str
     """Log in with OpenID Connect; map the provider's groups to Havre's hub groups."""
     ident = enclave.identity
     public_url = environ.get("HAVRE_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
-    c.JupyterHub.authenticator_class = "generic-oauth"
-    auth = c.GenericOAuthenticator
+    # GenericOAuthenticator telling "provider down" from "sign-in refused" (named, not
+    # imported: the host's command line loads this module without the hub's packages)
+    c.JupyterHub.authenticator_class = "spawner.authenticator.HavreOAuthenticator"
+    auth = c.GenericOAuthenticator  # read by HavreOAuthenticator, its subclass
     if ident.provider == "embedded":
         browser = environ.get("HAVRE_IDP_PUBLIC_URL", "http://127.0.0.1:8001").rstrip("/")
         internal = environ.get("HAVRE_IDP_INTERNAL_URL", browser).rstrip("/")

@@ -23,7 +23,6 @@ from typing import Any
 import docker.errors
 from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SpawnException
-from tornado.httpclient import AsyncHTTPClient
 from traitlets import Dict, Int, List, Unicode, default
 
 from spawner.download_guard import ensure_guard
@@ -222,29 +221,9 @@ class ProjectSpawner(DockerSpawner):
         return True
 
     async def provider_reachable(self) -> bool:
-        """Whether the identity provider answers at all: any HTTP answer below 500.
-
-        A failed token refresh means either "this sign-in is over" (the provider answered and
-        refused) or "the provider is down or restarting" (no answer, or a 5xx). Only the first
-        is a reason to stop a researcher's server.
-        """
-        authenticator = self.authenticator
-        url = getattr(authenticator, "token_url", "") if authenticator else ""
-        if not url:
-            return True
-        try:
-            response = await AsyncHTTPClient().fetch(
-                url,
-                method="GET",
-                raise_error=False,
-                connect_timeout=5,
-                request_timeout=10,
-                validate_cert=getattr(authenticator, "validate_server_cert", True),
-            )
-        except Exception as err:  # connection refused, DNS, TLS, timeout: no answer
-            self.log.debug("identity provider at %s gave no answer: %s", url, err)
-            return False
-        return 0 < response.code < 500
+        """Whether the identity provider answers (see :mod:`spawner.authenticator`)."""
+        answers = getattr(self.authenticator, "provider_answers", None)
+        return True if answers is None else await answers()
 
     async def poll(self) -> int | None:
         """Docker's answer, and a stop when the user has left the project (see help)."""
@@ -256,11 +235,12 @@ class ProjectSpawner(DockerSpawner):
         if now - last < self.membership_check_interval:
             return None
         self._membership_checked_at = now
+        signed_in: bool | None
         try:
             signed_in = await self.refresh_groups()
-        except Exception:
-            self.log.exception("Group refresh for %s failed; keeping the server", self.user.name)
-            return None
+        except Exception as err:  # the provider's name doesn't resolve, a TLS error...
+            self.log.warning("Group refresh for %s failed: %s", self.user.name, err)
+            signed_in = None
         if signed_in and self.user_is_member(self.name):
             return None
         if not signed_in and not await self.provider_reachable():
@@ -272,6 +252,9 @@ class ProjectSpawner(DockerSpawner):
                 self.user.name,
                 self.name,
             )
+            return None
+        if signed_in is None:  # the provider answers, the refresh broke: don't guess, keep
+            self.log.error("Group refresh for %s failed; keeping the server", self.user.name)
             return None
         why = "is no longer in project" if signed_in else "has lost their sign-in for"
         self.log.warning("Stopping %s's server: %s %s", self.user.name, why, self.name)
