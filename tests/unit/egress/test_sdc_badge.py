@@ -371,11 +371,15 @@ def test_the_request_and_file_pages_show_the_badge_the_json_view_holds(service, 
     s = session(outputs, threshold=3)
     s.crosstab(df.region, df.sex)
     s.crosstab(df.region, df.sex, values=df.income, aggfunc="sum")
+    tiny = people(n=5)
+    s.crosstab(tiny.region, tiny.sex)
+    s.request_exception("output_2", "the <b>regions</b> are public")
     path = outputs / "cardio/s1/output_1.csv"
     path.write_text(path.read_text() + "\n")  # changed after the library checked it
     rid, _ = add(service, "s1/output_0.csv")
     add(service, "s1/output_1.csv", rid)
     add(service, "tables/smoking.csv", rid)
+    add(service, "s1/output_2.csv", rid)
     view = service.get_request(olivia, rid)
     schema = openapi_document()["components"]["schemas"]["RequestFile"]
     for f in view["files"]:
@@ -384,7 +388,9 @@ def test_the_request_and_file_pages_show_the_badge_the_json_view_holds(service, 
     for f in view["files"]:
         assert f["check"]["badge"]["text"] in page
     assert page.count("SDC: review") == 3 and "SDC: pass" not in page
+    assert page.count("SDC: fail") == 1
     assert "Relaxed parameters:" in page and "threshold 3 (project: 10)" in page
+    assert "asked for an exception: the &lt;b&gt;regions&lt;/b&gt; are public" in page
     assert "Changed after the library checked it." in page
     assert "No library record" in page
 
