@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import socket
 import ssl
 import time
 import urllib.error
@@ -523,6 +524,39 @@ def _start_hub(
     )
 
 
+def _publishes(client: docker.DockerClient, name: str, port: int) -> bool:
+    """Whether the running container ``name`` already publishes this host port."""
+    try:
+        container = client.containers.get(name)
+    except docker.errors.NotFound:
+        return False
+    bindings = (container.attrs.get("HostConfig") or {}).get("PortBindings") or {}
+    published = {str(b.get("HostPort")) for entries in bindings.values() for b in entries or []}
+    return container.status == "running" and str(port) in published
+
+
+def check_ports(client: docker.DockerClient, enclave: EnclaveConfig, opts: StackOptions) -> None:
+    """Refuse a host port held by another program before anything is stopped or replaced
+    (else the hub would be removed first and the enclave left down)."""
+    wanted = {"--port": (hub_container_name(enclave), opts.port)}
+    if enclave.identity.provider == "embedded":
+        wanted["--idp-port"] = (idp_container_name(enclave), opts.idp_port)
+    address = opts.bind_ip or "0.0.0.0"
+    for flag, (name, port) in wanted.items():
+        if _publishes(client, name, port):
+            continue  # this enclave serves there already
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError as err:
+                raise StackError(
+                    f"port {port} on {address} ({flag}) can't be used: {err.strerror}. Nothing "
+                    f"was stopped; free the port or choose another {flag}"
+                ) from None
+
+
 def wait_for_hub(
     client: docker.DockerClient, enclave: EnclaveConfig, url: str, timeout: float
 ) -> None:
@@ -562,6 +596,7 @@ def up(
     try:
         for image in (opts.hub_image, opts.egress_image, *enclave.allowed_images):
             _image_id(client, image)
+        check_ports(client, enclave, opts)
         prepare_state(enclave, changes)
         _ensure_front_network(client, enclave, changes)
         if opts.create_project_networks:
