@@ -1076,10 +1076,15 @@ class EgressService:
         with self._write("submit", actor, request_id) as tx:
             request = self._load(tx.session, request_id)
             self._require(tx.session, actor, Permission.SUBMIT, request)
+            badges: dict[str, dict[str, Any]] = {}
             for row in self._files(tx.session, request):
                 update = rechecked.get(row.id)
                 if update is not None and update[0] == row.sha256:
                     row.check = update[1]
+                    badges[row.path] = {
+                        "library_record": (update[1].get("library") or {}).get("status"),
+                        "sdc_verdict": (update[1].get("badge") or {}).get("verdict"),
+                    }
             resubmit = request.state == RequestState.RETURNED
             carried: dict[str, dict[str, str]] = {}
             changed: list[str] = []
@@ -1119,6 +1124,8 @@ class EgressService:
             if resubmit:
                 details["votes"] = carried
                 details["files_changed"] = changed
+            if badges:
+                details["sdc_rechecked"] = badges
             tx.audit(
                 actor,
                 EventType.RESUBMITTED if resubmit else EventType.SUBMITTED,

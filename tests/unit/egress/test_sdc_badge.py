@@ -25,6 +25,7 @@ from egress.safe import Session
 from egress.sdc import SDCParams
 from egress.sdc_badge import LIBRARY_LABEL, LibraryRecords, combine, view_check
 from tests.unit.egress.conftest import ACTORS
+from tests.unit.egress.test_core import audit_events
 
 alice, olivia = ACTORS["alice"], ACTORS["olivia"]
 
@@ -198,7 +199,7 @@ def test_an_acro_style_checksum_file_is_used_when_the_record_has_no_sha256(servi
     assert entry["check"]["library"]["status"] == "changed"
 
 
-def test_submit_compares_again_with_the_records_as_they_are_then(service, outputs):
+def test_submit_compares_again_with_the_records_as_they_are_then(service, outputs, engine):
     df = people()
     s = session(outputs)
     s.crosstab(df.region, df.sex)
@@ -210,6 +211,11 @@ def test_submit_compares_again_with_the_records_as_they_are_then(service, output
     shutil.move(outputs / "cardio/results.away", folder / "results.json")
     seen = checker_view(service, rid, "s1/output_0.csv")["check"]
     assert seen["library"]["status"] == "matched" and seen["badge"]["verdict"] == "pass"
+    (submitted,) = [e for e in audit_events(engine, rid) if e["event"] == "SUBMITTED"]
+    assert submitted["details"]["sdc_rechecked"] == {
+        "s1/output_0.csv": {"library_record": "matched", "sdc_verdict": "pass"}
+    }
+    assert service.verify_audit().ok
 
 
 def test_a_record_that_matched_when_added_is_kept_when_the_session_is_run_again(service, outputs):
