@@ -505,8 +505,12 @@ def test_timeout_kills_the_container_and_reports_timeout(client, scratch_root, p
     assert config["User"] == "1000:1000"
     assert config["Image"].startswith("sha256:")
     mounts = {m["Destination"]: m for m in seen["Mounts"]}
-    assert set(mounts) == {"/data", "/home/researcher"}
+    params_file = "/home/researcher/.havre-sdc-params.json"  # the forced SDC parameters
+    assert set(mounts) == {"/data", "/home/researcher", params_file}
     assert mounts["/data"]["RW"] is False and mounts["/home/researcher"]["RW"] is True
+    assert mounts[params_file]["RW"] is False
+    env = dict(e.split("=", 1) for e in config["Env"])
+    assert env["HAVRE_TRUSTED_REEXECUTION"] == "1" and env["HAVRE_SDC_PARAMS"] == params_file
     assert not any("docker.sock" in m["Source"] for m in seen["Mounts"])
 
 
