@@ -387,15 +387,23 @@ def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
         },
         "/api/requests/{request_id}/reexecutions/{reexecution_id}": {
             "get": _op(
-                "One trusted re-execution: its outputs (sha256, SDC verdict from the trusted "
-                "run), the submitted files compared byte for byte, the researcher's own "
-                "metadata (labelled as not verified), the log and the service's signed record",
+                "One trusted re-execution: its outputs (sha256), the submitted files compared "
+                "byte for byte, per file the run's SDC verdict (computed inside the notebook's "
+                "process), the service's own recomputation (count tables) and the verdict "
+                "shown (the worst of the two), the researcher's own metadata (not verified), "
+                "the SDC parameters forced in the run, what re-execution proves and does not "
+                "(`proves`, `does_not_prove`), the log and the service's signed record",
                 _json(
                     {
                         **_REEXECUTION,
                         "properties": {
                             **_REEXECUTION["properties"],
                             "comparison": {"type": "array", "items": obj},
+                            "proves": {"type": "string"},
+                            "does_not_prove": {"type": "string"},
+                            "sdc_params": {"type": "object"},
+                            "project_sdc_params": {"type": "object"},
+                            "sdc_params_problem": {"type": "string"},
                             "record": {"type": ["object", "null"]},
                             "log": {"type": "string"},
                         },
