@@ -159,19 +159,26 @@ def _parse_count_csv(text: str, delimiter: str) -> tuple[np.ndarray, pd.Index, p
         return None
     if frame.shape[0] < 1 or frame.shape[1] < 2:
         return None
-    columns: list[np.ndarray] = []
-    n_labels = 1
-    for position in range(1, frame.shape[1]):
-        numbers = _numeric_column(frame.iloc[:, position])
-        if numbers is None:
-            if columns:  # text after the numbers: not a table of counts
-                return None
-            n_labels += 1
-            continue
-        columns.append(numbers)
-    if not columns:
-        return None
-    values = np.column_stack(columns)
+    kinds = np.array([dtype.kind for dtype in frame.dtypes])
+    if np.isin(kinds[1:], ("i", "u", "f")).all():  # the usual case: one conversion
+        n_labels = 1
+        values = frame.iloc[:, 1:].to_numpy(dtype=float)
+        if np.isinf(values).any():
+            return None
+    else:
+        columns: list[np.ndarray] = []
+        n_labels = 1
+        for position in range(1, frame.shape[1]):
+            numbers = _numeric_column(frame.iloc[:, position])
+            if numbers is None:
+                if columns:  # text after the numbers: not a table of counts
+                    return None
+                n_labels += 1
+                continue
+            columns.append(numbers)
+        if not columns:
+            return None
+        values = np.column_stack(columns)
     if not np.isfinite(values).any():
         return None
     levels = [_label_strings(frame.iloc[:, i]) for i in range(n_labels)]
@@ -734,6 +741,7 @@ def _fixed_two_way(
     consistent = not np.any((deg == 0) & ~np.isclose(demand, 0, atol=1e-6))
     keep = np.ones(len(er), dtype=bool)  # edges that can be non-zero
     values = None
+    high = None
     integral = consistent and counts_only and np.allclose(demand, np.round(demand))
     if integral:
         supply = np.round(np.concatenate([demand_r, -demand_c])).astype(np.int64)
@@ -773,13 +781,6 @@ def _fixed_two_way(
             values = f
             if len(f) <= MAX_BOUNDED_BLANKS:
                 high = _upper_bounds(n, tail, head, f, big)
-                small = np.flatnonzero(keep & (high > f) & (high < params.threshold))
-                for e in small:
-                    audit.fail(
-                        f"cell ({row_names[er[e]]}, {col_names[ec[e]]}): suppressed, but the "
-                        f"margins and shown cells show it is at most {_num(high[e])}, below "
-                        f"the threshold of {params.threshold}: a small count is disclosed"
-                    )
         elif supply.sum() != 0:
             audit.fail(
                 "the margins cannot all be right: the row totals and the column totals "
@@ -789,6 +790,13 @@ def _fixed_two_way(
     bridge = np.zeros(len(er), dtype=bool)
     bridge[keep] = _bridges(n, u[keep], v[keep])
     fixed = bridge | ~keep
+    if high is not None:  # not pinned down, but known to be small
+        for e in np.flatnonzero(~fixed & (high < params.threshold)):
+            audit.fail(
+                f"cell ({row_names[er[e]][1:-1]}, {col_names[ec[e]][1:-1]}): suppressed, but "
+                f"the margins and shown cells show it is at most {_num(high[e])}, below the "
+                f"threshold of {params.threshold}: a small count is disclosed"
+            )
     if not fixed.any():
         return out
     if values is None:
@@ -843,7 +851,7 @@ def _particular_solution(
         shape=(n, m),
     )
     z = lsqr(a, demand, atol=1e-12, btol=1e-12, iter_lim=10 * (n + m))[0]
-    return sigma * z
+    return np.round(sigma * z, 9)
 
 
 def _bridges(n: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
