@@ -53,6 +53,7 @@ import errno
 import os
 import re
 import stat
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,6 +82,8 @@ _WORD = re.compile(r"[^\W\d_]+")
 _DIR_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 _READ_CHUNK = 1 << 20
+#: a file changed less than this many seconds before it is read is read twice (see read_output)
+SETTLE_SECONDS = 2.0
 
 
 class OutputPathError(ValueError):
@@ -395,12 +398,41 @@ def _open_component(parent_fd: int, name: str, shown: str, *, directory: bool) -
     return fd
 
 
+def _read_all(fd: int, max_bytes: int, shown: str) -> bytes:
+    """Everything in ``fd`` from offset 0 (``pread``: the file offset is not used)."""
+    chunks: list[bytes] = []
+    total = 0
+    while total <= max_bytes:
+        try:
+            chunk = os.pread(fd, min(_READ_CHUNK, max_bytes + 1 - total), total)
+        except OSError as error:
+            raise OutputPathError(f"'{shown}' can't be read: {error.strerror}") from None
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    if total > max_bytes:
+        raise OutputPathError(f"'{shown}' is larger than the limit of {max_bytes} bytes")
+    return b"".join(chunks)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def read_output(root: Path, relative: str, *, max_bytes: int) -> bytes:
     """The bytes of ``relative`` (a regular file under ``root``), read without following links.
 
     Raises :class:`OutputPathError` for a refused path, a symbolic link or non-regular file
     anywhere along the path, a file larger than ``max_bytes``, or a file that changed while it
     was being read.
+
+    What is returned is one whole version of the file, never half old and half new: the file is
+    read through one open descriptor, and refused if its size, times or inode changed during
+    the read, or if its name now points to another file (swapped for a new one). File times tick
+    coarsely (a few milliseconds), so a rewrite in place within one tick leaves them equal: a
+    file changed in the last :data:`SETTLE_SECONDS` is read a second time, and refused unless
+    both reads agree.
     """
     if max_bytes < 0:
         raise ValueError("max_bytes must not be negative")
@@ -416,30 +448,30 @@ def read_output(root: Path, relative: str, *, max_bytes: int) -> bytes:
             fds.append(current)
         file_fd = _open_component(current, components[-1], shown, directory=False)
         fds.append(file_fd)
+        started = time.time_ns()
         before = os.fstat(file_fd)
         if before.st_size > max_bytes:
             raise OutputPathError(
                 f"'{shown}' is {before.st_size} bytes, larger than the limit of {max_bytes} bytes"
             )
-        chunks: list[bytes] = []
-        total = 0
-        while total <= max_bytes:
-            try:
-                chunk = os.read(file_fd, min(_READ_CHUNK, max_bytes + 1 - total))
-            except OSError as error:
-                raise OutputPathError(f"'{shown}' can't be read: {error.strerror}") from None
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-        if total > max_bytes:
-            raise OutputPathError(f"'{shown}' is larger than the limit of {max_bytes} bytes")
+        changed = OutputPathError(f"'{shown}' changed while it was being read; try again")
+        data = _read_all(file_fd, max_bytes, shown)
         after = os.fstat(file_fd)
-        if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns) or (
-            total != after.st_size
-        ):
-            raise OutputPathError(f"'{shown}' changed while it was being read; try again")
-        return b"".join(chunks)
+        if _identity(after) != _identity(before) or len(data) != after.st_size:
+            raise changed
+        if started - max(after.st_mtime_ns, after.st_ctime_ns) < SETTLE_SECONDS * 1e9:
+            # written a moment ago: a rewrite within one clock tick would look unchanged
+            time.sleep(0.02)
+            again = _read_all(file_fd, max_bytes, shown)
+            if again != data or _identity(os.fstat(file_fd)) != _identity(before):
+                raise changed
+        try:
+            named = os.stat(components[-1], dir_fd=current, follow_symlinks=False)
+        except OSError:
+            named = None
+        if named is None or (named.st_dev, named.st_ino) != (after.st_dev, after.st_ino):
+            raise OutputPathError(f"'{shown}' was replaced while it was being read; try again")
+        return data
     finally:
         for fd in reversed(fds):
             os.close(fd)

@@ -296,36 +296,36 @@ def test_file_replaced_by_another_file_while_opening_is_refused(folder, monkeypa
 
 
 def test_file_growing_while_read_is_refused(folder, monkeypatch):
-    real_read = os.read
+    real_read = os.pread
 
     grown = []
 
-    def growing_read(fd, size):
-        chunk = real_read(fd, size)
+    def growing_read(fd, size, offset):
+        chunk = real_read(fd, size, offset)
         if not grown:
             with open(folder.root / "table.csv", "ab") as handle:
                 handle.write(b"South,40\n")
             grown.append(True)
         return chunk
 
-    monkeypatch.setattr(outputs_folder.os, "read", growing_read)
+    monkeypatch.setattr(outputs_folder.os, "pread", growing_read)
     with pytest.raises(OutputPathError, match="changed while it was being read; try again"):
         read_output(folder.root, "table.csv", max_bytes=1024)
 
 
 def test_a_file_growing_past_the_limit_while_read_is_refused(folder, monkeypatch):
     """The size looked fine when checked; the file then grew: at most max_bytes + 1 are read."""
-    real_read = os.read
+    real_read = os.pread
     sizes = []
 
-    def read_after_growth(fd, size):
+    def read_after_growth(fd, size, offset):
         if not sizes:
             with open(folder.root / "table.csv", "ab") as handle:
                 handle.write(b"x" * 5000)
         sizes.append(size)
-        return real_read(fd, size)
+        return real_read(fd, size, offset)
 
-    monkeypatch.setattr(outputs_folder.os, "read", read_after_growth)
+    monkeypatch.setattr(outputs_folder.os, "pread", read_after_growth)
     with pytest.raises(OutputPathError, match="larger than the limit of 1024 bytes"):
         read_output(folder.root, "table.csv", max_bytes=1024)
     assert sum(sizes) <= 1025
@@ -453,10 +453,10 @@ def test_unreadable_folders_are_reported_not_raised(folder: Folder, monkeypatch)
 
 
 def test_read_errors_become_output_path_errors(folder: Folder, monkeypatch):
-    def broken_read(fd, size):
+    def broken_read(fd, size, offset):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr(outputs_folder.os, "read", broken_read)
+    monkeypatch.setattr(outputs_folder.os, "pread", broken_read)
     with pytest.raises(OutputPathError, match="can't be read: Input/output error"):
         read_output(folder.root, "table.csv", max_bytes=100)
 
@@ -592,3 +592,63 @@ def test_every_hostile_row_is_documented():
     text = doc.read_text(encoding="utf-8")
     missing = [row.id for row in HOSTILE_READS if f"| `{row.id}` |" not in text]
     assert not missing, f"add these rows to docs/checker-file-checks.md: {missing}"
+
+
+# --- a file rewritten while it is read -------------------------------------------------------
+
+
+def rewrite_in_place(path: Path, versions: list[bytes], stop: threading.Event) -> None:
+    """Overwrite the same bytes in place, in small pieces: mid-way, the file is half the new
+    version and half the old one, with the same size."""
+    turn = 0
+    while not stop.is_set():
+        data = versions[turn % len(versions)]
+        with open(path, "r+b") as f:
+            for start in range(0, len(data), 4096):
+                f.write(data[start : start + 4096])
+                f.flush()
+        turn += 1
+
+
+def replace_by_rename(path: Path, versions: list[bytes], stop: threading.Event) -> None:
+    """The other way: write a new file beside it and rename it over the old one."""
+    turn = 0
+    while not stop.is_set():
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(versions[turn % len(versions)])
+        os.replace(tmp, path)
+        turn += 1
+
+
+@pytest.mark.parametrize("writer", [rewrite_in_place, replace_by_rename])
+def test_a_file_rewritten_during_the_read_is_never_returned_mixed(folder: Folder, writer):
+    """Bounded: 300 reads while another thread rewrites the file; each read is refused or
+    returns exactly one version (the snapshot is whole, never half old, half new)."""
+    versions = [bytes([65 + n]) * 256 * 1024 for n in range(3)]  # 256 KiB of A, of B, of C
+    path = folder.file("busy.csv", versions[0])
+    # control: a quiet file reads back whole, and twice the same
+    assert read_output(folder.root, "busy.csv", max_bytes=1 << 20) == versions[0]
+    stop = threading.Event()
+    thread = threading.Thread(target=writer, args=(path, versions, stop))
+    thread.start()
+    whole = refused = 0
+    try:
+        for attempt in range(300):
+            try:
+                data = read_output(folder.root, "busy.csv", max_bytes=1 << 20)
+            except OutputPathError as err:
+                assert any(
+                    f"{what} while it was being {when}" in err.reason
+                    for what in ("changed", "replaced")
+                    for when in ("read", "opened")
+                ), err.reason
+                refused += 1
+                continue
+            assert data in versions, (
+                f"read {attempt} returned a mixture: {sorted(set(data))[:5]}, {len(data)} bytes"
+            )
+            whole += 1
+    finally:
+        stop.set()
+        thread.join()
+    print(f"\n{writer.__name__}: {whole} whole reads, {refused} refused, none mixed")
