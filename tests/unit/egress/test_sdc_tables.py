@@ -24,7 +24,6 @@ from egress.sdc import (
     check_histogram,
     check_magnitude_table,
     check_regression,
-    protect_pattern,
     recoverable_cells,
     suppress,
 )
@@ -490,38 +489,7 @@ def test_acro_sdc_shape():
 # --------------------------------------------------------------------------------------
 
 
-def test_frequency_csv_threshold_and_zeros():
-    table = pd.DataFrame(
-        {"0-17": [9, 1], "80+": [10, 0]}, index=pd.Index(["Bretagne", "Corse"], name="region")
-    )
-    check = check_frequency_csv(table)
-    assert grid(check) == [["fail", "pass"], ["fail", "fail"]]
-    assert check.reasons[0] == "cell (Bretagne, 0-17): 9 contributors, below the threshold of 10"
-
-
-def test_frequency_csv_blank_and_odd_cells():
-    table = pd.DataFrame({"x": [12, "", "c"], "y": [2.5, -3, 40]})
-    check = check_frequency_csv(table)
-    # blanks and markers: suppressed (not checked); 2.5 and -3 are no counts: review.
-    assert grid(check) == [["pass", "review"], ["pass", "review"], ["pass", "pass"]]
-    assert check.rule_counts["not_a_count"] == 2
-    assert check.findings[0].text == "2 cells are blank (taken as suppressed)"
-
-
-def test_frequency_csv_catches_the_totals_leak():
-    # A naive release: the small cell blanked, the margins left as they were.
-    table = pd.DataFrame(
-        {"A": [20, 25, 45], "B": [30, 35, 65], "C": [np.nan, 40, 43], "All": [53, 100, 153]},
-        index=["X", "Y", "All"],
-    )
-    check = check_frequency_csv(table)
-    assert check.verdict is Verdict.FAIL
-    assert check.flags(Rule.RECOVERABLE).to_numpy().tolist()[0] == [False, False, True, False]
-    assert check.reasons == (
-        "cell (X, C): suppressed, but its value (3) can be recovered by subtracting the "
-        "published cells from a published total",
-        "1 cell is blank (taken as suppressed)",
-    )
+# The count-table checks (check_frequency_csv) are tested in test_sdc_published.py.
 
 
 # --------------------------------------------------------------------------------------
@@ -623,22 +591,6 @@ def test_suppress_one_way_table():
     assert published["count"].isna().tolist() == [False, True, True, False, False]
     assert published["count"].iloc[-1] == 70
     assert list(published.index) == ["a", "b", "c", "d", "All"]
-
-
-def test_a_bridge_between_two_rectangles_is_caught():
-    # Two suppressed rectangles joined by one cell: every row and column has two suppressed
-    # cells, yet the joining cell follows from the totals (it is a bridge).
-    pattern = np.zeros((4, 4), dtype=bool)
-    pattern[np.ix_([0, 1], [0, 1])] = True
-    pattern[np.ix_([2, 3], [2, 3])] = True
-    assert not recoverable_cells(pattern).any()
-    bridged = pattern.copy()
-    bridged[0, 2] = True
-    exposed = recoverable_cells(bridged)
-    assert exposed.tolist()[0][2] is True and exposed.sum() == 1
-    protected = protect_pattern(bridged, np.full((4, 4), 20.0))
-    assert (protected >= bridged).all()
-    assert not recoverable_cells(protected).any()
 
 
 # --------------------------------------------------------------------------------------
