@@ -37,6 +37,10 @@ def in_notebook(container, kind: str, host: str, port: int, token: str) -> dict:
     return parse_probe(out)
 
 
+#: a label of the control containers' own (see test_control_containers_are_gone)
+CONTROL_LABEL = "havre.test.control-probe"
+
+
 def in_control(
     client, network: str, kind: str, host: str, port: int, token: str, user: str = "0", **kw
 ) -> dict:
@@ -46,6 +50,7 @@ def in_control(
         network=network,
         user=user,
         remove=True,
+        labels={CONTROL_LABEL: "1"},
         **kw,
     )
     return parse_probe(out)
@@ -314,10 +319,18 @@ def test_raw_sockets_and_icmp(enclave, alice_cardio, other_project):
 
 
 def test_control_containers_are_gone(docker_client):
-    """Control containers were run with remove=True; nothing of theirs is left running."""
-    leftovers = [
-        c.name
-        for c in docker_client.containers.list(all=True)
-        if c.image.tags and c.image.tags[0] == DEFAULT_NOTEBOOK_IMAGE and not c.labels
-    ]
-    assert leftovers == []
+    """Control containers were run with remove=True; nothing of theirs is left running.
+
+    They carry :data:`CONTROL_LABEL` (image labels are on every container of the image, so
+    only a label of their own tells them apart)."""
+    # positive control: a labelled container that is kept is found by the same filter
+    kept = docker_client.containers.run(
+        DEFAULT_NOTEBOOK_IMAGE, ["true"], labels={CONTROL_LABEL: "1"}, detach=True
+    )
+    try:
+        found = docker_client.containers.list(all=True, filters={"label": CONTROL_LABEL})
+        assert kept.id in [c.id for c in found]
+    finally:
+        kept.remove(force=True)
+    leftovers = docker_client.containers.list(all=True, filters={"label": CONTROL_LABEL})
+    assert [c.name for c in leftovers] == []
