@@ -482,8 +482,13 @@ def test_listing_stops_at_the_depth_limit(folder: Folder, monkeypatch):
 @pytest.mark.timeout(60)
 def test_listing_while_files_are_swapped_never_follows_a_link(folder: Folder):
     """A researcher swapping a folder and a symlink in a loop never gets a file listed twice
-    or anything from outside listed."""
+    or anything from outside listed or read.
+
+    Outside holds ``inside.csv`` too, with other bytes: a read that followed the link would
+    return them. Positive control: a naive reader (``open`` following links) in the same race
+    does read them at least once."""
     (folder.outside / "only-outside.csv").write_bytes(SECRET)
+    (folder.outside / "inside.csv").write_bytes(SECRET)
     folder.file("sub/inside.csv")
     stop = threading.Event()
 
@@ -499,18 +504,33 @@ def test_listing_while_files_are_swapped_never_follows_a_link(folder: Folder):
 
     thread = threading.Thread(target=swapper)
     thread.start()
+    naive_saw_outside = False
     try:
         for _ in range(300):
             paths = [e.path for e in scan_outputs(folder.root).entries]
             assert not any("only-outside" in p for p in paths)
             try:
+                with open(folder.root / "sub" / "inside.csv", "rb") as naive:
+                    naive_saw_outside |= naive.read() == SECRET
+            except OSError:
+                pass
+            try:
                 data = read_output(folder.root, "sub/inside.csv", max_bytes=100)
             except OutputPathError:
                 continue
             assert data == CSV
+        deadline = 2000  # bounded: keep trying the control a little longer if needed
+        while not naive_saw_outside and deadline:
+            deadline -= 1
+            try:
+                with open(folder.root / "sub" / "inside.csv", "rb") as naive:
+                    naive_saw_outside = naive.read() == SECRET
+            except OSError:
+                pass
     finally:
         stop.set()
         thread.join()
+    assert naive_saw_outside, "the race never happened: the test proves nothing"
 
 
 # --- names ---------------------------------------------------------------------------------
