@@ -133,7 +133,8 @@ class Deployment:
 
     def egress_admin(self, *args: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            ["docker", "exec", f"{ENCLAVE}-egress", "havre-egress-admin", "--state"]
+            ["docker", "exec", f"{self.vars['havre_enclave_name']}-egress", "havre-egress-admin"]
+            + ["--state"]
             + [self.vars["havre_state_dir"], *args],
             capture_output=True,
             text=True,
