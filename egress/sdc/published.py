@@ -90,7 +90,7 @@ _MARGIN_PREFIXES = ("total", "totals", "totaux", "subtotal", "sous-total", "gran
 _SHOWN_WORDS = ("shown", "published", "publié", "affiché")
 
 #: Exact upper bounds of blank cells (one maximum flow each) for tables with margins on both
-#: axes and at most this many blank cells; larger tables get the per-line rule only.
+#: axes and at most this many blank cells not pinned down; beyond, the per-line rule only.
 MAX_BOUNDED_BLANKS = 200
 
 #: At most this many sentences about margins (then "and N more").
@@ -741,7 +741,7 @@ def _fixed_two_way(
     consistent = not np.any((deg == 0) & ~np.isclose(demand, 0, atol=1e-6))
     keep = np.ones(len(er), dtype=bool)  # edges that can be non-zero
     values = None
-    high = None
+    flows = None
     integral = consistent and counts_only and np.allclose(demand, np.round(demand))
     if integral:
         supply = np.round(np.concatenate([demand_r, -demand_c])).astype(np.int64)
@@ -779,8 +779,7 @@ def _fixed_two_way(
             forced_zero = (f == 0) & (scc[tail] != scc[head])
             keep = ~forced_zero
             values = f
-            if len(f) <= MAX_BOUNDED_BLANKS:
-                high = _upper_bounds(n, tail, head, f, big)
+            flows = (tail, head, f, big)
         elif supply.sum() != 0:
             audit.fail(
                 "the margins cannot all be right: the row totals and the column totals "
@@ -790,11 +789,15 @@ def _fixed_two_way(
     bridge = np.zeros(len(er), dtype=bool)
     bridge[keep] = _bridges(n, u[keep], v[keep])
     fixed = bridge | ~keep
-    if high is not None:  # not pinned down, but known to be small
-        for e in np.flatnonzero(~fixed & (high < params.threshold)):
+    free = np.flatnonzero(~fixed)
+    if flows is not None and 0 < len(free) <= MAX_BOUNDED_BLANKS:
+        # Not pinned down, but maybe known to be small.
+        high = _upper_bounds(n, *flows, free)
+        small = high < params.threshold
+        for e, bound in zip(free[small], high[small], strict=True):
             audit.fail(
                 f"cell ({row_names[er[e]][1:-1]}, {col_names[ec[e]][1:-1]}): suppressed, but "
-                f"the margins and shown cells show it is at most {_num(high[e])}, below the "
+                f"the margins and shown cells show it is at most {_num(bound)}, below the "
                 f"threshold of {params.threshold}: a small count is disclosed"
             )
     if not fixed.any():
@@ -806,12 +809,12 @@ def _fixed_two_way(
 
 
 def _upper_bounds(
-    n: int, tail: np.ndarray, head: np.ndarray, f: np.ndarray, big: int
+    n: int, tail: np.ndarray, head: np.ndarray, f: np.ndarray, big: int, which: np.ndarray
 ) -> np.ndarray:
     """The largest value each blank (flow arc ``tail -> head`` carrying ``f``) takes over all
     non-negative solutions: ``f`` plus the most flow that can go round a cycle through the arc
     (a maximum flow from ``head`` back to ``tail`` in the residual graph, without the arc's
-    own reverse).  ``inf`` when unbounded."""
+    own reverse).  ``inf`` when unbounded.  Only for the arcs ``which``."""
     from scipy.sparse import csr_matrix
     from scipy.sparse.csgraph import maximum_flow
 
@@ -822,8 +825,8 @@ def _upper_bounds(
     cap = np.concatenate([np.full(m, big), f[back]]).astype(np.int32)
     graph = csr_matrix((cap, (a, b)), shape=(n, n))
     graph.sort_indices()
-    out = np.full(m, np.inf)
-    for e in range(m):
+    out = np.full(len(which), np.inf)
+    for i, e in enumerate(which.tolist()):
         saved = None
         if f[e] > 0:  # the arc's own reverse would undo the push: leave it out
             lo, hi = graph.indptr[head[e]], graph.indptr[head[e] + 1]
@@ -834,7 +837,7 @@ def _upper_bounds(
         if saved is not None:
             graph.data[k] = saved
         if extra < big:
-            out[e] = f[e] + extra
+            out[i] = f[e] + extra
     return out
 
 
