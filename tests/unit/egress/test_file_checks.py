@@ -21,7 +21,6 @@ import lzma
 import os
 import struct
 import tarfile
-import time
 import xml.etree.ElementTree as ET
 import zipfile
 import zlib
@@ -548,12 +547,16 @@ def test_checks_never_touch_the_filesystem(monkeypatch):
         assert check_file(row.name, row.build(), row.policy).outcome == row.outcome, row.id
 
 
-def test_a_zip_bomb_is_refused_without_being_opened():
+def test_a_zip_bomb_is_refused_without_being_opened(monkeypatch):
     data = zip_bomb()
     assert len(data) < MiB
-    start = time.monotonic()
+
+    def refuse(*_args, **_kwargs):
+        raise AssertionError("file_checks decompressed something")
+
+    for module, name in ((zipfile, "ZipFile"), (zlib, "decompress"), (zlib, "decompressobj")):
+        monkeypatch.setattr(module, name, refuse)
     result = check_file("table.csv", data)
-    assert time.monotonic() - start < 1
     assert result.outcome == "refused"
     assert "archives and compressed files are refused" in result.problems[0]
 
