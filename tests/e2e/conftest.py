@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -34,7 +35,13 @@ CHROMIUM_ARGS = [
 VIEWPORT = {"width": 1280, "height": 800}
 #: Per step (a navigation, a click and the page it leads to, a selector to show up), in ms.
 STEP_TIMEOUT_MS = 30_000
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+#: Where the browser tests save their screenshots: never the work tree by default (a test run
+#: leaves the repository as it found it). To refresh the docs' pictures, run the browser tests
+#: with ``HAVRE_SCREENSHOTS_DIR=docs/screenshots``.
+SCREENSHOTS = Path(
+    os.environ.get("HAVRE_SCREENSHOTS_DIR")
+    or Path(tempfile.gettempdir()) / f"havre-screenshots-{os.getuid()}"
+)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ creates a request with that table and submits it; the Release menu also shows hi
 their state. JupyterLab offers no download, export or print command, and the notebook page's
 Content-Security-Policy stops a script in it from talking to another origin (a canary server
 the test started, on loopback, receives nothing). Screenshots of the key pages go to
-docs/screenshots/.
+$HAVRE_SCREENSHOTS_DIR (docs/screenshots/ to refresh the docs; a temporary folder otherwise).
 
 The checkers' side, the release and the download of the released file are in
 test_release_story_browser.py.

@@ -5,7 +5,8 @@ of their own: sign-in on the identity provider's page, the egress service's page
 (posted back with the service's XSRF token, answered by a redirect), the file view of a table
 with its automatic disclosure check, the download of the released file, and the audit log.
 Only writing the table in the notebook goes through the hub API (the notebook UI is tested
-elsewhere). Screenshots of three key pages go to docs/screenshots/.
+elsewhere). Screenshots of three key pages go to $HAVRE_SCREENSHOTS_DIR (docs/screenshots/
+to refresh the docs).
 """
 
 from __future__ import annotations
