@@ -15,8 +15,9 @@ index_col=0)``, the least any reader of the file must do; the ratio server path 
 what to compare across machines.
 
 Targets: the server path under 1 s for 1,000,000 cells, with and without blank cells, and
-linear growth in cells (250,000, 1,000,000 and 4,000,000 cells: the time per million cells
-stays flat).
+linear growth in cells (250,000, 1,000,000, 2,000,000 and 4,000,000 cells: the time per million
+cells stays flat).  The file check refuses CSVs over 2,000,000 cells, so for the 4,000,000-cell
+table the "server" column is the sum of the three parts, each timed on its own.
 
 ``--before COMMIT`` also times, once per 1,000,000-cell table (it is slow), the code of an
 older commit (``git archive`` of its ``egress/`` into a temporary folder, run in a child
@@ -58,8 +59,8 @@ from egress.sdc.published import check_count_csv_text  # noqa: E402
 
 
 def count_table_bytes(size: int, blank_share: float, seed: int = 0) -> bytes:
-    """An ``size`` x ``size`` count table with true margins ("Total"), ``blank_share`` of the
-    inner cells blank, as CSV bytes."""
+    """An ``size`` x ``size`` count table with true margins labelled "All" (as pandas and the
+    older code know them), ``blank_share`` of the inner cells blank, as CSV bytes."""
     rng = np.random.default_rng(seed)
     counts = rng.poisson(30.0, size=(size, size)).astype(float)
     full = np.vstack(
@@ -73,8 +74,8 @@ def count_table_bytes(size: int, blank_share: float, seed: int = 0) -> bytes:
         inner[rng.random(inner.shape) < blank_share] = np.nan
     table = pd.DataFrame(
         full,
-        index=pd.Index([f"r{i:04d}" for i in range(size)] + ["Total"], name="region"),
-        columns=[f"c{j:04d}" for j in range(size)] + ["Total"],
+        index=pd.Index([f"r{i:04d}" for i in range(size)] + ["All"], name="region"),
+        columns=[f"c{j:04d}" for j in range(size)] + ["All"],
     )
     return table.to_csv(float_format="%.0f").encode()
 
@@ -146,7 +147,7 @@ def time_before(commit: str, data: bytes) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 1000, 2000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 1000, 1413, 2000])
     parser.add_argument("--blanks", type=float, nargs="+", default=[0.0, 0.02])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--before", help="also time this older commit once (1M-cell tables)")
@@ -184,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
             data = count_table_bytes(size, share)
             cells = (size + 1) ** 2
             result = check_file("table.csv", data)
-            text = result.release_bytes.decode("utf-8-sig")
+            refused = result.release_bytes is None
+            text = data.decode() if refused else result.release_bytes.decode("utf-8-sig")
             check = check_count_csv_text(text, delimiter=",", params=params)
             blanks = int(np.isnan(check.table.to_numpy()).sum())
             row = {
@@ -194,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 "blank_cells": blanks,
                 "bytes": len(data),
                 "verdict": check.summary[:160],
+                "file_check_problems": list(result.problems),
                 "baseline_read_csv": timed(
                     lambda data=data: pd.read_csv(io.BytesIO(data), index_col=0), args.runs
                 ),
@@ -203,10 +206,17 @@ def main(argv: list[str] | None = None) -> int:
                     args.runs,
                 ),
                 "record": timed(lambda check=check: check.as_record(), args.runs),
-                "server_path": timed(
-                    lambda data=data: server_path("table.csv", data, params), args.runs
-                ),
             }
+            if refused:
+                # Over the file check's limit the service never gets this far; file check +
+                # SDC check + record stands in for the path, to show the growth.
+                parts = ("file_check", "sdc_check", "record")
+                row["server_path"] = {"median": sum(row[p]["median"] for p in parts)}
+                row["note"] = "refused by the file check: " + "; ".join(result.problems)
+            else:
+                row["server_path"] = timed(
+                    lambda data=data: server_path("table.csv", data, params), args.runs
+                )
             server = row["server_path"]["median"]
             row["ratio_to_read_csv"] = server / row["baseline_read_csv"]["median"]
             row["seconds_per_million_cells"] = server / cells * 1e6
@@ -220,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"{row['record']['median']:>9.3f}{server:>9.3f}{row['ratio_to_read_csv']:>6.1f}x"
                 f"{row['seconds_per_million_cells']:>11.3f}"
             )
+            if refused:
+                print(f"{'':<26}{row['note']} (server = sum of the parts)")
             if "before" in row:
                 print(f"{'':<26}before ({args.before}): {row['before']['seconds']:.2f} s, 1 run")
     million = [r for r in rows if r["size"] == 1000]
