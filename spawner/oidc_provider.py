@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import dataclasses
 import functools
 import hashlib
 import hmac
@@ -37,6 +38,7 @@ import os
 import re
 import secrets
 import signal
+import ssl
 import stat
 import sys
 import time
@@ -53,7 +55,7 @@ import yaml
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from spawner.passwords import hash_password, verify_password
+from spawner.passwords import hash_password, is_password_hash, needs_rehash, verify_password
 
 log = logging.getLogger("havre.idp")
 
@@ -491,8 +493,10 @@ def _user_from_json(username: object, entry: object, where: str) -> UserRecord:
     if extra:
         raise ValueError(f"{where}: unknown keys {sorted(extra)}")
     password_hash = entry.get("password_hash")
-    if not isinstance(password_hash, str) or not password_hash.startswith("scrypt$"):
-        raise ValueError(f"{where}: password_hash must be an scrypt hash (see hash_password)")
+    if not is_password_hash(password_hash):
+        raise ValueError(
+            f"{where}: password_hash must be an Argon2id (or older scrypt) hash (see hash_password)"
+        )
     email = _check_text(entry.get("email", ""), where, "email", 254)
     if email and "@" not in email:
         raise ValueError(f"{where}: email must be an address")
@@ -587,6 +591,20 @@ def seed_users(
         result[name] = _user_from_json(name, entry, str(path))
     write_users_file(path, result)
     return created
+
+
+def upgrade_password_hash(
+    path: str | os.PathLike[str], username: str, old_hash: str, new_hash: str
+) -> bool:
+    """Replace ``username``'s ``old_hash`` by ``new_hash`` (made from the password that just
+    signed in); False, and nothing written, if the user or their hash changed meanwhile."""
+    users = read_users_file(path)
+    record = users.get(username)
+    if record is None or not hmac.compare_digest(record.password_hash, old_hash):
+        return False
+    users[username] = dataclasses.replace(record, password_hash=new_hash)
+    write_users_file(path, users)
+    return True
 
 
 @functools.cache
@@ -1560,6 +1578,8 @@ class AuthorizeHandler(_BaseHandler):
             )
         provider.user_failures.clear(user_key)
         provider.ip_failures.undo(ip, now)
+        if user is not None and needs_rehash(user.password_hash):
+            await self._upgrade_hash(user, password)
         request = provider.login_requests.pop(request_id, None)
         if request is None:  # the same form posted twice at once
             return self.page(
@@ -1574,6 +1594,22 @@ class AuthorizeHandler(_BaseHandler):
                 request.redirect_uri, code=code, state=request.state, iss=provider.config.issuer
             )
         )
+
+    async def _upgrade_hash(self, user: UserRecord, password: str) -> None:
+        """Store an Argon2id hash of the password that just signed in in place of an older
+        hash (scrypt); a failure is logged and never stops the sign-in."""
+        provider = self.provider
+        try:
+            new_hash = await asyncio.get_running_loop().run_in_executor(
+                None, hash_password, password
+            )
+            # read, compare and write with no await in between: no admin change is lost
+            if upgrade_password_hash(
+                provider.config.users_file, user.username, user.password_hash, new_hash
+            ):
+                log.info("Upgraded the password hash of %s to Argon2id", user.username)
+        except (OSError, ValueError) as err:
+            log.error("Can't upgrade the password hash of %s: %s", user.username, err)
 
 
 class TokenHandler(_JSONHandler):
@@ -1871,11 +1907,31 @@ def make_app(config: ProviderConfig) -> tornado.web.Application:
     )
 
 
-def make_server(app: tornado.web.Application) -> tornado.httpserver.HTTPServer:
-    """An HTTP server for ``app`` with the provider's limits (body size, timeouts)."""
+def tls_context(
+    cert_file: str | os.PathLike[str], key_file: str | os.PathLike[str]
+) -> ssl.SSLContext:
+    """A server TLS context (TLS 1.2 or later) for a PEM certificate (chain) and its key."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(str(cert_file), str(key_file))
+    except (OSError, ssl.SSLError) as err:
+        raise ConfigError(
+            "--tls-cert/--tls-key",
+            [f"can't use the TLS certificate {cert_file} with the key {key_file}: {err}"],
+        ) from None
+    return context
+
+
+def make_server(
+    app: tornado.web.Application, ssl_context: ssl.SSLContext | None = None
+) -> tornado.httpserver.HTTPServer:
+    """An HTTP server for ``app`` with the provider's limits (body size, timeouts); HTTPS when
+    ``ssl_context`` is given (see :func:`tls_context`)."""
     config: ProviderConfig = app.settings["havre_idp_provider"].config
     return tornado.httpserver.HTTPServer(
         app,
+        ssl_options=ssl_context,
         xheaders=config.behind_proxy,
         max_body_size=MAX_BODY_BYTES,
         idle_connection_timeout=60,
@@ -1904,11 +1960,21 @@ def init_files(config: ProviderConfig) -> list[Path]:
     return created
 
 
-async def _serve(config: ProviderConfig, address: str, port: int) -> None:
+async def _serve(
+    config: ProviderConfig, address: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> None:
     app = make_app(config)
-    server = make_server(app)
+    server = make_server(app, ssl_context)
     server.listen(port, address)
-    log.info("Havre sign-in service %s listening on %s:%d", config.issuer, address, port)
+    log.info(
+        "Havre sign-in service %s listening on %s:%d (%s)",
+        config.issuer,
+        address,
+        port,
+        "HTTPS" if ssl_context else "plain HTTP",
+    )
+    if ssl_context is None and config.issuer.startswith("https:") and not config.behind_proxy:
+        log.warning("The issuer is https but no --tls-cert was given: serving plain HTTP.")
     if config.issuer.startswith("http:") and urlsplit(config.issuer).hostname not in (
         "127.0.0.1",
         "localhost",
@@ -1946,10 +2012,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="create missing secret files, users file and signing key, then exit",
     )
+    parser.add_argument("--tls-cert", default="", help="PEM certificate (chain): serve HTTPS")
+    parser.add_argument("--tls-key", default="", help="the certificate's PEM private key")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     args = parser.parse_args(argv)
     if not args.config:
         parser.error("give --config or set HAVRE_IDP_CONFIG")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("give both --tls-cert and --tls-key, or neither")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -1958,12 +2028,13 @@ def main(argv: list[str] | None = None) -> int:
             for path in init_files(load_config(args.config, check_files=False)):
                 print(f"created {path}")
         config = load_config(args.config)
+        context = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     except ConfigError as err:
         print(f"havre-idp: refusing to start: {err}", file=sys.stderr)
         return 78  # EX_CONFIG
     if args.init:
         return 0
-    asyncio.run(_serve(config, args.address, args.port))
+    asyncio.run(_serve(config, args.address, args.port, context))
     return 0
 
 

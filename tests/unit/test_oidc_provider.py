@@ -1304,3 +1304,154 @@ def test_logs_do_not_contain_secrets(idp, caplog):
         "code=",
     ):
         assert secret not in text
+
+
+# --------------------------------------------------------------------------- Argon2id, TLS
+
+
+def _set_hash(users_file: Path, username: str, password_hash: str) -> None:
+    users = read_users_file(users_file)
+    entries = {name: rec.to_json() for name, rec in users.items()}
+    entries[username]["password_hash"] = password_hash
+    write_users_file(users_file, entries)
+
+
+def test_an_old_scrypt_hash_signs_in_and_is_rewritten_as_argon2id(idp, caplog):
+    from spawner.passwords import legacy_scrypt_hash
+
+    caplog.set_level("INFO", logger="havre.idp")
+    password = USERS["alice"]["password"]
+    old = legacy_scrypt_hash(password)
+    _set_hash(idp.users_file, "alice", old)
+    before = read_users_file(idp.users_file)["alice"]
+    # a wrong password leaves the old hash alone
+    response, _ = idp.login("alice", password="not alice's password")
+    assert response.status_code == 200
+    assert read_users_file(idp.users_file)["alice"].password_hash == old
+    # the right one signs in and the stored hash becomes Argon2id of the same password
+    code, params = idp.code_for("alice")
+    assert idp.exchange(code, params).status_code == 200
+    after = read_users_file(idp.users_file)["alice"]
+    assert after.password_hash.startswith("$argon2id$")
+    assert verify_password(password, after.password_hash)
+    assert (after.groups, after.email, after.name) == (before.groups, before.email, before.name)
+    assert stat.S_IMODE(idp.users_file.stat().st_mode) == 0o600
+    assert "Upgraded the password hash of alice to Argon2id" in caplog.text
+    # and the next sign-in keeps that hash
+    idp.code_for("alice")
+    assert read_users_file(idp.users_file)["alice"].password_hash == after.password_hash
+
+
+def test_users_made_by_the_provider_get_argon2id_hashes(idp, tmp_path):
+    created = idp.admin("PUT", "/users/dave", json={"password": "dave-password", "groups": []})
+    assert created.status_code == 201, created.text
+    assert read_users_file(idp.users_file)["dave"].password_hash.startswith("$argon2id$")
+    seed_users(tmp_path / "users.json", {"erin": {"password": "erin-password"}})
+    assert read_users_file(tmp_path / "users.json")["erin"].password_hash.startswith("$argon2id$")
+
+
+def test_an_unknown_hash_scheme_in_the_users_file_is_refused_with_a_message(tmp_path):
+    with pytest.raises(ValueError, match="must be an Argon2id \\(or older scrypt\\) hash"):
+        write_users_file(tmp_path / "u.json", {"bob": {"password_hash": "md5$abc"}})
+
+
+def _self_signed(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import NameOID
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def test_the_sign_in_page_is_served_over_tls_with_the_given_certificate(tmp_path, seeded):
+    from spawner.oidc_provider import tls_context
+
+    cert_file, key_file = _self_signed(tmp_path)
+    sockets = bind_sockets(0, "127.0.0.1")
+    port = sockets[0].getsockname()[1]
+    folder = tmp_path / "idp"
+    folder.mkdir()
+    config = load_config(write_config(folder, seeded, port, issuer=f"https://127.0.0.1:{port}"))
+    app = make_app(config)
+    box: dict = {}
+    ready = threading.Event()
+
+    async def serve() -> None:
+        server = make_server(app, tls_context(cert_file, key_file))
+        server.add_sockets(sockets)
+        box["loop"], box["stop"] = asyncio.get_running_loop(), asyncio.Event()
+        ready.set()
+        await box["stop"].wait()
+        server.stop()
+        await server.close_all_connections()
+
+    thread = threading.Thread(target=lambda: asyncio.run(serve()), daemon=True)
+    thread.start()
+    assert ready.wait(10)
+    try:
+        base = f"https://127.0.0.1:{port}"
+        discovery = requests.get(f"{base}/.well-known/openid-configuration", verify=cert_file)
+        assert discovery.status_code == 200
+        assert discovery.json()["authorization_endpoint"] == f"{base}/authorize"
+        running = RunningProvider(base, "", "", config.users_file, folder, None, None, thread)
+        browser = requests.Session()
+        query = {k: v for k, v in running.authorize_params().items() if not k.startswith("_")}
+        page = browser.get(f"{base}/authorize", params=query, verify=cert_file)
+        assert page.status_code == 200 and 'name="password"' in page.text
+        # the browser cookie is Secure on an https issuer
+        assert "secure" in page.headers["Set-Cookie"].lower()
+        form = {**hidden_fields(page.text), "username": "alice"}
+        form["password"] = USERS["alice"]["password"]
+        response = browser.post(
+            f"{base}/authorize", data=form, allow_redirects=False, verify=cert_file
+        )
+        assert response.status_code == 302 and "code=" in response.headers["Location"]
+        # nothing is answered in clear on that port
+        with pytest.raises(requests.exceptions.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/.well-known/openid-configuration", timeout=5)
+    finally:
+        box["loop"].call_soon_threadsafe(box["stop"].set)
+        thread.join(10)
+
+
+def test_a_bad_tls_certificate_is_refused_with_a_message(tmp_path, seeded, capsys):
+    cert_file, _ = _self_signed(tmp_path)
+    other = tmp_path / "other"
+    other.mkdir()
+    _, wrong_key = _self_signed(other)
+    config_file = write_config(tmp_path, seeded, 9)
+    args = ["--config", str(config_file), "--tls-cert", str(cert_file)]
+    assert main([*args, "--tls-key", str(wrong_key)]) == 78
+    assert "can't use the TLS certificate" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(args)  # a certificate without its key
+    assert "give both --tls-cert and --tls-key" in capsys.readouterr().err
