@@ -996,7 +996,7 @@ class RoleWorld:
     service: EgressService
     requests: dict[str, tuple[str, int]] = field(default_factory=dict)
     rows: dict[str, list[dict]] = field(default_factory=dict)
-    snapshot: tuple | None = None  # after the last refusal (None: take a new one)
+    baseline: tuple = ()  # the world as saved: every case starts from it and ends in it
 
     def save(self) -> None:
         with self.service.engine.connect() as conn:
@@ -1004,6 +1004,7 @@ class RoleWorld:
                 table.name: [dict(row) for row in conn.execute(select(table)).mappings()]
                 for table in Base.metadata.sorted_tables
             }
+        self.baseline = _snapshot(self.service.engine)
 
     def restore(self) -> None:
         tables = Base.metadata.sorted_tables
@@ -1117,19 +1118,20 @@ def test_role_state_operation(role_world, op, role, state):
     actor = ROLES[role]
     call = OPERATIONS[op]
     svc = role_world.service
+    # every case starts from the saved world, whatever ran before it (or if it runs alone)
+    assert _snapshot(svc.engine) == role_world.baseline, "the previous case left changes"
     if want != 200:
-        # The state after the previous refusal is this one's "before" (nothing changed).
-        before = role_world.snapshot or _snapshot(svc.engine)
         with pytest.raises(PermissionDenied) as info:
             call(svc, actor, rid, fid)
         assert info.value.status == want, info.value.reason
         assert info.value.reason
-        role_world.snapshot = _snapshot(svc.engine)
-        assert role_world.snapshot == before  # nothing changed, nothing audited
+        assert _snapshot(svc.engine) == role_world.baseline  # nothing changed, nothing audited
         return
-    role_world.snapshot = None
-    if op in NEUTRAL:
-        call(svc, actor, rid, fid)
+    if op in NEUTRAL:  # views and comments: audited or stored, then the world is put back
+        try:
+            call(svc, actor, rid, fid)
+        finally:
+            role_world.restore()
         return
     head_before = _head_seq(svc.engine)
     try:
