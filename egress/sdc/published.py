@@ -430,7 +430,17 @@ def audit_margins(
     shown_rows, shown_cols = shown_total_labels(rows), shown_total_labels(cols)
     if shown_rows.any() or shown_cols.any():
         _verify_shown_totals(audit, values, rows, cols, shown_rows, shown_cols, extra_names)
-    keep_r, keep_c = np.flatnonzero(~shown_rows), np.flatnonzero(~shown_cols)
+    sub_rows, sub_cols = _subtotal_labels(rows, extra_names), _subtotal_labels(cols, extra_names)
+    for marks, labels, noun in ((sub_rows, rows, "rows"), (sub_cols, cols, "columns")):
+        if marks.any():
+            names = ", ".join(format_label(labels[i]) for i in np.flatnonzero(marks)[:5])
+            audit.fail(
+                f"the {noun} {names}{' ...' if marks.sum() > 5 else ''} are subtotals (a total "
+                "word below the first label level); tables with subtotals are not checked "
+                "automatically: publish one table per group, or drop the subtotals"
+            )
+    keep_r = np.flatnonzero(~shown_rows & ~sub_rows)
+    keep_c = np.flatnonzero(~shown_cols & ~sub_cols)
     if len(keep_r) and len(keep_c):
         inner = MarginAudit((len(keep_r), len(keep_c)))
         _audit_true_margins(
@@ -442,6 +452,15 @@ def audit_margins(
         audit.findings.extend(inner.findings)
         audit._sentences.extend(inner._sentences)
     return audit.finish()
+
+
+def _subtotal_labels(labels: pd.Index, extra_names: Sequence[str]) -> np.ndarray:
+    """Multi-level labels with a margin word below the first level while the first level is
+    a group (``(G, Total)``): subtotals of that group."""
+    if not isinstance(labels, pd.MultiIndex):
+        return np.zeros(len(labels), dtype=bool)
+    first = margin_labels(labels.get_level_values(0), extra_names)
+    return margin_labels(labels, extra_names) & ~first
 
 
 def shown_total_labels(labels: pd.Index) -> np.ndarray:

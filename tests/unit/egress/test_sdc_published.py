@@ -236,6 +236,38 @@ def test_a_grand_total_on_a_one_way_table():
     assert any("the difference, 9, is a line left out" in t for t in fail_texts(dropped))
 
 
+def test_a_grand_total_alone_still_gives_a_lone_blank_away():
+    # Only the corner (125) is shown of the margins: 125 - 30 - 40 - 25 = 30 for (A, x).
+    result = check(
+        """
+        g,x,y,Total
+        A,,30,
+        B,40,25,
+        Total,,,125
+        """
+    )
+    assert ("A", "x") in recoverable(result)
+    values = result.cells.stats["recovered"].to_numpy().reshape(result.shape)
+    assert values[0, 0] == 30
+
+
+def test_subtotals_are_not_checked_automatically_and_say_so():
+    result = check(
+        """
+        region,sex,yes,no
+        G,m,12,20
+        G,f,15,30
+        G,Total,27,50
+        H,m,12,20
+        H,f,15,30
+        H,Total,27,50
+        All,,54,100
+        """
+    )
+    assert result.verdict is Verdict.FAIL
+    assert any("(G, Total), (H, Total) are subtotals" in t for t in fail_texts(result))
+
+
 def test_a_margin_smaller_than_its_shown_cells_is_inconsistent():
     result = check(
         """
