@@ -210,6 +210,8 @@ def check_invariants(svc: EgressService) -> dict[str, int]:
 
 def test_sigkill_at_random_moments_leaves_everything_consistent(tmp_path):
     seed = int(os.environ.get("HAVRE_CRASH_SEED", random.randrange(2**32)))
+    # pytest shows a failed test's output: whichever assertion fails, the seed is there
+    print(f"to replay this run: HAVRE_CRASH_SEED={seed}")
     rng = random.Random(seed)
     base = tmp_path
     make_outputs(base / "outputs")
