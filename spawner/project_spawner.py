@@ -346,6 +346,8 @@ class ProjectSpawner(DockerSpawner):
 
     def hardened_host_config(self, project: Project, dns: str | None = None) -> dict[str, Any]:
         """The docker-py HostConfig arguments every notebook container gets."""
+        from spawner.seccomp import security_opt as seccomp_security_opt
+
         sysctls = {
             "net.ipv6.conf.all.disable_ipv6": "1",
             "net.ipv6.conf.default.disable_ipv6": "1",
@@ -355,7 +357,8 @@ class ProjectSpawner(DockerSpawner):
         sysctls.update(self.extra_sysctls)
         return {
             "cap_drop": ["ALL"],
-            "security_opt": ["no-new-privileges:true"],
+            # Havre's own seccomp allow-list (spawner/seccomp/notebook.json), not Docker's
+            "security_opt": ["no-new-privileges:true", seccomp_security_opt()],
             "read_only": True,
             "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={self.tmp_size},mode=1777"},
             "pids_limit": project.limits.pids,

@@ -1,0 +1,79 @@
+"""The seccomp profile's text: an allow-list whose blocked calls no rule lets through.
+
+What the kernel does with it is proven from inside real containers in
+tests/integration/test_seccomp.py; these checks catch an edit that would quietly reopen a call.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from spawner.seccomp import BLOCKED, SOCKET_FAMILIES, notebook_profile, security_opt
+
+ROOT = Path(__file__).resolve().parents[2]
+NAMESPACE_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000
+NAMESPACE_FLAGS |= 0x40000000
+
+
+def allow_rules() -> list[dict]:
+    return [r for r in notebook_profile()["syscalls"] if r["action"] == "SCMP_ACT_ALLOW"]
+
+
+def test_everything_not_listed_gets_eperm():
+    profile = notebook_profile()
+    assert profile["defaultAction"] == "SCMP_ACT_ERRNO"
+    assert profile["defaultErrnoRet"] == 1  # EPERM
+    # native 64-bit calls only: no 32-bit (int 0x80 / compat) system call table
+    assert all(not arch["subArchitectures"] for arch in profile["archMap"])
+
+
+def test_no_rule_allows_a_blocked_call():
+    allowed = {name for rule in allow_rules() for name in rule["names"]}
+    assert not allowed & set(BLOCKED)
+    refused = {
+        name
+        for rule in notebook_profile()["syscalls"]
+        if rule["action"] == "SCMP_ACT_ERRNO" and rule.get("errnoRet") == 1
+        for name in rule["names"]
+    }
+    assert set(BLOCKED) <= refused  # listed by name, with a comment saying why
+
+
+def test_socket_is_allowed_only_for_unix_inet_and_inet6():
+    rules = [r for r in allow_rules() if "socket" in r["names"]]
+    families = set()
+    for rule in rules:
+        assert rule["names"] == ["socket"]
+        (arg,) = rule["args"]  # one condition per rule: several on one argument would be ORed
+        assert arg["index"] == 0 and arg["op"] == "SCMP_CMP_EQ"
+        families.add(arg["value"])
+    assert families == set(SOCKET_FAMILIES) == {1, 2, 10}
+
+
+def test_clone_cannot_make_namespaces_and_clone3_falls_back():
+    rules = [r for r in notebook_profile()["syscalls"] if "clone" in r["names"]]
+    assert len(rules) == 1 and rules[0]["names"] == ["clone"]
+    (arg,) = rules[0]["args"]
+    assert arg == {"index": 0, "value": NAMESPACE_FLAGS, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}
+    (clone3,) = [r for r in notebook_profile()["syscalls"] if "clone3" in r["names"]]
+    assert clone3["action"] == "SCMP_ACT_ERRNO" and clone3["errnoRet"] == 38  # ENOSYS
+
+
+def test_every_conditional_rule_names_one_call():
+    for rule in notebook_profile()["syscalls"]:
+        if rule.get("args"):
+            assert len(rule["names"]) == 1, rule
+        assert rule.get("comment"), rule  # each group says what it is for
+
+
+def test_the_security_opt_carries_the_versioned_file():
+    text = security_opt()
+    assert text.startswith("seccomp=")
+    on_disk = json.loads((ROOT / "spawner" / "seccomp" / "notebook.json").read_text())
+    assert json.loads(text.removeprefix("seccomp=")) == on_disk
+
+
+def test_the_profile_ships_in_the_wheel():
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert '"spawner.seccomp" = ["*.json"]' in pyproject
