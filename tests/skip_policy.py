@@ -37,10 +37,6 @@ ALLOWED_SKIPS: tuple[AllowedSkip, ...] = (
         r"creating device files needs privileges",
         "the device-file refusal is proven as root (CI runs as root); only non-root runs skip it",
     ),
-    AllowedSkip(
-        r"no docker0 address on this host",
-        "the phone-home probe aims at the loopback canary too; a second canary needs docker0",
-    ),
 )
 
 STRICT_ENV = "HAVRE_STRICT_SKIPS"

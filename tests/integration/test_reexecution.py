@@ -12,8 +12,6 @@ import json
 import os
 import random
 import re
-import socket
-import subprocess
 import threading
 import time
 from dataclasses import replace
@@ -40,6 +38,7 @@ from egress.sdc import SDCParams
 from egress.signing import generate_key, load_private_key, sign_record, verify_record
 from spawner.enclave import DEFAULT_IMAGE, GIB, Limits, Project
 from tests.integration.canaries import new_token, tcp_canary
+from tests.integration.test_isolation import in_control
 
 pytestmark = pytest.mark.docker
 
@@ -322,71 +321,57 @@ def test_bad_parameters_and_file_names_are_refused_before_anything_runs(
 # ------------------------------------------------------------------------------- isolation
 
 
-def docker0_address() -> str | None:
+@pytest.fixture
+def canary_on_a_bridge(client):
+    """A TCP canary on the host's address on a bridge network this test makes: a container on
+    that network reaches it (the positive control); a re-execution container must not."""
+    network = client.networks.create(f"havretest-rx-{new_token()[:8]}", driver="bridge")
     try:
-        out = subprocess.run(
-            ["ip", "-4", "-o", "addr", "show", "dev", "docker0"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    for line in out.splitlines():
-        parts = line.split()
-        if "inet" in parts:
-            return parts[parts.index("inet") + 1].split("/")[0]
-    return None
-
-
-def test_no_network_canaries_on_loopback_and_docker0_hear_nothing(client, scratch_root, project):
-    gateway = docker0_address()
-    canaries = {"127.0.0.1": tcp_canary("127.0.0.1")}
-    if gateway:
-        canaries[gateway] = tcp_canary(gateway)
-    try:
-        # control: each canary hears a connection from the host
-        control = new_token()
-        for address, canary in canaries.items():
-            with socket.create_connection((address, canary.port), timeout=3) as s:
-                s.sendall(control.encode())
-        deadline = time.monotonic() + 5
-        while not all(c.saw(control) for c in canaries.values()) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert all(c.saw(control) for c in canaries.values()), "a canary doesn't work"
-
-        token = new_token()
-        targets = [(address, c.port) for address, c in canaries.items()]
-        nb = notebook(
-            "import os, socket\n"
-            f"targets, token = {targets!r}, {token!r}\n"
-            "lines = []\n"
-            "for host, port in targets:\n"
-            "    try:\n"
-            "        with socket.create_connection((host, port), timeout=2) as s:\n"
-            "            s.sendall(token.encode())\n"
-            "        lines.append(f'{host}:{port} SENT')\n"
-            "    except Exception as e:\n"
-            "        lines.append(f'{host}:{port} {type(e).__name__}: {e}')\n"
-            "lines.append('interfaces: ' + ' '.join(sorted(os.listdir('/sys/class/net'))))\n"
-            "open(os.environ['HAVRE_OUTPUTS_DIR'] + '/network.txt', 'w')"
-            ".write('\\n'.join(lines))"
-        )
-        result = run(client, scratch_root, project, nb)
-        time.sleep(SETTLE)
-        assert result.status == "completed", result.reason + result.log
-        report = result.outputs["network.txt"].decode()
-        for host, port in targets:
-            line = next(x for x in report.splitlines() if x.startswith(f"{host}:{port} "))
-            assert "SENT" not in line and "Error" in line, line
-        assert "interfaces: lo" in report.splitlines()  # nothing but loopback
-        for address, canary in canaries.items():
-            assert not canary.saw(token), f"the canary on {address} heard the notebook"
-        if not gateway:
-            pytest.skip("no docker0 address on this host: only the loopback canary was tried")
-    finally:
-        for canary in canaries.values():
+        network.reload()
+        gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
+        canary = tcp_canary(gateway)
+        try:
+            yield network.name, gateway, canary
+        finally:
             canary.close()
+    finally:
+        network.remove()
+
+
+def test_no_network_a_canary_on_the_host_hears_nothing(
+    client, scratch_root, project, canary_on_a_bridge
+):
+    network, gateway, canary = canary_on_a_bridge
+    # control: a container of the same image and uid, on the canary's network, is heard
+    control = new_token()
+    probe = in_control(client, network, "tcp", gateway, canary.port, control, user="1000")
+    deadline = time.monotonic() + 5
+    while not canary.saw(control) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert canary.saw(control), ("the canary doesn't work", probe)
+
+    token = new_token()
+    nb = notebook(
+        "import os, socket\n"
+        f"host, port, token = {gateway!r}, {canary.port}, {token!r}\n"
+        "lines = []\n"
+        "try:\n"
+        "    with socket.create_connection((host, port), timeout=2) as s:\n"
+        "        s.sendall(token.encode())\n"
+        "    lines.append('SENT')\n"
+        "except Exception as e:\n"
+        "    lines.append(f'{type(e).__name__}: {e}')\n"
+        "lines.append('interfaces: ' + ' '.join(sorted(os.listdir('/sys/class/net'))))\n"
+        "open(os.environ['HAVRE_OUTPUTS_DIR'] + '/network.txt', 'w')"
+        ".write('\\n'.join(lines))"
+    )
+    result = run(client, scratch_root, project, nb)
+    time.sleep(SETTLE)
+    assert result.status == "completed", result.reason + result.log
+    report = result.outputs["network.txt"].decode().splitlines()
+    assert "SENT" not in report[0] and "Error" in report[0], report
+    assert "interfaces: lo" in report  # nothing but loopback
+    assert not canary.saw(token), "the canary on the host heard the re-executed notebook"
 
 
 def test_hardening_seen_from_inside(client, scratch_root, project):
