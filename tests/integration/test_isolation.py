@@ -302,9 +302,14 @@ def test_raw_sockets_and_icmp(enclave, alice_cardio, other_project):
 
     control = in_control(client, network, "icmp-raw", canary_ip, 0, "-")
     assert control.get("reply"), control
+    # the same probe, same uid (root), with only the notebook's capability drop: refused too,
+    # so the drop closes raw sockets by itself, not just the non-root user
+    dropped = in_control(client, network, "icmp-raw", canary_ip, 0, "-", cap_drop=["ALL"])
+    assert "PermissionError" in (dropped["error"] or ""), dropped
     result = in_notebook(notebook, "icmp-raw", canary_ip, 0, "-")
     assert "PermissionError" in (result["error"] or ""), result
     record("raw socket (ICMP echo)", "echo reply", "PermissionError: no socket")
+    record("raw socket as root, all caps dropped", "echo reply", "PermissionError: no socket")
 
     # unprivileged ICMP ("ping sockets"), allowed to every group by Docker's default
     hub = f"{enclave.config.name}-hub"
