@@ -147,7 +147,7 @@ def time_before(commit: str, data: bytes) -> dict[str, object]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 1000, 1413, 2000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[500, 1000, 1412, 2000])
     parser.add_argument("--blanks", type=float, nargs="+", default=[0.0, 0.02])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--before", help="also time this older commit once (1M-cell tables)")
