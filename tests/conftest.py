@@ -4,4 +4,4 @@ Loaded once for the whole run (as a plugin), so one pytest run starts one enclav
 folders use it.
 """
 
-pytest_plugins = ["tests.enclave_fixtures", "tests.skip_policy"]
+pytest_plugins = ["tests.enclave_fixtures", "tests.skip_policy", "tests.web_coverage"]

@@ -21,6 +21,7 @@ from spawner import stack
 from spawner.cli import DEFAULT_NOTEBOOK_IMAGE
 from spawner.demo import init_demo
 from spawner.enclave import EnclaveConfig
+from tests import web_coverage
 from tests.integration.hub_client import HubUser
 
 #: the test enclave's name; another one (HAVRE_TEST_ENCLAVE) keeps runs on a shared machine apart
@@ -113,6 +114,11 @@ def enclave(docker_client, tmp_path_factory) -> Iterator[RunningEnclave]:
     try:
         yield running
     finally:
+        try:
+            egress = docker_client.containers.get(stack.egress_container_name(config))
+            web_coverage.collect(egress.logs().decode(errors="replace"))
+        except docker.errors.NotFound:
+            pass
         stack.down(config, purge=True)
 
 
@@ -133,9 +139,22 @@ def pytest_terminal_summary(terminalreporter) -> None:
     """Print the isolation probe table (channel, control result, notebook result) and the
     restart table (component, how, time to recovery, what was kept)."""
     from tests.integration.test_isolation import PROBE_TABLE
+    from tests.integration.test_no_routing import ROUTING_TABLE
     from tests.integration.test_restarts import print_restart_table
+    from tests.integration.test_seccomp import SECCOMP_TABLE
 
     print_restart_table(terminalreporter.write_line)
+    write = terminalreporter.write_line
+    if SECCOMP_TABLE:
+        terminalreporter.section("seccomp probes (same image, uid and capabilities)")
+        write(f"{'system call':<24} {'control: Docker default':<24} {'no profile':<14} notebook")
+        for call, default, unconfined, notebook in SECCOMP_TABLE:
+            write(f"{call:<24} {default:<24} {unconfined:<14} {notebook}")
+    if ROUTING_TABLE:
+        terminalreporter.section("routing from project network A to B")
+        write(f"{'through':<42} {'forwarding':<14} canary on B")
+        for router, forwarding, seen in ROUTING_TABLE:
+            write(f"{router:<42} {forwarding:<14} {seen}")
     if not PROBE_TABLE:
         return
     terminalreporter.section("isolation probes")
