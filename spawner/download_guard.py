@@ -14,7 +14,7 @@ registers where the container really listens; the guard
   ``?token=``); everything else gets a 403 page or JSON that says why in a sentence, and so do
   answers that carry a ``Content-Disposition``;
 * checks the sign-in itself on the allowed routes Jupyter Server serves without one (static
-  assets, lab extensions and themes, the API version): it asks the server's ``api/me`` with the
+  assets, lab extensions and themes, licenses): it asks the server's ``api/me`` with the
   request's cookies, and refuses unless the server knows the user;
 * forwards the rest (HTTP, and websockets as a byte tunnel after the upgrade request
   is checked) to the container, and puts the notebook Content-Security-Policy on the answers;
@@ -101,7 +101,7 @@ REFUSAL_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Not available in Havre</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:44rem;margin:3rem auto;
 line-height:1.5;padding:0 1rem}}h1{{font-size:1.4rem}}</style></head>
-<body><h1 id="havre-refusal">Not available in Havre</h1>
+<body><h1 id="havre-refusal">Not available in Havre: {title}</h1>
 <p>{sentence}</p>
 <p><a href="/services/egress/">Output checking</a> · <a href="{server}lab">Back to JupyterLab</a>
 · <a href="/hub/home">Your projects</a></p>
@@ -205,6 +205,7 @@ class GuardHandler(web.RequestHandler):
         self.set_header("Content-Type", "text/html; charset=utf-8")
         self.finish(
             REFUSAL_PAGE.format(
+                title=html.escape(refusal.title),
                 sentence=html.escape(refusal.sentence),
                 server=html.escape(prefix),
                 code=html.escape(refusal.code),
@@ -249,7 +250,9 @@ class GuardHandler(web.RequestHandler):
             self.set_header("Content-Type", "text/html; charset=utf-8")
             self.finish(UNKNOWN_SERVER_PAGE)
             return
-        refusal = response_refusal(response.headers.get_all(), route, response.code)
+        refusal = response_refusal(
+            response.headers.get_all(), route, response.code, response.body or b""
+        )
         if refusal is not None:
             self.refuse(prefix, refusal)
             return

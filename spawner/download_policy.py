@@ -32,9 +32,11 @@ Every request is refused, too, when it
 
 Each allowed route says who checks the login (:class:`Login`): the server itself (its handler
 requires a login), the guard (routes Jupyter Server serves without one: static assets, lab
-extensions, themes, the favicon, the API version; the guard asks the server's ``api/me`` with
-the request's cookies first), or nobody (the steps of signing in: the server's root, which only
-redirects, the OAuth callback, and logout).
+extensions and themes; and lab licenses, which hang without one; the guard asks the server's
+``api/me`` with the request's cookies first), or nobody, for routes whose answer the guard
+checks instead: the steps of signing in (the server's root, the OAuth callback and logout may
+only redirect) and ``api``, the server's version, which the hub reads after a spawn
+(``{"version": ...}`` and nothing else).
 
 An answer that asks the browser to save it (a ``Content-Disposition`` header) is refused too,
 whichever route made it. What a page can still read through ``api/contents`` (the content of a
@@ -44,6 +46,7 @@ file, shown in JupyterLab) is the browser tier's accepted residual (docs/archite
 from __future__ import annotations
 
 import enum
+import json
 import posixpath
 import re
 from collections.abc import Iterable
@@ -75,6 +78,7 @@ class Login(enum.Enum):
     SERVER = "server"  # the server's handler requires a login (redirect or 403 otherwise)
     GUARD = "guard"  # the server serves it without a login: the guard checks first
     SIGN_IN = "sign-in"  # a step of signing in (no login yet by definition); no content
+    VERSION = "version"  # the server's version, which the hub reads after a spawn; nothing else
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,8 @@ class Refusal:
     code: str
     what: str
     sentence: str = ""
+    #: the refusal page's heading, after "Not available in Havre: "
+    title: str = "no downloads from a project server"
 
     def __post_init__(self) -> None:
         if not self.sentence:
@@ -138,23 +144,24 @@ ALLOWED_ROUTES: tuple[AllowedRoute, ...] = (
     # JupyterLab's pages and assets
     _route("JupyterLab page", r"(lab|doc)(/workspaces/[^/]+)?(/tree(/.*)?)?/?", "GET"),
     _route("static assets", r"static/.+", "GET", Login.GUARD),
-    _route("favicon", r"favicon\.ico", "GET", Login.GUARD),
     _route("lab extensions (assets)", r"lab/extensions/.+", "GET", Login.GUARD),
     _route("lab themes", r"lab/api/themes/.+", "GET", Login.GUARD),
     _route("lab settings", r"lab/api/settings" + _ANY, "GET PUT"),
     _route("lab workspaces", r"lab/api/workspaces" + _ANY, "GET PUT DELETE"),
     _route("lab translations", r"lab/api/translations" + _ANY, "GET"),
     _route("lab listings", r"lab/api/listings" + _ANY, "GET"),
-    _route("lab licenses (of its own packages)", r"lab/api/licenses" + _ANY, "GET"),
+    # the server never answers this one without a login (it hangs): the guard checks first
+    _route("lab licenses (of its own packages)", r"lab/api/licenses" + _ANY, "GET", Login.GUARD),
     _route("lab extension list (read-only)", r"lab/api/extensions/?", "GET"),
     _route("lab plugin list", r"lab/api/plugins/?", "GET"),
     _route("lab build status", r"lab/api/build/?", "GET"),
     _route("lab news and update check (off)", r"lab/api/(news|update)/?", "GET"),
     # Jupyter Server's REST API
-    _route("API version", r"api/?", "GET", Login.GUARD),
+    _route("API version (the hub reads it)", r"api/?", "GET", Login.VERSION),
     _route("server status", r"api/status", "GET"),
     _route("who am I", r"api/me", "GET"),
     _route("path resolution", r"api/resolvepath", "GET"),
+    _route("frontend config (read)", r"api/config/\w+", "GET"),
     _route("contents", r"api/contents" + _ANY, "GET PUT PATCH POST DELETE"),
     _route("export formats (names only)", r"api/nbconvert/?", "GET"),
     _route("kernels", r"api/kernels/?", "GET POST"),
@@ -233,6 +240,7 @@ def _not_allowed(method: str, normal: str) -> Refusal:
         f"{method} {shown}",
         f"Havre's project servers answer only the requests JupyterLab needs, and {method} "
         f"{shown} is not one of them. " + RELEASE_HINT,
+        "not a request JupyterLab makes",
     )
 
 
@@ -241,6 +249,7 @@ TOKEN_REFUSAL = Refusal(
     "a request with an API token",
     "Havre's project servers don't accept API tokens from a browser or a script: sign in "
     "to the hub in your browser and use JupyterLab there. " + RELEASE_HINT,
+    "no API tokens, sign in with your browser",
 )
 
 LOGIN_REFUSAL = Refusal(
@@ -248,6 +257,7 @@ LOGIN_REFUSAL = Refusal(
     "a request without a sign-in",
     "Sign in first: every address of a project server needs your hub sign-in "
     "(open /hub/login, then your project from the hub's home page).",
+    "sign in first",
 )
 
 
@@ -256,6 +266,7 @@ ODD_PATH_REFUSAL = Refusal(
     "an address spelt in a way JupyterLab never uses",
     "Havre refuses addresses spelt in a way JupyterLab never uses (dot segments, "
     "backslashes, NULs, or percent-encoding in many layers). " + RELEASE_HINT,
+    "an address JupyterLab never uses",
 )
 
 SIGN_IN_REFUSAL = Refusal(
@@ -263,6 +274,7 @@ SIGN_IN_REFUSAL = Refusal(
     "a sign-in step that did not redirect",
     "Signing in to this project server did not finish: start again from the hub's home page "
     "(/hub/home).",
+    "signing in did not finish",
 )
 
 
@@ -308,17 +320,44 @@ def request_refusal(path_in_server: str, query: str, method: str = "GET") -> Ref
     return check_request(method, path_in_server, query)[0]
 
 
+VERSION_REFUSAL = Refusal(
+    "version",
+    "an answer that is not the server's version",
+    "This address gives the project server's version only, and the server answered something else.",
+    "not the server's version",
+)
+
+
 def response_refusal(
-    headers: Iterable[tuple[str, str]], route: AllowedRoute | None = None, status: int = 200
+    headers: Iterable[tuple[str, str]],
+    route: AllowedRoute | None = None,
+    status: int = 200,
+    body: bytes = b"",
 ) -> Refusal | None:
-    """Whether a notebook server's answer is refused: it asks the browser to save a file, or
-    it answers a sign-in step (``route``) with anything but a redirect."""
+    """Whether a notebook server's answer is refused: it asks the browser to save a file, it
+    answers a sign-in step (``route``) with anything but a redirect, or the version route
+    with anything but ``{"version": ...}``."""
     if route is not None and route.login is Login.SIGN_IN and not 300 <= status < 400:
         return SIGN_IN_REFUSAL
+    if route is not None and route.login is Login.VERSION and not _is_version(body):
+        return VERSION_REFUSAL
     for name, _value in headers:
         if name.lower() == "content-disposition":
             return Refusal("attachment", "a file as an attachment to save")
     return None
+
+
+def _is_version(body: bytes) -> bool:
+    try:
+        answer = json.loads(body)
+    except ValueError:
+        return False
+    return (
+        isinstance(answer, dict)
+        and set(answer) == {"version"}
+        and isinstance(answer["version"], str)
+        and len(answer["version"]) <= 40
+    )
 
 
 #: The Content-Security-Policy of every page and answer of a notebook server. Scripts (also

@@ -395,6 +395,7 @@ class ProjectSpawner(DockerSpawner):
                 "HOME": self.home_mount_point,
             }
         )
+        env.update(pinned_jupyter_env(self.home_mount_point))
         return env
 
     # ------------------------------------------------------------------ progress, guard
@@ -517,6 +518,36 @@ class ProjectSpawner(DockerSpawner):
                 continue
             writer.close()
             return
+
+
+def pinned_jupyter_env(home: str) -> dict[str, str]:
+    """The environment that makes a notebook server take its configuration from the image only.
+
+    Jupyter reads config files (``jupyter_server_config.py`` is code run in the server), server
+    extensions, kernelspecs, lab extensions and static paths from a user config folder
+    (``~/.jupyter``), a user data folder (``~/.local/share/jupyter``), ``JUPYTER_PATH`` and
+    ``JUPYTER_CONFIG_PATH``, all writable by the researcher. Here the user folders are empty,
+    read-only folders of the image (``images/notebook/Dockerfile``), the extra paths are empty,
+    the environment's folders (the image's venv) come first, Python's user site is off, and
+    every route of the server requires a login unless its handler says otherwise. JupyterLab's
+    own settings and workspaces (JSON read by the browser) stay in the home.
+    """
+    return {
+        "JUPYTER_CONFIG_DIR": "/opt/havre/jupyter/config",
+        "JUPYTER_DATA_DIR": "/opt/havre/jupyter/data",
+        "JUPYTER_CONFIG_PATH": "",
+        "JUPYTER_PATH": "",
+        "JUPYTER_PREFER_ENV_PATH": "1",
+        "JUPYTER_PLATFORM_DIRS": "0",
+        "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime",
+        "JUPYTERLAB_DIR": "/opt/havre/venv/share/jupyter/lab",
+        "JUPYTERLAB_SETTINGS_DIR": f"{home}/.jupyter/lab/user-settings",
+        "JUPYTERLAB_WORKSPACES_DIR": f"{home}/.jupyter/lab/workspaces",
+        "JUPYTER_SERVER_ALLOW_UNAUTHENTICATED_ACCESS": "false",
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONPATH": "",
+        "PYTHONSTARTUP": "",
+    }
 
 
 _config_cache: dict[str, EnclaveConfig] = {}

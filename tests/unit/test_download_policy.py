@@ -158,7 +158,7 @@ def test_without_a_token_the_same_request_passes():
 def test_routes_the_server_serves_without_login_are_checked_by_the_guard():
     guarded = {
         check_request("GET", path, "")[1].login
-        for path in ("static/lab/main.js", "lab/extensions/x/static/a.js", "favicon.ico", "api")
+        for path in ("static/lab/main.js", "lab/extensions/x/static/a.js", "lab/api/licenses/")
     }
     assert guarded == {Login.GUARD}
     for path in ("", "oauth_callback", "logout"):
@@ -171,6 +171,15 @@ def test_routes_the_server_serves_without_login_are_checked_by_the_guard():
     # other routes keep any status
     lab = check_request("GET", "lab", "")[1]
     assert response_refusal([("Content-Type", "text/html")], lab, 200) is None
+
+
+def test_the_version_route_gives_the_version_only():
+    route = check_request("GET", "api", "")[1]
+    assert route is not None and route.login is Login.VERSION  # the hub reads it, no login
+    assert response_refusal([], route, 200, b'{"version": "2.21.1"}') is None
+    for body in (b'{"version": "2.21.1", "data": "4711,rare"}', b"4711,rare", b"[]"):
+        refusal = response_refusal([], route, 200, body)
+        assert refusal is not None and refusal.code == "version", body
 
 
 def test_every_allowed_route_has_methods_and_compiles():
