@@ -315,7 +315,13 @@ def rule_mask(
         mask[hits] |= np.uint16(rule)
 
     if rules & Rule.THRESHOLD:
-        put(Rule.THRESHOLD, threshold_rule(count, params))
+        hits = threshold_rule(count, params)
+        if "missing" in stats and not (rules & Rule.ZEROS and params.zeros_are_disclosive):
+            # Records whose values are all missing: no contributor, but not an empty cell
+            # either (ACRO counts those records); too few of them is a small cell.
+            records = count + np.nan_to_num(np.asarray(stats["missing"], dtype=float))
+            hits |= (count == 0) & (records > 0) & (records < params.threshold)
+        put(Rule.THRESHOLD, hits)
     if rules & Rule.ZEROS:
         put(Rule.ZEROS, zeros_rule(count, params))
     if rules & Rule.DOMINANCE:

@@ -165,11 +165,13 @@ def test_contributor_counts_distinct_ids(session):
     assert int(by_person.iloc[0, 0]) == 12  # the table still counts records
 
 
-def test_missing_grouping_values_are_left_out_and_reported(session):
+def test_missing_grouping_values_are_a_checked_row(session):
     frame = pd.DataFrame({"g": ["a"] * 12 + [None], "h": ["x"] * 13})
     table = session.crosstab(frame["g"], frame["h"])
     assert int(table.iloc[0, 0]) == 12
-    assert any("no value for" in r for r in table.safe_output.reasons)
+    assert int(table.iloc[1, 0]) == 1 and pd.isna(table.index[1])
+    assert table.safe_output.status == "fail"
+    assert any("missing grouping value" in r for r in table.safe_output.reasons)
 
 
 def test_refusals_of_bad_arguments(session, df):

@@ -329,7 +329,9 @@ def test_missing_values_check_off():
     relaxed = check_magnitude_table(
         MISSING, "region", "age", "cost", "mean", params=SDCParams(zeros_are_disclosive=False)
     )
-    assert grid(relaxed) == [["pass", "pass", "pass"]]
+    # Zeros not disclosive: the all-missing cell is no empty cell but 3 records (ACRO counts
+    # them), below the threshold: it fails (issue #11: ACRO fails it, Havre may not pass it).
+    assert grid(relaxed) == [["pass", "fail", "pass"]]
 
 
 def test_missing_values_check_on():
@@ -346,7 +348,7 @@ def test_missing_values_check_on():
         "mean",
         params=SDCParams(check_missing_values=True, zeros_are_disclosive=False),
     )
-    assert grid(relaxed) == [["review", "review", "pass"]]
+    assert grid(relaxed) == [["review", "fail", "pass"]]
 
 
 @pytest.mark.parametrize("aggfunc", ["min", "max"])
