@@ -10,7 +10,9 @@ Targets:
 
 Same process, same data (1,000,000 records, 50 regions x 100 ages, skewed positive costs, as in
 ``egress.sdc.bench``): for each of a count crosstab and a mean crosstab (dominance and p-ratio
-checks), the median of ``--runs`` runs (after one warm-up run) of
+checks), with one key per axis (region by age, 5,000 cells) and with two plain keys per axis
+(``count2``/``mean2``: region and sex by age band and smoker, 2,000 cells, every combination
+shown), the median of ``--runs`` runs (after one warm-up run) of
 
 - ``pandas.crosstab(...)``;
 - ``egress.safe`` ``Session.crosstab(...)``: the check, the reasons, and the recording (CSV,
@@ -124,6 +126,13 @@ def main(argv: list[str] | None = None) -> int:
         f"  load {os.getloadavg()[0]:.1f}"
     )
     df = make_records(args.rows)
+    # Two plain (non-categorical) keys per axis: 50 regions x 2 sexes by 10 age bands x 2
+    # smoking statuses = 100 x 20 cells, every combination shown (issue #11).
+    rng = np.random.default_rng(1)
+    df["sex"] = np.array(["F", "M"])[rng.integers(0, 2, len(df))]
+    df["band"] = df["age"] // 10
+    df["smoker"] = np.array(["no", "yes"])[rng.integers(0, 2, len(df))]
+    rows2, cols2 = [df["region"], df["sex"]], [df["band"], df["smoker"]]
     print(f"{args.rows:,} records, 50 regions x 100 ages; median of {args.runs} runs")
     acro = None if args.skip_acro else load_acro()
     results: dict[str, dict[str, object]] = {}
@@ -143,9 +152,21 @@ def main(argv: list[str] | None = None) -> int:
                     df["region"], df["age"], values=df["cost"], aggfunc="mean"
                 ),
             },
+            "count2": {
+                "pandas": lambda: pd.crosstab(rows2, cols2),
+                "safe": lambda: session.crosstab(rows2, cols2),
+            },
+            "mean2": {
+                "pandas": lambda: pd.crosstab(rows2, cols2, values=df["cost"], aggfunc="mean"),
+                "safe": lambda: session.crosstab(rows2, cols2, values=df["cost"], aggfunc="mean"),
+            },
         }
         if acro is not None:
             acro_session = acro.ACRO(suppress=False)
+            calls["count2"]["acro"] = quiet(lambda: acro_session.crosstab(rows2, cols2))
+            calls["mean2"]["acro"] = quiet(
+                lambda: acro_session.crosstab(rows2, cols2, values=df["cost"], aggfunc="mean")
+            )
             calls["count"]["acro"] = quiet(lambda: acro_session.crosstab(df["region"], df["age"]))
             calls["mean"]["acro"] = quiet(
                 lambda: acro_session.crosstab(
@@ -160,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                     result = timed(fn, args.runs)
                 results[f"{table}/{tool}"] = result
                 runs = ", ".join(f"{t:.3f}" for t in result["runs"])
-                print(f"  {table:<5} {tool:<7} {result['median']:8.3f} s   ({runs})")
+                print(f"  {table:<6} {tool:<7} {result['median']:8.3f} s   ({runs})")
         # The check really ran: the last safe mean table's verdict.
         last = session.output(list(session.outputs)[-1])
         print(f"  (last safe output: {last.summary})")
@@ -183,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    ({verdict.summary[:100]})")
 
     ratios: dict[str, float] = {}
-    for table in ("count", "mean"):
+    for table in ("count", "mean", "count2", "mean2"):
         safe_t = results[f"{table}/safe"]["median"]
         ratios[f"{table}: safe / pandas"] = safe_t / results[f"{table}/pandas"]["median"]
         if f"{table}/acro" in results:
