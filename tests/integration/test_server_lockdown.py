@@ -282,12 +282,15 @@ def record(exit_: str, control: str, result: str) -> None:
 def print_lockdown_table(request):
     yield
     reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is None or not LOCKDOWN_TABLE:
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None or not LOCKDOWN_TABLE:
         return
-    reporter.section("notebook server lockdown")
-    reporter.write_line(f"{'exit':<58} {'control':<40} result")
-    for exit_, control, result in LOCKDOWN_TABLE:
-        reporter.write_line(f"{exit_:<58} {control:<40} {result}")
+    with capture.global_and_fixture_disabled():  # printed whether the tests pass or fail
+        reporter.write_line("")
+        reporter.section("notebook server lockdown")
+        reporter.write_line(f"{'exit':<58} {'control':<40} result")
+        for exit_, control, result in LOCKDOWN_TABLE:
+            reporter.write_line(f"{exit_:<58} {control:<40} {result}")
 
 
 @pytest.fixture(scope="module")
