@@ -433,7 +433,7 @@ def test_every_registered_route_is_on_the_reviewed_list_or_refused_and_needs_a_l
         if method in ("GET", "HEAD") and not ws:
             control = f"direct: {next(control_answers)['status']}"
         else:
-            control = "direct: not sent (writes)" if not ws else "direct: websocket"
+            control = "direct: not sent (not a read)" if not ws else "direct: websocket"
         with_session = through_guard(carol, method, path, cookies, ws)
         without = through_guard(carol, method, path, "", ws)
         status, refused, _ = with_session
