@@ -1961,11 +1961,22 @@ def init_files(config: ProviderConfig) -> list[Path]:
 
 
 async def _serve(
-    config: ProviderConfig, address: str, port: int, ssl_context: ssl.SSLContext | None = None
+    config: ProviderConfig,
+    address: str,
+    port: int,
+    ssl_context: ssl.SSLContext | None = None,
+    internal_port: int | None = None,
 ) -> None:
     app = make_app(config)
     server = make_server(app, ssl_context)
     server.listen(port, address)
+    servers = [server]
+    if internal_port:
+        # plain HTTP for relying parties on a private network (the hub's token calls)
+        internal = make_server(app)
+        internal.listen(internal_port, address)
+        servers.append(internal)
+        log.info("Back channel (plain HTTP) on %s:%d", address, internal_port)
     log.info(
         "Havre sign-in service %s listening on %s:%d (%s)",
         config.issuer,
@@ -1990,8 +2001,9 @@ async def _serve(
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("Stopping")
-    server.stop()
-    await server.close_all_connections()
+    for each in servers:
+        each.stop()
+        await each.close_all_connections()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -2014,12 +2026,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--tls-cert", default="", help="PEM certificate (chain): serve HTTPS")
     parser.add_argument("--tls-key", default="", help="the certificate's PEM private key")
+    parser.add_argument(
+        "--internal-port",
+        type=int,
+        default=None,
+        help="with --tls-cert: also serve plain HTTP on this port (a private network's back "
+        "channel; never publish it)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
     args = parser.parse_args(argv)
     if not args.config:
         parser.error("give --config or set HAVRE_IDP_CONFIG")
     if bool(args.tls_cert) != bool(args.tls_key):
         parser.error("give both --tls-cert and --tls-key, or neither")
+    if args.internal_port is not None and not args.tls_cert:
+        parser.error("--internal-port is only for a provider that serves HTTPS (--tls-cert)")
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -2034,7 +2055,7 @@ def main(argv: list[str] | None = None) -> int:
         return 78  # EX_CONFIG
     if args.init:
         return 0
-    asyncio.run(_serve(config, args.address, args.port, context))
+    asyncio.run(_serve(config, args.address, args.port, context, args.internal_port))
     return 0
 
 

@@ -48,6 +48,19 @@ SECRETS = (
     "idp-admin-token",
 )
 IDP_PORT = 8001
+#: The embedded provider's plain-HTTP port for the hub's back channel when browsers get HTTPS
+#: on IDP_PORT: never published, reachable only on the enclave's front network.
+IDP_INTERNAL_PORT = 8002
+#: No routing inside the stack's containers: the hub and egress sit on the front network and
+#: every project network, and a container's network namespace inherits the host's
+#: ``ip_forward=1`` (Docker's), so without these they would forward between them.
+NO_FORWARDING_SYSCTLS = {
+    "net.ipv4.ip_forward": "0",
+    "net.ipv4.conf.all.forwarding": "0",
+    "net.ipv4.conf.default.forwarding": "0",
+    "net.ipv6.conf.all.forwarding": "0",
+    "net.ipv6.conf.default.forwarding": "0",
+}
 #: The re-execution jobs folder under the state folder (shared by egress and the runner).
 REEXEC_JOBS = "reexec"
 TLS_IN_CONTAINER = "/etc/havre/tls"
@@ -91,8 +104,9 @@ class StackOptions:
 
     @property
     def idp_public_url(self) -> str:
-        """Where browsers reach the embedded identity provider."""
-        return f"http://{self.public_host or self.bind_ip}:{self.idp_port}"
+        """Where browsers reach the embedded identity provider: HTTPS (with the proxy's
+        certificate) whenever the proxy serves HTTPS."""
+        return f"{self.scheme}://{self.public_host or self.bind_ip}:{self.idp_port}"
 
 
 def hub_container_name(enclave: EnclaveConfig) -> str:
@@ -165,6 +179,14 @@ def _tls_digest(opts: StackOptions) -> str:
     for path in (opts.tls_cert, opts.tls_key):
         digest.update(Path(path).read_bytes())
     return digest.hexdigest()
+
+
+def _tls_volumes(opts: StackOptions) -> dict[str, dict[str, str]]:
+    """The proxy's certificate and key, read-only at TLS_IN_CONTAINER (hub and provider)."""
+    return {
+        str(Path(opts.tls_cert).resolve()): {"bind": f"{TLS_IN_CONTAINER}/cert.pem", "mode": "ro"},
+        str(Path(opts.tls_key).resolve()): {"bind": f"{TLS_IN_CONTAINER}/key.pem", "mode": "ro"},
+    }
 
 
 def _image_id(client: docker.DockerClient, image: str) -> str:
@@ -264,7 +286,7 @@ def _start_egress(
 ) -> None:
     name = egress_container_name(enclave)
     digest = _config_digest(
-        enclave, _image_id(client, opts.egress_image), opts.public_url, "reexec-jobs"
+        enclave, _image_id(client, opts.egress_image), opts.public_url, "reexec-jobs", "no-fwd"
     )
     if _replace_container(client, name, digest, changes):
         return
@@ -315,10 +337,12 @@ def _service_container(
     enclave: EnclaveConfig, role: str, digest: str, *, tmp: str, pids: int
 ) -> dict[str, object]:
     """What every service container of the stack gets (``docker run`` arguments): a read-only
-    root with a small ``/tmp``, no capabilities, no privilege gain, a process limit, restarts
-    with the host, and the labels ``havre down`` and the config digest use."""
+    root with a small ``/tmp``, no capabilities, no privilege gain, a process limit, no IP
+    forwarding, restarts with the host, and the labels ``havre down`` and the config digest
+    use."""
     return {
         "read_only": True,
+        "sysctls": dict(NO_FORWARDING_SYSCTLS),
         "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={tmp}"},
         "cap_drop": ["ALL"],
         "security_opt": ["no-new-privileges:true"],
@@ -441,15 +465,31 @@ def _start_idp(
         fd = os.open(users, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write("{}\n")
-    digest = _config_digest(enclave, _image_id(client, opts.hub_image), text)
+    digest = _config_digest(
+        enclave, _image_id(client, opts.hub_image), text, _tls_digest(opts), "no-fwd"
+    )
     if _replace_container(client, name, digest, changes):
         return
     secret_files = [
         str(enclave.state_dir / "secrets" / s) for s in ("idp-admin-token", "idp-client-jupyterhub")
     ]
+    command = ["havre-idp", "--config", str(config_file), "--port", str(IDP_PORT)]
+    tls_volumes: dict[str, dict[str, str]] = {}
+    if opts.tls_cert:
+        # the browser's side over HTTPS with the proxy's certificate; the hub's back channel
+        # (token and userinfo calls) in plain HTTP on the front network only
+        tls_volumes = _tls_volumes(opts)
+        command += [
+            "--tls-cert",
+            f"{TLS_IN_CONTAINER}/cert.pem",
+            "--tls-key",
+            f"{TLS_IN_CONTAINER}/key.pem",
+            "--internal-port",
+            str(IDP_INTERNAL_PORT),
+        ]
     client.containers.run(
         opts.hub_image,
-        ["havre-idp", "--config", str(config_file), "--port", str(IDP_PORT)],
+        command,
         name=name,
         detach=True,
         user="0:0",
@@ -458,6 +498,7 @@ def _start_idp(
         volumes={
             str(idp_dir): {"bind": str(idp_dir), "mode": "rw"},
             **{path: {"bind": path, "mode": "ro"} for path in secret_files},
+            **tls_volumes,
         },
         **_service_container(enclave, "idp", digest, tmp="16m", pids=128),
     )
@@ -476,18 +517,18 @@ def _start_hub(
         opts.public_url,
         opts.idp_public_url,
         _tls_digest(opts),
+        "no-fwd",
     )
     if _replace_container(client, name, digest, changes):
         return
     state = str(enclave.state_dir)
     tls_volumes: dict[str, dict[str, str]] = {}
     command = None
+    idp_internal = f"http://{idp_container_name(enclave)}:{IDP_PORT}"
     if opts.tls_cert:
         cert, key = f"{TLS_IN_CONTAINER}/cert.pem", f"{TLS_IN_CONTAINER}/key.pem"
-        tls_volumes = {
-            str(Path(opts.tls_cert).resolve()): {"bind": cert, "mode": "ro"},
-            str(Path(opts.tls_key).resolve()): {"bind": key, "mode": "ro"},
-        }
+        tls_volumes = _tls_volumes(opts)
+        idp_internal = f"http://{idp_container_name(enclave)}:{IDP_INTERNAL_PORT}"
         # the image's command, plus the proxy's certificate (JupyterHub passes it to the proxy)
         command = [
             "jupyterhub",
@@ -510,7 +551,7 @@ def _start_hub(
             "HAVRE_FRONT_NETWORK": front_network_name(enclave),
             "HAVRE_PUBLIC_URL": opts.public_url,
             "HAVRE_IDP_PUBLIC_URL": opts.idp_public_url,
-            "HAVRE_IDP_INTERNAL_URL": f"http://{idp_container_name(enclave)}:{IDP_PORT}",
+            "HAVRE_IDP_INTERNAL_URL": idp_internal,
         },
         volumes={
             str(Path(enclave.source).resolve()): {"bind": CONFIG_IN_CONTAINER, "mode": "ro"},
@@ -519,6 +560,7 @@ def _start_hub(
             **tls_volumes,
         },
         tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"},  # cleared by a restart (the proxy's pid)
+        sysctls=dict(NO_FORWARDING_SYSCTLS),  # on every project network: never a router
         restart_policy={"Name": "unless-stopped"},
         labels={"havre.enclave": enclave.name, "havre.role": "hub", "havre.digest": digest},
     )

@@ -147,9 +147,9 @@ def pytest_terminal_summary(terminalreporter) -> None:
     write = terminalreporter.write_line
     if SECCOMP_TABLE:
         terminalreporter.section("seccomp probes (same image, uid and capabilities)")
-        write(f"{'system call':<24} {'control: Docker default':<24} {'no profile':<14} notebook")
+        write(f"{'system call':<31} {'control: Docker default':<24} {'no profile':<14} notebook")
         for call, default, unconfined, notebook in SECCOMP_TABLE:
-            write(f"{call:<24} {default:<24} {unconfined:<14} {notebook}")
+            write(f"{call:<31} {default:<24} {unconfined:<14} {notebook}")
     if ROUTING_TABLE:
         terminalreporter.section("routing from project network A to B")
         write(f"{'through':<42} {'forwarding':<14} canary on B")

@@ -4,8 +4,10 @@
 every system call not listed gets EPERM. It allows what Docker's default profile allows an
 unprivileged container, minus io_uring, ptrace and other cross-process memory access,
 userfaultfd, perf_event_open, bpf and the kernel keyrings; ``socket()`` is allowed only for
-AF_UNIX, AF_INET and AF_INET6 (so no AF_NETLINK, AF_PACKET or AF_VSOCK); ``clone`` can't make
-namespaces. See docs/architecture.md ("System calls") for what was tested.
+AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK with NETLINK_ROUTE (``getifaddrs()``, which ZeroMQ
+and so every Jupyter kernel needs: without it a kernel aborts at start), so no AF_PACKET,
+AF_VSOCK or other netlink protocol; ``clone`` can't make namespaces. See
+docs/architecture.md ("System calls") for what was tested.
 """
 
 from __future__ import annotations
@@ -31,8 +33,10 @@ BLOCKED = (
     "add_key",
     "request_key",
 )
-#: The only address families ``socket()`` may create.
+#: The only address families ``socket()`` may create (any protocol).
 SOCKET_FAMILIES = {1: "AF_UNIX", 2: "AF_INET", 10: "AF_INET6"}
+#: AF_NETLINK (16), with this protocol only: NETLINK_ROUTE (0).
+NETLINK_PROTOCOLS = {0: "NETLINK_ROUTE"}
 
 
 @functools.cache

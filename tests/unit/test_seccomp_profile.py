@@ -9,7 +9,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from spawner.seccomp import BLOCKED, SOCKET_FAMILIES, notebook_profile, security_opt
+from spawner.seccomp import (
+    BLOCKED,
+    NETLINK_PROTOCOLS,
+    SOCKET_FAMILIES,
+    notebook_profile,
+    security_opt,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 NAMESPACE_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000
@@ -40,15 +46,26 @@ def test_no_rule_allows_a_blocked_call():
     assert set(BLOCKED) <= refused  # listed by name, with a comment saying why
 
 
-def test_socket_is_allowed_only_for_unix_inet_and_inet6():
+def test_socket_is_allowed_only_for_unix_inet_inet6_and_netlink_route():
     rules = [r for r in allow_rules() if "socket" in r["names"]]
-    families = set()
+    families, netlink = set(), set()
     for rule in rules:
         assert rule["names"] == ["socket"]
-        (arg,) = rule["args"]  # one condition per rule: several on one argument would be ORed
-        assert arg["index"] == 0 and arg["op"] == "SCMP_CMP_EQ"
-        families.add(arg["value"])
+        # at most one condition per argument: several on one argument would be ORed (runc)
+        indexes = [arg["index"] for arg in rule["args"]]
+        assert len(indexes) == len(set(indexes)) and all(
+            arg["op"] == "SCMP_CMP_EQ" for arg in rule["args"]
+        )
+        by_index = {arg["index"]: arg["value"] for arg in rule["args"]}
+        if by_index[0] == 16:
+            assert set(by_index) == {0, 2}  # AF_NETLINK only with a named protocol
+            netlink.add(by_index[2])
+        else:
+            assert set(by_index) == {0}
+            families.add(by_index[0])
     assert families == set(SOCKET_FAMILIES) == {1, 2, 10}
+    assert netlink == set(NETLINK_PROTOCOLS) == {0}
+    assert not families & {16, 17, 40}  # AF_NETLINK (any), AF_PACKET, AF_VSOCK
 
 
 def test_clone_cannot_make_namespaces_and_clone3_falls_back():

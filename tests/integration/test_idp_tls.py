@@ -1,0 +1,146 @@
+"""The embedded identity provider over TLS whenever the hub is, in a real enclave.
+
+A second, small enclave is started here with a certificate the test makes (``cryptography``,
+for 127.0.0.1): the proxy and the provider serve HTTPS with it, a researcher signs in through
+both, and an old scrypt password hash is rewritten as Argon2id by the running provider.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import ssl
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import NameOID
+
+from spawner import stack
+from spawner.cli import DEFAULT_NOTEBOOK_IMAGE
+from spawner.demo import init_demo
+from spawner.oidc_provider import read_users_file, write_users_file
+from spawner.passwords import legacy_scrypt_hash, verify_password
+from tests.enclave_fixtures import ENCLAVE_NAME, free_port
+from tests.integration.hub_client import HubUser
+
+pytestmark = pytest.mark.docker
+
+
+def make_certificate(folder: Path) -> tuple[Path, Path]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "havre test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    key_file.chmod(0o600)
+    return cert_file, key_file
+
+
+@dataclass
+class TlsEnclave:
+    config: object
+    options: stack.StackOptions
+    url: str
+    cert: Path
+    passwords: dict[str, str]
+
+    def session(self) -> requests.Session:
+        session = requests.Session()
+        session.trust_env = False  # REQUESTS_CA_BUNDLE would override verify
+        session.verify = str(self.cert)
+        return session
+
+
+@pytest.fixture(scope="module")
+def tls_enclave(docker_client, tmp_path_factory) -> Iterator[TlsEnclave]:
+    folder = tmp_path_factory.mktemp("tls-enclave")
+    cert, key = make_certificate(folder)
+    config, users = init_demo(
+        folder / "state", DEFAULT_NOTEBOOK_IMAGE, enclave_name=f"{ENCLAVE_NAME}tls"
+    )
+    stack.down(config, purge=False)  # leftovers of an interrupted run
+    options = stack.StackOptions(
+        port=free_port(), idp_port=free_port(), tls_cert=str(cert), tls_key=str(key)
+    )
+    try:
+        url = stack.up(config, options)
+        yield TlsEnclave(config, options, url, cert, {u.name: u.password for u in users})
+    finally:
+        stack.down(config, purge=True)
+
+
+def test_the_sign_in_service_is_https_with_the_hubs_certificate(tls_enclave):
+    opts = tls_enclave.options
+    assert tls_enclave.url.startswith("https://")
+    assert opts.idp_public_url == f"https://127.0.0.1:{opts.idp_port}"
+    session = tls_enclave.session()
+    discovery = session.get(f"{opts.idp_public_url}/.well-known/openid-configuration", timeout=10)
+    assert discovery.status_code == 200
+    assert discovery.json()["issuer"] == opts.idp_public_url
+    # the same certificate as the proxy's
+
+    served = ssl.get_server_certificate(("127.0.0.1", opts.idp_port))
+    assert x509.load_pem_x509_certificate(served.encode()) == x509.load_pem_x509_certificate(
+        tls_enclave.cert.read_bytes()
+    )
+    # and nothing in clear on that port
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(
+            f"http://127.0.0.1:{opts.idp_port}/.well-known/openid-configuration", timeout=5
+        )
+
+
+def test_a_researcher_signs_in_over_tls_end_to_end(tls_enclave):
+    """Hub -> provider's page (HTTPS) -> password -> hub, which redeems the code over the
+    provider's back channel on the front network."""
+    alice = HubUser(tls_enclave.url, "alice", tls_enclave.passwords["alice"])
+    alice.session = tls_enclave.session()
+    page = alice.session.get(alice.url("hub/oauth_login?next=/hub/home"), timeout=30)
+    assert page.url.startswith(f"{tls_enclave.options.idp_public_url}/authorize")
+    assert 'name="password"' in page.text
+    alice.login()
+    home = alice.session.get(alice.url("hub/home"), timeout=30)
+    assert home.status_code == 200 and "alice" in home.text
+
+
+def test_an_old_scrypt_hash_signs_in_and_is_rewritten_as_argon2id(tls_enclave):
+    users_file = tls_enclave.config.state_dir / "idp" / "users.json"
+    users = read_users_file(users_file)
+    assert all(u.password_hash.startswith("$argon2id$") for u in users.values())
+    password = tls_enclave.passwords["bob"]
+    entries = {name: record.to_json() for name, record in users.items()}
+    entries["bob"]["password_hash"] = legacy_scrypt_hash(password)
+    write_users_file(users_file, entries)  # the provider re-reads it at every sign-in
+    bob = HubUser(tls_enclave.url, "bob", password)
+    bob.session = tls_enclave.session()
+    bob.login()
+    stored = read_users_file(users_file)["bob"].password_hash
+    assert stored.startswith("$argon2id$") and verify_password(password, stored)
