@@ -612,9 +612,10 @@ class Session:
         Counts by default; with ``values`` and ``aggfunc`` (count, sum, mean, median, std,
         min, max) a table of that statistic. ``margins`` adds totals (checked like cells).
         ``suppress=True`` returns (and records) the table with failing cells blanked,
-        secondary suppression so none can be worked out from totals, and margins recomputed
-        from the published cells. ``round_base`` (a number, or True for the session's
-        ``round_base``) rounds the published numbers; the verdict is of the unrounded table.
+        secondary suppression so none can be worked out from totals, and no margins once a
+        cell is blank (margins are kept when nothing is blanked). ``round_base`` (a number,
+        or True for the session's ``round_base``) rounds the published numbers; the verdict
+        is of the unrounded table.
 
         Also accepted: ``rownames``, ``colnames``, ``margins_name`` (default ``"All"``),
         ``dropna`` (ignored: every cell is shown and checked, as ACRO does), ``observed``
@@ -741,6 +742,13 @@ class Session:
             mitigation = "suppress"
             table = sdc_suppress(inner, margins=spec.margins, margins_name=spec.margins_name)
             blanked = table.iloc[: inner.shape[0], : inner.shape[1]].isna().to_numpy()
+            additive = spec.statistic in (None, "count", "sum", "mean")
+            margins_dropped = bool(spec.margins and additive and blanked.any())
+            if margins_dropped:
+                # Totals of the published cells would read as if the blanks were 0 (the
+                # egress service flags such a table), and the true totals are what the
+                # suppression protects against: a table with blanks has no margins.
+                table = sdc_suppress(inner, margins=False)
             primary = inner.verdict_codes == Verdict.FAIL
             empty_before = ~np.isfinite(inner.table.to_numpy(dtype=float))
             secondary = blanked & ~primary & ~empty_before
@@ -753,11 +761,14 @@ class Session:
                 )
                 if n_secondary:
                     note += f", and {n_secondary} more so that none can be worked out from totals"
-                if spec.margins and spec.statistic in (None, "count", "sum", "mean"):
-                    note += "; margins are totals of the published cells"
                 comments.append(note)
                 summary = f"review (suppressed): {check.summary}; {note}"
-            if spec.margins and spec.statistic not in (None, "count", "sum", "mean"):
+            if margins_dropped:
+                comments.append(
+                    "margins are not shown: with blank cells, totals of the published cells "
+                    "would read as if the blanks were 0, and true totals could give them away"
+                )
+            if spec.margins and not additive:
                 comments.append(
                     f"margins are not shown: a suppressed {spec.statistic} table "
                     "has no totals that add up"
@@ -1288,7 +1299,8 @@ def _aligned(items: list[tuple[str, pd.Series]]) -> pd.DataFrame:
                 )
             series = pd.Series(series.array, index=index, name=series.name)
         columns[key] = series
-    return pd.DataFrame(columns)
+    # No copy: the records are only read (a copy of 1,000,000 rows costs more than the check).
+    return pd.DataFrame(columns, copy=False)
 
 
 def _check_table(

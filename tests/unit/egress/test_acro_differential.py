@@ -535,13 +535,14 @@ ACRO_NAN_MARGINS = Difference(
     "ACRO's margin is NaN (pandas dropna=False) and fails; Havre's is computed and checked",
 )
 
-# With suppress=True Havre's margins are totals of the published cells (recomputed after
-# suppression, so they give no blanked cell away); ACRO keeps pandas' margins and checks them.
-# The margin cells are compared only without suppression. See DOC "Suppression".
+# With suppress=True Havre's check is of the inner table and its published table has no
+# margins once a cell is blank (true totals could give blanks away, totals of the published
+# cells read as if blanks were 0); ACRO keeps pandas' margins and checks them. The margin cells
+# are compared only without suppression. See DOC "Suppression".
 SUPPRESSED_MARGINS_RECOMPUTED = Difference(
     "suppressed-margins-recomputed",
     f"{DOC}#differences-from-acro-in-short",
-    "suppressed tables: margins are recomputed from the published cells",
+    "suppressed tables: no margins around blank cells",
 )
 
 ROW_KEYS = {"r1": ["a", "b"], "r2": ["u", "v", "w"], "r3": ["s", "t"]}
