@@ -94,3 +94,17 @@ def test_the_security_opt_carries_the_versioned_file():
 def test_the_profile_ships_in_the_wheel():
     pyproject = (ROOT / "pyproject.toml").read_text()
     assert '"spawner.seccomp" = ["*.json"]' in pyproject
+
+
+def test_re_execution_containers_get_the_same_profile(tmp_path):
+    """egress.reexecution applies ProjectSpawner.hardened_host_config: the profile comes
+    with it (tests/integration/test_reexecution.py runs papermill under it)."""
+    from egress.reexecution import notebook_container_config
+    from spawner.demo import init_demo
+
+    config, _users = init_demo(tmp_path / "state", "havre/notebook:test")
+    host = notebook_container_config(
+        config.project("cardio"), cpu=1.0, memory_bytes=2**30, pids=256
+    )
+    assert security_opt() in host["security_opt"]
+    assert "no-new-privileges:true" in host["security_opt"]
