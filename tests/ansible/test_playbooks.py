@@ -577,6 +577,8 @@ def test_rotate_secrets(deployment):
     signing_key = Path(deployment.vars["havre_state_dir"]) / "egress/signing-key.pem"
     before = {p.name: p.read_bytes() for p in secrets_dir.iterdir()}
     key_before = signing_key.read_bytes()
+    egress_cookie = Path(deployment.vars["havre_state_dir"]) / "egress/cookie-secret"
+    cookie_before = egress_cookie.read_bytes()
     run = deployment.playbook("rotate-secrets.yml")
     assert run.returncode == 0, run.output[-3000:]
     after = {p.name: p.read_bytes() for p in secrets_dir.iterdir()}
@@ -584,6 +586,7 @@ def test_rotate_secrets(deployment):
         assert after[name] != before[name], name
     assert after["jupyterhub-crypt-key"] == before["jupyterhub-crypt-key"]
     assert signing_key.read_bytes() == key_before  # earlier release records stay checkable
+    assert egress_cookie.read_bytes() != cookie_before  # egress sessions end too, on purpose
     assert all((secrets_dir / name).stat().st_mode & 0o777 == 0o600 for name in after)
     alice = deployment.user("alice")  # signs in again with the new secrets
     assert Egress(alice).ok("GET", "api/whoami")["projects"] == ["cardio"]
