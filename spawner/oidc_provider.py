@@ -44,6 +44,7 @@ import sys
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -106,6 +107,8 @@ KEY_FILE_NAME = "signing-key.pem"
 #: of the provider signs nobody out
 TOKENS_FILE_NAME = "tokens.json"
 TOKENS_SCHEMA = 1
+#: password hashes computed at once (each Argon2id check holds 64 MiB)
+HASH_WORKERS = 2
 BROWSER_COOKIE = "havre_idp_browser"
 TEMPLATES = Path(__file__).parent / "templates"
 
@@ -840,6 +843,9 @@ class Provider:
         self._last_purge = 0.0
         self.tokens_file = Path(config.state_dir) / TOKENS_FILE_NAME
         self._load_tokens()
+        # Argon2id takes 64 MiB and most of a second per password: at most HASH_WORKERS at
+        # once, so a burst of sign-in attempts queues instead of exhausting the memory
+        self.hash_pool = ThreadPoolExecutor(HASH_WORKERS, thread_name_prefix="havre-idp-hash")
 
     # -- persistence of sign-ins and tokens
 
@@ -1566,7 +1572,7 @@ class AuthorizeHandler(_BaseHandler):
         acceptable = user is not None and len(password) <= 1024
         stored = user.password_hash if user is not None and acceptable else _dummy_hash()
         ok = await asyncio.get_running_loop().run_in_executor(
-            None, verify_password, password[:1024], stored
+            self.provider.hash_pool, verify_password, password[:1024], stored
         )
         if not (ok and acceptable):
             log.info("Failed sign-in for %r from %s", username, ip)
@@ -1601,7 +1607,7 @@ class AuthorizeHandler(_BaseHandler):
         provider = self.provider
         try:
             new_hash = await asyncio.get_running_loop().run_in_executor(
-                None, hash_password, password
+                self.provider.hash_pool, hash_password, password
             )
             # read, compare and write with no await in between: no admin change is lost
             if upgrade_password_hash(
@@ -1808,7 +1814,7 @@ class AdminUserHandler(_AdminHandler):
         new_hash = None
         if password is not None:
             new_hash = await asyncio.get_running_loop().run_in_executor(
-                None, hash_password, password
+                self.provider.hash_pool, hash_password, password
             )
         users = self.users_or_error()  # read after the (slow) hash, then write at once
         if users is None:

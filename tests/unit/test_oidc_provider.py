@@ -1455,3 +1455,40 @@ def test_a_bad_tls_certificate_is_refused_with_a_message(tmp_path, seeded, capsy
     with pytest.raises(SystemExit):
         main(args)  # a certificate without its key
     assert "give both --tls-cert and --tls-key" in capsys.readouterr().err
+
+
+def test_password_checks_run_at_most_two_at_once(idp, monkeypatch):
+    """A burst of sign-in attempts queues for the hash pool instead of taking 64 MiB each."""
+    lock = threading.Lock()
+    active, most, release = [0], [0], threading.Event()
+    real_verify = oidc_provider.verify_password
+
+    def slow_verify(password, stored):
+        with lock:
+            active[0] += 1
+            most[0] = max(most[0], active[0])
+        release.wait(20)
+        with lock:
+            active[0] -= 1
+        return real_verify(password, stored)
+
+    monkeypatch.setattr(oidc_provider, "verify_password", slow_verify)
+    pages = []
+    for _ in range(5):
+        browser = requests.Session()
+        pages.append((browser, idp.authorize(browser, idp.authorize_params())))
+    threads = [
+        threading.Thread(target=idp.submit_login, args=(b, p, "alice", "wrong password"))
+        for b, p in pages
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + 20
+    while active[0] < oidc_provider.HASH_WORKERS and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # room for a third check to start, if the pool let it
+    assert most[0] == oidc_provider.HASH_WORKERS == 2
+    release.set()
+    for thread in threads:
+        thread.join(30)
+    assert most[0] == 2  # the queued ones ran after, never beside
