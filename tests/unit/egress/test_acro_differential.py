@@ -349,6 +349,8 @@ def _assert_threshold(cells: Cells, params: SDCParams) -> set[tuple[Any, Any]]:
         expected = (count > 0) & (count < params.threshold)
         if params.zeros_are_disclosive:
             expected |= count == 0
+        else:  # records without values, fewer than the threshold: a small cell (as ACRO)
+            expected |= (count == 0) & (rows < params.threshold)
         assert havre_flags & with_missing == cells.where((missing > 0) & expected)
         excepted |= with_missing
 
@@ -461,7 +463,9 @@ def test_magnitude_crosstab_matches_acro(acro_module, outputs_dir, aggfunc, df, 
 
 
 @SETTINGS
-@given(df=records(), params=params_strategy)
+# Missing keys in pivot tables: see test_multi_key_tables_acro_fails_havre_does_not_pass
+# (pandas' pivot_table counts differ on NaN keys; compared there for soundness).
+@given(df=records(missing_keys=False), params=params_strategy)
 def test_pivot_table_mean_matches_acro(acro_module, outputs_dir, df, params):
     _start()
     ac = _acro(acro_module, params)
