@@ -507,6 +507,82 @@ def _raw_count_check(sdc: Mapping[str, Any] | None) -> dict[str, Any] | None:
     return raw
 
 
+def _table_shape(data: bytes, kind: str) -> dict[str, int]:
+    """Rows (the header included) and the widest row's columns of a CSV/TSV snapshot."""
+    delimiter = "\t" if kind == FileKind.TSV.value else ","
+    text = data.decode("utf-8-sig", errors="replace")
+    rows = columns = 0
+    for row in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter):
+        if any(cell.strip() for cell in row):
+            rows += 1
+            columns = max(columns, len(row))
+    return {"rows": rows, "columns": columns}
+
+
+#: The parts of a file's stored check that a project member sees (see :func:`member_check`).
+MEMBER_SDC_KEYS = ("checked", "verdict", "kind", "statistic", "rule_counts", "params")
+MEMBER_LIBRARY_KEYS = ("status", "statistic", "verdict", "label", "uid", "params", "message")
+MEMBER_BADGE_KEYS = (
+    "version",
+    "verdict",
+    "text",
+    "verified_by",
+    "count_rules_verdict",
+    "statistic",
+    "statistic_source",
+    "params",
+    "library_status",
+)
+
+
+def member_check(check: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """A file's check as project members (the author included) and administrators see it.
+
+    Verdicts and counts only: the flagged cells' text, the lines naming changed cells, the
+    warnings (a PNG's chunk names are the researcher's bytes), the SDC rules' per-cell
+    findings and reasons (they quote a table's labels) are left out; checkers see them all.
+    The library's reasons, the researcher's exception text and the badge's sentences are left
+    out too: they come from ``results.json`` in the outputs folder, which a researcher can
+    write by hand. ``redacted`` says that this is the members' view.
+    """
+    if not check:
+        return None if check is None else dict(check)
+    sdc = check.get("sdc")
+    out: dict[str, Any] = {
+        "outcome": check.get("outcome"),
+        "warnings": [],
+        "changes": [],
+        "flagged_cells": [],
+        "flagged_cell_count": check.get("flagged_cell_count", 0),
+        "warning_count": len(check.get("warnings") or []),
+        "change_count": len(check.get("changes") or []),
+        "sdc": None,
+        "library": None,
+        "badge": None,
+        "redacted": True,
+    }
+    if isinstance(sdc, Mapping):
+        kept = {k: sdc[k] for k in MEMBER_SDC_KEYS if k in sdc}
+        if not sdc.get("checked") and isinstance(sdc.get("reason"), str):
+            kept["reason"] = sdc["reason"]  # why it was not checked: the service's sentence
+        if isinstance(sdc.get("count_rules"), Mapping):
+            kept["count_rules"] = {"verdict": sdc["count_rules"].get("verdict")}
+        kept["finding_count"] = len(sdc.get("findings") or [])
+        kept["reason_count"] = len(sdc.get("reasons") or [])
+        out["sdc"] = kept
+    library = check.get("library")
+    if isinstance(library, Mapping):
+        out["library"] = {k: library[k] for k in MEMBER_LIBRARY_KEYS if k in library}
+    badge = check.get("badge")
+    if isinstance(badge, Mapping):
+        out["badge"] = {k: badge[k] for k in MEMBER_BADGE_KEYS if k in badge}
+        if isinstance(sdc, Mapping) and isinstance(sdc.get("count_rules"), Mapping):
+            out["badge"]["summary"] = sdc["count_rules"].get("summary") or ""
+        else:
+            out["badge"]["summary"] = ""
+    return out
+
+
 def _check_json(
     result: FileCheckResult,
     sdc: dict[str, Any] | None,
@@ -781,6 +857,7 @@ class EgressService:
             reviewers_who_submitted=frozenset(self._reviewers(session, request)),
             files={f.path: votes.get(f.id, {}) for f in files},
             groups_missing_context=frozenset(missing),
+            submitted=request.submitted_at is not None,
         )
 
     def _require(
@@ -970,6 +1047,7 @@ class EgressService:
                 },
             )
             entry = self._file_entry(row, {})
+            entry["check"] = member_check(entry["check"])  # the author: verdicts, not cells
             return {**entry, "replaced": replaced, "content_changed": changed}
 
     @staticmethod
@@ -1188,22 +1266,59 @@ class EgressService:
     # -- reviewing -----------------------------------------------------------------------------
 
     def view_file(self, actor: Actor, request_id: str, file_id: int) -> FileContent:
-        """The bytes that would be released for one file (audited as FILE_VIEWED for checkers)."""
+        """The bytes that would be released for one file, for a reviewing checker once the
+        request is submitted (``Permission.VIEW_FILE``); every view is audited as FILE_VIEWED
+        with the viewer, whichever route serves it (the review page, its raw bytes)."""
         with self._write("view_file", actor, request_id) as tx:
             request = self._load(tx.session, request_id)
             self._require(tx.session, actor, Permission.VIEW_FILE, request)
             row = self._file(tx.session, request, file_id)
             content = self._content(row)
-            if actor.is_checker and actor.username != request.author:
-                tx.audit(
-                    actor,
-                    EventType.FILE_VIEWED,
-                    request,
-                    object=row.path,
-                    file_hashes={row.path: row.release_sha256},
-                    details={"file_id": row.id, "round": request.round},
-                )
+            tx.audit(
+                actor,
+                EventType.FILE_VIEWED,
+                request,
+                object=row.path,
+                file_hashes={row.path: row.release_sha256},
+                details={"file_id": row.id, "round": request.round},
+            )
             return content
+
+    def preview_file(self, actor: Actor, request_id: str, file_id: int) -> dict[str, Any]:
+        """What project members see of a file before release: made here, never its bytes.
+
+        The file's kind, size and hashes, a table's shape (rows and columns, counted here) and
+        its checks as :func:`member_check` keeps them: verdicts and counts, never a cell, a
+        label, a header or a line of its text (the browser is outside the enclave: whatever is
+        shown to a researcher has left it). Audited as FILE_PREVIEWED with the viewer.
+        """
+        with self._write("preview_file", actor, request_id) as tx:
+            request = self._load(tx.session, request_id)
+            self._require(tx.session, actor, Permission.VIEW_PREVIEW, request)
+            row = self._file(tx.session, request, file_id)
+            shape = None
+            if row.kind in (FileKind.CSV.value, FileKind.TSV.value):
+                shape = _table_shape(self.content.get(row.release_sha256), row.kind)
+            preview = {
+                "request_id": request.id,
+                "file_id": row.id,
+                "path": row.path,
+                "kind": row.kind,
+                "size": row.release_size,
+                "sha256": row.sha256,
+                "release_sha256": row.release_sha256,
+                "shape": shape,
+                "check": member_check(view_check(row.check)),
+            }
+            tx.audit(
+                actor,
+                EventType.FILE_PREVIEWED,
+                request,
+                object=row.path,
+                file_hashes={row.path: row.release_sha256},
+                details={"file_id": row.id, "round": request.round},
+            )
+            return preview
 
     def _content(self, row: RequestFile) -> FileContent:
         data = self.content.get(row.release_sha256)
@@ -1836,6 +1951,7 @@ class EgressService:
                 {"name": g.name, "context": g.context, "controls": g.controls} for g in groups
             ]
             entries = []
+            sees_contents = Permission.VIEW_FILE in allowed
             for row in files:
                 votes = view.files.get(row.path, {})
                 if see_all:
@@ -1846,6 +1962,8 @@ class EgressService:
                     entry = self._file_entry(
                         row, {r: v for r, v in votes.items() if r == actor.username}
                     )
+                if not sees_contents:  # members and administrators: no cell, label or text
+                    entry["check"] = member_check(entry["check"])
                 entries.append(entry)
             result["files"] = entries
             result["reviewers"] = sorted(view.reviewers_who_submitted)
@@ -1895,7 +2013,8 @@ class EgressService:
     ) -> list[dict[str, Any]]:
         """Summaries of the requests ``actor`` may see, most recently updated first.
 
-        Members see their projects' requests; checkers and administrators see every project's.
+        Members see their projects' requests; checkers and administrators see every project's
+        once submitted (a draft, or a request withdrawn before submission, only if a member).
         ``mine_to_review``: the checker's queue (the checkers' turn, not their own request, and
         not already reviewed by them in this round). ``older_than``: not updated for that long.
         ``limit``: at most that many; ``after``: the :func:`page_cursor` of the last summary of
@@ -1916,6 +2035,10 @@ class EgressService:
             ).order_by(Request.updated_at.desc(), Request.id)
             if not (actor.is_checker or actor.is_admin):
                 query = query.where(Request.project.in_(sorted(actor.projects)))
+            else:  # checkers and administrators: only submitted requests, outside their projects
+                query = query.where(
+                    Request.project.in_(sorted(actor.projects)) | Request.submitted_at.is_not(None)
+                )
             if project is not None:
                 query = query.where(Request.project == project)
             if state is not None:

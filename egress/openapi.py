@@ -78,6 +78,15 @@ _REQUEST_FILE: dict[str, Any] = {
                 "changes": _TEXTS,
                 "flagged_cells": {"type": "array", "items": {"type": "object"}},
                 "flagged_cell_count": {"type": "integer"},
+                "redacted": {
+                    "type": "boolean",
+                    "description": "true in the view of project members and administrators "
+                    "(issue #12): verdicts and counts only; the cells, warnings, changes, "
+                    "per-cell findings and the library's sentences are left out (checkers see "
+                    "them).",
+                },
+                "warning_count": {"type": "integer"},
+                "change_count": {"type": "integer"},
                 "sdc": {
                     "type": ["object", "null"],
                     "description": "The SDC record of a CSV/TSV of numbers. `verdict` is the "
@@ -288,6 +297,36 @@ def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
             "delete": {
                 **_op("Remove a file from a draft", _json(detail), params=[_REQ, _FILE]),
             }
+        },
+        "/api/requests/{request_id}/files/{file_id}/preview": {
+            "get": _op(
+                "A file's preview made by the service, for project members and checkers: "
+                "kind, size, hashes, a table's shape and its checks' verdicts and counts, "
+                "never its bytes (audited as FILE_PREVIEWED)",
+                _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "request_id": {"type": "string"},
+                            "file_id": {"type": "integer"},
+                            "path": {"type": "string"},
+                            "kind": {"type": "string"},
+                            "size": {"type": "integer"},
+                            "sha256": {"type": "string"},
+                            "release_sha256": {"type": "string"},
+                            "shape": {
+                                "type": ["object", "null"],
+                                "properties": {
+                                    "rows": {"type": "integer"},
+                                    "columns": {"type": "integer"},
+                                },
+                            },
+                            "check": {"type": ["object", "null"]},
+                        },
+                    }
+                ),
+                params=[_REQ, _FILE],
+            )
         },
         "/api/requests/{request_id}/files/{file_id}/vote": {
             "put": _op(

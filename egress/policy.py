@@ -30,6 +30,16 @@ Rules, and how the brief's open points were read
       checker privilege ever lets an author take out their own unreviewed files. Checkers and
       administrators who are not members don't download released files (403): they see the
       files through the review view, which is not a download.
+    * File contents (issue #12): the browser is outside the enclave, so whatever the egress
+      service shows a person has left it. Before release, only output checkers who are not the
+      author see a file's bytes (``view_file``: the review view, its raw bytes, the
+      differencing warning, re-executions), and only once the request has been submitted
+      (``RequestView.submitted``: a draft, or a request withdrawn before it was ever
+      submitted, is never shown to a checker). Authors and other members get ``view_preview``
+      instead: a preview the service makes (kind, size, a table's shape, the checks' verdicts
+      and counts; never a cell, a header or a line of text). Checkers and administrators who
+      are not members of the project don't see unsubmitted requests at all (403, whatever
+      the permission).
     * Only the author changes a request (files, context text) and submits or withdraws it;
       other project members can see it and comment while it is the author's turn.
     * Reviews are independent. While a request is ``submitted`` or ``under_review`` a checker
@@ -97,6 +107,7 @@ class Permission(StrEnum):
 
     VIEW_REQUEST = "view_request"
     VIEW_FILE = "view_file"
+    VIEW_PREVIEW = "view_preview"
     CREATE = "create"
     ADD_FILE = "add_file"
     REMOVE_FILE = "remove_file"
@@ -136,6 +147,7 @@ READ_ONLY_PERMISSIONS: frozenset[Permission] = frozenset(
     {
         Permission.VIEW_REQUEST,
         Permission.VIEW_FILE,
+        Permission.VIEW_PREVIEW,
         Permission.VIEW_PRIVATE_COMMENTS,
         Permission.VIEW_VOTES_OF_OTHERS,
         Permission.VIEW_AUDIT,
@@ -165,6 +177,10 @@ class RequestView:
     (the service empties it when a returned request is resubmitted). ``files`` maps each file id
     to its votes (reviewer username -> vote), empty for a file nobody voted on.
     ``groups_missing_context`` names the file groups still lacking context or controls text.
+    ``submitted`` says whether the author has ever submitted the request (the service knows it
+    from the request's first submission time); when not given it is read from the state: every
+    state but ``draft`` and ``withdrawn`` comes after a submission, and a withdrawn request is
+    taken as never submitted (the safe reading) unless the caller says otherwise.
     """
 
     id: str
@@ -175,11 +191,16 @@ class RequestView:
     reviewers_who_submitted: frozenset[str] = frozenset()
     files: Mapping[str, Mapping[str, Vote]] = field(default_factory=dict)
     groups_missing_context: frozenset[str] = frozenset()
+    submitted: bool | None = None
 
     def __post_init__(self) -> None:
         if self.reviews_required < 1:
             raise ValueError(f"reviews_required must be at least 1, not {self.reviews_required}.")
         object.__setattr__(self, "state", RequestState(self.state))
+        if self.submitted is None:
+            never = (RequestState.DRAFT, RequestState.WITHDRAWN)
+            object.__setattr__(self, "submitted", self.state not in never)
+        object.__setattr__(self, "submitted", bool(self.submitted))
         object.__setattr__(self, "reviewers_who_submitted", frozenset(self.reviewers_who_submitted))
         object.__setattr__(self, "groups_missing_context", frozenset(self.groups_missing_context))
 
@@ -259,6 +280,11 @@ def check(actor: Actor, permission: Permission, request: RequestView) -> Decisio
         return _forbid(
             f"You are not a member of project {request.project}; only its members and output "
             "checkers can see its requests."
+        )
+    if not (facts.is_member or request.submitted):
+        return _forbid(
+            "This request has not been submitted; output checkers and administrators see a "
+            "request only once its author has submitted it."
         )
     return _RULES[permission](facts, permission)
 
@@ -417,8 +443,34 @@ def _view_request(facts: _Facts, permission: Permission) -> Decision:
 
 
 def _view_file(facts: _Facts, permission: Permission) -> Decision:
-    if facts.is_member or facts.actor.is_checker:
+    """The bytes of a file before release: reviewing checkers only, once submitted."""
+    if facts.is_author:
+        return _forbid(
+            "You are the author of this request; the egress service never gives authors the "
+            "contents of their files before release (the request page shows the checks and a "
+            "preview; released files are downloaded)."
+        )
+    if facts.acts_as_checker:
+        if not facts.request.submitted:
+            return _conflict(
+                "This request has not been submitted yet; checkers see its files once its "
+                "author has submitted it."
+            )
         return _ALLOW
+    if facts.is_member:
+        return _forbid(
+            "Only output checkers see the contents of a file; project members see its checks "
+            "and a preview, and download it once it is released."
+        )
+    return _forbid("Administrators see request details and the audit log, not file contents.")
+
+
+def _view_preview(facts: _Facts, permission: Permission) -> Decision:
+    """The server-made preview (kind, size, shape, verdicts; no cell): members and checkers."""
+    if facts.is_member or facts.acts_as_checker:
+        return _ALLOW
+    if facts.actor.is_checker:  # the author, no longer a member
+        return _forbid(f"You are no longer a member of project {facts.request.project}.")
     return _forbid("Administrators see request details and the audit log, not file contents.")
 
 
@@ -646,6 +698,7 @@ def _reexecute(facts: _Facts, permission: Permission) -> Decision:
 _RULES: Mapping[Permission, Callable[[_Facts, Permission], Decision]] = {
     Permission.VIEW_REQUEST: _view_request,
     Permission.VIEW_FILE: _view_file,
+    Permission.VIEW_PREVIEW: _view_preview,
     Permission.ADD_FILE: _edit,
     Permission.REMOVE_FILE: _edit,
     Permission.EDIT_CONTEXT: _edit,

@@ -11,7 +11,8 @@ Routes (under the service prefix, ``/services/egress/``):
     pages   /                            requests I can see; my projects; the checkers' queue
             /projects/<project>/new      start a request (form posts to /requests)
             /requests/<id>               a request: files, checks, votes, comments, actions
-            /requests/<id>/files/<fid>   one file shown in place (sanitised), /raw its bytes
+            /requests/<id>/files/<fid>   one file shown in place (sanitised), /raw its bytes:
+                                         checkers once submitted; members get a preview
             /requests/<id>/files/<fid>/download   a released file
             /audit                       the audit log and its verification
     api     /api/...                     JSON, described by /api/openapi.json
@@ -332,12 +333,18 @@ class RequestForm(BaseHandler):
 
 
 class FilePage(BaseHandler):
-    """One file, shown in place and sanitised (no script from a researcher's file runs)."""
+    """One file: shown in place and sanitised (no script from a researcher's file runs) to a
+    reviewing checker; to the project's members (the author included), only the preview the
+    service makes (no cell, label or line of the file: issue #12)."""
 
     @web.authenticated
     async def get(self, request_id: str, file_id: str) -> None:
         actor = self.actor()
         request = await self.run(self.service.get_request, actor, request_id)
+        if "view_file" not in request["allowed"] and "view_preview" in request["allowed"]:
+            preview = await self.run(self.service.preview_file, actor, request_id, file_id)
+            self.render_page("file_preview.html", r=request, p=preview)
+            return
         content = await self.run(self.service.view_file, actor, request_id, file_id)
         entry = next(f for f in request["files"] if str(f["id"]) == str(file_id))
         verdicts, reasons = _cell_verdicts(entry.get("check") or {})
@@ -533,6 +540,14 @@ class FilesApi(ApiHandler):
             str(body.get("group", "") or "main"),
         )
         self.send(await self.run(self.service.get_request, self.actor(), request_id), 201)
+
+
+class FilePreviewApi(ApiHandler):
+    """The preview of a file the service makes for members (audited); never its bytes."""
+
+    @web.authenticated
+    async def get(self, request_id: str, file_id: str) -> None:
+        self.send(await self.run(self.service.preview_file, self.actor(), request_id, file_id))
 
 
 class FileApi(ApiHandler):
@@ -761,6 +776,7 @@ def make_app(
             (route(f"api/requests/{r}/files"), FilesApi),
             (route(f"api/requests/{r}/files/{f}"), FileApi),
             (route(f"api/requests/{r}/files/{f}/vote"), VoteApi),
+            (route(f"api/requests/{r}/files/{f}/preview"), FilePreviewApi),
             (route(f"api/requests/{r}/groups/(?P<group>[^/]{{1,64}})"), GroupApi),
             (route(f"api/requests/{r}/comments"), CommentsApi),
             (route(f"api/requests/{r}/votes"), BulkVotesApi),

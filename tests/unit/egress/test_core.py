@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -320,6 +321,114 @@ def test_full_story(service, engine, outputs, signing_key, clock, tmp_path):
         assert "Smoking" not in message.subject + message.body  # titles never leave by e-mail
 
 
+# --------------------------------------------------------------------------------------------
+# Issue #12: members never get the bytes of a file that is not released; checkers see only
+# submitted requests; every byte (or preview) served is an audit event with the actor.
+
+
+def test_members_never_get_unreleased_bytes_in_any_state(service, outputs):
+    secret = b"patient,diagnosis\nAnne Smith,HIV\nBob Jones,hepatitis C\n"
+    (outputs / "cardio" / "copied_data.csv").write_bytes(secret)
+    rid = service.create_request(alice, "cardio", "Copied data")["id"]
+    added = service.add_file(alice, rid, "copied_data.csv")
+    fid = added["id"]
+    service.set_group_context(alice, rid, added["group"], "What it shows", "None")
+
+    def no_bytes_for_members(stage: str) -> None:
+        # the author, a member, and (before submission) a member who is a checker
+        for who in (alice, carol, amy) if stage == "draft" else (alice, carol):
+            want = "never gives authors" if who is alice else "has not been submitted"
+            if who is carol:
+                want = "Only output checkers see the contents"
+            refused(
+                403 if who is not amy else 409,
+                lambda who=who: service.view_file(who, rid, fid),
+                match=want,
+            )
+            shown = json.dumps([service.get_request(who, rid), service.preview_file(who, rid, fid)])
+            for cell in (b"Anne Smith", b"HIV", b"hepatitis", b"patient", b"diagnosis"):
+                assert cell.decode() not in shown, (stage, who.username, cell)
+
+    no_bytes_for_members("draft")
+    # a checker who is no member sees nothing of a draft
+    refused(403, lambda: service.get_request(olivia, rid), match="has not been submitted")
+    refused(403, lambda: service.view_file(olivia, rid, fid), match="has not been submitted")
+    service.submit(alice, rid)
+    no_bytes_for_members("submitted")
+    # positive control: the checker gets exactly the bytes once submitted, and it is audited
+    head = len(audit_events(service.engine))
+    assert service.view_file(olivia, rid, fid).data == secret
+    event = audit_events(service.engine)[-1]
+    assert (event["event"], event["actor"], len(audit_events(service.engine))) == (
+        "FILE_VIEWED",
+        "olivia",
+        head + 1,
+    )
+    service.withdraw(alice, rid)
+    no_bytes_for_members("withdrawn after submission")
+    assert service.view_file(olivia, rid, fid).data == secret  # it was submitted
+
+
+def test_a_request_withdrawn_before_submission_is_never_shown_to_checkers(service):
+    rid, files = new_request(service, {"notes.txt": "notes"}, submit=False)
+    fid = files["notes.txt"]["id"]
+    service.withdraw(alice, rid)
+    for who in (olivia, oscar, chloe, adam):
+        for call in (service.get_request, service.view_file, service.preview_file):
+            args = (who, rid) if call == service.get_request else (who, rid, fid)
+            refused(403, functools.partial(call, *args), match="has not been submitted")
+    assert rid not in [r["id"] for r in service.list_requests(olivia)]
+    assert service.get_request(alice, rid)["state"] == "withdrawn"  # its author still sees it
+
+
+def test_the_preview_is_shape_and_verdicts_and_is_audited(service):
+    rid, files = new_request(
+        service, {"tables/smoking.csv": "tables", "tables/formula.csv": "tables"}, submit=False
+    )
+    table, formula = files["tables/smoking.csv"], files["tables/formula.csv"]
+    head = len(audit_events(service.engine))
+    preview = service.preview_file(alice, rid, table["id"])
+    assert preview["shape"] == {"rows": 3, "columns": 3}
+    assert preview["check"]["redacted"] and preview["check"]["sdc"]["verdict"] == "review"
+    for cell in ("female", "smoker", '"34"', '"120"'):
+        assert cell not in json.dumps(preview), cell
+    event = audit_events(service.engine)[-1]
+    assert len(audit_events(service.engine)) == head + 1
+    assert (event["event"], event["actor"], event["object"]) == (
+        "FILE_PREVIEWED",
+        "alice",
+        "tables/smoking.csv",
+    )
+    # the author's view of the checks: no cell text (the formula's "=1+2"), counts instead
+    author_view = service.get_request(alice, rid)
+    seen = next(f for f in author_view["files"] if f["id"] == formula["id"])["check"]
+    assert "1+2" not in json.dumps(author_view) and "1+2" not in json.dumps(formula)
+    assert seen["flagged_cell_count"] == 1 and seen["change_count"] >= 1
+    # positive control: a checker, once submitted, sees the cells the check flagged
+    service.submit(alice, rid)
+    checker = service.get_request(olivia, rid)
+    assert "1+2" in json.dumps(checker)
+    assert not next(f for f in checker["files"] if f["id"] == formula["id"])["check"].get(
+        "redacted"
+    )
+    verify = service.verify_audit()
+    assert verify.ok, verify.problem
+
+
+def test_release_downloads_stay_the_way_out_audited_with_the_downloader(service):
+    rid, files = new_request(service, {"notes.txt": "notes"})
+    fid = files["notes.txt"]["id"]
+    review(service, rid, olivia, {fid: "approve"})
+    review(service, rid, oscar, {fid: "approve"})
+    service.approve(oscar, rid)
+    refused(409, lambda: service.download_released(carol, rid, fid), match="only released")
+    service.release(oscar, rid)
+    refused(403, lambda: service.view_file(alice, rid, fid), match="never gives authors")
+    assert service.download_released(carol, rid, fid).data == NOTES
+    event = audit_events(service.engine)[-1]
+    assert (event["event"], event["actor"], event["object"]) == ("DOWNLOADED", "carol", "notes.txt")
+
+
 def test_released_bytes_are_the_approved_snapshot_even_if_the_store_is_tampered(service):
     rid, files = new_request(service, {"notes.txt": "notes"})
     note = files["notes.txt"]
@@ -430,7 +539,8 @@ def test_input_validation_and_unknown_things(service):
     rid = service.create_request(alice, "cardio", "Valid")["id"]
     refused(400, lambda: service.add_file(alice, rid, "notes.txt", "bad\u202egroup"))
     refused(404, lambda: service.remove_file(alice, rid, 12345))
-    refused(404, lambda: service.view_file(alice, rid, "abc"))
+    refused(404, lambda: service.preview_file(alice, rid, "abc"))
+    refused(403, lambda: service.view_file(alice, rid, "abc"), match="never gives authors")
     refused(400, lambda: service.comment(alice, rid, "", "public"))
     refused(400, lambda: service.comment(alice, rid, "hi", "secret"))
     refused(400, lambda: service.list_requests(alice, state="pending"))
@@ -465,7 +575,9 @@ def test_list_requests(service, clock):
     ids = lambda rows: {r["id"] for r in rows}  # noqa: E731
     assert ids(service.list_requests(alice)) == {r1, r2, r3}
     assert ids(service.list_requests(bob)) == set()
-    assert ids(service.list_requests(adam)) == {r1, r2, r3}
+    assert ids(service.list_requests(adam)) == {r2}  # drafts are shown to members only (#12)
+    assert ids(service.list_requests(amy)) == {r1, r2, r3}  # a checker who is a member
+    assert ids(service.list_requests(olivia)) == {r2}
     assert ids(service.list_requests(olivia, state="submitted")) == {r2}
     assert ids(service.list_requests(olivia, mine_to_review=True)) == {r2}
     assert ids(service.list_requests(alice, older_than=timedelta(days=5))) == {r1}
@@ -480,7 +592,7 @@ def test_list_requests(service, clock):
 def test_list_requests_pages_see_every_request_once_even_with_equal_times(service):
     for n in range(6):
         service.create_request(alice, "cardio", f"request {n}")
-    everything = service.list_requests(adam)
+    everything = service.list_requests(alice)
     # two requests updated in the same microsecond: the id breaks the tie
     with service.engine.begin() as conn:
         same = conn.execute(select(Request.updated_at).where(Request.id == everything[2]["id"]))
@@ -489,11 +601,11 @@ def test_list_requests_pages_see_every_request_once_even_with_equal_times(servic
             .where(Request.id == everything[3]["id"])
             .values(updated_at=same.scalar_one())
         )
-    everything = service.list_requests(adam)
+    everything = service.list_requests(alice)
     for size in (1, 2, 4, 6, 7):
         seen, after = [], None
         while True:
-            page = service.list_requests(adam, limit=size, after=after)
+            page = service.list_requests(alice, limit=size, after=after)
             seen += page
             if len(page) < size:
                 break
@@ -932,6 +1044,7 @@ OPERATIONS: dict[str, Callable[[EgressService, Actor, str, int], object]] = {
     "submit": lambda s, a, r, f: s.submit(a, r),
     "withdraw": lambda s, a, r, f: s.withdraw(a, r),
     "view_file": lambda s, a, r, f: s.view_file(a, r, f),
+    "preview": lambda s, a, r, f: s.preview_file(a, r, f),
     "vote": lambda s, a, r, f: s.vote(a, r, f, "approve"),
     "reset_votes": lambda s, a, r, f: s.reset_votes(a, r),
     "request_changes_all": lambda s, a, r, f: s.request_changes(a, r),
@@ -946,7 +1059,9 @@ OPERATIONS: dict[str, Callable[[EgressService, Actor, str, int], object]] = {
     "revoke": lambda s, a, r, f: s.revoke(a, r, "a disclosure was found"),
 }
 # Allowed operations that don't move the request or its votes: run on the shared world.
-NEUTRAL = {"view", "view_file", "download", "comment_public", "comment_private"}
+NEUTRAL = {"view", "view_file", "preview", "download", "comment_public", "comment_private"}
+# Operations that serve a file's bytes or a preview of them: each is one audit event (#12).
+SERVES_BYTES = {"view_file", "preview", "download"}
 
 
 def expected_status(op: str, role: str, state: str) -> int:
@@ -956,14 +1071,18 @@ def expected_status(op: str, role: str, state: str) -> int:
     author = role in ("author", "author_checker")
     member = author or role == "member"
     checker = role in ("reviewer", "checker")  # a checker who is not the author
+    if not member and state in ("draft", "withdrawn"):  # the world's were never submitted
+        return 403  # checkers and administrators see only submitted requests (issue #12)
     if op == "view":
         return 200
+    if op == "preview":
+        return 403 if role == "admin" else 200
     if op in ("add_file", "remove_file", "edit_context", "submit"):
         return (200 if state in AUTHORS_TURN else 409) if author else 403
     if op == "withdraw":
         return (200 if state in BEFORE_APPROVAL else 409) if author else 403
-    if op == "view_file":
-        return 403 if role == "admin" else 200
+    if op == "view_file":  # bytes before release: reviewing checkers only (issue #12)
+        return 200 if checker else 403
     if op == "download":
         return (200 if state == "released" else 409) if member else 403
     if op == "revoke":
@@ -1049,7 +1168,7 @@ def _build_states(svc: EgressService) -> dict[str, tuple[str, int]]:
     svc.release(oscar, world["revoked"][0])
     svc.revoke(adam, world["revoked"][0])
     for state, (rid, _fid) in world.items():
-        assert svc.get_request(adam, rid)["state"] == state
+        assert svc.get_request(alice, rid)["state"] == state
     return world
 
 
@@ -1128,8 +1247,13 @@ def test_role_state_operation(role_world, op, role, state):
         assert _snapshot(svc.engine) == role_world.baseline  # nothing changed, nothing audited
         return
     if op in NEUTRAL:  # views and comments: audited or stored, then the world is put back
+        head_before = _head_seq(svc.engine)
         try:
             call(svc, actor, rid, fid)
+            if op in SERVES_BYTES:  # every byte served is an audit event with the actor
+                (last,) = audit_events(svc.engine)[-1:]
+                assert _head_seq(svc.engine) == head_before + 1
+                assert last["actor"] == actor.username and last["request_id"] == rid
         finally:
             role_world.restore()
         return

@@ -113,7 +113,8 @@ REQUESTS = {
         S.WITHDRAWN,
         reviewers_who_submitted=frozenset({"carol"}),
         files=votes_of(carol=AP),
-    ),  # withdrawn half-way through the review
+        submitted=True,
+    ),  # withdrawn half-way through the review (before submission: see its own test)
 }
 
 # --- The table ---------------------------------------------------------------------------
@@ -127,7 +128,7 @@ REQUESTS = {
 TABLE = """
 [view_request]
 state         author  auth_chk  member  outsider  checker  reviewed  admin
-draft         ok      ok        ok      403       ok       ok        ok
+draft         ok      ok        ok      403       403      403       403
 submitted     ok      ok        ok      403       ok       ok        ok
 under_review  ok      ok        ok      403       ok       ok        ok
 reviewed      ok      ok        ok      403       ok       ok        ok
@@ -140,7 +141,20 @@ revoked       ok      ok        ok      403       ok       ok        ok
 
 [view_file]
 state         author  auth_chk  member  outsider  checker  reviewed  admin
-draft         ok      ok        ok      403       ok       ok        403
+draft         403     403       403     403       403      403       403
+submitted     403     403       403     403       ok       ok        403
+under_review  403     403       403     403       ok       ok        403
+reviewed      403     403       403     403       ok       ok        403
+returned      403     403       403     403       ok       ok        403
+approved      403     403       403     403       ok       ok        403
+released      403     403       403     403       ok       ok        403
+rejected      403     403       403     403       ok       ok        403
+withdrawn     403     403       403     403       ok       ok        403
+revoked       403     403       403     403       ok       ok        403
+
+[view_preview]
+state         author  auth_chk  member  outsider  checker  reviewed  admin
+draft         ok      ok        ok      403       403      403       403
 submitted     ok      ok        ok      403       ok       ok        403
 under_review  ok      ok        ok      403       ok       ok        403
 reviewed      ok      ok        ok      403       ok       ok        403
@@ -218,7 +232,7 @@ revoked       409     409       403     403       403      403       403
 
 [vote]
 state         author  auth_chk  member  outsider  checker  reviewed  admin
-draft         403     403       403     403       409      409       403
+draft         403     403       403     403       403      403       403
 submitted     403     403       403     403       ok       ok        403
 under_review  403     403       403     403       ok       409       403
 reviewed      403     403       403     403       409      ok        403
@@ -231,7 +245,7 @@ revoked       403     403       403     403       409      409       403
 
 [reset_vote]
 state         author  auth_chk  member  outsider  checker  reviewed  admin
-draft         403     403       403     403       409      409       403
+draft         403     403       403     403       403      403       403
 submitted     403     403       403     403       ok       ok        403
 under_review  403     403       403     403       ok       409       403
 reviewed      403     403       403     403       409      409       403
@@ -244,7 +258,7 @@ revoked       403     403       403     403       409      409       403
 
 [comment_public]
 state         author  auth_chk  member  outsider  checker  reviewed  admin
-draft         ok      ok        ok      403       409      409       403
+draft         ok      ok        ok      403       403      403       403
 submitted     409     409       409     403       ok       ok        403
 under_review  409     409       409     403       ok       409       403
 reviewed      409     409       409     403       ok       ok        403
@@ -257,7 +271,7 @@ revoked       409     409       409     403       409      409       403
 
 [comment_private]
 state         author  auth_chk  member  outsider  checker  reviewed  admin
-draft         403     403       403     403       409      409       403
+draft         403     403       403     403       403      403       403
 submitted     403     403       403     403       ok       ok        403
 under_review  403     403       403     403       ok       409       403
 reviewed      403     403       403     403       ok       ok        403
@@ -270,7 +284,7 @@ revoked       403     403       403     403       409      409       403
 
 [view_private_comments]
 state         author  auth_chk  member  outsider  checker  reviewed  admin
-draft         403     403       403     403       ok       ok        403
+draft         403     403       403     403       403      403       403
 submitted     403     403       403     403       ok       ok        403
 under_review  403     403       403     403       ok       ok        403
 reviewed      403     403       403     403       ok       ok        403
@@ -283,7 +297,7 @@ revoked       403     403       403     403       ok       ok        403
 
 [submit_review]
 state         author  auth_chk  member  outsider  checker  reviewed  admin
-draft         403     403       403     403       409      409       403
+draft         403     403       403     403       403      403       403
 submitted     403     403       403     403       ok       ok        403
 under_review  403     403       403     403       ok       409       403
 reviewed      403     403       403     403       409      409       403
@@ -296,7 +310,7 @@ revoked       403     403       403     403       409      409       403
 
 [return]
 state         author  auth_chk  member  outsider  checker  reviewed  admin
-draft         403     403       403     403       409      409       403
+draft         403     403       403     403       403      403       403
 submitted     403     403       403     403       409      409       403
 under_review  403     403       403     403       409      409       403
 reviewed      403     403       403     403       ok       ok        403
@@ -309,7 +323,7 @@ revoked       403     403       403     403       409      409       403
 
 [approve]
 state         author  auth_chk  member  outsider  checker  reviewed  admin
-draft         403     403       403     403       409      409       403
+draft         403     403       403     403       403      403       403
 submitted     403     403       403     403       409      409       403
 under_review  403     403       403     403       409      409       403
 reviewed      403     403       403     403       ok       ok        403
@@ -322,7 +336,7 @@ revoked       403     403       403     403       409      409       403
 
 [reject]
 state         author  auth_chk  member  outsider  checker  reviewed  admin
-draft         403     403       403     403       409      409       403
+draft         403     403       403     403       403      403       403
 submitted     403     403       403     403       409      409       403
 under_review  403     403       403     403       409      409       403
 reviewed      403     403       403     403       ok       ok        403
@@ -335,7 +349,7 @@ revoked       403     403       403     403       409      409       403
 
 [release]
 state         author  auth_chk  member  outsider  checker  reviewed  admin
-draft         403     403       403     403       409      409       403
+draft         403     403       403     403       403      403       403
 submitted     403     403       403     403       409      409       403
 under_review  403     403       403     403       409      409       403
 reviewed      403     403       403     403       409      409       403
@@ -361,7 +375,7 @@ revoked       409     409       409     403       403      403       403
 
 [revoke]
 state         author  auth_chk  member  outsider  checker  reviewed  admin
-draft         403     403       403     403       409      409       409
+draft         403     403       403     403       403      403       403
 submitted     403     403       403     403       409      409       409
 under_review  403     403       403     403       409      409       409
 reviewed      403     403       403     403       409      409       409
@@ -374,7 +388,7 @@ revoked       403     403       403     403       409      409       409
 
 [view_votes_of_others]
 state         author  auth_chk  member  outsider  checker  reviewed  admin
-draft         ok      ok        ok      403       ok       ok        ok
+draft         ok      ok        ok      403       403      403       403
 submitted     409     409       409     403       409      409       409
 under_review  409     409       409     403       409      409       409
 reviewed      409     409       409     403       ok       ok        409
@@ -387,7 +401,7 @@ revoked       ok      ok        ok      403       ok       ok        ok
 
 [view_audit]
 state         author  auth_chk  member  outsider  checker  reviewed  admin
-draft         403     403       403     403       ok       ok        ok
+draft         403     403       403     403       403      403       403
 submitted     403     403       403     403       409      409       ok
 under_review  403     403       403     403       409      409       ok
 reviewed      403     403       403     403       ok       ok        ok
@@ -400,7 +414,7 @@ revoked       403     403       403     403       ok       ok        ok
 
 [reexecute]
 state         author  auth_chk  member  outsider  checker  reviewed  admin
-draft         ok      ok        403     403       409      409       403
+draft         ok      ok        403     403       403      403       403
 submitted     ok      ok        403     403       ok       ok        403
 under_review  409     409       403     403       ok       ok        403
 reviewed      409     409       403     403       ok       ok        403
@@ -459,7 +473,7 @@ def test_table_covers_every_permission_state_and_role_exactly_once():
     assert set(EXPECTED) == {
         (p, s, r) for p in request_permissions for s in RequestState for r in ROLES
     }
-    assert len(EXPECTED) == 22 * 10 * 7 == 1540
+    assert len(EXPECTED) == 23 * 10 * 7 == 1610
 
 
 @pytest.mark.parametrize(
@@ -591,7 +605,7 @@ def test_require_raises_with_reason_and_status(role, permission, state, status):
 def test_allowed_permissions_lists_what_check_allows():
     assert allowed_permissions(ROLES["author"], REQUESTS[S.RELEASED]) == {
         P.VIEW_REQUEST,
-        P.VIEW_FILE,
+        P.VIEW_PREVIEW,
         P.CREATE,
         P.DOWNLOAD_RELEASED,
         P.VIEW_VOTES_OF_OTHERS,
@@ -599,9 +613,65 @@ def test_allowed_permissions_lists_what_check_allows():
     assert allowed_permissions(ROLES["reviewed"], REQUESTS[S.UNDER_REVIEW]) == {
         P.VIEW_REQUEST,
         P.VIEW_FILE,
+        P.VIEW_PREVIEW,
         P.VIEW_PRIVATE_COMMENTS,
         P.REEXECUTE,
     }
+
+
+# --- Issue #12: no unreviewed byte to a member; checkers see only submitted requests ----
+
+UNSUBMITTED = {
+    "draft": REQUESTS[S.DRAFT],
+    "withdrawn before submission": RequestView(
+        "r1", "p1", "alice", S.WITHDRAWN, files={f: {} for f in FILES}, submitted=False
+    ),
+}
+MEMBER_CHECKER = Actor("amy", frozenset({"p1"}), is_checker=True)  # a member, not the author
+
+
+@pytest.mark.parametrize("request_name", list(UNSUBMITTED))
+@pytest.mark.parametrize("role", ["checker", "reviewed", "admin"])
+@pytest.mark.parametrize("permission", [p for p in Permission if p is not P.CREATE])
+def test_non_members_see_nothing_of_a_request_never_submitted(request_name, role, permission):
+    decision = check(ROLES[role], permission, UNSUBMITTED[request_name])
+    assert decision.status == 403
+    assert "has not been submitted" in decision.reason
+
+
+@pytest.mark.parametrize("request_name", list(UNSUBMITTED))
+def test_a_checker_who_is_a_member_sees_no_bytes_before_submission(request_name):
+    request = UNSUBMITTED[request_name]
+    assert check(MEMBER_CHECKER, P.VIEW_REQUEST, request).allowed
+    assert check(MEMBER_CHECKER, P.VIEW_PREVIEW, request).allowed
+    decision = check(MEMBER_CHECKER, P.VIEW_FILE, request)
+    assert (decision.status, "has not been submitted yet" in decision.reason) == (409, True)
+    submitted = dataclasses.replace(request, state=S.SUBMITTED, submitted=True)
+    assert check(MEMBER_CHECKER, P.VIEW_FILE, submitted).allowed  # positive control
+
+
+@pytest.mark.parametrize("state", list(RequestState))
+@pytest.mark.parametrize("role", ["author", "auth_chk", "member"])
+def test_members_never_get_the_bytes_of_a_file_only_a_preview(state, role):
+    request = dataclasses.replace(REQUESTS[state], submitted=True)
+    decision = check(ROLES[role], P.VIEW_FILE, request)
+    assert decision.status == 403
+    words = "authors the contents" if role != "member" else "Only output checkers see"
+    assert all(w in decision.reason for w in words.split()), decision.reason
+    assert check(ROLES[role], P.VIEW_PREVIEW, request).allowed
+    # the one way out for a member is the release download
+    assert check(ROLES[role], P.DOWNLOAD_RELEASED, request).allowed == (state is S.RELEASED)
+
+
+def test_submitted_defaults_from_the_state_and_withdrawn_is_read_as_never_submitted():
+    assert not RequestView("r", "p1", "alice", S.DRAFT).submitted
+    assert not RequestView("r", "p1", "alice", S.WITHDRAWN).submitted
+    assert RequestView("r", "p1", "alice", S.WITHDRAWN, submitted=True).submitted
+    assert all(
+        RequestView("r", "p1", "alice", s).submitted
+        for s in RequestState
+        if s not in (S.DRAFT, S.WITHDRAWN)
+    )
 
 
 # --- Conditions beyond role and state ----------------------------------------------------
@@ -760,8 +830,10 @@ def test_an_author_who_left_the_project_loses_access():
     gone = Actor("alice", frozenset(), is_checker=False)
     assert check(gone, P.VIEW_REQUEST, REQUESTS[S.DRAFT]).status == 403
     gone_checker = Actor("alice", frozenset(), is_checker=True)
-    assert check(gone_checker, P.VIEW_REQUEST, REQUESTS[S.DRAFT]).allowed
-    decision = check(gone_checker, P.ADD_FILE, REQUESTS[S.DRAFT])
+    assert check(gone_checker, P.VIEW_REQUEST, REQUESTS[S.SUBMITTED]).allowed
+    # no longer a member: as any checker, they don't see a draft any more
+    assert "has not been submitted" in check(gone_checker, P.VIEW_REQUEST, REQUESTS[S.DRAFT]).reason
+    decision = check(gone_checker, P.ADD_FILE, REQUESTS[S.RETURNED])
     assert (decision.status, decision.reason) == (403, "You are no longer a member of project p1.")
     assert check(gone_checker, P.DOWNLOAD_RELEASED, REQUESTS[S.RELEASED]).status == 403
     assert check(gone_checker, P.VOTE, REQUESTS[S.SUBMITTED]).status == 403
@@ -946,7 +1018,11 @@ def apply(request: RequestView, actor: Actor, permission: Permission, data) -> R
             submitted = set()
         state = next_state(state, WORKFLOW_ACTIONS[permission])
     return dataclasses.replace(
-        request, state=state, files=files, reviewers_who_submitted=frozenset(submitted)
+        request,
+        state=state,
+        files=files,
+        reviewers_who_submitted=frozenset(submitted),
+        submitted=request.submitted or permission is P.SUBMIT,  # as the service records it
     )
 
 
@@ -1026,7 +1102,7 @@ def test_a_whole_release_happens_with_two_independent_checkers():
         require(actor, permission, request)
         request = dataclasses.replace(request, **changes)
 
-    do(alice, P.SUBMIT, state=S.SUBMITTED)
+    do(alice, P.SUBMIT, state=S.SUBMITTED, submitted=True)
     assert check(alice, P.VOTE, request).status == 403
     do(carol, P.VOTE, files={"t.csv": {"carol": AP}})
     do(dave, P.VOTE, files={"t.csv": {"carol": AP, "dave": AP}})

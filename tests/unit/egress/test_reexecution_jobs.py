@@ -421,7 +421,8 @@ def test_who_may_ask(svc):
     svc.request_reexecution(alice, rid, nb)  # the author, before submitting
     with pytest.raises(PermissionDenied) as refused:
         svc.request_reexecution(olivia, rid, nb)
-    assert refused.value.status == 409  # checkers: while it is being reviewed
+    assert refused.value.status == 403  # checkers: no draft is shown to them (issue #12)
+    assert "has not been submitted" in refused.value.reason
     for actor in (bob, adam, carol):
         with pytest.raises(PermissionDenied) as refused:
             svc.request_reexecution(actor, rid, nb)
@@ -431,8 +432,12 @@ def test_who_may_ask(svc):
     for bad in ({"__import__": 1}, {"x": float("nan")}, ["x"], {"class": 1}):
         with pytest.raises(InvalidInput):
             svc.request_reexecution(alice, rid, nb, bad)
-    with pytest.raises(NotFound):
+    # a re-execution's outputs are bytes made from the data: never shown to the author (#12)
+    with pytest.raises(PermissionDenied, match="never gives authors"):
         svc.reexecution(alice, rid, "f" * 32)
+    svc.submit(alice, rid)
+    with pytest.raises(NotFound):
+        svc.reexecution(olivia, rid, "f" * 32)
 
 
 def test_failed_and_timeout_results_are_recorded_with_their_reason(svc, jobs, engine):

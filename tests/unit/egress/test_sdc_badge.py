@@ -18,12 +18,14 @@ import jsonschema
 import numpy as np
 import pandas as pd
 import pytest
+from sqlalchemy import select
 
 from egress.core import EgressService
 from egress.openapi import openapi_document
 from egress.safe import Session
 from egress.sdc import SDCParams
 from egress.sdc_badge import LIBRARY_LABEL, LibraryRecords, combine, view_check
+from egress.store.models import RequestFile
 from tests.unit.egress.conftest import ACTORS
 from tests.unit.egress.test_core import audit_events
 
@@ -47,8 +49,13 @@ def session(outputs: Path, name: str = "s1", **params: object) -> Session:
 
 
 def add(svc: EgressService, path: str, rid: str | None = None) -> tuple[str, dict]:
+    """Add a file; its entry with the whole stored check (the author is shown verdicts and
+    counts only, issue #12: these tests are about the check itself)."""
     rid = rid or svc.create_request(alice, "cardio", "Tables")["id"]
-    return rid, svc.add_file(alice, rid, path)
+    entry = svc.add_file(alice, rid, path)
+    with svc.engine.connect() as conn:
+        stored = conn.execute(select(RequestFile.check).where(RequestFile.id == entry["id"]))
+        return rid, {**entry, "check": view_check(stored.scalar_one())}
 
 
 def checker_view(svc: EgressService, rid: str, path: str) -> dict:
@@ -386,6 +393,7 @@ def test_the_request_and_file_pages_show_the_badge_the_json_view_holds(service, 
     add(service, "s1/output_1.csv", rid)
     add(service, "tables/smoking.csv", rid)
     add(service, "s1/output_2.csv", rid)
+    checker_view(service, rid, "s1/output_2.csv")  # submitted: checkers see no draft (#12)
     view = service.get_request(olivia, rid)
     schema = openapi_document()["components"]["schemas"]["RequestFile"]
     for f in view["files"]:
