@@ -113,6 +113,7 @@ from egress.store.models import (
     AuditLogRow,
     Comment,
     FileGroup,
+    IdempotencyKey,
     Notification,
     Release,
     Request,
@@ -140,11 +141,15 @@ __all__ = [
     "EgressService",
     "FileContent",
     "FileRefused",
+    "IdempotencyInProgress",
+    "IdempotencyKeyReused",
     "InvalidInput",
     "NotFound",
     "OutboxMessage",
     "ServicePaths",
+    "StoredAnswer",
     "actor_for",
+    "member_check",
     "export_database_audit",
     "verify_database",
 ]
@@ -225,6 +230,33 @@ class FileRefused(EgressError):
         self.path = path
         self.problems = list(problems)
         self.warnings = list(warnings or [])
+
+
+class IdempotencyKeyReused(EgressError):
+    """An ``Idempotency-Key`` sent again with a different request."""
+
+    status = 422
+
+
+class IdempotencyInProgress(EgressError):
+    """A retry arrived while the first request with its key is still running."""
+
+    status = 409
+
+
+#: How long the first answer to a write with an ``Idempotency-Key`` is kept for its retries.
+IDEMPOTENCY_TTL = timedelta(hours=24)
+_IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9_.:-]{8,128}")
+
+
+@dataclass(frozen=True)
+class StoredAnswer:
+    """The first answer to a write sent with an ``Idempotency-Key``: given again to retries."""
+
+    status: int
+    content_type: str
+    location: str
+    body: str
 
 
 @dataclass(frozen=True)
@@ -903,6 +935,70 @@ class EgressService:
             f"Release request {request.id} in project {request.project} {what}."
             f"{self._link(request)}\n-- Havre egress service\n",
         )
+
+    # -- idempotency keys (issue #13: a retried write returns the first answer) ---------------
+
+    def idempotency_begin(self, actor: Actor, key: str, fingerprint: str) -> StoredAnswer | None:
+        """Start a write sent with ``key``: ``None`` when it is new (the key is now reserved:
+        call :meth:`idempotency_finish` or :meth:`idempotency_abandon`), else the first answer.
+
+        Keys are per actor and kept :data:`IDEMPOTENCY_TTL`; ``fingerprint`` (a hash of the
+        method, address and body) must be the first request's, or :class:`IdempotencyKeyReused`
+        (422). A retry while the first is still running gets :class:`IdempotencyInProgress`.
+        """
+        if not isinstance(key, str) or not _IDEMPOTENCY_KEY.fullmatch(key):
+            raise InvalidInput(
+                "The Idempotency-Key must be 8 to 128 letters, digits or the characters - _ . :"
+            )
+        with self._write("idempotency_begin", actor) as tx:
+            tx.session.execute(
+                delete(IdempotencyKey).where(IdempotencyKey.created_at < tx.now - IDEMPOTENCY_TTL)
+            )
+            row = tx.session.get(IdempotencyKey, (actor.username, key))
+            if row is None:
+                tx.session.add(
+                    IdempotencyKey(
+                        actor=actor.username,
+                        key=key,
+                        fingerprint=fingerprint,
+                        status=0,
+                        content_type="",
+                        location="",
+                        body="",
+                        created_at=tx.now,
+                    )
+                )
+                return None
+            if row.fingerprint != fingerprint:
+                raise IdempotencyKeyReused(
+                    "This Idempotency-Key was already used for a different request; send a new "
+                    "key with a new request (a retry sends the very same request and key)."
+                )
+            if row.status == 0:
+                raise IdempotencyInProgress(
+                    "The first request with this Idempotency-Key is still being processed; "
+                    "retry in a moment."
+                )
+            return StoredAnswer(row.status, row.content_type, row.location, row.body)
+
+    def idempotency_finish(self, actor: Actor, key: str, answer: StoredAnswer) -> None:
+        """Keep ``answer`` as the one every retry with ``key`` gets."""
+        with self._write("idempotency_finish", actor) as tx:
+            row = tx.session.get(IdempotencyKey, (actor.username, key))
+            if row is not None:
+                row.status, row.content_type = answer.status, answer.content_type[:100]
+                row.location, row.body = answer.location, answer.body
+
+    def idempotency_abandon(self, actor: Actor, key: str) -> None:
+        """Free a reserved key whose write failed unexpectedly, so that a retry runs it."""
+        with self._write("idempotency_abandon", actor) as tx:
+            tx.session.execute(
+                delete(IdempotencyKey).where(
+                    IdempotencyKey.actor == actor.username,
+                    IdempotencyKey.key == key,
+                    IdempotencyKey.status == 0,
+                )
+            )
 
     # -- requests ------------------------------------------------------------------------------
 

@@ -3,6 +3,8 @@
 Authentication is the hub's: a browser session (cookie, with JupyterHub's ``_xsrf`` token sent
 as ``X-XSRFToken`` on requests that change something) or a hub API token of a service.
 Refusals are ``{"status": N, "message": "<sentence>"}`` with 400, 403, 404, 409 or 422.
+Every write (POST, PUT, DELETE) accepts an ``Idempotency-Key`` header: a retry with the same
+key and request returns the first answer and changes nothing.
 """
 
 from __future__ import annotations
@@ -19,6 +21,17 @@ _REQ = {
     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"},
 }
 _ID = {"type": "integer", "minimum": 1, "maximum": 999_999_999_999}
+_IDEMPOTENCY_KEY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "description": "A key the client makes for this write (8 to 128 of A-Z a-z 0-9 - _ . :). "
+    "The first answer is kept for the signed-in user and key for 24 hours: a retry of the same "
+    "request gets it again (header `Idempotent-Replayed: true`) and changes nothing; the same "
+    "key with another request is refused with 422; a retry while the first is still running "
+    "with 409.",
+    "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{8,128}$"},
+}
 _FILE = {"name": "file_id", "in": "path", "required": True, "schema": _ID}
 _PROJECT = {
     "name": "project",
@@ -482,6 +495,15 @@ def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
             "post": _op(f"{action.capitalize()} the request", _json(obj), params=[_REQ])
         }
         paths[f"/api/requests/{{request_id}}/{action}"]["post"]["responses"]["409"] = _ERROR
+    for operations in paths.values():  # every write takes an Idempotency-Key (issue #13)
+        for method in ("post", "put", "delete"):
+            if method in operations:
+                operations[method]["parameters"] = [
+                    *operations[method]["parameters"],
+                    _IDEMPOTENCY_KEY,
+                ]
+                operations[method]["responses"].setdefault("409", _ERROR)
+                operations[method]["responses"].setdefault("422", _ERROR)
     return {
         "openapi": "3.1.0",
         "info": {

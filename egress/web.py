@@ -21,9 +21,11 @@ Routes (under the service prefix, ``/services/egress/``):
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import re
+import secrets
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
@@ -36,7 +38,14 @@ from jupyterhub.services.auth import HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import ioloop, web
 
-from egress.core import EgressError, EgressService, FileRefused, actor_for, page_cursor
+from egress.core import (
+    EgressError,
+    EgressService,
+    FileRefused,
+    StoredAnswer,
+    actor_for,
+    page_cursor,
+)
 from egress.hub_oauth import SharedStateHubOAuth, SharedStateOAuthCallback
 from egress.policy import Actor, PermissionDenied
 from egress.render import CHECKER_PAGE_CSP, raw_response_headers, render_for_checker
@@ -71,10 +80,101 @@ def _jinja() -> jinja2.Environment:
     return env
 
 
+#: Methods that change something: each accepts an ``Idempotency-Key`` (issue #13).
+WRITE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+#: The header API clients send, and the hidden field every form of the pages carries.
+IDEMPOTENCY_HEADER, IDEMPOTENCY_FIELD = "Idempotency-Key", "_idempotency_key"
+
+
+class FormTokens:
+    """What ``{{ xsrf | safe }}`` writes into a form: the XSRF field and a fresh idempotency
+    key, a new one for each form rendered (a resent form is then a retry of that form)."""
+
+    def __init__(self, xsrf_html: str) -> None:
+        self.xsrf_html = xsrf_html
+
+    def __html__(self) -> str:
+        key = secrets.token_urlsafe(18)
+        return f'{self.xsrf_html}<input type="hidden" name="{IDEMPOTENCY_FIELD}" value="{key}">'
+
+    __str__ = __html__
+
+
 class BaseHandler(HubOAuthenticated, web.RequestHandler):
-    """Login through the hub, security headers, and refusals shown with their sentence."""
+    """Login through the hub, security headers, and refusals shown with their sentence.
+
+    Writes are idempotent when the client sends a key (the ``Idempotency-Key`` header, or the
+    ``_idempotency_key`` field every form carries): the first answer (status, body, redirect)
+    is kept per user and key for 24 hours, and a retry of the same request gets it again
+    without running anything; the same key with another request is refused (422).
+    """
 
     hub_auth_class = SharedStateHubOAuth  # logins work whichever worker the hub sends back to
+    _idempotency: tuple[Actor, str] | None = None
+
+    async def prepare(self) -> None:
+        if self.request.method not in WRITE_METHODS:
+            return
+        key = self.request.headers.get(IDEMPOTENCY_HEADER) or self.get_body_argument(
+            IDEMPOTENCY_FIELD, ""
+        )
+        if not key or not self.current_user:
+            return  # no key: an ordinary write; no user: the handler refuses it
+        actor = self.actor()
+        stored = await self.run(self.service.idempotency_begin, actor, key, self._fingerprint())
+        if stored is None:
+            self._idempotency = (actor, key)
+            return
+        self.set_status(stored.status)
+        if stored.content_type:
+            self.set_header("Content-Type", stored.content_type)
+        if stored.location:
+            self.set_header("Location", stored.location)
+        self.set_header("Idempotent-Replayed", "true")
+        self.finish(stored.body)
+
+    def _fingerprint(self) -> str:
+        """The request a key was first sent with: method, address and body (a form's fields
+        without its XSRF token and key, which a retry may send anew)."""
+        digest = hashlib.sha256(f"{self.request.method} {self.request.uri}\n".encode())
+        if self.request.body_arguments:
+            fields = {
+                name: [v.decode("utf-8", "replace") for v in values]
+                for name, values in sorted(self.request.body_arguments.items())
+                if name not in ("_xsrf", IDEMPOTENCY_FIELD)
+            }
+            digest.update(json.dumps(fields, sort_keys=True).encode())
+        else:
+            digest.update(self.request.body or b"")
+        return digest.hexdigest()
+
+    def finish(self, chunk: str | bytes | dict | None = None) -> Any:
+        if self._idempotency is not None and not self._finished:
+            actor, key = self._idempotency
+            self._idempotency = None
+            self._keep_answer(actor, key, chunk)
+        return super().finish(chunk)
+
+    def _keep_answer(self, actor: Actor, key: str, chunk: str | bytes | dict | None) -> None:
+        status = self.get_status()
+        try:
+            if status >= 500:  # not an answer: let a retry run the write again
+                self.service.idempotency_abandon(actor, key)
+                return
+            if isinstance(chunk, dict):
+                chunk = json.dumps(chunk)
+            if isinstance(chunk, str):
+                chunk = chunk.encode("utf-8")
+            body = b"".join(self._write_buffer) + (chunk or b"")
+            answer = StoredAnswer(
+                status,
+                str(self._headers.get("Content-Type", "")),
+                str(self._headers.get("Location", "")),
+                body.decode("utf-8", "replace"),
+            )
+            self.service.idempotency_finish(actor, key, answer)
+        except Exception:  # the answer still goes out; a retry then finds the key running
+            log.exception("could not keep the answer of idempotency key %s", key)
 
     @property
     def service(self) -> EgressService:
@@ -169,7 +269,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
                 url=self.url,
                 user=user.get("name", ""),
                 actor=self.actor() if user else None,
-                xsrf=self.xsrf_form_html(),
+                xsrf=FormTokens(self.xsrf_form_html()),
                 hub_home="/hub/home",
                 **context,
             )
@@ -424,11 +524,12 @@ def _cell_verdicts(check: dict[str, Any]) -> tuple[dict[tuple[int, int], str], d
 
 
 class ApiHandler(BaseHandler):
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
         size = int(self.request.headers.get("Content-Length") or len(self.request.body or b""))
         if size > MAX_API_BODY:
             self._refusal = {"message": f"The request body is larger than {MAX_API_BODY} bytes."}
             raise web.HTTPError(413)
+        await super().prepare()
 
     def get_login_url(self) -> str:
         # A client that sent a token is refused, with the reason (a token that doesn't work

@@ -24,6 +24,9 @@ What the tables hold
     ``releases``: the signed release record of a released request.
     ``notifications_outbox``: e-mails to send, written in the same transaction as the event
     that causes them, sent later by ``EgressService.deliver_notifications``.
+    ``idempotency_keys``: the first answer (status, content type, location, body) the API or a
+    form gave to a write sent with an ``Idempotency-Key``, per actor and key, with the hash of
+    the request it answered; a retry with the same key gets it again (24 hours).
     ``reexecutions``: trusted re-executions of a request's notebook (id: the runner's job id),
     ``queued`` until the runner's result is taken in; then its report (outputs with sha256 and
     SDC metadata, no bytes: those are in the content store) and the service's signed record.
@@ -57,6 +60,7 @@ __all__ = [
     "Base",
     "Comment",
     "FileGroup",
+    "IdempotencyKey",
     "Notification",
     "Reexecution",
     "Release",
@@ -283,3 +287,21 @@ class Reexecution(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     report: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     record_json: Mapped[str | None] = mapped_column(Text)
+
+
+IDEMPOTENCY_KEY_LENGTH = 128
+
+
+class IdempotencyKey(Base):
+    """One write sent with an ``Idempotency-Key`` and its first answer (``status`` 0: running)."""
+
+    __tablename__ = "idempotency_keys"
+
+    actor: Mapped[str] = mapped_column(String(USERNAME_LENGTH), primary_key=True)
+    key: Mapped[str] = mapped_column(String(IDEMPOTENCY_KEY_LENGTH), primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(SHA256_LENGTH))
+    status: Mapped[int] = mapped_column(Integer)
+    content_type: Mapped[str] = mapped_column(String(100), default="")
+    location: Mapped[str] = mapped_column(Text, default="")
+    body: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(index=True)

@@ -1266,3 +1266,139 @@ def test_role_state_operation(role_world, op, role, state):
     finally:
         role_world.restore()
     assert _head_seq(svc.engine) == role_world.rows["audit_log"][0]["head_seq"]
+
+
+# --------------------------------------------------------------------------------------------
+# Issue #13: every write accepts an Idempotency-Key; a retry returns the first answer
+
+
+def test_idempotency_keys_keep_the_first_answer_per_actor(service, clock):
+    from egress.core import IdempotencyInProgress, IdempotencyKeyReused, StoredAnswer
+
+    assert service.idempotency_begin(alice, "key-0001", "fp-a") is None  # reserved
+    with pytest.raises(IdempotencyInProgress) as running:
+        service.idempotency_begin(alice, "key-0001", "fp-a")
+    assert running.value.status == 409 and "still being processed" in running.value.reason
+    service.idempotency_finish(alice, "key-0001", StoredAnswer(201, "application/json", "", "{}"))
+    assert service.idempotency_begin(alice, "key-0001", "fp-a") == StoredAnswer(
+        201, "application/json", "", "{}"
+    )
+    with pytest.raises(IdempotencyKeyReused) as reused:
+        service.idempotency_begin(alice, "key-0001", "fp-b")
+    assert reused.value.status == 422 and "different request" in reused.value.reason
+    assert service.idempotency_begin(carol, "key-0001", "fp-b") is None  # keys are per actor
+    refused(400, lambda: service.idempotency_begin(alice, "short", "fp"), match="8 to 128")
+    refused(400, lambda: service.idempotency_begin(alice, "bad key!", "fp"), match="8 to 128")
+    # an unexpected failure frees the key; an answer is kept 24 hours
+    assert service.idempotency_begin(alice, "key-0002", "fp") is None
+    service.idempotency_abandon(alice, "key-0002")
+    assert service.idempotency_begin(alice, "key-0002", "fp") is None
+    clock.advance(hours=23)
+    assert service.idempotency_begin(alice, "key-0001", "fp-a") is not None
+    clock.advance(hours=2)
+    assert service.idempotency_begin(alice, "key-0001", "fp-a") is None  # expired: a new write
+
+
+@pytest.fixture
+def web_service(service, monkeypatch):
+    """The real tornado app on loopback, signed in as the ``X-Test-User`` header's user (the
+    hub's login and XSRF check are the live tests' part); yields its base URL."""
+    import asyncio
+
+    from tornado.httpserver import HTTPServer
+
+    from egress import web
+
+    users = {a.username: a for a in ACTORS.values()}
+
+    def current_user(handler):
+        name = handler.request.headers.get("X-Test-User", "")
+        actor = users.get(name)
+        if actor is None:
+            return None
+        groups = [f"project-{p}" for p in actor.projects]
+        return {"name": name, "groups": groups + (["output-checkers"] if actor.is_checker else [])}
+
+    monkeypatch.setattr(web.BaseHandler, "get_current_user", current_user)
+    monkeypatch.setattr(web.BaseHandler, "check_xsrf_cookie", lambda handler: None)
+    started, box = threading.Event(), {}
+
+    def serve() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        app = web.make_app(service, "/services/egress/", b"s" * 32)
+        server = HTTPServer(app)
+        sockets = __import__("tornado.netutil", fromlist=["x"]).bind_sockets(0, "127.0.0.1")
+        server.add_sockets(sockets)
+        box.update(loop=loop, port=sockets[0].getsockname()[1], server=server)
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    yield f"http://127.0.0.1:{box['port']}/services/egress/"
+    box["loop"].call_soon_threadsafe(box["server"].stop)
+    box["loop"].call_soon_threadsafe(box["loop"].stop)
+    thread.join(10)
+
+
+def _requests_of(service, actor) -> list[str]:
+    return sorted(r["id"] for r in service.list_requests(actor))
+
+
+def test_a_retried_api_create_returns_the_first_answer_and_creates_nothing(web_service, service):
+    import requests
+
+    def post(key, title="Retried", user="alice"):
+        headers = {"X-Test-User": user, "Idempotency-Key": key}
+        body = {"project": "cardio", "title": title}
+        return requests.post(web_service + "api/requests", json=body, headers=headers, timeout=30)
+
+    first = post("create-0001")
+    assert first.status_code == 201, first.text
+    before = _requests_of(service, alice)
+    again = post("create-0001")  # the response was lost: the client sends it again
+    assert (again.status_code, again.json()) == (201, first.json())
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert _requests_of(service, alice) == before  # no second draft
+    other = post("create-0001", title="Another title")
+    assert other.status_code == 422 and "different request" in other.json()["message"]
+    assert _requests_of(service, alice) == before
+    # positive control: a new key is a new request; no key, as before, always runs
+    assert post("create-0002").json()["id"] not in before
+    plain = requests.post(
+        web_service + "api/requests",
+        json={"project": "cardio", "title": "no key"},
+        headers={"X-Test-User": "alice"},
+        timeout=30,
+    )
+    assert plain.status_code == 201 and len(_requests_of(service, alice)) == len(before) + 2
+    # a refusal is an answer too: its retry is the same refusal, and nothing runs twice
+    refusal = post("create-0003", user="bob")
+    assert refusal.status_code == 403
+    assert post("create-0003", user="bob").json() == refusal.json()
+
+
+def test_a_resent_form_is_a_retry_of_that_form(web_service, service):
+    import re
+
+    import requests
+
+    rid = service.create_request(alice, "cardio", "Form")["id"]
+    page = requests.get(
+        web_service + f"requests/{rid}", headers={"X-Test-User": "alice"}, timeout=30
+    )
+    keys = re.findall(r'name="_idempotency_key" value="([^"]+)"', page.text)
+    assert len(keys) >= 2 and len(set(keys)) == len(keys)  # one fresh key per form
+    form = {"action": "comment", "body": "Please look at table 2", "_idempotency_key": keys[0]}
+    for _ in range(3):  # the same form sent three times (a double click, then a reload)
+        sent = requests.post(
+            web_service + f"requests/{rid}/do",
+            data=form,
+            headers={"X-Test-User": "alice"},
+            allow_redirects=False,
+            timeout=30,
+        )
+        assert sent.status_code == 302 and sent.headers["Location"].endswith(f"/requests/{rid}")
+    assert [c["body"] for c in service.get_request(alice, rid)["comments"]] == [form["body"]]
