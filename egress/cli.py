@@ -36,7 +36,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from egress.audit import VerifyReport, read_checkpoints
-from egress.core import ServicePaths, export_database_audit, verify_database
+from egress.core import (
+    ServicePaths,
+    export_database_audit,
+    missing_release_checkpoints,
+    reconcile_checkpoints,
+    verify_database,
+)
 from egress.signing import generate_key, load_public_key, public_key_path, verify_record
 from egress.store.db import make_engine, migrate, read_session
 from egress.store.models import Release, Request, Review
@@ -220,16 +226,39 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"created {paths.signing_key} and {public_key_path(paths.signing_key)}")
             return 0
         if args.command == "verify":
+            engine = make_engine(url)
+            appended = []
+            try:  # releases a crash kept out of the checkpoint file (#13)
+                if paths.egress_dir.is_dir():
+                    appended, _ = reconcile_checkpoints(
+                        engine, paths.checkpoints, public_key=_public_key(paths)
+                    )
+            except OSError as exc:
+                print(f"could not append missing checkpoints: {exc}", file=sys.stderr)
+            for request_id, cp in appended:
+                print(
+                    f"appended the missing checkpoint of the release of {request_id} "
+                    f"(event {cp.seq}) to {paths.checkpoints}",
+                    file=sys.stderr,
+                )
             checkpoints = []
             files = [paths.checkpoints] if paths.checkpoints.exists() else []
             for file in [*files, *args.checkpoint]:
                 checkpoints.extend(read_checkpoints(file))
             report = verify_database(
-                make_engine(url),
+                engine,
                 public_key=_public_key(paths),
                 checkpoints=checkpoints,
                 replay=not args.no_replay,
             )
+            if report.ok and (missing := missing_release_checkpoints(engine, checkpoints)):
+                request_id, cp = missing[0]
+                print(
+                    f"FAILED: the release of request {request_id} (event {cp.seq}) has no "
+                    f"checkpoint in {paths.checkpoints} ({len(missing)} missing)",
+                    file=sys.stderr,
+                )
+                return 1
             return _report(report)
         if args.command == "export":
             engine = make_engine(url)

@@ -89,6 +89,7 @@ from egress.audit import (
     canonical_json,
     csv_cell,
     format_time,
+    read_checkpoints,
 )
 from egress.content_store import ContentStore
 from egress.file_checks import DEFAULT_POLICY, CheckPolicy, FileCheckResult, FileKind, check_file
@@ -151,6 +152,8 @@ __all__ = [
     "actor_for",
     "member_check",
     "export_database_audit",
+    "missing_release_checkpoints",
+    "reconcile_checkpoints",
     "verify_database",
 ]
 
@@ -2214,18 +2217,60 @@ class EgressService:
                     ) from None
         return found
 
-    def verify_audit(self, checkpoints: Iterable[Checkpoint] = ()) -> VerifyReport:
-        """Verify the audit log and replay it against the tables (see the module docs)."""
-        public = None
+    def reconcile_checkpoints(self) -> list[tuple[str, Checkpoint]]:
+        """Append the checkpoints of releases missing from the checkpoint file (a crash
+        between a release's commit and its append); called at start and by :meth:`verify_audit`.
+        Nothing is appended unless the log verifies (see :func:`reconcile_checkpoints`)."""
+        if self.checkpoint_path is None:
+            return []
         try:
-            public = self.public_key()
+            appended, report = reconcile_checkpoints(
+                self.engine,
+                self.checkpoint_path,
+                kept=self.checkpoints(),
+                public_key=self._public_or_none(),
+            )
+        except (OSError, ValueError):
+            log.exception("could not reconcile the checkpoint file %s", self.checkpoint_path)
+            return []
+        if not report.ok:
+            log.error(
+                "checkpoints not reconciled: the audit log fails verification: %s", report.problem
+            )
+        return appended
+
+    def _public_or_none(self) -> Ed25519PublicKey | None:
+        try:
+            return self.public_key()
         except (OSError, ValueError):
             log.exception("the public key can't be loaded; release signatures are not checked")
+            return None
+
+    def verify_audit(self, checkpoints: Iterable[Checkpoint] = ()) -> VerifyReport:
+        """Verify the audit log and replay it against the tables (see the module docs).
+
+        The checkpoint file is reconciled first (releases whose checkpoint a crash kept out
+        of it are appended, when the log verifies); a release still without its checkpoint
+        in the file fails the verification, naming it.
+        """
+        public = self._public_or_none()
+        self.reconcile_checkpoints()
         try:
             kept = self.checkpoints()
         except (OSError, ValueError) as exc:
             return _failed(None, f"the checkpoint file can't be read: {exc}", self.log_id)
-        return verify_database(self.engine, public_key=public, checkpoints=[*kept, *checkpoints])
+        report = verify_database(self.engine, public_key=public, checkpoints=[*kept, *checkpoints])
+        if report.ok and self.checkpoint_path is not None:
+            missing = missing_release_checkpoints(self.engine, kept)
+            if missing:
+                request_id, checkpoint = missing[0]
+                return _failed(
+                    report,
+                    f"the release of request {request_id} (event {checkpoint.seq}) has no "
+                    f"checkpoint in {self.checkpoint_path} ({len(missing)} release(s) missing)",
+                    self.log_id,
+                )
+        return report
 
     def export_audit(self, fmt: str, dest: IO[str]) -> VerifyReport:
         """Write the whole audit log to ``dest`` as ``csv`` or ``jsonl``; returns the verdict."""
@@ -2493,6 +2538,65 @@ def _release_checkpoints(
                 "public key: it was altered"
             )
     return cps, None
+
+
+def missing_release_checkpoints(
+    engine: Engine, kept: Iterable[Checkpoint]
+) -> list[tuple[str, Checkpoint]]:
+    """The checkpoints of releases that are not in ``kept``, from the audit log's RELEASED
+    events (the head right after each release, as :meth:`EgressService.release` appends it):
+    ``[(request id, checkpoint)]`` in log order. A release commits before its checkpoint is
+    appended, so a crash in between leaves one missing (issue #13)."""
+    have = {(c.log_id, c.seq, c.hash) for c in kept}
+    missing = []
+    with read_session(engine) as session:
+        row = session.get(AuditLogRow, audit_log.LOG_ROW_ID)
+        if row is None:
+            return []
+        for request_id, line in session.execute(
+            select(AuditEventRow.request_id, AuditEventRow.line)
+            .where(AuditEventRow.event == EventType.RELEASED.value)
+            .order_by(AuditEventRow.seq)
+        ):
+            event = AuditEvent.from_dict(json.loads(line))
+            checkpoint = Checkpoint.of(event, row.log_id)
+            if (checkpoint.log_id, checkpoint.seq, checkpoint.hash) not in have:
+                missing.append((request_id or "", checkpoint))
+    return missing
+
+
+def reconcile_checkpoints(
+    engine: Engine,
+    path: Path,
+    *,
+    kept: Iterable[Checkpoint] | None = None,
+    public_key: Ed25519PublicKey | None = None,
+    replay: bool = False,
+) -> tuple[list[tuple[str, Checkpoint]], VerifyReport]:
+    """Append to the checkpoint file at ``path`` the checkpoints of releases missing from it.
+
+    Only a sound log is copied out: the database is verified first against the checkpoints
+    already in the file (``kept``: read from it when not given) and the release records, and
+    nothing is appended when that fails
+    (a checkpoint taken from a rewritten log would vouch for the rewrite). Returns what was
+    appended and the verification's report.
+    """
+    if kept is None:
+        kept = read_checkpoints(path) if path.exists() else []
+    kept = list(kept)
+    report = verify_database(engine, public_key=public_key, checkpoints=kept, replay=replay)
+    if not report.ok:
+        return [], report
+    missing = missing_release_checkpoints(engine, kept)
+    for request_id, checkpoint in missing:
+        append_checkpoint(path, checkpoint)
+        log.warning(
+            "appended the missing audit checkpoint of the release of %s (event %d) to %s",
+            request_id,
+            checkpoint.seq,
+            path,
+        )
+    return missing, report
 
 
 def verify_database(

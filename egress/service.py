@@ -254,7 +254,9 @@ def main() -> None:
     port = int(os.environ.get("HAVRE_EGRESS_PORT", DEFAULT_PORT))
     processes = worker_count()
     # Before the workers: the schema migrated and the signing key made, once.
-    build_service(enclave).engine.dispose()
+    first = build_service(enclave)
+    first.reconcile_checkpoints()  # releases a crash kept out of the checkpoint file (#13)
+    first.engine.dispose()
     # the same in every worker (they share the cookies) and across restarts
     cookie_secret = load_cookie_secret(ServicePaths(enclave.state_dir).egress_dir)
 

@@ -1402,3 +1402,88 @@ def test_a_resent_form_is_a_retry_of_that_form(web_service, service):
         )
         assert sent.status_code == 302 and sent.headers["Location"].endswith(f"/requests/{rid}")
     assert [c["body"] for c in service.get_request(alice, rid)["comments"]] == [form["body"]]
+
+
+# --------------------------------------------------------------------------------------------
+# Issue #13: every release's checkpoint reaches the checkpoint file, even after a crash
+
+
+def _release_with_a_crash_before_the_append(svc: EgressService, monkeypatch) -> str:
+    """A release whose commit happens, then the process 'dies' before the append."""
+    import egress.core
+
+    rid, files = new_request(svc, {"notes.txt": "notes"})
+    for checker in (olivia, oscar):
+        review(svc, rid, checker, {files["notes.txt"]["id"]: "approve"})
+    svc.approve(olivia, rid)
+
+    def crash(path, checkpoint):
+        raise OSError("killed between the commit and the append")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(egress.core, "append_checkpoint", crash)
+        svc.release(oscar, rid)
+    assert svc.get_request(alice, rid)["state"] == "released"  # the release committed
+    return rid
+
+
+def test_a_checkpoint_lost_in_a_crash_is_appended_at_start_and_verify_is_ok(
+    make_service, monkeypatch
+):
+    svc = make_service()
+    _released_world(svc)  # one release whose checkpoint reached the file
+    rid = _release_with_a_crash_before_the_append(svc, monkeypatch)
+    path = svc.checkpoint_path
+    assert len(svc.checkpoints()) == 1
+    restarted = make_service()  # the service starts again (egress.service.main reconciles)
+    (appended,) = restarted.reconcile_checkpoints()
+    assert appended[0] == rid
+    released = [e for e in audit_events(svc.engine) if e["event"] == "RELEASED"]
+    assert [(c.seq, c.hash) for c in restarted.checkpoints()] == [
+        (e["seq"], e["hash"]) for e in released
+    ]
+    assert restarted.reconcile_checkpoints() == []  # once only
+    report = restarted.verify_audit()
+    assert report.ok, report.problem
+    assert path.read_text().count("\n") == 2
+
+
+def test_verify_appends_a_lost_checkpoint_and_reports_one_it_cannot_write(
+    make_service, monkeypatch, tmp_path
+):
+    svc = make_service()
+    rid = _release_with_a_crash_before_the_append(svc, monkeypatch)
+    assert svc.checkpoints() == []
+    report = svc.verify_audit()  # reconciles first
+    assert report.ok, report.problem
+    assert [c.seq for c in svc.checkpoints()] == [
+        e["seq"] for e in audit_events(svc.engine) if e["event"] == "RELEASED"
+    ]
+    # a checkpoint file that can't be written: verify says which release has no checkpoint
+    stuck = make_service(checkpoint_path=tmp_path / "no-such-dir" / "checkpoints.jsonl")
+    report = stuck.verify_audit()
+    assert not report.ok
+    assert f"release of request {rid}" in report.problem and "no checkpoint" in report.problem
+    # nothing is copied out of a log that fails verification
+    with svc.engine.begin() as conn:
+        conn.execute(
+            update(AuditEventRow).values(
+                line=func.replace(AuditEventRow.line, '"alice"', '"mallory"')
+            )
+        )
+    fresh = make_service(checkpoint_path=tmp_path / "fresh.jsonl")
+    assert fresh.reconcile_checkpoints() == [] and not (tmp_path / "fresh.jsonl").exists()
+
+
+def test_cli_verify_appends_a_lost_checkpoint(service, db_url, tmp_path, capsys, monkeypatch):
+    state = tmp_path / "state"
+    paths = ServicePaths(state)
+    paths.egress_dir.mkdir(parents=True)
+    rid = _release_with_a_crash_before_the_append(service, monkeypatch)
+    shutil.copy(service.signing_key_path, paths.signing_key)
+    shutil.copy(public_key_path(service.signing_key_path), public_key_path(paths.signing_key))
+    assert cli.main(["--db", db_url, "--state", str(state), "verify"]) == 0
+    captured = capsys.readouterr()
+    assert f"appended the missing checkpoint of the release of {rid}" in captured.err
+    assert captured.out.startswith("ok: ")
+    assert len(read_checkpoints(paths.checkpoints)) == 1
