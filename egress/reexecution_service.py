@@ -561,14 +561,19 @@ def list_for_request(svc: EgressService, actor: Actor, request_id: str) -> list[
 
 
 def researcher_metadata(
-    svc: EgressService, project: str, paths: list[str]
+    svc: EgressService, project: str, submitted: Mapping[str, str]
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
-    """SDC metadata the researcher's own session wrote for ``paths`` (their ``results.json``).
+    """SDC metadata the researcher's own session wrote for the ``submitted`` files ({path:
+    sha256}), from their ``results.json``.
 
     Read from the project's outputs folder as it is now (``results.json`` is not a file type
     that can be released, so it is never part of a request): labelled
-    :data:`RESEARCHER_LABEL`, because the researcher can write anything there.
+    :data:`RESEARCHER_LABEL`, because the researcher can write anything there. A record is
+    shown with its verdict only when it is about the submitted bytes (the library's sha256,
+    ``LibraryRecords.for_file``); a file changed after the library checked it gets status
+    ``changed`` and the sentence saying so, never the old verdict.
     """
+    paths = sorted(submitted)
     from egress.outputs_folder import OutputPathError, read_output
 
     root = svc._outputs_root(project)
@@ -583,11 +588,23 @@ def researcher_metadata(
             if "does not exist" not in err.reason and "no such" not in err.reason.lower():
                 problems.append(f"{folder}results.json: {err.reason}")
     found, more = output_sdc_metadata(files)
-    wanted = set(paths)
-    return (
-        {p: {**m, "label": RESEARCHER_LABEL} for p, m in found.items() if p in wanted},
-        problems + more,
-    )
+    records = svc._library_records(project)
+    shown: dict[str, dict[str, Any]] = {}
+    for path, meta in found.items():
+        if path not in submitted:
+            continue
+        library = records.for_file(path, submitted[path])
+        if library.get("status") == "matched":
+            shown[path] = {**meta, "label": RESEARCHER_LABEL, "library_status": "matched"}
+        else:  # about other bytes, or no usable record of these: no verdict
+            shown[path] = {
+                "status": str(library.get("status") or "no_record"),
+                "summary": str(library.get("message") or ""),
+                "params": None,
+                "label": RESEARCHER_LABEL,
+                "library_status": str(library.get("status") or "no_record"),
+            }
+    return shown, problems + more
 
 
 def detail(
@@ -628,9 +645,12 @@ def detail(
     submitted = {f.path: f.sha256 for f in files if f.path != entry["notebook_path"]}
     trusted_meta = {o["path"]: o for o in entry["outputs"]}
     trusted = {path: svc.content.get(o["sha256"]) for path, o in trusted_meta.items()}
-    supplied, supplied_problems = researcher_metadata(svc, req_project, sorted(submitted))
+    supplied, supplied_problems = researcher_metadata(svc, req_project, submitted)
     project_params = svc.sdc_params
     for meta in supplied.values():
+        if meta.get("library_status") != "matched":  # no verdict shown: nothing to compare
+            meta["relaxed"], meta["params_problem"] = [], ""
+            continue
         meta["relaxed"], meta["params_problem"] = _param_problem(meta.get("params"), project_params)
     forced_problem = ""
     if entry["sdc_params"]:

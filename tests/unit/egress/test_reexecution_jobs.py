@@ -59,7 +59,7 @@ RESULTS_JSON = json.dumps(
                 "uid": "output_0",
                 "status": "pass",
                 "type": "table",
-                "files": [{"name": "smoking.csv", "sdc": {}}],
+                "files": [{"name": "smoking.csv", "sdc": {}, "sha256": sha(TABLE)}],
                 "summary": "pass; ",
                 "exception": "",
                 "havre": {"reasons": []},
@@ -722,3 +722,24 @@ def test_the_checker_page_says_what_reexecution_proves_and_never_verified(svc, j
     assert "recomputed by the egress service" in html
     assert "checked with relaxed parameters: threshold 1 (project: 10)" in html
     assert "SDC parameters forced in the run" in html
+
+
+def test_the_researchers_verdict_is_shown_only_for_the_bytes_it_was_about(svc, jobs, outputs):
+    """Issue #13 (small): a file changed after the library checked it gets no verdict there."""
+    rid, ids = new_request(svc)
+    entry = svc.request_reexecution(olivia, rid, ids["analysis.ipynb"])
+    jobs.claim_next()
+    publish(jobs, entry["id"], {"s1/smoking.csv": TABLE})
+    matched = svc.reexecution(olivia, rid, entry["id"])
+    (line,) = [c for c in matched["comparison"] if c["path"] == "s1/smoking.csv"]
+    assert line["researcher_sdc"]["summary"] == "pass; "  # control: the library saw these bytes
+    # the library's record now names other bytes (the table was rewritten after its check)
+    other = json.loads(RESULTS_JSON)
+    other["results"]["output_0"]["files"][0]["sha256"] = sha(TABLE + b"edited\n")
+    (outputs / "cardio" / "s1" / "results.json").write_text(json.dumps(other))
+    changed = svc.reexecution(olivia, rid, entry["id"])
+    (line,) = [c for c in changed["comparison"] if c["path"] == "s1/smoking.csv"]
+    shown = line["researcher_sdc"]
+    assert shown["status"] == "changed" and "pass" not in json.dumps(shown)
+    assert "Changed after the library checked it" in shown["summary"]
+    assert shown["params_problem"] == ""
