@@ -286,3 +286,147 @@ def _observed(label: str, role: str, response: Any, failure: BaseException) -> O
         body=body,
         failure=failure,
     )
+
+
+# ------------------------------------------------------------- every operation can succeed
+
+NOTEBOOK_NAME = "fuzz_notebook.ipynb"
+NOTEBOOK = (
+    '{"cells": [{"cell_type": "code", "execution_count": null, "id": "c1", "metadata": {}, '
+    '"outputs": [], "source": "print(1)"}], "metadata": {}, "nbformat": 4, '
+    '"nbformat_minor": 5}'
+)
+
+
+def test_every_operation_succeeds_with_a_valid_request(enclave, fuzz_users):
+    """The fuzz above checks what the service answers; this checks that each operation does
+    its job when asked properly: one valid request (session + XSRF) to every operation of the
+    document gets a 2xx. A new operation without a row here fails the last assertion."""
+    alice, olivia = fuzz_users["alice"], fuzz_users["olivia"]
+    oscar = Egress(enclave.user("oscar"))
+    write_output(enclave, "cardio", FUZZ_FILE, FUZZ_TABLE)
+    write_output(enclave, "cardio", NOTEBOOK_NAME, NOTEBOOK)
+    succeeded: dict[str, int] = {}
+
+    def ok(label: str, user: Egress, method: str, path: str, **kwargs: Any) -> Any:
+        response = user.call(method, path, **kwargs)
+        assert 200 <= response.status_code < 300, (label, response.status_code, response.text)
+        succeeded[label] = response.status_code
+        print(f"{label:<62} {response.status_code}")
+        return response.json()
+
+    def draft(files: tuple[str, ...] = (FUZZ_FILE,)) -> tuple[str, list[int]]:
+        rid = alice.ok("POST", "api/requests", 201, json={"project": "cardio", "title": "ok"})
+        rid = rid["id"]
+        ids = [
+            alice.ok("POST", f"api/requests/{rid}/files", 201, json={"path": name})["files"]
+            for name in files
+        ][-1]
+        alice.ok("PUT", f"api/requests/{rid}/groups/main", json={"context": "c", "controls": "k"})
+        return rid, [f["id"] for f in ids]
+
+    def reviewed() -> str:
+        rid, (fid,) = draft()
+        alice.ok("POST", f"api/requests/{rid}/submit")
+        for checker in (olivia, oscar):
+            checker.ok("PUT", f"api/requests/{rid}/files/{fid}/vote", json={"vote": "approve"})
+            checker.ok("POST", f"api/requests/{rid}/review")
+        return rid
+
+    ok("GET /api/whoami", alice, "GET", "api/whoami")
+    ok("GET /api/projects/{project}/outputs", alice, "GET", "api/projects/cardio/outputs")
+    ok("GET /api/requests", olivia, "GET", "api/requests")
+    made = ok(
+        "POST /api/requests",
+        alice,
+        "POST",
+        "api/requests",
+        json={"project": "cardio", "title": "t"},
+    )
+    rid = made["id"]
+    ok("GET /api/requests/{request_id}", alice, "GET", f"api/requests/{rid}")
+    files = ok(
+        "POST /api/requests/{request_id}/files",
+        alice,
+        "POST",
+        f"api/requests/{rid}/files",
+        json={"path": FUZZ_FILE},
+    )["files"]
+    fid = files[0]["id"]
+    ok(
+        "GET /api/requests/{request_id}/files/{file_id}/preview",
+        alice,
+        "GET",
+        f"api/requests/{rid}/files/{fid}/preview",
+    )
+    ok(
+        "PUT /api/requests/{request_id}/groups/{group}",
+        alice,
+        "PUT",
+        f"api/requests/{rid}/groups/main",
+        json={"context": "Stays by region", "controls": "All cells >= 10"},
+    )
+    ok(
+        "POST /api/requests/{request_id}/comments",
+        alice,
+        "POST",
+        f"api/requests/{rid}/comments",
+        json={"body": "ready soon"},
+    )
+    ok(
+        "DELETE /api/requests/{request_id}/files/{file_id}",
+        alice,
+        "DELETE",
+        f"api/requests/{rid}/files/{fid}",
+    )
+    ok("POST /api/requests/{request_id}/withdraw", alice, "POST", f"api/requests/{rid}/withdraw")
+
+    rid, (fid, nb) = draft((FUZZ_FILE, NOTEBOOK_NAME))
+    ok("POST /api/requests/{request_id}/submit", alice, "POST", f"api/requests/{rid}/submit")
+    ok(
+        "PUT /api/requests/{request_id}/files/{file_id}/vote",
+        olivia,
+        "PUT",
+        f"api/requests/{rid}/files/{fid}/vote",
+        json={"vote": "approve"},
+    )
+    ok(
+        "POST /api/requests/{request_id}/votes",
+        olivia,
+        "POST",
+        f"api/requests/{rid}/votes",
+        json={"vote": "request_changes"},
+    )
+    rx = ok(
+        "POST /api/requests/{request_id}/files/{file_id}/reexecute",
+        olivia,
+        "POST",
+        f"api/requests/{rid}/files/{nb}/reexecute",
+    )
+    ok(
+        "GET /api/requests/{request_id}/reexecutions",
+        olivia,
+        "GET",
+        f"api/requests/{rid}/reexecutions",
+    )
+    ok(
+        "GET /api/requests/{request_id}/reexecutions/{reexecution_id}",
+        olivia,
+        "GET",
+        f"api/requests/{rid}/reexecutions/{rx['id']}",
+    )
+    ok(
+        "POST /api/requests/{request_id}/review",
+        olivia,
+        "POST",
+        f"api/requests/{rid}/review",
+    )
+    ok("POST /api/requests/{request_id}/return", oscar, "POST", f"api/requests/{reviewed()}/return")
+    ok("POST /api/requests/{request_id}/reject", oscar, "POST", f"api/requests/{reviewed()}/reject")
+    rid = reviewed()
+    ok("POST /api/requests/{request_id}/approve", oscar, "POST", f"api/requests/{rid}/approve")
+    ok("POST /api/requests/{request_id}/release", oscar, "POST", f"api/requests/{rid}/release")
+    ok("GET /api/requests/{request_id}/record", alice, "GET", f"api/requests/{rid}/record")
+    ok("POST /api/requests/{request_id}/revoke", olivia, "POST", f"api/requests/{rid}/revoke")
+    ok("GET /api/audit/verify", olivia, "GET", "api/audit/verify")
+    assert set(succeeded) == {f"{method} {path}" for method, path, _ in OPERATIONS}

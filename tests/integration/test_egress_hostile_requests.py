@@ -65,6 +65,9 @@ class Hostile:
     page: bool = False  # an HTML page route: the message is the page's alert
     mentions: tuple[str, ...] = ()  # words the message must contain
     bug: str | None = None
+    #: positive control, run first: (actor, path) of a GET that must succeed with a real
+    #: session (the same resource, asked by someone allowed)
+    control: tuple[str, str] | None = None
 
     def param(self) -> Any:
         marks = [pytest.mark.xfail(strict=True, reason=self.bug)] if self.bug else []
@@ -96,6 +99,8 @@ HOSTILE = [
         "api/requests/{sub}",
         _s(401, 403),
         auth="forged-token",
+        mentions=("signed in",),
+        control=("alice", "api/requests/{sub}"),
     ),
     Hostile(
         "forged-token-post",
@@ -104,6 +109,8 @@ HOSTILE = [
         "api/requests/{sub}/approve",
         _s(401, 403),
         auth="forged-token",
+        mentions=("signed in",),
+        control=("alice", "api/requests/{sub}"),
     ),
     Hostile(
         "forged-service-cookie",
@@ -113,6 +120,8 @@ HOSTILE = [
         _s(401, 403),
         auth="forged-cookie",
         json={"project": "cardio", "title": "forged"},
+        mentions=("signed in",),
+        control=("alice", "api/requests"),
     ),
     Hostile(
         "bob-cookie-on-alices-request",
@@ -129,6 +138,7 @@ HOSTILE = [
         "api/requests/{draft}/withdraw",
         _s(403),
         auth="no-xsrf",
+        mentions=("_xsrf",),
     ),
     Hostile(
         "form-post-without-xsrf",
@@ -139,6 +149,7 @@ HOSTILE = [
         auth="no-xsrf",
         form={"action": "withdraw"},
         page=True,
+        mentions=("_xsrf",),
     ),
     Hostile(
         "form-post-by-other-project",
@@ -148,6 +159,7 @@ HOSTILE = [
         _s(403),
         form={"action": "withdraw"},
         page=True,
+        mentions=("cardio",),
     ),
     # -- a member of another project (bob, diabetes) on cardio's requests ------------------
     Hostile(
@@ -160,6 +172,7 @@ HOSTILE = [
         "api/requests/{draft}/files",
         _s(403),
         json={"path": TABLE_NAME},
+        mentions=("cardio",),
     ),
     Hostile(
         "other-project-votes",
@@ -168,6 +181,7 @@ HOSTILE = [
         "api/requests/{sub}/files/{sub_file}/vote",
         _s(403),
         json={"vote": "approve"},
+        mentions=("cardio",),
     ),
     Hostile(
         "other-project-comments",
@@ -176,8 +190,16 @@ HOSTILE = [
         "api/requests/{sub}/comments",
         _s(403),
         json={"body": "let me in"},
+        mentions=("cardio",),
     ),
-    Hostile("other-project-lists-outputs", "bob", "GET", "api/projects/cardio/outputs", _s(403)),
+    Hostile(
+        "other-project-lists-outputs",
+        "bob",
+        "GET",
+        "api/projects/cardio/outputs",
+        _s(403),
+        mentions=("cardio",),
+    ),
     Hostile(
         "other-project-raw-file",
         "bob",
@@ -185,6 +207,58 @@ HOSTILE = [
         "requests/{sub}/files/{sub_file}/raw",
         _s(403),
         page=True,
+        mentions=("cardio",),
+    ),
+    # -- bytes of an unreleased file (issue #12): refused to members and to checkers before
+    #    submission; the control is a checker's view of the submitted request's raw file
+    Hostile(
+        "author-raw-submitted",
+        "alice",
+        "GET",
+        "requests/{sub}/files/{sub_file}/raw",
+        _s(403),
+        page=True,
+        mentions=("never gives authors",),
+        control=("olivia", "requests/{sub}/files/{sub_file}/raw"),
+    ),
+    Hostile(
+        "author-raw-draft",
+        "alice",
+        "GET",
+        "requests/{draft}/files/{draft_file}/raw",
+        _s(403),
+        page=True,
+        mentions=("never gives authors",),
+        control=("olivia", "requests/{sub}/files/{sub_file}/raw"),
+    ),
+    Hostile(
+        "co-member-raw-submitted",
+        "carol",
+        "GET",
+        "requests/{sub}/files/{sub_file}/raw",
+        _s(403),
+        page=True,
+        mentions=("Only output checkers see the contents",),
+        control=("olivia", "requests/{sub}/files/{sub_file}/raw"),
+    ),
+    Hostile(
+        "checker-raw-draft",
+        "olivia",
+        "GET",
+        "requests/{draft}/files/{draft_file}/raw",
+        _s(403),
+        page=True,
+        mentions=("has not been submitted",),
+        control=("olivia", "requests/{sub}/files/{sub_file}/raw"),
+    ),
+    Hostile(
+        "checker-reads-draft",
+        "olivia",
+        "GET",
+        "api/requests/{draft}",
+        _s(403),
+        mentions=("has not been submitted",),
+        control=("olivia", "api/requests/{sub}"),
     ),
     # -- paths into the outputs folder ------------------------------------------------------
     _traversal("traversal-dotdot", "../../etc/passwd", "'..'"),
@@ -195,9 +269,21 @@ HOSTILE = [
     _traversal("traversal-long-name", "n" * 300 + ".csv", "255"),
     _traversal("traversal-missing", "no_such_file.csv", "does not exist"),
     # -- ids that don't exist or belong to another request -----------------------------------
-    Hostile("unknown-request", "alice", "GET", f"api/requests/{UNKNOWN_ID}", _s(404)),
     Hostile(
-        "unknown-request-action", "olivia", "POST", f"api/requests/{UNKNOWN_ID}/approve", _s(404)
+        "unknown-request",
+        "alice",
+        "GET",
+        f"api/requests/{UNKNOWN_ID}",
+        _s(404),
+        mentions=("no release request",),
+    ),
+    Hostile(
+        "unknown-request-action",
+        "olivia",
+        "POST",
+        f"api/requests/{UNKNOWN_ID}/approve",
+        _s(404),
+        mentions=("no release request",),
     ),
     Hostile(
         "file-of-another-request-delete",
@@ -205,6 +291,7 @@ HOSTILE = [
         "DELETE",
         "api/requests/{draft}/files/{sub_file}",
         _s(404),
+        mentions=("no file",),
     ),
     Hostile(
         "file-of-another-request-vote",
@@ -213,6 +300,7 @@ HOSTILE = [
         "api/requests/{sub}/files/{draft_file}/vote",
         _s(404),
         json={"vote": "approve"},
+        mentions=("no file",),
     ),
     Hostile(
         "unknown-file-vote",
@@ -221,6 +309,7 @@ HOSTILE = [
         "api/requests/{sub}/files/999999999/vote",
         _s(404),
         json={"vote": "approve"},
+        mentions=("no file",),
     ),
     Hostile(
         "huge-file-id-in-comment",
@@ -229,6 +318,7 @@ HOSTILE = [
         "api/requests/{draft}/comments",
         _s(400, 404),
         json={"body": "about that file", "file_id": 10**30},
+        mentions=("file",),
     ),
     # -- bodies and parameters -------------------------------------------------------------
     Hostile(
@@ -247,6 +337,7 @@ HOSTILE = [
         "api/requests/{sub}/files/{sub_file}/vote",
         _s(400),
         json={"vote": ["approve"]},
+        mentions=("vote",),
     ),
     Hostile(
         "oversized-title",
@@ -255,6 +346,7 @@ HOSTILE = [
         "api/requests",
         _s(400, 413),
         body=lambda: '{"project": "cardio", "title": "' + "x" * FIVE_MB + '"}',
+        mentions=("larger than",),
     ),
     Hostile(
         "oversized-body",
@@ -263,6 +355,7 @@ HOSTILE = [
         "api/requests",
         _s(400, 413),
         body=lambda: '{"project": "cardio", "title": "t", "pad": "' + "x" * FIVE_MB + '"}',
+        mentions=("larger than",),
     ),
     Hostile(
         "non-json-body",
@@ -274,11 +367,31 @@ HOSTILE = [
         mentions=("JSON",),
     ),
     Hostile(
-        "json-array-body", "alice", "POST", "api/requests", _s(400), json=[{"project": "cardio"}]
+        "json-array-body",
+        "alice",
+        "POST",
+        "api/requests",
+        _s(400),
+        json=[{"project": "cardio"}],
+        mentions=("JSON",),
     ),
-    Hostile("json-string-body", "alice", "POST", "api/requests", _s(400), json="cardio"),
     Hostile(
-        "invalid-utf8-body", "alice", "POST", "api/requests", _s(400), body=lambda: b"\xff\xfe{"
+        "json-string-body",
+        "alice",
+        "POST",
+        "api/requests",
+        _s(400),
+        json="cardio",
+        mentions=("JSON",),
+    ),
+    Hostile(
+        "invalid-utf8-body",
+        "alice",
+        "POST",
+        "api/requests",
+        _s(400),
+        body=lambda: b"\xff\xfe{",
+        mentions=("JSON",),
     ),
     Hostile(
         "deeply-nested-json",
@@ -287,6 +400,7 @@ HOSTILE = [
         "api/requests",
         _s(400),
         body=lambda: "[" * 100_000,
+        mentions=("JSON",),
     ),
     Hostile(
         "group-name-nul",
@@ -303,10 +417,27 @@ HOSTILE = [
         "GET",
         "api/requests?older_than_days=abc",
         _s(400),
+        mentions=("days",),
     ),
-    Hostile("bad-state-filter", "olivia", "GET", "api/requests?state=hacked", _s(400)),
-    Hostile("bad-page-limit", "olivia", "GET", "api/requests?limit=-5", _s(400)),
-    Hostile("forged-page-position", "olivia", "GET", "api/requests?after=Jy0tJw", _s(400)),
+    Hostile(
+        "bad-state-filter",
+        "olivia",
+        "GET",
+        "api/requests?state=hacked",
+        _s(400),
+        mentions=("state",),
+    ),
+    Hostile(
+        "bad-page-limit", "olivia", "GET", "api/requests?limit=-5", _s(400), mentions=("limit",)
+    ),
+    Hostile(
+        "forged-page-position",
+        "olivia",
+        "GET",
+        "api/requests?after=Jy0tJw",
+        _s(400),
+        mentions=("position",),
+    ),
     Hostile(
         "bulk-approval",
         "olivia",
@@ -323,6 +454,7 @@ HOSTILE = [
         "api/requests/{sub}/votes",
         _s(403),
         json={"vote": "request_changes"},
+        mentions=("author",),
     ),
     Hostile(
         "bulk-votes-not-a-list",
@@ -331,15 +463,17 @@ HOSTILE = [
         "api/requests/{sub}/votes",
         _s(400),
         json={"vote": "request_changes", "file_ids": "1,2"},
+        mentions=("file_ids",),
     ),
     # -- methods and routes -----------------------------------------------------------------
-    Hostile("method-not-allowed", "alice", "DELETE", "api/requests", _s(405)),
+    Hostile("method-not-allowed", "alice", "DELETE", "api/requests", _s(405), mentions=("method",)),
     Hostile(
         "method-not-allowed-on-request",
         "alice",
         "PATCH",
         "api/requests/{draft}",
         _s(405),
+        mentions=("method",),
     ),
     Hostile(
         "unknown-action",
@@ -347,11 +481,28 @@ HOSTILE = [
         "POST",
         "api/requests/{draft}/frobnicate",
         _s(404),
+        mentions=("no such",),
     ),
-    Hostile("unknown-api-route", "alice", "GET", "api/admin/users", _s(404)),
+    Hostile(
+        "unknown-api-route", "alice", "GET", "api/admin/users", _s(404), mentions=("API endpoint",)
+    ),
     # -- roles beyond their rights ----------------------------------------------------------
-    Hostile("author-approves-own", "alice", "POST", "api/requests/{sub}/approve", _s(403)),
-    Hostile("author-releases-own", "alice", "POST", "api/requests/{sub}/release", _s(403)),
+    Hostile(
+        "author-approves-own",
+        "alice",
+        "POST",
+        "api/requests/{sub}/approve",
+        _s(403),
+        mentions=("author",),
+    ),
+    Hostile(
+        "author-releases-own",
+        "alice",
+        "POST",
+        "api/requests/{sub}/release",
+        _s(403),
+        mentions=("author",),
+    ),
     Hostile(
         "author-votes-own",
         "alice",
@@ -361,8 +512,22 @@ HOSTILE = [
         json={"vote": "approve"},
         mentions=("author",),
     ),
-    Hostile("co-member-approves", "carol", "POST", "api/requests/{sub}/approve", _s(403)),
-    Hostile("co-member-withdraws", "carol", "POST", "api/requests/{draft}/withdraw", _s(403)),
+    Hostile(
+        "co-member-approves",
+        "carol",
+        "POST",
+        "api/requests/{sub}/approve",
+        _s(403),
+        mentions=("output checkers",),
+    ),
+    Hostile(
+        "co-member-withdraws",
+        "carol",
+        "POST",
+        "api/requests/{draft}/withdraw",
+        _s(403),
+        mentions=("author",),
+    ),
     Hostile(
         "checker-creates-in-cardio",
         "olivia",
@@ -379,8 +544,16 @@ HOSTILE = [
         "api/requests/{draft}/files",
         _s(403),
         json={"path": TABLE_NAME},
+        mentions=("has not been submitted",),
     ),
-    Hostile("researcher-verifies-audit", "alice", "GET", "api/audit/verify", _s(403)),
+    Hostile(
+        "researcher-verifies-audit",
+        "alice",
+        "GET",
+        "api/audit/verify",
+        _s(403),
+        mentions=("output checkers",),
+    ),
 ]
 
 
@@ -393,15 +566,17 @@ class World:
     ids: dict[str, str]
 
     def snapshot(self) -> tuple[Any, ...]:
-        """What a checker sees of every request, and the audit log's length."""
+        """What a checker and the cardio author see of every request (checkers don't see
+        drafts), and the audit log's length."""
         checker = self.users["olivia"]
-        listed = checker.ok("GET", "api/requests")
+        listed = checker.ok("GET", "api/requests?limit=500")
+        listed += self.users["alice"].ok("GET", "api/requests?limit=500")
         requests_seen = sorted(
             (r["id"], r["state"], r["files"], r["round"], r["updated_at"]) for r in listed
         )
         verified = checker.ok("GET", "api/audit/verify")
         assert verified["ok"], verified
-        return len(requests_seen), requests_seen, verified["events_checked"]
+        return len(set(requests_seen)), sorted(set(requests_seen)), verified["events_checked"]
 
 
 @pytest.fixture(scope="module")
@@ -488,8 +663,20 @@ def _message(response: requests.Response, page: bool) -> object:
     return data.get("message")
 
 
+def test_every_refusal_row_says_which_sentence_it_expects():
+    """A row that accepted any 403 would pass for the wrong reason (issue #15)."""
+    assert [row.id for row in HOSTILE if not row.mentions] == []
+    forged = [row.id for row in HOSTILE if row.auth.startswith("forged")]
+    assert forged and all(row.control for row in HOSTILE if row.auth.startswith("forged"))
+
+
 @pytest.mark.parametrize("row", [row.param() for row in HOSTILE])
 def test_hostile_request_is_refused_and_changes_nothing(world, row):
+    if row.control is not None:  # the same resource, asked by someone allowed: it works
+        actor, path = row.control
+        allowed = world.users[actor].call("GET", path.format(**world.ids), allow_redirects=False)
+        assert allowed.status_code == 200, (row.id, "control", allowed.status_code)
+        print(f"{row.id}: control {actor} GET {path} -> {allowed.status_code}")
     before = world.snapshot()
     response = _send(world, row)
     after = world.snapshot()
