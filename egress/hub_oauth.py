@@ -20,13 +20,20 @@ from pathlib import Path
 from typing import Any
 
 from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
-from traitlets import Unicode
+from traitlets import Unicode, default
 
 _STATE_ID = re.compile(r"[A-Za-z0-9_-]{16,64}")
 
 
 class SharedStateHubOAuth(HubOAuth):
-    """HubOAuth whose logins in progress are visible to every worker process."""
+    """HubOAuth whose logins in progress are visible to every worker process, and that keeps
+    the hub's answer about a token for one second only (JupyterHub's default: five minutes):
+    after a logout, which deletes the user's tokens at the hub, a copied cookie is refused
+    within a second. (0 would mean "forever" to JupyterHub's cache.)"""
+
+    @default("cache_max_age")
+    def _one_second(self) -> int:
+        return 1
 
     oauth_state_dir = Unicode(
         "",

@@ -12,16 +12,28 @@ restarting or down must not end anyone's work, and must not look like a server e
 * the provider did not answer (no connection, a name that doesn't resolve, a timeout, a 5xx):
   :class:`tornado.web.HTTPError` 503 with a sentence, so a spawn is refused with "try again in
   a minute" and a running server is kept.
+
+Logout ends everything (:class:`HavreLogoutHandler`): JupyterHub by itself only forgets the
+tokens of the browser session that logs out, and a hub cookie copied earlier stays valid for
+its whole lifetime. Havre's logout also makes every hub cookie of the user void, deletes every
+OAuth token the user's sessions gave to notebook servers and the egress service, and revokes
+the sign-in at the identity provider (RFC 7009). Servers and the egress service keep the hub's
+answer about a token for one second (not JupyterHub's five minutes), so a captured cookie or
+token is refused within a second of the logout.
 """
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
+from jupyterhub import orm
+from jupyterhub.utils import new_token
 from oauthenticator.generic import GenericOAuthenticator
+from oauthenticator.oauth2 import OAuthLogoutHandler
 from tornado import web
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError
-from traitlets import Float
+from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+from traitlets import Float, Unicode
 
 PROVIDER_DOWN = (
     "The sign-in provider is not answering right now, so Havre can't check your sign-in and "
@@ -30,8 +42,80 @@ PROVIDER_DOWN = (
 )
 
 
+class HavreLogoutHandler(OAuthLogoutHandler):
+    """Logout that ends every session of the user, not only this browser's (see above)."""
+
+    async def handle_logout(self) -> None:
+        user = self.current_user
+        if user is not None:
+            orm_user = user.orm_user
+            orm_user.cookie_id = new_token()  # every hub cookie of this user is now void
+            # tokens issued through OAuth to the user's servers and services (the server's
+            # own token to talk to the hub is the global "jupyterhub" client's: kept, so
+            # running work goes on)
+            tokens = self.db.query(orm.APIToken).filter(
+                orm.APIToken.user_id == orm_user.id, orm.APIToken.client_id != "jupyterhub"
+            )
+            ended = 0
+            for token in tokens:
+                self.db.delete(token)
+                ended += 1
+            self.db.commit()
+            self.log.info("Logout of %s: hub cookies void, %d tokens ended", user.name, ended)
+            await self.authenticator.revoke_at_provider(user)
+        await super().handle_logout()
+
+
 class HavreOAuthenticator(GenericOAuthenticator):
-    """GenericOAuthenticator whose refresh tells an unreachable provider from a refusal."""
+    """GenericOAuthenticator whose refresh tells an unreachable provider from a refusal, and
+    whose logout ends every session of the user."""
+
+    logout_handler = HavreLogoutHandler
+
+    revocation_url = Unicode(
+        "",
+        config=True,
+        help="""The identity provider's token revocation endpoint (RFC 7009). At logout the
+        user's refresh token is revoked there, which ends that sign-in at the provider too.
+        Empty: nothing is revoked at the provider (the hub's own sessions still end).""",
+    )
+
+    async def revoke_at_provider(self, user: Any) -> None:
+        """Revoke the user's refresh token at the provider; failures are logged, never raised."""
+        if not self.revocation_url:
+            return
+        auth_state = await user.get_auth_state() or {}
+        token = auth_state.get("refresh_token") or auth_state.get("access_token")
+        if not token:
+            return
+        body = urlencode({"token": token, "token_type_hint": "refresh_token"})
+        headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        if self.basic_auth:
+            auth = {"auth_username": self.client_id, "auth_password": self.client_secret}
+        else:
+            auth = {}
+            body += "&" + urlencode(
+                {"client_id": self.client_id, "client_secret": self.client_secret}
+            )
+        request = HTTPRequest(
+            self.revocation_url,
+            method="POST",
+            body=body,
+            headers=headers,
+            request_timeout=self.provider_check_timeout,
+            validate_cert=self.validate_server_cert,
+            **auth,
+        )
+        try:
+            response = await AsyncHTTPClient().fetch(request, raise_error=False)
+        except Exception as err:
+            self.log.error("Could not revoke %s's sign-in at the provider: %s", user.name, err)
+            return
+        if response.code != 200:
+            self.log.error(
+                "The provider refused to revoke %s's sign-in: HTTP %s", user.name, response.code
+            )
+        await user.save_auth_state(None)  # the hub keeps no token of an ended sign-in
 
     provider_check_timeout = Float(
         10.0,

@@ -253,6 +253,7 @@ def configure_identity(c: Any, enclave: EnclaveConfig, environ: Mapping[str, str
         auth.authorize_url = f"{browser}/authorize"
         auth.token_url = f"{internal}/token"
         auth.userdata_url = f"{internal}/userinfo"
+        c.HavreOAuthenticator.revocation_url = f"{internal}/revoke"
         auth.client_id = "jupyterhub"
         auth.client_secret = read_secret(enclave, "idp-client-jupyterhub")
         auth.logout_redirect_url = (

@@ -281,3 +281,48 @@ def test_revoked_sign_in_stops_servers_and_refuses_spawns(enclave, provider):
     r = rita.start_server("cardio")
     assert r.status_code == 403 and "login again" in r.text, r.text
     assert enclave.notebook_container(rita.name, "cardio") is None
+
+
+def _replay(jar: requests.cookies.RequestsCookieJar, url: str) -> requests.Response:
+    """A fresh client with copied cookies (what someone who captured them would send)."""
+    thief = requests.Session()
+    thief.cookies.update(jar)
+    return thief.get(url, timeout=30, allow_redirects=False)
+
+
+def test_logout_ends_every_session_and_copied_cookies_are_refused_at_once(enclave, provider):
+    lena = new_user(enclave, provider, "idt-logout", ["project-cardio"]).login()
+    assert lena.start_server("cardio").status_code in (201, 202)
+    lena.wait_ready("cardio")
+    lena.open_server("cardio")
+    assert whoami(lena)["projects"] == ["cardio"]  # the egress service's cookie too
+    server = lena.server_url("cardio", "api/status")
+    egress = lena.url("services/egress/api/whoami")
+    hub_api = lena.url(f"hub/api/users/{lena.name}")
+    copied = requests.cookies.RequestsCookieJar()
+    copied.update(lena.session.cookies)
+    # control: with the copied cookies, a second client is let in everywhere before the logout
+    assert _replay(copied, server).status_code == 200
+    assert _replay(copied, egress).status_code == 200
+    assert _replay(copied, hub_api).status_code == 200
+
+    r = lena.session.get(lena.url("hub/logout"), timeout=30)
+    hub_log = enclave.hub_container().logs(tail=60).decode(errors="replace")
+    assert r.status_code == 200, (r.status_code, r.url, hub_log)
+    started = time.monotonic()
+    assert _replay(copied, hub_api).status_code == 403, "the hub still knows the copied cookie"
+    # servers and the egress service keep the hub's answer for one second (JupyterHub's
+    # default is five minutes): wait on the refusal, bounded well under a minute
+    refused = {server: (302, 403), egress: (302, 401, 403)}
+    while refused and time.monotonic() - started < 15:
+        refused = {u: ok for u, ok in refused.items() if _replay(copied, u).status_code not in ok}
+        time.sleep(0.2)
+    refused_after = time.monotonic() - started
+    assert not refused, f"still let in {refused_after:.1f} s after the logout: {list(refused)}"
+    # the sign-in at the provider ended too: the hub's stored refresh token is gone and void
+    r = lena.session.get(lena.url("hub/api/user"), timeout=30)
+    assert r.status_code == 403
+    assert enclave.notebook_container(lena.name, "cardio") is not None  # work keeps running
+    print(f"copied cookies refused {refused_after:.2f} s after the logout")
+    lena = HubUser(enclave.url, lena.name, lena.password).login()  # signing in again works
+    lena.stop_server("cardio")
