@@ -355,25 +355,32 @@ def margin_labels(labels: pd.Index, extra_names: Sequence[str] = ()) -> np.ndarr
 
 
 def _margins_by_value(values: np.ndarray, exclude: np.ndarray) -> np.ndarray:
-    """Rows (of ``values``) equal to the sum of the other rows not in ``exclude``: shown
-    cells equal the sum where the column has no other blank, are at least the shown sum where
-    it has; at least two columns (or every column, if fewer) match exactly with a non-zero
-    value.  At most one (the last) is returned."""
+    """Rows (of ``values``) that are the sum of the other rows not in ``exclude``.
+
+    Where a column has no other blank the row must equal the sum exactly; where it has, the
+    row must be at least the sum of the shown cells.  Evidence: a non-zero exact match, or a
+    non-zero value at least the sum of three or more shown cells (a large table with blanks in
+    every column); at least two such columns (or every column, if fewer) and at least half the
+    row's shown cells.  At most one row (the last) is returned."""
     n_rows, n_cols = values.shape
     out = np.zeros(n_rows, dtype=bool)
     if n_rows - int(exclude.sum()) < 3 or n_cols == 0:
         return out
     part = values[~exclude]
     shown = np.isfinite(part)
-    total = np.where(shown, part, 0.0).sum(axis=0)
-    blanks = (~shown).sum(axis=0)
-    others = total[None, :] - np.where(shown, part, 0.0)
-    other_blanks = blanks[None, :] - (~shown)
+    cells = np.where(shown, part, 0.0)
+    others = cells.sum(axis=0)[None, :] - cells
+    other_blanks = (~shown).sum(axis=0)[None, :] - (~shown)
+    other_shown = shown.sum(axis=0)[None, :] - shown
     close = np.isclose(part, others, rtol=_TOL, atol=_TOL)
-    exact = shown & (other_blanks == 0) & close
-    ok = ~shown | exact | ((other_blanks > 0) & (part >= others - _TOL))
-    ok &= ~(shown & (other_blanks == 0) & ~close)
-    candidates = ok.all(axis=1) & ((exact & (part != 0)).sum(axis=1) >= min(2, n_cols))
+    exactable = shown & (other_blanks == 0)
+    at_least = shown & (other_blanks > 0) & (part >= others - _TOL)
+    ok = ~shown | (exactable & close) | at_least
+    evidence = ((exactable & close) | (at_least & (other_shown >= 3))) & (part != 0)
+    n_evidence = evidence.sum(axis=1)
+    candidates = (
+        ok.all(axis=1) & (n_evidence >= min(2, n_cols)) & (2 * n_evidence >= shown.sum(axis=1))
+    )
     if candidates.any():
         last = int(np.flatnonzero(candidates)[-1])
         out[np.flatnonzero(~exclude)[last]] = True
@@ -580,7 +587,8 @@ def _audit_true_margins(
         if marks.any() and how["rows" if axis == 0 else "columns"] == "value":
             audit.note(
                 f"the {noun} {names[int(np.flatnonzero(marks)[0])]} is taken as a margin: its "
-                f"values are the sum of the other {noun}s"
+                f"values are the sum of the other {noun}s (at least the sum of their shown "
+                "cells where some are blank)"
             )
     _verify_lines(audit, sub, r_m, c_m, row_names, col_names, params, counts_only)
     recovered_sub = _fixed_blanks(sub, r_m, c_m, counts_only, audit, params, row_names, col_names)

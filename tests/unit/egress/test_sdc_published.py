@@ -197,6 +197,30 @@ def test_an_unlabelled_total_row_is_found_by_its_values():
     assert any("taken as a margin" in f.text for f in result.findings)
 
 
+def test_unlabelled_totals_are_found_when_every_column_has_a_blank():
+    # 12 x 12 counts, one blank in every row and column (a shifted diagonal), totals labelled
+    # "Grand" and "G" (no margin word): no column can be checked exactly, but the last row is
+    # at least the sum of the shown cells everywhere; each row's lone blank is recoverable.
+    rng = np.random.default_rng(5)
+    inner = rng.poisson(30, (12, 12)).astype(float)
+    full = np.vstack(
+        [np.hstack([inner, inner.sum(1, keepdims=True)]), np.append(inner.sum(0), inner.sum())]
+    )
+    for i in range(12):
+        full[i, (i + 3) % 12] = np.nan
+    frame = pd.DataFrame(
+        full,
+        index=[f"r{i}" for i in range(12)] + ["Grand"],
+        columns=[f"c{j}" for j in range(12)] + ["G"],
+    )
+    result = check(frame.to_csv(float_format="%.0f"))
+    assert result.properties["margin_rows"] == ["(Grand)"]
+    assert result.properties["margin_columns"] == ["(G)"]
+    assert len(recoverable(result)) == 12
+    expected = inner[np.arange(12), (np.arange(12) + 3) % 12]
+    assert result.cells.stats["recovered"].dropna().tolist() == expected.tolist()
+
+
 def test_rows_that_only_happen_to_add_up_in_one_column_are_not_margins():
     result = check(
         """
