@@ -318,7 +318,21 @@ install_debs() {
         -o "Dir::Etc::SourceList=$work/sources.list" -o "Dir::Etc::SourceParts=$work/parts"
         -o "Dir::State::Lists=$work/lists" -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache=
         -o Acquire::Languages=none -o APT::Sandbox::User=root)
-    mapfile -t pkgs <"$dir/debs/INSTALL"
+    # Only what is missing, as scripts/lib/docker-engine.sh and the havre_docker_host role do: an
+    # installed docker.io is not upgraded here (that would restart the engine and every
+    # container of a running enclave).
+    local pkg pkgs=()
+    while IFS= read -r pkg; do
+        [[ -n "$pkg" ]] || continue
+        if [[ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" != installed ]]; then
+            pkgs+=("$pkg")
+        fi
+    done <"$dir/debs/INSTALL"
+    if ((${#pkgs[@]} == 0)); then
+        say "Debian packages: all of $(paste -sd ' ' "$dir/debs/INSTALL") already installed; left as they are"
+        rm -rf "$work"
+        return 0
+    fi
     say "Debian packages from the bundle: ${pkgs[*]} (with what they need)"
     apt-get "${apt_opts[@]}" update -qq >"$work/log" 2>&1 \
         || { cat "$work/log" >&2; die "apt-get could not read the bundle's packages (see above)."; }

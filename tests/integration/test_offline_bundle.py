@@ -122,6 +122,10 @@ echo "LINKS $(ip -o link show | awk -F': ' '{print $2}' | tr '\n' ' ')"
 /tmp/probe-venv/bin/pip install --retries 0 --timeout 5 -r /bundle/wheels/requirements.txt \
     >/tmp/control.log 2>&1; echo "CONTROL_RC=$?"
 tail -n 2 /tmp/control.log
+# a second install (a newer bundle, or the same again) keeps what is installed and succeeds
+bash /bundle/offline-bundle.sh install /bundle --no-images 2>&1 | grep -E 'already installed|error'
+echo "SECOND_RC=${PIPESTATUS[0]}"
+/opt/havre/venv/bin/havre --help >/dev/null && echo HAVRE_HELP_AFTER_SECOND_OK
 """
 
 
@@ -191,6 +195,27 @@ def test_image_archive_holds_the_saved_image(bundle: Path) -> None:
     assert tags == [BASE_IMAGE]
 
 
+def test_image_archive_loads_as_the_image_in_the_manifest(bundle: Path) -> None:
+    """docker load of the bundle's archive (here the base image, already on this host: the
+    load changes no tag) gives the image id the MANIFEST records."""
+    archive = next((bundle / "images").glob("havre-images-*.tar.gz"))
+    with gzip.open(archive) as raw:
+        load = subprocess.run(
+            ["docker", "load"], stdin=raw, capture_output=True, text=True, timeout=300
+        )
+    assert load.returncode == 0, load.stderr
+    assert f"Loaded image: {BASE_IMAGE}" in load.stdout
+    recorded = next(
+        line.split()[-1]
+        for line in (bundle / "MANIFEST").read_text().splitlines()
+        if line.startswith(f"# image {BASE_IMAGE} ")
+    )
+    now = subprocess.run(
+        ["docker", "image", "inspect", "-f", "{{.Id}}", BASE_IMAGE], capture_output=True, text=True
+    )
+    assert now.stdout.strip() == recorded
+
+
 def test_install_needs_no_network_and_gives_docker_python_venv_and_havre(
     installed: subprocess.CompletedProcess,
 ) -> None:
@@ -213,6 +238,15 @@ def test_install_needs_no_network_and_gives_docker_python_venv_and_havre(
     # the container really had no way out: loopback only
     links = next(line for line in out.splitlines() if line.startswith("LINKS "))
     assert links.split()[1:] == ["lo"], links
+
+
+def test_a_second_install_leaves_installed_packages_and_succeeds(
+    installed: subprocess.CompletedProcess,
+) -> None:
+    out = installed.stdout
+    assert "SECOND_RC=0" in out, out + installed.stderr
+    assert "already installed; left as they are" in out, out
+    assert "HAVRE_HELP_AFTER_SECOND_OK" in out, out
 
 
 def test_control_the_same_pip_install_without_the_bundle_fails(
