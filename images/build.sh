@@ -6,8 +6,9 @@
 # Tags: havre/base:bookworm, havre/notebook:VERSION, havre/hub:VERSION, havre/egress:VERSION
 # (VERSION from pyproject.toml). Idempotent: an existing base image is kept, wheels are
 # downloaded only when a requirements file changed, and Docker's layer cache makes a run with
-# nothing changed quick and leaves every tag where it was. Offline-capable once images/.wheels
-# is filled (copy it to an air-gapped host). See images/README.md.
+# nothing changed quick and leaves every tag where it was. Needs no Python package index once
+# images/.wheels is filled, but always a Debian mirror (apt-get runs in the builds); a host with
+# neither gets built images from scripts/offline-bundle.sh. See images/README.md.
 #
 # Environment:
 #   HAVRE_BASE_IMAGE       use this image as the base (tagged havre/base:bookworm) instead of
