@@ -188,6 +188,8 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
         self.set_header("Content-Security-Policy", CHECKER_PAGE_CSP)
         self.set_header("X-Content-Type-Options", "nosniff")
         self.set_header("X-Frame-Options", "DENY")
+        # a page of the same origin (a notebook's) that opens this one gets no handle on it
+        self.set_header("Cross-Origin-Opener-Policy", "noopener-allow-popups")
         self.set_header("Referrer-Policy", "no-referrer")
         self.set_header("Cache-Control", "no-store")
 

@@ -38,6 +38,7 @@ from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 
 from spawner.download_policy import (
+    CROSS_ORIGIN_OPENER_POLICY,
     LOGIN_REFUSAL,
     AllowedRoute,
     Login,
@@ -45,6 +46,7 @@ from spawner.download_policy import (
     check_request,
     content_security_policy,
     response_refusal,
+    server_sources,
 )
 
 log = logging.getLogger("havre.download_guard")
@@ -108,6 +110,7 @@ line-height:1.5;padding:0 1rem}}h1{{font-size:1.4rem}}</style></head>
 <p><small>Refused: {code}</small></p></body></html>
 """
 
+UNKNOWN_SERVER_CSP = "default-src 'none'; frame-ancestors 'none'; base-uri 'none'"
 UNKNOWN_SERVER_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Server not running</title></head>
 <body><h1>This project server is not running</h1>
@@ -135,9 +138,7 @@ class GuardHandler(web.RequestHandler):
         request = self.request
         found = self.routes.lookup(request.path)
         if found is None:
-            self.set_status(503)
-            self.set_header("Content-Type", "text/html; charset=utf-8")
-            self.finish(UNKNOWN_SERVER_PAGE)
+            self.unknown_server()
             return
         prefix, target = found
         websocket = request.headers.get("Upgrade", "").lower() == "websocket"
@@ -189,13 +190,23 @@ class GuardHandler(web.RequestHandler):
 
     get = head = post = put = patch = delete = options = _handle
 
+    def unknown_server(self) -> None:
+        """503 and a page that says the server is not running: nothing runs in it, nothing may
+        frame it, and a page of the origin that opens it gets no handle on it (else a notebook
+        page would script it, free of its own policy)."""
+        self.set_status(503)
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.set_header("Content-Security-Policy", UNKNOWN_SERVER_CSP)
+        self.set_header("Cross-Origin-Opener-Policy", CROSS_ORIGIN_OPENER_POLICY)
+        self.finish(UNKNOWN_SERVER_PAGE)
+
     def refuse(self, prefix: str, refusal: Refusal) -> None:
         log.warning(
             "Download guard refused %s %s (%s)", self.request.method, self.request.uri, refusal.code
         )
         self.clear()
         self.set_status(403)
-        self.set_header("Content-Security-Policy", content_security_policy())
+        self.set_page_policy(prefix)
         self.set_header("X-Havre-Refused", refusal.code)
         self.set_header("Cache-Control", "no-store")
         if "/api/" in self.request.path or "json" in self.request.headers.get("Accept", ""):
@@ -211,6 +222,21 @@ class GuardHandler(web.RequestHandler):
                 code=html.escape(refusal.code),
             )
         )
+
+    def set_page_policy(self, prefix: str, report_uri: str = "") -> None:
+        """The notebook CSP, narrowed to this server's own addresses, and the opener policy.
+
+        The browser's scheme is the first ``X-Forwarded-Proto`` value (the proxy adds it, after
+        a TLS front end's), else ``http``; the host is the request's ``Host`` (the proxy keeps
+        it). Every project server shares the hub's origin: these make one server's pages unable
+        to fetch from, frame, or script (through ``window.open``) another's.
+        """
+        forwarded = self.request.headers.get("X-Forwarded-Proto", "http")
+        scheme = forwarded.split(",", 1)[0].strip() or "http"
+        host = self.request.headers.get("Host", "")
+        sources = server_sources(scheme, host, prefix)
+        self.set_header("Content-Security-Policy", content_security_policy(report_uri, sources))
+        self.set_header("Cross-Origin-Opener-Policy", CROSS_ORIGIN_OPENER_POLICY)
 
     def forwarded_headers(self) -> HTTPHeaders:
         headers = HTTPHeaders()
@@ -240,15 +266,11 @@ class GuardHandler(web.RequestHandler):
             )
         except (OSError, StreamClosedError, httpclient.HTTPClientError) as err:
             log.warning("Download guard: %s unreachable: %s", target, err)
-            self.set_status(503)
-            self.set_header("Content-Type", "text/html; charset=utf-8")
-            self.finish(UNKNOWN_SERVER_PAGE)
+            self.unknown_server()
             return
         if response.code == 599:  # no answer (connection refused, timeout)
             log.warning("Download guard: %s gave no answer: %s", target, response.error)
-            self.set_status(503)
-            self.set_header("Content-Type", "text/html; charset=utf-8")
-            self.finish(UNKNOWN_SERVER_PAGE)
+            self.unknown_server()
             return
         refusal = response_refusal(
             response.headers.get_all(), route, response.code, response.body or b""
@@ -261,15 +283,17 @@ class GuardHandler(web.RequestHandler):
         self.set_status(response.code, response.reason)
         for name, value in response.headers.get_all():
             lower = name.lower()
-            if lower in HOP_BY_HOP or lower in ("content-length", "content-security-policy"):
+            if lower in HOP_BY_HOP or lower in (
+                "content-length",
+                "content-security-policy",
+                "cross-origin-opener-policy",
+            ):
                 continue
             if lower in ("server", "date", "content-type"):  # one each, the server's
                 self.set_header(name, value)
             else:
                 self.add_header(name, value)
-        self.set_header(
-            "Content-Security-Policy", content_security_policy(f"{prefix}api/security/csp-report")
-        )
+        self.set_page_policy(prefix, f"{prefix}api/security/csp-report")
         if response.code in (204, 304) or request.method == "HEAD":
             self.finish()
         else:
@@ -282,8 +306,7 @@ class GuardHandler(web.RequestHandler):
             upstream = await TCPClient().connect(parts.hostname, parts.port or 80)
         except OSError as err:
             log.warning("Download guard: %s unreachable for a websocket: %s", target, err)
-            self.set_status(503)
-            self.finish(UNKNOWN_SERVER_PAGE)
+            self.unknown_server()
             return
         request = self.request
         lines = [f"GET {request.uri} HTTP/1.1"]

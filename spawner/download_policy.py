@@ -51,7 +51,7 @@ import posixpath
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, quote, unquote
 
 #: first path segment (inside a server's URL) -> what the route does, in words
 REFUSED_ROUTES = {
@@ -360,9 +360,12 @@ def _is_version(body: bytes) -> bool:
     )
 
 
-#: The Content-Security-Policy of every page and answer of a notebook server. Scripts (also
-#: those in notebook outputs, which run in JupyterLab's page) may talk to this origin only:
-#: no fetch, XHR, websocket, image, font, frame or form toward another origin.
+#: The Content-Security-Policy of every page and answer of a notebook server, before the guard
+#: narrows it to that server (:func:`content_security_policy`). Scripts (also those in notebook
+#: outputs, which run in JupyterLab's page) may talk to this origin only: no fetch, XHR,
+#: websocket, image, font, frame or form toward another origin. ``frame-ancestors 'none'``:
+#: nothing needs to frame JupyterLab, and a page of another project server (same origin) must
+#: not frame this one and script it.
 CONTENT_SECURITY_POLICY = "; ".join(
     [
         "default-src 'self'",
@@ -378,13 +381,52 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "object-src 'none'",
         "base-uri 'self'",
         "form-action 'self'",
-        "frame-ancestors 'self'",
+        "frame-ancestors 'none'",
     ]
 )
 
+#: Every notebook, hub and egress page: a page of the same origin that opens it with
+#: ``window.open`` gets no handle on it (no script access to its document), while the page
+#: itself may still open popups it keeps a handle on (JupyterLab's Release menu opens one).
+CROSS_ORIGIN_OPENER_POLICY = "noopener-allow-popups"
 
-def content_security_policy(report_uri: str = "") -> str:
-    """The policy, with Jupyter Server's violation report address when given."""
+#: a ``Host`` header the guard puts in a policy: a DNS name or IPv4 address, or an IPv6
+#: address in brackets, with an optional port (nothing that could end a CSP directive)
+_HOST = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9.-]{0,252})|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?")
+
+
+def server_sources(scheme: str, host: str, prefix: str) -> str:
+    """CSP sources for one notebook server's own addresses, and nothing else of the origin.
+
+    ``scheme`` is the browser's (``http`` or ``https``), ``host`` the request's ``Host``,
+    ``prefix`` the server's path (``/user/<name>/<project>/``). A source path that ends in
+    ``/`` matches every address under it (CSP3), so a page of carol's cardio server may fetch
+    and open websockets under ``/user/carol/cardio/`` only: not her diabetes server, the hub's
+    API or the egress service, although they share the origin. Returns ``'none'`` for a host or
+    scheme that can't be written in a policy (no browser sends one).
+    """
+    scheme = scheme.lower()
+    if scheme not in ("http", "https") or not _HOST.fullmatch(host or ""):
+        return "'none'"
+    if not prefix.startswith("/") or not prefix.endswith("/"):
+        raise ValueError(f"a server prefix starts and ends with '/': {prefix!r}")
+    # one canonical percent-encoding (browsers compare the decoded paths); no ";" or ","
+    path = quote(unquote(prefix), safe="/")
+    socket = "wss" if scheme == "https" else "ws"
+    return f"{scheme}://{host}{path} {socket}://{host}{path}"
+
+
+def content_security_policy(report_uri: str = "", sources: str = "") -> str:
+    """The policy, with Jupyter Server's violation report address when given.
+
+    ``sources`` (from :func:`server_sources`) replaces ``'self'`` in ``connect-src`` and
+    ``frame-src``: scripts then reach their own server's addresses only.
+    """
+    policy = CONTENT_SECURITY_POLICY
+    if sources:
+        policy = policy.replace("connect-src 'self'", f"connect-src {sources}")
+        frames = "blob: data:" if sources == "'none'" else f"{sources} blob: data:"
+        policy = policy.replace("frame-src 'self' blob: data:", f"frame-src {frames}")
     if report_uri:
-        return f"{CONTENT_SECURITY_POLICY}; report-uri {report_uri}"
-    return CONTENT_SECURITY_POLICY
+        return f"{policy}; report-uri {report_uri}"
+    return policy

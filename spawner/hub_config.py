@@ -19,6 +19,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from jupyterhub.handlers.static import CacheControlStaticFilesHandler
+
+from spawner.download_policy import CROSS_ORIGIN_OPENER_POLICY
 from spawner.enclave import (
     ADMINS_HUB_GROUP,
     SERVER_ACCESS_HUB_GROUP,
@@ -143,6 +146,7 @@ def configure_hub(c: Any, environ: Mapping[str, str] = os.environ) -> EnclaveCon
 
     # -- the hub's pages: the user's projects, spawn progress, clear refusals
     configure_pages(c, enclave)
+    configure_page_headers(c)
 
     # -- the egress (output-checking) service, reached through the proxy
     c.JupyterHub.services = [
@@ -237,6 +241,38 @@ def configure_culler(c: Any, enclave: EnclaveConfig) -> None:
     if culling.max_age_seconds:
         command.append(f"--max-age={culling.max_age_seconds}")
     c.JupyterHub.services.append({"name": "idle-culler", "command": command})
+
+
+#: The hub's pages: no page may frame them (JupyterHub's default is ``'self'``, and every
+#: project server shares the hub's origin), and a page that opens one with ``window.open`` gets
+#: no handle on it (see :data:`spawner.download_policy.CROSS_ORIGIN_OPENER_POLICY`).
+HUB_PAGE_HEADERS = {
+    "Content-Security-Policy": "frame-ancestors 'none'; report-uri /hub/security/csp-report",
+    "Cross-Origin-Opener-Policy": CROSS_ORIGIN_OPENER_POLICY,
+}
+#: The hub's static files (scripts, styles, images): the same, and nothing runs in one opened
+#: as a page (a page of the origin that opened or framed it would script it freely otherwise).
+HUB_STATIC_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "Cross-Origin-Opener-Policy": CROSS_ORIGIN_OPENER_POLICY,
+}
+
+
+class HeadedStaticFiles(CacheControlStaticFilesHandler):
+    """JupyterHub's static file handler, with :data:`HUB_STATIC_HEADERS` on every answer."""
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        for name, value in HUB_STATIC_HEADERS.items():
+            self.set_header(name, value)
+
+
+def configure_page_headers(c: Any) -> None:
+    """Response headers of every hub page and static file (issue #12: one shared origin)."""
+    c.JupyterHub.tornado_settings = {
+        "headers": dict(HUB_PAGE_HEADERS),
+        "static_handler_class": HeadedStaticFiles,
+    }
 
 
 def configure_identity(c: Any, enclave: EnclaveConfig, environ: Mapping[str, str]) -> None:

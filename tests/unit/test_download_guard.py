@@ -128,7 +128,11 @@ def test_api_passes_with_headers_cookies_and_the_notebook_csp(guarded):
     assert json.loads(r.body) == {"path": "outputs/t.csv", "host": "enclave.example"}
     assert r.headers.get_list("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/"]
     csp = r.headers.get_list("Content-Security-Policy")
-    assert len(csp) == 1 and "connect-src 'self'" in csp[0]
+    # narrowed to this server's own addresses (issue #12: all servers share one origin)
+    own = f"http://enclave.example{PREFIX} ws://enclave.example{PREFIX}"
+    assert len(csp) == 1 and f"connect-src {own};" in csp[0], csp
+    assert "frame-ancestors 'none'" in csp[0], csp
+    assert r.headers.get_list("Cross-Origin-Opener-Policy") == ["noopener-allow-popups"]
     assert f"report-uri {PREFIX}api/security/csp-report" in csp[0]
     put = loop.run_until_complete(
         fetch(guard, PREFIX + "api/contents/x.ipynb", method="PUT", body=json.dumps({"a": 1}))

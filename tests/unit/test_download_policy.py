@@ -12,11 +12,14 @@ import pytest
 from spawner.download_policy import (
     ALLOWED_ROUTES,
     CONTENT_SECURITY_POLICY,
+    CROSS_ORIGIN_OPENER_POLICY,
     Login,
     check_request,
+    content_security_policy,
     normalised_path,
     request_refusal,
     response_refusal,
+    server_sources,
 )
 
 KERNEL = "0f2c5a1e-8a3b-4c2d-9e1f-123456789abc"
@@ -209,3 +212,70 @@ def test_scripts_may_talk_to_the_enclave_only():
     assert directives["default-src"] == "'self'"
     assert directives["form-action"] == "'self'"
     assert "http" not in CONTENT_SECURITY_POLICY and "*" not in CONTENT_SECURITY_POLICY
+
+
+def _directives(policy: str) -> dict[str, str]:
+    return dict(item.strip().split(" ", 1) for item in policy.split(";") if item.strip())
+
+
+def test_a_server_page_talks_to_its_own_server_only():
+    """Issue #12 item 3: every project server shares the hub's origin, so 'self' would let a
+    page of carol's cardio server fetch from her diabetes server; the guard narrows it."""
+    sources = server_sources("http", "127.0.0.1:8000", "/user/carol/cardio/")
+    assert (
+        sources == "http://127.0.0.1:8000/user/carol/cardio/ ws://127.0.0.1:8000/user/carol/cardio/"
+    )
+    policy = _directives(content_security_policy("/user/carol/cardio/api/x", sources))
+    assert policy["connect-src"] == sources
+    assert policy["frame-src"] == sources + " blob: data:"
+    assert policy["frame-ancestors"] == "'none'"
+    assert policy["report-uri"] == "/user/carol/cardio/api/x"
+    assert "'self'" not in policy["connect-src"] and "'self'" not in policy["frame-src"]
+
+
+def test_behind_tls_the_sources_are_https_and_wss():
+    sources = server_sources("HTTPS", "havre.example.org", "/user/carol/cardio/")
+    assert sources.split() == [
+        "https://havre.example.org/user/carol/cardio/",
+        "wss://havre.example.org/user/carol/cardio/",
+    ]
+
+
+def test_a_prefix_is_written_with_one_canonical_encoding():
+    # JupyterHub escapes names (carol@site -> carol%40site); the browser compares decoded paths
+    sources = server_sources("http", "localhost:8000", "/user/carol%40site/cardio/")
+    assert sources.split()[0] == "http://localhost:8000/user/carol%40site/cardio/"
+    sources = server_sources("http", "localhost:8000", "/user/a;b,c/p/")
+    assert ";" not in sources and "," not in sources
+
+
+@pytest.mark.parametrize(
+    ("scheme", "host"),
+    [
+        ("http", ""),
+        ("http", "evil; script-src *"),
+        ("http", "a b"),
+        ("http", "host/path"),
+        ("javascript", "localhost"),
+        ("ftp", "localhost"),
+    ],
+)
+def test_a_host_or_scheme_that_cannot_be_written_allows_nothing(scheme, host):
+    assert server_sources(scheme, host, "/user/carol/cardio/") == "'none'"
+    policy = _directives(content_security_policy("", server_sources(scheme, host, "/user/c/p/")))
+    assert policy["connect-src"] == "'none'"
+    assert policy["frame-src"] == "blob: data:"
+
+
+def test_an_ipv6_host_is_written():
+    assert server_sources("http", "[::1]:8000", "/user/c/p/").startswith("http://[::1]:8000/")
+
+
+def test_a_prefix_must_start_and_end_with_a_slash():
+    with pytest.raises(ValueError, match="starts and ends with '/'"):
+        server_sources("http", "localhost", "user/c/p")
+
+
+def test_no_page_of_the_enclave_may_be_framed_or_scripted_by_its_opener():
+    assert _directives(CONTENT_SECURITY_POLICY)["frame-ancestors"] == "'none'"
+    assert CROSS_ORIGIN_OPENER_POLICY == "noopener-allow-popups"
