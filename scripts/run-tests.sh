@@ -32,11 +32,15 @@ echo "==> Lint"
 
 echo "==> Tests"
 set +e
-.venv/bin/python -m pytest -ra "$@"
+.venv/bin/python -m pytest -ra --cov --cov-report= "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then
   echo "error: pytest collected no tests" >&2
   exit 1
+fi
+echo "==> Coverage (floors in scripts/coverage_report.py)"
+if ! .venv/bin/python scripts/coverage_report.py && [ "$status" -eq 0 ]; then
+  status=1
 fi
 exit "$status"
