@@ -71,14 +71,15 @@ def step(svc: EgressService, base: Path) -> str:
     Stateless: everything is read back from the database, so a killed worker resumes where
     the last committed transaction left things.
     """
-    active = [r for r in svc.list_requests(adam) if r["state"] not in FINAL_STATES]
+    # read as the author: administrators don't see drafts (issue #12)
+    active = [r for r in svc.list_requests(alice) if r["state"] not in FINAL_STATES]
     if not active:
-        number = len(svc.list_requests(adam)) + 1
+        number = len(svc.list_requests(alice)) + 1
         svc.create_request(alice, "cardio", f"crash {number}")
         return "create"
     summary = active[-1]
     rid, state, number = summary["id"], summary["state"], int(summary["title"].split()[-1])
-    view = svc.get_request(adam, rid)
+    view = svc.get_request(alice, rid)
     files = view["files"]
     if state in ("draft", "returned"):
         if state == "returned" and not any(f["changed_in_round"] > view["round"] for f in files):
