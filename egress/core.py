@@ -1889,6 +1889,23 @@ class EgressService:
 
         return reexecution_service.detail(self, actor, request_id, reexecution_id)
 
+    def record_reexecution_view(
+        self, actor: Actor, request_id: str, reexecution_id: str, path: str, sha256: str
+    ) -> None:
+        """Audit a checker's view of a re-execution's executed notebook (bytes made from the
+        data, shown in the browser) as FILE_VIEWED, like any other file view."""
+        with self._write("view_reexecution", actor, request_id) as tx:
+            request = self._load(tx.session, request_id)
+            self._require(tx.session, actor, Permission.VIEW_FILE, request)
+            tx.audit(
+                actor,
+                EventType.FILE_VIEWED,
+                request,
+                object=path,
+                file_hashes={path: sha256} if sha256 else {},
+                details={"reexecution_id": str(reexecution_id)[:64], "round": request.round},
+            )
+
     def collect_reexecutions(self) -> int:
         """Take in the runner's finished results (signed, stored, audited as RE_EXECUTED)."""
         from egress import reexecution_service

@@ -783,6 +783,15 @@ class ReexecutionPage(BaseHandler):
         rx = await self.run(self.service.reexecution, actor, request_id, reexecution_id)
         rendered = None
         if rx["executed_notebook_bytes"] is not None:
+            executed = rx.get("executed_notebook") or {}
+            await self.run(
+                self.service.record_reexecution_view,
+                actor,
+                request_id,
+                reexecution_id,
+                f"{rx['notebook_path']} (run {reexecution_id[:8]})",
+                str(executed.get("sha256", "")),
+            )
             rendered = render_for_checker(
                 "notebook", rx["executed_notebook_bytes"], name=f"{rx['notebook_path']} (run)"
             )

@@ -743,3 +743,14 @@ def test_the_researchers_verdict_is_shown_only_for_the_bytes_it_was_about(svc, j
     assert shown["status"] == "changed" and "pass" not in json.dumps(shown)
     assert "Changed after the library checked it" in shown["summary"]
     assert shown["params_problem"] == ""
+
+
+def test_viewing_a_runs_executed_notebook_is_audited_and_refused_to_the_author(svc, engine):
+    """Issue #12: the executed notebook is bytes made from the data, shown in the browser."""
+    rid, _ids = new_request(svc)
+    digest = sha(NOTEBOOK)
+    with pytest.raises(PermissionDenied, match="never gives authors"):
+        svc.record_reexecution_view(alice, rid, "0" * 32, "analysis.ipynb (run 00000000)", digest)
+    svc.record_reexecution_view(olivia, rid, "0" * 32, "analysis.ipynb (run 00000000)", digest)
+    (viewed,) = events(engine, rid, EventType.FILE_VIEWED)
+    assert viewed["actor"] == "olivia" and viewed["details"]["reexecution_id"] == "0" * 32
