@@ -205,3 +205,21 @@ def link_local_address(interface: str, wait: float = 10.0) -> str:
         if time.monotonic() > deadline:
             raise AssertionError(f"{interface} has no IPv6 link-local address")
         time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def canary_on_a_bridge(client) -> Iterator[tuple[str, str, Canary]]:  # noqa: ANN001
+    """A TCP canary on the host's address on a bridge network made for the test: a container
+    attached to that network reaches it (the positive control); a container with no network
+    must not. Yields (network name, the host's address on it, the canary); removes both."""
+    network = client.networks.create(f"havretest-canary-{new_token()[:8]}", driver="bridge")
+    try:
+        network.reload()
+        gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
+        canary = tcp_canary(gateway)
+        try:
+            yield network.name, gateway, canary
+        finally:
+            canary.close()
+    finally:
+        network.remove()

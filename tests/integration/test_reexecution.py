@@ -37,7 +37,8 @@ from egress.reexecution_service import _param_problem, recompute_sdc, shown_verd
 from egress.sdc import SDCParams
 from egress.signing import generate_key, load_private_key, sign_record, verify_record
 from spawner.enclave import DEFAULT_IMAGE, GIB, Limits, Project
-from tests.integration.canaries import new_token, tcp_canary
+from tests.integration.canaries import canary_on_a_bridge as bridge_canary
+from tests.integration.canaries import new_token
 from tests.integration.test_isolation import in_control
 
 pytestmark = pytest.mark.docker
@@ -323,19 +324,8 @@ def test_bad_parameters_and_file_names_are_refused_before_anything_runs(
 
 @pytest.fixture
 def canary_on_a_bridge(client):
-    """A TCP canary on the host's address on a bridge network this test makes: a container on
-    that network reaches it (the positive control); a re-execution container must not."""
-    network = client.networks.create(f"havretest-rx-{new_token()[:8]}", driver="bridge")
-    try:
-        network.reload()
-        gateway = network.attrs["IPAM"]["Config"][0]["Gateway"]
-        canary = tcp_canary(gateway)
-        try:
-            yield network.name, gateway, canary
-        finally:
-            canary.close()
-    finally:
-        network.remove()
+    with bridge_canary(client) as found:
+        yield found
 
 
 def test_no_network_a_canary_on_the_host_hears_nothing(
