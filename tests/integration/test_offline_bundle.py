@@ -117,6 +117,14 @@ print("IMPORTS_OK")'
 test -f /opt/havre/src/ansible/site.yml && echo SOURCE_OK
 # the venv's pip stays on the bundle's wheels (upgrade.yml's reinstall from the source works)
 /opt/havre/venv/bin/pip install --quiet /opt/havre/src && echo REINSTALL_FROM_SOURCE_OK
+# Ansible on the offline host: the playbooks load, and package_facts (the docker role's test for
+# what to install with apt) sees the bundle's packages, so the role runs no apt
+cd /opt/havre/src/ansible
+/opt/havre/venv/bin/ansible-playbook -i inventories/local/hosts.yml site.yml --syntax-check \
+    2>&1 | grep -q '^playbook: site.yml' && echo SYNTAX_OK
+/opt/havre/venv/bin/ansible -i inventories/local/hosts.yml havre -m ansible.builtin.package_facts \
+    2>&1 | grep -q '"name": "docker.io"' && echo PACKAGE_FACTS_DOCKER_OK
+cd /
 echo "LINKS $(ip -o link show | awk -F': ' '{print $2}' | tr '\n' ' ')"
 # control: the same install without the bundle's wheels (the index is all pip has then)
 /tmp/probe-venv/bin/pip install --retries 0 --timeout 5 -r /bundle/wheels/requirements.txt \
@@ -231,6 +239,8 @@ def test_install_needs_no_network_and_gives_docker_python_venv_and_havre(
         "IMPORTS_OK",
         "SOURCE_OK",
         "REINSTALL_FROM_SOURCE_OK",
+        "SYNTAX_OK",
+        "PACKAGE_FACTS_DOCKER_OK",
     ):
         assert marker in out, out + installed.stderr
     assert "ansible-playbook [core 2.18." in out
