@@ -485,11 +485,19 @@ def test_listing_while_files_are_swapped_never_follows_a_link(folder: Folder):
     or anything from outside listed or read.
 
     Outside holds ``inside.csv`` too, with other bytes: a read that followed the link would
-    return them. Positive control: a naive reader (``open`` following links) in the same race
-    does read them at least once."""
+    return them. Positive control, deterministic: with the link in place, a naive reader
+    (``open`` following links) gets the outside bytes, and ``read_output`` refuses."""
     (folder.outside / "only-outside.csv").write_bytes(SECRET)
     (folder.outside / "inside.csv").write_bytes(SECRET)
     folder.file("sub/inside.csv")
+    os.rename(folder.root / "sub", folder.root / "sub.real")
+    os.symlink(folder.outside, folder.root / "sub")
+    with open(folder.root / "sub" / "inside.csv", "rb") as naive:
+        assert naive.read() == SECRET  # the control: following the link leaks
+    with pytest.raises(OutputPathError):
+        read_output(folder.root, "sub/inside.csv", max_bytes=100)
+    os.unlink(folder.root / "sub")
+    os.rename(folder.root / "sub.real", folder.root / "sub")
     stop = threading.Event()
 
     def swapper():
@@ -504,33 +512,18 @@ def test_listing_while_files_are_swapped_never_follows_a_link(folder: Folder):
 
     thread = threading.Thread(target=swapper)
     thread.start()
-    naive_saw_outside = False
     try:
         for _ in range(300):
             paths = [e.path for e in scan_outputs(folder.root).entries]
             assert not any("only-outside" in p for p in paths)
             try:
-                with open(folder.root / "sub" / "inside.csv", "rb") as naive:
-                    naive_saw_outside |= naive.read() == SECRET
-            except OSError:
-                pass
-            try:
                 data = read_output(folder.root, "sub/inside.csv", max_bytes=100)
             except OutputPathError:
                 continue
             assert data == CSV
-        deadline = 2000  # bounded: keep trying the control a little longer if needed
-        while not naive_saw_outside and deadline:
-            deadline -= 1
-            try:
-                with open(folder.root / "sub" / "inside.csv", "rb") as naive:
-                    naive_saw_outside = naive.read() == SECRET
-            except OSError:
-                pass
     finally:
         stop.set()
         thread.join()
-    assert naive_saw_outside, "the race never happened: the test proves nothing"
 
 
 # --- names ---------------------------------------------------------------------------------
