@@ -155,6 +155,13 @@ def pytest_terminal_summary(terminalreporter) -> None:
         write(f"{'through':<42} {'forwarding':<14} canary on B")
         for router, forwarding, seen in ROUTING_TABLE:
             write(f"{router:<42} {forwarding:<14} {seen}")
+    from tests.e2e.test_cross_project_browser import CROSS_PROJECT_TABLE
+
+    if CROSS_PROJECT_TABLE:
+        terminalreporter.section("one origin: a script in carol's cardio page (issue #12)")
+        write(f"{'channel':<44} {'control':<48} result")
+        for channel, control, result in CROSS_PROJECT_TABLE:
+            write(f"{channel:<44} {control:<48} {result}")
     if not PROBE_TABLE:
         return
     terminalreporter.section("isolation probes")
