@@ -84,6 +84,8 @@ _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_
 _READ_CHUNK = 1 << 20
 #: a file changed less than this many seconds before it is read is read twice (see read_output)
 SETTLE_SECONDS = 2.0
+#: the pause between those two reads: a write in progress shows as a difference
+SETTLE_GAP_SECONDS = 0.05
 
 
 class OutputPathError(ValueError):
@@ -461,7 +463,7 @@ def read_output(root: Path, relative: str, *, max_bytes: int) -> bytes:
             raise changed
         if started - max(after.st_mtime_ns, after.st_ctime_ns) < SETTLE_SECONDS * 1e9:
             # written a moment ago: a rewrite within one clock tick would look unchanged
-            time.sleep(0.02)
+            time.sleep(SETTLE_GAP_SECONDS)
             again = _read_all(file_fd, max_bytes, shown)
             if again != data or _identity(os.fstat(file_fd)) != _identity(before):
                 raise changed

@@ -12,6 +12,8 @@ import dataclasses
 import os
 import socket
 import stat
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -610,40 +612,44 @@ def test_every_hostile_row_is_documented():
 # --- a file rewritten while it is read -------------------------------------------------------
 
 
-def rewrite_in_place(path: Path, versions: list[bytes], stop: threading.Event) -> None:
-    """Overwrite the same bytes in place, in small pieces: mid-way, the file is half the new
-    version and half the old one, with the same size."""
-    turn = 0
-    while not stop.is_set():
-        data = versions[turn % len(versions)]
-        with open(path, "r+b") as f:
-            for start in range(0, len(data), 4096):
-                f.write(data[start : start + 4096])
-                f.flush()
-        turn += 1
+#: Writers run as processes of their own (as a researcher's kernel does), so that they keep
+#: writing while the test process reads: versions are 256 KiB of A, of B, of C, written in
+#: 4 KiB pieces, until the file "stop" appears beside the target.
+WRITERS = {
+    # overwrite in place: mid-way the file is half the new version, half the old, same size
+    "rewrite_in_place": """
+import os, sys
+path, n = sys.argv[1], 0
+while not os.path.exists(path + ".stop"):
+    data = bytes([65 + n % 3]) * 256 * 1024
+    with open(path, "r+b") as f:
+        for start in range(0, len(data), 4096):
+            f.write(data[start : start + 4096])
+            f.flush()
+    n += 1
+""",
+    # write a new file beside it and rename it over the old one
+    "replace_by_rename": """
+import os, sys
+path, n = sys.argv[1], 0
+while not os.path.exists(path + ".stop"):
+    with open(path + ".tmp", "wb") as f:
+        f.write(bytes([65 + n % 3]) * 256 * 1024)
+    os.replace(path + ".tmp", path)
+    n += 1
+""",
+}
 
 
-def replace_by_rename(path: Path, versions: list[bytes], stop: threading.Event) -> None:
-    """The other way: write a new file beside it and rename it over the old one."""
-    turn = 0
-    while not stop.is_set():
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(versions[turn % len(versions)])
-        os.replace(tmp, path)
-        turn += 1
-
-
-@pytest.mark.parametrize("writer", [rewrite_in_place, replace_by_rename])
+@pytest.mark.parametrize("writer", sorted(WRITERS))
 def test_a_file_rewritten_during_the_read_is_never_returned_mixed(folder: Folder, writer):
-    """Bounded: 300 reads while another thread rewrites the file; each read is refused or
+    """Bounded: 300 reads while another process rewrites the file; each read is refused or
     returns exactly one version (the snapshot is whole, never half old, half new)."""
-    versions = [bytes([65 + n]) * 256 * 1024 for n in range(3)]  # 256 KiB of A, of B, of C
+    versions = [bytes([65 + n]) * 256 * 1024 for n in range(3)]
     path = folder.file("busy.csv", versions[0])
-    # control: a quiet file reads back whole, and twice the same
+    # control: a quiet file reads back whole
     assert read_output(folder.root, "busy.csv", max_bytes=1 << 20) == versions[0]
-    stop = threading.Event()
-    thread = threading.Thread(target=writer, args=(path, versions, stop))
-    thread.start()
+    process = subprocess.Popen([sys.executable, "-c", WRITERS[writer], str(path)])
     whole = refused = 0
     try:
         for attempt in range(300):
@@ -662,6 +668,6 @@ def test_a_file_rewritten_during_the_read_is_never_returned_mixed(folder: Folder
             )
             whole += 1
     finally:
-        stop.set()
-        thread.join()
-    print(f"\n{writer.__name__}: {whole} whole reads, {refused} refused, none mixed")
+        Path(f"{path}.stop").touch()
+        process.wait(30)
+    print(f"\n{writer}: {whole} whole reads, {refused} refused, none mixed")
