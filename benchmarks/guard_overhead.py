@@ -36,7 +36,7 @@ sys.path.insert(0, str(REPO))
 from spawner import stack  # noqa: E402
 from spawner.cli import DEFAULT_NOTEBOOK_IMAGE  # noqa: E402
 from spawner.demo import init_demo  # noqa: E402
-from spawner.hub_config import GUARD_PORT  # noqa: E402
+from spawner.ports import GUARD_PORT  # noqa: E402
 from tests.enclave_fixtures import free_port  # noqa: E402
 from tests.integration.hub_client import HubUser  # noqa: E402
 

@@ -30,12 +30,7 @@ from spawner.enclave import (
     load_enclave_config,
 )
 from spawner.hub_pages import configure_pages
-
-HUB_PORT = 8081
-PROXY_PORT = 8000
-EGRESS_PORT = 8090
-#: the download guard, on the hub container's loopback address
-GUARD_PORT = 8082
+from spawner.ports import EGRESS_PORT, GUARD_PORT, HUB_PORT, PROXY_PORT
 
 
 def secrets_dir(enclave: EnclaveConfig) -> Path:

@@ -32,8 +32,8 @@ import docker.errors
 
 from spawner import __version__
 from spawner.enclave import EnclaveConfig
-from spawner.hub_config import EGRESS_PORT, PROXY_PORT
 from spawner.networks import project_network_options
+from spawner.ports import EGRESS_PORT, PROXY_PORT
 
 NOTEBOOK_UID = 1000
 NOTEBOOK_GID = 1000

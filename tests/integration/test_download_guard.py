@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from spawner.hub_config import GUARD_PORT
+from spawner.ports import GUARD_PORT
 from spawner.stack import hub_container_name
 
 pytestmark = pytest.mark.docker
