@@ -401,7 +401,12 @@ def test_count_crosstab_matches_acro(acro_module, outputs_dir, df, params):
     # The counts themselves.
     theirs, ours = cells.values()
     assert all(ours[label] == value for label, value in theirs.items())
-    if not excepted:
+    if cells.acro_status == "fail":
+        assert cells.output.status == "fail"  # never a pass where ACRO fails
+    # Records with a missing key are a cell of their own in Havre (checked), and dropped by
+    # ACRO's crosstab: Havre may then fail where ACRO passes (a documented difference).
+    missing_keys = bool(df["r"].isna().any() or df["c"].isna().any())
+    if not excepted and not missing_keys:
         assert cells.acro_status == cells.output.status
     _done("count crosstab")
 
