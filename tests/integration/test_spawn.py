@@ -111,7 +111,12 @@ def test_outputs_folder_is_shared_with_the_egress_service_read_only(enclave, ali
     code, output = egress.exec_run(["cat", str(path)])
     assert code == 0 and output.decode() == "region,n\nA,12\n"
     code, output = egress.exec_run(["sh", "-c", f"echo x >> {path}"])
-    assert code != 0  # the egress service can read outputs, never change them
+    assert code != 0, output  # the egress service can read outputs, never change them
+    # ...and not only because of the file's owner and mode: as the file's owner (whom the mode
+    # lets write), the egress container's mount still refuses (EROFS)
+    code, output = egress.exec_run(["sh", "-c", f"echo x >> {path}"], user="1000")
+    assert code != 0 and "Read-only file system" in output.decode(), output
+    assert path.read_text() == "region,n\nA,12\n"
 
 
 def test_hub_refuses_to_start_on_an_invalid_config(enclave, tmp_path):
