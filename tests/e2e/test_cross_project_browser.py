@@ -140,12 +140,14 @@ window.__havreProbe = {
     }
   },
   websocket(url) {
+    const seen = window.__havreViolations.length;
+    const why = () => (window.__havreViolations.length > seen ? "blocked" : "failed");
     return new Promise((done) => {
       let ws;
-      try { ws = new WebSocket(url); } catch (e) { done("blocked"); return; }
+      try { ws = new WebSocket(url); } catch (e) { done(why()); return; }
       const timer = setTimeout(() => { ws.close(); done("no answer"); }, 10000);
       ws.onopen = () => { clearTimeout(timer); ws.close(); done("open"); };
-      ws.onerror = () => { clearTimeout(timer); done("blocked"); };
+      ws.onerror = () => { clearTimeout(timer); setTimeout(() => done(why()), 100); };
     });
   },
   frame(url) {
