@@ -616,16 +616,19 @@ def test_every_hostile_row_is_documented():
 #: writing while the test process reads: versions are 256 KiB of A, of B, of C, written in
 #: 4 KiB pieces, until the file "stop" appears beside the target.
 WRITERS = {
-    # overwrite in place: mid-way the file is half the new version, half the old, same size
+    # overwrite in place, half a version at a time with a short pause between the halves (as a
+    # program writing row by row does): mid-way the file is half new, half old, same size,
+    # and its times don't move while the writer pauses
     "rewrite_in_place": """
-import os, sys
+import os, sys, time
 path, n = sys.argv[1], 0
 while not os.path.exists(path + ".stop"):
     data = bytes([65 + n % 3]) * 256 * 1024
     with open(path, "r+b") as f:
-        for start in range(0, len(data), 4096):
-            f.write(data[start : start + 4096])
+        for start in (0, len(data) // 2):
+            f.write(data[start : start + len(data) // 2])
             f.flush()
+            time.sleep(0.01)
     n += 1
 """,
     # write a new file beside it and rename it over the old one
