@@ -15,6 +15,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -652,7 +653,12 @@ def test_a_file_rewritten_during_the_read_is_never_returned_mixed(folder: Folder
     path = folder.file("busy.csv", versions[0])
     # control: a quiet file reads back whole
     assert read_output(folder.root, "busy.csv", max_bytes=1 << 20) == versions[0]
+    first = path.stat()
     process = subprocess.Popen([sys.executable, "-c", WRITERS[writer], str(path)])
+    deadline = time.monotonic() + 30  # the reads start once the writer is writing
+    while (path.stat().st_mtime_ns, path.stat().st_ino) == (first.st_mtime_ns, first.st_ino):
+        assert time.monotonic() < deadline and process.poll() is None, "the writer never wrote"
+        time.sleep(0.01)
     whole = refused = 0
     try:
         for attempt in range(300):
