@@ -659,9 +659,12 @@ def test_a_file_rewritten_during_the_read_is_never_returned_mixed(folder: Folder
     while (path.stat().st_mtime_ns, path.stat().st_ino) == (first.st_mtime_ns, first.st_ino):
         assert time.monotonic() < deadline and process.poll() is None, "the writer never wrote"
         time.sleep(0.01)
-    whole = refused = 0
+    whole = refused = attempt = 0
+    started = time.monotonic()
     try:
-        for attempt in range(300):
+        # at least 300 reads, over at least two seconds (many of the writer's cycles)
+        while attempt < 300 or time.monotonic() - started < 2:
+            attempt += 1
             try:
                 data = read_output(folder.root, "busy.csv", max_bytes=1 << 20)
             except OutputPathError as err:
