@@ -602,13 +602,21 @@ def check_ports(client: docker.DockerClient, enclave: EnclaveConfig, opts: Stack
 def wait_for_hub(
     client: docker.DockerClient, enclave: EnclaveConfig, url: str, timeout: float
 ) -> None:
-    """Wait until the hub answers through the proxy; fail with its logs if it exits."""
+    """Wait until the hub answers through the proxy; fail with its logs if it exits.
+
+    A restart *during* the wait (Docker's restart policy bringing back a hub that crashed at
+    start) is a failure; restarts before it (a crash last week, recovered) are not.
+    """
     deadline = time.monotonic() + timeout
     health = url.rstrip("/") + "/hub/health"
+    restarts_before = client.containers.get(hub_container_name(enclave)).attrs.get(
+        "RestartCount", 0
+    )
     while time.monotonic() < deadline:
         container = client.containers.get(hub_container_name(enclave))
-        if container.status in ("exited", "dead", "restarting") or container.attrs.get(
-            "RestartCount"
+        if (
+            container.status in ("exited", "dead", "restarting")
+            or container.attrs.get("RestartCount", 0) > restarts_before
         ):
             logs = container.logs(tail=30).decode(errors="replace")
             raise StackError(f"the hub container stopped; its last log lines:\n{logs}")
