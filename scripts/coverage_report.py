@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 from collections import defaultdict
@@ -76,7 +77,11 @@ def group_of(module: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(REPO / ".coverage"), help="coverage data file")
+    parser.add_argument(
+        "--data",
+        default=os.environ.get("COVERAGE_FILE", str(REPO / ".coverage")),
+        help="coverage data file (default: $COVERAGE_FILE, else .coverage here)",
+    )
     args = parser.parse_args(argv)
     cov = coverage.Coverage(data_file=args.data)
     cov.load()

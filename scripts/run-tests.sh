@@ -31,6 +31,9 @@ echo "==> Lint"
 (cd ansible && ../.venv/bin/ansible-lint --profile production)
 
 echo "==> Tests"
+# coverage data outside the work tree (a test run leaves the repository as it found it)
+export COVERAGE_FILE="${COVERAGE_FILE:-${TMPDIR:-/tmp}/havre-coverage-$$/.coverage}"
+mkdir -p "$(dirname "$COVERAGE_FILE")"
 set +e
 .venv/bin/python -m pytest -ra --cov --cov-report= "$@"
 status=$?
