@@ -45,6 +45,7 @@ from spawner.oidc_provider import (
     write_users_file,
 )
 from spawner.passwords import verify_password
+from tests.certificates import self_signed
 
 CALLBACK = "http://127.0.0.1:8000/hub/oauth_callback"
 LOGOUT_DONE = "http://127.0.0.1:8000/hub/logged-out"
@@ -1356,40 +1357,7 @@ def test_an_unknown_hash_scheme_in_the_users_file_is_refused_with_a_message(tmp_
 
 
 def _self_signed(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.x509.oid import NameOID
-
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]),
-            critical=False,
-        )
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
+    return self_signed(folder, host, key_type="rsa")
 
 
 def test_the_sign_in_page_is_served_over_tls_with_the_given_certificate(tmp_path, seeded):
