@@ -40,7 +40,7 @@ import csv
 import io
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -341,6 +341,12 @@ def margin_labels(labels: pd.Index, extra_names: Sequence[str] = ()) -> np.ndarr
     """True for the labels that name a margin: :data:`MARGIN_WORDS` (or ``extra_names``) on
     any level, trimmed and case-folded, or a label starting with "total"."""
     extra = frozenset(" ".join(str(n).split()).casefold() for n in extra_names)
+    return _labels_where(labels, lambda text: _is_margin_word(text, extra))
+
+
+def _labels_where(labels: pd.Index, test: Callable[[str], bool]) -> np.ndarray:
+    """True for the labels with a level whose text passes ``test`` (each distinct text
+    tested once)."""
     out = np.zeros(len(labels), dtype=bool)
     levels = (
         [labels.get_level_values(i) for i in range(labels.nlevels)]
@@ -349,7 +355,7 @@ def margin_labels(labels: pd.Index, extra_names: Sequence[str] = ()) -> np.ndarr
     )
     for level in levels:
         uniques, codes = np.unique(np.asarray(level.astype(str)), return_inverse=True)
-        hit = np.array([_is_margin_word(u, extra) for u in uniques], dtype=bool)
+        hit = np.array([test(u) for u in uniques], dtype=bool)
         out |= hit[codes.ravel()]
     return out
 
@@ -474,17 +480,7 @@ def shown_total_labels(labels: pd.Index) -> np.ndarray:
     """Labels of totals of the *shown* cells only ("All (shown cells)", "Total of published
     cells"): such a line must equal the sum of the shown cells, and says nothing about the
     blank ones."""
-    out = np.zeros(len(labels), dtype=bool)
-    levels = (
-        [labels.get_level_values(i) for i in range(labels.nlevels)]
-        if isinstance(labels, pd.MultiIndex)
-        else [labels]
-    )
-    for level in levels:
-        uniques, codes = np.unique(np.asarray(level.astype(str)), return_inverse=True)
-        hit = np.array([any(w in u.casefold() for w in _SHOWN_WORDS) for u in uniques], bool)
-        out |= hit[codes.ravel()]
-    return out
+    return _labels_where(labels, lambda text: any(w in text.casefold() for w in _SHOWN_WORDS))
 
 
 def _verify_shown_totals(
