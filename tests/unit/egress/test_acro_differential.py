@@ -508,16 +508,22 @@ def test_other_statistics_match_acro(acro_module, outputs_dir, aggfunc, df):
         _uses(MIN_MAX_TO_REVIEW)
         assert (codes[cells.stat("count") > 0] >= 1).all()
         havre_status = "fail" if (codes == 2).any() else "pass"
+    if cells.acro_status == "fail":
+        assert havre_status == "fail"  # never a pass where ACRO fails
+    # Records with a missing key are a checked cell of their own in Havre and dropped by
+    # ACRO's crosstab: Havre may then fail where ACRO passes (a documented difference).
+    missing_keys = bool(df["r"].isna().any() or df["c"].isna().any())
     if aggfunc == "std":
         # ACRO 1.0.2 checks a std table by its cells' degrees of freedom (count - 1) only and
         # lists meaningless positions under MinimumDoFCheck (cells whose dof is not 0): compare
         # the verdicts, which agree (a cell needs 11 records in both).
-        assert cells.acro_status == havre_status
+        if not missing_keys:
+            assert cells.acro_status == havre_status
         _done(f"{aggfunc} crosstab")
         return
     _assert_threshold(cells, params)
     _assert_zeros(cells, params)
-    if not (cells.stat("missing") > 0).any():
+    if not (cells.stat("missing") > 0).any() and not missing_keys:
         assert cells.acro_status == havre_status
     _done(f"{aggfunc} crosstab")
 
