@@ -11,9 +11,9 @@ fi
 echo "==> Lint and format"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-echo "==> Unit tests"
+echo "==> Unit tests (without the slow races and the PostgreSQL copies; run-tests.sh runs all)"
 set +e
-.venv/bin/python -m pytest tests/unit -q "$@"
+.venv/bin/python -m pytest tests/unit -q -m "not slow" -k "not postgresql" "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
 from egress.content_store import ContentStore
@@ -209,6 +210,7 @@ def check_invariants(svc: EgressService) -> dict[str, int]:
     }
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_everything_consistent(tmp_path):
     seed = int(os.environ.get("HAVRE_CRASH_SEED", random.randrange(2**32)))
     # pytest shows a failed test's output: whichever assertion fails, the seed is there

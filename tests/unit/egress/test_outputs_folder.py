@@ -645,6 +645,7 @@ while not os.path.exists(path + ".stop"):
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("writer", sorted(WRITERS))
 def test_a_file_rewritten_during_the_read_is_never_returned_mixed(folder: Folder, writer):
     """Bounded: 300 reads while another process rewrites the file; each read is refused or
