@@ -105,6 +105,13 @@ class SignedIn:
         return self
 
     def close(self) -> None:
+        # pages first, without their unload handlers (a page a test navigated away, or a popup
+        # still loading, can otherwise keep the context's close waiting)
+        for page in list(self.context.pages):
+            try:
+                page.close(run_before_unload=False)
+            except Exception:  # already closed or crashed: the context close follows anyway
+                pass
         self.context.close()
 
 
