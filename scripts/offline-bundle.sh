@@ -42,7 +42,8 @@ readonly ARCH=amd64
 # package_facts modules), openssl (havre_enclave's self-signed certificate), iproute2, and
 # ca-certificates. Installed with their Recommends, as apt-get does on the connected path.
 readonly DEB_PACKAGES=(docker.io iptables python3 python3-venv python3-apt iproute2 openssl ca-certificates)
-# Debian 12's python3 is 3.11.2 on glibc 2.36 (the same targets as images/build.sh).
+# Debian 12's python3 is 3.11.2 on glibc 2.36 (the same targets as images/build.sh; a copy on
+# purpose: this script travels alone in the bundle, as /bundle/offline-bundle.sh).
 PIP_TARGET_FLAGS=(--python-version 3.11.2 --implementation cp --only-binary=:all:)
 for glibc_minor in $(seq 36 -1 17); do
     PIP_TARGET_FLAGS+=(--platform "manylinux_2_${glibc_minor}_x86_64")
