@@ -21,6 +21,7 @@ from typing import Any
 
 from jupyterhub.handlers.static import CacheControlStaticFilesHandler
 
+from spawner.config_reload import LiveEnclave, live_config
 from spawner.download_policy import CROSS_ORIGIN_OPENER_POLICY
 from spawner.enclave import (
     ADMINS_HUB_GROUP,
@@ -139,8 +140,8 @@ def configure_hub(c: Any, environ: Mapping[str, str] = os.environ) -> EnclaveCon
     c.ProjectSpawner.download_guard_address = "127.0.0.1"
     c.ProjectSpawner.download_guard_port = GUARD_PORT
 
-    # -- the hub's pages: the user's projects, spawn progress, clear refusals
-    configure_pages(c, enclave)
+    # -- the hub's pages: the user's projects (titles read live), spawn progress, refusals
+    configure_pages(c, LiveEnclave(live_config(enclave.source)))  # type: ignore[arg-type]
     configure_page_headers(c)
 
     # -- the egress (output-checking) service, reached through the proxy
@@ -270,6 +271,15 @@ def configure_page_headers(c: Any) -> None:
     }
 
 
+def allowed_by(enclave: EnclaveConfig) -> tuple[set[str], set[str]]:
+    """Who may sign in: the hub groups Havre gives, and the users the config lists (who
+    need no group)."""
+    listed = set(enclave.output_checkers)
+    for project in enclave.projects.values():
+        listed |= project.members
+    return set(enclave.all_hub_groups()), listed
+
+
 def configure_identity(c: Any, enclave: EnclaveConfig, environ: Mapping[str, str]) -> None:
     """Log in with OpenID Connect; map the provider's groups to Havre's hub groups."""
     ident = enclave.identity
@@ -313,21 +323,31 @@ def configure_identity(c: Any, enclave: EnclaveConfig, environ: Mapping[str, str
     auth.manage_groups = True
     auth.enable_auth_state = True
 
+    # projects, their groups and listed members are read live from the config file, at every
+    # sign-in and refresh: a project or member change needs no hub restart (config_reload.py)
+    live = live_config(enclave.source)
+
     def provider_groups_to_hub_groups(auth_state: dict[str, Any]) -> list[str]:
         user = (auth_state or {}).get("oauth_user") or {}
         groups = user.get(groups_claim)
         if not isinstance(groups, list):
             return []  # no groups claim: no project, no role (fail closed)
-        return enclave.hub_groups_for(groups)
+        return live.current().hub_groups_for(groups)
+
+    def follow_the_config(authenticator: Any, auth_state: Any) -> Any:
+        """Before each sign-in or refresh is checked: who may sign in, as the file says now."""
+        allowed_groups, allowed_users = allowed_by(live.current())
+        if authenticator.allowed_groups != allowed_groups:
+            authenticator.allowed_groups = allowed_groups
+        if authenticator.allowed_users != allowed_users:
+            authenticator.allowed_users = allowed_users
+        return auth_state
 
     auth.auth_state_groups_key = provider_groups_to_hub_groups
-    auth.allowed_groups = set(enclave.all_hub_groups())
+    auth.modify_auth_state_hook = follow_the_config
+    auth.allowed_groups, auth.allowed_users = allowed_by(enclave)
     auth.admin_groups = set()  # see the hub-administrator role
     auth.admin_users = set()
-    listed = set(enclave.output_checkers)
-    for project in enclave.projects.values():
-        listed |= project.members
-    auth.allowed_users = listed  # users listed in the config need no group
     auth.custom_403_message = (
         "You signed in, but your account is in no Havre project group and has no Havre "
         "role (the identity provider sent no matching groups), so Havre gives you no access. "

@@ -25,8 +25,9 @@ from dockerspawner import DockerSpawner
 from jupyterhub.spawner import SpawnException
 from traitlets import Dict, Int, List, Unicode, default
 
+from spawner.config_reload import live_config
 from spawner.download_guard import ensure_guard
-from spawner.enclave import EnclaveConfig, EnclaveConfigError, Project, load_enclave_config
+from spawner.enclave import EnclaveConfig, EnclaveConfigError, Project
 from spawner.networks import project_network_is_closed, project_network_options
 
 _network_locks: dict[str, asyncio.Lock] = {}
@@ -40,7 +41,8 @@ class ProjectSpawner(DockerSpawner):
         config=True,
         help="""Path of the enclave config file (projects, members, images, limits).
 
-        Read when the hub starts; the hub refuses to start when it is invalid.
+        Read when the hub starts (the hub refuses to start when it is invalid), and again
+        whenever the file changes: project and member changes apply without a restart.
         """,
     )
 
@@ -156,7 +158,7 @@ class ProjectSpawner(DockerSpawner):
 
     @property
     def enclave(self) -> EnclaveConfig:
-        """The enclave config (loaded once per path and cached)."""
+        """The enclave config (re-read when its file changes: projects and members apply live)."""
         return _load_cached(self.enclave_config_path)
 
     def authorize_project(self) -> Project:
@@ -550,11 +552,7 @@ def pinned_jupyter_env(home: str) -> dict[str, str]:
     }
 
 
-_config_cache: dict[str, EnclaveConfig] = {}
-
-
 def _load_cached(path: str) -> EnclaveConfig:
-    config = _config_cache.get(path)
-    if config is None:
-        config = _config_cache[path] = load_enclave_config(path)
-    return config
+    """The config as its file says now: re-read when the file changed (a project or member
+    change applies without restarting the hub; see spawner/config_reload.py)."""
+    return live_config(path).current()

@@ -31,6 +31,7 @@ import docker
 import docker.errors
 
 from spawner import __version__
+from spawner.config_reload import live_config_path, publish_config, restart_digest
 from spawner.enclave import EnclaveConfig
 from spawner.networks import project_network_options
 from spawner.ports import EGRESS_PORT, PROXY_PORT
@@ -38,7 +39,10 @@ from spawner.ports import EGRESS_PORT, PROXY_PORT
 NOTEBOOK_UID = 1000
 NOTEBOOK_GID = 1000
 EGRESS_UID = 1001
-CONFIG_IN_CONTAINER = "/etc/havre/enclave.yaml"
+#: the published config's folder (spawner/config_reload.py), mounted read-only: a folder, so a
+#: replaced config shows in the running containers, which re-read it (no restart)
+LIVE_CONFIG_IN_CONTAINER = "/etc/havre/live"
+CONFIG_IN_CONTAINER = f"{LIVE_CONFIG_IN_CONTAINER}/enclave.yaml"
 SECRETS = (
     "cookie-secret",
     "proxy-auth-token",
@@ -163,9 +167,11 @@ def prepare_state(enclave: EnclaveConfig, changes: list[str] | None = None) -> N
         os.chmod(homes, 0o755)
 
 
-def _config_digest(enclave: EnclaveConfig, *images: str) -> str:
-    """A digest of what a running container depends on: config file, image ids, addresses."""
-    digest = hashlib.sha256(Path(enclave.source).read_bytes())
+def _config_digest(enclave: EnclaveConfig, *images: str, projects: str = "none") -> str:
+    """A digest of what a running container depends on: the config as it reads it at start
+    (projects and members are read live: see spawner/config_reload.py), image ids, addresses."""
+    digest = hashlib.sha256(restart_digest(enclave, projects=projects).encode())
+    digest.update(b"live-config")
     for image in images:
         digest.update(image.encode())
     return digest.hexdigest()[:16]
@@ -314,7 +320,7 @@ def _start_egress(
             "HAVRE_PUBLIC_URL": opts.public_url,
         },
         volumes={
-            str(Path(enclave.source).resolve()): {"bind": CONFIG_IN_CONTAINER, "mode": "ro"},
+            str(live_config_path(enclave).parent): {"bind": LIVE_CONFIG_IN_CONTAINER, "mode": "ro"},
             str(enclave.state_dir / "projects"): {
                 "bind": str(enclave.state_dir / "projects"),
                 "mode": "ro",
@@ -377,6 +383,7 @@ def _start_runner(
         _image_id(client, opts.egress_image),
         str(opts.reexecution_time_limit),
         str(socket_gid),
+        projects="paths",  # each project's data folder is one of its mounts
     )
     if _replace_container(client, name, digest, changes):
         return
@@ -404,7 +411,7 @@ def _start_runner(
         group_add=[str(socket_gid)],
         network_mode="none",
         volumes={
-            str(Path(enclave.source).resolve()): {"bind": CONFIG_IN_CONTAINER, "mode": "ro"},
+            str(live_config_path(enclave).parent): {"bind": LIVE_CONFIG_IN_CONTAINER, "mode": "ro"},
             str(jobs): {"bind": str(jobs), "mode": "rw"},
             socket_path: {"bind": socket_path, "mode": "rw"},
             **data,
@@ -465,9 +472,9 @@ def _start_idp(
         fd = os.open(users, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write("{}\n")
-    digest = _config_digest(
-        enclave, _image_id(client, opts.hub_image), text, _tls_digest(opts), "no-fwd"
-    )
+    digest = hashlib.sha256(  # the provider reads its own config, not the enclave's
+        "\0".join([_image_id(client, opts.hub_image), text, _tls_digest(opts), "no-fwd"]).encode()
+    ).hexdigest()[:16]
     if _replace_container(client, name, digest, changes):
         return
     secret_files = [
@@ -554,7 +561,7 @@ def _start_hub(
             "HAVRE_IDP_INTERNAL_URL": idp_internal,
         },
         volumes={
-            str(Path(enclave.source).resolve()): {"bind": CONFIG_IN_CONTAINER, "mode": "ro"},
+            str(live_config_path(enclave).parent): {"bind": LIVE_CONFIG_IN_CONTAINER, "mode": "ro"},
             state: {"bind": state, "mode": "rw"},
             "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
             **tls_volumes,
@@ -648,6 +655,7 @@ def up(
             _image_id(client, image)
         check_ports(client, enclave, opts)
         prepare_state(enclave, changes)
+        publish_config(enclave, changes)
         _ensure_front_network(client, enclave, changes)
         if opts.create_project_networks:
             _ensure_project_networks(client, enclave, changes)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import yaml
 from jupyterhub.spawner import SpawnException
 
 from spawner.enclave import parse_enclave_config
@@ -27,10 +30,10 @@ def make_spawner(username: str, server_name: str, config=CONFIG) -> ProjectSpawn
     orm_spawner = SimpleNamespace(name=server_name, display_name=server_name, server=None)
     user = SimpleNamespace(name=username, url=f"/user/{username}/")
     spawner = ProjectSpawner(user=user, orm_spawner=orm_spawner)
-    enclave = parse_enclave_config(config, source="unit")
-    import spawner.project_spawner as module
-
-    module._config_cache[spawner.enclave_config_path] = enclave
+    parse_enclave_config(config, source="unit")  # valid as given
+    folder = Path(tempfile.mkdtemp(prefix="havre-unit-"))
+    (folder / "enclave.yaml").write_text(yaml.safe_dump(config))
+    spawner.enclave_config_path = str(folder / "enclave.yaml")  # read live, as in the hub
     return spawner
 
 
