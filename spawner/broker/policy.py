@@ -1,0 +1,486 @@
+"""What the spawn broker lets each caller do, and the containers it builds (pure).
+
+No Docker, web or database import here: this module checks a request's shape and, from the
+enclave config alone, builds the full specification of the one container the request may
+start. The caller never passes any part of a container's specification: not the image, the
+mounts, the network, the user, the limits, the capabilities or the command. What a caller may
+send is listed in :data:`ACTIONS`; anything else is refused with a sentence.
+
+Callers and what they may do (:data:`CALLER_ACTIONS`):
+
+* ``hub`` (the JupyterHub process, through ``ProjectSpawner``): start, stop and inspect the
+  notebook server of user U in project P;
+* ``runner`` (``havre-reexec-runner``): start, inspect, read the log of and stop the trusted
+  re-execution run R of project P, and list its own runs.
+
+Membership: the broker re-checks it against the enclave config, with the hub groups the hub
+sends (the hub has them from the identity provider). A user listed as a member is accepted
+on the config's word alone; a member through a group is accepted on the hub's word that the
+user is in that group (the broker can't ask the provider: it has no network). See
+docs/sysadmin/broker.md ("What a compromised hub can still do").
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from spawner.enclave import EnclaveConfig, Project, project_hub_group
+
+#: The notebook server's port inside its container (DockerSpawner's default).
+SERVER_PORT = 8888
+#: Where things are inside notebook and re-execution containers.
+HOME = "/home/researcher"
+DATA = "/data"
+OUTPUTS = f"{HOME}/outputs"
+#: The uid and gid notebook servers and re-executions run as (never 0).
+NOTEBOOK_UID = 1000
+NOTEBOOK_GID = 1000
+TMP_SIZE = "512m"
+#: Labels every container the broker starts carries.
+ROLE_LABEL = "havre.role"
+BROKER_LABEL = "havre.broker"
+RUN_LABEL = "havre.reexecution"
+#: The re-execution jobs folder under the state folder; runs' scratch folders are in work/.
+REEXEC_JOBS = "reexec"
+REEXEC_SDC_PARAMS = ".havre-sdc-params.json"
+
+#: Each action: the fields it requires and the fields it may carry (nothing else).
+ACTIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
+    "server.start": (frozenset({"user", "project"}), frozenset({"groups", "env"})),
+    "server.stop": (frozenset({"user", "project"}), frozenset()),
+    "server.inspect": (frozenset({"user", "project"}), frozenset()),
+    "reexec.start": (frozenset({"project", "run_id"}), frozenset()),
+    "reexec.inspect": (frozenset({"project", "run_id"}), frozenset()),
+    "reexec.logs": (frozenset({"project", "run_id"}), frozenset()),
+    "reexec.stop": (frozenset({"project", "run_id"}), frozenset()),
+    "reexec.list": (frozenset(), frozenset()),
+}
+CALLER_ACTIONS: dict[str, frozenset[str]] = {
+    "hub": frozenset({"server.start", "server.stop", "server.inspect"}),
+    "runner": frozenset(
+        {"reexec.start", "reexec.inspect", "reexec.logs", "reexec.stop", "reexec.list"}
+    ),
+}
+CALLERS = tuple(CALLER_ACTIONS)
+
+#: Environment variables the hub may give a notebook server (JupyterHub's own: the server's
+#: API token, URLs, OAuth client); Havre's and Jupyter's are set by the broker.
+_HUB_ENV_KEY = re.compile(r"(JUPYTERHUB_[A-Z0-9_]{1,48}|JPY_API_TOKEN)")
+MAX_ENV_ENTRIES = 40
+MAX_ENV_VALUE = 4096
+MAX_GROUPS = 200
+_RUN_ID = re.compile(r"[0-9a-f]{16}")
+_USERNAME = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
+_SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+
+
+class Refused(Exception):
+    """A request the broker refuses: ``status`` (an HTTP code) and a sentence."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True)
+class BrokerRequest:
+    """A checked request: who asks, what for, about whom."""
+
+    caller: str
+    action: str
+    user: str = ""
+    project: str = ""
+    run_id: str = ""
+    groups: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    def audit_fields(self) -> dict[str, str]:
+        """What the audit log records (never the environment: it holds the server's token)."""
+        out = {"caller": self.caller, "action": self.action}
+        for key in ("user", "project", "run_id"):
+            if getattr(self, key):
+                out[key] = getattr(self, key)
+        return out
+
+
+@dataclass(frozen=True)
+class Mount:
+    """One bind mount: a host path at a path in the container."""
+
+    source: str
+    target: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything the broker gives Docker for one container (see :func:`server_spec`)."""
+
+    name: str
+    image: str
+    command: tuple[str, ...] | None
+    user: str
+    working_dir: str
+    hostname: str
+    environment: Mapping[str, str]
+    labels: Mapping[str, str]
+    mounts: tuple[Mount, ...]
+    host_config: Mapping[str, Any]
+    network: str  # a project network, or "none"
+
+
+# ------------------------------------------------------------------------------ the request
+
+
+def check_request(enclave: EnclaveConfig, caller: str, action: str, body: Any) -> BrokerRequest:
+    """Check one request against the policy; raise :class:`Refused` with a sentence."""
+    if caller not in CALLER_ACTIONS:
+        raise Refused(401, "Unknown caller: the broker knows only the hub and the runner.")
+    if action not in ACTIONS:
+        raise Refused(404, f"Unknown action {action!r}: the broker offers {', '.join(ACTIONS)}.")
+    if action not in CALLER_ACTIONS[caller]:
+        raise Refused(403, f"The {caller} may not ask for {action!r}.")
+    if not isinstance(body, dict):
+        raise Refused(400, "The request body must be a JSON object.")
+    required, optional = ACTIONS[action]
+    extra = sorted(str(k) for k in body if k not in required | optional)
+    if extra:
+        raise Refused(
+            400,
+            f"Field(s) {', '.join(extra)} are not accepted for {action!r}: the broker builds "
+            "every container specification itself from the enclave config.",
+        )
+    missing = sorted(required - set(body))
+    if missing:
+        raise Refused(400, f"Field(s) {', '.join(missing)} are required for {action!r}.")
+    for key in ("user", "project", "run_id"):
+        if key in body and not isinstance(body[key], str):
+            raise Refused(400, f"Field {key!r} must be a string.")
+    project = body.get("project", "")
+    if "project" in body:
+        if not _SLUG.fullmatch(project) or project not in enclave.projects:
+            raise Refused(404, f"There is no project {project!r} in this enclave.")
+        if enclave.projects[project].image not in enclave.allowed_images:
+            raise Refused(
+                403,
+                f"Project {project!r}'s image is not on the enclave's image allow-list.",
+            )
+    user = body.get("user", "")
+    if "user" in body and not _USERNAME.fullmatch(user):
+        raise Refused(400, f"{user!r} is not a valid user name.")
+    run_id = body.get("run_id", "")
+    if "run_id" in body and not _RUN_ID.fullmatch(run_id):
+        raise Refused(400, "A re-execution run id is 16 lowercase hexadecimal digits.")
+    groups = _check_groups(enclave, body.get("groups", []))
+    env = _check_env(body.get("env", {}))
+    if action == "server.start" and not enclave.is_member(user, project, groups):
+        raise Refused(403, f"{user} is not a member of project {project!r}.")
+    return BrokerRequest(caller, action, user, project, run_id, groups, env)
+
+
+def _check_groups(enclave: EnclaveConfig, groups: Any) -> tuple[str, ...]:
+    if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
+        raise Refused(400, "Field 'groups' must be a list of hub group names.")
+    if len(groups) > MAX_GROUPS:
+        raise Refused(400, f"Field 'groups' may list at most {MAX_GROUPS} groups.")
+    known = set(enclave.all_hub_groups())
+    unknown = sorted(g for g in groups if g not in known)
+    if unknown:
+        raise Refused(400, f"Unknown hub group(s): {', '.join(unknown[:5])}.")
+    return tuple(groups)
+
+
+def _check_env(env: Any) -> dict[str, str]:
+    if not isinstance(env, dict):
+        raise Refused(400, "Field 'env' must be an object of JupyterHub variables.")
+    if len(env) > MAX_ENV_ENTRIES:
+        raise Refused(400, f"Field 'env' may hold at most {MAX_ENV_ENTRIES} variables.")
+    for key, value in env.items():
+        if not isinstance(key, str) or not _HUB_ENV_KEY.fullmatch(key):
+            raise Refused(
+                400,
+                f"Environment variable {str(key)[:60]!r} is not accepted: the hub may pass "
+                "only JupyterHub's own (JUPYTERHUB_*).",
+            )
+        if not isinstance(value, str) or len(value) > MAX_ENV_VALUE or "\0" in value:
+            raise Refused(400, f"Environment variable {key} must be a short string.")
+    return dict(env)
+
+
+# ------------------------------------------------------------------------------ the specs
+
+
+def hardened_host_config(
+    project: Project,
+    *,
+    network: str,
+    dns: str = "",
+    tmp_size: str = TMP_SIZE,
+    extra_sysctls: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
+    """The docker-py HostConfig arguments every notebook and re-execution container gets."""
+    from spawner.seccomp import security_opt as seccomp_security_opt
+
+    sysctls = {
+        "net.ipv6.conf.all.disable_ipv6": "1",
+        "net.ipv6.conf.default.disable_ipv6": "1",
+        # no unprivileged ICMP sockets (Docker 20.10 allows them to every gid)
+        "net.ipv4.ping_group_range": "1 0",
+    }
+    sysctls.update(extra_sysctls or {})
+    return {
+        "cap_drop": ["ALL"],
+        # Havre's own seccomp allow-list (spawner/seccomp/notebook.json), not Docker's
+        "security_opt": ["no-new-privileges:true", seccomp_security_opt()],
+        "read_only": True,
+        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={tmp_size},mode=1777"},
+        "pids_limit": project.limits.pids,
+        "mem_limit": project.limits.memory_bytes,
+        "memswap_limit": project.limits.memory_bytes,
+        "cpu_period": 100_000,
+        "cpu_quota": int(project.limits.cpu * 100_000),
+        "dns": [dns or "127.0.0.1"],
+        "dns_search": ["."],
+        "sysctls": sysctls,
+        "ipc_mode": "private",
+        "privileged": False,
+        "network_mode": network,
+    }
+
+
+def pinned_jupyter_env(home: str) -> dict[str, str]:
+    """The environment that makes a notebook server take its configuration from the image only.
+
+    Jupyter reads config files (``jupyter_server_config.py`` is code run in the server), server
+    extensions, kernelspecs, lab extensions and static paths from a user config folder
+    (``~/.jupyter``), a user data folder (``~/.local/share/jupyter``), ``JUPYTER_PATH`` and
+    ``JUPYTER_CONFIG_PATH``, all writable by the researcher. Here the user folders are empty,
+    read-only folders of the image (``images/notebook/Dockerfile``), the extra paths are empty,
+    the environment's folders (the image's venv) come first, Python's user site is off, and
+    every route of the server requires a login unless its handler says otherwise. JupyterLab's
+    own settings and workspaces (JSON read by the browser) stay in the home.
+    """
+    return {
+        "JUPYTER_CONFIG_DIR": "/opt/havre/jupyter/config",
+        "JUPYTER_DATA_DIR": "/opt/havre/jupyter/data",
+        "JUPYTER_CONFIG_PATH": "",
+        "JUPYTER_PATH": "",
+        "JUPYTER_PREFER_ENV_PATH": "1",
+        "JUPYTER_PLATFORM_DIRS": "0",
+        "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime",
+        "JUPYTERLAB_DIR": "/opt/havre/venv/share/jupyter/lab",
+        "JUPYTERLAB_SETTINGS_DIR": f"{home}/.jupyter/lab/user-settings",
+        "JUPYTERLAB_WORKSPACES_DIR": f"{home}/.jupyter/lab/workspaces",
+        "JUPYTER_SERVER_ALLOW_UNAUTHENTICATED_ACCESS": "false",
+        "PYTHONNOUSERSITE": "1",
+        "PYTHONPATH": "",
+        "PYTHONSTARTUP": "",
+    }
+
+
+def server_identity(enclave: EnclaveConfig, user: str, slug: str) -> tuple[int, int]:
+    """The uid and gid the server of ``user`` in ``slug`` runs as."""
+    return NOTEBOOK_UID, NOTEBOOK_GID
+
+
+def server_spec(enclave: EnclaveConfig, request: BrokerRequest, *, dns: str = "") -> ContainerSpec:
+    """The notebook server container of ``request.user`` in ``request.project``.
+
+    ``dns`` is the project network's gateway address (nothing answers there: see
+    ``ProjectSpawner.dns_sink``).
+    """
+    project = enclave.project(request.project)
+    network = enclave.network_name(project.slug)
+    uid, gid = server_identity(enclave, request.user, project.slug)
+    env = dict(request.env)
+    env.update(
+        {
+            "HAVRE_PROJECT": project.slug,
+            "HAVRE_PROJECT_TITLE": project.title,
+            "HAVRE_OUTPUTS_DIR": OUTPUTS,
+            "HAVRE_DATA_DIR": DATA,
+            "HOME": HOME,
+            "JUPYTER_IMAGE_SPEC": project.image,
+        }
+    )
+    env.update(pinned_jupyter_env(HOME))
+    home = enclave.home_dir(project.slug, request.user)
+    return ContainerSpec(
+        name=enclave.container_name(project.slug, request.user),
+        image=project.image,
+        command=None,  # the image's own (jupyterhub-singleuser)
+        user=f"{uid}:{gid}",
+        working_dir=HOME,
+        hostname=project.slug,
+        environment=env,
+        labels={
+            "havre.enclave": enclave.name,
+            "havre.project": project.slug,
+            "havre.user": request.user,
+            ROLE_LABEL: "notebook",
+            BROKER_LABEL: "1",
+        },
+        mounts=(
+            Mount(str(home), HOME, False),
+            Mount(str(enclave.outputs_dir(project.slug)), OUTPUTS, False),
+            Mount(str(project.data_path), DATA, True),
+        ),
+        host_config=hardened_host_config(project, network=network, dns=dns),
+        network=network,
+    )
+
+
+def papermill_command() -> tuple[str, ...]:
+    """What a re-execution container runs (an argument list, no shell)."""
+    return (
+        "papermill",
+        "input.ipynb",
+        "executed.ipynb",
+        "-f",
+        "params.yaml",
+        "--cwd",
+        HOME,
+        "--kernel",
+        "python3",
+        "--language",
+        "python",
+        "--no-progress-bar",
+    )
+
+
+def reexec_scratch(enclave: EnclaveConfig, run_id: str) -> Path:
+    """The scratch folder of run ``run_id``: ``<state_dir>/reexec/work/reexec-<run_id>``."""
+    if not _RUN_ID.fullmatch(run_id):
+        raise Refused(400, "A re-execution run id is 16 lowercase hexadecimal digits.")
+    return Path(enclave.state_dir) / REEXEC_JOBS / "work" / f"reexec-{run_id}"
+
+
+def reexec_container_name(enclave: EnclaveConfig, slug: str, run_id: str) -> str:
+    return f"{enclave.name}-reexec-{slug}-{run_id}"
+
+
+def reexec_spec(enclave: EnclaveConfig, request: BrokerRequest) -> ContainerSpec:
+    """The trusted re-execution container of run ``request.run_id`` (no network at all).
+
+    The runner prepared the scratch folder (notebook, parameters, SDC parameters) under the
+    jobs folder; everything else comes from the enclave config, as for a notebook server.
+    """
+    project = enclave.project(request.project)
+    scratch = reexec_scratch(enclave, request.run_id)
+    host = hardened_host_config(project, network="none")
+    host["log_config"] = {"type": "json-file", "config": {"max-size": "1m", "max-file": "1"}}
+    return ContainerSpec(
+        name=reexec_container_name(enclave, project.slug, request.run_id),
+        image=project.image,
+        command=papermill_command(),
+        user=f"{NOTEBOOK_UID}:{NOTEBOOK_GID}",
+        working_dir=HOME,
+        hostname=project.slug,
+        environment={
+            "HOME": HOME,
+            "HAVRE_PROJECT": project.slug,
+            "HAVRE_PROJECT_TITLE": project.title,
+            "HAVRE_OUTPUTS_DIR": OUTPUTS,
+            "HAVRE_DATA_DIR": DATA,
+            "HAVRE_TRUSTED_REEXECUTION": "1",
+            "HAVRE_SDC_PARAMS": f"{HOME}/{REEXEC_SDC_PARAMS}",
+        },
+        labels={
+            "havre.enclave": enclave.name,
+            "havre.project": project.slug,
+            ROLE_LABEL: "reexecution",
+            RUN_LABEL: request.run_id,
+            BROKER_LABEL: "1",
+        },
+        mounts=(
+            Mount(str(project.data_path), DATA, True),
+            Mount(str(scratch), HOME, False),
+            # over the file in HOME: the notebook (which owns HOME) can't rewrite it
+            Mount(str(scratch / REEXEC_SDC_PARAMS), f"{HOME}/{REEXEC_SDC_PARAMS}", True),
+        ),
+        host_config=host,
+        network="none",
+    )
+
+
+# ------------------------------------------------------------------------------ checking
+
+
+def container_problems(enclave: EnclaveConfig, attrs: Mapping[str, Any]) -> list[str]:
+    """What is outside the policy in a container's ``docker inspect`` (empty: nothing).
+
+    Used by the broker's tests to check every container the engine has after a fuzz.
+    """
+    problems: list[str] = []
+    config = attrs.get("Config") or {}
+    host = attrs.get("HostConfig") or {}
+    labels = config.get("Labels") or {}
+    name = str(attrs.get("Name", "")).lstrip("/")
+    slug = labels.get("havre.project", "")
+    if labels.get("havre.enclave") != enclave.name or slug not in enclave.projects:
+        return [f"{name}: not labelled with this enclave and one of its projects"]
+    project = enclave.projects[slug]
+    role = labels.get(ROLE_LABEL)
+    if role not in ("notebook", "reexecution"):
+        problems.append(f"{name}: role {role!r}")
+    if config.get("Image") != project.image:
+        problems.append(f"{name}: image {config.get('Image')!r} is not the project's")
+    if str(config.get("User", "")).split(":")[0] in ("", "0", "root"):
+        problems.append(f"{name}: runs as root")
+    if host.get("Privileged") or host.get("CapAdd"):
+        problems.append(f"{name}: privileged or added capabilities")
+    if [c.upper() for c in host.get("CapDrop") or []] not in (["ALL"], ["CAP_ALL"]):
+        problems.append(f"{name}: capabilities not all dropped")
+    security = host.get("SecurityOpt") or []
+    if "no-new-privileges:true" not in security or not any(
+        s.startswith("seccomp=") and "unconfined" not in s for s in security
+    ):
+        problems.append(f"{name}: no-new-privileges or Havre's seccomp profile missing")
+    if not host.get("ReadonlyRootfs"):
+        problems.append(f"{name}: writable root filesystem")
+    expected_net = enclave.network_name(slug) if role == "notebook" else "none"
+    if host.get("NetworkMode") != expected_net:
+        problems.append(f"{name}: network {host.get('NetworkMode')!r}, not {expected_net!r}")
+    allowed_sources = {str(project.data_path)}
+    if role == "notebook":
+        user = labels.get("havre.user", "")
+        allowed_sources |= {
+            str(enclave.home_dir(slug, user)) if _USERNAME.fullmatch(user) else "",
+            str(enclave.outputs_dir(slug)),
+        }
+    else:
+        scratch = reexec_scratch(enclave, labels.get(RUN_LABEL, "0" * 16))
+        allowed_sources |= {str(scratch), str(scratch / REEXEC_SDC_PARAMS)}
+    for mount in attrs.get("Mounts") or []:
+        if mount.get("Type") == "tmpfs":
+            continue
+        if str(mount.get("Source")) not in allowed_sources:
+            problems.append(f"{name}: mounts {mount.get('Source')!r}")
+        if str(mount.get("Source")) == str(project.data_path) and mount.get("RW"):
+            problems.append(f"{name}: project data mounted writable")
+    if "/var/run/docker.sock" in str(attrs.get("Mounts")):
+        problems.append(f"{name}: has the Docker socket")
+    return problems
+
+
+__all__ = [
+    "ACTIONS",
+    "CALLERS",
+    "CALLER_ACTIONS",
+    "BrokerRequest",
+    "ContainerSpec",
+    "Mount",
+    "Refused",
+    "check_request",
+    "container_problems",
+    "hardened_host_config",
+    "pinned_jupyter_env",
+    "project_hub_group",
+    "reexec_spec",
+    "server_spec",
+]

@@ -1,0 +1,512 @@
+"""``havre-broker``: the spawn broker's server (HTTP over a Unix socket).
+
+The only process of an enclave that holds the Docker socket. ``havre up`` starts it as
+``<enclave>-broker`` (the hub image, no network at all, read-only root, no capabilities but
+those needed to give a new home folder to its owner), before the hub and the runner.
+
+Protocol: ``POST /v1/<action>`` with a JSON object body and ``Authorization: Bearer <secret>``,
+where the secret is the caller's own (``<state_dir>/secrets/broker-hub``,
+``<state_dir>/secrets/broker-runner``: each mounted into its caller only). The answer is a JSON
+object: the result, or ``{"error": "<a sentence>"}`` with a 4xx/5xx status. What each caller may
+ask for is :mod:`spawner.broker.policy`; every call, refused or not, is one line of the audit log
+``<state_dir>/broker/audit.jsonl`` (append-only, never the environment's token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import logging
+import os
+import socketserver
+import stat
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+from spawner.broker.policy import (
+    RUN_LABEL,
+    BrokerRequest,
+    ContainerSpec,
+    Refused,
+    check_request,
+    reexec_scratch,
+    reexec_spec,
+    server_spec,
+)
+from spawner.enclave import EnclaveConfig, EnclaveConfigError
+from spawner.networks import project_network_is_closed, project_network_options
+
+log = logging.getLogger("havre.broker")
+
+MAX_BODY = 256 * 1024
+SOCKET_NAME = "broker.sock"
+#: How long a stop waits for the server to exit before killing it.
+STOP_SECONDS = 10
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class AuditLog:
+    """Append-only JSON lines (one ``write`` per line, ``O_APPEND``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.close(fd)
+
+    def write(self, event: Mapping[str, Any]) -> None:
+        line = json.dumps({"time": _now(), **event}, sort_keys=True) + "\n"
+        with self._lock:
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            try:
+                os.write(fd, line.encode())
+            finally:
+                os.close(fd)
+
+
+class Broker:
+    """The broker's decisions and Docker calls (the HTTP layer is :class:`_Handler`)."""
+
+    def __init__(
+        self,
+        config: Any,
+        secrets: Mapping[str, str],
+        audit: AuditLog,
+        client: Any,
+        *,
+        attach_containers: Sequence[str] = (),
+    ) -> None:
+        #: the live enclave config (``spawner.config_reload.LiveConfig``) or a fixed one
+        self._config = config
+        self.secrets = {caller: s for caller, s in secrets.items() if s}
+        self.audit = audit
+        self.client = client  # docker.APIClient
+        self.attach_containers = list(attach_containers)
+        self._locks: dict[str, threading.Lock] = {}
+        self._locks_lock = threading.Lock()
+
+    @property
+    def enclave(self) -> EnclaveConfig:
+        current = getattr(self._config, "current", None)
+        return current() if current is not None else self._config
+
+    def _lock(self, key: str) -> threading.Lock:
+        with self._locks_lock:
+            return self._locks.setdefault(key, threading.Lock())
+
+    def authenticate(self, header: str | None) -> str | None:
+        """The caller whose secret ``header`` carries (compared in constant time), or None."""
+        if not header or not header.startswith("Bearer "):
+            return None
+        given = header[len("Bearer ") :].strip().encode()
+        found = None
+        for caller, secret in self.secrets.items():
+            if hmac.compare_digest(given, secret.encode()):
+                found = caller
+        return found
+
+    def handle(self, header: str | None, action: str, body: Any) -> tuple[int, dict[str, Any]]:
+        """Authenticate, check, act, audit; ``(status, answer)``."""
+        caller = self.authenticate(header)
+        event: dict[str, Any] = {"caller": caller or "unauthenticated", "action": action[:80]}
+        try:
+            if caller is None:
+                raise Refused(401, "The broker needs a caller's secret (Authorization: Bearer).")
+            try:
+                enclave = self.enclave
+            except EnclaveConfigError as err:
+                log.error("refusing %s: %s", action, err)
+                raise Refused(503, "The enclave configuration can't be read.") from None
+            request = check_request(enclave, caller, action, body)
+            event.update(request.audit_fields())
+            answer = self.act(enclave, request)
+        except Refused as refusal:
+            if isinstance(body, dict):
+                for key in ("user", "project", "run_id"):
+                    if isinstance(body.get(key), str):
+                        event.setdefault(key, body[key][:80])
+            event.update(result="refused", status=refusal.status, message=refusal.message)
+            self.audit.write(event)
+            return refusal.status, {"error": refusal.message}
+        except Exception as err:  # the engine failed: say so, keep serving
+            log.exception("%s failed", action)
+            message = f"The Docker engine failed: {type(err).__name__}: {str(err)[:300]}"
+            event.update(result="error", status=502, message=message)
+            self.audit.write(event)
+            return 502, {"error": message}
+        event.update(result="ok", status=200)
+        for key in ("state", "id"):
+            if key in answer:
+                event[key] = answer[key]
+        self.audit.write(event)
+        return 200, answer
+
+    # ------------------------------------------------------------------------- actions
+
+    def act(self, enclave: EnclaveConfig, request: BrokerRequest) -> dict[str, Any]:
+        if request.action == "server.start":
+            with self._lock(f"server/{request.user}/{request.project}"):
+                return self.start_server(enclave, request)
+        if request.action == "server.stop":
+            with self._lock(f"server/{request.user}/{request.project}"):
+                return self.remove(enclave.container_name(request.project, request.user))
+        if request.action == "server.inspect":
+            name = enclave.container_name(request.project, request.user)
+            return self.inspect(name, enclave.network_name(request.project))
+        if request.action == "reexec.start":
+            return self.start_reexec(enclave, request)
+        if request.action == "reexec.list":
+            return self.list_runs(enclave)
+        spec = reexec_spec(enclave, request)
+        if request.action == "reexec.inspect":
+            return self.inspect(spec.name, "none")
+        if request.action == "reexec.logs":
+            return self.logs(spec.name)
+        return self.remove(spec.name, kill=True)
+
+    def _attrs(self, name: str) -> dict[str, Any] | None:
+        import docker.errors
+
+        try:
+            return self.client.inspect_container(name)
+        except docker.errors.NotFound:
+            return None
+
+    def inspect(self, name: str, network: str) -> dict[str, Any]:
+        attrs = self._attrs(name)
+        if attrs is None:
+            return {"state": "absent"}
+        state = attrs.get("State") or {}
+        networks = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+        return {
+            "state": state.get("Status", "unknown"),
+            "id": attrs.get("Id", ""),
+            "exit_code": state.get("ExitCode"),
+            "oom_killed": bool(state.get("OOMKilled")),
+            "ip": (networks.get(network) or {}).get("IPAddress", ""),
+            "port": 8888,
+        }
+
+    def logs(self, name: str) -> dict[str, Any]:
+        if self._attrs(name) is None:
+            raise Refused(404, "There is no such re-execution run.")
+        raw = self.client.logs(name, stdout=True, stderr=True, tail=2000)
+        return {"log": raw[-64 * 1024 :].decode(errors="replace")}
+
+    def remove(self, name: str, *, kill: bool = False) -> dict[str, Any]:
+        import docker.errors
+
+        attrs = self._attrs(name)
+        if attrs is None:
+            return {"state": "absent"}
+        try:
+            if kill:
+                self.client.kill(name)
+            else:
+                self.client.stop(name, timeout=STOP_SECONDS)
+        except docker.errors.APIError:
+            pass  # exited (or removed) meanwhile
+        try:
+            self.client.remove_container(name, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError as err:
+            if "already in progress" not in str(err):
+                raise
+        return {"state": "removed", "id": attrs.get("Id", "")}
+
+    def _image_id(self, image: str) -> str:
+        import docker.errors
+
+        try:
+            return self.client.inspect_image(image)["Id"]
+        except docker.errors.ImageNotFound:
+            raise Refused(
+                503,
+                f"Image {image} is not on this host (Havre never pulls at spawn time); "
+                "ask the administrator to build or load it.",
+            ) from None
+
+    def ensure_project_network(self, enclave: EnclaveConfig, slug: str) -> dict[str, Any]:
+        """The project's internal network (made if needed), with the hub and egress on it."""
+        import docker.errors
+
+        name = enclave.network_name(slug)
+        with self._lock(f"network/{name}"):
+            try:
+                attrs = self.client.inspect_network(name)
+            except docker.errors.NotFound:
+                log.info("creating internal network %s", name)
+                self.client.create_network(
+                    name,
+                    driver="bridge",
+                    internal=True,
+                    enable_ipv6=False,
+                    check_duplicate=True,
+                    options=project_network_options(name),
+                    labels={"havre.enclave": enclave.name, "havre.project": slug},
+                )
+                attrs = self.client.inspect_network(name)
+            if not project_network_is_closed(attrs):
+                raise Refused(
+                    500,
+                    f"Network {name} exists but is not an internal network with no host "
+                    "address; refusing to start on it. Remove it and try again.",
+                )
+            connected = {c.get("Name") for c in (attrs.get("Containers") or {}).values()}
+            for container in self.attach_containers:
+                if container not in connected:
+                    try:
+                        self.client.connect_container_to_network(container, name)
+                    except docker.errors.NotFound:
+                        log.warning("%s is not running: not attached to %s", container, name)
+                    except docker.errors.APIError as err:
+                        if "already exists" not in str(err):
+                            raise
+        return attrs
+
+    def prepare_folders(self, enclave: EnclaveConfig, request: BrokerRequest, uid_gid: str) -> None:
+        """The user's home in the project and the outputs mount point in it (kept)."""
+        uid, gid = (int(x) for x in uid_gid.split(":"))
+        home = enclave.home_dir(request.project, request.user)
+        outputs = enclave.outputs_dir(request.project)
+        for folder in (outputs, home, home / "outputs"):
+            try:
+                st = os.lstat(folder)
+            except FileNotFoundError:
+                folder.mkdir(parents=True, mode=0o750)
+                os.chown(folder, uid, gid)
+                continue
+            if not stat.S_ISDIR(st.st_mode):  # a link planted by a notebook: never follow
+                raise Refused(409, f"{folder} is not a folder; ask the administrator.")
+
+    def start_server(self, enclave: EnclaveConfig, request: BrokerRequest) -> dict[str, Any]:
+        spec = server_spec(enclave, request)
+        existing = self._attrs(spec.name)
+        if existing is not None:
+            if (existing.get("State") or {}).get("Running"):
+                raise Refused(
+                    409,
+                    f"{request.user} already has a running server in project "
+                    f"{request.project!r}; stop it first.",
+                )
+            self.remove(spec.name)
+        image_id = self._image_id(spec.image)
+        network = self.ensure_project_network(enclave, request.project)
+        gateway = ((network.get("IPAM") or {}).get("Config") or [{}])[0].get("Gateway", "")
+        spec = server_spec(enclave, request, dns=gateway)
+        self.prepare_folders(enclave, request, spec.user)
+        container_id = self._create_and_start(spec, image_id)
+        answer = self.inspect(spec.name, spec.network)
+        answer["id"] = container_id
+        return answer
+
+    def _check_scratch(self, enclave: EnclaveConfig, request: BrokerRequest) -> None:
+        scratch = reexec_scratch(enclave, request.run_id)
+        from spawner.broker.policy import REEXEC_SDC_PARAMS
+
+        for path, kind in ((scratch, stat.S_ISDIR), (scratch / REEXEC_SDC_PARAMS, stat.S_ISREG)):
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                raise Refused(
+                    404, f"Run {request.run_id}'s scratch folder isn't prepared."
+                ) from None
+            if not kind(st.st_mode):
+                raise Refused(409, f"{path.name} of run {request.run_id} is not what it should be.")
+
+    def start_reexec(self, enclave: EnclaveConfig, request: BrokerRequest) -> dict[str, Any]:
+        spec = reexec_spec(enclave, request)
+        if self._attrs(spec.name) is not None:
+            raise Refused(409, f"Re-execution run {request.run_id} exists already.")
+        self._check_scratch(enclave, request)
+        image_id = self._image_id(spec.image)
+        container_id = self._create_and_start(spec, image_id)
+        return {"state": "running", "id": container_id, "image_id": image_id}
+
+    def list_runs(self, enclave: EnclaveConfig) -> dict[str, Any]:
+        found = self.client.containers(
+            all=True, filters={"label": [RUN_LABEL, f"havre.enclave={enclave.name}"]}
+        )
+        runs = []
+        for c in found:
+            labels = c.get("Labels") or {}
+            runs.append(
+                {
+                    "run_id": labels.get(RUN_LABEL, ""),
+                    "project": labels.get("havre.project", ""),
+                    "state": c.get("State", ""),
+                }
+            )
+        return {"runs": runs}
+
+    def _create_and_start(self, spec: ContainerSpec, image_id: str) -> str:
+        from docker.types import LogConfig
+        from docker.types import Mount as DockerMount
+
+        host = dict(spec.host_config)
+        if "log_config" in host:
+            host["log_config"] = LogConfig(**host["log_config"])
+        host_config = self.client.create_host_config(
+            mounts=[
+                DockerMount(target=m.target, source=m.source, type="bind", read_only=m.read_only)
+                for m in spec.mounts
+            ],
+            auto_remove=False,
+            **host,
+        )
+        created = self.client.create_container(
+            image_id,  # the id resolved from the project's image: the tag can't move under us
+            command=list(spec.command) if spec.command else None,
+            name=spec.name,
+            user=spec.user,
+            working_dir=spec.working_dir,
+            hostname=spec.hostname,
+            environment=dict(spec.environment),
+            labels=dict(spec.labels),
+            host_config=host_config,
+            network_disabled=spec.network == "none",
+        )
+        try:
+            self.client.start(created["Id"])
+        except Exception:
+            self.client.remove_container(created["Id"], force=True)
+            raise
+        return created["Id"]
+
+
+# ----------------------------------------------------------------------------- HTTP
+
+
+class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+    broker: Broker
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
+        log.debug(format, *args)
+
+    def address_string(self) -> str:
+        return "unix"
+
+    def _answer(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 (the base's name)
+        if self.path == "/v1/health":
+            self._answer(200, {"ok": True})
+        else:
+            self._answer(405, {"error": "The broker answers POST /v1/<action> only."})
+
+    def do_POST(self) -> None:  # noqa: N802
+        broker = self.server.broker
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            self.close_connection = True
+            self._answer(413, {"error": f"The request body must be 0 to {MAX_BODY} bytes."})
+            return
+        raw = self.rfile.read(length)
+        if not self.path.startswith("/v1/"):
+            self._answer(404, {"error": "The broker answers POST /v1/<action> only."})
+            return
+        action = self.path[len("/v1/") :]
+        try:
+            body = json.loads(raw or b"{}")
+        except (ValueError, UnicodeDecodeError):
+            body = None  # refused by the policy: "must be a JSON object"
+        status, answer = broker.handle(self.headers.get("Authorization"), action, body)
+        self._answer(status, answer)
+
+
+def serve(broker: Broker, socket_path: Path) -> _Server:
+    """Listen on ``socket_path`` (replaced if left by an earlier broker); return the server."""
+    try:
+        if stat.S_ISSOCK(os.lstat(socket_path).st_mode):
+            socket_path.unlink()
+    except FileNotFoundError:
+        pass
+    server = _Server(str(socket_path), _Handler)
+    # callers run as other uids: the socket is open to them, each request needs a secret
+    os.chmod(socket_path, 0o666)
+    server.broker = broker
+    return server
+
+
+def read_secret_file(path: Path) -> str:
+    """A caller's secret; refuses a file others may read."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        raise SystemExit(f"havre-broker: {path} must be readable by its owner only ({mode:o})")
+    return path.read_text().strip()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point ``havre-broker``."""
+    parser = argparse.ArgumentParser(
+        prog="havre-broker",
+        description="The spawn broker: the only holder of the Docker socket (started by "
+        "`havre up` in a container with no network).",
+    )
+    parser.add_argument("--config", required=True, help="the enclave config file (read live)")
+    parser.add_argument("--socket", required=True, help="the Unix socket to listen on")
+    parser.add_argument("--audit", required=True, help="the audit log (JSON lines, appended)")
+    parser.add_argument("--hub-secret", required=True, help="file with the hub's secret")
+    parser.add_argument("--runner-secret", required=True, help="file with the runner's secret")
+    parser.add_argument(
+        "--attach",
+        action="append",
+        default=[],
+        help="a container to attach to every project network (the hub, the egress service)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    import docker
+
+    from spawner.config_reload import live_config
+
+    config = live_config(args.config)
+    config.current()  # refuse to start on an invalid config
+    client = docker.APIClient(version="auto", timeout=120)
+    broker = Broker(
+        config,
+        {
+            "hub": read_secret_file(Path(args.hub_secret)),
+            "runner": read_secret_file(Path(args.runner_secret)),
+        },
+        AuditLog(Path(args.audit)),
+        client,
+        attach_containers=args.attach,
+    )
+    server = serve(broker, Path(args.socket))
+    log.info("havre-broker: listening on %s", args.socket)
+    broker.audit.write({"caller": "broker", "action": "broker.start", "result": "ok"})
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        server.server_close()
+        time.sleep(0)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
