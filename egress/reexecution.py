@@ -445,6 +445,12 @@ def _write_owned(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.close(fd)
 
 
+def _data_group(data_path: Path) -> list[str]:
+    """The project's gid (the group owning its data folder), unless it is root's."""
+    gid = os.stat(data_path).st_gid
+    return [str(gid)] if gid not in (0, NOTEBOOK_GID) else []
+
+
 def _chown_fd(fd: int) -> None:
     if os.geteuid() == 0:
         os.fchown(fd, NOTEBOOK_UID, NOTEBOOK_GID)
@@ -744,6 +750,9 @@ def run_notebook(
             _papermill_command(),
             name=f"havre-reexec-{request.project.slug}-{run_id}",
             user=f"{NOTEBOOK_UID}:{NOTEBOOK_GID}",
+            # the data folder's group is the project's (spawner/identities.py): the re-run
+            # reads /data as the project's servers do, and nothing of another project
+            group_add=_data_group(data_path),
             working_dir=HOME,
             hostname=request.project.slug,
             environment={

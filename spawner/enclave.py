@@ -108,7 +108,9 @@ _TOP_KEYS = (
     "notifications",
 )
 _NOTIFICATIONS_KEYS = ("smtp", "address_template")
-_ENCLAVE_KEYS = ("name", "state_dir")
+_ENCLAVE_KEYS = ("name", "state_dir", "uid_base", "uid_count", "project_filesystems")
+#: ``enclave.project_filesystems``: one shared host filesystem, or a loop-mounted image each.
+PROJECT_FILESYSTEMS = ("shared", "loop")
 _IMAGES_KEYS = ("allowed", "default")
 _LIMITS_KEYS = ("cpu", "memory", "pids")
 _PROJECT_KEYS = ("title", "members", "groups", "data_path", "image", "limits")
@@ -117,6 +119,7 @@ _IDENTITY_KEYS = (
     "checker_groups",
     "admin_groups",
     "server_access_groups",
+    "break_glass_minutes",
     "refresh_seconds",
     "membership_check_seconds",
     "oidc",
@@ -139,6 +142,11 @@ PROVIDERS = ("embedded", "oidc")
 CHECKERS_HUB_GROUP = "output-checkers"
 ADMINS_HUB_GROUP = "hub-admins"
 SERVER_ACCESS_HUB_GROUP = "server-access"
+#: Eligible for break glass (the provider lists them in a server-access group): grants nothing
+#: until the user activates it on the hub's break-glass page (see ``spawner.break_glass``).
+BREAK_GLASS_HUB_GROUP = "break-glass"
+#: The longest break-glass window a config may allow, in minutes (one working day).
+BREAK_GLASS_MAX_MINUTES = 480
 
 
 def project_hub_group(slug: str) -> str:
@@ -330,6 +338,7 @@ class IdentityConfig:
     checker_groups: tuple[str, ...] = ("output-checkers",)
     admin_groups: tuple[str, ...] = ("havre-admins",)
     server_access_groups: tuple[str, ...] = ()
+    break_glass_minutes: int = 60
     refresh_seconds: int = 300
     membership_check_seconds: int = 60
     oidc: OidcSettings | None = None
@@ -456,6 +465,13 @@ class EnclaveConfig:
     identity: IdentityConfig = IdentityConfig()
     culling: CullingPolicy = CullingPolicy()
     notifications: NotificationSettings = NotificationSettings()
+    #: Havre's id range: a uid per (user, project) server and a gid per project
+    #: (spawner/identities.py); no host account may use it.
+    uid_base: int = 2_000_000
+    uid_count: int = 1_000_000
+    #: "shared": homes and outputs on the state folder's filesystem; "loop": a loop-mounted
+    #: ext4 image per project (docs/sysadmin/enclave-config.md).
+    project_filesystems: str = "shared"
 
     def __post_init__(self) -> None:
         if not isinstance(self.projects, _FrozenMapping):
@@ -507,13 +523,19 @@ class EnclaveConfig:
         if matches(ident.admin_groups):
             result.append(ADMINS_HUB_GROUP)
         if matches(ident.server_access_groups):
-            result.append(SERVER_ACCESS_HUB_GROUP)
+            # eligible only: server-access itself is given by an activation on the hub
+            result.append(BREAK_GLASS_HUB_GROUP)
         return result
 
     def all_hub_groups(self) -> list[str]:
         """Every hub group Havre may give (the hub's allow-list of groups)."""
         groups = [project_hub_group(slug) for slug in self.projects]
-        return groups + [CHECKERS_HUB_GROUP, ADMINS_HUB_GROUP, SERVER_ACCESS_HUB_GROUP]
+        return groups + [
+            CHECKERS_HUB_GROUP,
+            ADMINS_HUB_GROUP,
+            BREAK_GLASS_HUB_GROUP,
+            SERVER_ACCESS_HUB_GROUP,
+        ]
 
     def project(self, slug: str) -> Project:
         """The project ``slug``; raises :class:`UnknownProjectError` (a ``KeyError``)."""
@@ -765,6 +787,28 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
         if state_dir is not None and state_dir == Path("/"):
             p.add("enclave.state_dir", "must not be the filesystem root", str(state_dir))
             state_dir = None
+    uid_base, uid_count = 2_000_000, 1_000_000
+    for key in ("uid_base", "uid_count"):
+        value = enclave.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            p.add(f"enclave.{key}", "must be a positive whole number", value)
+        elif key == "uid_base":
+            uid_base = value
+        else:
+            uid_count = value
+    if uid_base < 65_536:
+        p.add("enclave.uid_base", "must be at least 65536 (host accounts live below)", uid_base)
+    elif uid_base + uid_count > 2**32 - 1:
+        p.add("enclave.uid_count", "the range must end below 4294967295", uid_count)
+    project_filesystems = "shared"
+    if enclave.get("project_filesystems") is not None:
+        value = enclave["project_filesystems"]
+        if value not in PROJECT_FILESYSTEMS:
+            p.add("enclave.project_filesystems", f"must be one of {PROJECT_FILESYSTEMS}", value)
+        else:
+            project_filesystems = value
 
     # images:
     images = _section(p, data, "images", "", _IMAGES_KEYS)
@@ -885,6 +929,9 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
         identity=identity,
         culling=culling,
         notifications=notifications,
+        uid_base=uid_base,
+        uid_count=uid_count,
+        project_filesystems=project_filesystems,
     )
 
 
@@ -938,6 +985,18 @@ def _identity(p: _Problems, raw: Mapping[Any, Any]) -> IdentityConfig:
     if raw.get("admin_groups") is not None:
         admin_groups = _group_names(p, raw["admin_groups"], "identity.admin_groups")
     access = _group_names(p, raw.get("server_access_groups"), "identity.server_access_groups")
+    minutes = raw.get("break_glass_minutes", base.break_glass_minutes)
+    if (
+        isinstance(minutes, bool)
+        or not isinstance(minutes, int)
+        or not 1 <= minutes <= BREAK_GLASS_MAX_MINUTES
+    ):
+        p.add(
+            "identity.break_glass_minutes",
+            f"must be a whole number of minutes from 1 to {BREAK_GLASS_MAX_MINUTES}",
+            minutes,
+        )
+        minutes = base.break_glass_minutes
     oidc = None
     raw_oidc = _section(p, raw, "oidc", "identity", _OIDC_KEYS)
     if provider == "oidc":
@@ -983,6 +1042,7 @@ def _identity(p: _Problems, raw: Mapping[Any, Any]) -> IdentityConfig:
         checker_groups=checker_groups,
         admin_groups=admin_groups,
         server_access_groups=access,
+        break_glass_minutes=minutes,
         refresh_seconds=_seconds(p, raw, "refresh_seconds", "identity", base.refresh_seconds),
         membership_check_seconds=_seconds(
             p, raw, "membership_check_seconds", "identity", base.membership_check_seconds
@@ -1292,7 +1352,17 @@ def dump_enclave_config(cfg: EnclaveConfig) -> str:
             },
         }
     doc = {
-        "enclave": {"name": cfg.name, "state_dir": str(cfg.state_dir)},
+        "enclave": {
+            "name": cfg.name,
+            "state_dir": str(cfg.state_dir),
+            **({"uid_base": cfg.uid_base} if cfg.uid_base != 2_000_000 else {}),
+            **({"uid_count": cfg.uid_count} if cfg.uid_count != 1_000_000 else {}),
+            **(
+                {"project_filesystems": cfg.project_filesystems}
+                if cfg.project_filesystems != "shared"
+                else {}
+            ),
+        },
         "images": {"allowed": list(cfg.allowed_images), "default": cfg.default_image},
         "projects": projects,
         "output_checkers": sorted(cfg.output_checkers),
@@ -1323,6 +1393,7 @@ def _identity_doc(ident: IdentityConfig) -> dict[str, Any]:
         "checker_groups": list(ident.checker_groups),
         "admin_groups": list(ident.admin_groups),
         "server_access_groups": list(ident.server_access_groups),
+        "break_glass_minutes": ident.break_glass_minutes,
         "refresh_seconds": ident.refresh_seconds,
         "membership_check_seconds": ident.membership_check_seconds,
     }

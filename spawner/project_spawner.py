@@ -28,6 +28,16 @@ from traitlets import Dict, Int, List, Unicode, default
 from spawner.config_reload import live_config
 from spawner.download_guard import ensure_guard
 from spawner.enclave import EnclaveConfig, EnclaveConfigError, Project
+from spawner.identities import (
+    LEGACY_UID,
+    Identity,
+    apply_rule,
+    home_plan,
+    locked_table,
+    migrate_tree,
+    project_plan,
+    table_path,
+)
 from spawner.networks import project_network_is_closed, project_network_options
 
 _network_locks: dict[str, asyncio.Lock] = {}
@@ -72,15 +82,28 @@ class ProjectSpawner(DockerSpawner):
     )
 
     notebook_uid = Int(
-        1000,
+        LEGACY_UID,
         config=True,
-        help="Numeric user id the notebook runs as (never 0); owns the home folder.",
+        help="""The uid every notebook server ran as before per-server identities.
+
+        Servers now run as a uid of their own (spawner/identities.py); a home still owned by
+        this uid is given to the server's uid at its next start.
+        """,
     )
 
     notebook_gid = Int(
-        1000,
+        LEGACY_UID,
         config=True,
-        help="Numeric group id the notebook runs as; owns the home folder.",
+        help="The gid every notebook server ran as before per-server identities.",
+    )
+
+    identity_table_reader_gid = Int(
+        1001,
+        config=True,
+        help="""Group that may read the identity table (uid -> user), besides root.
+
+        The egress service's gid: it names the owner of each file in a release request.
+        """,
     )
 
     home_mount_point = Unicode(
@@ -331,19 +354,38 @@ class ProjectSpawner(DockerSpawner):
                             raise
         return name
 
+    def server_identity(self, project: Project) -> Identity:
+        """The uid and project gid this (user, project) server runs as (spawner/identities.py).
+
+        Allocated on the first start and kept in ``<state_dir>/identities/table.json``; the
+        range was checked against the host's accounts by ``havre up`` (``prepare_state``).
+        """
+        enclave = self.enclave
+        with locked_table(
+            table_path(enclave.state_dir),
+            base=enclave.uid_base,
+            size=enclave.uid_count,
+            reader_gid=self.identity_table_reader_gid,
+        ) as table:
+            return table.identity(self.user.name, project.slug)
+
     def prepare_folders(self, project: Project) -> tuple[Path, Path]:
-        """Create the user's home and the project's outputs folder (kept across stops)."""
+        """Create the user's home and the project's outputs folder (kept across stops), owned
+        as :func:`spawner.identities.project_plan` and :func:`~spawner.identities.home_plan`
+        say; a home made by the legacy uid 1000 is given to the server's own uid."""
+        ident = self.server_identity(project)
+        self.identity = ident
         home = self.enclave.home_dir(project.slug, self.user.name)
         outputs = self.enclave.outputs_dir(project.slug)
-        for folder in (home, outputs):
-            if not folder.exists():
-                folder.mkdir(parents=True, mode=0o750)
-                os.chown(folder, self.notebook_uid, self.notebook_gid)
-        # the mount point of outputs inside the home, so Docker doesn't create it as root
-        mount_point = home / "outputs"
-        if not mount_point.exists():
-            mount_point.mkdir(mode=0o750)
-            os.chown(mount_point, self.notebook_uid, self.notebook_gid)
+        project_dir = self.enclave.project_dir(project.slug)
+        for rule in project_plan(project_dir, project.data_path, ident.gid):
+            if rule.files_mode is None:  # the data tree is set by havre up, not per spawn
+                apply_rule(rule)
+        if home.is_dir() and os.lstat(home).st_uid == self.notebook_uid != ident.uid:
+            moved = migrate_tree(home, self.notebook_uid, ident)
+            self.log.info("Gave %s entries of %s to uid %s", moved, home, ident.uid)
+        for rule in home_plan(home, ident):
+            apply_rule(rule)
         return home, outputs
 
     def hardened_host_config(self, project: Project, dns: str | None = None) -> dict[str, Any]:
@@ -477,13 +519,14 @@ class ProjectSpawner(DockerSpawner):
         self.cpu_limit = project.limits.cpu
         self.extra_host_config = self.hardened_host_config(project, dns=gateway)
         self.extra_create_kwargs = {
-            "user": f"{self.notebook_uid}:{self.notebook_gid}",
+            "user": f"{self.identity.uid}:{self.identity.gid}",
             "working_dir": self.home_mount_point,
             "hostname": project.slug,
             "labels": {
                 "havre.enclave": self.enclave.name,
                 "havre.project": project.slug,
                 "havre.user": self.user.name,
+                "havre.uid": str(self.identity.uid),
             },
         }
         self.log.info(

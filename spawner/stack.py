@@ -155,16 +155,45 @@ def prepare_state(enclave: EnclaveConfig, changes: list[str] | None = None) -> N
     egress_dir = state / "egress"
     egress_dir.mkdir(mode=0o700, exist_ok=True)
     os.chown(egress_dir, EGRESS_UID, EGRESS_UID)
+    prepare_identities(enclave, changes)
+
+
+def prepare_identities(enclave: EnclaveConfig, changes: list[str]) -> None:
+    """Check Havre's id range against the host's accounts, give each project its group, and
+    set the projects' folders as :func:`spawner.identities.project_plan` says (data readable
+    by the project's group only; legacy outputs files keep their uid, join the group)."""
+    from spawner.identities import (
+        apply_rule,
+        locked_table,
+        project_plan,
+        range_problems,
+        read_host_ids,
+        table_path,
+    )
+
+    host = read_host_ids()
+    problems = range_problems(enclave.uid_base, enclave.uid_count, host)
+    if problems:
+        raise StackError("Havre's id range can't be used: " + "; ".join(problems) + ".")
+    with locked_table(
+        table_path(enclave.state_dir),
+        base=enclave.uid_base,
+        size=enclave.uid_count,
+        reader_gid=EGRESS_UID,
+    ) as table:
+        gids = {slug: table.project_gid(slug, host) for slug in enclave.projects}
     for slug, project in enclave.projects.items():
+        for rule in project_plan(enclave.project_dir(slug), project.data_path, gids[slug]):
+            existed = rule.path.is_dir()
+            if apply_rule(rule) and existed:
+                changes.append(f"set the owner and mode of {rule.path}")
+            elif not existed:
+                changes.append(f"created {rule.path}")
         outputs = enclave.outputs_dir(slug)
-        homes = enclave.project_dir(slug) / "homes"
-        for folder in (project.data_path, outputs, homes):
-            if not folder.is_dir():
-                changes.append(f"created {folder}")
-            folder.mkdir(parents=True, exist_ok=True)
-        os.chown(outputs, NOTEBOOK_UID, NOTEBOOK_GID)
-        os.chmod(outputs, 0o2770)  # setgid: files stay in the group egress reads with
-        os.chmod(homes, 0o755)
+        for entry in outputs.iterdir():  # made when every server was uid 1000
+            st = entry.lstat()
+            if st.st_gid == NOTEBOOK_GID and not entry.is_symlink():
+                os.lchown(entry, -1, gids[slug])
 
 
 def _config_digest(enclave: EnclaveConfig, *images: str, projects: str = "none") -> str:
@@ -292,7 +321,12 @@ def _start_egress(
 ) -> None:
     name = egress_container_name(enclave)
     digest = _config_digest(
-        enclave, _image_id(client, opts.egress_image), opts.public_url, "reexec-jobs", "no-fwd"
+        enclave,
+        _image_id(client, opts.egress_image),
+        opts.public_url,
+        "reexec-jobs",
+        "no-fwd",
+        "uids",
     )
     if _replace_container(client, name, digest, changes):
         return
@@ -302,8 +336,8 @@ def _start_egress(
         opts.egress_image,
         name=name,
         detach=True,
+        # outputs folders are owned by this uid (spawner/identities.py): no extra group
         user=f"{EGRESS_UID}:{EGRESS_UID}",
-        group_add=[str(NOTEBOOK_GID)],
         network=front_network_name(enclave),
         environment={
             "HAVRE_CONFIG": CONFIG_IN_CONTAINER,
@@ -328,6 +362,12 @@ def _start_egress(
             str(enclave.state_dir / "egress"): {
                 "bind": str(enclave.state_dir / "egress"),
                 "mode": "rw",
+            },
+            # uid -> user, to name the owner of each file in a request (a folder: the table
+            # is replaced by a rename, which a bind mount of the file would not show)
+            str(enclave.state_dir / "identities"): {
+                "bind": str(enclave.state_dir / "identities"),
+                "mode": "ro",
             },
             # the re-execution jobs folder, shared with the runner (egress.reexecution_jobs)
             str(enclave.state_dir / REEXEC_JOBS): {
