@@ -69,7 +69,6 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Literal
 
 import docker
@@ -275,23 +274,13 @@ def notebook_container_config(
 ) -> dict[str, Any]:
     """docker-py host-config arguments of a re-execution container.
 
-    The notebook containers' hardening is not restated here: ``ProjectSpawner``'s own
-    ``hardened_host_config`` is applied (its configurable values at their defaults), so whatever
-    it gains, re-execution gains too; a control it comes to need from spawner configuration that
-    this module doesn't provide fails loudly (``AttributeError``) instead of being dropped. Then
-    the network becomes ``"none"`` and the limits the request's.
+    The notebook containers' hardening is not restated here: the spawn broker's own
+    (:func:`spawner.broker.policy.hardened_host_config`) is applied, so whatever it gains,
+    re-execution gains too. Then the network becomes ``"none"`` and the limits the request's.
     """
-    # Imported here: it pulls in dockerspawner/jupyterhub, needed only when a run starts.
-    from spawner.project_spawner import ProjectSpawner
+    from spawner.broker.policy import hardened_host_config
 
-    traits = ProjectSpawner.class_traits()
-    spawner_defaults = SimpleNamespace(
-        tmp_size=traits["tmp_size"].default_value,
-        dns_sink=traits["dns_sink"].default_value,
-        extra_sysctls={},
-        enclave=SimpleNamespace(network_name=lambda slug: "none"),
-    )
-    config = ProjectSpawner.hardened_host_config(spawner_defaults, project)
+    config = hardened_host_config(project, network="none")
     config.update(
         network_mode="none",
         pids_limit=int(pids),

@@ -4,9 +4,11 @@
 inside the hub container, which the local start command (``havre up``) or Ansible starts with:
 
 * the enclave config at ``$HAVRE_CONFIG``;
-* the enclave state folder mounted at the same path as on the host (so the spawner can make
-  homes and outputs folders that Docker then bind-mounts into notebook containers);
-* the Docker socket (the hub is the enclave's control plane);
+* only its own state (``<state_dir>/hub``: database, cookie secret's folder) and the secrets
+  it reads, at the same paths as on the host; no project data, homes or outputs, no Docker
+  socket: notebook servers are started by the spawn broker (``spawner/broker/``), whose Unix
+  socket folder and the hub's broker secret are mounted (``$HAVRE_BROKER_SOCKET``,
+  ``$HAVRE_BROKER_SECRET``);
 * ``$HAVRE_HUB_CONTAINER``, ``$HAVRE_EGRESS_CONTAINER`` and ``$HAVRE_FRONT_NETWORK`` naming its
   own container, the egress service's and the network the proxy's public port is published on.
 """
@@ -48,8 +50,19 @@ def read_secret(enclave: EnclaveConfig, name: str) -> str:
     return path.read_text().strip()
 
 
+def address_toward(gateway: str) -> str:
+    """This container's own IPv4 address on the network whose gateway is ``gateway``: the
+    source address the kernel picks to reach it (a UDP ``connect`` sends nothing)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect((gateway, 9))
+        return probe.getsockname()[0]
+
+
 def own_front_address(container: str, network: str) -> str:
-    """This container's IPv4 address on the front network, asked of the Docker engine.
+    """This container's IPv4 address on the front network, asked of the Docker engine
+    (only where the hub has the socket; ``havre up`` gives ``$HAVRE_FRONT_GATEWAY`` instead).
 
     The proxy's public port is bound to this address only, so notebook containers (which
     share project networks with the hub) can't reach the proxy.
@@ -97,7 +110,11 @@ def configure_hub(c: Any, environ: Mapping[str, str] = os.environ) -> EnclaveCon
     hub_state = enclave.state_dir / "hub"
 
     # -- hub and proxy
-    front_ip = environ.get("HAVRE_PROXY_BIND_IP") or own_front_address(hub_container, front_network)
+    front_ip = environ.get("HAVRE_PROXY_BIND_IP") or (
+        address_toward(environ["HAVRE_FRONT_GATEWAY"])
+        if environ.get("HAVRE_FRONT_GATEWAY")
+        else own_front_address(hub_container, front_network)
+    )
     c.JupyterHub.bind_url = f"http://{front_ip}:{PROXY_PORT}/"
     c.JupyterHub.hub_bind_url = f"http://0.0.0.0:{HUB_PORT}"
     c.JupyterHub.hub_connect_url = f"http://{hub_container}:{HUB_PORT}"
@@ -128,8 +145,13 @@ def configure_hub(c: Any, environ: Mapping[str, str] = os.environ) -> EnclaveCon
     # -- spawner
     c.JupyterHub.spawner_class = "spawner.project_spawner.ProjectSpawner"
     c.ProjectSpawner.enclave_config_path = str(enclave.source)
-    c.ProjectSpawner.prefix = enclave.name
-    c.ProjectSpawner.attach_containers = [hub_container, egress_container]
+    # the spawn broker starts the servers (the hub has no Docker socket)
+    c.ProjectSpawner.broker_socket = environ.get(
+        "HAVRE_BROKER_SOCKET", "/run/havre-broker/broker.sock"
+    )
+    c.ProjectSpawner.broker_secret_file = environ.get(
+        "HAVRE_BROKER_SECRET", str(secrets_dir(enclave) / "broker-hub")
+    )
     c.ProjectSpawner.start_timeout = 120
     c.ProjectSpawner.http_timeout = 60
     c.ProjectSpawner.debug = False

@@ -1,15 +1,20 @@
-"""ProjectSpawner: one hardened notebook container per user and project.
+"""ProjectSpawner: one hardened notebook container per user and project, through the broker.
 
 A JupyterHub *named server* is a project: ``/user/<name>/<project-slug>/``. The spawner
 
-* refuses, before anything is created, a server for a project the user is not a member of
-  (fail closed: an unknown project, an empty server name, an unreadable config all refuse);
-* puts the container on the project's own ``internal`` Docker network (made on demand, with no
-  address for the host on it) and attaches the hub and the egress service to that network;
-* hardens the container (no capabilities, no-new-privileges, read-only root filesystem, non-root
-  user, pids/memory/CPU limits, no IPv6, no ICMP sockets, DNS that answers only local names);
-* mounts the project's data read-only at ``/data``, a persistent home per user and project, and
-  the project's ``outputs`` folder (the only path toward release).
+* refuses, before anything is asked of the broker, a server for a project the user is not a
+  member of (fail closed: an unknown project, an empty server name, an unreadable config all
+  refuse);
+* asks the **spawn broker** (:mod:`spawner.broker`, the only holder of the Docker socket) to
+  start, stop and inspect the server; the broker re-checks membership and builds the whole
+  container itself from the enclave config: the project's own ``internal`` network (made on
+  demand, with no address for the host on it, the hub and the egress service attached), the
+  hardening (no capabilities, no-new-privileges, Havre's seccomp profile, read-only root
+  filesystem, the server's own uid, pids/memory/CPU limits, no IPv6, no ICMP sockets, DNS that
+  answers only local names) and the mounts (the project's data read-only at ``/data``, a
+  persistent home per user and project, the project's ``outputs`` folder). The hub sends only
+  who and which project, the user's hub groups and JupyterHub's own environment variables;
+* puts Havre's download guard (in this process) in front of the server.
 """
 
 from __future__ import annotations
@@ -17,34 +22,21 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from pathlib import Path
 from typing import Any
 
-import docker.errors
-from dockerspawner import DockerSpawner
-from jupyterhub.spawner import SpawnException
-from traitlets import Dict, Int, List, Unicode, default
+from jupyterhub.spawner import Spawner, SpawnException
+from traitlets import Int, Unicode, default
 
+from spawner.broker.client import BrokerClient, BrokerError
+from spawner.broker.policy import SERVER_PORT, hardened_host_config
+from spawner.broker.policy import pinned_jupyter_env as pinned_jupyter_env
 from spawner.config_reload import live_config
 from spawner.download_guard import ensure_guard
 from spawner.enclave import EnclaveConfig, EnclaveConfigError, Project
-from spawner.identities import (
-    LEGACY_UID,
-    Identity,
-    apply_rule,
-    home_plan,
-    locked_table,
-    migrate_tree,
-    project_plan,
-    table_path,
-)
-from spawner.networks import project_network_is_closed, project_network_options
-
-_network_locks: dict[str, asyncio.Lock] = {}
 
 
-class ProjectSpawner(DockerSpawner):
-    """Spawn a hardened per-project notebook container (a DockerSpawner)."""
+class ProjectSpawner(Spawner):
+    """Spawn a hardened per-project notebook container through the spawn broker."""
 
     enclave_config_path = Unicode(
         os.environ.get("HAVRE_CONFIG", "/etc/havre/enclave.yaml"),
@@ -56,72 +48,22 @@ class ProjectSpawner(DockerSpawner):
         """,
     )
 
-    attach_containers = List(
-        Unicode(),
+    broker_socket = Unicode(
+        "/run/havre-broker/broker.sock",
         config=True,
-        help="""Names of the containers to attach to every project network.
-
-        The hub (with its proxy) and the egress service: a notebook container reaches them
-        by name on its project network, and reaches nothing else.
+        help="""Unix socket of the spawn broker (spawner/broker/), the only holder of the
+        Docker socket: the hub asks it to start, stop and inspect servers, and it builds every
+        container from the enclave config (the hub passes no container specification).
         """,
     )
 
-    dns_sink = Unicode(
-        "",
+    broker_secret_file = Unicode(
+        "/run/havre-broker-secret/hub",
         config=True,
-        help="""Upstream DNS server given to notebook containers ("": the project network's
-        gateway address, which nothing has, since the network is made with no host address).
+        help="""File holding the hub's own broker secret (made by `havre up`, mode 0600).
 
-        Docker's embedded resolver still answers the names of containers on the project
-        network (the hub, the egress service), but forwards every other name to this
-        address, from the container's own network namespace, where nothing answers. This
-        closes the outside-name lookup channel, including CVE-2024-29018 (Docker Engine
-        before 26.0.2 forwards lookups of internal-network containers from the host's
-        namespace when the host resolver is on a loopback address).
+        The broker lets this secret start, stop and inspect notebook servers only.
         """,
-    )
-
-    notebook_uid = Int(
-        LEGACY_UID,
-        config=True,
-        help="""The uid every notebook server ran as before per-server identities.
-
-        Servers now run as a uid of their own (spawner/identities.py); a home still owned by
-        this uid is given to the server's uid at its next start.
-        """,
-    )
-
-    notebook_gid = Int(
-        LEGACY_UID,
-        config=True,
-        help="The gid every notebook server ran as before per-server identities.",
-    )
-
-    identity_table_reader_gid = Int(
-        1001,
-        config=True,
-        help="""Group that may read the identity table (uid -> user), besides root.
-
-        The egress service's gid: it names the owner of each file in a release request.
-        """,
-    )
-
-    home_mount_point = Unicode(
-        "/home/researcher",
-        config=True,
-        help="Where the user's persistent per-project home is mounted in the container.",
-    )
-
-    data_mount_point = Unicode(
-        "/data",
-        config=True,
-        help="Where the project's data is mounted, read-only, in the container.",
-    )
-
-    tmp_size = Unicode(
-        "512m",
-        config=True,
-        help="Size of the tmpfs mounted at /tmp (the root filesystem is read-only).",
     )
 
     membership_check_interval = Int(
@@ -135,11 +77,6 @@ class ProjectSpawner(DockerSpawner):
         loses access within this interval plus the hub's poll interval (30 s).
         0 turns the check off.
         """,
-    )
-
-    extra_sysctls = Dict(
-        config=True,
-        help="Extra namespaced sysctls for notebook containers, merged over Havre's.",
     )
 
     download_guard_address = Unicode(
@@ -160,22 +97,17 @@ class ProjectSpawner(DockerSpawner):
         help="Port of the download guard on download_guard_address.",
     )
 
-    @default("remove")
-    def _default_remove(self) -> bool:
-        return True
+    @default("ip")
+    def _default_ip(self) -> str:
+        return "0.0.0.0"  # inside the container; the hub reaches it on the project network
 
-    @default("pull_policy")
-    def _default_pull_policy(self) -> str:
-        return "never"
+    @default("port")
+    def _default_port(self) -> int:
+        return SERVER_PORT
 
-    @default("use_internal_ip")
-    def _default_use_internal_ip(self) -> bool:
-        return True
-
-    @default("name_template")
-    def _default_name_template(self) -> str:
-        # Escaped username + project; "--" never occurs in an escaped name.
-        return "{prefix}-nb-{username}--{servername}"
+    @default("env_keep")
+    def _default_env_keep(self) -> list[str]:
+        return []  # nothing of the hub's own environment
 
     # ------------------------------------------------------------------ config
 
@@ -250,9 +182,31 @@ class ProjectSpawner(DockerSpawner):
         answers = getattr(self.authenticator, "provider_answers", None)
         return True if answers is None else await answers()
 
+    async def container_status(self) -> int | None:
+        """None while the server's container runs; else its exit code (0 when absent).
+
+        A broker that doesn't answer (restarting) leaves the server running: its users did
+        nothing wrong, and the next poll asks again.
+        """
+        if not self.name:
+            return 0
+        try:
+            answer = await asyncio.to_thread(
+                self.broker().call, "server.inspect", user=self.user.name, project=self.name
+            )
+        except BrokerError as err:
+            if err.status >= 500:
+                self.log.warning("Broker unavailable for %s's poll: %s", self.user.name, err)
+                return None
+            raise
+        if answer.get("state") == "running":
+            return None
+        code = answer.get("exit_code")
+        return int(code) if isinstance(code, int) else 0
+
     async def poll(self) -> int | None:
         """Docker's answer, and a stop when the user has left the project (see help)."""
-        status = await super().poll()
+        status = await self.container_status()
         if status is not None or not self.membership_check_interval or not self.name:
             return status
         now = time.monotonic()
@@ -312,135 +266,37 @@ class ProjectSpawner(DockerSpawner):
 
         asyncio.ensure_future(forget())
 
-    # ------------------------------------------------------------------ docker
+    # ------------------------------------------------------------------ broker
 
-    async def ensure_project_network(self, project: Project) -> str:
-        """Create the project's internal network if needed and attach the hub and egress."""
-        name = self.enclave.network_name(project.slug)
-        lock = _network_locks.setdefault(name, asyncio.Lock())
-        async with lock:
-            try:
-                attrs = await self.docker("inspect_network", name)
-            except docker.errors.NotFound:
-                self.log.info("Creating internal network %s", name)
-                await self.docker(
-                    "create_network",
-                    name,
-                    driver="bridge",
-                    internal=True,
-                    enable_ipv6=False,
-                    check_duplicate=True,
-                    options=project_network_options(name),
-                    labels={
-                        "havre.enclave": self.enclave.name,
-                        "havre.project": project.slug,
-                    },
-                )
-                attrs = await self.docker("inspect_network", name)
-            if not project_network_is_closed(attrs):
-                raise SpawnException(
-                    f"Network {name} exists but is not an internal network with no host "
-                    "address; refusing to start on it. Remove it and try again.",
-                    reason="network",
-                    status_code=500,
-                )
-            connected = {c.get("Name") for c in (attrs.get("Containers") or {}).values()}
-            for container in self.attach_containers:
-                if container not in connected:
-                    try:
-                        await self.docker("connect_container_to_network", container, name)
-                    except docker.errors.APIError as err:
-                        if "already exists" not in str(err):
-                            raise
-        return name
+    def broker(self) -> BrokerClient:
+        """The hub's client of the spawn broker."""
+        return BrokerClient(
+            self.broker_socket, secret_file=self.broker_secret_file, timeout=self.start_timeout
+        )
 
-    def server_identity(self, project: Project) -> Identity:
-        """The uid and project gid this (user, project) server runs as (spawner/identities.py).
-
-        Allocated on the first start and kept in ``<state_dir>/identities/table.json``; the
-        range was checked against the host's accounts by ``havre up`` (``prepare_state``).
-        """
-        enclave = self.enclave
-        with locked_table(
-            table_path(enclave.state_dir),
-            base=enclave.uid_base,
-            size=enclave.uid_count,
-            reader_gid=self.identity_table_reader_gid,
-        ) as table:
-            return table.identity(self.user.name, project.slug)
-
-    def prepare_folders(self, project: Project) -> tuple[Path, Path]:
-        """Create the user's home and the project's outputs folder (kept across stops), owned
-        as :func:`spawner.identities.project_plan` and :func:`~spawner.identities.home_plan`
-        say; a home made by the legacy uid 1000 is given to the server's own uid."""
-        ident = self.server_identity(project)
-        self.identity = ident
-        home = self.enclave.home_dir(project.slug, self.user.name)
-        outputs = self.enclave.outputs_dir(project.slug)
-        project_dir = self.enclave.project_dir(project.slug)
-        for rule in project_plan(project_dir, project.data_path, ident.gid):
-            if rule.files_mode is None:  # the data tree is set by havre up, not per spawn
-                apply_rule(rule)
-        if home.is_dir() and os.lstat(home).st_uid == self.notebook_uid != ident.uid:
-            moved = migrate_tree(home, self.notebook_uid, ident)
-            self.log.info("Gave %s entries of %s to uid %s", moved, home, ident.uid)
-        for rule in home_plan(home, ident):
-            apply_rule(rule)
-        return home, outputs
+    async def broker_call(self, action: str, **fields: Any) -> dict[str, Any]:
+        """One broker call from a worker thread; a refusal becomes a SpawnException with
+        the broker's sentence."""
+        try:
+            return await asyncio.to_thread(self.broker().call, action, **fields)
+        except BrokerError as err:
+            raise SpawnException(err.message, reason="broker", status_code=err.status) from None
 
     def hardened_host_config(self, project: Project, dns: str | None = None) -> dict[str, Any]:
-        """The docker-py HostConfig arguments every notebook container gets."""
-        from spawner.seccomp import security_opt as seccomp_security_opt
-
-        sysctls = {
-            "net.ipv6.conf.all.disable_ipv6": "1",
-            "net.ipv6.conf.default.disable_ipv6": "1",
-            # no unprivileged ICMP sockets (Docker 20.10 allows them to every gid)
-            "net.ipv4.ping_group_range": "1 0",
-        }
-        sysctls.update(self.extra_sysctls)
-        return {
-            "cap_drop": ["ALL"],
-            # Havre's own seccomp allow-list (spawner/seccomp/notebook.json), not Docker's
-            "security_opt": ["no-new-privileges:true", seccomp_security_opt()],
-            "read_only": True,
-            "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={self.tmp_size},mode=1777"},
-            "pids_limit": project.limits.pids,
-            "memswap_limit": project.limits.memory_bytes,
-            "dns": [dns or self.dns_sink or "127.0.0.1"],
-            "dns_search": ["."],
-            "sysctls": sysctls,
-            "ipc_mode": "private",
-            "privileged": False,
-            "network_mode": self.enclave.network_name(project.slug),
-        }
-
-    async def check_image_present(self, image: str) -> None:
-        """Refuse with a clear message when the project's image isn't on this host."""
-        try:
-            await self.docker("inspect_image", image)
-        except docker.errors.ImageNotFound:
-            raise SpawnException(
-                f"Image {image} is not on this host (Havre never pulls at spawn time); "
-                "ask the administrator to build or load it.",
-                reason="image-missing",
-                status_code=503,
-            ) from None
+        """The HostConfig arguments the broker gives this project's notebook containers
+        (:func:`spawner.broker.policy.hardened_host_config`; for inspection and tests)."""
+        network = self.enclave.network_name(project.slug)
+        return hardened_host_config(project, network=network, dns=dns or "")
 
     def get_env(self) -> dict[str, str]:
+        """JupyterHub's variables for the server (its API token, URLs, OAuth client); the
+        broker adds Havre's and the pinned Jupyter paths (:mod:`spawner.broker.policy`)."""
         env = super().get_env()
-        project = self.enclave.project(self.name)
-        env.update(
-            {
-                "HAVRE_PROJECT": project.slug,
-                "HAVRE_PROJECT_TITLE": project.title,
-                "HAVRE_OUTPUTS_DIR": f"{self.home_mount_point}/outputs",
-                "HAVRE_DATA_DIR": self.data_mount_point,
-                "HOME": self.home_mount_point,
-            }
-        )
-        env.update(pinned_jupyter_env(self.home_mount_point))
-        return env
+        return {
+            k: v
+            for k, v in env.items()
+            if isinstance(v, str) and (k.startswith("JUPYTERHUB_") or k == "JPY_API_TOKEN")
+        }
 
     # ------------------------------------------------------------------ progress, guard
 
@@ -481,65 +337,63 @@ class ProjectSpawner(DockerSpawner):
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
+        if getattr(self, "container_id", ""):
+            state["container_id"] = self.container_id
         if getattr(self, "guard_target", ""):
             state["guard_target"] = self.guard_target
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
         super().load_state(state)
+        self.container_id = (state or {}).get("container_id", "")
         target = state.get("guard_target") if state else None
         if target and self.guard_prefix() is not None:
             # the hub restarted with this server running: its route points at the guard
             self.guard_server(target)
 
+    def clear_state(self) -> None:
+        super().clear_state()
+        self.container_id = ""
+
     async def stop(self, now: bool = False) -> None:
         if getattr(self, "guard_target", ""):
             self.unguard_server()
-        await super().stop(now=now)
+        await self.broker_call("server.stop", user=self.user.name, project=self.name)
+        self.clear_state()
 
     async def start(self) -> str:
         self._progress_events = []
         self.report(5, f"Checking that you are a member of project {self.name!r}")
         project = self.authorize_project()
-        await self.check_image_present(project.image)
-        self.image = project.image
         self.report(20, "Preparing the project's closed network")
-        self.network_name = await self.ensure_project_network(project)
-        network = await self.docker("inspect_network", self.network_name)
-        gateway = (network.get("IPAM", {}).get("Config") or [{}])[0].get("Gateway", "")
-        home, outputs = await asyncio.get_running_loop().run_in_executor(
-            None, self.prepare_folders, project
-        )
-        self.volumes = {
-            str(home): {"bind": self.home_mount_point, "mode": "rw"},
-            str(outputs): {"bind": f"{self.home_mount_point}/outputs", "mode": "rw"},
-            str(project.data_path): {"bind": self.data_mount_point, "mode": "ro"},
-        }
-        self.mem_limit = project.limits.memory_bytes
-        self.cpu_limit = project.limits.cpu
-        self.extra_host_config = self.hardened_host_config(project, dns=gateway)
-        self.extra_create_kwargs = {
-            "user": f"{self.identity.uid}:{self.identity.gid}",
-            "working_dir": self.home_mount_point,
-            "hostname": project.slug,
-            "labels": {
-                "havre.enclave": self.enclave.name,
-                "havre.project": project.slug,
-                "havre.user": self.user.name,
-                "havre.uid": str(self.identity.uid),
-            },
+        request = {
+            "user": self.user.name,
+            "project": project.slug,
+            "groups": [g for g in self.hub_group_names() if g in self.enclave.all_hub_groups()],
+            "env": self.get_env(),
         }
         self.log.info(
-            "Starting %s for project %s on %s (membership checked every %s s, polled every %s s)",
+            "Starting %s for project %s through the broker (membership checked every %s s, "
+            "polled every %s s)",
             self.user.name,
             project.slug,
-            self.network_name,
             self.membership_check_interval,
             self.poll_interval,
         )
         self._membership_checked_at = time.monotonic()
         self.report(40, "Starting your hardened container (no network out, data read-only)")
-        ip, port = await super().start()
+        try:
+            answer = await asyncio.to_thread(self.broker().call, "server.start", **request)
+        except BrokerError as err:
+            if err.status != 409 or "already has a running server" not in err.message:
+                raise SpawnException(err.message, reason="broker", status_code=err.status) from None
+            # the hub lost track of a server it started (its database was restored): the
+            # user's own, stopped and started again, as DockerSpawner did
+            self.log.warning("Replacing %s's untracked server in %s", self.user.name, self.name)
+            await self.broker_call("server.stop", user=self.user.name, project=project.slug)
+            answer = await self.broker_call("server.start", **request)
+        self.container_id = answer.get("id", "")
+        ip, port = answer["ip"], int(answer["port"])
         self.report(70, "Waiting for JupyterLab, which opens behind Havre's download guard")
         await self.wait_listening(ip, port)
         return self.guard_server(f"http://{ip}:{port}")
@@ -563,36 +417,6 @@ class ProjectSpawner(DockerSpawner):
                 continue
             writer.close()
             return
-
-
-def pinned_jupyter_env(home: str) -> dict[str, str]:
-    """The environment that makes a notebook server take its configuration from the image only.
-
-    Jupyter reads config files (``jupyter_server_config.py`` is code run in the server), server
-    extensions, kernelspecs, lab extensions and static paths from a user config folder
-    (``~/.jupyter``), a user data folder (``~/.local/share/jupyter``), ``JUPYTER_PATH`` and
-    ``JUPYTER_CONFIG_PATH``, all writable by the researcher. Here the user folders are empty,
-    read-only folders of the image (``images/notebook/Dockerfile``), the extra paths are empty,
-    the environment's folders (the image's venv) come first, Python's user site is off, and
-    every route of the server requires a login unless its handler says otherwise. JupyterLab's
-    own settings and workspaces (JSON read by the browser) stay in the home.
-    """
-    return {
-        "JUPYTER_CONFIG_DIR": "/opt/havre/jupyter/config",
-        "JUPYTER_DATA_DIR": "/opt/havre/jupyter/data",
-        "JUPYTER_CONFIG_PATH": "",
-        "JUPYTER_PATH": "",
-        "JUPYTER_PREFER_ENV_PATH": "1",
-        "JUPYTER_PLATFORM_DIRS": "0",
-        "JUPYTER_RUNTIME_DIR": "/tmp/jupyter-runtime",
-        "JUPYTERLAB_DIR": "/opt/havre/venv/share/jupyter/lab",
-        "JUPYTERLAB_SETTINGS_DIR": f"{home}/.jupyter/lab/user-settings",
-        "JUPYTERLAB_WORKSPACES_DIR": f"{home}/.jupyter/lab/workspaces",
-        "JUPYTER_SERVER_ALLOW_UNAUTHENTICATED_ACCESS": "false",
-        "PYTHONNOUSERSITE": "1",
-        "PYTHONPATH": "",
-        "PYTHONSTARTUP": "",
-    }
 
 
 def _load_cached(path: str) -> EnclaveConfig:

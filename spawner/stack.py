@@ -39,6 +39,8 @@ from spawner.ports import EGRESS_PORT, PROXY_PORT
 NOTEBOOK_UID = 1000
 NOTEBOOK_GID = 1000
 EGRESS_UID = 1001
+#: The hub runs as this uid (not root): it owns only its state folder and its secrets.
+HUB_UID = 1002
 #: the published config's folder (spawner/config_reload.py), mounted read-only: a folder, so a
 #: replaced config shows in the running containers, which re-read it (no restart)
 LIVE_CONFIG_IN_CONTAINER = "/etc/havre/live"
@@ -50,7 +52,25 @@ SECRETS = (
     "jupyterhub-crypt-key",
     "idp-client-jupyterhub",
     "idp-admin-token",
+    "broker-hub",
+    "broker-runner",
 )
+#: The secrets the hub reads: copied for its uid into ``<state_dir>/hub-secrets``, mounted
+#: read-only where the hub looks for them (``<state_dir>/secrets``) - none of the others.
+HUB_SECRETS = (
+    "cookie-secret",
+    "proxy-auth-token",
+    "egress-api-token",
+    "jupyterhub-crypt-key",
+    "idp-client-jupyterhub",
+    "broker-hub",
+)
+#: The spawn broker's folders under the state folder: its audit log (the broker only) and its
+#: socket (mounted into the broker, the hub and the runner at BROKER_SOCKET_DIR).
+BROKER_DIR = "broker"
+BROKER_SOCKET_SUBDIR = "broker-socket"
+BROKER_SOCKET_DIR = "/run/havre-broker"
+BROKER_SOCKET = f"{BROKER_SOCKET_DIR}/broker.sock"
 IDP_PORT = 8001
 #: The embedded provider's plain-HTTP port for the hub's back channel when browsers get HTTPS
 #: on IDP_PORT: never published, reachable only on the enclave's front network.
@@ -122,7 +142,7 @@ def egress_container_name(enclave: EnclaveConfig) -> str:
 
 
 def runner_container_name(enclave: EnclaveConfig) -> str:
-    """The trusted re-execution runner (the only container besides the hub with Docker)."""
+    """The trusted re-execution runner (asks the broker for re-execution containers)."""
     return f"{enclave.name}-runner"
 
 
@@ -141,6 +161,11 @@ def prepare_state(enclave: EnclaveConfig, changes: list[str] | None = None) -> N
     if not (state / "secrets").exists():
         changes.append(f"created the state folder {state}")
     (state / "hub").mkdir(parents=True, exist_ok=True)
+    os.chown(state / "hub", HUB_UID, HUB_UID)  # the hub's own state: it runs as HUB_UID
+    os.chmod(state / "hub", 0o700)
+    for folder, mode in ((BROKER_DIR, 0o700), (BROKER_SOCKET_SUBDIR, 0o755)):
+        (state / folder).mkdir(mode=mode, exist_ok=True)
+        os.chmod(state / folder, mode)
     secrets_dir = state / "secrets"
     secrets_dir.mkdir(mode=0o700, exist_ok=True)
     os.chmod(secrets_dir, 0o700)
@@ -152,6 +177,8 @@ def prepare_state(enclave: EnclaveConfig, changes: list[str] | None = None) -> N
                 f.write(secrets.token_hex(32) + "\n")
             changes.append(f"created the secret {name}")
         os.chmod(path, 0o600)
+        if name == "broker-runner":  # read by the runner (uid 1000) and the broker (root)
+            os.chown(path, NOTEBOOK_UID, NOTEBOOK_GID)
     egress_dir = state / "egress"
     egress_dir.mkdir(mode=0o700, exist_ok=True)
     os.chown(egress_dir, EGRESS_UID, EGRESS_UID)
@@ -551,13 +578,159 @@ def _start_idp(
     )
 
 
+def broker_container_name(enclave: EnclaveConfig) -> str:
+    """The spawn broker: the only container of the enclave with the Docker socket."""
+    return f"{enclave.name}-broker"
+
+
+def _broker_volumes(enclave: EnclaveConfig, caller: str) -> dict[str, dict[str, str]]:
+    """The broker's socket folder and ``caller``'s own secret (read-only)."""
+    secret = str(enclave.state_dir / "secrets" / f"broker-{caller}")
+    return {
+        str(enclave.state_dir / BROKER_SOCKET_SUBDIR): {"bind": BROKER_SOCKET_DIR, "mode": "rw"},
+        secret: {"bind": secret, "mode": "ro"},
+    }
+
+
+def _start_broker(
+    client: docker.DockerClient,
+    enclave: EnclaveConfig,
+    opts: StackOptions,
+    changes: list[str] | None = None,
+) -> None:
+    """The spawn broker (``havre-broker``, the hub image; see spawner/broker/).
+
+    It holds the Docker socket and therefore has nothing else it doesn't need: no network at
+    all (it is reached on a Unix socket), read-only root, no capabilities but CHOWN, FOWNER and
+    DAC_OVERRIDE (to give a new home to its server's uid), no privilege gain. It mounts the
+    projects' folders (homes and outputs it prepares), the identity table, the re-execution
+    jobs folder read-only (to check a run's scratch folder), its audit log folder, the socket
+    folder and the two callers' secrets; not the other secrets, the egress database or the
+    identity provider's signing key.
+    """
+    name = broker_container_name(enclave)
+    state = enclave.state_dir
+    socket_path = "/var/run/docker.sock"
+    digest = _config_digest(enclave, _image_id(client, opts.hub_image), "broker-1")
+    if _replace_container(client, name, digest, changes):
+        return
+    (state / REEXEC_JOBS).mkdir(exist_ok=True)
+    (state / "identities").mkdir(exist_ok=True)
+    secret_files = [str(state / "secrets" / f"broker-{c}") for c in ("hub", "runner")]
+    same = {
+        str(state / "projects"): "rw",
+        str(state / "identities"): "rw",
+        str(state / REEXEC_JOBS): "ro",
+        str(state / BROKER_DIR): "rw",
+        **dict.fromkeys(secret_files, "ro"),
+    }
+    options = _service_container(enclave, "broker", digest, tmp="16m", pids=128)
+    options.pop("sysctls")  # no network namespace of its own to set
+    client.containers.run(
+        opts.hub_image,
+        [
+            "havre-broker",
+            "--config",
+            CONFIG_IN_CONTAINER,
+            "--socket",
+            BROKER_SOCKET,
+            "--audit",
+            str(state / BROKER_DIR / "audit.jsonl"),
+            "--hub-secret",
+            secret_files[0],
+            "--runner-secret",
+            secret_files[1],
+            "--attach",
+            hub_container_name(enclave),
+            "--attach",
+            egress_container_name(enclave),
+        ],
+        name=name,
+        detach=True,
+        user="0:0",
+        network_mode="none",
+        cap_add=["CHOWN", "FOWNER", "DAC_OVERRIDE"],
+        volumes={
+            str(live_config_path(enclave).parent): {"bind": LIVE_CONFIG_IN_CONTAINER, "mode": "ro"},
+            socket_path: {"bind": socket_path, "mode": "rw"},
+            str(state / BROKER_SOCKET_SUBDIR): {"bind": BROKER_SOCKET_DIR, "mode": "rw"},
+            **{path: {"bind": path, "mode": mode} for path, mode in same.items()},
+        },
+        **options,
+    )
+    wait_for_broker(enclave)
+
+
+def wait_for_broker(enclave: EnclaveConfig, timeout: float = 60.0) -> None:
+    """Wait until the broker listens (its socket answers); fail with a sentence."""
+    import socket as socket_module
+
+    path = enclave.state_dir / BROKER_SOCKET_SUBDIR / "broker.sock"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket_module.socket(socket_module.AF_UNIX, socket_module.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+                return
+            except OSError:
+                time.sleep(0.1)
+    raise StackError(f"the spawn broker did not open {path} within {timeout:.0f} s")
+
+
+def _hub_tls_volumes(enclave: EnclaveConfig, opts: StackOptions) -> dict[str, dict[str, str]]:
+    """The proxy's certificate and key, copied for the hub's uid (the originals may be
+    readable by root only) into ``<state_dir>/hub-tls`` and mounted read-only."""
+    folder = enclave.state_dir / "hub-tls"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    os.chown(folder, HUB_UID, HUB_UID)
+    for source, target in ((opts.tls_cert, "cert.pem"), (opts.tls_key, "key.pem")):
+        path = folder / target
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(Path(source).read_bytes())
+        os.chown(path, HUB_UID, HUB_UID)
+    return {str(folder): {"bind": TLS_IN_CONTAINER, "mode": "ro"}}
+
+
+def _hub_secrets(enclave: EnclaveConfig) -> tuple[Path, str]:
+    """Copy the hub's secrets (:data:`HUB_SECRETS`) for its uid; the folder and a digest of
+    their contents (a rotated secret replaces the hub)."""
+    folder = enclave.state_dir / "hub-secrets"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    os.chown(folder, HUB_UID, HUB_UID)
+    os.chmod(folder, 0o700)
+    digest = hashlib.sha256()
+    for name in HUB_SECRETS:
+        data = (enclave.state_dir / "secrets" / name).read_bytes()
+        digest.update(hashlib.sha256(data).digest())
+        path = folder / name
+        if path.exists() and path.read_bytes() == data:
+            continue
+        partial = folder / f".{name}.new"
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chown(partial, HUB_UID, HUB_UID)
+        os.replace(partial, path)
+    return folder, digest.hexdigest()
+
+
 def _start_hub(
     client: docker.DockerClient,
     enclave: EnclaveConfig,
     opts: StackOptions,
     changes: list[str] | None = None,
 ) -> None:
+    """The hub: JupyterHub and its proxy, as HUB_UID, with no Docker socket.
+
+    It mounts only its own state folder, its copies of the secrets it reads, the broker's
+    socket folder, the live config and, with TLS, its copy of the certificate: no project
+    data, homes or outputs, no identity-provider or egress database secrets.
+    """
     name = hub_container_name(enclave)
+    hub_secrets, secrets_digest = _hub_secrets(enclave)
+    front = client.networks.get(front_network_name(enclave))
+    front_gateway = ((front.attrs.get("IPAM") or {}).get("Config") or [{}])[0].get("Gateway", "")
     digest = _config_digest(
         enclave,
         _image_id(client, opts.hub_image),
@@ -565,16 +738,19 @@ def _start_hub(
         opts.idp_public_url,
         _tls_digest(opts),
         "no-fwd",
+        "broker-1",
+        front_gateway,
+        secrets_digest,
     )
     if _replace_container(client, name, digest, changes):
         return
-    state = str(enclave.state_dir)
+    state = enclave.state_dir
     tls_volumes: dict[str, dict[str, str]] = {}
     command = None
     idp_internal = f"http://{idp_container_name(enclave)}:{IDP_PORT}"
     if opts.tls_cert:
         cert, key = f"{TLS_IN_CONTAINER}/cert.pem", f"{TLS_IN_CONTAINER}/key.pem"
-        tls_volumes = _tls_volumes(opts)
+        tls_volumes = _hub_tls_volumes(enclave, opts)
         idp_internal = f"http://{idp_container_name(enclave)}:{IDP_INTERNAL_PORT}"
         # the image's command, plus the proxy's certificate (JupyterHub passes it to the proxy)
         command = [
@@ -584,32 +760,37 @@ def _start_hub(
             f"--JupyterHub.ssl_cert={cert}",
             f"--JupyterHub.ssl_key={key}",
         ]
+    options = _service_container(enclave, "hub", digest, tmp="64m", pids=1024)
     client.containers.run(
         opts.hub_image,
         command,
         name=name,
         detach=True,
+        user=f"{HUB_UID}:{HUB_UID}",
         network=front_network_name(enclave),
         ports={f"{PROXY_PORT}/tcp": (opts.bind_ip, opts.port)},
         environment={
+            "HOME": "/tmp",
             "HAVRE_CONFIG": CONFIG_IN_CONTAINER,
             "HAVRE_HUB_CONTAINER": name,
             "HAVRE_EGRESS_CONTAINER": egress_container_name(enclave),
             "HAVRE_FRONT_NETWORK": front_network_name(enclave),
+            "HAVRE_FRONT_GATEWAY": front_gateway,
             "HAVRE_PUBLIC_URL": opts.public_url,
             "HAVRE_IDP_PUBLIC_URL": opts.idp_public_url,
             "HAVRE_IDP_INTERNAL_URL": idp_internal,
+            "HAVRE_BROKER_SOCKET": BROKER_SOCKET,
+            "HAVRE_BROKER_SECRET": str(state / "secrets" / "broker-hub"),
         },
         volumes={
             str(live_config_path(enclave).parent): {"bind": LIVE_CONFIG_IN_CONTAINER, "mode": "ro"},
-            state: {"bind": state, "mode": "rw"},
-            "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
+            str(state / "hub"): {"bind": str(state / "hub"), "mode": "rw"},
+            # its copies, where it reads secrets; the broker's socket folder
+            str(hub_secrets): {"bind": str(state / "secrets"), "mode": "ro"},
+            str(state / BROKER_SOCKET_SUBDIR): {"bind": BROKER_SOCKET_DIR, "mode": "rw"},
             **tls_volumes,
         },
-        tmpfs={"/tmp": "rw,nosuid,nodev,size=64m"},  # cleared by a restart (the proxy's pid)
-        sysctls=dict(NO_FORWARDING_SYSCTLS),  # on every project network: never a router
-        restart_policy={"Name": "unless-stopped"},
-        labels={"havre.enclave": enclave.name, "havre.role": "hub", "havre.digest": digest},
+        **options,  # read-only root, /tmp (the proxy's pid), no capabilities, no forwarding
     )
 
 
@@ -701,6 +882,7 @@ def up(
             _ensure_project_networks(client, enclave, changes)
         _start_idp(client, enclave, opts, changes)
         _start_egress(client, enclave, opts, changes)
+        _start_broker(client, enclave, opts, changes)
         _start_runner(client, enclave, opts, changes)
         _start_hub(client, enclave, opts, changes)
         project_nets = _project_networks(client, enclave)

@@ -283,20 +283,24 @@ def pinned_jupyter_env(home: str) -> dict[str, str]:
     }
 
 
-def server_identity(enclave: EnclaveConfig, user: str, slug: str) -> tuple[int, int]:
-    """The uid and gid the server of ``user`` in ``slug`` runs as."""
-    return NOTEBOOK_UID, NOTEBOOK_GID
-
-
-def server_spec(enclave: EnclaveConfig, request: BrokerRequest, *, dns: str = "") -> ContainerSpec:
+def server_spec(
+    enclave: EnclaveConfig,
+    request: BrokerRequest,
+    *,
+    dns: str = "",
+    identity: tuple[int, int] = (NOTEBOOK_UID, NOTEBOOK_GID),
+) -> ContainerSpec:
     """The notebook server container of ``request.user`` in ``request.project``.
 
     ``dns`` is the project network's gateway address (nothing answers there: see
-    ``ProjectSpawner.dns_sink``).
+    ``ProjectSpawner.dns_sink``); ``identity`` the server's own uid and the project's gid
+    (from the identity table, :mod:`spawner.identities`; never 0).
     """
     project = enclave.project(request.project)
     network = enclave.network_name(project.slug)
-    uid, gid = server_identity(enclave, request.user, project.slug)
+    uid, gid = identity
+    if uid <= 0 or gid <= 0:
+        raise Refused(500, "A notebook server never runs as root.")
     env = dict(request.env)
     env.update(
         {
@@ -322,6 +326,7 @@ def server_spec(enclave: EnclaveConfig, request: BrokerRequest, *, dns: str = ""
             "havre.enclave": enclave.name,
             "havre.project": project.slug,
             "havre.user": request.user,
+            "havre.uid": str(uid),
             ROLE_LABEL: "notebook",
             BROKER_LABEL: "1",
         },
@@ -411,10 +416,15 @@ def reexec_spec(enclave: EnclaveConfig, request: BrokerRequest) -> ContainerSpec
 # ------------------------------------------------------------------------------ checking
 
 
-def container_problems(enclave: EnclaveConfig, attrs: Mapping[str, Any]) -> list[str]:
+def container_problems(
+    enclave: EnclaveConfig,
+    attrs: Mapping[str, Any],
+    image_ids: Mapping[str, str] | None = None,
+) -> list[str]:
     """What is outside the policy in a container's ``docker inspect`` (empty: nothing).
 
-    Used by the broker's tests to check every container the engine has after a fuzz.
+    ``image_ids`` maps image names to their ids (a re-execution runs the resolved id). Used by
+    the broker's tests to check every container the engine has after a fuzz.
     """
     problems: list[str] = []
     config = attrs.get("Config") or {}
@@ -428,7 +438,7 @@ def container_problems(enclave: EnclaveConfig, attrs: Mapping[str, Any]) -> list
     role = labels.get(ROLE_LABEL)
     if role not in ("notebook", "reexecution"):
         problems.append(f"{name}: role {role!r}")
-    if config.get("Image") != project.image:
+    if config.get("Image") not in {project.image, (image_ids or {}).get(project.image)}:
         problems.append(f"{name}: image {config.get('Image')!r} is not the project's")
     if str(config.get("User", "")).split(":")[0] in ("", "0", "root"):
         problems.append(f"{name}: runs as root")

@@ -84,6 +84,7 @@ class Broker:
         client: Any,
         *,
         attach_containers: Sequence[str] = (),
+        identity_reader_gid: int = 1001,
     ) -> None:
         #: the live enclave config (``spawner.config_reload.LiveConfig``) or a fixed one
         self._config = config
@@ -91,6 +92,8 @@ class Broker:
         self.audit = audit
         self.client = client  # docker.APIClient
         self.attach_containers = list(attach_containers)
+        #: the group that may read the identity table besides root (the egress service's)
+        self.identity_reader_gid = identity_reader_gid
         self._locks: dict[str, threading.Lock] = {}
         self._locks_lock = threading.Lock()
 
@@ -274,20 +277,45 @@ class Broker:
                             raise
         return attrs
 
-    def prepare_folders(self, enclave: EnclaveConfig, request: BrokerRequest, uid_gid: str) -> None:
-        """The user's home in the project and the outputs mount point in it (kept)."""
-        uid, gid = (int(x) for x in uid_gid.split(":"))
-        home = enclave.home_dir(request.project, request.user)
-        outputs = enclave.outputs_dir(request.project)
-        for folder in (outputs, home, home / "outputs"):
-            try:
-                st = os.lstat(folder)
-            except FileNotFoundError:
-                folder.mkdir(parents=True, mode=0o750)
-                os.chown(folder, uid, gid)
-                continue
-            if not stat.S_ISDIR(st.st_mode):  # a link planted by a notebook: never follow
+    def server_identity(self, enclave: EnclaveConfig, request: BrokerRequest) -> Any:
+        """The uid and project gid of this (user, project) server (:mod:`spawner.identities`):
+        given at its first start, kept in ``<state_dir>/identities/table.json``."""
+        from spawner.identities import locked_table, table_path
+
+        with locked_table(
+            table_path(enclave.state_dir),
+            base=enclave.uid_base,
+            size=enclave.uid_count,
+            reader_gid=self.identity_reader_gid,
+        ) as table:
+            return table.identity(request.user, request.project)
+
+    def prepare_folders(self, enclave: EnclaveConfig, request: BrokerRequest, ident: Any) -> None:
+        """The project's folders and the user's home, owned as :func:`spawner.identities.
+        project_plan` and :func:`~spawner.identities.home_plan` say; a home made by the legacy
+        uid 1000 is given to the server's own uid. A link where a folder should be (planted by
+        a notebook) is refused, never followed."""
+        from spawner.identities import (
+            LEGACY_UID,
+            apply_rule,
+            home_plan,
+            migrate_tree,
+            project_plan,
+        )
+
+        project = enclave.project(request.project)
+        home = enclave.home_dir(project.slug, request.user)
+        for folder in (home, home / "outputs"):
+            if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
                 raise Refused(409, f"{folder} is not a folder; ask the administrator.")
+        for rule in project_plan(enclave.project_dir(project.slug), project.data_path, ident.gid):
+            if rule.files_mode is None:  # the data tree is set by havre up, not per spawn
+                apply_rule(rule)
+        if home.is_dir() and os.lstat(home).st_uid == LEGACY_UID != ident.uid:
+            moved = migrate_tree(home, LEGACY_UID, ident)
+            log.info("gave %s entries of %s to uid %s", moved, home, ident.uid)
+        for rule in home_plan(home, ident):
+            apply_rule(rule)
 
     def start_server(self, enclave: EnclaveConfig, request: BrokerRequest) -> dict[str, Any]:
         spec = server_spec(enclave, request)
@@ -303,8 +331,9 @@ class Broker:
         image_id = self._image_id(spec.image)
         network = self.ensure_project_network(enclave, request.project)
         gateway = ((network.get("IPAM") or {}).get("Config") or [{}])[0].get("Gateway", "")
-        spec = server_spec(enclave, request, dns=gateway)
-        self.prepare_folders(enclave, request, spec.user)
+        ident = self.server_identity(enclave, request)
+        self.prepare_folders(enclave, request, ident)
+        spec = server_spec(enclave, request, dns=gateway, identity=(ident.uid, ident.gid))
         container_id = self._create_and_start(spec, image_id)
         answer = self.inspect(spec.name, spec.network)
         answer["id"] = container_id
@@ -351,21 +380,20 @@ class Broker:
 
     def _create_and_start(self, spec: ContainerSpec, image_id: str) -> str:
         from docker.types import LogConfig
-        from docker.types import Mount as DockerMount
 
         host = dict(spec.host_config)
         if "log_config" in host:
             host["log_config"] = LogConfig(**host["log_config"])
+        # binds ("source:target:mode"), in the order given: the SDC parameters' file over HOME
         host_config = self.client.create_host_config(
-            mounts=[
-                DockerMount(target=m.target, source=m.source, type="bind", read_only=m.read_only)
-                for m in spec.mounts
-            ],
+            binds=[f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in spec.mounts],
             auto_remove=False,
             **host,
         )
         created = self.client.create_container(
-            image_id,  # the id resolved from the project's image: the tag can't move under us
+            # a re-execution runs the id resolved from the project's image (the tag can't move
+            # under a trusted run); a server is named by its tag, as DockerSpawner did
+            image_id if spec.labels.get(RUN_LABEL) else spec.image,
             command=list(spec.command) if spec.command else None,
             name=spec.name,
             user=spec.user,
