@@ -93,7 +93,7 @@ from egress.audit import (
 )
 from egress.content_store import ContentStore
 from egress.file_checks import DEFAULT_POLICY, CheckPolicy, FileCheckResult, FileKind, check_file
-from egress.outputs_folder import OutputPathError, read_output, scan_outputs
+from egress.outputs_folder import OutputPathError, read_output, read_output_owned, scan_outputs
 from egress.policy import Actor, Permission, PermissionDenied, RequestView
 from egress.reexecution_jobs import JobsFolder
 from egress.sdc import SDCParams
@@ -595,6 +595,7 @@ def member_check(check: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "library": None,
         "badge": None,
         "redacted": True,
+        "owner": check.get("owner"),
     }
     if isinstance(sdc, Mapping):
         kept = {k: sdc[k] for k in MEMBER_SDC_KEYS if k in sdc}
@@ -1040,6 +1041,22 @@ class EgressService:
             )
             return self._summary(tx.session, request)
 
+    def _file_owner(self, uid: int) -> dict[str, Any]:
+        """Who wrote a file: its uid and, for a server's uid, the member's name.
+
+        The names come from the identity table the hub keeps (spawner/identities.py,
+        mounted read-only here); ``user`` is None for a uid that is no server's (a file made
+        before per-server identities, uid 1000, or by an administrator).
+        """
+        from spawner.identities import IdentityError, owners_of, table_path
+
+        try:
+            owners = owners_of(table_path(Path(self.enclave.state_dir)))
+        except (OSError, IdentityError) as exc:
+            log.warning("Can't read the identity table: %s", exc)
+            owners = {}
+        return {"uid": uid, "user": owners.get(uid)}
+
     def list_outputs(self, actor: Actor, project: str) -> dict[str, Any]:
         """The files a member can add from ``project``'s outputs folder, and what is skipped.
 
@@ -1077,7 +1094,7 @@ class EgressService:
             _refused("add_file", actor, request_id, exc)
             raise
         try:
-            data = read_output(
+            data, owner_uid = read_output_owned(
                 self._outputs_root(project), path, max_bytes=self.check_policy.max_file_bytes
             )
         except OutputPathError as exc:
@@ -1117,7 +1134,10 @@ class EgressService:
             row.size = result.size
             row.release_size = len(result.release_bytes)
             row.kind = result.kind.value if result.kind else "unknown"
-            row.check = _check_json(result, sdc, library, badge)
+            row.check = {
+                **_check_json(result, sdc, library, badge),
+                "owner": self._file_owner(owner_uid),
+            }
             row.added_at = tx.now
             if changed:
                 row.changed_in_round = target_round
@@ -1143,6 +1163,7 @@ class EgressService:
                     "replaced": replaced,
                     "content_changed": changed,
                     "changed_in_round": row.changed_in_round,
+                    "owner": row.check["owner"],
                 },
             )
             entry = self._file_entry(row, {})

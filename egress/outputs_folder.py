@@ -17,7 +17,7 @@ Listing (:func:`scan_outputs`, :func:`list_outputs`)
     characters). A folder with more than ``max_files`` entries is refused rather than listed in
     part.
 
-Reading (:func:`read_output`)
+Reading (:func:`read_output`, :func:`read_output_owned` also gives the file's owner uid)
     Validates the relative path (:func:`validate_relative_path`), then opens it one component at
     a time relative to the parent directory's descriptor: directories with
     ``O_RDONLY | O_NOFOLLOW | O_DIRECTORY``, the file with ``O_RDONLY | O_NOFOLLOW | O_NONBLOCK``
@@ -423,7 +423,18 @@ def _identity(st: os.stat_result) -> tuple[int, int, int, int, int]:
 
 
 def read_output(root: Path, relative: str, *, max_bytes: int) -> bytes:
-    """The bytes of ``relative`` (a regular file under ``root``), read without following links.
+    """The bytes of ``relative``: :func:`read_output_owned` without the owner."""
+    return read_output_owned(root, relative, max_bytes=max_bytes)[0]
+
+
+def read_output_owned(root: Path, relative: str, *, max_bytes: int) -> tuple[bytes, int]:
+    """The bytes of ``relative`` and the uid owning the file that was read.
+
+    Each notebook server runs as a uid of its own (spawner/identities.py), so the owner says
+    which member wrote the file, whoever asks for its release. The uid is the one of the very
+    inode read (``fstat`` of the open descriptor, unchanged during the read).
+
+    The bytes of ``relative`` (a regular file under ``root``), read without following links.
 
     Raises :class:`OutputPathError` for a refused path, a symbolic link or non-regular file
     anywhere along the path, a file larger than ``max_bytes``, or a file that changed while it
@@ -473,7 +484,7 @@ def read_output(root: Path, relative: str, *, max_bytes: int) -> bytes:
             named = None
         if named is None or (named.st_dev, named.st_ino) != (after.st_dev, after.st_ino):
             raise OutputPathError(f"'{shown}' was replaced while it was being read; try again")
-        return data
+        return data, after.st_uid
     finally:
         for fd in reversed(fds):
             os.close(fd)

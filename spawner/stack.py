@@ -363,8 +363,10 @@ def _start_egress(
         opts.egress_image,
         name=name,
         detach=True,
-        # outputs folders are owned by this uid (spawner/identities.py): no extra group
+        # outputs folders are owned by this uid (spawner/identities.py); the runner's group
+        # is for the re-execution jobs folder (egress.reexecution_jobs) only
         user=f"{EGRESS_UID}:{EGRESS_UID}",
+        group_add=[str(NOTEBOOK_GID)],
         network=front_network_name(enclave),
         environment={
             "HAVRE_CONFIG": CONFIG_IN_CONTAINER,
