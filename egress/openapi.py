@@ -216,6 +216,56 @@ def _op(
     return op
 
 
+def _break_glass_paths() -> dict[str, Any]:
+    """Break glass (``egress.break_glass``): the checkers' list, and the hub's reports."""
+    text = {"type": "string"}
+    session = {
+        "type": "object",
+        "properties": {
+            "session": text,
+            "user": text,
+            "reason": text,
+            "target": text,
+            "activated": text,
+            "until": text,
+            "active": {"type": "boolean"},
+            "ended": {"type": ["string", "null"]},
+            "ended_why": {"type": ["string", "null"]},
+            "servers_opened": {"type": "array", "items": {"type": "object"}},
+        },
+    }
+    report = {
+        "type": "object",
+        "required": ["event", "session", "user"],
+        "properties": {
+            "event": {"enum": ["activated", "used", "ended"]},
+            "session": {"type": "string", "pattern": "^[0-9a-f]{32}$"},
+            "user": text,
+            "reason": {"type": "string", "minLength": 10, "maxLength": 500},
+            "target": text,
+            "until": text,
+            "server": text,
+            "why": text,
+        },
+    }
+    events = _op(
+        "The hub reports a break-glass step (Authorization: Bearer <key derived from the "
+        "service's hub token>; not for users)",
+        _json({"type": "object"}, "Written to the audit log"),
+        body=report,
+        status="201",
+    )
+    return {
+        "/api/break-glass": {
+            "get": _op(
+                "Break-glass sessions, newest first (output checkers and administrators)",
+                _json({"type": "array", "items": session}),
+            )
+        },
+        "/api/break-glass/events": {"post": events},
+    }
+
+
 def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
     """The document; ``servers`` points at the service's prefix behind the hub's proxy."""
     summary = {"$ref": "#/components/schemas/RequestSummary"}
@@ -504,6 +554,7 @@ def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
                 ]
                 operations[method]["responses"].setdefault("409", _ERROR)
                 operations[method]["responses"].setdefault("422", _ERROR)
+    paths.update(_break_glass_paths())
     return {
         "openapi": "3.1.0",
         "info": {

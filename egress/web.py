@@ -15,6 +15,7 @@ Routes (under the service prefix, ``/services/egress/``):
                                          checkers once submitted; members get a preview
             /requests/<id>/files/<fid>/download   a released file
             /audit                       the audit log and its verification
+            /break-glass                 break-glass sessions (checkers, administrators)
     api     /api/...                     JSON, described by /api/openapi.json
 """
 
@@ -24,6 +25,7 @@ import functools
 import hashlib
 import json
 import logging
+import os
 import re
 import secrets
 from collections.abc import Callable
@@ -38,6 +40,7 @@ from jupyterhub.services.auth import HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import ioloop, web
 
+from egress import break_glass
 from egress.core import (
     EgressError,
     EgressService,
@@ -825,6 +828,63 @@ class ReexecutionApi(ApiHandler):
         self.send(_reexecution_for_json(detail))
 
 
+class BreakGlassPage(BaseHandler):
+    """Break-glass sessions, active and recent (checkers and administrators)."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        sessions = await self.run(break_glass.sessions, self.service, self.actor())
+        self.render_page("break_glass.html", sessions=sessions)
+
+
+class BreakGlassApi(ApiHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        self.send(await self.run(break_glass.sessions, self.service, self.actor()))
+
+
+class BreakGlassEventsApi(web.RequestHandler):
+    """The hub's break-glass reports (``egress.break_glass``): no user session, the hub's key.
+
+    Not a cookie-authenticated page, so no XSRF token: a browser can't send the key.
+    """
+
+    def check_xsrf_cookie(self) -> None:
+        return None
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        message = getattr(self, "_refusal", None) or GENERIC_REFUSALS.get(status_code, "Error.")
+        self.finish(json.dumps({"status": status_code, "message": message}))
+
+    def _refuse(self, status: int, message: str) -> web.HTTPError:
+        self._refusal = message
+        return web.HTTPError(status, reason=_reason(status))
+
+    async def post(self) -> None:
+        token = self.settings.get("hub_api_token", "")
+        if not break_glass.key_matches(self.request.headers.get("Authorization"), token):
+            raise self._refuse(403, "Only the hub reports break-glass events (a wrong key).")
+        if len(self.request.body or b"") > 16 * 1024:
+            raise self._refuse(413, "The report is larger than 16 KiB.")
+        try:
+            body = json.loads(self.request.body or b"null")
+        except (ValueError, RecursionError):
+            raise self._refuse(400, "The body must be a JSON object.") from None
+        pool = self.settings["egress_executor"]
+        job = functools.partial(break_glass.record, self.settings["egress_service"], body)
+        try:
+            written = await ioloop.IOLoop.current().run_in_executor(pool, job)
+        except (PermissionDenied, EgressError) as exc:
+            raise self._refuse(exc.status, exc.reason) from None
+        self.set_status(201)
+        self.finish(json.dumps(written))
+
+
 class ApiNotFound(ApiHandler):
     """Any other address under api/: a JSON refusal, like the rest of the API."""
 
@@ -898,6 +958,8 @@ def make_app(
             (route(f"api/requests/{r}/reexecutions/{x}"), ReexecutionApi),
             (route(f"api/requests/{r}/(?P<action>[a-z]+)"), RequestActionApi),
             (route("api/audit/verify"), AuditVerifyApi),
+            (route("api/break-glass"), BreakGlassApi),
+            (route("api/break-glass/events"), BreakGlassEventsApi),
             (route("api/.*"), ApiNotFound),
             (route("projects/([a-z0-9-]{1,40})/new"), NewRequestPage),
             (route("requests"), RequestsForm),
@@ -908,6 +970,7 @@ def make_app(
             (route(f"requests/{r}/files/{f}/download"), DownloadFile),
             (route(f"requests/{r}/reexecutions/{x}"), ReexecutionPage),
             (route("audit"), AuditPage),
+            (route("break-glass"), BreakGlassPage),
             (prefix, IndexPage),
         ],
         cookie_secret=cookie_secret,
@@ -918,4 +981,6 @@ def make_app(
         egress_executor=ThreadPoolExecutor(threads, thread_name_prefix="egress-core"),
         egress_prefix=prefix,
         jinja=_jinja(),
+        # the hub's break-glass reports carry a key derived from it (egress.break_glass)
+        hub_api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""),
     )

@@ -19,7 +19,11 @@ its whole lifetime. Havre's logout also makes every hub cookie of the user void,
 OAuth token the user's sessions gave to notebook servers and the egress service, and revokes
 the sign-in at the identity provider (RFC 7009). Servers and the egress service keep the hub's
 answer about a token for one second (not JupyterHub's five minutes), so a captured cookie or
-token is refused within a second of the logout.
+token is refused within a second of the logout. Logout also ends an open break-glass window.
+
+Break glass (:mod:`spawner.break_glass`): the provider's break-glass group only makes a user
+eligible; the ``server-access`` group is never taken from the provider's claims, only from an
+activation on ``/hub/break-glass``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ from oauthenticator.oauth2 import OAuthLogoutHandler
 from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Float, Unicode
+
+from spawner import break_glass_hub
 
 PROVIDER_DOWN = (
     "The sign-in provider is not answering right now, so Havre can't check your sign-in and "
@@ -62,6 +68,7 @@ class HavreLogoutHandler(OAuthLogoutHandler):
                 ended += 1
             self.db.commit()
             self.log.info("Logout of %s: hub cookies void, %d tokens ended", user.name, ended)
+            await break_glass_hub.end_window(self.db, orm_user, "logout")
             await self.authenticator.revoke_at_provider(user)
         await super().handle_logout()
 
@@ -142,6 +149,15 @@ class HavreOAuthenticator(GenericOAuthenticator):
             self.log.debug("identity provider at %s gave no answer: %s", self.token_url, err)
             return False
         return 0 < response.code < 500
+
+    async def _token_to_auth_model(self, token_info: Any) -> Any:
+        """The provider's answer as a sign-in or refresh gives it, with break glass applied:
+        the provider's group only makes a user eligible (hub group ``break-glass``);
+        ``server-access`` comes from an open activation alone (``spawner.break_glass_hub``)."""
+        auth_model = await super()._token_to_auth_model(token_info)
+        if isinstance(auth_model, dict) and "groups" in auth_model:
+            auth_model = break_glass_hub.adjust_groups(auth_model)
+        return auth_model
 
     async def refresh_user(self, user: Any, handler: Any = None, **kwargs: Any) -> Any:
         try:

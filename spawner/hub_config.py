@@ -179,6 +179,17 @@ def configure_hub(c: Any, environ: Mapping[str, str] = os.environ) -> EnclaveCon
     ]
     c.JupyterHub.load_roles = least_privilege_roles()
     configure_culler(c, enclave)
+
+    # -- break glass: activated on /hub/break-glass, audited by the egress service
+    from spawner import break_glass_hub  # the hub's packages: not for the host's CLI
+
+    break_glass_hub.configure(
+        c,
+        state_file=hub_state / "break-glass.json",
+        egress_url=f"http://{egress_container}:{EGRESS_PORT}",
+        api_token=read_secret(enclave, "egress-api-token"),
+        minutes=enclave.identity.break_glass_minutes,
+    )
     return enclave
 
 
@@ -228,8 +239,10 @@ def least_privilege_roles() -> list[dict[str, Any]]:
             "groups": [ADMINS_HUB_GROUP],
         },
         {
+            # members only while an activated window is open (spawner/break_glass_hub.py)
             "name": "server-access",
-            "description": "Break glass: open any user's notebook server. Every use is logged.",
+            "description": "Break glass: open another user's notebook server, while an "
+            "activation (reason, target, time limit) is open. Every step is audited.",
             "scopes": ["access:servers", "read:users", "list:users"],
             "groups": [SERVER_ACCESS_HUB_GROUP],
         },
