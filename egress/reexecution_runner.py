@@ -1,8 +1,11 @@
 """``havre-reexec-runner``: runs the trusted re-executions the egress service asks for.
 
-The egress service faces the browsers and has no Docker socket; this process has the socket and
-**no network at all** (``havre up`` starts it as ``<enclave>-runner`` with ``network_mode=none``,
-the egress image, uid 1000 plus the socket's group, read-only root, no capabilities). Its only
+The egress service faces the browsers and has no Docker socket; neither has this process: it
+asks the **spawn broker** (:mod:`spawner.broker`) for each re-execution container, with its own
+secret, which lets it start, inspect, stop and remove re-execution runs and nothing else; the
+broker builds the container from the enclave config (:func:`spawner.broker.policy.reexec_spec`).
+It has **no network at all** (``havre up`` starts it as ``<enclave>-runner`` with
+``network_mode=none``, the egress image, uid 1000, read-only root, no capabilities). Its only
 input is the jobs folder it shares with the service (:mod:`egress.reexecution_jobs`):
 
 1. at start, it removes what a previous runner left behind: re-execution containers whose
@@ -47,6 +50,109 @@ from egress.reexecution_jobs import (
 from spawner.enclave import EnclaveConfig, load_enclave_config
 
 log = logging.getLogger("egress.reexecution_runner")
+
+
+class _BrokerRun:
+    """One re-execution container, as :func:`egress.reexecution.run_notebook` drives it,
+    through the broker (kill and remove are the broker's ``reexec.stop`` and
+    ``reexec.remove``)."""
+
+    def __init__(self, broker: Any, project: str, run_id: str, container_id: str = "") -> None:
+        self.broker = broker
+        self.fields = {"project": project, "run_id": run_id}
+        self.id = container_id
+        self.name = f"run {run_id}"
+        self.attrs: dict[str, Any] = {}
+
+    def start(self) -> None:
+        """The broker started it already (``reexec.start`` creates and starts)."""
+
+    def wait(self, timeout: float | None = None) -> dict[str, int]:
+        import requests.exceptions
+
+        deadline = time.monotonic() + (timeout if timeout is not None else 10**9)
+        while True:
+            answer = self.broker.call("reexec.inspect", **self.fields)
+            if answer.get("state") in ("exited", "dead", "absent"):
+                return {"StatusCode": int(answer.get("exit_code") or 0)}
+            if time.monotonic() >= deadline:
+                raise requests.exceptions.ReadTimeout("the run is still going")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        self.broker.call("reexec.stop", **self.fields)
+
+    def logs(self, **_ignored: Any) -> bytes:
+        return self.broker.call("reexec.logs", **self.fields)["log"].encode()
+
+    def reload(self) -> None:
+        answer = self.broker.call("reexec.inspect", **self.fields)
+        self.attrs = {"State": {"OOMKilled": bool(answer.get("oom_killed"))}}
+
+    def remove(self, force: bool = True) -> None:
+        self.broker.call("reexec.remove", **self.fields)
+
+
+class BrokerEngine:
+    """The part of a docker-py client :func:`egress.reexecution.run_notebook` and
+    :meth:`Runner.clean_up` use, over the spawn broker.
+
+    What ``run_notebook`` would give Docker (image, mounts, hardening, user, command...) is not
+    sent: the broker builds the same container itself from the enclave config
+    (:func:`spawner.broker.policy.reexec_spec`); only the project and the run's id travel,
+    and the run's scratch folder is the one ``run_notebook`` made under the jobs folder's
+    ``work/`` (``reexec-<run id>``).
+    """
+
+    def __init__(self, broker: Any, enclave: EnclaveConfig) -> None:
+        self.broker = broker
+        self.enclave = enclave
+        self.images = self
+        self.containers = self
+        self._projects_by_image = {p.image: p.slug for p in enclave.projects.values()}
+
+    # client.images
+    def get(self, image: str) -> Any:
+        """The image's id, as the broker resolves it for a project that runs it."""
+        import docker.errors
+
+        from spawner.broker.client import BrokerError
+
+        slug = self._projects_by_image.get(image)
+        if slug is None:
+            raise docker.errors.ImageNotFound(f"no project runs {image}")
+        try:
+            answer = self.broker.call("reexec.image", project=slug)
+        except BrokerError as err:
+            if err.status == 503:
+                raise docker.errors.ImageNotFound(err.message) from None
+            raise
+        return type("Image", (), {"id": answer["image_id"]})()
+
+    # client.containers
+    def create(self, _image: str, _command: Any = None, **kwargs: Any) -> _BrokerRun:
+        from egress.reexecution import RUN_LABEL
+
+        labels = kwargs.get("labels") or {}
+        project, run_id = labels["havre.project"], labels[RUN_LABEL]
+        answer = self.broker.call("reexec.start", project=project, run_id=run_id)
+        return _BrokerRun(self.broker, project, run_id, answer.get("id", ""))
+
+    def list(self, **_filters: Any) -> list[_BrokerRun]:
+        """This enclave's re-execution runs (all of them are this runner's)."""
+        from spawner.broker.policy import reexec_scratch
+
+        runs = []
+        for run in self.broker.call("reexec.list")["runs"]:
+            item = _BrokerRun(self.broker, run["project"], run["run_id"])
+            scratch = reexec_scratch(self.enclave, run["run_id"])
+            item.attrs = {"Mounts": [{"Source": str(scratch)}]}
+            runs.append(item)
+        return runs
+
+    def close(self) -> None:
+        """Nothing to close: each call is one connection."""
+
 
 #: The jobs folder under the enclave's state folder (``havre up`` shares it with the service).
 JOBS_SUBDIR = "reexec"
@@ -206,8 +312,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Console entry point ``havre-reexec-runner``."""
     parser = argparse.ArgumentParser(
         prog="havre-reexec-runner",
-        description="Run the egress service's trusted re-execution jobs (needs the Docker "
-        "socket; started by `havre up` in a container with no network).",
+        description="Run the egress service's trusted re-execution jobs (through the spawn "
+        "broker; started by `havre up` in a container with no network).",
     )
     parser.add_argument(
         "--config",
@@ -232,6 +338,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--once", action="store_true", help="run the jobs waiting now, then exit (no recovery)"
     )
+    parser.add_argument(
+        "--broker-socket",
+        default="",
+        help="the spawn broker's Unix socket: ask it for re-execution containers (as `havre "
+        "up` runs it); without it, the Docker engine is used directly (tests, development)",
+    )
+    parser.add_argument(
+        "--broker-secret", default="", help="file with the runner's own broker secret"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     enclave = load_enclave_config(args.config)
@@ -239,9 +354,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     for sub in (folder.inbox, folder.running, folder.results, folder.work):
         if not sub.is_dir():
             parser.error(f"{sub} is missing: `havre up` prepares the jobs folder")
-    import docker
+    client: Any
+    if args.broker_socket:
+        from spawner.broker.client import BrokerClient
 
-    client = docker.from_env(version="auto")
+        broker = BrokerClient(args.broker_socket, secret_file=args.broker_secret, timeout=60)
+        client = BrokerEngine(broker, enclave)
+    else:
+        import docker
+
+        client = docker.from_env(version="auto")
     runner = Runner(enclave, folder, client, time_limit=args.time_limit)
 
     def stop(*_: Any) -> None:
@@ -257,4 +379,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     client.close()
 
 
-__all__ = ["JOBS_SUBDIR", "Runner", "jobs_folder", "main"]
+__all__ = ["JOBS_SUBDIR", "BrokerEngine", "Runner", "jobs_folder", "main"]

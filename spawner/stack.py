@@ -435,23 +435,22 @@ def _start_runner(
 ) -> None:
     """The trusted re-execution runner (``havre-reexec-runner``, the egress image).
 
-    It has the Docker socket (it starts the re-execution containers) and therefore nothing
-    else: no network at all, uid 1000 plus the socket's group, read-only root, no capabilities;
-    it shares only the jobs folder with the egress service, and reads the enclave config and
-    the projects' data folders (to check them; the data goes to the re-run's container).
+    It asks the spawn broker for each re-execution container (its own secret allows nothing
+    else) and has no Docker socket and no network at all: uid 1000, read-only root, no
+    capabilities; it shares only the jobs folder with the egress service, and reads the
+    enclave config and the projects' data folders (to check them; the data goes to the
+    re-run's container).
     """
     from egress.reexecution_jobs import JobsFolder
 
     name = runner_container_name(enclave)
     jobs = enclave.state_dir / REEXEC_JOBS
     JobsFolder(jobs).prepare(uid=NOTEBOOK_UID, gid=NOTEBOOK_GID)
-    socket_path = "/var/run/docker.sock"
-    socket_gid = os.stat(socket_path).st_gid
     digest = _config_digest(
         enclave,
         _image_id(client, opts.egress_image),
         str(opts.reexecution_time_limit),
-        str(socket_gid),
+        "broker-1",
         projects="paths",  # each project's data folder is one of its mounts
     )
     if _replace_container(client, name, digest, changes):
@@ -468,6 +467,10 @@ def _start_runner(
             CONFIG_IN_CONTAINER,
             "--jobs",
             str(jobs),
+            "--broker-socket",
+            BROKER_SOCKET,
+            "--broker-secret",
+            str(enclave.state_dir / "secrets" / "broker-runner"),
             *(
                 ["--time-limit", str(int(opts.reexecution_time_limit))]
                 if opts.reexecution_time_limit is not None
@@ -477,12 +480,11 @@ def _start_runner(
         name=name,
         detach=True,
         user=f"{NOTEBOOK_UID}:{NOTEBOOK_GID}",
-        group_add=[str(socket_gid)],
         network_mode="none",
         volumes={
             str(live_config_path(enclave).parent): {"bind": LIVE_CONFIG_IN_CONTAINER, "mode": "ro"},
             str(jobs): {"bind": str(jobs), "mode": "rw"},
-            socket_path: {"bind": socket_path, "mode": "rw"},
+            **_broker_volumes(enclave, "runner"),
             **data,
         },
         **_service_container(enclave, "runner", digest, tmp="64m", pids=256),

@@ -155,6 +155,13 @@ def pytest_terminal_summary(terminalreporter) -> None:
         write(f"{'through':<42} {'forwarding':<14} canary on B")
         for router, forwarding, seen in ROUTING_TABLE:
             write(f"{router:<42} {forwarding:<14} {seen}")
+    from tests.integration.test_broker import BROKER_TABLE
+
+    if BROKER_TABLE:
+        terminalreporter.section("a compromised hub (docker exec -u 0) vs the unhardened copy")
+        write(f"{'probe':<42} {'control: unhardened hub':<36} hub")
+        for probe, control, result in BROKER_TABLE:
+            write(f"{probe:<42} {control[:35]:<36} {result}")
     from tests.e2e.test_cross_project_browser import CROSS_PROJECT_TABLE
 
     if CROSS_PROJECT_TABLE:

@@ -10,8 +10,9 @@ Callers and what they may do (:data:`CALLER_ACTIONS`):
 
 * ``hub`` (the JupyterHub process, through ``ProjectSpawner``): start, stop and inspect the
   notebook server of user U in project P;
-* ``runner`` (``havre-reexec-runner``): start, inspect, read the log of and stop the trusted
-  re-execution run R of project P, and list its own runs.
+* ``runner`` (``havre-reexec-runner``): learn project P's image id, start, inspect, read the
+  log of, stop (kill) and remove the trusted re-execution run R of project P, and list its
+  own runs.
 
 Membership: the broker re-checks it against the enclave config, with the hub groups the hub
 sends (the hub has them from the identity provider). A user listed as a member is accepted
@@ -53,16 +54,26 @@ ACTIONS: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "server.start": (frozenset({"user", "project"}), frozenset({"groups", "env"})),
     "server.stop": (frozenset({"user", "project"}), frozenset()),
     "server.inspect": (frozenset({"user", "project"}), frozenset()),
+    "reexec.image": (frozenset({"project"}), frozenset()),
     "reexec.start": (frozenset({"project", "run_id"}), frozenset()),
     "reexec.inspect": (frozenset({"project", "run_id"}), frozenset()),
     "reexec.logs": (frozenset({"project", "run_id"}), frozenset()),
     "reexec.stop": (frozenset({"project", "run_id"}), frozenset()),
+    "reexec.remove": (frozenset({"project", "run_id"}), frozenset()),
     "reexec.list": (frozenset(), frozenset()),
 }
 CALLER_ACTIONS: dict[str, frozenset[str]] = {
     "hub": frozenset({"server.start", "server.stop", "server.inspect"}),
     "runner": frozenset(
-        {"reexec.start", "reexec.inspect", "reexec.logs", "reexec.stop", "reexec.list"}
+        {
+            "reexec.image",
+            "reexec.start",
+            "reexec.inspect",
+            "reexec.logs",
+            "reexec.stop",
+            "reexec.remove",
+            "reexec.list",
+        }
     ),
 }
 CALLERS = tuple(CALLER_ACTIONS)
@@ -369,15 +380,21 @@ def reexec_container_name(enclave: EnclaveConfig, slug: str, run_id: str) -> str
     return f"{enclave.name}-reexec-{slug}-{run_id}"
 
 
-def reexec_spec(enclave: EnclaveConfig, request: BrokerRequest) -> ContainerSpec:
+def reexec_spec(
+    enclave: EnclaveConfig, request: BrokerRequest, *, project_gid: int | None = None
+) -> ContainerSpec:
     """The trusted re-execution container of run ``request.run_id`` (no network at all).
 
     The runner prepared the scratch folder (notebook, parameters, SDC parameters) under the
     jobs folder; everything else comes from the enclave config, as for a notebook server.
+    ``project_gid``: the project's group (:mod:`spawner.identities`), which the run joins to
+    read ``/data`` as the project's servers do.
     """
     project = enclave.project(request.project)
     scratch = reexec_scratch(enclave, request.run_id)
     host = hardened_host_config(project, network="none")
+    if project_gid and project_gid != NOTEBOOK_GID:
+        host["group_add"] = [str(project_gid)]
     host["log_config"] = {"type": "json-file", "config": {"max-size": "1m", "max-file": "1"}}
     return ContainerSpec(
         name=reexec_container_name(enclave, project.slug, request.run_id),

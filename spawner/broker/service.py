@@ -165,6 +165,9 @@ class Broker:
         if request.action == "server.inspect":
             name = enclave.container_name(request.project, request.user)
             return self.inspect(name, enclave.network_name(request.project))
+        if request.action == "reexec.image":
+            image = enclave.project(request.project).image
+            return {"image": image, "image_id": self._image_id(image)}
         if request.action == "reexec.start":
             return self.start_reexec(enclave, request)
         if request.action == "reexec.list":
@@ -174,7 +177,9 @@ class Broker:
             return self.inspect(spec.name, "none")
         if request.action == "reexec.logs":
             return self.logs(spec.name)
-        return self.remove(spec.name, kill=True)
+        if request.action == "reexec.stop":
+            return self.kill(spec.name)
+        return self.remove(spec.name)
 
     def _attrs(self, name: str) -> dict[str, Any] | None:
         import docker.errors
@@ -205,16 +210,26 @@ class Broker:
         raw = self.client.logs(name, stdout=True, stderr=True, tail=2000)
         return {"log": raw[-64 * 1024 :].decode(errors="replace")}
 
-    def remove(self, name: str, *, kill: bool = False) -> dict[str, Any]:
+    def kill(self, name: str) -> dict[str, Any]:
+        """Kill a run (kept, for its log and exit code, until ``reexec.remove``)."""
+        import docker.errors
+
+        if self._attrs(name) is None:
+            return {"state": "absent"}
+        try:
+            self.client.kill(name)
+        except docker.errors.APIError:
+            pass  # exited meanwhile
+        return {"state": "killed"}
+
+    def remove(self, name: str) -> dict[str, Any]:
         import docker.errors
 
         attrs = self._attrs(name)
         if attrs is None:
             return {"state": "absent"}
         try:
-            if kill:
-                self.client.kill(name)
-            else:
+            if (attrs.get("State") or {}).get("Running"):
                 self.client.stop(name, timeout=STOP_SECONDS)
         except docker.errors.APIError:
             pass  # exited (or removed) meanwhile
@@ -353,8 +368,18 @@ class Broker:
             if not kind(st.st_mode):
                 raise Refused(409, f"{path.name} of run {request.run_id} is not what it should be.")
 
+    def project_gid(self, enclave: EnclaveConfig, slug: str) -> int | None:
+        """The project's gid from the identity table (None before ``havre up`` gave one)."""
+        from spawner.identities import load_table_any, table_path
+
+        try:
+            return load_table_any(table_path(enclave.state_dir)).projects.get(slug)
+        except FileNotFoundError:
+            return None
+
     def start_reexec(self, enclave: EnclaveConfig, request: BrokerRequest) -> dict[str, Any]:
-        spec = reexec_spec(enclave, request)
+        gid = self.project_gid(enclave, request.project)
+        spec = reexec_spec(enclave, request, project_gid=gid)
         if self._attrs(spec.name) is not None:
             raise Refused(409, f"Re-execution run {request.run_id} exists already.")
         self._check_scratch(enclave, request)

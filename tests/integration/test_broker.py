@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from spawner import stack
 from spawner.broker.client import BrokerClient, BrokerError
 from spawner.broker.policy import ACTIONS, container_problems
+from spawner.enclave import project_hub_group
 from tests.integration.hub_client import HubError
 
 pytestmark = pytest.mark.docker
@@ -240,7 +241,13 @@ def test_the_broker_refuses_what_it_does_not_know(enclave, alice_cardio):
             "not accepted",
         ),
         # alice's cardio server runs (the fixture): a second one is refused
-        (lambda: hub.call("server.start", user="alice", project="cardio"), 409, "already has"),
+        (
+            lambda: hub.call(
+                "server.start", user="alice", project="cardio", groups=[project_hub_group("cardio")]
+            ),
+            409,
+            "already has",
+        ),
         (lambda: hub.call("reexec.start", project="cardio", run_id="0" * 16), 403, "may not"),
         (lambda: hub.raw("server.start", b"{not json"), 400, "JSON object"),
         (lambda: hub.raw("server.start", b"{}", secret="wrong"), 401, "secret"),
@@ -353,6 +360,8 @@ def test_the_broker_restart_keeps_servers_and_a_spawn_meanwhile_gets_a_sentence(
     enclave, alice_cardio
 ):
     alice, _container = alice_cardio
+    alice.open_server("cardio")
+    assert alice.session.get(alice.server_url("cardio", "api/status"), timeout=30).ok  # control
     broker = enclave.docker.containers.get(stack.broker_container_name(enclave.config))
     broker.stop(timeout=10)
     try:

@@ -84,7 +84,7 @@ def wait_finished(checker: Egress, rid: str, rx_id: str, timeout: float = 400) -
     raise AssertionError(f"re-execution {rx_id} still queued after {timeout} s")
 
 
-def test_runner_is_the_only_one_with_docker_and_has_no_network(enclave):
+def test_runner_has_no_docker_and_no_network_and_asks_the_broker(enclave):
     runner = enclave.docker.containers.get(stack.runner_container_name(enclave.config))
     egress = enclave.egress_container()
     assert runner.attrs["HostConfig"]["NetworkMode"] == "none"
@@ -95,11 +95,22 @@ def test_runner_is_the_only_one_with_docker_and_has_no_network(enclave):
         ["python3", "-c", "import os; print(os.path.exists('/var/run/docker.sock'))"]
     )
     assert probe.output.decode().strip() == "False"
-    # the runner can (that is its job), as a non-root user with no capabilities
+    # neither can the runner (issue #14): it asks the spawn broker, whose answer to its
+    # secret is re-execution runs only; a non-root user with no capabilities
     assert runner.attrs["Config"]["User"] == "1000:1000"
     assert runner.attrs["HostConfig"]["CapDrop"] == ["ALL"]
-    ping = runner.exec_run(["python3", "-c", "import docker; print(docker.from_env().ping())"])
-    assert ping.output.decode().strip() == "True", ping.output
+    assert not any("docker.sock" in m["Source"] for m in runner.attrs["Mounts"])
+    code = (
+        "import os, sys; from spawner.broker.client import BrokerClient, BrokerError\n"
+        "print(os.path.exists('/var/run/docker.sock'))\n"
+        f"b = BrokerClient({stack.BROKER_SOCKET!r}, "
+        f"secret_file={str(enclave.config.state_dir / 'secrets' / 'broker-runner')!r})\n"
+        "print(sorted(b.call('reexec.list')))\n"
+        "try:\n    b.call('server.start', user='alice', project='cardio')\n"
+        "except BrokerError as e:\n    print(e.status)\n"
+    )
+    probe = runner.exec_run(["python3", "-c", code]).output.decode().split()
+    assert probe == ["False", "['runs']", "403"], probe
 
 
 @pytest.fixture

@@ -119,6 +119,10 @@ TABLE = [
     ("runner", "reexec.logs", {"project": "cardio", "run_id": RUN}, None),
     ("runner", "reexec.stop", {"project": "cardio", "run_id": RUN}, None),
     ("runner", "reexec.list", {}, None),
+    ("runner", "reexec.remove", {"project": "cardio", "run_id": RUN}, None),
+    ("runner", "reexec.image", {"project": "cardio"}, None),
+    ("runner", "reexec.image", {"project": "cardio", "image": "x"}, (400, "image are not")),
+    ("hub", "reexec.image", {"project": "cardio"}, (403, "hub may not")),
     ("runner", "reexec.start", {"project": "cardio", "run_id": "../../etc"}, (400, "16 lower")),
     ("runner", "reexec.start", {"project": "cardio", "run_id": RUN.upper()}, (400, "16 lower")),
     ("runner", "reexec.start", {"project": "cardio"}, (400, "run_id are required")),
@@ -145,7 +149,7 @@ TABLE = [
     # every action of the other caller, refused before its body is read
     *[
         ("hub", action, {"project": "cardio", "run_id": RUN}, (403, "hub may not"))
-        for action in ("reexec.inspect", "reexec.logs", "reexec.stop")
+        for action in ("reexec.inspect", "reexec.logs", "reexec.stop", "reexec.remove")
     ],
     # -- unknown callers and actions
     ("egress", "server.start", OK_START, (401, "Unknown caller")),
