@@ -55,6 +55,7 @@ def container_for(enclave, component: str):
         "egress": stack.egress_container_name,
         "idp": stack.idp_container_name,
         "runner": stack.runner_container_name,
+        "broker": stack.broker_container_name,
     }
     return enclave.docker.containers.get(names[component](enclave.config))
 
@@ -74,6 +75,15 @@ def answers(enclave, component: str, people) -> bool:
             return requests.get(url, timeout=5).status_code == 200
         if component == "egress":
             return people["checker"].call("GET", "api/whoami").status_code == 200
+        if component == "broker":  # its socket answers with a refusal for no secret
+            from spawner.broker.client import BrokerClient, BrokerError
+
+            path = enclave.config.state_dir / stack.BROKER_SOCKET_SUBDIR / "broker.sock"
+            try:
+                BrokerClient(path, timeout=5).raw("server.inspect", b"{}", secret="")
+            except BrokerError as err:
+                return err.status == 401
+            return False
         if component == "runner":
             container = container_for(enclave, "runner")
             container.reload()
@@ -133,6 +143,10 @@ def sessions_write(people, tag: str) -> list[str]:
         ("hub", "restart"),
         ("hub", "SIGKILL"),
         ("runner", "restart"),
+        # servers keep running while the broker restarts; a spawn meanwhile is refused with a
+        # sentence (tests/integration/test_broker.py)
+        ("broker", "restart"),
+        ("broker", "SIGKILL"),
     ],
 )
 def test_a_restart_keeps_servers_and_sessions(enclave, people, component, how):
