@@ -108,7 +108,14 @@ _TOP_KEYS = (
     "notifications",
 )
 _NOTIFICATIONS_KEYS = ("smtp", "address_template")
-_ENCLAVE_KEYS = ("name", "state_dir", "uid_base", "uid_count", "project_filesystems")
+_ENCLAVE_KEYS = (
+    "name",
+    "state_dir",
+    "uid_base",
+    "uid_count",
+    "project_filesystems",
+    "project_filesystem_size",
+)
 #: ``enclave.project_filesystems``: one shared host filesystem, or a loop-mounted image each.
 PROJECT_FILESYSTEMS = ("shared", "loop")
 _IMAGES_KEYS = ("allowed", "default")
@@ -472,6 +479,8 @@ class EnclaveConfig:
     #: "shared": homes and outputs on the state folder's filesystem; "loop": a loop-mounted
     #: ext4 image per project (docs/sysadmin/enclave-config.md).
     project_filesystems: str = "shared"
+    #: Size of each project's filesystem image with "loop" (allocated on the host up front).
+    project_filesystem_size: int = 4 * 1024**3
 
     def __post_init__(self) -> None:
         if not isinstance(self.projects, _FrozenMapping):
@@ -809,6 +818,19 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
             p.add("enclave.project_filesystems", f"must be one of {PROJECT_FILESYSTEMS}", value)
         else:
             project_filesystems = value
+    project_filesystem_size = 4 * 1024**3
+    if enclave.get("project_filesystem_size") is not None:
+        try:
+            project_filesystem_size = parse_size(enclave["project_filesystem_size"])
+        except (ValueError, TypeError) as err:
+            p.add("enclave.project_filesystem_size", str(err), enclave["project_filesystem_size"])
+        else:
+            if project_filesystem_size < 64 * 1024**2:
+                p.add(
+                    "enclave.project_filesystem_size",
+                    "must be at least 64M",
+                    enclave["project_filesystem_size"],
+                )
 
     # images:
     images = _section(p, data, "images", "", _IMAGES_KEYS)
@@ -932,6 +954,7 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
         uid_base=uid_base,
         uid_count=uid_count,
         project_filesystems=project_filesystems,
+        project_filesystem_size=project_filesystem_size,
     )
 
 
@@ -1360,6 +1383,11 @@ def dump_enclave_config(cfg: EnclaveConfig) -> str:
             **(
                 {"project_filesystems": cfg.project_filesystems}
                 if cfg.project_filesystems != "shared"
+                else {}
+            ),
+            **(
+                {"project_filesystem_size": format_size(cfg.project_filesystem_size)}
+                if cfg.project_filesystem_size != 4 * 1024**3
                 else {}
             ),
         },

@@ -210,6 +210,16 @@ def prepare_identities(enclave: EnclaveConfig, changes: list[str]) -> None:
     ) as table:
         gids = {slug: table.project_gid(slug, host) for slug in enclave.projects}
     for slug, project in enclave.projects.items():
+        if enclave.project_filesystems == "loop":
+            from spawner.project_filesystems import ensure_project_filesystem
+
+            ensure_project_filesystem(
+                enclave.state_dir,
+                enclave.project_dir(slug),
+                slug,
+                enclave.project_filesystem_size,
+                changes,
+            )
         for rule in project_plan(enclave.project_dir(slug), project.data_path, gids[slug]):
             existed = rule.path.is_dir()
             if apply_rule(rule) and existed:
@@ -925,4 +935,9 @@ def down(enclave: EnclaveConfig, *, purge: bool = False) -> None:
     if purge:
         import shutil
 
+        if enclave.project_filesystems == "loop":
+            from spawner.project_filesystems import release_project_filesystem
+
+            for slug in enclave.projects:
+                release_project_filesystem(enclave.state_dir, enclave.project_dir(slug), slug)
         shutil.rmtree(enclave.state_dir, ignore_errors=True)
