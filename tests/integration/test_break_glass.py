@@ -107,6 +107,11 @@ def row(exit_: str, control: str, result: str) -> None:
 def test_activation_is_needed_and_then_opens_the_server_audited(enclave, provider, alice_cardio):
     sam = eligible(enclave, provider, "bg-sam")
     assert hub_groups(sam) == ["break-glass"]  # eligible; the provider's group grants nothing
+    assert 'id="havre-break-glass"' in sam.session.get(sam.url("hub/home"), timeout=30).text
+    assert (
+        'id="havre-break-glass"'
+        not in alice_cardio[0].session.get(alice_cardio[0].url("hub/home"), timeout=30).text
+    )  # the home page offers it to eligible users only
     refused = open_alice(sam)
     assert refused.status_code == 403 and "/hub/api/oauth2/authorize" in refused.url
     assert "activating break glass with a reason" in unescape(refused.text)
