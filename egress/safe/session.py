@@ -346,6 +346,15 @@ class Session:
             if resume and replace:
                 raise ValueError("resume and replace: choose one")
             if self.folder.exists():
+                owner = os.lstat(self.folder.path).st_uid
+                if owner != os.getuid() and (replace or resume):
+                    # each member's server runs as a uid of its own (spawner/identities.py):
+                    # a colleague's session folder can be read, never changed
+                    raise PermissionError(
+                        f"session folder {self.folder.path} was made by another member of the "
+                        f"project (uid {owner}): you can't change it; give your session another "
+                        f"name, for example {name}-{_safe_piece(self.user)}"
+                    )
                 if replace:
                     self._clear()
                 elif resume:

@@ -232,3 +232,20 @@ def test_enclave_config_range_and_filesystems_are_validated() -> None:
     ):
         with pytest.raises(ValueError, match=words):
             parse_enclave_yaml(f"enclave: {{{bad}}}\n" + base)
+
+
+def test_a_colleagues_session_folder_is_refused_with_a_sentence(tmp_path: Path) -> None:
+    """The safe library (in every notebook server) can't replace a session folder another
+    member made: it says so and names a way out. Control: one's own folder is replaced."""
+    from egress import safe
+
+    mine = tmp_path / "outputs" / "getting-started"
+    mine.mkdir(parents=True)
+    safe.new_session(tmp_path / "outputs", name="getting-started", replace=True, show=False)
+    if os.geteuid() != 0:
+        pytest.skip("needs root (chown to another uid)")
+    os.chown(mine, 2_000_099, 2_000_000)
+    with pytest.raises(PermissionError, match="made by another member of the project"):
+        safe.new_session(tmp_path / "outputs", name="getting-started", replace=True, show=False)
+    with pytest.raises(PermissionError, match="getting-started-"):
+        safe.new_session(tmp_path / "outputs", name="getting-started", resume=True, show=False)
