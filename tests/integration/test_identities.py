@@ -198,3 +198,37 @@ def test_project_data_on_the_host_is_readable_by_the_project_group_only(enclave,
     alice, _ = alice_cardio
     out = alice.run_code("cardio", "print(open('/data/hospital_stays.csv').readline()[:7])")
     assert out["error"] is None and out["stdout"].strip(), out
+
+
+def test_a_home_made_by_the_old_uid_1000_is_given_to_the_servers_uid(enclave):
+    """Upgrading: a home (and its files) owned by uid 1000, from before per-server identities,
+    belongs to the member's own uid once her server starts, and she can write in it.
+    Control: before the start, her server's uid could not have written there (0700, 1000)."""
+    import os
+
+    config = enclave.config
+    home = config.home_dir("cardio", "chloe")
+    (home / "analysis").mkdir(parents=True, exist_ok=True)
+    (home / "analysis" / "notes.txt").write_text("from before")
+    for root, dirs, files in os.walk(home):  # everything as uid 1000 left it
+        for path in [Path(root)] + [Path(root) / n for n in dirs + files]:
+            os.lchown(path, 1000, 1000)
+    os.chmod(home, 0o700)
+    chloe = enclave.user("chloe")
+    r = chloe.start_server("cardio")
+    assert r.status_code in (201, 202), r.text
+    try:
+        chloe.wait_ready("cardio")
+        out = chloe.run_code(
+            "cardio",
+            "import os; open('analysis/notes.txt','a').write(' and after'); "
+            "print(open('analysis/notes.txt').read(), os.getuid())",
+        )
+        assert out["error"] is None, out
+        text, uid = out["stdout"].strip().rsplit(" ", 1)
+        assert text == "from before and after"
+        assert int(uid) >= config.uid_base
+        for path in (home, home / "analysis", home / "analysis" / "notes.txt"):
+            assert path.stat().st_uid == int(uid), path
+    finally:
+        chloe.stop_server("cardio")

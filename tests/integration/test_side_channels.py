@@ -31,9 +31,9 @@ from spawner.project_filesystems import (
 
 pytestmark = pytest.mark.docker
 
-SLOT = 0.25  # seconds per bit
-BITS = 48
-FILES = 1000  # files per 1 bit (well above the other processes' churn on a busy host)
+SLOT = 0.5  # seconds per bit (file creation is slow on a loaded host)
+BITS = 40
+FILES = 400  # files per 1 bit
 
 SENDER = """
 import os, sys, time
@@ -48,7 +48,7 @@ for i, b in enumerate(bits):
     if b == "1":
         for k in range(n):
             open(f"{d}/.cc{k}", "w").close()
-    until(start + 0.75 * slot)
+    until(start + 0.7 * slot)
     if b == "1":
         for k in range(n):
             os.unlink(f"{d}/.cc{k}")
@@ -64,9 +64,9 @@ def until(t):
 out = []
 for i in range(nbits):
     start = t0 + i * slot
-    until(start - 0.1 * slot)
+    until(start - 0.15 * slot)
     before = os.statvfs(d).f_ffree
-    until(start + 0.5 * slot)
+    until(start + 0.6 * slot)
     out.append(before - os.statvfs(d).f_ffree)
 print(json.dumps(out))
 """
@@ -153,7 +153,7 @@ def test_free_inode_channel_shared_filesystem_vs_per_project_filesystems(
     shared = _measure(a, b, home, home, seed)
     print(f"shared host filesystem (carol's two real servers): {shared}")
     # control: on one shared filesystem the channel carries information
-    assert shared["mutual_information_per_bit"] >= 0.4, shared
+    assert shared["mutual_information_per_bit"] >= 0.3, shared
 
     problem = loop_problem()
     if problem:

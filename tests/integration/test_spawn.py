@@ -118,7 +118,8 @@ def test_outputs_folder_is_shared_with_the_egress_service_read_only(enclave, ali
     assert code != 0, output  # the egress service can read outputs, never change them
     # ...and not only because of the file's owner and mode: as the file's owner (whom the mode
     # lets write), the egress container's mount still refuses (EROFS)
-    owner = str(path.stat().st_uid)  # the server's own uid (spawner/identities.py)
+    st = path.stat()  # the server's own uid and its project's gid (spawner/identities.py)
+    owner = f"{st.st_uid}:{st.st_gid}"
     code, output = egress.exec_run(["sh", "-c", f"echo x >> {path}"], user=owner)
     assert code != 0 and "Read-only file system" in output.decode(), output
     assert path.read_text() == "region,n\nA,12\n"
