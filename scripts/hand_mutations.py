@@ -114,6 +114,34 @@ MUTATIONS = (
         "        if False:",
         ("tests/unit/test_skip_policy.py",),
     ),
+    Mutation(
+        "identities: outputs folder without the sticky bit (members delete each other's files)",
+        "spawner/identities.py",
+        '        FolderRule(project_dir / "outputs", reader_uid, gid, 0o3570),',
+        '        FolderRule(project_dir / "outputs", reader_uid, gid, 0o2570),',
+        ("tests/unit/test_identities.py",),
+    ),
+    Mutation(
+        "identities: a host account's uid can be given to a server",
+        "spawner/identities.py",
+        "        while n < self.base + self.size and (host.used(n) or n in taken):",
+        "        while n < self.base + self.size and n in taken:",
+        ("tests/unit/test_identities.py",),
+    ),
+    Mutation(
+        "identities: a freed id is given again",
+        "spawner/identities.py",
+        "        self.next_id = n + 1",
+        "        self.next_id = self.base",
+        ("tests/unit/test_identities.py",),
+    ),
+    Mutation(
+        "identities: project data world-readable",
+        "spawner/identities.py",
+        "        FolderRule(data_dir, 0, gid, 0o750, files_mode=0o640),",
+        "        FolderRule(data_dir, 0, gid, 0o755, files_mode=0o644),",
+        ("tests/unit/test_identities.py",),
+    ),
 )
 
 
