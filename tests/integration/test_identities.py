@@ -7,6 +7,7 @@ project's group only. Every refusal has its control (the owner, the member, the 
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -157,7 +158,9 @@ def test_egress_reads_both_members_files_and_names_each_owner(enclave, alice_car
     )
 
 
-def test_project_data_on_the_host_is_readable_by_the_project_group_only(enclave, alice_cardio):
+def test_project_data_on_the_host_is_readable_by_the_project_group_only(
+    enclave, alice_cardio, tmp_path
+):
     config = enclave.config
     data = config.project("cardio").data_path
     csv = data / "hospital_stays.csv"
@@ -192,6 +195,14 @@ def test_project_data_on_the_host_is_readable_by_the_project_group_only(enclave,
     for who in (f"{config.uid_base + 999_000}:{other_gid}", "1000:1000", "65534:65534"):
         _, text = read_as(who, data)
         assert "Permission denied" in text, (who, text)
+    # control: the same probe against a copy with the old modes (root, 0755/0644) reads it
+    old = tmp_path / "old-data"
+    old.mkdir()
+    (old / "hospital_stays.csv").write_bytes(csv.read_bytes())
+    os.chmod(old, 0o755)
+    os.chmod(old / "hospital_stays.csv", 0o644)
+    _, text = read_as(f"{config.uid_base + 999_000}:{other_gid}", old)
+    assert "Permission denied" not in text and "," in text, text
     # control: the project's servers' group reads it, and so does alice's running server
     _, text = read_as(f"{config.uid_base + 999_000}:{gid}", data)
     assert "Permission denied" not in text and "," in text, text
