@@ -60,6 +60,28 @@ def is_mountpoint(path: Path) -> bool:
     return False
 
 
+def mount_id(path: Path) -> str:
+    """The kernel's id of the mount at ``path`` ("" when it is none); a new mount, after a
+    reboot for instance, has a new id."""
+    target = str(Path(path).resolve())
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        found = ""
+        for line in f:
+            fields = line.split()
+            if fields[4].encode().decode("unicode_escape") == target:
+                found = fields[0]  # the last one listed is the one on top
+    return found
+
+
+def mounts_digest(project_dirs: list[Path]) -> str:
+    """The ids of the projects' bind mounts, for the digests of the containers that mount
+    ``projects/`` (the broker, the egress service): a container started before the mounts
+    were made (after a reboot, Docker restarts it before ``havre up`` mounts them) sees the
+    folders underneath, so ``havre up`` must replace it. Docker's mount propagation would
+    need the host's root to be a shared mount, which not every host has."""
+    return ",".join(mount_id(d / name) for d in project_dirs for name in ON_PROJECT_FILESYSTEM)
+
+
 def _run(*cmd: str) -> None:
     done = subprocess.run(list(cmd), capture_output=True, text=True, check=False)
     if done.returncode != 0:

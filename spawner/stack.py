@@ -185,6 +185,16 @@ def prepare_state(enclave: EnclaveConfig, changes: list[str] | None = None) -> N
     prepare_identities(enclave, changes)
 
 
+def project_mounts(enclave: EnclaveConfig) -> str:
+    """With per-project filesystems, the ids of their mounts (see
+    :func:`spawner.project_filesystems.mounts_digest`); "" otherwise."""
+    if enclave.project_filesystems != "loop":
+        return ""
+    from spawner.project_filesystems import mounts_digest
+
+    return mounts_digest([enclave.project_dir(slug) for slug in enclave.projects])
+
+
 def prepare_identities(enclave: EnclaveConfig, changes: list[str]) -> None:
     """Check Havre's id range against the host's accounts, give each project its group, and
     set the projects' folders as :func:`spawner.identities.project_plan` says (data readable
@@ -364,6 +374,7 @@ def _start_egress(
         "reexec-jobs",
         "no-fwd",
         "uids",
+        project_mounts(enclave),
     )
     if _replace_container(client, name, digest, changes):
         return
@@ -625,7 +636,9 @@ def _start_broker(
     name = broker_container_name(enclave)
     state = enclave.state_dir
     socket_path = "/var/run/docker.sock"
-    digest = _config_digest(enclave, _image_id(client, opts.hub_image), "broker-1")
+    digest = _config_digest(
+        enclave, _image_id(client, opts.hub_image), "broker-1", project_mounts(enclave)
+    )
     if _replace_container(client, name, digest, changes):
         return
     (state / REEXEC_JOBS).mkdir(exist_ok=True)
