@@ -285,6 +285,42 @@ def test_only_the_hub_can_write_break_glass_events(enclave):
     row("forge a break-glass event (no key, the token, a guess)", "the hub's key: 201", "403")
 
 
+def test_activation_fails_closed_when_the_audit_log_cannot_record_it(enclave, provider):
+    yan = eligible(enclave, provider, "bg-yan")
+    egress = enclave.egress_container()
+    egress.stop(timeout=10)
+    try:
+        r = break_glass(yan, reason=REASON, target="alice", minutes="5")
+        assert r.status_code == 503, (r.status_code, r.text[-500:])
+        assert "never used unrecorded" in unescape(r.text)
+        assert hub_groups(yan) == ["break-glass"]  # nothing granted
+        assert open_alice(yan).status_code == 403
+    finally:
+        egress.start()
+        health = enclave.url.rstrip("/") + "/services/egress/healthz"
+
+        def healthy() -> bool:
+            try:
+                return requests.get(health, timeout=5).status_code == 200
+            except requests.RequestException:
+                return False
+
+        assert wait_for(healthy, timeout=60), "the egress service did not come back"
+    # control: the same activation once the audit log answers
+    page = wait_for(
+        lambda: (
+            (r := break_glass(yan, reason=REASON, target="alice", minutes="5")).status_code == 200
+            and r
+        ),
+        timeout=30,
+    )
+    assert page is not None and "Break glass is active" in page.text
+    (session,) = sessions_of(enclave, "bg-yan")  # only the activation that was recorded
+    assert session["active"]
+    break_glass(yan, action="end")
+    row("activate while the audit log is down", "the audit log up: active", "503 (sentence)")
+
+
 def test_print_table():
     """The break-glass rows, as the coordinator quotes them (run last in this file)."""
     print("\nbreak glass (control vs result)")
