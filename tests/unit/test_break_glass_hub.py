@@ -1,0 +1,80 @@
+"""Break glass in the hub: which groups a sign-in gives (spawner/break_glass_hub.py).
+
+The page, the checks at each request and the audit calls run against the live hub in
+``tests/integration/test_break_glass.py``; here, the group rule of a sign-in or refresh, with a
+real window store and a reporter whose egress service does not answer (port 9 on loopback).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from spawner import break_glass_hub
+from spawner.break_glass import WindowStore, open_window
+
+NOW = datetime(2026, 12, 6, 18, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def state(tmp_path):
+    reporter = break_glass_hub.AuditReporter("http://127.0.0.1:9/events", "token", timeout=2)
+    state = break_glass_hub.BreakGlass(WindowStore(tmp_path / "bg.json"), reporter, 60)
+    state.clock = lambda: NOW
+    break_glass_hub.STATE = state
+    yield state
+    break_glass_hub.STATE = None
+
+
+def model(name, *groups):
+    return {"name": name, "groups": list(groups)}
+
+
+def test_server_access_never_comes_from_the_providers_claims(state):
+    out = break_glass_hub.adjust_groups(model("sam", "break-glass", "server-access"))
+    assert out["groups"] == ["break-glass"]
+
+
+def test_an_open_window_of_an_eligible_user_gives_server_access(state):
+    state.store.put(open_window("sam", "INC-1: a hung kernel", "alice", "30", 60, NOW))
+    out = break_glass_hub.adjust_groups(model("sam", "break-glass", "project-cardio"))
+    assert out["groups"] == ["break-glass", "project-cardio", "server-access"]
+    # an expired window gives nothing
+    state.clock = lambda: NOW + timedelta(minutes=30)
+    assert (
+        "server-access" not in break_glass_hub.adjust_groups(model("sam", "break-glass"))["groups"]
+    )
+
+
+def test_leaving_the_group_ends_the_window_and_the_end_is_kept_until_written(state):
+    window = open_window("sam", "INC-1: a hung kernel", "alice", "30", 60, NOW)
+
+    async def sign_in_without_the_group() -> dict:
+        state.store.put(window)
+        out = break_glass_hub.adjust_groups(model("sam", "project-cardio"))
+        for _ in range(50):  # the report is sent from the event loop; it fails (no service)
+            if state.reporter.pending:
+                break
+            await asyncio.sleep(0.1)
+        return out
+
+    out = asyncio.run(sign_in_without_the_group())
+    assert out["groups"] == ["project-cardio"]
+    assert state.store.windows == {}
+    assert state.reporter.pending == [
+        {"event": "ended", "session": window.session, "user": "sam", "why": "left the group"}
+    ]
+
+
+def test_without_break_glass_configured_the_claims_still_never_give_access():
+    assert break_glass_hub.STATE is None
+    out = break_glass_hub.adjust_groups(model("sam", "server-access", "project-cardio"))
+    assert out["groups"] == ["project-cardio"]
+
+
+def test_an_activation_report_that_is_not_written_raises():
+    reporter = break_glass_hub.AuditReporter("http://127.0.0.1:9/events", "token", timeout=2)
+    with pytest.raises(RuntimeError, match="egress service unreachable"):
+        asyncio.run(reporter.report({"event": "activated"}))
