@@ -208,7 +208,10 @@ async def gate_oauth(handler: Any) -> None:
     """The hub's OAuth authorization: another user's server needs an open, covering window;
     each GET (one authorization) is reported as a use, or refused when it can't be."""
     user = handler.current_user
-    client_id = handler.get_argument("client_id", "")
+    given = set(handler.get_arguments("client_id"))  # the query's and a posted form's
+    if len(given) > 1:
+        raise web.HTTPError(400, "An authorization names one client (client_id), not several.")
+    client_id = given.pop() if given else ""
     if getattr(user, "orm_user", None) is None or not client_id:
         return
     client = handler.db.query(orm.OAuthClient).filter_by(identifier=client_id).one_or_none()

@@ -212,6 +212,10 @@ def test_a_window_covers_only_its_target(enclave, provider, alice_cardio):
     assert "Break glass is active" in page.text
     r = open_alice(uma)
     assert r.status_code == 403 and "covers bob, not alice/cardio" in unescape(r.text)
+    # a posted form naming another client beside the address's is refused, not mixed up
+    fields = {"_xsrf": uma.session.cookies.get("_xsrf", path="/hub/") or "", "client_id": "x"}
+    posted = uma.session.post(r.url, data=fields, timeout=30)
+    assert posted.status_code == 400 and "names one client" in unescape(posted.text)
     break_glass(uma, action="end")
     page = break_glass(uma, reason=REASON, target="alice", minutes="5")
     assert reached(open_alice(uma))  # control: a window naming alice
