@@ -50,4 +50,8 @@ def test_prepare_state_makes_secrets_once(tmp_path):
     assert (tmp_path / "secrets" / "proxy-auth-token").read_text() == token
     assert stat.S_IMODE((tmp_path / "secrets").stat().st_mode) == 0o700
     outputs = config.outputs_dir("cardio")
-    assert outputs.stat().st_uid == 1000 and outputs.is_dir()
+    # owned by the egress service's uid, with the project's group, sticky and setgid
+    # (spawner/identities.py project_plan)
+    assert outputs.is_dir() and outputs.stat().st_uid == 1001
+    assert stat.S_IMODE(outputs.stat().st_mode) == 0o3570
+    assert outputs.stat().st_gid >= config.uid_base
