@@ -158,6 +158,7 @@ def test_activation_is_needed_and_then_opens_the_server_audited(enclave, provide
     olivia = Egress(enclave.user("olivia"))
     listing = olivia.call("GET", "break-glass")
     assert listing.status_code == 200 and "bg-sam" in listing.text and "INC-4711" in listing.text
+    assert 'id="nav-break-glass"' in olivia.call("GET", "").text  # linked from every page
     alice = Egress(alice_cardio[0])
     refused = alice.call("GET", "api/break-glass")
     assert refused.status_code == 403 and "Only output checkers" in refused.json()["message"]
