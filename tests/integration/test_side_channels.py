@@ -61,13 +61,15 @@ d, t0, slot, nbits = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sy
 def until(t):
     while time.time() < t:
         time.sleep(0.002)
-out = []
+paths = {"home": d, "root": "/"}  # the home, and the container's own root filesystem
+out = {k: [] for k in paths}
 for i in range(nbits):
     start = t0 + i * slot
     until(start - 0.15 * slot)
-    before = os.statvfs(d).f_ffree
+    before = {k: os.statvfs(p).f_ffree for k, p in paths.items()}
     until(start + 0.6 * slot)
-    out.append(before - os.statvfs(d).f_ffree)
+    for k, p in paths.items():
+        out[k].append(before[k] - os.statvfs(p).f_ffree)
 print(json.dumps(out))
 """
 
@@ -110,8 +112,12 @@ def _measure(sender, receiver, sender_dir: str, receiver_dir: str, seed: int) ->
     code_s, out_s = results["s"]
     code_r, out_r = results["r"]
     assert code_s == 0 and code_r == 0, (out_s, out_r)
-    drops = json.loads(out_r.decode().strip().splitlines()[-1])
+    received = json.loads(out_r.decode().strip().splitlines()[-1])
     sent = [int(b) for b in bits]
+    return {k: _decode(sent, drops, seed) for k, drops in received.items()}
+
+
+def _decode(sent: list[int], drops: list[int], seed: int) -> dict:
     got = [1 if d >= FILES // 2 else 0 for d in drops]
     errors = sum(1 for s, g in zip(sent, got, strict=True) if s != g)
     mi = _mutual_information(sent, got)
@@ -151,9 +157,10 @@ def test_free_inode_channel_shared_filesystem_vs_per_project_filesystems(
     seed = random.SystemRandom().randrange(1 << 30)
     print(f"\nseed {seed}")
     shared = _measure(a, b, home, home, seed)
-    print(f"shared host filesystem (carol's two real servers): {shared}")
+    for where, found in shared.items():
+        print(f"shared host filesystem (carol's two real servers), read on {where}: {found}")
     # control: on one shared filesystem the channel carries information
-    assert shared["mutual_information_per_bit"] >= 0.3, shared
+    assert shared["home"]["mutual_information_per_bit"] >= 0.3, shared
 
     problem = loop_problem()
     if problem:
@@ -190,9 +197,11 @@ def test_free_inode_channel_shared_filesystem_vs_per_project_filesystems(
                 )
             )
         loop = _measure(containers[0], containers[1], home, home, seed)
-        print(f"per-project loop filesystems (same probe, same hardening): {loop}")
-        assert loop["mutual_information_per_bit"] < 0.1, loop
-        assert loop["max_drop_when_0"] < FILES // 2 and loop["max_drop_when_1"] < FILES // 2
+        for where, found in loop.items():
+            print(f"per-project loop filesystems (same probe, same hardening), {where}: {found}")
+        for found in loop.values():  # neither the home nor the container's root shows it
+            assert found["mutual_information_per_bit"] < 0.1, loop
+            assert found["max_drop_when_1"] < FILES // 2, loop
     finally:
         for c in containers:
             c.remove(force=True)
