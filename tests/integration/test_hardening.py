@@ -36,9 +36,11 @@ def test_no_capabilities_and_no_new_privileges(alice_cardio):
 
 def test_runs_as_a_non_root_user(alice_cardio):
     _alice, container = alice_cardio
-    assert sh(container, "id -u").strip() == "1000"
+    uid = container.labels["havre.uid"]  # its own, from Havre's range (spawner/identities.py)
+    assert int(uid) >= 2_000_000
+    assert sh(container, "id -u").strip() == uid
     # the jupyter server itself (PID 1's tree) is not root either
-    assert "Uid:\t1000" in sh(container, "cat /proc/1/status")
+    assert f"Uid:\t{uid}" in sh(container, "cat /proc/1/status")
 
 
 def test_root_filesystem_is_read_only(alice_cardio):
