@@ -16,6 +16,7 @@ import secrets
 import socket
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import docker
@@ -34,6 +35,7 @@ from tests.ansible.test_playbooks import (
     _tampered_copy,
 )
 from tests.enclave_fixtures import free_port
+from tests.integration.hub_client import HubError, HubUser
 
 ENCLAVE = os.environ.get("HAVRE_DAY2_ENCLAVE", "havreday2")
 DOCS = [*sorted((REPO / "docs" / "sysadmin").glob("*.md")), ANSIBLE / "README.md"]
@@ -73,7 +75,7 @@ def _projects(deployment: Deployment) -> dict:
 def day2(tmp_path_factory):
     client = _skip_unless_possible()
     root = Path(tmp_path_factory.mktemp("day2"))
-    password = secrets.token_urlsafe(12)
+    password, bea_password = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
     variables = {
         "havre_enclave_name": ENCLAVE,
         "havre_state_dir": str(root / "state"),
@@ -89,8 +91,16 @@ def day2(tmp_path_factory):
         "havre_firewall_dir": str(root / "firewall"),
         "havre_firewall_script": str(root / "sbin" / "havre-firewall"),
         "havre_firewall_unit": str(root / "systemd" / "havre-firewall.service"),
-        "havre_identity": {"provider": "embedded", "checker_groups": ["output-checkers"]},
-        "havre_idp_users": [{"name": "alice", "password": password, "groups": ["project-cardio"]}],
+        "havre_identity": {
+            "provider": "embedded",
+            "checker_groups": ["output-checkers"],
+            "membership_check_seconds": 10,  # the day-2 table waits for a removal to apply
+        },
+        "havre_idp_users": [
+            {"name": "alice", "password": password, "groups": ["project-cardio"]},
+            # in no group: a member only while a project lists her (member.yml)
+            {"name": "bea", "password": bea_password, "groups": []},
+        ],
     }
     for folder in ("sbin", "systemd", "inventory/group_vars/havre"):
         (root / folder).mkdir(parents=True)
@@ -113,7 +123,9 @@ def day2(tmp_path_factory):
     }
     inventory = root / "inventory/hosts.yml"
     inventory.write_text(yaml.safe_dump({"havre": {"hosts": {"localhost": host}}}))
-    made = Deployment(root, inventory, vars_file, variables, {"alice": password})
+    made = Deployment(
+        root, inventory, vars_file, variables, {"alice": password, "bea": bea_password}
+    )
     try:
         made.runs["first"] = made.playbook("site.yml")
         assert made.runs["first"].returncode == 0, made.runs["first"].output[-4000:]
@@ -395,6 +407,271 @@ def test_the_documented_audit_verify_command_works_as_written(day2):
     done = subprocess.run(command.split(), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "events verified" in done.stdout
+
+
+# -- the day-2 table: every playbook with a researcher's server open (issue #13) -------------
+
+#: one row per playbook run, printed by the test and quoted in docs/sysadmin/day-2.md
+TABLE: list[dict[str, object]] = []
+
+
+def _containers(client: docker.DockerClient) -> tuple[dict, dict]:
+    """Service containers (role -> (id, StartedAt, status)) and running notebook servers
+    ((user, project) -> id)."""
+    services, servers = {}, {}
+    for c in client.containers.list(all=True, filters={"label": f"havre.enclave={ENCLAVE}"}):
+        if "havre.user" in c.labels:
+            if c.status == "running":
+                servers[(c.labels["havre.user"], c.labels["havre.project"])] = c.id
+        elif c.labels.get("havre.role") not in (None, "notebook", "reexecution"):
+            services[c.labels["havre.role"]] = (c.id, c.attrs["State"]["StartedAt"], c.status)
+    return services, servers
+
+
+def _restarted(before: dict, after: dict) -> list[str]:
+    """Roles whose container was replaced (another id), or restarted in place (marked)."""
+    found = []
+    for role in sorted(before.keys() | after.keys()):
+        old, new = before.get(role), after.get(role)
+        if old is None or new is None or old[0] != new[0]:
+            found.append(role)
+        elif old != new:
+            found.append(f"{role} (same container restarted: {new[2]})")
+    return found
+
+
+def _idp_groups(day2: Deployment) -> dict[str, object]:
+    users = json.loads((Path(day2.vars["havre_state_dir"]) / "idp/users.json").read_text())
+    return {name: entry.get("groups") for name, entry in users.items()}
+
+
+def _start_kernel(user: HubUser) -> str:
+    user.open_server("cardio")
+    xsrf = user.session.cookies.get("_xsrf", path=f"/user/{user.name}/cardio/") or ""
+    made = user.session.post(
+        user.server_url("cardio", "api/kernels"),
+        headers={"X-XSRFToken": xsrf},
+        json={"name": "python3"},
+        timeout=60,
+    )
+    assert made.status_code == 201, made.text[:300]
+    return made.json()["id"]
+
+
+def _kernel_answers(user: HubUser, kernel: str) -> bool:
+    """The server answers through the proxy with this session, and the kernel is alive."""
+    try:
+        got = user.session.get(
+            user.server_url("cardio", "api/kernels"), timeout=30, allow_redirects=False
+        )
+    except requests.RequestException:
+        return False
+    return got.status_code == 200 and kernel in {k["id"] for k in got.json()}
+
+
+def _wait(condition, seconds: float = 120) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(1)
+    return bool(condition())
+
+
+def _print_table() -> None:
+    columns = ["playbook", "server kept", "answers, same session", "services restarted"]
+    columns += ["members kept", "idp groups kept", "changed, 2nd run", "seconds"]
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for found in TABLE:
+        cells = []
+        for column in columns:
+            value = found.get(column)
+            if isinstance(value, bool):
+                value = "yes" if value else "**no**"
+            elif isinstance(value, list):
+                value = ", ".join(value)
+            cells.append(str(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines)
+    print("\nday-2 table:\n" + text)
+    print(json.dumps(TABLE, indent=1, default=str))
+    out = os.environ.get("HAVRE_DAY2_TABLE_OUT")
+    if out:
+        Path(out).write_text(text + "\n\n" + json.dumps(TABLE, indent=1, default=str) + "\n")
+
+
+#: the services users talk to (the proxy is in the hub's container)
+USER_FACING = ("hub", "idp", "egress")
+
+
+def _user_facing(found: dict, column: str = "services restarted") -> set[str]:
+    return {r.split(" ")[0] for r in found.get(column) or []} & set(USER_FACING)
+
+
+@pytest.mark.docker
+def test_day2_table_every_playbook_with_a_server_open(day2):
+    """Each playbook in turn on the running enclave while alice has a server with a live
+    kernel (and bea one for her removal): which service containers were restarted, whether
+    alice's server (same container, same kernel) still answers through the proxy, whether the
+    members are kept, what a second run changes."""
+    client = docker.from_env(version="auto")
+    state = Path(day2.vars["havre_state_dir"])
+    alice = day2.user("alice")
+    assert alice.start_server("cardio").status_code in (201, 202)
+    alice.wait_ready("cardio")
+    kernel = _start_kernel(alice)
+
+    def cardio_members() -> list[str]:
+        return sorted(day2.config.projects["cardio"].members)
+
+    def row(
+        name: str,
+        playbook: str,
+        extra: dict | None = None,
+        *,
+        second: bool = True,
+        members: list[str] | None = None,
+    ) -> dict:
+        services, servers = _containers(client)
+        expected_members = cardio_members() if members is None else members
+        idp_before = _idp_groups(day2)
+        run = day2.playbook(playbook, extra=extra)
+        assert run.returncode == 0, run.output[-4000:]
+        assert _health(day2) == 200
+        services_after, servers_after = _containers(client)
+        found: dict[str, object] = {
+            "playbook": name,
+            "server kept": servers_after.get(("alice", "cardio")) == servers[("alice", "cardio")],
+            "answers, same session": _kernel_answers(alice, kernel),
+            "services restarted": _restarted(services, services_after) or ["none"],
+            "members kept": cardio_members() == expected_members,
+            "idp groups kept": _idp_groups(day2) == idp_before,
+            "changed, 2nd run": "n/a",
+            "seconds": round(run.seconds, 1),
+            "servers after": sorted(f"{u}/{p}" for u, p in servers_after),
+            "changed tasks": run.changed_tasks,
+        }
+        if second:
+            again = day2.playbook(playbook, extra=extra)
+            assert again.returncode == 0, again.output[-4000:]
+            found["changed, 2nd run"] = again.changed
+            found["2nd run changed tasks"] = again.changed_tasks
+            found["services restarted by the 2nd run"] = _restarted(
+                services_after, _containers(client)[0]
+            )
+        TABLE.append(found)
+        return found
+
+    # a new project: its network (hub and egress attached) and data folder
+    r = row(
+        "project-add.yml (new project)",
+        "project-add.yml",
+        {"havre_change_project": "onco", "havre_change_title": "Oncology registry"},
+    )
+    network = client.networks.get(day2.config.network_name("onco"))
+    attached = {c["Name"] for c in network.attrs["Containers"].values()}
+    assert {f"{ENCLAVE}-hub", f"{ENCLAVE}-egress"} <= attached, attached
+    assert (state / "projects/onco/data").is_dir()
+    assert _user_facing(r) == set(), r
+
+    # a retitle: the hub's page shows the new title, nothing restarted
+    title = "Cardio day-2 table"
+    r = row(
+        "project-add.yml (retitle)",
+        "project-add.yml",
+        {"havre_change_project": "cardio", "havre_change_title": title},
+    )
+    assert _user_facing(r) == set(), r
+    home = alice.session.get(alice.url("hub/home"), timeout=30)
+    assert title in home.text, home.text[:2000]
+
+    # bea is in no provider group: refused until member.yml lists her (the attack), let in
+    # afterwards with no restart (the control)
+    with pytest.raises(HubError, match="login of bea failed: 403"):
+        day2.user("bea")
+    change = {"havre_change_project": "cardio", "havre_change_member": "bea"}
+    r = row(
+        "member.yml add",
+        "member.yml",
+        {**change, "havre_change_action": "add"},
+        members=sorted({*cardio_members(), "bea"}),
+    )
+    assert _user_facing(r) == set(), r
+    bea = day2.user("bea")
+    assert bea.start_server("cardio").status_code in (201, 202)
+    bea.wait_ready("cardio")
+    bea.open_server("cardio")
+
+    # removing another user (dave, no server) touches nobody's server
+    r = row(
+        "member.yml remove (another user)",
+        "member.yml",
+        {"havre_change_project": "cardio", "havre_change_member": "dave"}
+        | {"havre_change_action": "remove"},
+        members=sorted(set(cardio_members()) - {"dave"}),
+    )
+    assert _user_facing(r) == set() and "bea/cardio" in r["servers after"], r
+
+    # removing bea: the membership check stops her server, and only hers
+    r = row(
+        "member.yml remove (the server's user)",
+        "member.yml",
+        {**change, "havre_change_action": "remove"},
+        members=sorted(set(cardio_members()) - {"bea"}),
+    )
+    stopped = _wait(lambda: ("bea", "cardio") not in _containers(client)[1])
+    r["bea's server stopped"] = stopped
+    assert stopped, "bea's server still runs after her removal"
+    assert _user_facing(r) == set(), r
+    assert ("alice", "cardio") in _containers(client)[1] and _kernel_answers(alice, kernel)
+
+    # secrets rotated: the services restart on purpose (sign-ins end); servers keep running
+    r = row("rotate-secrets.yml", "rotate-secrets.yml", second=False)
+    r["changed, 2nd run"] = "n/a (new secrets each run)"
+    alice = day2.user("alice")  # signs in again
+    alice.open_server("cardio")
+    r["answers after signing in again"] = _kernel_answers(alice, kernel)
+    assert r["answers after signing in again"], r
+
+    # upgrade to the same images: a backup first, nothing else
+    row("upgrade.yml (same images)", "upgrade.yml")
+
+    r = row("backup.yml", "backup.yml", second=False)
+    r["changed, 2nd run"] = "n/a (a new archive each run)"
+    backups = Path(day2.vars["havre_backup_dir"]).glob("*.tar.gz")
+    archive = max(backups, key=lambda p: p.stat().st_mtime)
+
+    # restore replaces the state folder: the whole enclave is stopped first, servers too
+    r = row(
+        "restore.yml (that backup, over the running enclave)",
+        "restore.yml",
+        {
+            "havre_restore_archive": str(archive),
+            "havre_restore_archive_on_host": True,
+            "havre_restore_force": True,
+        },
+        second=False,
+    )
+    client.close()
+    _print_table()
+
+    # what docs/sysadmin/day-2.md promises
+    for found in TABLE:
+        name = str(found["playbook"])
+        assert found["members kept"] and found["idp groups kept"], found
+        if name.startswith("restore"):
+            assert not found["server kept"], found  # said in the docs: a maintenance window
+            continue
+        assert found["server kept"], found
+        if not name.startswith("rotate"):
+            assert found["answers, same session"], found
+        if _user_facing(found, "services restarted by the 2nd run"):
+            raise AssertionError(f"a second run restarted something: {found}")
+        if name.startswith("upgrade"):  # the backup it takes first: a new archive each run
+            assert all(t.startswith("TASK [havre_backup") for t in found["2nd run changed tasks"])
+        elif isinstance(found["changed, 2nd run"], int):
+            assert found["changed, 2nd run"] == 0, found
+    assert r["services restarted"] != ["none"]
 
 
 @pytest.mark.docker
