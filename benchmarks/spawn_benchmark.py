@@ -448,7 +448,7 @@ class Bench:
         self.limits = enclave.project(PROJECT).limits
 
     def container_name(self, user: str) -> str:
-        return f"{ENCLAVE}-nb-{user}--{PROJECT}"
+        return self.enclave.container_name(PROJECT, user)
 
     def notebook(self, user: str) -> Any:
         try:
@@ -461,13 +461,15 @@ class Bench:
 
     def own_container_ids(self) -> set[str]:
         label = f"havre.enclave={ENCLAVE}"
-        return {c.id for c in self.client.containers.list(filters={"label": label})}
+        return {
+            c.id for c in self.client.containers.list(filters={"label": label}, ignore_removed=True)
+        }
 
     def foreign_containers(self) -> list[str]:
         """Running containers that are not this benchmark's (noise on a shared machine)."""
         return sorted(
             c.name
-            for c in self.client.containers.list()
+            for c in self.client.containers.list(ignore_removed=True)
             if c.labels.get("havre.enclave") != ENCLAVE
         )
 
@@ -929,6 +931,48 @@ def phase_gaps(
     return out
 
 
+#: The pre-broker run this one is compared with (hub spawn / bare start, same machine):
+#: benchmarks/results/spawn-2026-11-29.json (the hub held the Docker socket then).
+PRE_BROKER_RESULTS = Path(__file__).parent / "results" / "spawn-2026-11-29.json"
+
+
+def broker_round_trips(bench: Bench, n: int = 30) -> dict[str, Any]:
+    """The broker's own cost per call: ``server.inspect`` over its Unix socket from this host
+    (authenticate, check, one ``docker inspect``, audit line), against the same ``docker
+    inspect`` made directly, interleaved, ``n`` of each."""
+    from spawner.broker.client import BrokerClient
+
+    secret = (bench.enclave.state_dir / "secrets" / "broker-hub").read_text().strip()
+    broker = BrokerClient(
+        bench.enclave.state_dir / stack.BROKER_SOCKET_SUBDIR / "broker.sock", secret=secret
+    )
+    api = docker.APIClient(version="auto")
+    through, direct = [], []
+    name = bench.container_name(USERS[0])
+    for _ in range(n):
+        t0 = time.monotonic()
+        broker.call("server.inspect", user=USERS[0], project=PROJECT)
+        through.append(time.monotonic() - t0)
+        t0 = time.monotonic()
+        try:
+            api.inspect_container(name)
+        except docker.errors.NotFound:
+            pass
+        direct.append(time.monotonic() - t0)
+    api.close()
+    return {"broker_s": through, "direct_s": direct}
+
+
+def pre_broker_ratio() -> dict[str, Any] | None:
+    """hub/bare median ratio of the recorded pre-broker run (None if the file is gone)."""
+    try:
+        old = json.loads(PRE_BROKER_RESULTS.read_text())["summary"]
+    except (OSError, KeyError, ValueError):
+        return None
+    hub, bare = old["hub_ready_s"]["median"], old["bare_ready_s"]["median"]
+    return {"file": PRE_BROKER_RESULTS.name, "hub_s": hub, "bare_s": bare, "ratio": hub / bare}
+
+
 def build_summary(results: dict[str, Any]) -> dict[str, Any]:
     bare, hub = results["single"]["bare"], results["single"]["hub"]
     conc = results["concurrent"]
@@ -1041,6 +1085,19 @@ def build_summary(results: dict[str, Any]) -> dict[str, Any]:
                 "ready_s",
             ],
         )
+    # issue #14: spawn-to-ready through the broker (the hub has no Docker socket any more)
+    # against the same-run floor, and that ratio against the pre-broker run's
+    rt = results.get("broker_round_trips") or {}
+    s["broker_call_s"] = summary(rt.get("broker_s", []))
+    s["direct_inspect_s"] = summary(rt.get("direct_s", []))
+    now_ratio = ratio(s["hub_ready_s"]["median"], s["bare_ready_s"]["median"])
+    before = pre_broker_ratio()
+    s["broker_vs_pre_broker"] = {
+        "hub_over_bare_now": now_ratio,
+        "hub_over_bare_pre_broker": before and before["ratio"],
+        "change": ratio(now_ratio, before and before["ratio"]),
+        "pre_broker_file": before and before["file"],
+    }
     return s
 
 
@@ -1064,6 +1121,9 @@ def print_report(results: dict[str, Any]) -> None:
         out.append(f"{label:<44}{cells}")
 
     row("bare docker run -> /api/status 200", s["bare_ready_s"])
+    if s.get("broker_call_s", {}).get("n"):
+        row("broker server.inspect round trip", s["broker_call_s"])
+        row("direct docker inspect (same container)", s["direct_inspect_s"])
     row("hub POST -> POST answered", s["hub_post_returned_s"])
     row("hub POST -> hub says ready", s["hub_ready_s"])
     row("hub POST -> answers through proxy", s["hub_proxy_ok_s"])
@@ -1139,6 +1199,13 @@ def print_report(results: dict[str, Any]) -> None:
         f" (ratio {fmt(quiet['single_ratio_of_medians'], 'x')}), all-ten-ready median "
         f"{fmt(quiet['concurrent_all_ready_s']['median'])}"
     )
+    change = s.get("broker_vs_pre_broker") or {}
+    if change.get("hub_over_bare_pre_broker"):
+        out.append(
+            f"through the broker: hub/bare {fmt(change['hub_over_bare_now'], 'x')} in this run, "
+            f"{fmt(change['hub_over_bare_pre_broker'], 'x')} before the broker "
+            f"({change['pre_broker_file']}): {fmt(change['change'], 'x')}"
+        )
     if s["foreign_containers_seen"]:
         out.append(
             "other containers were running during the runs (shared machine, noisier numbers): "
@@ -1231,7 +1298,9 @@ def wait_quiet(client: docker.DockerClient, timeout: float) -> list[str]:
     deadline = time.monotonic() + timeout
     while True:
         others = sorted(
-            c.name for c in client.containers.list() if c.labels.get("havre.enclave") != ENCLAVE
+            c.name
+            for c in client.containers.list(ignore_removed=True)
+            if c.labels.get("havre.enclave") != ENCLAVE
         )
         busy0 = machine_busy_seconds()
         time.sleep(5)
@@ -1349,6 +1418,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 f"hub {single['hub'][-1]['ready_s']:.2f} s"
             )
         results["single"] = single
+        log("broker round trips (server.inspect) against direct docker inspect")
+        results["broker_round_trips"] = broker_round_trips(bench)
         results["concurrent"] = []
         for i in range(1, args.concurrent_runs + 1):
             sample = measure("concurrent", lambda: concurrent_run(bench))
