@@ -127,11 +127,19 @@ def _params() -> list[Any]:
 
 
 def write_output(enclave, project: str, name: str, text: str) -> None:
-    """A file in the project's outputs folder, as a notebook (uid 1000) would leave it."""
-    path = enclave.config.outputs_dir(project) / name
+    """A file in the project's outputs folder, as alice's server would leave it: her own uid,
+    the project's group (spawner/identities.py), umask 022."""
+    from spawner.identities import locked_table, table_path
+
+    config = enclave.config
+    with locked_table(
+        table_path(config.state_dir), base=config.uid_base, size=config.uid_count, reader_gid=1001
+    ) as table:
+        ident = table.identity("alice", project)
+    path = config.outputs_dir(project) / name
     path.write_text(text)
-    os.chown(path, 1000, 1000)
-    os.chmod(path, 0o640)
+    os.chown(path, ident.uid, ident.gid)
+    os.chmod(path, 0o644)
 
 
 @pytest.fixture(scope="module")
