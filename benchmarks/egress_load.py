@@ -212,7 +212,7 @@ def serve(args: argparse.Namespace) -> None:
     from egress.core import EgressService
     from egress.service import listen, serve_workers
     from egress.store.db import make_engine
-    from spawner.enclave import parse_enclave_yaml
+    from havre.enclave.config import parse_enclave_yaml
 
     # Authentication, in this process only: the user is who the X-Bench-User header says (the
     # real service asks the hub through Hub OAuth). Projects and roles still come from the
@@ -494,7 +494,7 @@ def seed(db_url: str, env: Env, count: int, rng: random.Random) -> Counter[str]:
     from egress.content_store import ContentStore
     from egress.core import EgressService, actor_for
     from egress.store.db import make_engine, migrate
-    from spawner.enclave import parse_enclave_yaml
+    from havre.enclave.config import parse_enclave_yaml
 
     enclave = parse_enclave_yaml(env.enclave.read_text())
     engine = make_engine(db_url)

@@ -33,10 +33,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from spawner import stack  # noqa: E402
-from spawner.cli import DEFAULT_NOTEBOOK_IMAGE  # noqa: E402
-from spawner.demo import init_demo  # noqa: E402
-from spawner.ports import GUARD_PORT  # noqa: E402
+from havre.enclave.ports import GUARD_PORT  # noqa: E402
+from havre.host import stack  # noqa: E402
+from havre.host.cli import DEFAULT_NOTEBOOK_IMAGE  # noqa: E402
+from havre.host.demo import init_demo  # noqa: E402
 from tests.enclave_fixtures import free_port  # noqa: E402
 from tests.integration.hub_client import HubUser  # noqa: E402
 

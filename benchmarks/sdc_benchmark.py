@@ -1,21 +1,21 @@
-"""Benchmark: checked crosstabs through ``egress.safe`` against plain pandas and ACRO 1.0.2,
+"""Benchmark: checked crosstabs through ``havre.safe`` against plain pandas and ACRO 1.0.2,
 and the egress service's check of a 1,000,000-cell count table read from CSV.
 
 Targets:
 
-- a checked table through ``egress.safe`` within 2x of plain ``pandas.crosstab``;
+- a checked table through ``havre.safe`` within 2x of plain ``pandas.crosstab``;
 - at least 10x faster than ACRO 1.0.2 on the same call;
-- the server-side check of a 1,000,000-cell CSV (``egress.sdc.check_frequency_csv`` on a
+- the server-side check of a 1,000,000-cell CSV (``havre.sdc.check_frequency_csv`` on a
   1000 x 1000 count table) under 1 s.
 
 Same process, same data (1,000,000 records, 50 regions x 100 ages, skewed positive costs, as in
-``egress.sdc.bench``): for each of a count crosstab and a mean crosstab (dominance and p-ratio
+``havre.sdc.bench``): for each of a count crosstab and a mean crosstab (dominance and p-ratio
 checks), with one key per axis (region by age, 5,000 cells) and with two plain keys per axis
 (``count2``/``mean2``: region and sex by age band and smoker, 2,000 cells, every combination
 shown), the median of ``--runs`` runs (after one warm-up run) of
 
 - ``pandas.crosstab(...)``;
-- ``egress.safe`` ``Session.crosstab(...)``: the check, the reasons, and the recording (CSV,
+- ``havre.safe`` ``Session.crosstab(...)``: the check, the reasons, and the recording (CSV,
   ``results.json``, checksums, flushed to disk) into a temporary folder;
 - ``acro.ACRO(suppress=False).crosstab(...)``: median of ``--acro-runs`` runs (no warm-up: it
   is slow), as a researcher would call it (its records kept in memory; ``finalise`` not timed).
@@ -52,9 +52,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from egress.safe import Session  # noqa: E402
-from egress.sdc import check_frequency_csv  # noqa: E402
-from egress.sdc.bench import make_records  # noqa: E402
+from havre.safe import Session  # noqa: E402
+from havre.sdc import check_frequency_csv  # noqa: E402
+from havre.sdc.bench import make_records  # noqa: E402
 
 
 def timed(fn: Callable[[], object], runs: int, warm_up: bool = True) -> dict[str, object]:

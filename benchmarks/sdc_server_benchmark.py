@@ -5,7 +5,7 @@ For each table (an n x n count table with a "Total" row and column, Poisson coun
 
 - ``egress.file_checks.check_file(name, data)``: the file check every submitted file gets
   (encoding, delimiter, consistent fields, formula injection...);
-- ``egress.sdc.published.check_count_csv_text(text, delimiter=..., params=...)``: the SDC
+- ``havre.sdc.published.check_count_csv_text(text, delimiter=..., params=...)``: the SDC
   check the service runs on the checked bytes (parse, cell rules, margins, recoverability);
 - ``OutputCheck.as_record()``: the record the service stores (verdict, summary, reasons);
 
@@ -54,8 +54,8 @@ import pandas as pd  # noqa: E402
 from host_facts import cpu_model  # noqa: E402
 
 from egress.file_checks import check_file  # noqa: E402
-from egress.sdc import SDCParams  # noqa: E402
-from egress.sdc.published import check_count_csv_text  # noqa: E402
+from havre.sdc import SDCParams  # noqa: E402
+from havre.sdc.published import check_count_csv_text  # noqa: E402
 
 
 def count_table_bytes(size: int, blank_share: float, seed: int = 0) -> bytes:
@@ -104,7 +104,7 @@ _BEFORE = textwrap.dedent(
     import csv, io, math, sys, time
     sys.path.insert(0, sys.argv[1])
     from egress.file_checks import check_file
-    from egress.sdc import SDCParams, check_frequency_csv, read_table_csv
+    from havre.sdc import SDCParams, check_frequency_csv, read_table_csv
     data = open(sys.argv[2], "rb").read()
     start = time.perf_counter()
     result = check_file("table.csv", data)

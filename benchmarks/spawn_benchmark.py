@@ -82,8 +82,8 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 
 from host_facts import cpu_model  # noqa: E402  (this folder)
 
-from spawner import __version__, stack  # noqa: E402
-from spawner.enclave import EnclaveConfig, load_enclave_config, parse_enclave_yaml  # noqa: E402
+from havre import __version__, stack  # noqa: E402
+from havre.enclave.config import EnclaveConfig, load_enclave_config, parse_enclave_yaml  # noqa: E402
 from tests.integration.hub_client import HubUser  # noqa: E402
 
 #: How users sign in to the hub: Havre's embedded OpenID Connect provider (users seeded in
@@ -384,7 +384,7 @@ def write_enclave(base: Path) -> tuple[EnclaveConfig, dict[str, str]]:
     os.chmod(csv, 0o644)
     passwords = {user: secrets.token_urlsafe(16) for user in USERS}
     if AUTH_MODE == "oidc":
-        from spawner.oidc_provider import seed_users
+        from havre.idp.provider import seed_users
 
         idp_dir = state_dir / "idp"
         idp_dir.mkdir(mode=0o700)
@@ -940,7 +940,7 @@ def broker_round_trips(bench: Bench, n: int = 30) -> dict[str, Any]:
     """The broker's own cost per call: ``server.inspect`` over its Unix socket from this host
     (authenticate, check, one ``docker inspect``, audit line), against the same ``docker
     inspect`` made directly, interleaved, ``n`` of each."""
-    from spawner.broker.client import BrokerClient
+    from havre.broker.client import BrokerClient
 
     secret = (bench.enclave.state_dir / "secrets" / "broker-hub").read_text().strip()
     broker = BrokerClient(

@@ -1,6 +1,6 @@
 """Break glass in the audit log: the hub reports, the egress service records and tells checkers.
 
-The hub decides who may open another user's server (``spawner.break_glass``) but must not
+The hub decides who may open another user's server (``havre.enclave.break_glass``) but must not
 write the audit log itself. It posts each step here, to ``api/break-glass/events``,
 authenticated with a key both sides derive from the egress service's hub API token
 (:func:`hub_key`: HMAC-SHA256 of the token; the token itself never travels, and notebook
@@ -32,7 +32,7 @@ from egress.core import CHECKERS_MARKER, EgressService, InvalidInput
 from egress.policy import Actor, PermissionDenied
 from egress.store.db import read_session
 from egress.store.models import AuditEventRow
-from spawner.break_glass import hub_key
+from havre.enclave.break_glass import hub_key
 
 #: what the hub posts, and the audit event each becomes
 EVENTS = {

@@ -18,7 +18,7 @@ happened to nothing. They are logged by the service's ordinary logger (``egress.
 INFO) with the actor, the operation, the request and the reason.
 
 Files
-    ``add_file`` reads the file from the project's outputs folder (``egress.outputs_folder``,
+    ``add_file`` reads the file from the project's outputs folder (``havre.enclave.outputs_folder``,
     never following links), runs the automatic checks (``egress.file_checks.check_file``) and,
     for a CSV/TSV table of numbers, the SDC count-table rules, set against the researcher's
     library's record of that exact file (``egress.sdc_badge``: no count pass unless the record
@@ -93,10 +93,8 @@ from egress.audit import (
 )
 from egress.content_store import ContentStore
 from egress.file_checks import DEFAULT_POLICY, CheckPolicy, FileCheckResult, FileKind, check_file
-from egress.outputs_folder import OutputPathError, read_output, read_output_owned, scan_outputs
 from egress.policy import Actor, Permission, PermissionDenied, RequestView
 from egress.reexecution_jobs import JobsFolder
-from egress.sdc import SDCParams
 from egress.sdc_badge import LibraryReadError, LibraryRecords, combine, view_check
 from egress.signing import (
     key_id,
@@ -135,7 +133,14 @@ from egress.workflow import (
     votes_after_file_change,
     votes_after_resubmit,
 )
-from spawner.enclave import ADMINS_HUB_GROUP, EnclaveConfig
+from havre.enclave.config import ADMINS_HUB_GROUP, EnclaveConfig
+from havre.enclave.outputs_folder import (
+    OutputPathError,
+    read_output,
+    read_output_owned,
+    scan_outputs,
+)
+from havre.sdc import SDCParams
 
 __all__ = [
     "EgressError",
@@ -437,9 +442,9 @@ def _versions(*names: str) -> dict[str, str]:
 
 
 def _count_check_function() -> Callable[..., Any] | None:
-    """``egress.sdc.published.check_count_csv_text`` when this version of the rules has it."""
+    """``havre.sdc.published.check_count_csv_text`` when this version of the rules has it."""
     try:
-        from egress.sdc.published import check_count_csv_text
+        from havre.sdc.published import check_count_csv_text
     except ImportError:
         return None
     return check_count_csv_text
@@ -491,7 +496,7 @@ def _frequency_table_check(result: FileCheckResult, params: SDCParams) -> dict[s
             numbers += 1
     if not numbers:
         return not_checked
-    from egress.sdc import check_frequency_csv, read_table_csv
+    from havre.sdc import check_frequency_csv, read_table_csv
 
     try:
         frame = read_table_csv(text, delimiter=delimiter)
@@ -1044,11 +1049,11 @@ class EgressService:
     def _file_owner(self, uid: int) -> dict[str, Any]:
         """Who wrote a file: its uid and, for a server's uid, the member's name.
 
-        The names come from the identity table the hub keeps (spawner/identities.py,
+        The names come from the identity table the hub keeps (havre/enclave/identities.py,
         mounted read-only here); ``user`` is None for a uid that is no server's (a file made
         before per-server identities, uid 1000, or by an administrator).
         """
-        from spawner.identities import IdentityError, owners_of, table_path
+        from havre.enclave.identities import IdentityError, owners_of, table_path
 
         try:
             owners = owners_of(table_path(Path(self.enclave.state_dir)))
@@ -1935,9 +1940,9 @@ class EgressService:
 
     def differencing(self, actor: Actor, request_id: str, file_id: int) -> dict[str, Any] | None:
         """The differencing warning of a CSV/TSV table against the project's earlier releases
-        (``egress.sdc.differencing``; ``None`` for other files). Released and revoked requests
+        (``havre.sdc.differencing``; ``None`` for other files). Released and revoked requests
         count: their files left. The 200 most recently changed released tables are compared."""
-        from egress.sdc.differencing import count_table_from_csv, differencing_warnings
+        from havre.sdc.differencing import count_table_from_csv, differencing_warnings
 
         tables = (FileKind.CSV.value, FileKind.TSV.value)
         with self._read("differencing", actor, request_id) as session:

@@ -1,7 +1,7 @@
 """Automatic checks of a file submitted for release, before two output checkers review it.
 
 Pure module (standard library only): bytes and a name in, a :class:`FileCheckResult` out. It
-never reads or writes the outputs folder (``egress.outputs_folder`` reads it) and never
+never reads or writes the outputs folder (``havre.enclave.outputs_folder`` reads it) and never
 decompresses anything researcher-supplied except PDF object streams, under a byte budget.
 
 What is accepted (the allow-list), decided by **content**, never by the extension alone
@@ -21,8 +21,8 @@ What is accepted (the allow-list), decided by **content**, never by the extensio
 
 The extension must agree with the content: a PNG named ``.csv`` is refused ("content is PNG but
 the name says .csv"), and so is CSV text named ``.png``. Names are also checked with
-``egress.outputs_folder.validate_relative_path`` (no traversal, no invisible, bidi-override or
-look-alike characters).
+``havre.enclave.outputs_folder.validate_relative_path`` (no traversal, no invisible,
+bidi-override or look-alike characters).
 
 Refused outright, with a reason
     * empty files, files over ``max_file_bytes``;
@@ -104,7 +104,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
-from egress.outputs_folder import OutputPathError, validate_relative_path
+from havre.enclave.outputs_folder import OutputPathError, validate_relative_path
 
 
 class FileKind(StrEnum):

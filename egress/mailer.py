@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 
 from egress.core import CHECKERS_MARKER, EgressService, OutboxMessage
 from egress.notify import SmtpSettings, parse_smtp_settings, plain_message, send
-from spawner.enclave import CHECKERS_HUB_GROUP, EnclaveConfig
+from havre.enclave.config import CHECKERS_HUB_GROUP, EnclaveConfig
 
 log = logging.getLogger("egress.mailer")
 

@@ -79,8 +79,8 @@ import yaml
 from docker.types import LogConfig, Mount
 
 from egress.audit import canonical_json, format_time
-from egress.sdc.params import SDCParams, SDCParamsError
-from spawner.enclave import Project
+from havre.enclave.config import Project
+from havre.sdc.params import SDCParams, SDCParamsError
 
 __all__ = [
     "RECORD_SCHEMA",
@@ -116,7 +116,7 @@ OUTPUTS_NAME = "outputs"
 SDC_PARAMS_NAME = ".havre-sdc-params.json"
 _RESERVED = frozenset({INPUT_NAME, EXECUTED_NAME, PARAMS_NAME, OUTPUTS_NAME, SDC_PARAMS_NAME})
 #: What the runner sets in the container so that the safe-analysis library forces the
-#: project's SDC parameters (``egress.safe.session``: ``params=`` may be stricter, not weaker).
+#: project's SDC parameters (``havre.safe.session``: ``params=`` may be stricter, not weaker).
 ENV_TRUSTED_RUN = "HAVRE_TRUSTED_REEXECUTION"
 ENV_SDC_PARAMS = "HAVRE_SDC_PARAMS"
 
@@ -275,10 +275,10 @@ def notebook_container_config(
     """docker-py host-config arguments of a re-execution container.
 
     The notebook containers' hardening is not restated here: the spawn broker's own
-    (:func:`spawner.broker.policy.hardened_host_config`) is applied, so whatever it gains,
+    (:func:`havre.broker.policy.hardened_host_config`) is applied, so whatever it gains,
     re-execution gains too. Then the network becomes ``"none"`` and the limits the request's.
     """
-    from spawner.broker.policy import hardened_host_config
+    from havre.broker.policy import hardened_host_config
 
     config = hardened_host_config(project, network="none")
     config.update(
@@ -739,7 +739,7 @@ def run_notebook(
             _papermill_command(),
             name=f"havre-reexec-{request.project.slug}-{run_id}",
             user=f"{NOTEBOOK_UID}:{NOTEBOOK_GID}",
-            # the data folder's group is the project's (spawner/identities.py): the re-run
+            # the data folder's group is the project's (havre/enclave/identities.py): the re-run
             # reads /data as the project's servers do, and nothing of another project
             group_add=_data_group(data_path),
             working_dir=HOME,

@@ -1,9 +1,9 @@
 """``havre-reexec-runner``: runs the trusted re-executions the egress service asks for.
 
 The egress service faces the browsers and has no Docker socket; neither has this process: it
-asks the **spawn broker** (:mod:`spawner.broker`) for each re-execution container, with its own
+asks the **spawn broker** (:mod:`havre.broker`) for each re-execution container, with its own
 secret, which lets it start, inspect, stop and remove re-execution runs and nothing else; the
-broker builds the container from the enclave config (:func:`spawner.broker.policy.reexec_spec`).
+broker builds the container from the enclave config (:func:`havre.broker.policy.reexec_spec`).
 It has **no network at all** (``havre up`` starts it as ``<enclave>-runner`` with
 ``network_mode=none``, the egress image, uid 1000, read-only root, no capabilities). Its only
 input is the jobs folder it shares with the service (:mod:`egress.reexecution_jobs`):
@@ -47,7 +47,7 @@ from egress.reexecution_jobs import (
     failure_report,
     result_report,
 )
-from spawner.enclave import EnclaveConfig, load_enclave_config
+from havre.enclave.config import EnclaveConfig, load_enclave_config
 
 log = logging.getLogger("egress.reexecution_runner")
 
@@ -99,7 +99,7 @@ class BrokerEngine:
 
     What ``run_notebook`` would give Docker (image, mounts, hardening, user, command...) is not
     sent: the broker builds the same container itself from the enclave config
-    (:func:`spawner.broker.policy.reexec_spec`); only the project and the run's id travel,
+    (:func:`havre.broker.policy.reexec_spec`); only the project and the run's id travel,
     and the run's scratch folder is the one ``run_notebook`` made under the jobs folder's
     ``work/`` (``reexec-<run id>``).
     """
@@ -116,7 +116,7 @@ class BrokerEngine:
         """The image's id, as the broker resolves it for a project that runs it."""
         import docker.errors
 
-        from spawner.broker.client import BrokerError
+        from havre.broker.client import BrokerError
 
         slug = self._projects_by_image.get(image)
         if slug is None:
@@ -140,7 +140,7 @@ class BrokerEngine:
 
     def list(self, **_filters: Any) -> list[_BrokerRun]:
         """This enclave's re-execution runs (all of them are this runner's)."""
-        from spawner.broker.policy import reexec_scratch
+        from havre.broker.policy import reexec_scratch
 
         runs = []
         for run in self.broker.call("reexec.list")["runs"]:
@@ -356,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             parser.error(f"{sub} is missing: `havre up` prepares the jobs folder")
     client: Any
     if args.broker_socket:
-        from spawner.broker.client import BrokerClient
+        from havre.broker.client import BrokerClient
 
         broker = BrokerClient(args.broker_socket, secret_file=args.broker_secret, timeout=60)
         client = BrokerEngine(broker, enclave)

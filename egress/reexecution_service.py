@@ -37,9 +37,9 @@ from egress.audit import EventType, canonical_json, format_time
 from egress.content_store import ContentNotFound, CorruptContent
 from egress.policy import Actor, Permission, PermissionDenied
 from egress.reexecution_jobs import Job, JobsFolder, ProtocolError, new_job_id, output_sdc_metadata
-from egress.sdc.params import SDCParams, SDCParamsError
 from egress.signing import sign_record
 from egress.store.models import Reexecution, Request, RequestFile
+from havre.sdc.params import SDCParams, SDCParamsError
 
 if TYPE_CHECKING:  # pragma: no cover
     from egress.core import EgressService
@@ -408,14 +408,14 @@ def _count_check(text: str, delimiter: str, params: SDCParams) -> Any:
     """The service's own check of a published table of counts (an ``OutputCheck``), or
     ``None`` when the text is not a table of counts (labels, then whole numbers or blanks)."""
     try:
-        from egress.sdc.published import check_count_csv_text  # type: ignore[attr-defined]
+        from havre.sdc.published import check_count_csv_text  # type: ignore[attr-defined]
     except ImportError:
         check_count_csv_text = None
     if check_count_csv_text is not None:
         return check_count_csv_text(text, delimiter=delimiter, params=params)
     import pandas as pd
 
-    from egress.sdc import check_frequency_csv, read_table_csv
+    from havre.sdc import check_frequency_csv, read_table_csv
 
     frame = read_table_csv(text, delimiter=delimiter)
     if frame.shape[0] < 1 or frame.shape[1] < 1:
@@ -574,7 +574,7 @@ def researcher_metadata(
     ``changed`` and the sentence saying so, never the old verdict.
     """
     paths = sorted(submitted)
-    from egress.outputs_folder import OutputPathError, read_output
+    from havre.enclave.outputs_folder import OutputPathError, read_output
 
     root = svc._outputs_root(project)
     files: dict[str, bytes] = {}

@@ -84,7 +84,7 @@ KINDS = ("csv", "tsv", "png", "jpeg", "svg", "pdf", "text", "markdown", "noteboo
 """The kinds :func:`render_for_checker` accepts (the values of ``egress.file_checks.FileKind``)."""
 
 VERDICTS = ("pass", "review", "fail")
-"""Per-cell verdicts a table can show (``egress.sdc`` verdict names)."""
+"""Per-cell verdicts a table can show (``havre.sdc`` verdict names)."""
 
 CHECKER_PAGE_CSP = (
     "default-src 'none'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; "

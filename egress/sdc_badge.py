@@ -5,7 +5,7 @@ zeros, blanks recoverable from the margins). It cannot tell from the file which 
 numbers are: a table of sums with one dominant contributor, a rounded mean or a max table are
 whole numbers too. So a file gets a count **pass** only when the statistic is known to be a
 count, and the only place that says so is the record the researcher's library
-(:mod:`egress.safe`) wrote for *that exact file* in its folder's ``results.json``: the same
+(:mod:`havre.safe`) wrote for *that exact file* in its folder's ``results.json``: the same
 file name **and** the same sha256. That record is the researcher's library's claim (the
 notebook wrote it, in the researcher's own process), and is labelled so.
 
@@ -24,7 +24,7 @@ A file that was changed after the library checked it never shows the library's v
 verdict: only that it changed.
 
 Pure: the caller reads the files (:class:`LibraryRecords` takes a ``read`` function). Standard
-library plus :class:`egress.sdc.SDCParams`.
+library plus :class:`havre.sdc.SDCParams`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from egress.sdc.params import SDCParams, SDCParamsError
+from havre.sdc.params import SDCParams, SDCParamsError
 
 __all__ = [
     "BADGE_VERSION",

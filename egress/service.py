@@ -29,8 +29,8 @@ from egress.mailer import Mailer
 from egress.signing import generate_key
 from egress.store.db import make_engine, migrate
 from egress.web import make_app
-from spawner.config_reload import LiveEnclave, live_config
-from spawner.enclave import EnclaveConfig, load_enclave_config
+from havre.enclave.config import EnclaveConfig, load_enclave_config
+from havre.enclave.live import LiveEnclave, live_config
 
 DEFAULT_PORT = 8090
 
@@ -252,7 +252,7 @@ def main() -> None:
     config_path = os.environ.get("HAVRE_CONFIG", "/etc/havre/enclave.yaml")
     load_enclave_config(config_path)  # refuse to start on an invalid config, with its problems
     # projects, members and output checkers are read live: a change applies at the next
-    # request, without a restart (spawner/config_reload.py)
+    # request, without a restart (havre/enclave/live.py)
     enclave: EnclaveConfig = LiveEnclave(live_config(config_path))  # type: ignore[assignment]
     prefix = os.environ.get("JUPYTERHUB_SERVICE_PREFIX", "/services/egress/")
     public = os.environ.get("HAVRE_PUBLIC_URL", "").rstrip("/")

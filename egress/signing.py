@@ -245,7 +245,7 @@ def runtime_versions() -> dict[str, str]:
     try:
         havre = metadata.version("havre")
     except metadata.PackageNotFoundError:
-        from spawner import __version__ as havre
+        from havre import __version__ as havre
     return {"havre": havre, "python": platform.python_version()}
 
 

@@ -5,9 +5,9 @@ Reads the source with ``ast`` (nothing is imported) and prints one summary:
 - modules and internal imports (module -> module, each pair once);
 - levels: the longest chain of module-level imports, loops counted as one step;
 - loops: groups of modules that import each other through module-level imports;
-- loops hidden in functions: the loops once imports inside functions (and under
-  ``TYPE_CHECKING``) count too, and the imports in functions that close one (their target
-  reaches the importing module back);
+- loops hidden in functions: the loops once imports inside functions count too, and the
+  imports in functions that close one (their target reaches the importing module back);
+  imports under ``if TYPE_CHECKING:`` (annotations only, never run) are counted apart;
 - uphill imports: imports that break the layer rules (the same rules as the import-linter
   contracts in ``pyproject.toml``, written here for the old names too, so the number before and
   after the move is comparable);
@@ -97,11 +97,12 @@ class _Imports(ast.NodeVisitor):
         self.modules = modules
         self.depth = 0  # inside functions
         self.type_only = 0  # inside `if TYPE_CHECKING:`
-        self.found: list[tuple[str, bool]] = []  # (target, at module level)
+        self.found: list[tuple[str, str]] = []  # (target, "top" | "function" | "type")
 
     def _add(self, target: str | None) -> None:
         if target and target != self.module:
-            self.found.append((target, self.depth == 0 and self.type_only == 0))
+            kind = "type" if self.type_only else "function" if self.depth else "top"
+            self.found.append((target, kind))
 
     def visit_FunctionDef(self, node: ast.AST) -> None:
         self.depth += 1
@@ -201,16 +202,18 @@ def measure() -> dict:
     modules = module_files()
     top: dict[str, set[str]] = defaultdict(set)
     inner: dict[str, set[str]] = defaultdict(set)
+    typing: dict[str, set[str]] = defaultdict(set)
     for module, path in modules.items():
         visitor = _Imports(module, path.name == "__init__.py", modules)
         visitor.visit(ast.parse(path.read_text(), str(path)))
-        for target, at_top in visitor.found:
-            (top if at_top else inner)[module].add(target)
+        for target, kind in visitor.found:
+            {"top": top, "function": inner, "type": typing}[kind][module].add(target)
     names = sorted(modules)
     for name in names:
-        top[name], inner[name]  # noqa: B018 - make every node a key
+        top[name], inner[name], typing[name]  # noqa: B018 - make every node a key
     for name in names:
         inner[name] -= top[name]
+        typing[name] -= top[name] | inner[name]
 
     groups = strongly_connected(names, top)
     loops = [group for group in groups if len(group) > 1]
@@ -235,7 +238,13 @@ def measure() -> dict:
         for target in inner[source]
         if reaches(full, target, source)
     )
-    every = {(s, t) for s in names for t in top[s] | inner[s]}
+    type_loops = sorted(
+        (source, target)
+        for source in names
+        for target in typing[source]
+        if reaches(full, target, source)
+    )
+    every = {(s, t) for s in names for t in top[s] | inner[s] | typing[s]}
     uphill = sorted(
         (s, t)
         for s, t in every
@@ -245,7 +254,9 @@ def measure() -> dict:
     largest = sorted(lines.items(), key=lambda item: -item[1])[:8]
     return {
         "modules": len(names),
-        "imports": sum(len(top[n]) + len(inner[n]) for n in names),
+        "imports": sum(len(top[n]) + len(inner[n]) + len(typing[n]) for n in names),
+        "imports_for_type_checking": sum(len(typing[n]) for n in names),
+        "type_checking_imports_closing_a_loop": type_loops,
         "imports_in_functions": sum(len(inner[n]) for n in names),
         "levels": levels,
         "loops": loops,
@@ -266,13 +277,20 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(result, indent=2))
         return 0
     print(f"modules: {result['modules']}")
-    print(f"internal imports: {result['imports']} ({result['imports_in_functions']} in functions)")
+    print(
+        f"internal imports: {result['imports']} ({result['imports_in_functions']} in functions, "
+        f"{result['imports_for_type_checking']} under TYPE_CHECKING)"
+    )
     print(f"levels: {result['levels']}")
     print(f"import loops (module-level): {len(result['loops'])}")
     print(
         f"import loops counting imports in functions: {len(result['loops_with_function_imports'])}"
     )
     print(f"imports in functions closing a loop: {len(result['hidden_loop_imports'])}")
+    print(
+        "imports under TYPE_CHECKING (annotations only) closing a loop: "
+        f"{len(result['type_checking_imports_closing_a_loop'])}"
+    )
     print(f"uphill imports (against the layers): {len(result['uphill_imports'])}")
     print("largest modules:")
     for name, count in result["largest_modules"]:
@@ -284,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
             print("loop (with imports in functions):", " <-> ".join(loop))
         for source, target in result["hidden_loop_imports"]:
             print(f"hidden: {source} -> {target}")
+        for source, target in result["type_checking_imports_closing_a_loop"]:
+            print(f"type-only: {source} -> {target}")
         for source, target in result["uphill_imports"]:
             print(f"uphill: {source} -> {target}")
     return 0

@@ -1,3 +1,5 @@
-"""Havre's enclave side: the project spawner, the enclave config, the local stack launcher."""
+"""Havre's hub side: the project spawner, the hub wiring, the download guard, the hub pages."""
 
-__version__ = "0.1.0"
+from havre import __version__
+
+__all__ = ["__version__"]

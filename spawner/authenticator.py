@@ -21,7 +21,7 @@ the sign-in at the identity provider (RFC 7009). Servers and the egress service 
 answer about a token for one second (not JupyterHub's five minutes), so a captured cookie or
 token is refused within a second of the logout. Logout also ends an open break-glass window.
 
-Break glass (:mod:`spawner.break_glass`): the provider's break-glass group only makes a user
+Break glass (:mod:`havre.enclave.break_glass`): the provider's break-glass group only makes a user
 eligible; the ``server-access`` group is never taken from the provider's claims, only from an
 activation on ``/hub/break-glass``.
 """

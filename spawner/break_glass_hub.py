@@ -1,6 +1,6 @@
 """Break glass, the hub's side: the activation page, the checks, the audit reports.
 
-See :mod:`spawner.break_glass` for the rules. Here, inside the hub process:
+See :mod:`havre.enclave.break_glass` for the rules. Here, inside the hub process:
 
 * ``/hub/break-glass`` (:class:`BreakGlassHandler`): an eligible user (hub group
   ``break-glass``, from the identity provider) activates break glass with a reason, a target and
@@ -36,7 +36,7 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 from tornado.ioloop import IOLoop, PeriodicCallback
 
-from spawner.break_glass import (
+from havre.enclave.break_glass import (
     BreakGlassError,
     Window,
     WindowStore,
@@ -44,7 +44,7 @@ from spawner.break_glass import (
     iso,
     open_window,
 )
-from spawner.enclave import BREAK_GLASS_HUB_GROUP, SERVER_ACCESS_HUB_GROUP
+from havre.enclave.config import BREAK_GLASS_HUB_GROUP, SERVER_ACCESS_HUB_GROUP
 
 log = logging.getLogger("havre.break_glass")
 

@@ -6,7 +6,7 @@ inside the hub container, which the local start command (``havre up``) or Ansibl
 * the enclave config at ``$HAVRE_CONFIG``;
 * only its own state (``<state_dir>/hub``: database, cookie secret's folder) and the secrets
   it reads, at the same paths as on the host; no project data, homes or outputs, no Docker
-  socket: notebook servers are started by the spawn broker (``spawner/broker/``), whose Unix
+  socket: notebook servers are started by the spawn broker (``havre/broker/``), whose Unix
   socket folder and the hub's broker secret are mounted (``$HAVRE_BROKER_SOCKET``,
   ``$HAVRE_BROKER_SECRET``);
 * ``$HAVRE_HUB_CONTAINER``, ``$HAVRE_EGRESS_CONTAINER`` and ``$HAVRE_FRONT_NETWORK`` naming its
@@ -23,17 +23,17 @@ from typing import Any
 
 from jupyterhub.handlers.static import CacheControlStaticFilesHandler
 
-from spawner.config_reload import LiveEnclave, live_config
-from spawner.download_policy import CROSS_ORIGIN_OPENER_POLICY
-from spawner.enclave import (
+from havre.enclave.config import (
     ADMINS_HUB_GROUP,
     SERVER_ACCESS_HUB_GROUP,
     EnclaveConfig,
     EnclaveConfigError,
     load_enclave_config,
 )
+from havre.enclave.live import LiveEnclave, live_config
+from havre.enclave.ports import EGRESS_PORT, GUARD_PORT, HUB_PORT, PROXY_PORT
+from spawner.download_policy import CROSS_ORIGIN_OPENER_POLICY
 from spawner.hub_pages import configure_pages
-from spawner.ports import EGRESS_PORT, GUARD_PORT, HUB_PORT, PROXY_PORT
 
 
 def secrets_dir(enclave: EnclaveConfig) -> Path:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from spawner.enclave import EnclaveConfig, Project
+from havre.enclave.config import EnclaveConfig, Project
 
 #: where Havre's hub templates are (shipped as package data)
 HUB_TEMPLATES = Path(__file__).resolve().parent / "templates" / "hub"

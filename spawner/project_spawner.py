@@ -5,7 +5,7 @@ A JupyterHub *named server* is a project: ``/user/<name>/<project-slug>/``. The 
 * refuses, before anything is asked of the broker, a server for a project the user is not a
   member of (fail closed: an unknown project, an empty server name, an unreadable config all
   refuse);
-* asks the **spawn broker** (:mod:`spawner.broker`, the only holder of the Docker socket) to
+* asks the **spawn broker** (:mod:`havre.broker`, the only holder of the Docker socket) to
   start, stop and inspect the server; the broker re-checks membership and builds the whole
   container itself from the enclave config: the project's own ``internal`` network (made on
   demand, with no address for the host on it, the hub and the egress service attached), the
@@ -27,12 +27,12 @@ from typing import Any
 from jupyterhub.spawner import Spawner, SpawnException
 from traitlets import Int, Unicode, default
 
-from spawner.broker.client import BrokerClient, BrokerError
-from spawner.broker.policy import SERVER_PORT, hardened_host_config
-from spawner.broker.policy import pinned_jupyter_env as pinned_jupyter_env
-from spawner.config_reload import live_config
+from havre.broker.client import BrokerClient, BrokerError
+from havre.broker.policy import SERVER_PORT, hardened_host_config
+from havre.broker.policy import pinned_jupyter_env as pinned_jupyter_env
+from havre.enclave.config import EnclaveConfig, EnclaveConfigError, Project
+from havre.enclave.live import live_config
 from spawner.download_guard import ensure_guard
-from spawner.enclave import EnclaveConfig, EnclaveConfigError, Project
 
 
 class ProjectSpawner(Spawner):
@@ -51,7 +51,7 @@ class ProjectSpawner(Spawner):
     broker_socket = Unicode(
         "/run/havre-broker/broker.sock",
         config=True,
-        help="""Unix socket of the spawn broker (spawner/broker/), the only holder of the
+        help="""Unix socket of the spawn broker (havre/broker/), the only holder of the
         Docker socket: the hub asks it to start, stop and inspect servers, and it builds every
         container from the enclave config (the hub passes no container specification).
         """,
@@ -284,13 +284,13 @@ class ProjectSpawner(Spawner):
 
     def hardened_host_config(self, project: Project, dns: str | None = None) -> dict[str, Any]:
         """The HostConfig arguments the broker gives this project's notebook containers
-        (:func:`spawner.broker.policy.hardened_host_config`; for inspection and tests)."""
+        (:func:`havre.broker.policy.hardened_host_config`; for inspection and tests)."""
         network = self.enclave.network_name(project.slug)
         return hardened_host_config(project, network=network, dns=dns or "")
 
     def get_env(self) -> dict[str, str]:
         """JupyterHub's variables for the server (its API token, URLs, OAuth client); the
-        broker adds Havre's and the pinned Jupyter paths (:mod:`spawner.broker.policy`)."""
+        broker adds Havre's and the pinned Jupyter paths (:mod:`havre.broker.policy`)."""
         env = super().get_env()
         return {
             k: v
@@ -421,5 +421,5 @@ class ProjectSpawner(Spawner):
 
 def _load_cached(path: str) -> EnclaveConfig:
     """The config as its file says now: re-read when the file changed (a project or member
-    change applies without restarting the hub; see spawner/config_reload.py)."""
+    change applies without restarting the hub; see havre/enclave/live.py)."""
     return live_config(path).current()

@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import docker
 import pytest
 
-from spawner import stack
-from spawner.cli import DEFAULT_NOTEBOOK_IMAGE
-from spawner.demo import init_demo
-from spawner.enclave import EnclaveConfig
+from havre.enclave.config import EnclaveConfig
+from havre.host import stack
+from havre.host.cli import DEFAULT_NOTEBOOK_IMAGE
+from havre.host.demo import init_demo
 from tests import web_coverage
 from tests.integration.hub_client import HubUser
 

@@ -29,9 +29,9 @@ import docker
 import pytest
 import yaml
 
-from spawner import stack
-from spawner.enclave import load_enclave_config
-from spawner.networks import project_bridge_name
+from havre.enclave.config import load_enclave_config
+from havre.enclave.networks import project_bridge_name
+from havre.host import stack
 from tests.enclave_fixtures import free_port
 from tests.integration.canaries import new_token, tcp_canary
 from tests.integration.hub_client import HubUser

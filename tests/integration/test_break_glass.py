@@ -19,7 +19,7 @@ from html import unescape
 import pytest
 import requests
 
-from spawner.break_glass import hub_key
+from havre.enclave.break_glass import hub_key
 from tests.integration.hub_client import HubUser
 from tests.integration.test_egress_flow import Egress
 from tests.integration.test_identity import Provider

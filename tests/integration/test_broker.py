@@ -11,7 +11,7 @@ nor another project, and the broker starts nothing outside its policy.
   container specification, a non-member, a second server, with a sentence.
 * Fuzz: hypothesis sends requests of every shape with each caller's secret and with wrong
   ones; afterwards every container the engine has for this enclave is inside the policy
-  (:func:`spawner.broker.policy.container_problems`).
+  (:func:`havre.broker.policy.container_problems`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from spawner import stack
-from spawner.broker.client import BrokerClient, BrokerError
-from spawner.broker.policy import ACTIONS, container_problems
-from spawner.enclave import project_hub_group
+from havre.broker.client import BrokerClient, BrokerError
+from havre.broker.policy import ACTIONS, container_problems
+from havre.enclave.config import project_hub_group
+from havre.host import stack
 from tests.integration.hub_client import HubError
 
 pytestmark = pytest.mark.docker

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from spawner.ports import GUARD_PORT
-from spawner.stack import hub_container_name
+from havre.enclave.ports import GUARD_PORT
+from havre.host.stack import hub_container_name
 
 pytestmark = pytest.mark.docker
 

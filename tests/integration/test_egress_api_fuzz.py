@@ -128,8 +128,8 @@ def _params() -> list[Any]:
 
 def write_output(enclave, project: str, name: str, text: str) -> None:
     """A file in the project's outputs folder, as alice's server would leave it: her own uid,
-    the project's group (spawner/identities.py), umask 022."""
-    from spawner.identities import locked_table, table_path
+    the project's group (havre/enclave/identities.py), umask 022."""
+    from havre.enclave.identities import locked_table, table_path
 
     config = enclave.config
     with locked_table(

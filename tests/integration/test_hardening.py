@@ -36,7 +36,7 @@ def test_no_capabilities_and_no_new_privileges(alice_cardio):
 
 def test_runs_as_a_non_root_user(alice_cardio):
     _alice, container = alice_cardio
-    uid = container.labels["havre.uid"]  # its own, from Havre's range (spawner/identities.py)
+    uid = container.labels["havre.uid"]  # its own, from Havre's range (havre/enclave/identities.py)
     assert int(uid) >= 2_000_000
     assert sh(container, "id -u").strip() == uid
     # the jupyter server itself (PID 1's tree) is not root either

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from spawner.identities import load_table, read_host_ids, table_path
+from havre.enclave.identities import load_table, read_host_ids, table_path
 from tests.integration.test_egress_flow import Egress
 
 pytestmark = pytest.mark.docker

@@ -12,10 +12,10 @@ import subprocess
 
 import pytest
 
-from spawner import stack
-from spawner.cli import DEFAULT_NOTEBOOK_IMAGE
-from spawner.demo import demo_config_text, init_demo
-from spawner.project_filesystems import (
+from havre.host import stack
+from havre.host.cli import DEFAULT_NOTEBOOK_IMAGE
+from havre.host.demo import demo_config_text, init_demo
+from havre.host.project_filesystems import (
     is_mountpoint,
     loop_problem,
     mount_path,

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from spawner.cli import DEFAULT_NOTEBOOK_IMAGE
+from havre.host.cli import DEFAULT_NOTEBOOK_IMAGE
 from tests.integration.canaries import (
     PROBE,
     host_address,

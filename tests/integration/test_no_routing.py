@@ -17,8 +17,8 @@ import time
 
 import pytest
 
-from spawner import stack
-from spawner.cli import DEFAULT_NOTEBOOK_IMAGE
+from havre.host import stack
+from havre.host.cli import DEFAULT_NOTEBOOK_IMAGE
 from tests.integration.canaries import new_token
 
 pytestmark = pytest.mark.docker

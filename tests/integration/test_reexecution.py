@@ -34,9 +34,9 @@ from egress.reexecution import (
 )
 from egress.reexecution_jobs import output_sdc_metadata
 from egress.reexecution_service import _param_problem, recompute_sdc, shown_verdict
-from egress.sdc import SDCParams
 from egress.signing import generate_key, load_private_key, sign_record, verify_record
-from spawner.enclave import DEFAULT_IMAGE, GIB, Limits, Project
+from havre.enclave.config import DEFAULT_IMAGE, GIB, Limits, Project
+from havre.sdc import SDCParams
 from tests.integration.canaries import canary_on_a_bridge as bridge_canary
 from tests.integration.canaries import new_token
 from tests.integration.test_isolation import in_control
@@ -213,7 +213,7 @@ def test_rerun_reproduces_a_local_run_and_compare_catches_tampering(
 #: A researcher's analysis that relaxes the threshold to 1 in its own process; region x value
 #: has 28 cells of 2 to 14 records (several under 10).
 RELAXED = [
-    "import json, os\nimport pandas as pd\nimport egress.safe as safe",
+    "import json, os\nimport pandas as pd\nimport havre.safe as safe",
     "df = pd.read_csv(os.environ.get('HAVRE_DATA_DIR', '/data') + '/cohort.csv')",
     "s = safe.Session(params={'threshold': 1}, name='relaxed', show=False)\n"
     "t = s.crosstab(df['region'], df['value'])",

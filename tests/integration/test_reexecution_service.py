@@ -24,7 +24,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from egress.signing import load_public_key, public_key_path, verify_record
-from spawner import stack
+from havre.host import stack
 from tests.integration.canaries import canary_on_a_bridge, new_token
 from tests.integration.test_egress_flow import Egress
 
@@ -35,7 +35,7 @@ TIME_LIMIT = 45
 SESSION = f"rx-{os.getpid()}"
 FOLDER = "rxservice"
 ANALYSIS = [
-    "import pandas as pd\nimport egress.safe as safe",
+    "import pandas as pd\nimport havre.safe as safe",
     "df = pd.read_csv('/data/hospital_stays.csv')",
     f"safe.new_session(name={SESSION!r}, show=False)",
     "by_region = safe.crosstab(df['region'], df['sex'])",
@@ -101,7 +101,7 @@ def test_runner_has_no_docker_and_no_network_and_asks_the_broker(enclave):
     assert runner.attrs["HostConfig"]["CapDrop"] == ["ALL"]
     assert not any("docker.sock" in m["Source"] for m in runner.attrs["Mounts"])
     code = (
-        "import os, sys; from spawner.broker.client import BrokerClient, BrokerError\n"
+        "import os, sys; from havre.broker.client import BrokerClient, BrokerError\n"
         "print(os.path.exists('/var/run/docker.sock'))\n"
         f"b = BrokerClient({stack.BROKER_SOCKET!r}, "
         f"secret_file={str(enclave.config.state_dir / 'secrets' / 'broker-runner')!r})\n"
@@ -247,7 +247,7 @@ RELAXED_SESSION = f"rx-relaxed-{os.getpid()}"
 #: The first 150 stays, region x sex: 16 cells of 3 to 15 (8 under 10): a pass only for a
 #: threshold relaxed below the project's 10.
 RELAXED = [
-    "import pandas as pd\nimport egress.safe as safe",
+    "import pandas as pd\nimport havre.safe as safe",
     "df = pd.read_csv('/data/hospital_stays.csv').head(150)",
     f"s = safe.Session(params={{'threshold': 1}}, name={RELAXED_SESSION!r}, show=False)",
     "t = s.crosstab(df['region'], df['sex'])",

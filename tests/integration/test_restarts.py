@@ -20,7 +20,7 @@ import time
 import pytest
 import requests
 
-from spawner import stack
+from havre.host import stack
 from tests.integration.hub_client import HubUser
 from tests.integration.test_egress_flow import Egress
 from tests.integration.test_identity import Provider, new_user
@@ -76,7 +76,7 @@ def answers(enclave, component: str, people) -> bool:
         if component == "egress":
             return people["checker"].call("GET", "api/whoami").status_code == 200
         if component == "broker":  # its socket answers with a refusal for no secret
-            from spawner.broker.client import BrokerClient, BrokerError
+            from havre.broker.client import BrokerClient, BrokerError
 
             path = enclave.config.state_dir / stack.BROKER_SOCKET_SUBDIR / "broker.sock"
             try:

@@ -1,7 +1,7 @@
 """The SDC badge through the live enclave (issue #11, defect 4): a file changed after the
 library checked it is flagged to the checker, and a genuine count table still passes.
 
-Alice runs the researcher's library (``egress.safe``) in her real notebook server: two count
+Alice runs the researcher's library (``havre.safe``) in her real notebook server: two count
 tables. She then edits one by hand (a count changed, as if "tidied up"), adds both to a
 request through the egress service's API and submits. Olivia, a checker, sees in the JSON view
 (and on the request page) the edited file as "changed after the library checked it", with no
@@ -19,7 +19,7 @@ pytestmark = pytest.mark.docker
 SESSION = "badge-live"
 LIBRARY_CODE = f"""
 import numpy as np, pandas as pd
-from egress.safe import Session
+from havre.safe import Session
 rng = np.random.default_rng(3)
 df = pd.DataFrame({{"region": rng.choice(["north", "south"], 400),
                     "sex": rng.choice(["female", "male"], 400)}})

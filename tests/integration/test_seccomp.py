@@ -17,7 +17,7 @@ import json
 
 import pytest
 
-from spawner.seccomp import BLOCKED, notebook_profile
+from havre.enclave.seccomp import BLOCKED, notebook_profile
 
 pytestmark = pytest.mark.docker
 

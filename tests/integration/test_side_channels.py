@@ -6,7 +6,7 @@ of empty files during each time slot; a receiver in project B reads ``statvfs(ho
 just before and in the middle of each slot and decodes a drop as a 1. Measured twice with the
 same probe: between carol's two real servers (homes on one shared host filesystem: the channel
 works, the control) and between two containers with the servers' hardening whose homes are on
-two per-project loop filesystems made by ``spawner.project_filesystems`` (the channel is gone).
+two per-project loop filesystems made by ``havre.host.project_filesystems`` (the channel is gone).
 
 The /proc table lists what a server still reads of the host (values equal to the host's).
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from spawner.project_filesystems import (
+from havre.host.project_filesystems import (
     ensure_project_filesystem,
     loop_problem,
     release_project_filesystem,
@@ -291,8 +291,8 @@ def test_havre_up_gives_each_project_its_own_filesystem(tmp_path):
     problem = loop_problem()
     if problem:
         pytest.skip(f"per-project filesystems need loop devices: {problem}")
-    from spawner import stack
-    from spawner.enclave import parse_enclave_yaml
+    from havre.enclave.config import parse_enclave_yaml
+    from havre.host import stack
 
     def config(mode: str, state: Path):
         return parse_enclave_yaml(

@@ -118,7 +118,7 @@ def test_outputs_folder_is_shared_with_the_egress_service_read_only(enclave, ali
     assert code != 0, output  # the egress service can read outputs, never change them
     # ...and not only because of the file's owner and mode: as the file's owner (whom the mode
     # lets write), the egress container's mount still refuses (EROFS)
-    st = path.stat()  # the server's own uid and its project's gid (spawner/identities.py)
+    st = path.stat()  # the server's own uid and its project's gid (havre/enclave/identities.py)
     owner = f"{st.st_uid}:{st.st_gid}"
     code, output = egress.exec_run(["sh", "-c", f"echo x >> {path}"], user=owner)
     assert code != 0 and "Read-only file system" in output.decode(), output
@@ -147,7 +147,7 @@ def test_hub_refuses_to_start_on_an_invalid_config(enclave, tmp_path):
 
 def test_starting_the_enclave_again_changes_nothing(enclave, alice_cardio):
     """`havre up` twice is harmless: same hub and egress containers, servers keep running."""
-    from spawner import stack
+    from havre.host import stack
 
     alice, notebook = alice_cardio
     before = (enclave.hub_container().id, enclave.egress_container().id)

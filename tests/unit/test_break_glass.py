@@ -1,4 +1,4 @@
-"""Break glass, the pure rules (spawner/break_glass.py) and its config key."""
+"""Break glass, the pure rules (havre/enclave/break_glass.py) and its config key."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from spawner.break_glass import (
+from havre.enclave.break_glass import (
     REASON_MAX,
     BreakGlassError,
     WindowStore,
@@ -17,7 +17,7 @@ from spawner.break_glass import (
     open_window,
     target_covers,
 )
-from spawner.enclave import (
+from havre.enclave.config import (
     BREAK_GLASS_HUB_GROUP,
     SERVER_ACCESS_HUB_GROUP,
     EnclaveConfigError,

@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from havre.enclave.break_glass import WindowStore, open_window
 from spawner import break_glass_hub
-from spawner.break_glass import WindowStore, open_window
 
 NOW = datetime(2026, 12, 6, 18, 0, tzinfo=UTC)
 

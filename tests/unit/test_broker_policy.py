@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from spawner.broker.policy import (
+from havre.broker.policy import (
     ACTIONS,
     CALLER_ACTIONS,
     Refused,
@@ -17,7 +17,7 @@ from spawner.broker.policy import (
     reexec_spec,
     server_spec,
 )
-from spawner.enclave import parse_enclave_config, project_hub_group
+from havre.enclave.config import parse_enclave_config, project_hub_group
 
 CONFIG = {
     "enclave": {"name": "unit", "state_dir": "/srv/unit"},

@@ -1,4 +1,4 @@
-"""Project and member changes read live (spawner/config_reload.py): what is re-read, and what
+"""Project and member changes read live (havre/enclave/live.py): what is re-read, and what
 still restarts a container."""
 
 from __future__ import annotations
@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from spawner.config_reload import (
+from havre.enclave.config import EnclaveConfigError, load_enclave_config
+from havre.enclave.live import (
     LiveConfig,
     LiveEnclave,
     live_config_path,
     publish_config,
     restart_digest,
 )
-from spawner.enclave import EnclaveConfigError, load_enclave_config
 
 
 def _config(state: Path, **change: object) -> dict:

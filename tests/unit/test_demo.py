@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import stat
 
-from spawner.demo import idp_users_file, init_demo
-from spawner.oidc_provider import read_users_file
-from spawner.passwords import hash_password, verify_password
-from spawner.stack import prepare_state
+from havre.host.demo import idp_users_file, init_demo
+from havre.host.stack import prepare_state
+from havre.idp.passwords import hash_password, verify_password
+from havre.idp.provider import read_users_file
 
 
 def test_password_hashes_verify_and_reject():
@@ -51,7 +51,7 @@ def test_prepare_state_makes_secrets_once(tmp_path):
     assert stat.S_IMODE((tmp_path / "secrets").stat().st_mode) == 0o700
     outputs = config.outputs_dir("cardio")
     # owned by the egress service's uid, with the project's group, sticky and setgid
-    # (spawner/identities.py project_plan)
+    # (havre/enclave/identities.py project_plan)
     assert outputs.is_dir() and outputs.stat().st_uid == 1001
     assert stat.S_IMODE(outputs.stat().st_mode) == 0o3570
     assert outputs.stat().st_gid >= config.uid_base

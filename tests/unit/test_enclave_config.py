@@ -1,4 +1,4 @@
-"""Unit tests for spawner.enclave: loading and validating the enclave config file."""
+"""Unit tests for havre.enclave.config: loading and validating the enclave config file."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from spawner.enclave import (
+from havre.enclave.config import (
     DEFAULT_IMAGE,
     DEFAULT_LIMITS,
     GIB,

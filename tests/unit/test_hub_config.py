@@ -8,10 +8,10 @@ import stat
 import pytest
 from traitlets.config import Config
 
-from spawner.demo import init_demo
-from spawner.enclave import load_enclave_config
+from havre.enclave.config import load_enclave_config
+from havre.host.demo import init_demo
+from havre.host.stack import prepare_state
 from spawner.hub_config import ADMIN_SCOPES, USER_SCOPES, configure_hub
-from spawner.stack import prepare_state
 
 KEYCLOAK = """
 identity:

@@ -16,7 +16,7 @@ from jinja2 import ChoiceLoader, Environment, FileSystemLoader, PrefixLoader
 from jupyterhub.spawner import SpawnException
 from tornado import web
 
-from spawner.enclave import parse_enclave_config
+from havre.enclave.config import parse_enclave_config
 from spawner.hub_pages import HUB_TEMPLATES, template_vars, user_projects
 
 

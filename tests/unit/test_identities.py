@@ -1,4 +1,4 @@
-"""Per-server uids and per-project gids (spawner/identities.py): stable, distinct, never a
+"""Per-server uids and per-project gids (havre/enclave/identities.py): stable, distinct, never a
 host id, bad names refused, the table written atomically and never silently reset."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from spawner.enclave import parse_enclave_yaml
-from spawner.identities import (
+from havre.enclave.config import parse_enclave_yaml
+from havre.enclave.identities import (
     DEFAULT_BASE,
     HostIds,
     Identity,
@@ -77,7 +77,7 @@ def test_range_refuses_host_accounts_and_low_bases() -> None:
 
 
 def test_this_hosts_accounts_are_outside_the_default_range() -> None:
-    from spawner.identities import read_host_ids
+    from havre.enclave.identities import read_host_ids
 
     host = read_host_ids()
     assert os.getuid() not in range(DEFAULT_BASE, DEFAULT_BASE + 1_000_000)
@@ -237,7 +237,7 @@ def test_enclave_config_range_and_filesystems_are_validated() -> None:
 def test_a_colleagues_session_folder_is_refused_with_a_sentence(tmp_path: Path) -> None:
     """The safe library (in every notebook server) can't replace a session folder another
     member made: it says so and names a way out. Control: one's own folder is replaced."""
-    from egress import safe
+    from havre import safe
 
     mine = tmp_path / "outputs" / "getting-started"
     mine.mkdir(parents=True)

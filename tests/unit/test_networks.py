@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from spawner.networks import (
+from havre.enclave.networks import (
     project_bridge_name,
     project_network_is_closed,
     project_network_options,

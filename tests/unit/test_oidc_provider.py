@@ -31,8 +31,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from tornado.netutil import bind_sockets
 
-from spawner import oidc_provider
-from spawner.oidc_provider import (
+from havre.idp import provider as oidc_provider
+from havre.idp.passwords import verify_password
+from havre.idp.provider import (
     ConfigError,
     SigningKey,
     ensure_secret_file,
@@ -44,7 +45,6 @@ from spawner.oidc_provider import (
     seed_users,
     write_users_file,
 )
-from spawner.passwords import verify_password
 from tests.certificates import self_signed
 
 CALLBACK = "http://127.0.0.1:8000/hub/oauth_callback"
@@ -1318,7 +1318,7 @@ def _set_hash(users_file: Path, username: str, password_hash: str) -> None:
 
 
 def test_an_old_scrypt_hash_signs_in_and_is_rewritten_as_argon2id(idp, caplog):
-    from spawner.passwords import legacy_scrypt_hash
+    from havre.idp.passwords import legacy_scrypt_hash
 
     caplog.set_level("INFO", logger="havre.idp")
     password = USERS["alice"]["password"]
@@ -1361,7 +1361,7 @@ def _self_signed(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
 
 
 def test_the_sign_in_page_is_served_over_tls_with_the_given_certificate(tmp_path, seeded):
-    from spawner.oidc_provider import tls_context
+    from havre.idp.provider import tls_context
 
     cert_file, key_file = _self_signed(tmp_path)
     sockets = bind_sockets(0, "127.0.0.1")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argon2
 import pytest
 
-from spawner.passwords import (
+from havre.idp.passwords import (
     ARGON2_PARAMETERS,
     hash_password,
     is_password_hash,

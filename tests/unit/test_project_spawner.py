@@ -10,8 +10,8 @@ import pytest
 import yaml
 from jupyterhub.spawner import SpawnException
 
-from spawner.enclave import parse_enclave_config
-from spawner.networks import project_network_is_closed
+from havre.enclave.config import parse_enclave_config
+from havre.enclave.networks import project_network_is_closed
 from spawner.project_spawner import ProjectSpawner
 
 CONFIG = {

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from spawner.seccomp import (
+from havre.enclave.seccomp import (
     BLOCKED,
     NETLINK_PROTOCOLS,
     SOCKET_FAMILIES,
@@ -87,20 +87,20 @@ def test_every_conditional_rule_names_one_call():
 def test_the_security_opt_carries_the_versioned_file():
     text = security_opt()
     assert text.startswith("seccomp=")
-    on_disk = json.loads((ROOT / "spawner" / "seccomp" / "notebook.json").read_text())
+    on_disk = json.loads((ROOT / "havre" / "enclave" / "seccomp" / "notebook.json").read_text())
     assert json.loads(text.removeprefix("seccomp=")) == on_disk
 
 
 def test_the_profile_ships_in_the_wheel():
     pyproject = (ROOT / "pyproject.toml").read_text()
-    assert '"spawner.seccomp" = ["*.json"]' in pyproject
+    assert '"havre.enclave.seccomp" = ["*.json"]' in pyproject
 
 
 def test_re_execution_containers_get_the_same_profile(tmp_path):
     """egress.reexecution applies ProjectSpawner.hardened_host_config: the profile comes
     with it (tests/integration/test_reexecution.py runs papermill under it)."""
     from egress.reexecution import notebook_container_config
-    from spawner.demo import init_demo
+    from havre.host.demo import init_demo
 
     config, _users = init_demo(tmp_path / "state", "havre/notebook:test")
     host = notebook_container_config(

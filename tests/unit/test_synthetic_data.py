@@ -1,4 +1,4 @@
-"""Unit tests for spawner.synthetic_data: deterministic synthetic hospital stays."""
+"""Unit tests for havre.host.synthetic_data: deterministic synthetic hospital stays."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from decimal import Decimal
 
 import pytest
 
-from spawner.synthetic_data import (
+from havre.host.synthetic_data import (
     AGE_BANDS,
     CHAPTERS,
     COLUMNS,

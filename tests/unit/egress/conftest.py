@@ -34,7 +34,7 @@ from egress.core import EgressService
 from egress.policy import Actor
 from egress.signing import generate_key
 from egress.store.db import make_engine, migrate
-from spawner.enclave import EnclaveConfig, parse_enclave_config
+from havre.enclave.config import EnclaveConfig, parse_enclave_config
 
 TEMPLATE_DB = "havre_egress_template"
 

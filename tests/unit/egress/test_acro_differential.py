@@ -1,8 +1,8 @@
-"""Differential tests: Havre's safe-analysis library (``egress.safe``) against ACRO 1.0.2.
+"""Differential tests: Havre's safe-analysis library (``havre.safe``) against ACRO 1.0.2.
 
 On generated records (small tables, categorical and text keys, missing keys, values with zeros,
 negatives, missing values, tiny and dominated cells; parameters varied too), each test runs the
-same call through ``acro.ACRO(suppress=False)`` and through ``egress.safe``, then compares, cell
+same call through ``acro.ACRO(suppress=False)`` and through ``havre.safe``, then compares, cell
 by cell, ACRO's ``sdc["cells"]`` lists (read from its results record) with Havre's rule flags:
 
 ============================  =============================================================
@@ -42,8 +42,8 @@ import pytest
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 
-from egress.safe import Session
-from egress.sdc import Rule, SDCParams
+from havre.safe import Session
+from havre.sdc import Rule, SDCParams
 
 try:
     import acro as _acro_pkg

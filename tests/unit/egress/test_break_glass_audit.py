@@ -16,7 +16,7 @@ from egress.core import CHECKERS_MARKER, InvalidInput
 from egress.policy import PermissionDenied
 from egress.store.db import read_session
 from egress.store.models import Notification
-from spawner.break_glass import hub_key
+from havre.enclave.break_glass import hub_key
 from tests.unit.egress.conftest import ACTORS
 
 SQLITE = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)

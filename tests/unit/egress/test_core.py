@@ -55,7 +55,7 @@ from egress.store.models import (
     Vote,
 )
 from egress.workflow import RequestState
-from spawner.enclave import ReviewPolicy, parse_enclave_config
+from havre.enclave.config import ReviewPolicy, parse_enclave_config
 from tests.unit.egress.conftest import (
     ACTORS,
     ENCLAVE,

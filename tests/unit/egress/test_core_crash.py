@@ -39,7 +39,7 @@ from egress.core import EgressService
 from egress.signing import generate_key, load_public_key, public_key_path, verify_record
 from egress.store.db import make_engine, migrate
 from egress.store.models import AuditEventRow, Release, Request, RequestFile
-from spawner.enclave import parse_enclave_config
+from havre.enclave.config import parse_enclave_config
 from tests.unit.egress.conftest import ACTORS, ENCLAVE, make_outputs
 
 REPO = Path(__file__).resolve().parents[3]

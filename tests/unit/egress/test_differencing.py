@@ -1,4 +1,4 @@
-"""Golden tests of the differencing warning (egress.sdc.differencing).
+"""Golden tests of the differencing warning (havre.sdc.differencing).
 
 Each case is two small published tables of counts written as CSV (what the egress service
 reads), and the exact derived counts that must be flagged, or none.
@@ -12,8 +12,8 @@ import math
 import pandas as pd
 import pytest
 
-from egress.sdc import SDCParams
-from egress.sdc.differencing import (
+from havre.sdc import SDCParams
+from havre.sdc.differencing import (
     count_table,
     differencing_warnings,
     parse_interval,

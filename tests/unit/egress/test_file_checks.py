@@ -45,7 +45,7 @@ from egress.file_checks import (
     is_formula,
     strip_notebook_outputs,
 )
-from egress.outputs_folder import OutputPathError, read_output, scan_outputs
+from havre.enclave.outputs_folder import OutputPathError, read_output, scan_outputs
 
 MiB = 1024 * 1024
 
@@ -324,7 +324,7 @@ HOSTILE: list[Row] = [
       "refused", "control character U+001B on line 2"),
     R("bidi-in-csv-cell", "t.csv", B("id,n\n1,\u202e21\n".encode()),
       "refused", "bidirectional control character U+202E"),
-    # -- names (egress.outputs_folder checks them again when reading)
+    # -- names (havre.enclave.outputs_folder checks them again when reading)
     R("traversal-name", "../x.csv", B(CSV), "refused", "'..' component"),
     R("traversal-inside-name", "a/../../x.csv", B(CSV), "refused", "'..' component"),
     R("absolute-name", "/etc/passwd.csv", B(CSV), "refused", "absolute path"),
@@ -879,7 +879,7 @@ def test_file_checks_imports_only_the_standard_library():
             imported |= {alias.name.split(".")[0] for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add((node.module or "").split(".")[0])
-    assert imported - {"egress"} <= set(sys.stdlib_module_names) | {"__future__"}
+    assert imported - {"egress", "havre"} <= set(sys.stdlib_module_names) | {"__future__"}
 
 
 @settings(max_examples=400, deadline=None)

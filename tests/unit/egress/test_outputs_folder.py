@@ -1,4 +1,4 @@
-"""Tests for egress.outputs_folder: listing and reading a folder that researchers control.
+"""Tests for havre.enclave.outputs_folder: listing and reading a folder that researchers control.
 
 The core is ``HOSTILE_READS``, a table written out by hand: one row per hostile folder layout or
 requested path (how it is built in ``tmp_path``, which path is asked for, and the message the
@@ -23,8 +23,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egress import outputs_folder
-from egress.outputs_folder import (
+from havre.enclave import outputs_folder
+from havre.enclave.outputs_folder import (
     OutputEntry,
     OutputPathError,
     SkippedEntry,

@@ -13,8 +13,8 @@ import json
 import pandas as pd
 import pytest
 
-import egress.safe as safe
-from egress.sdc import SDCParams
+import havre.safe as safe
+from havre.sdc import SDCParams
 
 #: 12 records: region "b" has 3 (below the project's threshold of 10, above a relaxed 1).
 RECORDS = pd.DataFrame(

@@ -36,9 +36,9 @@ from egress.reexecution_jobs import (
 )
 from egress.reexecution_runner import Runner
 from egress.reexecution_service import IN_RUN_LABEL, RESEARCHER_LABEL, SERVICE_LABEL
-from egress.sdc import SDCParams
 from egress.signing import verify_record
 from egress.store.models import AuditEventRow, Reexecution
+from havre.sdc import SDCParams
 from tests.unit.egress.conftest import ACTORS
 
 alice, bob, olivia, oscar = ACTORS["alice"], ACTORS["bob"], ACTORS["olivia"], ACTORS["oscar"]

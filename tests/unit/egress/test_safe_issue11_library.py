@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from egress.safe import Session
-from egress.sdc import SDCParams, Verdict, check_frequency_table, check_magnitude_table
-from egress.sdc.tables import MAX_CELLS
+from havre.safe import Session
+from havre.sdc import SDCParams, Verdict, check_frequency_table, check_magnitude_table
+from havre.sdc.tables import MAX_CELLS
 
 
 def K(*parts: object) -> str:

@@ -1,4 +1,4 @@
-"""Unit tests of the researchers' safe-analysis library (``egress.safe``).
+"""Unit tests of the researchers' safe-analysis library (``havre.safe``).
 
 What a call returns (the usual pandas/statsmodels objects, with the verdict attached), what it
 writes (the output files, ``results.json`` in ACRO's layout, checksums), suppression and
@@ -24,11 +24,11 @@ import statsmodels.formula.api as smf
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import egress.safe as safe
-import egress.safe.outputs as outputs_module
-from egress.safe import OutputNameError, SafeTable, Session
-from egress.safe.session import label_key as K
-from egress.sdc import SDCParams, check_frequency_csv, recoverable_cells
+import havre.safe as safe
+import havre.safe.outputs as outputs_module
+from havre.safe import OutputNameError, SafeTable, Session
+from havre.safe.session import label_key as K
+from havre.sdc import SDCParams, check_frequency_csv, recoverable_cells
 
 matplotlib.use("Agg")
 

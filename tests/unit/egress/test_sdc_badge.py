@@ -1,6 +1,6 @@
 """The SDC badge checkers see on a request (issue #11, defects 2, 4 and 5).
 
-Every output here is made with the real researcher's library (``egress.safe``) in the
+Every output here is made with the real researcher's library (``havre.safe``) in the
 project's outputs folder, then added to a request through the real service, as a researcher
 would: the traps are tables of whole numbers that are *not* counts (a sum with one dominant
 contributor, a mean that comes out whole, a max table), a file edited after the library wrote
@@ -22,10 +22,10 @@ from sqlalchemy import select
 
 from egress.core import EgressService
 from egress.openapi import openapi_document
-from egress.safe import Session
-from egress.sdc import SDCParams
 from egress.sdc_badge import LIBRARY_LABEL, LibraryRecords, combine, view_check
 from egress.store.models import RequestFile
+from havre.safe import Session
+from havre.sdc import SDCParams
 from tests.unit.egress.conftest import ACTORS
 from tests.unit.egress.test_core import audit_events
 

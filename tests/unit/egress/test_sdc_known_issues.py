@@ -1,4 +1,4 @@
-"""Limits of the SDC rules engine (``egress.sdc``) found by the safe-analysis library's tests,
+"""Limits of the SDC rules engine (``havre.sdc``) found by the safe-analysis library's tests,
 and how the server-side check covers them (documented in docs/checker-sdc-rules.md).
 """
 
@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from egress.sdc import SDCParams, check_frequency_csv, check_frequency_table, suppress
+from havre.sdc import SDCParams, check_frequency_csv, check_frequency_table, suppress
 
 
 def test_the_server_flags_a_suppressed_line_that_the_margins_still_give_away():

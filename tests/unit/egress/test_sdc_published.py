@@ -1,4 +1,4 @@
-"""Unit tests for egress.sdc.published: the server's check of a published count table.
+"""Unit tests for havre.sdc.published: the server's check of a published count table.
 
 Golden tables are CSV text as a researcher would write it; the verdicts are worked out by
 hand in the comments.  The property tests audit the fast margin algebra against linear
@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.optimize import linprog
 
-from egress.sdc import Rule, SDCParams, Verdict, check_frequency_csv, protect_pattern
-from egress.sdc.published import (
+from havre.sdc import Rule, SDCParams, Verdict, check_frequency_csv, protect_pattern
+from havre.sdc.published import (
     MARGIN_WORDS,
     _bridges,
     _determined,

@@ -1,4 +1,4 @@
-"""Unit tests for egress.sdc.params and egress.sdc.rules: parameters, per-cell rules, verdicts.
+"""Unit tests for havre.sdc.params and havre.sdc.rules: parameters, per-cell rules, verdicts.
 
 Expected values are worked out by hand in the comments next to each case.
 """
@@ -13,7 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egress.sdc import (
+from havre.sdc import (
     ACRO_ALIASES,
     Rule,
     SDCParams,
@@ -23,7 +23,7 @@ from egress.sdc import (
     evaluate_cells,
     round_to_base,
 )
-from egress.sdc.rules import (
+from havre.sdc.rules import (
     describe_cell,
     dominance_rule,
     format_label,

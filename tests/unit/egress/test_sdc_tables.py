@@ -1,4 +1,4 @@
-"""Unit tests for egress.sdc.tables: whole-output checks and suppression.
+"""Unit tests for havre.sdc.tables: whole-output checks and suppression.
 
 Golden tables are written out cell by cell (each cell's contributions listed), with the
 verdict of every cell worked out by hand in the comments.
@@ -15,7 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from egress.sdc import (
+from havre.sdc import (
     Rule,
     SDCParams,
     Verdict,

@@ -1,10 +1,10 @@
 """The spawn broker: the only holder of the Docker socket in an enclave (issue #14).
 
-* :mod:`spawner.broker.policy` (pure): checks a caller's request and builds, from the enclave
+* :mod:`havre.broker.policy` (pure): checks a caller's request and builds, from the enclave
   config alone, the full specification of the container it may start;
-* :mod:`spawner.broker.service`: the HTTP server on a Unix socket (``havre-broker``), which
+* :mod:`havre.broker.service`: the HTTP server on a Unix socket (``havre-broker``), which
   authenticates callers, applies the policy, drives Docker and audits every call;
-* :mod:`spawner.broker.client`: what the hub (``ProjectSpawner``) and the re-execution runner
+* :mod:`havre.broker.client`: what the hub (``ProjectSpawner``) and the re-execution runner
   call.
 
 See docs/sysadmin/broker.md and docs/architecture.md ("Trust boundaries").

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from spawner.enclave import EnclaveConfig, Project, project_hub_group
+from havre.enclave.config import EnclaveConfig, Project, project_hub_group
 
 #: The notebook server's port inside its container (DockerSpawner's default).
 SERVER_PORT = 8888
@@ -235,7 +235,7 @@ def hardened_host_config(
     extra_sysctls: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
     """The docker-py HostConfig arguments every notebook and re-execution container gets."""
-    from spawner.seccomp import security_opt as seccomp_security_opt
+    from havre.enclave.seccomp import security_opt as seccomp_security_opt
 
     sysctls = {
         "net.ipv6.conf.all.disable_ipv6": "1",
@@ -246,7 +246,7 @@ def hardened_host_config(
     sysctls.update(extra_sysctls or {})
     return {
         "cap_drop": ["ALL"],
-        # Havre's own seccomp allow-list (spawner/seccomp/notebook.json), not Docker's
+        # Havre's own seccomp allow-list (havre/enclave/seccomp/notebook.json), not Docker's
         "security_opt": ["no-new-privileges:true", seccomp_security_opt()],
         "read_only": True,
         "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={tmp_size},mode=1777"},
@@ -305,7 +305,7 @@ def server_spec(
 
     ``dns`` is the project network's gateway address (nothing answers there: see
     ``ProjectSpawner.dns_sink``); ``identity`` the server's own uid and the project's gid
-    (from the identity table, :mod:`spawner.identities`; never 0).
+    (from the identity table, :mod:`havre.enclave.identities`; never 0).
     """
     project = enclave.project(request.project)
     network = enclave.network_name(project.slug)
@@ -387,7 +387,7 @@ def reexec_spec(
 
     The runner prepared the scratch folder (notebook, parameters, SDC parameters) under the
     jobs folder; everything else comes from the enclave config, as for a notebook server.
-    ``project_gid``: the project's group (:mod:`spawner.identities`), which the run joins to
+    ``project_gid``: the project's group (:mod:`havre.enclave.identities`), which the run joins to
     read ``/data`` as the project's servers do.
     """
     project = enclave.project(request.project)

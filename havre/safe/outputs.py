@@ -18,7 +18,7 @@ temporary file in the same folder and is renamed over the target (:func:`atomic_
 reader (the egress service) sees the old file or the new one, never half of one. Checksums are
 written as ACRO writes them: ``checksums/<file name>.txt`` holding the sha256 in hex.
 
-Standard library only (plus :mod:`egress.outputs_folder` for the name rules).
+Standard library only (plus :mod:`havre.enclave.outputs_folder` for the name rules).
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from egress.outputs_folder import OutputPathError, validate_relative_path
+from havre.enclave.outputs_folder import OutputPathError, validate_relative_path
 
 __all__ = [
     "CHECKSUMS_DIR",
@@ -74,7 +74,7 @@ def validate_name(name: object, what: str = "output name", *, reserved_ok: bool 
     (``results.json``, ``config.json``, ``checksums``, unless ``reserved_ok``: the library's own
     files) and anything the egress service's own
     name rules refuse (control, invisible or look-alike characters; see
-    :func:`egress.outputs_folder.validate_relative_path`).
+    :func:`havre.enclave.outputs_folder.validate_relative_path`).
     """
     if not isinstance(name, str):
         raise OutputNameError(f"{what} must be a string (got {type(name).__name__})")
@@ -142,7 +142,7 @@ def atomic_write(folder: Path, name: str, data: bytes, *, durable: bool = True) 
 class Output:
     """One recorded output, in ACRO's record shape (plus Havre's ``havre`` block).
 
-    ``check`` is the :class:`egress.sdc.OutputCheck` behind the verdict when the output was
+    ``check`` is the :class:`havre.sdc.OutputCheck` behind the verdict when the output was
     made in this kernel (``None`` for outputs read back from ``results.json``).
     """
 

@@ -14,9 +14,9 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-from spawner.enclave import EnclaveConfig, load_enclave_config
-from spawner.oidc_provider import seed_users
-from spawner.synthetic_data import write_hospital_stays_csv
+from havre.enclave.config import EnclaveConfig, load_enclave_config
+from havre.host.synthetic_data import write_hospital_stays_csv
+from havre.idp.provider import seed_users
 
 #: (slug, title, data seed)
 DEMO_PROJECTS = (

@@ -1,6 +1,6 @@
 """Timing of the checked crosstabs against plain pandas (prints; asserts nothing).
 
-Run ``python -m egress.sdc.bench [ROWS]``: 1,000,000 records by default, 50 regions x 100
+Run ``python -m havre.sdc.bench [ROWS]``: 1,000,000 records by default, 50 regions x 100
 ages, median of 5 runs each of
 
 * ``pandas.crosstab(region, age)`` and :func:`check_frequency_table` (count table, threshold

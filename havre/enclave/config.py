@@ -150,7 +150,7 @@ CHECKERS_HUB_GROUP = "output-checkers"
 ADMINS_HUB_GROUP = "hub-admins"
 SERVER_ACCESS_HUB_GROUP = "server-access"
 #: Eligible for break glass (the provider lists them in a server-access group): grants nothing
-#: until the user activates it on the hub's break-glass page (see ``spawner.break_glass``).
+#: until the user activates it on the hub's break-glass page (see ``havre.enclave.break_glass``).
 BREAK_GLASS_HUB_GROUP = "break-glass"
 #: The longest break-glass window a config may allow, in minutes (one working day).
 BREAK_GLASS_MAX_MINUTES = 480
@@ -473,7 +473,7 @@ class EnclaveConfig:
     culling: CullingPolicy = CullingPolicy()
     notifications: NotificationSettings = NotificationSettings()
     #: Havre's id range: a uid per (user, project) server and a gid per project
-    #: (spawner/identities.py); no host account may use it.
+    #: (havre/enclave/identities.py); no host account may use it.
     uid_base: int = 2_000_000
     uid_count: int = 1_000_000
     #: "shared": homes and outputs on the state folder's filesystem; "loop": a loop-mounted

@@ -27,7 +27,7 @@ matched by label. Rows are matched
 The same is tried with rows and columns swapped (a table with age bands as columns).
 
 Suppressed cells (blank) are unknowns: no derived count that needs one is computed (the
-single-table "totals leak" is :func:`egress.sdc.recoverable_cells`'s job). A released margin
+single-table "totals leak" is :func:`havre.sdc.recoverable_cells`'s job). A released margin
 (``All``/``Total``) stands in for the sum of its line when a cell of the line is suppressed.
 """
 

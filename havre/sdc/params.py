@@ -146,7 +146,7 @@ class SDCParams:
     min_residual_dof: int = 10
     #: Whether a cell whose contributors have missing values goes to review.
     check_missing_values: bool = False
-    #: Base of the rounding helpers (:func:`egress.sdc.rules.round_to_base`).
+    #: Base of the rounding helpers (:func:`havre.sdc.rules.round_to_base`).
     round_base: int = 5
     #: What happens to a dominance-checked cell holding negative values (see
     #: :data:`NEGATIVES_CHOICES`).

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from spawner.enclave import EnclaveConfig, load_enclave_config
+from havre.enclave.config import EnclaveConfig, load_enclave_config
 
 #: the published copy's folder under the state folder, and its name there
 LIVE_CONFIG_DIR = "config"
@@ -90,7 +90,7 @@ class LiveConfig:
     """The enclave config at ``path``, re-read whenever the file is replaced or rewritten.
 
     :meth:`current` costs one ``stat`` when nothing changed. An unreadable or invalid file
-    raises :class:`spawner.enclave.EnclaveConfigError` (callers fail closed: no spawn, no
+    raises :class:`havre.enclave.config.EnclaveConfigError` (callers fail closed: no spawn, no
     sign-in), and is read again at the next call.
     """
 
@@ -124,7 +124,7 @@ class LiveConfig:
 
 
 class LiveEnclave:
-    """Reads like an :class:`~spawner.enclave.EnclaveConfig`, always the file's current one
+    """Reads like an :class:`~havre.enclave.config.EnclaveConfig`, always the file's current one
     (for code that keeps a config object from start, such as the hub's page variables)."""
 
     def __init__(self, live: LiveConfig) -> None:

@@ -1,15 +1,15 @@
 """A safe-analysis session: pandas and statsmodels calls that record an output with its verdict.
 
 Each call computes what the researcher asked for, checks it with Havre's SDC rules engine
-(:mod:`egress.sdc`, the same code the egress service runs), writes the output into the
+(:mod:`havre.sdc`, the same code the egress service runs), writes the output into the
 session's folder and records it in ``results.json`` (ACRO's format). See
 ``docs/researcher-safe-analysis.md`` for the researcher's guide.
 
 The rules are never evaluated here: tables go through
-:func:`egress.sdc.check_frequency_table` / :func:`egress.sdc.check_magnitude_table`
+:func:`havre.sdc.check_frequency_table` / :func:`havre.sdc.check_magnitude_table`
 (margins are checked as one-way tables of the same statistic and put next to the cells),
-histograms through :func:`egress.sdc.check_histogram`, models through
-:func:`egress.sdc.check_regression`, suppression through :func:`egress.sdc.suppress`.
+histograms through :func:`havre.sdc.check_histogram`, models through
+:func:`havre.sdc.check_regression`, suppression through :func:`havre.sdc.suppress`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from egress.sdc import (
+from havre.sdc import (
     CellReasons,
     OutputCheck,
     SDCParams,
@@ -46,11 +46,11 @@ from egress.sdc import (
     check_regression,
     round_to_base,
 )
-from egress.sdc import (
+from havre.sdc import (
     suppress as sdc_suppress,
 )
-from egress.sdc.rules import ALL_RULES
-from egress.sdc.tables import STATISTICS, _axis, cell_labels
+from havre.sdc.rules import ALL_RULES
+from havre.sdc.tables import STATISTICS, _axis, cell_labels
 
 from .display import SafeTable
 from .outputs import (
@@ -182,7 +182,7 @@ def _caller_command(default: str) -> str:
     notebook cells), not :func:`inspect.stack` (which reads the source of every frame).
     """
     frame = sys._getframe(1)
-    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith("egress.safe"):
+    while frame is not None and str(frame.f_globals.get("__name__", "")).startswith("havre.safe"):
         frame = frame.f_back
     if frame is None:
         return default
@@ -296,7 +296,7 @@ class Session:
     ``<outputs_dir>/<name>/``.
 
     ``outputs_dir`` defaults to ``$HAVRE_OUTPUTS_DIR`` or ``./outputs``; ``params`` (an
-    :class:`~egress.sdc.SDCParams` or a mapping of parameters, ACRO's names accepted) to the
+    :class:`~havre.sdc.SDCParams` or a mapping of parameters, ACRO's names accepted) to the
     file named by ``$HAVRE_SDC_PARAMS``, else ACRO's defaults; ``project`` to
     ``$HAVRE_PROJECT``. ``name`` (the session folder's name) defaults to
     ``<user>-<date>-<time>``, made unique. An existing session folder is refused unless
@@ -348,7 +348,7 @@ class Session:
             if self.folder.exists():
                 owner = os.lstat(self.folder.path).st_uid
                 if owner != os.getuid() and (replace or resume):
-                    # each member's server runs as a uid of its own (spawner/identities.py):
+                    # each member's server runs as a uid of its own (havre/enclave/identities.py):
                     # a colleague's session folder can be read, never changed
                     raise PermissionError(
                         f"session folder {self.folder.path} was made by another member of the "
@@ -453,7 +453,7 @@ class Session:
     def _tool_block(self) -> dict[str, Any]:
         return {
             "@type": "SoftwareApplication",
-            "name": "Havre safe-analysis library (egress.safe)",
+            "name": "Havre safe-analysis library (havre.safe)",
             "version": library_version(),
             "format": FORMAT,
         }
@@ -1345,7 +1345,7 @@ def _check_table(
 
 def _positions(frame: pd.DataFrame, keys: list[str], observed: bool, size: int) -> np.ndarray:
     """Each record's position on a table axis: the codes the check itself used
-    (:func:`egress.sdc.tables._axis`), so a missing key lands in its NaN row or column."""
+    (:func:`havre.sdc.tables._axis`), so a missing key lands in its NaN row or column."""
     codes, labels, _ = _axis(frame, keys, observed)
     if len(labels) != size:  # pragma: no cover - the same function made the table
         raise RuntimeError("the table's axis changed between the check and its margins")

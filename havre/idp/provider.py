@@ -56,7 +56,7 @@ import yaml
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from spawner.passwords import hash_password, is_password_hash, needs_rehash, verify_password
+from havre.idp.passwords import hash_password, is_password_hash, needs_rehash, verify_password
 
 log = logging.getLogger("havre.idp")
 

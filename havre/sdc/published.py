@@ -1,7 +1,7 @@
 """Published count tables: what the egress server can check from a CSV/TSV file of counts.
 
 * :func:`check_count_csv_text` — the service's check of a CSV/TSV file: ``None`` when the
-  text is not a table of labels and numbers, else the :class:`~egress.sdc.OutputCheck`;
+  text is not a table of labels and numbers, else the :class:`~havre.sdc.OutputCheck`;
 * :func:`check_frequency_csv` — the same check of a table already read (a DataFrame);
 * :func:`read_table_csv` — a CSV/TSV table as text cells;
 * :func:`recoverable_cells` — which suppressed cells follow from the true row and column totals
@@ -203,7 +203,7 @@ def check_count_csv_text(
 
     ``None`` when the text is not a table of labels (first column(s) and the header row) and
     numbers (blank cells allowed: taken as suppressed): the service records "not checked".
-    Otherwise the :class:`~egress.sdc.OutputCheck` of :func:`check_frequency_csv` on it.
+    Otherwise the :class:`~havre.sdc.OutputCheck` of :func:`check_frequency_csv` on it.
     Never raises on bad text.
     """
     parsed = _parse_count_csv(text, delimiter)
@@ -324,7 +324,7 @@ def _flat_labels(labels: pd.Index) -> pd.Index:
 
 def _is_margin(labels: pd.Index, margins_name: str | None) -> np.ndarray:
     """Labels equal to ``margins_name`` (on the first level): how the library marks the
-    margins it adds itself (:func:`egress.sdc.suppress`)."""
+    margins it adds itself (:func:`havre.sdc.suppress`)."""
     if margins_name is None:
         return np.zeros(len(labels), dtype=bool)
     if isinstance(labels, pd.MultiIndex):

@@ -30,18 +30,18 @@ from pathlib import Path
 import docker
 import docker.errors
 
-from spawner import __version__
-from spawner.config_reload import live_config_path, publish_config, restart_digest
-from spawner.enclave import EnclaveConfig
-from spawner.networks import project_network_options
-from spawner.ports import EGRESS_PORT, PROXY_PORT
+from havre import __version__
+from havre.enclave.config import EnclaveConfig
+from havre.enclave.live import live_config_path, publish_config, restart_digest
+from havre.enclave.networks import project_network_options
+from havre.enclave.ports import EGRESS_PORT, PROXY_PORT
 
 NOTEBOOK_UID = 1000
 NOTEBOOK_GID = 1000
 EGRESS_UID = 1001
 #: The hub runs as this uid (not root): it owns only its state folder and its secrets.
 HUB_UID = 1002
-#: the published config's folder (spawner/config_reload.py), mounted read-only: a folder, so a
+#: the published config's folder (havre/enclave/live.py), mounted read-only: a folder, so a
 #: replaced config shows in the running containers, which re-read it (no restart)
 LIVE_CONFIG_IN_CONTAINER = "/etc/havre/live"
 CONFIG_IN_CONTAINER = f"{LIVE_CONFIG_IN_CONTAINER}/enclave.yaml"
@@ -187,19 +187,19 @@ def prepare_state(enclave: EnclaveConfig, changes: list[str] | None = None) -> N
 
 def project_mounts(enclave: EnclaveConfig) -> str:
     """With per-project filesystems, the ids of their mounts (see
-    :func:`spawner.project_filesystems.mounts_digest`); "" otherwise."""
+    :func:`havre.host.project_filesystems.mounts_digest`); "" otherwise."""
     if enclave.project_filesystems != "loop":
         return ""
-    from spawner.project_filesystems import mounts_digest
+    from havre.host.project_filesystems import mounts_digest
 
     return mounts_digest([enclave.project_dir(slug) for slug in enclave.projects])
 
 
 def prepare_identities(enclave: EnclaveConfig, changes: list[str]) -> None:
     """Check Havre's id range against the host's accounts, give each project its group, and
-    set the projects' folders as :func:`spawner.identities.project_plan` says (data readable
+    set the projects' folders as :func:`havre.enclave.identities.project_plan` says (data readable
     by the project's group only; legacy outputs files keep their uid, join the group)."""
-    from spawner.identities import (
+    from havre.enclave.identities import (
         apply_rule,
         locked_table,
         project_plan,
@@ -221,7 +221,7 @@ def prepare_identities(enclave: EnclaveConfig, changes: list[str]) -> None:
         gids = {slug: table.project_gid(slug, host) for slug in enclave.projects}
     for slug, project in enclave.projects.items():
         if enclave.project_filesystems == "loop":
-            from spawner.project_filesystems import ensure_project_filesystem
+            from havre.host.project_filesystems import ensure_project_filesystem
 
             ensure_project_filesystem(
                 enclave.state_dir,
@@ -245,7 +245,7 @@ def prepare_identities(enclave: EnclaveConfig, changes: list[str]) -> None:
 
 def _config_digest(enclave: EnclaveConfig, *images: str, projects: str = "none") -> str:
     """A digest of what a running container depends on: the config as it reads it at start
-    (projects and members are read live: see spawner/config_reload.py), image ids, addresses."""
+    (projects and members are read live: see havre/enclave/live.py), image ids, addresses."""
     digest = hashlib.sha256(restart_digest(enclave, projects=projects).encode())
     digest.update(b"live-config")
     for image in images:
@@ -384,7 +384,7 @@ def _start_egress(
         opts.egress_image,
         name=name,
         detach=True,
-        # outputs folders are owned by this uid (spawner/identities.py); the runner's group
+        # outputs folders are owned by this uid (havre/enclave/identities.py); the runner's group
         # is for the re-execution jobs folder (egress.reexecution_jobs) only
         user=f"{EGRESS_UID}:{EGRESS_UID}",
         group_add=[str(NOTEBOOK_GID)],
@@ -623,7 +623,7 @@ def _start_broker(
     opts: StackOptions,
     changes: list[str] | None = None,
 ) -> None:
-    """The spawn broker (``havre-broker``, the hub image; see spawner/broker/).
+    """The spawn broker (``havre-broker``, the hub image; see havre/broker/).
 
     It holds the Docker socket and therefore has nothing else it doesn't need: no network at
     all (it is reached on a Unix socket), read-only root, no capabilities but CHOWN, FOWNER and
@@ -949,7 +949,7 @@ def down(enclave: EnclaveConfig, *, purge: bool = False) -> None:
         import shutil
 
         if enclave.project_filesystems == "loop":
-            from spawner.project_filesystems import release_project_filesystem
+            from havre.host.project_filesystems import release_project_filesystem
 
             for slug in enclave.projects:
                 release_project_filesystem(enclave.state_dir, enclave.project_dir(slug), slug)

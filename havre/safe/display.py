@@ -1,6 +1,6 @@
 """How a verdict shows in the notebook: a small HTML badge, and tables that carry theirs.
 
-:func:`verdict_badge_html` renders an :class:`~egress.safe.outputs.Output` as a coloured badge
+:func:`verdict_badge_html` renders an :class:`~havre.safe.outputs.Output` as a coloured badge
 (PASS / REVIEW / FAIL, always spelled out, not only a colour), the output's id, its summary and
 its reasons (folded when there are many). Everything taken from the data (labels, reasons) is
 HTML-escaped; there is no script and no outside resource (the enclave's Content-Security-Policy
@@ -118,7 +118,7 @@ def table_fingerprint(table: pd.DataFrame) -> str:
 class SafeTable(pd.DataFrame):
     """A table returned by the safe-analysis library: a DataFrame that shows its verdict.
 
-    ``table.safe_output`` is the recorded :class:`~egress.safe.outputs.Output` (status,
+    ``table.safe_output`` is the recorded :class:`~havre.safe.outputs.Output` (status,
     reasons, files). Any operation on the table returns a plain DataFrame without a verdict.
     A table changed in place (``t.loc[...] = ...``) keeps its record but loses its badge:
     :attr:`edited` is True and the notebook shows "EDITED: NOT CHECKED" instead of the

@@ -46,7 +46,9 @@ def notebook_profile() -> dict[str, Any]:
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:  # a broken package, never user input
-        raise RuntimeError(f"spawner/seccomp/notebook.json is not valid JSON: {err}") from None
+        raise RuntimeError(
+            f"havre/enclave/seccomp/notebook.json is not valid JSON: {err}"
+        ) from None
 
 
 @functools.cache

@@ -14,10 +14,10 @@ import json
 import sys
 from pathlib import Path
 
-from spawner import __version__
-from spawner.demo import demo_roles
-from spawner.enclave import EnclaveConfig, EnclaveConfigError, load_enclave_config
-from spawner.stack import StackOptions
+from havre import __version__
+from havre.enclave.config import EnclaveConfig, EnclaveConfigError, load_enclave_config
+from havre.host.demo import demo_roles
+from havre.host.stack import StackOptions
 
 DEFAULT_STATE_DIR = Path("/var/lib/havre")
 DEFAULT_NOTEBOOK_IMAGE = f"havre/notebook:{__version__}"
@@ -78,12 +78,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{args.config}: valid ({len(enclave.projects)} projects)")
             return 0
         if args.command == "demo-init":
-            from spawner.demo import init_demo
+            from havre.host.demo import init_demo
 
             enclave, users = init_demo(args.state_dir, args.notebook_image)
             print(f"demo enclave config: {enclave.source}")
             return 0
-        from spawner import stack
+        from havre.host import stack
 
         enclave = load_enclave_config(args.config)
         if args.command == "up":
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"havre: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # a clear one-line error for the operator
-        from spawner.stack import StackError
+        from havre.host.stack import StackError
 
         if isinstance(err, StackError):
             print(f"havre: {err}", file=sys.stderr)

@@ -430,7 +430,7 @@ def read_output(root: Path, relative: str, *, max_bytes: int) -> bytes:
 def read_output_owned(root: Path, relative: str, *, max_bytes: int) -> tuple[bytes, int]:
     """The bytes of ``relative`` and the uid owning the file that was read.
 
-    Each notebook server runs as a uid of its own (spawner/identities.py), so the owner says
+    Each notebook server runs as a uid of its own (havre/enclave/identities.py), so the owner says
     which member wrote the file, whoever asks for its release. The uid is the one of the very
     inode read (``fstat`` of the open descriptor, unchanged during the read).
 

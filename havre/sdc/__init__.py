@@ -5,9 +5,9 @@ egress server and the researchers' library.  It gives each output, and each cell
 a verdict — pass, review or fail — with reasons a checker can read.  Humans decide: the
 verdict informs the two checkers, it does not release anything by itself.
 
-* :mod:`egress.sdc.params` — :class:`SDCParams`, the thresholds (ACRO's defaults and names);
-* :mod:`egress.sdc.rules` — the per-cell rules, vectorised, and the reasons in words;
-* :mod:`egress.sdc.tables` — checks of whole outputs and suppression.
+* :mod:`havre.sdc.params` — :class:`SDCParams`, the thresholds (ACRO's defaults and names);
+* :mod:`havre.sdc.rules` — the per-cell rules, vectorised, and the reasons in words;
+* :mod:`havre.sdc.tables` — checks of whole outputs and suppression.
 
 Checker-facing documentation: ``docs/checker-sdc-rules.md``.
 """

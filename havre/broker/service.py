@@ -8,7 +8,7 @@ Protocol: ``POST /v1/<action>`` with a JSON object body and ``Authorization: Bea
 where the secret is the caller's own (``<state_dir>/secrets/broker-hub``,
 ``<state_dir>/secrets/broker-runner``: each mounted into its caller only). The answer is a JSON
 object: the result, or ``{"error": "<a sentence>"}`` with a 4xx/5xx status. What each caller may
-ask for is :mod:`spawner.broker.policy`; every call, refused or not, is one line of the audit log
+ask for is :mod:`havre.broker.policy`; every call, refused or not, is one line of the audit log
 ``<state_dir>/broker/audit.jsonl`` (append-only, never the environment's token).
 """
 
@@ -29,7 +29,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
-from spawner.broker.policy import (
+from havre.broker.policy import (
     RUN_LABEL,
     BrokerRequest,
     ContainerSpec,
@@ -39,8 +39,8 @@ from spawner.broker.policy import (
     reexec_spec,
     server_spec,
 )
-from spawner.enclave import EnclaveConfig, EnclaveConfigError
-from spawner.networks import project_network_is_closed, project_network_options
+from havre.enclave.config import EnclaveConfig, EnclaveConfigError
+from havre.enclave.networks import project_network_is_closed, project_network_options
 
 log = logging.getLogger("havre.broker")
 
@@ -86,7 +86,7 @@ class Broker:
         attach_containers: Sequence[str] = (),
         identity_reader_gid: int = 1001,
     ) -> None:
-        #: the live enclave config (``spawner.config_reload.LiveConfig``) or a fixed one
+        #: the live enclave config (``havre.enclave.live.LiveConfig``) or a fixed one
         self._config = config
         self.secrets = {caller: s for caller, s in secrets.items() if s}
         self.audit = audit
@@ -293,9 +293,9 @@ class Broker:
         return attrs
 
     def server_identity(self, enclave: EnclaveConfig, request: BrokerRequest) -> Any:
-        """The uid and project gid of this (user, project) server (:mod:`spawner.identities`):
+        """The uid and project gid of this (user, project) server (:mod:`havre.enclave.identities`):
         given at its first start, kept in ``<state_dir>/identities/table.json``."""
-        from spawner.identities import locked_table, table_path
+        from havre.enclave.identities import locked_table, table_path
 
         with locked_table(
             table_path(enclave.state_dir),
@@ -306,11 +306,11 @@ class Broker:
             return table.identity(request.user, request.project)
 
     def prepare_folders(self, enclave: EnclaveConfig, request: BrokerRequest, ident: Any) -> None:
-        """The project's folders and the user's home, owned as :func:`spawner.identities.
-        project_plan` and :func:`~spawner.identities.home_plan` say; a home made by the legacy
+        """The project's folders and the user's home, owned as :func:`havre.enclave.identities.
+        project_plan` and :func:`~havre.enclave.identities.home_plan` say; a home made by the legacy
         uid 1000 is given to the server's own uid. A link where a folder should be (planted by
         a notebook) is refused, never followed."""
-        from spawner.identities import (
+        from havre.enclave.identities import (
             LEGACY_UID,
             apply_rule,
             home_plan,
@@ -356,7 +356,7 @@ class Broker:
 
     def _check_scratch(self, enclave: EnclaveConfig, request: BrokerRequest) -> None:
         scratch = reexec_scratch(enclave, request.run_id)
-        from spawner.broker.policy import REEXEC_SDC_PARAMS
+        from havre.broker.policy import REEXEC_SDC_PARAMS
 
         for path, kind in ((scratch, stat.S_ISDIR), (scratch / REEXEC_SDC_PARAMS, stat.S_ISREG)):
             try:
@@ -370,7 +370,7 @@ class Broker:
 
     def project_gid(self, enclave: EnclaveConfig, slug: str) -> int | None:
         """The project's gid from the identity table (None before ``havre up`` gave one)."""
-        from spawner.identities import load_table_any, table_path
+        from havre.enclave.identities import load_table_any, table_path
 
         try:
             return load_table_any(table_path(enclave.state_dir)).projects.get(slug)
@@ -536,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     import docker
 
-    from spawner.config_reload import live_config
+    from havre.enclave.live import live_config
 
     config = live_config(args.config)
     config.current()  # refuse to start on an invalid config

@@ -1,0 +1,1 @@
+"""The embedded OpenID Connect provider (``havre-idp``) and its password hashes."""
