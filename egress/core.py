@@ -78,7 +78,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from egress import policy
+from egress import policy, reexecution_service
 from egress.audit import (
     CSV_COLUMNS,
     AuditEvent,
@@ -92,6 +92,15 @@ from egress.audit import (
     read_checkpoints,
 )
 from egress.content_store import ContentStore
+from egress.errors import (
+    EgressError,
+    FileRefused,
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    InvalidInput,
+    NotFound,
+    _refused,
+)
 from egress.file_checks import DEFAULT_POLICY, CheckPolicy, FileCheckResult, FileKind, check_file
 from egress.policy import Actor, Permission, PermissionDenied, RequestView
 from egress.reexecution_jobs import JobsFolder
@@ -134,13 +143,15 @@ from egress.workflow import (
     votes_after_resubmit,
 )
 from havre.enclave.config import ADMINS_HUB_GROUP, EnclaveConfig
+from havre.enclave.identities import IdentityError, owners_of, table_path
 from havre.enclave.outputs_folder import (
     OutputPathError,
     read_output,
     read_output_owned,
     scan_outputs,
 )
-from havre.sdc import SDCParams
+from havre.sdc import SDCParams, check_frequency_csv, read_table_csv
+from havre.sdc.differencing import count_table_from_csv, differencing_warnings
 
 __all__ = [
     "EgressError",
@@ -200,56 +211,6 @@ MEDIA_TYPES = {
 MAX_ID = 999_999_999_999
 #: A recipient meaning "every output checker at delivery time, except the user named after it".
 CHECKERS_MARKER = "@output-checkers-except:"
-
-
-class EgressError(Exception):
-    """A refusal that is not a policy decision; ``status`` is HTTP-like, ``reason`` a sentence.
-
-    The web layer handles it like ``policy.PermissionDenied`` (which has the same two
-    attributes).
-    """
-
-    status = 400
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class InvalidInput(EgressError):
-    """Malformed input (an empty title, an unknown vote...)."""
-
-    status = 400
-
-
-class NotFound(EgressError):
-    """No such request, or no such file in it."""
-
-    status = 404
-
-
-class FileRefused(EgressError):
-    """The automatic checks refuse the file; ``problems`` lists every reason."""
-
-    status = 422
-
-    def __init__(self, path: str, problems: list[str], warnings: list[str] | None = None) -> None:
-        super().__init__(f"{path} can't be released: " + "; ".join(problems))
-        self.path = path
-        self.problems = list(problems)
-        self.warnings = list(warnings or [])
-
-
-class IdempotencyKeyReused(EgressError):
-    """An ``Idempotency-Key`` sent again with a different request."""
-
-    status = 422
-
-
-class IdempotencyInProgress(EgressError):
-    """A retry arrived while the first request with its key is still running."""
-
-    status = 409
 
 
 #: How long the first answer to a write with an ``Idempotency-Key`` is kept for its retries.
@@ -496,8 +457,6 @@ def _frequency_table_check(result: FileCheckResult, params: SDCParams) -> dict[s
             numbers += 1
     if not numbers:
         return not_checked
-    from havre.sdc import check_frequency_csv, read_table_csv
-
     try:
         frame = read_table_csv(text, delimiter=delimiter)
         outcome = check_frequency_csv(frame, params=params)
@@ -698,17 +657,6 @@ class _Tx:
             )
         )
         self.notified = True
-
-
-def _refused(op: str, actor: Actor, request_id: str | None, exc: Exception) -> None:
-    log.info(
-        "refused: %s by %s on %s: %s (%s)",
-        op,
-        actor.username,
-        request_id or "-",
-        getattr(exc, "reason", str(exc)),
-        getattr(exc, "status", "?"),
-    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -1053,8 +1001,6 @@ class EgressService:
         mounted read-only here); ``user`` is None for a uid that is no server's (a file made
         before per-server identities, uid 1000, or by an administrator).
         """
-        from havre.enclave.identities import IdentityError, owners_of, table_path
-
         try:
             owners = owners_of(table_path(Path(self.enclave.state_dir)))
         except (OSError, IdentityError) as exc:
@@ -1899,20 +1845,14 @@ class EgressService:
     ) -> dict[str, Any]:
         """Ask the runner to re-run notebook ``file_id`` of the request (queued; see
         ``docs/checker-reexecution.md``). Audited as REEXECUTION_REQUESTED."""
-        from egress import reexecution_service
-
         return reexecution_service.request(self, actor, request_id, file_id, parameters)
 
     def list_reexecutions(self, actor: Actor, request_id: str) -> list[dict[str, Any]]:
         """The request's trusted re-executions, newest first."""
-        from egress import reexecution_service
-
         return reexecution_service.list_for_request(self, actor, request_id)
 
     def reexecution(self, actor: Actor, request_id: str, reexecution_id: str) -> dict[str, Any]:
         """One re-execution with the submitted files compared to the trusted outputs."""
-        from egress import reexecution_service
-
         return reexecution_service.detail(self, actor, request_id, reexecution_id)
 
     def record_reexecution_view(
@@ -1934,16 +1874,12 @@ class EgressService:
 
     def collect_reexecutions(self) -> int:
         """Take in the runner's finished results (signed, stored, audited as RE_EXECUTED)."""
-        from egress import reexecution_service
-
         return reexecution_service.collect(self)
 
     def differencing(self, actor: Actor, request_id: str, file_id: int) -> dict[str, Any] | None:
         """The differencing warning of a CSV/TSV table against the project's earlier releases
         (``havre.sdc.differencing``; ``None`` for other files). Released and revoked requests
         count: their files left. The 200 most recently changed released tables are compared."""
-        from havre.sdc.differencing import count_table_from_csv, differencing_warnings
-
         tables = (FileKind.CSV.value, FileKind.TSV.value)
         with self._read("differencing", actor, request_id) as session:
             request = self._load(session, request_id)

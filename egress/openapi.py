@@ -11,7 +11,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from egress.web import REQUEST_ACTIONS
+#: Actions a form or an API call can take on a request, and the core method doing it.
+REQUEST_ACTIONS: dict[str, str] = {
+    "submit": "submit",
+    "withdraw": "withdraw",
+    "review": "submit_review",
+    "return": "return_request",
+    "approve": "approve",
+    "reject": "reject",
+    "release": "release",
+    "revoke": "revoke",
+}
+
 
 _ERROR = {"$ref": "#/components/responses/Refused"}
 _REQ = {

@@ -80,6 +80,7 @@ from docker.types import LogConfig, Mount
 
 from egress.audit import canonical_json, format_time
 from havre.enclave.config import Project
+from havre.enclave.hardening import hardened_host_config
 from havre.sdc.params import SDCParams, SDCParamsError
 
 __all__ = [
@@ -274,12 +275,10 @@ def notebook_container_config(
 ) -> dict[str, Any]:
     """docker-py host-config arguments of a re-execution container.
 
-    The notebook containers' hardening is not restated here: the spawn broker's own
-    (:func:`havre.broker.policy.hardened_host_config`) is applied, so whatever it gains,
+    The notebook containers' hardening is not restated here: the one the spawn broker applies
+    (:func:`havre.enclave.hardening.hardened_host_config`) is, so whatever it gains,
     re-execution gains too. Then the network becomes ``"none"`` and the limits the request's.
     """
-    from havre.broker.policy import hardened_host_config
-
     config = hardened_host_config(project, network="none")
     config.update(
         network_mode="none",

@@ -43,6 +43,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from havre.enclave.jobs_folder import JOBS_SUBFOLDERS, prepare_jobs_folder
+
 __all__ = [
     "JOB_SCHEMA",
     "RESULT_SCHEMA",
@@ -403,7 +405,7 @@ class JobsFolder:
     on the host needs to.
     """
 
-    SUBFOLDERS = ("inbox", "running", "results", "work")
+    SUBFOLDERS = JOBS_SUBFOLDERS
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.root = Path(root)
@@ -414,11 +416,7 @@ class JobsFolder:
 
     def prepare(self, *, uid: int | None = None, gid: int | None = None) -> None:
         """Create the folders (mode 2770; owned by ``uid:gid`` when given and allowed)."""
-        for folder in (self.root, *(self.root / s for s in self.SUBFOLDERS)):
-            folder.mkdir(mode=0o770, parents=True, exist_ok=True)
-            if uid is not None and gid is not None and os.geteuid() == 0:
-                os.chown(folder, uid, gid)
-            os.chmod(folder, 0o2770)
+        prepare_jobs_folder(self.root, uid=uid, gid=gid)
 
     # -- the service's side -------------------------------------------------------------------
 

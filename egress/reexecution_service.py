@@ -35,10 +35,13 @@ from sqlalchemy import select
 
 from egress.audit import EventType, canonical_json, format_time
 from egress.content_store import ContentNotFound, CorruptContent
+from egress.errors import EgressError, InvalidInput, NotFound, _refused
 from egress.policy import Actor, Permission, PermissionDenied
 from egress.reexecution_jobs import Job, JobsFolder, ProtocolError, new_job_id, output_sdc_metadata
 from egress.signing import sign_record
 from egress.store.models import Reexecution, Request, RequestFile
+from havre.enclave.outputs_folder import OutputPathError, read_output
+from havre.sdc import check_frequency_csv, read_table_csv
 from havre.sdc.params import SDCParams, SDCParamsError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -80,18 +83,11 @@ MAX_RECOMPUTE_BYTES = 32 * 1024**2
 _RANK = {"pass": 0, "review": 1, "fail": 2}
 
 
-def _errors() -> tuple[type[Exception], type[Exception], type[Exception]]:
-    from egress.core import EgressError, InvalidInput, NotFound
-
-    return EgressError, InvalidInput, NotFound
-
-
 def _conflict(reason: str) -> Exception:
     return PermissionDenied(reason, 409)
 
 
 def _check_parameters(parameters: object) -> dict[str, Any]:
-    _, InvalidInput, _ = _errors()
     if parameters is None:
         return {}
     if not isinstance(parameters, Mapping):
@@ -161,7 +157,6 @@ def request(
     parameters: object = None,
 ) -> dict[str, Any]:
     """Queue a trusted re-execution of the request's notebook ``file_id``; its entry."""
-    _, InvalidInput, _ = _errors()
     with svc._read("reexecute", actor, request_id) as session:
         req = svc._load(session, request_id)
         svc._require(session, actor, Permission.REEXECUTE, req)
@@ -174,8 +169,6 @@ def request(
     try:
         params = _check_parameters(parameters)
     except Exception as exc:
-        from egress.core import _refused
-
         _refused("reexecute", actor, request_id, exc)
         raise
     notebook = svc.content.get(sha256)
@@ -242,7 +235,7 @@ def request(
     except (OSError, ProtocolError) as err:
         log.error("re-execution %s could not be queued: %s", job_id, err)
         _close(svc, job_id, "failed", f"the service could not queue the job: {err}", None)
-        unavailable = _errors()[0](
+        unavailable = EgressError(
             "The re-execution could not be queued (the jobs folder is not writable); "
             "an administrator must check the runner's set-up."
         )
@@ -415,8 +408,6 @@ def _count_check(text: str, delimiter: str, params: SDCParams) -> Any:
         return check_count_csv_text(text, delimiter=delimiter, params=params)
     import pandas as pd
 
-    from havre.sdc import check_frequency_csv, read_table_csv
-
     frame = read_table_csv(text, delimiter=delimiter)
     if frame.shape[0] < 1 or frame.shape[1] < 1:
         return None
@@ -574,8 +565,6 @@ def researcher_metadata(
     ``changed`` and the sentence saying so, never the old verdict.
     """
     paths = sorted(submitted)
-    from havre.enclave.outputs_folder import OutputPathError, read_output
-
     root = svc._outputs_root(project)
     files: dict[str, bytes] = {}
     problems: list[str] = []
@@ -625,7 +614,6 @@ def detail(
     """
     from egress.reexecution import compare_outputs
 
-    _, _, NotFound = _errors()
     with svc._read("reexecution", actor, request_id) as session:
         req = svc._load(session, request_id)
         svc._require(session, actor, Permission.VIEW_FILE, req)

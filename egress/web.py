@@ -50,6 +50,7 @@ from egress.core import (
     page_cursor,
 )
 from egress.hub_oauth import SharedStateHubOAuth, SharedStateOAuthCallback
+from egress.openapi import REQUEST_ACTIONS, openapi_document
 from egress.policy import Actor, PermissionDenied
 from egress.render import CHECKER_PAGE_CSP, raw_response_headers, render_for_checker
 from egress.workflow import RequestState
@@ -57,17 +58,6 @@ from egress.workflow import RequestState
 log = logging.getLogger("egress.web")
 
 TEMPLATES = Path(__file__).parent / "templates"
-#: Actions a form or an API call can take on a request, and the core method doing it.
-REQUEST_ACTIONS: dict[str, str] = {
-    "submit": "submit",
-    "withdraw": "withdraw",
-    "review": "submit_review",
-    "return": "return_request",
-    "approve": "approve",
-    "reject": "reject",
-    "release": "release",
-    "revoke": "revoke",
-}
 _ID = r"[A-Za-z0-9_-]{1,64}"
 #: requests per page of a list when the client gives no ``limit``, and the most it may ask
 DEFAULT_PAGE, MAX_PAGE = 100, 500
@@ -897,8 +887,6 @@ class OpenApiDocument(web.RequestHandler):
     """The API's OpenAPI document (public: it holds no data)."""
 
     async def get(self) -> None:
-        from egress.openapi import openapi_document
-
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(openapi_document(self.settings["egress_prefix"])))
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from havre.enclave.config import EnclaveConfig, Project, project_hub_group
+from havre.enclave.config import EnclaveConfig, project_hub_group
+from havre.enclave.hardening import hardened_host_config
 
 #: The notebook server's port inside its container (DockerSpawner's default).
 SERVER_PORT = 8888
@@ -40,7 +41,6 @@ OUTPUTS = f"{HOME}/outputs"
 #: The uid and gid notebook servers and re-executions run as (never 0).
 NOTEBOOK_UID = 1000
 NOTEBOOK_GID = 1000
-TMP_SIZE = "512m"
 #: Labels every container the broker starts carries.
 ROLE_LABEL = "havre.role"
 BROKER_LABEL = "havre.broker"
@@ -224,44 +224,6 @@ def _check_env(env: Any) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------ the specs
-
-
-def hardened_host_config(
-    project: Project,
-    *,
-    network: str,
-    dns: str = "",
-    tmp_size: str = TMP_SIZE,
-    extra_sysctls: Mapping[str, str] | None = None,
-) -> dict[str, Any]:
-    """The docker-py HostConfig arguments every notebook and re-execution container gets."""
-    from havre.enclave.seccomp import security_opt as seccomp_security_opt
-
-    sysctls = {
-        "net.ipv6.conf.all.disable_ipv6": "1",
-        "net.ipv6.conf.default.disable_ipv6": "1",
-        # no unprivileged ICMP sockets (Docker 20.10 allows them to every gid)
-        "net.ipv4.ping_group_range": "1 0",
-    }
-    sysctls.update(extra_sysctls or {})
-    return {
-        "cap_drop": ["ALL"],
-        # Havre's own seccomp allow-list (havre/enclave/seccomp/notebook.json), not Docker's
-        "security_opt": ["no-new-privileges:true", seccomp_security_opt()],
-        "read_only": True,
-        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={tmp_size},mode=1777"},
-        "pids_limit": project.limits.pids,
-        "mem_limit": project.limits.memory_bytes,
-        "memswap_limit": project.limits.memory_bytes,
-        "cpu_period": 100_000,
-        "cpu_quota": int(project.limits.cpu * 100_000),
-        "dns": [dns or "127.0.0.1"],
-        "dns_search": ["."],
-        "sysctls": sysctls,
-        "ipc_mode": "private",
-        "privileged": False,
-        "network_mode": network,
-    }
 
 
 def pinned_jupyter_env(home: str) -> dict[str, str]:

@@ -32,6 +32,7 @@ import docker.errors
 
 from havre import __version__
 from havre.enclave.config import EnclaveConfig
+from havre.enclave.jobs_folder import prepare_jobs_folder
 from havre.enclave.live import live_config_path, publish_config, restart_digest
 from havre.enclave.networks import project_network_options
 from havre.enclave.ports import EGRESS_PORT, PROXY_PORT
@@ -462,11 +463,9 @@ def _start_runner(
     enclave config and the projects' data folders (to check them; the data goes to the
     re-run's container).
     """
-    from egress.reexecution_jobs import JobsFolder
-
     name = runner_container_name(enclave)
     jobs = enclave.state_dir / REEXEC_JOBS
-    JobsFolder(jobs).prepare(uid=NOTEBOOK_UID, gid=NOTEBOOK_GID)
+    prepare_jobs_folder(jobs, uid=NOTEBOOK_UID, gid=NOTEBOOK_GID)
     digest = _config_digest(
         enclave,
         _image_id(client, opts.egress_image),

@@ -14,11 +14,10 @@ not been checked) whose notebook display starts with its verdict badge.
 from __future__ import annotations
 
 import hashlib
+import html
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
-
-from .outputs import escape
 
 if TYPE_CHECKING:
     from .outputs import Output
@@ -45,6 +44,11 @@ _MEANING = {
     "review": "a checker must look at it (see the reasons)",
     "fail": "a rule is broken: suppress, change the output, or ask for an exception",
 }
+
+
+def escape(text: object) -> str:
+    """HTML-escaped text (labels and reasons come from the data)."""
+    return html.escape(str(text), quote=True)
 
 
 def verdict_badge_html(output: Output) -> str:

@@ -24,7 +24,6 @@ Standard library only (plus :mod:`havre.enclave.outputs_folder` for the name rul
 from __future__ import annotations
 
 import hashlib
-import html
 import os
 import tempfile
 from collections.abc import Iterable
@@ -33,6 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from havre.enclave.outputs_folder import OutputPathError, validate_relative_path
+
+from .display import verdict_badge_html
 
 __all__ = [
     "CHECKSUMS_DIR",
@@ -215,8 +216,6 @@ class Output:
         )
 
     def _repr_html_(self) -> str:
-        from .display import verdict_badge_html
-
         return verdict_badge_html(self)
 
     def __str__(self) -> str:
@@ -328,8 +327,3 @@ def json_default(value: Any) -> Any:
     if isinstance(value, set | frozenset | tuple):
         return list(value)
     return str(value)
-
-
-def escape(text: object) -> str:
-    """HTML-escaped text (labels and reasons come from the data)."""
-    return html.escape(str(text), quote=True)

@@ -52,14 +52,13 @@ from havre.sdc import (
 from havre.sdc.rules import ALL_RULES
 from havre.sdc.tables import STATISTICS, _axis, cell_labels
 
-from .display import SafeTable
+from .display import SafeTable, escape, verdict_badge_html
 from .outputs import (
     CONFIG_FILE,
     FORMAT,
     RESULTS_FILE,
     Output,
     SessionFolder,
-    escape,
     json_default,
     sha256_hex,
     validate_name,
@@ -1209,8 +1208,6 @@ class Session:
             return self.folder.path
 
     def _repr_html_(self) -> str:
-        from .display import verdict_badge_html
-
         with self._lock:
             outputs = list(self._outputs.values())
         head = (

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import tables as _tables
+from .output_check import OutputCheck
 from .params import SDCParams
 from .rules import CellReasons, Finding, Rule, Verdict, evaluate_cells, format_label
 
@@ -196,9 +196,7 @@ def _label_strings(col: pd.Series) -> list[str]:
     return ["" if isinstance(x, float) and math.isnan(x) else str(x) for x in col]
 
 
-def check_count_csv_text(
-    text: str, *, delimiter: str, params: SDCParams
-) -> _tables.OutputCheck | None:
+def check_count_csv_text(text: str, *, delimiter: str, params: SDCParams) -> OutputCheck | None:
     """The egress service's check of a CSV/TSV file's text.
 
     ``None`` when the text is not a table of labels (first column(s) and the header row) and
@@ -223,7 +221,7 @@ def check_frequency_csv(
     *,
     params: SDCParams | None = None,
     margins_name: str | None = "All",
-) -> _tables.OutputCheck:
+) -> OutputCheck:
     """Check a published count table given only as counts (e.g. read from a CSV file).
 
     Without records only the counts can be checked: threshold and zeros per cell (margins
@@ -265,7 +263,7 @@ def _check_grid(
     cols: pd.Index,
     params: SDCParams,
     extra_names: Sequence[str],
-) -> _tables.OutputCheck:
+) -> OutputCheck:
     flat = values.ravel()
     index = _cell_index(rows, cols)
     audit = audit_margins(values, rows, cols, params, extra_names)
@@ -294,7 +292,7 @@ def _check_grid(
     if values.size == 0:
         findings.append(Finding(None, Verdict.REVIEW, "the table has no cells"))
     table = pd.DataFrame(values, index=rows, columns=cols)
-    return _tables.OutputCheck(
+    return OutputCheck(
         kind="frequency-csv",
         statistic="count",
         params=params,
