@@ -9,7 +9,7 @@ Run from the repository root (as root or as a user that can run Debian's Postgre
 
 What runs:
 
-* **the server**: the real tornado application of :func:`egress.web.make_app` over a real
+* **the server**: the real tornado application of :func:`egress.web.app.make_app` over a real
   :class:`egress.core.EgressService`, in a separate process (this script with ``_serve``), on
   ``127.0.0.1`` and a random port. Only authentication is replaced, in that process only:
   ``get_current_user`` returns ``{"name": <X-Bench-User header>, "groups": []}`` and the XSRF
@@ -207,11 +207,11 @@ def serve(args: argparse.Namespace) -> None:
     from tornado.httpserver import HTTPServer
     from tornado.ioloop import IOLoop
 
-    from egress import web
     from egress.content_store import ContentStore
     from egress.core import EgressService
     from egress.service import listen, serve_workers
     from egress.store.db import make_engine
+    from egress.web import app as web
     from havre.enclave.config import parse_enclave_yaml
 
     # Authentication, in this process only: the user is who the X-Bench-User header says (the

@@ -9,7 +9,7 @@ Run from the repository root (as root, with the notebook image built)::
 One notebook (a parameters cell, then: read a CSV from the data folder, a pandas crosstab, write
 it to the outputs folder) is run, interleaved so that machine noise hits every way alike:
 
-* **trusted**: ``egress.reexecution.run_notebook`` (scratch folder, the hardened network-less
+* **trusted**: ``egress.reexecution.engine.run_notebook`` (scratch folder, the hardened network-less
   container, papermill, collecting the outputs, removing the container and the folder); timed
   from the call to its return;
 * **docker run**: ``docker run --rm`` of the same image running the same papermill command, with
@@ -47,7 +47,7 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from egress.reexecution import ReexecutionRequest, parameters_yaml, run_notebook  # noqa: E402
+from egress.reexecution.engine import ReexecutionRequest, parameters_yaml, run_notebook  # noqa: E402
 from havre.enclave.config import DEFAULT_IMAGE, GIB, Limits, Project  # noqa: E402
 
 README = Path(__file__).with_name("reexecution-README.md")

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from egress.content_store import ContentStore  # noqa: E402
 from egress.core import EgressService  # noqa: E402
-from egress.policy import Actor  # noqa: E402
+from egress.domain.policy import Actor  # noqa: E402
 from egress.sdc_badge import LibraryRecords  # noqa: E402
 from egress.signing import generate_key  # noqa: E402
 from egress.store.db import make_engine, migrate  # noqa: E402

@@ -29,7 +29,7 @@ from sqlalchemy import select
 
 from egress.audit import EventType
 from egress.core import CHECKERS_MARKER, EgressService, InvalidInput
-from egress.policy import Actor, PermissionDenied
+from egress.domain.policy import Actor, PermissionDenied
 from egress.store.db import read_session
 from egress.store.models import AuditEventRow
 from havre.enclave.break_glass import hub_key

@@ -43,10 +43,10 @@ from egress.core import (
     reconcile_checkpoints,
     verify_database,
 )
+from egress.domain.workflow import Party, RequestState, turn_of
 from egress.signing import generate_key, load_public_key, public_key_path, verify_record
 from egress.store.db import make_engine, migrate, read_session
 from egress.store.models import Release, Request, Review
-from egress.workflow import Party, RequestState, turn_of
 
 DEFAULT_STATE_DIR = "/var/lib/havre"
 

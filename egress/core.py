@@ -3,12 +3,12 @@
 The web layer (``egress.service``) and the admin command line (``egress.cli``) are thin shells
 around :class:`EgressService`. Each operation
 
-1. takes an :class:`~egress.policy.Actor` (built from the hub user with :func:`actor_for`);
+1. takes an :class:`~egress.domain.policy.Actor` (built from the hub user with :func:`actor_for`);
 2. runs in **one database transaction** that first locks the audit log
    (``egress.store.audit_log.lock``: ``BEGIN IMMEDIATE`` on SQLite, ``SELECT ... FOR UPDATE`` on
    PostgreSQL), so that everything it reads is current and no other writer interleaves;
-3. asks ``egress.policy.require`` whether the actor may do it now (403/409 with the policy's
-   sentence otherwise) and ``egress.workflow.next_state`` where the request goes;
+3. asks ``egress.domain.policy.require`` whether the actor may do it now (403/409 with the policy's
+   sentence otherwise) and ``egress.domain.workflow.next_state`` where the request goes;
 4. writes its changes **and** its audit event(s) **and** any notification e-mails to the outbox
    in that same transaction: the audit log and the data can never disagree, whatever crashes.
 
@@ -78,7 +78,6 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from egress import policy, reexecution_service
 from egress.audit import (
     CSV_COLUMNS,
     AuditEvent,
@@ -92,6 +91,21 @@ from egress.audit import (
     read_checkpoints,
 )
 from egress.content_store import ContentStore
+from egress.domain import policy
+from egress.domain.policy import Actor, Permission, PermissionDenied, RequestView
+from egress.domain.workflow import (
+    INDEPENDENT_REVIEW_STATES,
+    REVIEW_STATES,
+    Action,
+    Party,
+    RequestState,
+    Vote,
+    file_decision,
+    next_state,
+    turn_of,
+    votes_after_file_change,
+    votes_after_resubmit,
+)
 from egress.errors import (
     EgressError,
     FileRefused,
@@ -102,8 +116,8 @@ from egress.errors import (
     _refused,
 )
 from egress.file_checks import DEFAULT_POLICY, CheckPolicy, FileCheckResult, FileKind, check_file
-from egress.policy import Actor, Permission, PermissionDenied, RequestView
-from egress.reexecution_jobs import JobsFolder
+from egress.reexecution import service as reexecution_service
+from egress.reexecution.jobs import JobsFolder
 from egress.sdc_badge import LibraryReadError, LibraryRecords, combine, view_check
 from egress.signing import (
     key_id,
@@ -129,19 +143,6 @@ from egress.store.models import (
     Review,
 )
 from egress.store.models import Vote as VoteRow
-from egress.workflow import (
-    INDEPENDENT_REVIEW_STATES,
-    REVIEW_STATES,
-    Action,
-    Party,
-    RequestState,
-    Vote,
-    file_decision,
-    next_state,
-    turn_of,
-    votes_after_file_change,
-    votes_after_resubmit,
-)
 from havre.enclave.config import ADMINS_HUB_GROUP, EnclaveConfig
 from havre.enclave.identities import IdentityError, owners_of, table_path
 from havre.enclave.outputs_folder import (
@@ -1826,7 +1827,7 @@ class EgressService:
             ).scalar_one_or_none()
             return json.loads(release.record_json) if release else None
 
-    # -- trusted re-execution (the runner is another container: egress.reexecution_service) ---
+    # -- trusted re-execution (the runner is another container: egress.reexecution.service) ---
 
     @property
     def reexecution_jobs(self) -> JobsFolder:

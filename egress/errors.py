@@ -7,7 +7,7 @@ import logging
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from egress.policy import Actor
+    from egress.domain.policy import Actor
 
 __all__ = [
     "EgressError",

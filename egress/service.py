@@ -4,7 +4,7 @@ A JupyterHub service at ``/services/egress/`` (Hub OAuth: users are who the hub 
 hub groups Havre manages). It keeps its state under ``<state_dir>/egress/``: the database
 (SQLite with WAL by default; ``$HAVRE_EGRESS_DB`` for PostgreSQL), the content store of
 snapshots, the release-signing key (made at first start, mode 0600) and the audit checkpoints.
-The pages and the API are in :mod:`egress.web`; every operation in :mod:`egress.core`.
+The pages and the API are in :mod:`egress.web.app`; every operation in :mod:`egress.core`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from egress.core import EgressService, ServicePaths
 from egress.mailer import Mailer
 from egress.signing import generate_key
 from egress.store.db import make_engine, migrate
-from egress.web import make_app
+from egress.web.app import make_app
 from havre.enclave.config import EnclaveConfig, load_enclave_config
 from havre.enclave.live import LiveEnclave, live_config
 

@@ -35,8 +35,8 @@ FLOORS: dict[str, float] = {
     # measured on 2026-12-06 from the pure packages' own unit tests (policy 100%, workflow
     # 98.5%, sdc 93.0%, audit 95%, enclave config 94.9%), a little below to absorb the
     # rounding of a whole run; raise them as coverage rises
-    "egress.workflow": 96.0,
-    "egress.policy": 97.0,
+    "egress.domain.workflow": 96.0,
+    "egress.domain.policy": 97.0,
     "havre.sdc": 91.0,
     "egress.audit": 92.0,
     "havre.enclave.config": 92.0,

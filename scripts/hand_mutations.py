@@ -37,21 +37,21 @@ class Mutation:
 MUTATIONS = (
     Mutation(
         "policy: checkers see drafts never submitted",
-        "egress/policy.py",
+        "egress/domain/policy.py",
         "    if not (facts.is_member or request.submitted):",
         "    if False:",
         ("tests/unit/egress/test_policy.py",),
     ),
     Mutation(
         "policy: nobody counts as the author (authors could review their own request)",
-        "egress/policy.py",
+        "egress/domain/policy.py",
         "        return self.actor.username == self.request.author",
         "        return False",
         ("tests/unit/egress/test_policy.py",),
     ),
     Mutation(
         "workflow: a reviewed request released without approval",
-        "egress/workflow.py",
+        "egress/domain/workflow.py",
         "    (RequestState.APPROVED, Action.RELEASE): RequestState.RELEASED,",
         "    (RequestState.APPROVED, Action.RELEASE): RequestState.RELEASED,\n"
         "    (RequestState.REVIEWED, Action.RELEASE): RequestState.RELEASED,",

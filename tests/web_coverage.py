@@ -3,7 +3,7 @@
 The egress service runs in its container, out of reach of the test process's coverage; its
 access log is not. When the session's enclave stops, :func:`collect` reads the egress
 container's log; the terminal summary lists every route and HTTP method the service
-implements (taken from ``egress.web.make_app`` itself, so a new handler is listed the day it
+implements (taken from ``egress.web.app.make_app`` itself, so a new handler is listed the day it
 is added) with how often it answered, and names those never called. In a strict run (CI) of
 the whole suite, a handler never exercised fails the run.
 
@@ -42,7 +42,7 @@ def egress_routes() -> list[Route]:
     """The egress service's routes and the methods each handler implements."""
     from tornado import web
 
-    from egress.web import make_app
+    from egress.web.app import make_app
 
     app = make_app(None, PREFIX, b"0" * 32)  # type: ignore[arg-type] - routes only
     routes = []

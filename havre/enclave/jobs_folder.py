@@ -1,12 +1,12 @@
 """The re-execution jobs folder's layout: the host launcher makes it, the egress service and
-the re-execution runner share it (the protocol on top: :mod:`egress.reexecution_jobs`)."""
+the re-execution runner share it (the protocol on top: :mod:`egress.reexecution.jobs`)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-#: the folders under the jobs folder (what each holds: :mod:`egress.reexecution_jobs`)
+#: the folders under the jobs folder (what each holds: :mod:`egress.reexecution.jobs`)
 JOBS_SUBFOLDERS = ("inbox", "running", "results", "work")
 
 

@@ -386,7 +386,7 @@ def _start_egress(
         name=name,
         detach=True,
         # outputs folders are owned by this uid (havre/enclave/identities.py); the runner's group
-        # is for the re-execution jobs folder (egress.reexecution_jobs) only
+        # is for the re-execution jobs folder (egress.reexecution.jobs) only
         user=f"{EGRESS_UID}:{EGRESS_UID}",
         group_add=[str(NOTEBOOK_GID)],
         network=front_network_name(enclave),
@@ -420,7 +420,7 @@ def _start_egress(
                 "bind": str(enclave.state_dir / "identities"),
                 "mode": "ro",
             },
-            # the re-execution jobs folder, shared with the runner (egress.reexecution_jobs)
+            # the re-execution jobs folder, shared with the runner (egress.reexecution.jobs)
             str(enclave.state_dir / REEXEC_JOBS): {
                 "bind": str(enclave.state_dir / REEXEC_JOBS),
                 "mode": "rw",

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from egress.openapi import openapi_document
+from egress.web.openapi import openapi_document
 from tests.integration.test_egress_flow import Egress
 from tests.integration.test_reexecution_service import wait_finished
 

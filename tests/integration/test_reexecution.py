@@ -1,4 +1,4 @@
-"""Trusted re-execution (egress/reexecution.py) on the real Docker engine and notebook image.
+"""Trusted re-execution (egress/reexecution/engine.py) on the real Docker engine and notebook image.
 
 Every test runs real notebooks (made here with nbformat) through ``run_notebook`` and checks,
 after each test, that no re-execution container and no scratch folder is left behind.
@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from egress.reexecution import (
+from egress.reexecution.engine import (
     RUN_LABEL,
     CollectionLimits,
     ReexecutionRequest,
@@ -32,8 +32,8 @@ from egress.reexecution import (
     run_notebook,
     trusted_record,
 )
-from egress.reexecution_jobs import output_sdc_metadata
-from egress.reexecution_service import _param_problem, recompute_sdc, shown_verdict
+from egress.reexecution.jobs import output_sdc_metadata
+from egress.reexecution.service import _param_problem, recompute_sdc, shown_verdict
 from egress.signing import generate_key, load_private_key, sign_record, verify_record
 from havre.enclave.config import DEFAULT_IMAGE, GIB, Limits, Project
 from havre.sdc import SDCParams

@@ -97,9 +97,9 @@ def test_the_profile_ships_in_the_wheel():
 
 
 def test_re_execution_containers_get_the_same_profile(tmp_path):
-    """egress.reexecution applies ProjectSpawner.hardened_host_config: the profile comes
+    """egress.reexecution.engine applies ProjectSpawner.hardened_host_config: the profile comes
     with it (tests/integration/test_reexecution.py runs papermill under it)."""
-    from egress.reexecution import notebook_container_config
+    from egress.reexecution.engine import notebook_container_config
     from havre.host.demo import init_demo
 
     config, _users = init_demo(tmp_path / "state", "havre/notebook:test")

@@ -31,7 +31,7 @@ from sqlalchemy.engine import Engine, make_url
 
 from egress.content_store import ContentStore
 from egress.core import EgressService
-from egress.policy import Actor
+from egress.domain.policy import Actor
 from egress.signing import generate_key
 from egress.store.db import make_engine, migrate
 from havre.enclave.config import EnclaveConfig, parse_enclave_config

@@ -39,7 +39,8 @@ from egress.core import (
     actor_for,
     page_cursor,
 )
-from egress.policy import Actor, PermissionDenied
+from egress.domain.policy import Actor, PermissionDenied
+from egress.domain.workflow import RequestState
 from egress.signing import load_public_key, public_key_path, verify_record
 from egress.store.db import current_revision, head_revision, make_engine, migrate
 from egress.store.models import (
@@ -54,7 +55,6 @@ from egress.store.models import (
     RequestFile,
     Vote,
 )
-from egress.workflow import RequestState
 from havre.enclave.config import ReviewPolicy, parse_enclave_config
 from tests.unit.egress.conftest import (
     ACTORS,
@@ -1065,7 +1065,7 @@ SERVES_BYTES = {"view_file", "preview", "download"}
 
 
 def expected_status(op: str, role: str, state: str) -> int:
-    """The rules, restated independently of egress.policy."""
+    """The rules, restated independently of egress.domain.policy."""
     if role == "outsider":
         return 403  # not a member, checker or administrator: sees nothing
     author = role in ("author", "author_checker")
@@ -1307,7 +1307,7 @@ def web_service(service, monkeypatch):
 
     from tornado.httpserver import HTTPServer
 
-    from egress import web
+    from egress.web import app as web
 
     users = {a.username: a for a in ACTORS.values()}
 

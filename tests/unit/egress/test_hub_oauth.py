@@ -1,4 +1,4 @@
-"""Logins in progress are shared by the egress service's worker processes (egress.hub_oauth)."""
+"""Logins in progress are shared by the egress service's worker processes (egress.web.hub_oauth)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import os
 import stat
 import time
 
-from egress.hub_oauth import SharedStateHubOAuth
+from egress.web.hub_oauth import SharedStateHubOAuth
 
 
 def _worker(folder) -> SharedStateHubOAuth:

@@ -1,4 +1,4 @@
-"""Tests for egress.policy: who may do what, in which state.
+"""Tests for egress.domain.policy: who may do what, in which state.
 
 The core is a permission table written out by hand (OpenSAFELY Airlock style): every role x
 every request state x every permission, with the expected outcome. It is deliberately not
@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from egress import policy
-from egress.policy import (
+from egress.domain import policy
+from egress.domain.policy import (
     READ_ONLY_PERMISSIONS,
     WORKFLOW_ACTIONS,
     Actor,
@@ -30,7 +30,7 @@ from egress.policy import (
     check_create,
     require,
 )
-from egress.workflow import (
+from egress.domain.workflow import (
     INDEPENDENT_REVIEW_STATES,
     Action,
     FileDecision,
@@ -874,7 +874,13 @@ def test_policy_imports_only_the_standard_library_and_the_workflow():
             imported |= {alias.name for alias in node.names}
         elif isinstance(node, ast.ImportFrom):
             imported.add(node.module or "")
-    assert imported <= {"__future__", "collections.abc", "dataclasses", "enum", "egress.workflow"}
+    assert imported <= {
+        "__future__",
+        "collections.abc",
+        "dataclasses",
+        "enum",
+        "egress.domain.workflow",
+    }
 
 
 # --- Properties --------------------------------------------------------------------------

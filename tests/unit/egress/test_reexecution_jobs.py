@@ -1,6 +1,6 @@
-"""The re-execution job protocol (egress.reexecution_jobs), the runner's checks and recovery
-(egress.reexecution_runner, up to the point where Docker starts), and the service's side
-(egress.reexecution_service): asking, taking a result in, signing, auditing, comparing.
+"""The re-execution job protocol (egress.reexecution.jobs), the runner's checks and recovery
+(egress.reexecution.runner, up to the point where Docker starts), and the service's side
+(egress.reexecution.service): asking, taking a result in, signing, auditing, comparing.
 
 The run itself (Docker, papermill) is tested for real in tests/integration; here a finished
 result is published with the same ``JobsFolder.finish`` the runner uses, from a
@@ -22,9 +22,9 @@ from sqlalchemy import select
 
 from egress.audit import EventType
 from egress.core import InvalidInput, NotFound
-from egress.policy import PermissionDenied
-from egress.reexecution import ReexecutionResult, Refused, compare_outputs, forced_sdc_params
-from egress.reexecution_jobs import (
+from egress.domain.policy import PermissionDenied
+from egress.reexecution.engine import ReexecutionResult, Refused, compare_outputs, forced_sdc_params
+from egress.reexecution.jobs import (
     MAX_ATTEMPTS,
     Job,
     JobsFolder,
@@ -34,8 +34,8 @@ from egress.reexecution_jobs import (
     output_sdc_metadata,
     result_report,
 )
-from egress.reexecution_runner import Runner
-from egress.reexecution_service import IN_RUN_LABEL, RESEARCHER_LABEL, SERVICE_LABEL
+from egress.reexecution.runner import Runner
+from egress.reexecution.service import IN_RUN_LABEL, RESEARCHER_LABEL, SERVICE_LABEL
 from egress.signing import verify_record
 from egress.store.models import AuditEventRow, Reexecution
 from havre.sdc import SDCParams
@@ -689,7 +689,7 @@ def test_a_run_without_forced_parameters_is_not_trusted_for_its_verdicts(svc, jo
 
 
 def test_the_checker_page_says_what_reexecution_proves_and_never_verified(svc, jobs):
-    from egress.web import _jinja
+    from egress.web.app import _jinja
 
     mine = results_doc({"small.csv": (SMALL, "pass", "count", relaxed(threshold=1))})
     theirs = results_doc({"small.csv": (SMALL, "fail", "count", PROJECT.as_dict())})

@@ -21,9 +21,9 @@ import pytest
 from sqlalchemy import select
 
 from egress.core import EgressService
-from egress.openapi import openapi_document
 from egress.sdc_badge import LIBRARY_LABEL, LibraryRecords, combine, view_check
 from egress.store.models import RequestFile
+from egress.web.openapi import openapi_document
 from havre.safe import Session
 from havre.sdc import SDCParams
 from tests.unit.egress.conftest import ACTORS
@@ -361,7 +361,7 @@ def test_odd_results_files_never_raise(doc):
 
 def render(template: str, **context: object) -> str:
     from egress.render import render_for_checker
-    from egress.web import _jinja
+    from egress.web.app import _jinja
 
     base = {
         "prefix": "/services/egress/",

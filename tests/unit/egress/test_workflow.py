@@ -1,4 +1,5 @@
-"""Tests for egress.workflow: request states, transitions, whose turn, file votes, the doc page."""
+"""Tests for egress.domain.workflow: request states, transitions, whose turn, file votes, the doc
+page."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egress import workflow
-from egress.workflow import (
+from egress.domain import workflow
+from egress.domain.workflow import (
     EDGES,
     TRANSITIONS,
     Action,
@@ -394,13 +395,13 @@ def test_markdown_document_has_a_row_per_state():
 def test_checked_in_document_is_up_to_date():
     assert DOC.read_text(encoding="utf-8") == workflow.markdown_document(), (
         "docs/egress/request-states.md is out of date: "
-        "regenerate with python -m egress.workflow > docs/egress/request-states.md"
+        "regenerate with python -m egress.domain.workflow > docs/egress/request-states.md"
     )
 
 
 def test_python_dash_m_prints_the_document():
     result = subprocess.run(
-        [sys.executable, "-m", "egress.workflow"],
+        [sys.executable, "-m", "egress.domain.workflow"],
         cwd=REPO,
         capture_output=True,
         text=True,

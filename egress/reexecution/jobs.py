@@ -1,7 +1,7 @@
 """The re-execution job protocol: files the egress service and the runner exchange.
 
 The egress service has no Docker socket (it faces the browsers); the re-execution runner
-(``havre-reexec-runner``, :mod:`egress.reexecution_runner`) has it, and no network at all. They
+(``havre-reexec-runner``, :mod:`egress.reexecution.runner`) has it, and no network at all. They
 share one folder, the *jobs folder* (``<state_dir>/reexec/`` under ``havre up``)::
 
     inbox/<job>.ipynb      the notebook to run (written first)
@@ -121,7 +121,7 @@ class Job:
     requested_at: str
     #: the project's SDC parameters as the service holds them (Havre's names); the runner
     #: forces them in the run, raised to ACRO's defaults where weaker
-    #: (``egress.reexecution.forced_sdc_params``): a job can make a run stricter, not laxer
+    #: (``egress.reexecution.engine.forced_sdc_params``): a job can make a run stricter, not laxer
     sdc_params: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -273,7 +273,7 @@ def _plain_params(params: object) -> dict[str, Any] | None:
 
 
 def result_report(job: Job, result: Any, *, limits_source: str) -> dict[str, Any]:
-    """``result.json`` for a :class:`egress.reexecution.ReexecutionResult` of ``job``.
+    """``result.json`` for a :class:`egress.reexecution.engine.ReexecutionResult` of ``job``.
 
     Outputs are listed with sha256, size and the SDC metadata the run's own ``results.json``
     files record (:func:`output_sdc_metadata`).

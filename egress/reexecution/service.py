@@ -3,14 +3,14 @@
 The operations of :class:`egress.core.EgressService` that deal with re-execution delegate here
 (``request_reexecution``, ``list_reexecutions``, ``reexecution``, ``collect_reexecutions``);
 they follow the core's rules (policy first, one transaction with the audit event, refusals with
-a sentence). The runner is another container (:mod:`egress.reexecution_runner`), reached only
-through the jobs folder (:mod:`egress.reexecution_jobs`).
+a sentence). The runner is another container (:mod:`egress.reexecution.runner`), reached only
+through the jobs folder (:mod:`egress.reexecution.jobs`).
 
 Ordering, so that nothing is ever half stored:
 
 * **asking**: the ``reexecutions`` row (``queued``) and the ``REEXECUTION_REQUESTED`` event are
   committed first, then the job is written to the inbox. If the service dies in between, the
-  row's job is found nowhere (:meth:`~egress.reexecution_jobs.JobsFolder.location`) and, once
+  row's job is found nowhere (:meth:`~egress.reexecution.jobs.JobsFolder.location`) and, once
   older than :data:`LOST_AFTER`, the row is closed as ``failed`` ("the job was lost").
 * **taking in** a finished result: every blob is checked (sha256) and put into the content
   store, the record is signed, then one transaction sets the row's status, report and signed
@@ -35,9 +35,9 @@ from sqlalchemy import select
 
 from egress.audit import EventType, canonical_json, format_time
 from egress.content_store import ContentNotFound, CorruptContent
+from egress.domain.policy import Actor, Permission, PermissionDenied
 from egress.errors import EgressError, InvalidInput, NotFound, _refused
-from egress.policy import Actor, Permission, PermissionDenied
-from egress.reexecution_jobs import Job, JobsFolder, ProtocolError, new_job_id, output_sdc_metadata
+from egress.reexecution.jobs import Job, JobsFolder, ProtocolError, new_job_id, output_sdc_metadata
 from egress.signing import sign_record
 from egress.store.models import Reexecution, Request, RequestFile
 from havre.enclave.outputs_folder import OutputPathError, read_output
@@ -98,7 +98,7 @@ def _check_parameters(parameters: object) -> dict[str, Any]:
         raise InvalidInput("The parameters must be plain JSON values.") from None
     if len(text) > MAX_PARAMETERS_JSON:
         raise InvalidInput(f"The parameters are larger than {MAX_PARAMETERS_JSON} bytes.")
-    from egress.reexecution import Refused, parameters_yaml
+    from egress.reexecution.engine import Refused, parameters_yaml
 
     try:
         parameters_yaml(parameters)
@@ -255,8 +255,8 @@ def _sha(data: bytes) -> str:
 
 
 def _result_of(job_report: Mapping[str, Any], outputs: Mapping[str, bytes], executed: Any) -> Any:
-    """The :class:`egress.reexecution.ReexecutionResult` a result folder describes."""
-    from egress.reexecution import ReexecutionResult
+    """The :class:`egress.reexecution.engine.ReexecutionResult` a result folder describes."""
+    from egress.reexecution.engine import ReexecutionResult
 
     def when(text: object) -> datetime:
         return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
@@ -355,7 +355,7 @@ def _take_in(svc: EgressService, job_id: str) -> None:
         svc.content.put(data)
     if result.executed_notebook is not None:
         svc.content.put(result.executed_notebook)
-    from egress.reexecution import trusted_record
+    from egress.reexecution.engine import trusted_record
 
     run_meta, _problems = output_sdc_metadata(result.outputs)
     service_sdc = recompute_sdc(result.outputs, run_meta, svc.sdc_params)
@@ -602,7 +602,7 @@ def detail(
     """One re-execution for the checker: its run, and the submitted files set against it.
 
     ``comparison``: one line per path in either set (``identical``, ``differs``,
-    ``only-submitted``, ``only-trusted``; see ``egress.reexecution.compare_outputs``), with
+    ``only-submitted``, ``only-trusted``; see ``egress.reexecution.engine.compare_outputs``), with
     ``run_sdc`` (the run's ``results.json`` verdict, :data:`IN_RUN_LABEL`, with the rules its
     parameters relax against the project's and any other ``run_problems``), ``service_sdc``
     (the verdict the service recomputed, :data:`SERVICE_LABEL`), ``verdict`` (the worst of the
@@ -612,7 +612,7 @@ def detail(
     ``sdc_params_problem`` says when the run's forced ones were weaker.
     ``executed_notebook_bytes`` is for the renderer.
     """
-    from egress.reexecution import compare_outputs
+    from egress.reexecution.engine import compare_outputs
 
     with svc._read("reexecution", actor, request_id) as session:
         req = svc._load(session, request_id)

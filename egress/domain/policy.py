@@ -3,7 +3,7 @@
 Pure and stdlib-only: the web service turns the logged-in user and the stored request into the
 plain :class:`Actor` and :class:`RequestView` below, calls :func:`check` (or :func:`require`)
 before every action and every view, and shows the :class:`Decision`'s reason when it refuses.
-The states and transitions themselves come from ``egress.workflow``; this module never
+The states and transitions themselves come from ``egress.domain.workflow``; this module never
 duplicates them (a workflow action is allowed by policy only where the workflow allows it).
 
 A refusal has an HTTP-like status: **403** when this actor may never do this on this request
@@ -61,10 +61,11 @@ Rules, and how the brief's open points were read
     * ``revoke``: checkers (not the author) and administrators, on a ``released`` request.
     * ``release``: a checker who is not the author, on an ``approved`` request (the service
       may do it right after approval).
-    * Changing a file's content resets its votes (``egress.workflow.votes_after_file_change``),
-      and resubmitting a returned request carries votes over as
-      ``egress.workflow.votes_after_resubmit`` says: the service applies these when it stores
-      the change; the policy only decides that the change is allowed.
+    * Changing a file's content resets its votes
+      (``egress.domain.workflow.votes_after_file_change``), and resubmitting a returned request
+      carries votes over as ``egress.domain.workflow.votes_after_resubmit`` says: the service
+      applies these when it stores the change; the policy only decides that the change is
+      allowed.
     * ``create``: members of the project (checkers included, for their own projects).
     * ``reexecute`` (ask the service to re-run a notebook of the request, trusted): checkers
       who are not the author, while the request is being reviewed (they may have submitted
@@ -81,7 +82,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from egress.workflow import (
+from egress.domain.workflow import (
     DEFAULT_REVIEWS_REQUIRED,
     INDEPENDENT_REVIEW_STATES,
     REVIEW_STATES,

@@ -6,17 +6,18 @@ secret, which lets it start, inspect, stop and remove re-execution runs and noth
 broker builds the container from the enclave config (:func:`havre.broker.policy.reexec_spec`).
 It has **no network at all** (``havre up`` starts it as ``<enclave>-runner`` with
 ``network_mode=none``, the egress image, uid 1000, read-only root, no capabilities). Its only
-input is the jobs folder it shares with the service (:mod:`egress.reexecution_jobs`):
+input is the jobs folder it shares with the service (:mod:`egress.reexecution.jobs`):
 
 1. at start, it removes what a previous runner left behind: re-execution containers whose
    scratch folder is under this runner's ``work/`` folder, scratch folders, half-written
    temporary files; jobs still in ``running/`` are started again, unless they were already
-   started :data:`~egress.reexecution_jobs.MAX_ATTEMPTS` times (then they are reported failed:
+   started :data:`~egress.reexecution.jobs.MAX_ATTEMPTS` times (then they are reported failed:
    a notebook that kills the runner doesn't get to kill it for ever);
 2. it claims the oldest job in ``inbox/``, checks it (protocol, the notebook's sha256, the
-   project exists in the enclave config), runs it with :func:`egress.reexecution.run_notebook`
-   using **only** the enclave config and its own options for what matters: the project's
-   image (which must be on the enclave's allow-list), data folder and CPU/memory/process limits,
+   project exists in the enclave config), runs it with
+   :func:`egress.reexecution.engine.run_notebook` using **only** the enclave config and its own
+   options for what matters: the project's image (which must be on the enclave's allow-list),
+   data folder and CPU/memory/process limits,
    and the time limit given to this runner (``--time-limit``); the SDC parameters the
    service sends with the job are forced in the run (``HAVRE_TRUSTED_REEXECUTION=1`` and a
    read-only ``HAVRE_SDC_PARAMS`` file), raised to ACRO's defaults wherever they are weaker,
@@ -25,8 +26,8 @@ input is the jobs folder it shares with the service (:mod:`egress.reexecution_jo
    and writes the audit events), and takes the next job. One job at a time.
 
 A job's file is data, never configuration: it can name a project of the enclave, a notebook (by
-content, checked), papermill parameters (checked by ``egress.reexecution``) and SDC parameters
-that can only tighten ACRO's defaults, nothing else.
+content, checked), papermill parameters (checked by ``egress.reexecution.engine``) and SDC
+parameters that can only tighten ACRO's defaults, nothing else.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from egress.reexecution_jobs import (
+from egress.reexecution.jobs import (
     MAX_ATTEMPTS,
     JobsFolder,
     ProtocolError,
@@ -53,7 +54,7 @@ log = logging.getLogger("egress.reexecution_runner")
 
 
 class _BrokerRun:
-    """One re-execution container, as :func:`egress.reexecution.run_notebook` drives it,
+    """One re-execution container, as :func:`egress.reexecution.engine.run_notebook` drives it,
     through the broker (kill and remove are the broker's ``reexec.stop`` and
     ``reexec.remove``)."""
 
@@ -94,7 +95,7 @@ class _BrokerRun:
 
 
 class BrokerEngine:
-    """The part of a docker-py client :func:`egress.reexecution.run_notebook` and
+    """The part of a docker-py client :func:`egress.reexecution.engine.run_notebook` and
     :meth:`Runner.clean_up` use, over the spawn broker.
 
     What ``run_notebook`` would give Docker (image, mounts, hardening, user, command...) is not
@@ -131,7 +132,7 @@ class BrokerEngine:
 
     # client.containers
     def create(self, _image: str, _command: Any = None, **kwargs: Any) -> _BrokerRun:
-        from egress.reexecution import RUN_LABEL
+        from egress.reexecution.engine import RUN_LABEL
 
         labels = kwargs.get("labels") or {}
         project, run_id = labels["havre.project"], labels[RUN_LABEL]
@@ -188,7 +189,7 @@ class Runner:
 
     def clean_up(self) -> None:
         """Remove leftover containers, scratch folders and temporary files of earlier runs."""
-        from egress.reexecution import RUN_LABEL, _remove_tree
+        from egress.reexecution.engine import RUN_LABEL, _remove_tree
 
         work = str(self.folder.work.resolve()) + "/"
         for container in self.client.containers.list(
@@ -248,7 +249,7 @@ class Runner:
             self.folder.finish(job_id, failure_report(job, "refused", reason))
             return "refused"
 
-        from egress.reexecution import ReexecutionRequest, run_notebook
+        from egress.reexecution.engine import ReexecutionRequest, run_notebook
 
         request = ReexecutionRequest(
             notebook=notebook,

@@ -1,8 +1,8 @@
 """The egress service's web layer: pages for researchers and checkers, and the JSON API.
 
 A thin shell around :class:`egress.core.EgressService`: every handler builds the
-:class:`~egress.policy.Actor` from the hub user (name and the hub groups Havre manages), calls
-one core operation and shows its result. The core decides what is allowed and writes the audit
+:class:`~egress.domain.policy.Actor` from the hub user (name and the hub groups Havre manages),
+calls one core operation and shows its result. The core decides what is allowed and writes the audit
 log; refusals come back as ``PermissionDenied`` / ``EgressError`` with an HTTP status and a
 sentence, shown as they are.
 
@@ -49,11 +49,11 @@ from egress.core import (
     actor_for,
     page_cursor,
 )
-from egress.hub_oauth import SharedStateHubOAuth, SharedStateOAuthCallback
-from egress.openapi import REQUEST_ACTIONS, openapi_document
-from egress.policy import Actor, PermissionDenied
+from egress.domain.policy import Actor, PermissionDenied
+from egress.domain.workflow import RequestState
 from egress.render import CHECKER_PAGE_CSP, raw_response_headers, render_for_checker
-from egress.workflow import RequestState
+from egress.web.hub_oauth import SharedStateHubOAuth, SharedStateOAuthCallback
+from egress.web.openapi import REQUEST_ACTIONS, openapi_document
 
 log = logging.getLogger("egress.web")
 
@@ -914,7 +914,7 @@ def make_app(
     slower (they contend for the GIL; ``benchmarks/egress-load-README.md``); more cores are
     used by more worker processes instead.
     ``oauth_state_dir``: where logins in progress are kept when several worker processes serve
-    (see :mod:`egress.hub_oauth`); None keeps them in this process.
+    (see :mod:`egress.web.hub_oauth`); None keeps them in this process.
     """
     if oauth_state_dir is not None:
         SharedStateHubOAuth.instance().oauth_state_dir = str(oauth_state_dir)

@@ -6,7 +6,7 @@ The outputs then carry the service's word, not the researcher's: they are the by
 produced on this data, in a container nobody else touched. Their disclosure-control (SDC)
 verdicts don't, entirely: the run's ``results.json`` is written inside the notebook's own
 process, where the notebook's code can influence it, so the service recomputes what it can
-(``egress.reexecution_service.recompute_sdc``). ``docs/checker-reexecution.md`` says what a
+(``egress.reexecution.service.recompute_sdc``). ``docs/checker-reexecution.md`` says what a
 re-execution proves and what it doesn't.
 
 One run (:func:`run_notebook`):
@@ -899,7 +899,7 @@ def trusted_record(
     "project": ..., "requested_by": <checker>, "notebook_path": ...}``; it is kept as given
     under ``"request"``. Outputs are listed by path with sha256 and size, not their content.
     ``service_sdc`` (path -> verdict) are the verdicts the service recomputed itself from
-    the run's outputs (``egress.reexecution_service.recompute_sdc``); each is recorded with its
+    the run's outputs (``egress.reexecution.service.recompute_sdc``); each is recorded with its
     status and summary. Raises ``ValueError``/``TypeError`` if ``request_meta`` isn't plain JSON.
     """
     if not isinstance(request_meta, Mapping):
