@@ -82,8 +82,9 @@ if str(REPO) not in sys.path:  # run as a script from anywhere
 
 from host_facts import cpu_model  # noqa: E402  (this folder)
 
-from havre import __version__, stack  # noqa: E402
+from havre import __version__  # noqa: E402
 from havre.enclave.config import EnclaveConfig, load_enclave_config, parse_enclave_yaml  # noqa: E402
+from havre.host import stack  # noqa: E402
 from tests.integration.hub_client import HubUser  # noqa: E402
 
 #: How users sign in to the hub: Havre's embedded OpenID Connect provider (users seeded in
