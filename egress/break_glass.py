@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from egress.audit import EventType
+from egress.audit.chain import EventType
 from egress.core import CHECKERS_MARKER, EgressService, InvalidInput
 from egress.domain.policy import Actor, PermissionDenied
 from egress.store.db import read_session

@@ -35,7 +35,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from egress.audit import VerifyReport, read_checkpoints
+from egress.audit.chain import VerifyReport, read_checkpoints
 from egress.core import (
     ServicePaths,
     export_database_audit,

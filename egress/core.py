@@ -5,7 +5,7 @@ around :class:`EgressService`. Each operation
 
 1. takes an :class:`~egress.domain.policy.Actor` (built from the hub user with :func:`actor_for`);
 2. runs in **one database transaction** that first locks the audit log
-   (``egress.store.audit_log.lock``: ``BEGIN IMMEDIATE`` on SQLite, ``SELECT ... FOR UPDATE`` on
+   (``egress.audit.db_log.lock``: ``BEGIN IMMEDIATE`` on SQLite, ``SELECT ... FOR UPDATE`` on
    PostgreSQL), so that everything it reads is current and no other writer interleaves;
 3. asks ``egress.domain.policy.require`` whether the actor may do it now (403/409 with the policy's
    sentence otherwise) and ``egress.domain.workflow.next_state`` where the request goes;
@@ -78,7 +78,8 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
-from egress.audit import (
+from egress.audit import db_log as audit_log
+from egress.audit.chain import (
     CSV_COLUMNS,
     AuditEvent,
     Checkpoint,
@@ -128,7 +129,6 @@ from egress.signing import (
     sign_record,
     verify_record,
 )
-from egress.store import audit_log
 from egress.store.db import current_revision, head_revision, read_session, write_session
 from egress.store.models import (
     AuditEventRow,

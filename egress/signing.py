@@ -9,13 +9,13 @@ force, and the audit log's head at that moment) that is signed with :func:`sign_
     {"record": {...},
      "signature": {"algorithm": "ed25519", "key_id": "<16 hex>", "value": "<base64>"}}
 
-The signature is over ``egress.audit.canonical_json(record)`` (sorted keys, no whitespace, UTF-8;
-the same canonical form as the audit log) and nothing else, so anyone can check it with any
-Ed25519 implementation. ``key_id`` is the first 16 hex digits of sha256 of the raw 32-byte public
-key. :func:`verify_record` returns ``True`` or ``False`` and never raises: any change to the
-record or the signature, a different key, or malformed input gives ``False``.
+The signature is over ``egress.audit.chain.canonical_json(record)`` (sorted keys, no
+whitespace, UTF-8; the same canonical form as the audit log) and nothing else, so anyone can
+check it with any Ed25519 implementation. ``key_id`` is the first 16 hex digits of sha256 of the
+raw 32-byte public key. :func:`verify_record` returns ``True`` or ``False`` and never raises:
+any change to the record or the signature, a different key, or malformed input gives ``False``.
 
-Because every record carries the audit head (a :class:`~egress.audit.Checkpoint`) and is kept
+Because every record carries the audit head (a :class:`~egress.audit.chain.Checkpoint`) and is kept
 outside the audit log, signed records double as signed checkpoints: ``python -m egress.audit
 verify LOG --checkpoint record.json`` checks the log still holds what it held at that release.
 """
@@ -37,7 +37,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from egress.audit import TIME_RE, Checkpoint, canonical_json, format_time
+from egress.audit.chain import TIME_RE, Checkpoint, canonical_json, format_time
 
 __all__ = [
     "ALGORITHM",
@@ -177,8 +177,8 @@ def sign_record(record: Mapping[str, Any], private_key: Ed25519PrivateKey) -> di
     """``{"record": record, "signature": {...}}``, signing ``canonical_json(record)``.
 
     Raises ``TypeError``/``ValueError`` if the record isn't plain JSON (see
-    ``egress.audit.canonical_json``). The returned ``record`` is a copy of the one signed, read
-    back from its canonical form: exactly what a verifier will see after a JSON round trip.
+    ``egress.audit.chain.canonical_json``). The returned ``record`` is a copy of the one signed,
+    read back from its canonical form: exactly what a verifier will see after a JSON round trip.
     """
     if not isinstance(record, Mapping):
         raise TypeError("a record must be a mapping")
@@ -328,7 +328,7 @@ def release_record(
     if not isinstance(sdc_policy, Mapping):
         raise ValueError("sdc_policy must be a mapping")
     if not isinstance(audit_head, Checkpoint):
-        raise ValueError("audit_head must be an egress.audit.Checkpoint")
+        raise ValueError("audit_head must be an egress.audit.chain.Checkpoint")
 
     if havre_version is None or python_version is None:
         runtime = runtime_versions()

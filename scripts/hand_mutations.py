@@ -73,7 +73,7 @@ MUTATIONS = (
     ),
     Mutation(
         "audit: an edited event's hash is not recomputed",
-        "egress/audit.py",
+        "egress/audit/chain.py",
         "            content_ok = ev.compute_hash() == ev.hash\n"
         "        except (TypeError, ValueError):  # e.g. NaN",
         "            content_ok = True\n        except (TypeError, ValueError):  # e.g. NaN",

@@ -78,7 +78,7 @@ import requests.exceptions
 import yaml
 from docker.types import LogConfig, Mount
 
-from egress.audit import canonical_json, format_time
+from egress.audit.chain import canonical_json, format_time
 from havre.enclave.config import Project
 from havre.enclave.hardening import hardened_host_config
 from havre.sdc.params import SDCParams, SDCParamsError

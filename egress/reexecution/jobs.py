@@ -278,7 +278,7 @@ def result_report(job: Job, result: Any, *, limits_source: str) -> dict[str, Any
     Outputs are listed with sha256, size and the SDC metadata the run's own ``results.json``
     files record (:func:`output_sdc_metadata`).
     """
-    from egress.audit import format_time
+    from egress.audit.chain import format_time
 
     sdc, problems = output_sdc_metadata(result.outputs)
     executed = result.executed_notebook
@@ -314,7 +314,7 @@ def result_report(job: Job, result: Any, *, limits_source: str) -> dict[str, Any
 
 def failure_report(job: Job, status: str, reason: str) -> dict[str, Any]:
     """``result.json`` for a job that produced no run (refused before Docker, runner crash)."""
-    from egress.audit import format_time
+    from egress.audit.chain import format_time
 
     now = format_time(datetime.now(UTC))
     return {

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select
 
-from egress.audit import EventType, canonical_json, format_time
+from egress.audit.chain import EventType, canonical_json, format_time
 from egress.content_store import ContentNotFound, CorruptContent
 from egress.domain.policy import Actor, Permission, PermissionDenied
 from egress.errors import EgressError, InvalidInput, NotFound, _refused

@@ -2,7 +2,7 @@
 
 * :mod:`egress.store.models` -- the tables;
 * :mod:`egress.store.db` -- ``make_engine``, ``migrate``, transactions;
-* :mod:`egress.store.audit_log` -- appending to and verifying the hash-chained audit log
+* :mod:`egress.audit.db_log` -- appending to and verifying the hash-chained audit log
   kept in the ``audit_events`` table.
 
 Migrations live in ``egress/store/migrations`` (Alembic) and ship inside the package.

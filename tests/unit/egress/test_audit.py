@@ -1,4 +1,4 @@
-"""Unit tests for egress.audit: the hash-chained audit log, checkpoints and its file store.
+"""Unit tests for egress.audit.chain: the hash-chained audit log, checkpoints and its file store.
 
 Most tests attack a log (edit, delete, reorder, forge, splice, truncate, cut a line) and check
 that verification names the first bad event with a clear sentence. Each attack is run against
@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from egress.audit import (
+from egress.audit.chain import (
     FIELDS,
     AuditChain,
     AuditChainError,

@@ -27,7 +27,7 @@ import pytest
 from sqlalchemy import func, select, text, update
 
 from egress import cli
-from egress.audit import AuditChainError, AuditEvent, Checkpoint, read_checkpoints
+from egress.audit.chain import AuditChainError, AuditEvent, Checkpoint, read_checkpoints
 from egress.content_store import ContentStore
 from egress.core import (
     CHECKERS_MARKER,
@@ -740,7 +740,7 @@ def tamper_event_column(conn, world):
 def tamper_inserted_after_head(conn, world):
     last = conn.execute(select(func.max(AuditEventRow.seq))).scalar()
     head = AuditEvent.from_dict(json.loads(_lines(conn)[last]))
-    from egress.audit import next_event
+    from egress.audit.chain import next_event
 
     log_id = conn.execute(select(AuditLogRow.log_id)).scalar()
     extra = next_event(head, log_id, actor="mallory", event="APPROVED", request_id=world["open"])

@@ -20,7 +20,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 from sqlalchemy import select
 
-from egress.audit import EventType
+from egress.audit.chain import EventType
 from egress.core import InvalidInput, NotFound
 from egress.domain.policy import PermissionDenied
 from egress.reexecution.engine import ReexecutionResult, Refused, compare_outputs, forced_sdc_params

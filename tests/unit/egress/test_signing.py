@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egress.audit import (
+from egress.audit.chain import (
     AuditFile,
     Checkpoint,
     EventType,

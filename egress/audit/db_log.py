@@ -1,4 +1,4 @@
-"""The hash-chained audit log kept in the ``audit_events`` table (see ``egress.audit``).
+"""The hash-chained audit log kept in the ``audit_events`` table (see ``egress.audit.chain``).
 
 Appending happens inside the caller's write transaction, so an event is stored if and only if
 the change it records is:
@@ -6,7 +6,7 @@ the change it records is:
 1. :func:`lock` the single ``audit_log`` row (``SELECT ... FOR UPDATE``; on SQLite the
    transaction already holds the write lock from ``BEGIN IMMEDIATE``). This is the first thing
    every write transaction does, before it reads anything it decides on.
-2. :func:`append` reads the head event, builds ``egress.audit.next_event(head, ...)`` (which
+2. :func:`append` reads the head event, builds ``egress.audit.chain.next_event(head, ...)`` (which
    re-hashes the head and fails closed if it was altered), inserts it (``seq`` is the primary
    key) and moves the head in ``audit_log``.
 
@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from egress.audit import (
+from egress.audit.chain import (
     AuditChainError,
     AuditEvent,
     Checkpoint,
