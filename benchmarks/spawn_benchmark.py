@@ -385,7 +385,7 @@ def write_enclave(base: Path) -> tuple[EnclaveConfig, dict[str, str]]:
     os.chmod(csv, 0o644)
     passwords = {user: secrets.token_urlsafe(16) for user in USERS}
     if AUTH_MODE == "oidc":
-        from havre.idp.provider import seed_users
+        from havre.idp.users import seed_users
 
         idp_dir = state_dir / "idp"
         idp_dir.mkdir(mode=0o700)

@@ -52,7 +52,7 @@ GROUPS = sorted(
         "egress.core",
         "egress.reexecution",
         "egress",
-        "havre.idp.provider",
+        "havre.idp",
         "spawner",
     },
     key=len,

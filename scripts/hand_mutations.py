@@ -95,7 +95,7 @@ MUTATIONS = (
     ),
     Mutation(
         "identity provider: sign-ins not read back after a restart",
-        "havre/idp/provider.py",
+        "havre/idp/tokens.py",
         "        self._load_tokens()\n",
         "        pass\n",
         ("tests/unit/test_oidc_provider.py",),

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from havre.enclave.config import EnclaveConfig, load_enclave_config
 from havre.host.synthetic_data import write_hospital_stays_csv
-from havre.idp.provider import seed_users
+from havre.idp.users import seed_users
 
 #: (slug, title, data seed)
 DEMO_PROJECTS = (

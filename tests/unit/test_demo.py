@@ -7,7 +7,7 @@ import stat
 from havre.host.demo import idp_users_file, init_demo
 from havre.host.stack import prepare_state
 from havre.idp.passwords import hash_password, verify_password
-from havre.idp.provider import read_users_file
+from havre.idp.users import read_users_file
 
 
 def test_password_hashes_verify_and_reject():

@@ -31,20 +31,13 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from tornado.netutil import bind_sockets
 
-from havre.idp import provider as oidc_provider
+from havre.idp import constants as idp_constants
+from havre.idp import handlers as oidc_provider
+from havre.idp.config import ConfigError, ensure_secret_file, load_config
+from havre.idp.handlers import main, make_app, make_server
 from havre.idp.passwords import verify_password
-from havre.idp.provider import (
-    ConfigError,
-    SigningKey,
-    ensure_secret_file,
-    load_config,
-    main,
-    make_app,
-    make_server,
-    read_users_file,
-    seed_users,
-    write_users_file,
-)
+from havre.idp.tokens import SigningKey
+from havre.idp.users import read_users_file, seed_users, write_users_file
 from tests.certificates import self_signed
 
 CALLBACK = "http://127.0.0.1:8000/hub/oauth_callback"
@@ -1361,7 +1354,7 @@ def _self_signed(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
 
 
 def test_the_sign_in_page_is_served_over_tls_with_the_given_certificate(tmp_path, seeded):
-    from havre.idp.provider import tls_context
+    from havre.idp.handlers import tls_context
 
     cert_file, key_file = _self_signed(tmp_path)
     sockets = bind_sockets(0, "127.0.0.1")
@@ -1452,10 +1445,10 @@ def test_password_checks_run_at_most_two_at_once(idp, monkeypatch):
     for thread in threads:
         thread.start()
     deadline = time.monotonic() + 20
-    while active[0] < oidc_provider.HASH_WORKERS and time.monotonic() < deadline:
+    while active[0] < idp_constants.HASH_WORKERS and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(0.3)  # room for a third check to start, if the pool let it
-    assert most[0] == oidc_provider.HASH_WORKERS == 2
+    assert most[0] == idp_constants.HASH_WORKERS == 2
     release.set()
     for thread in threads:
         thread.join(30)

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from havre.idp.provider import seed_users
+from havre.idp.users import seed_users
 
 
 def main() -> int:
