@@ -28,6 +28,7 @@ PYTHON=.venv/bin/python bash images/build.sh  # the venv has pip (Debian's pytho
 echo "==> Lint"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/lint-imports  # the layers of docs/architecture.md ("Packages")
 (cd ansible && ../.venv/bin/ansible-lint --profile production)
 
 echo "==> Tests"
