@@ -220,7 +220,18 @@ class ProjectSpawner(Spawner):
         except Exception as err:  # the provider's name doesn't resolve, a TLS error...
             self.log.warning("Group refresh for %s failed: %s", self.user.name, err)
             signed_in = None
-        if signed_in and self.user_is_member(self.name):
+        try:
+            member = self.user_is_member(self.name)
+        except Exception as err:  # the published config can't be read: don't guess, keep
+            self.log.error(
+                "The enclave config can't be read (%s): keeping %s's server for %s running; "
+                "new servers are refused until it is fixed",
+                err,
+                self.user.name,
+                self.name,
+            )
+            return None
+        if signed_in and member:
             return None
         if not signed_in and not await self.provider_reachable():
             # Down or restarting: keep running servers (their users did nothing wrong); new

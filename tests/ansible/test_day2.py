@@ -619,8 +619,10 @@ def test_day2_table_every_playbook_with_a_server_open(day2):
         {**change, "havre_change_action": "remove"},
         members=sorted(set(cardio_members()) - {"bea"}),
     )
+    waited = time.monotonic()
     stopped = _wait(lambda: ("bea", "cardio") not in _containers(client)[1])
     r["bea's server stopped"] = stopped
+    r["seconds from the playbook's end to her server's stop"] = round(time.monotonic() - waited)
     assert stopped, "bea's server still runs after her removal"
     assert _user_facing(r) == set(), r
     assert ("alice", "cardio") in _containers(client)[1] and _kernel_answers(alice, kernel)

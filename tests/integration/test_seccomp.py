@@ -298,7 +298,7 @@ def test_the_demo_notebook_runs_under_the_profile(alice_cardio):
             "HAVRE_OUTPUTS_DIR=/tmp/seccomp-demo/outputs jupyter nbconvert --to notebook "
             "--execute /opt/havre/examples/getting-started.ipynb --output-dir /tmp/seccomp-demo "
             "--ExecutePreprocessor.timeout=180 2>&1 && "
-            "ls /tmp/seccomp-demo/outputs/getting-started",
+            "ls /tmp/seccomp-demo/outputs/getting-started-alice",
         ]
     )
     text = out.decode(errors="replace")

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import os
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -109,3 +112,39 @@ def test_hardened_host_config_has_every_control():
 )
 def test_an_existing_network_is_used_only_when_closed(attrs, closed):
     assert project_network_is_closed(attrs) is closed
+
+
+def _rewrite(path: str, text: str, bump: int) -> None:
+    Path(path).write_text(text)
+    stat = Path(path).stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + bump * 1_000_000_000))
+
+
+def test_poll_keeps_a_server_while_the_published_config_is_broken():
+    """A broken config must neither stop running servers nor let new ones start; a member
+    removed in a valid config is still stopped."""
+    spawner = make_spawner("alice", "cardio")
+    spawner.membership_check_interval = 1
+
+    async def running() -> None:
+        return None
+
+    async def signed_in() -> bool:
+        return True
+
+    spawner.container_status = running  # the broker's answer: the container runs
+    spawner.refresh_groups = signed_in  # the provider's answer: still signed in
+
+    def poll() -> int | None:
+        spawner._membership_checked_at = 0.0
+        return asyncio.run(spawner.poll())
+
+    assert poll() is None  # control: a member, config fine
+    _rewrite(spawner.enclave_config_path, "projects: [broken", bump=1)
+    assert poll() is None  # kept
+    with pytest.raises(SpawnException):
+        spawner.authorize_project()  # but no new server
+    removed = copy.deepcopy(CONFIG)
+    removed["projects"]["cardio"]["members"] = ["carol"]
+    _rewrite(spawner.enclave_config_path, yaml.safe_dump(removed), bump=2)
+    assert poll() == 0  # a removal in a valid config stops it
