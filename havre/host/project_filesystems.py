@@ -23,6 +23,7 @@ read-only to the servers: its counts don't change).
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import subprocess
 from pathlib import Path
@@ -80,6 +81,29 @@ def mounts_digest(project_dirs: list[Path]) -> str:
     folders underneath, so ``havre up`` must replace it. Docker's mount propagation would
     need the host's root to be a shared mount, which not every host has."""
     return ",".join(mount_id(d / name) for d in project_dirs for name in ON_PROJECT_FILESYSTEM)
+
+
+def generation_path(state_dir: Path, slug: str) -> Path:
+    """A token renewed each time ``havre up`` binds the project's folders: the kernel reuses
+    freed mount ids, so a remount after a reboot may carry the ids of the old mounts."""
+    return Path(state_dir) / "filesystems" / f"{slug}.generation"
+
+
+def mounts_generation(state_dir: Path, slug: str) -> str:
+    """The project's current bind generation ("" before the first bind)."""
+    try:
+        return generation_path(state_dir, slug).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return ""
+
+
+def _new_generation(state_dir: Path, slug: str) -> None:
+    path = generation_path(state_dir, slug)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(secrets.token_hex(16) + "\n")
+    os.replace(tmp, path)
 
 
 def _run(*cmd: str) -> None:
@@ -153,6 +177,7 @@ def ensure_project_filesystem(
         if not is_mountpoint(target):
             _run("mount", "--bind", str(inside), str(target))
             changes.append(f"bound {inside} over {target}")
+            _new_generation(state_dir, slug)
     return mnt
 
 

@@ -191,9 +191,11 @@ def project_mounts(enclave: EnclaveConfig) -> str:
     :func:`havre.host.project_filesystems.mounts_digest`); "" otherwise."""
     if enclave.project_filesystems != "loop":
         return ""
-    from havre.host.project_filesystems import mounts_digest
+    from havre.host.project_filesystems import mounts_digest, mounts_generation
 
-    return mounts_digest([enclave.project_dir(slug) for slug in enclave.projects])
+    ids = mounts_digest([enclave.project_dir(slug) for slug in enclave.projects])
+    generations = ",".join(mounts_generation(enclave.state_dir, s) for s in enclave.projects)
+    return f"{ids};{generations}"
 
 
 def prepare_identities(enclave: EnclaveConfig, changes: list[str]) -> None:

@@ -30,6 +30,7 @@ import pytest
 import yaml
 
 from havre.enclave.config import load_enclave_config
+from havre.enclave.identities import load_table_any, table_path
 from havre.enclave.networks import project_bridge_name
 from havre.host import stack
 from tests.enclave_fixtures import free_port
@@ -464,7 +465,10 @@ def test_move_backup_destroy_restore(deployment, released):
     assert record_after.returncode == 0, record_after.stderr
     assert record_after.stdout == record_before.stdout
     home = Path(deployment.vars["havre_state_dir"]) / "projects/cardio/homes/alice/notes.txt"
-    assert home.read_text() == HOME_NOTE and home.stat().st_uid == 1000
+    # still her server's own uid (the identity table travels with the state)
+    table = load_table_any(table_path(Path(deployment.vars["havre_state_dir"])))
+    assert table.owner_of(home.stat().st_uid) == ("alice", "cardio")
+    assert home.read_text() == HOME_NOTE
 
     # after the move: her server has her home; a new event appends after the old ones
     alice = deployment.user("alice")

@@ -20,14 +20,17 @@ from __future__ import annotations
 
 import collections
 import os
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import requests
 
 from egress.web.openapi import openapi_document
+from havre.enclave.break_glass import hub_key
 from tests.integration.test_egress_flow import Egress
 from tests.integration.test_reexecution_service import wait_finished
 
@@ -439,6 +442,22 @@ def test_every_operation_succeeds_with_a_valid_request(enclave, fuzz_users):
     ok("GET /api/requests/{request_id}/record", alice, "GET", f"api/requests/{rid}/record")
     ok("POST /api/requests/{request_id}/revoke", olivia, "POST", f"api/requests/{rid}/revoke")
     ok("GET /api/audit/verify", olivia, "GET", "api/audit/verify")
+    ok("GET /api/break-glass", olivia, "GET", "api/break-glass")
+    # the hub's own report (its key, derived from the hub's secret; no user session)
+    token = (enclave.config.state_dir / "secrets" / "egress-api-token").read_text().strip()
+    report = requests.post(
+        enclave.url.rstrip("/") + "/services/egress/api/break-glass/events",
+        json={
+            "event": "ended",
+            "session": secrets.token_hex(16),
+            "user": "fz-nobody",
+            "why": "logout",
+        },
+        headers={"Authorization": f"Bearer {hub_key(token)}"},
+        timeout=30,
+    )
+    assert report.status_code == 201, report.text
+    succeeded["POST /api/break-glass/events"] = report.status_code
     assert set(succeeded) == {f"{method} {path}" for method, path, _ in OPERATIONS}
     # leave nothing running behind: the queued re-execution, taken in later, would append
     # audit events while the next module checks that its refusals change nothing
