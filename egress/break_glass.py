@@ -97,7 +97,7 @@ def record(service: EgressService, body: object) -> dict[str, Any]:
     """Write the hub's report as an audit event (and, for an activation, notify checkers)."""
     event = parse_event(body)
     details = {k: v for k, v in event.items() if k not in ("event", "user")}
-    with service._write("break_glass", HUB_ACTOR) as tx:
+    with service.writing("break_glass", HUB_ACTOR) as tx:
         written = tx.audit(
             event["user"],
             EVENTS[event["event"]],

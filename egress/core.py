@@ -600,7 +600,7 @@ def _check_json(
 # Transactions
 
 
-class _Tx:
+class Transaction:
     """One write transaction: its session, the locked audit log, its time, what it queued."""
 
     def __init__(self, session: Session, log_row: AuditLogRow, now: datetime) -> None:
@@ -693,7 +693,7 @@ class EgressService:
         self.engine = engine
         self.content = content
         self.enclave = enclave
-        self._outputs_root = outputs_root or enclave.outputs_dir
+        self.outputs_root = outputs_root or enclave.outputs_dir
         self.signing_key_path = Path(signing_key_path) if signing_key_path else None
         self._clock = clock
         self._notifier = notifier
@@ -710,23 +710,27 @@ class EgressService:
                     f"the egress database schema is at revision {have}, not {want}: run "
                     "`havre-egress-admin migrate` first"
                 )
-        self.log_id = audit_log.ensure_log(engine, self._now, details={"enclave": enclave.name})
+        self.log_id = audit_log.ensure_log(engine, self.now, details={"enclave": enclave.name})
 
-    # -- plumbing ----------------------------------------------------------------------------
+    # -- building blocks (public: egress.reexecution.service composes its operations of them) --
 
-    def _now(self) -> datetime:
+    def now(self) -> datetime:
+        """The service clock's time, in UTC (the clock must be timezone-aware)."""
         now = self._clock()
         if now.tzinfo is None or now.utcoffset() is None:
             raise ValueError("the clock must return timezone-aware datetimes")
         return now.astimezone(UTC)
 
     @contextmanager
-    def _write(self, op: str, actor: Actor, request_id: str | None = None) -> Iterator[_Tx]:
-        tx: _Tx | None = None
+    def writing(
+        self, op: str, actor: Actor, request_id: str | None = None
+    ) -> Iterator[Transaction]:
+        """One write transaction holding the audit-log lock; refusals are logged as ``op``."""
+        tx: Transaction | None = None
         try:
             with write_session(self.engine) as session:
                 log_row = audit_log.lock(session)
-                tx = _Tx(session, log_row, self._now())
+                tx = Transaction(session, log_row, self.now())
                 yield tx
         except (PermissionDenied, EgressError) as exc:
             _refused(op, actor, request_id, exc)
@@ -738,7 +742,8 @@ class EgressService:
                 log.exception("the notifier callback failed")
 
     @contextmanager
-    def _read(self, op: str, actor: Actor, request_id: str | None = None) -> Iterator[Session]:
+    def reading(self, op: str, actor: Actor, request_id: str | None = None) -> Iterator[Session]:
+        """One read-only session; refusals are logged as ``op``."""
         try:
             with read_session(self.engine) as session:
                 yield session
@@ -746,7 +751,8 @@ class EgressService:
             _refused(op, actor, request_id, exc)
             raise
 
-    def _private(self) -> Ed25519PrivateKey:
+    def private_key(self) -> Ed25519PrivateKey:
+        """The release-signing key (loaded once; an error if none is configured)."""
         if self._private_key is None:
             if self.signing_key_path is None:
                 raise EgressError("No signing key is configured; releases can't be signed.")
@@ -762,17 +768,19 @@ class EgressService:
         pub = Path(public_key_path(self.signing_key_path))
         if pub.exists():
             return load_public_key(pub)
-        return self._private().public_key()
+        return self.private_key().public_key()
 
     @staticmethod
-    def _load(session: Session, request_id: object) -> Request:
+    def load_request(session: Session, request_id: object) -> Request:
+        """The request ``request_id`` (404 if there is none)."""
         request = session.get(Request, _request_id(request_id))
         if request is None:
             raise NotFound(f"There is no release request {request_id!r}.")
         return request
 
     @staticmethod
-    def _file(session: Session, request: Request, file_id: object) -> RequestFile:
+    def request_file(session: Session, request: Request, file_id: object) -> RequestFile:
+        """The file ``file_id`` of ``request`` (404 if it is not one of its files)."""
         row = session.get(RequestFile, _file_id(file_id))
         if row is None or row.request_id != request.id:
             raise NotFound(f"There is no file {file_id!r} in request {request.id}.")
@@ -844,7 +852,7 @@ class EgressService:
             submitted=request.submitted_at is not None,
         )
 
-    def _require(
+    def require(
         self,
         session: Session,
         actor: Actor,
@@ -852,13 +860,14 @@ class EgressService:
         request: Request,
         **already_read: Any,
     ) -> RequestView:
+        """The request's view, if ``actor`` may do ``permission`` on it now (403/409 if not)."""
         view = self._view(session, request, **already_read)
         policy.require(actor, permission, view)
         return view
 
     @staticmethod
     def _move(
-        tx: _Tx, request: Request, action: Action, **counts: int
+        tx: Transaction, request: Request, action: Action, **counts: int
     ) -> tuple[RequestState, RequestState]:
         before = RequestState(request.state)
         after = next_state(before, action, **counts)
@@ -878,7 +887,9 @@ class EgressService:
             return ""
         return f"\n\n{self.service_url}/requests/{request.id}\n"
 
-    def _notify(self, tx: _Tx, request: Request, event: str, to: Iterable[str], what: str) -> None:
+    def _notify(
+        self, tx: Transaction, request: Request, event: str, to: Iterable[str], what: str
+    ) -> None:
         # E-mails leave the enclave: ids and states only, never titles, file names or comments.
         tx.notify(
             event,
@@ -902,7 +913,7 @@ class EgressService:
             raise InvalidInput(
                 "The Idempotency-Key must be 8 to 128 letters, digits or the characters - _ . :"
             )
-        with self._write("idempotency_begin", actor) as tx:
+        with self.writing("idempotency_begin", actor) as tx:
             tx.session.execute(
                 delete(IdempotencyKey).where(IdempotencyKey.created_at < tx.now - IDEMPOTENCY_TTL)
             )
@@ -935,7 +946,7 @@ class EgressService:
 
     def idempotency_finish(self, actor: Actor, key: str, answer: StoredAnswer) -> None:
         """Keep ``answer`` as the one every retry with ``key`` gets."""
-        with self._write("idempotency_finish", actor) as tx:
+        with self.writing("idempotency_finish", actor) as tx:
             row = tx.session.get(IdempotencyKey, (actor.username, key))
             if row is not None:
                 row.status, row.content_type = answer.status, answer.content_type[:100]
@@ -943,7 +954,7 @@ class EgressService:
 
     def idempotency_abandon(self, actor: Actor, key: str) -> None:
         """Free a reserved key whose write failed unexpectedly, so that a retry runs it."""
-        with self._write("idempotency_abandon", actor) as tx:
+        with self.writing("idempotency_abandon", actor) as tx:
             tx.session.execute(
                 delete(IdempotencyKey).where(
                     IdempotencyKey.actor == actor.username,
@@ -956,7 +967,7 @@ class EgressService:
 
     def create_request(self, actor: Actor, project: str, title: str) -> dict[str, Any]:
         """Start a draft request in ``project``; returns its summary (see :meth:`list_requests`)."""
-        with self._write("create_request", actor) as tx:
+        with self.writing("create_request", actor) as tx:
             draft = RequestView(id="-", project=project, author=actor.username, state="draft")
             policy.require(actor, Permission.CREATE, draft)
             if project not in self.enclave.projects:
@@ -1014,7 +1025,7 @@ class EgressService:
             _refused("list_outputs", actor, None, exc)
             raise exc
         try:
-            listing = scan_outputs(self._outputs_root(project))
+            listing = scan_outputs(self.outputs_root(project))
         except OutputPathError as exc:
             raise EgressError(exc.reason) from None
         return {
@@ -1030,9 +1041,9 @@ class EgressService:
         Refused with :class:`FileRefused` (422) when the checks fail. Returns the file's entry
         (as in :meth:`get_request`) plus ``replaced`` and ``content_changed``.
         """
-        with self._read("add_file", actor, request_id) as session:
-            request = self._load(session, request_id)
-            self._require(session, actor, Permission.ADD_FILE, request)
+        with self.reading("add_file", actor, request_id) as session:
+            request = self.load_request(session, request_id)
+            self.require(session, actor, Permission.ADD_FILE, request)
             project = request.project
         try:
             group = _group_name(group)
@@ -1041,7 +1052,7 @@ class EgressService:
             raise
         try:
             data, owner_uid = read_output_owned(
-                self._outputs_root(project), path, max_bytes=self.check_policy.max_file_bytes
+                self.outputs_root(project), path, max_bytes=self.check_policy.max_file_bytes
             )
         except OutputPathError as exc:
             refusal = FileRefused(str(path), [exc.reason])
@@ -1053,14 +1064,14 @@ class EgressService:
             _refused("add_file", actor, request_id, refusal)
             raise refusal
         count = _frequency_table_check(result, self.sdc_params)
-        library = self._library_records(project).for_file(path, result.sha256)
+        library = self.library_records(project).for_file(path, result.sha256)
         sdc, badge = combine(count, library, self.sdc_params)
         self.content.put(data)
         if result.changed:
             self.content.put(result.release_bytes)
-        with self._write("add_file", actor, request_id) as tx:
-            request = self._load(tx.session, request_id)
-            self._require(tx.session, actor, Permission.ADD_FILE, request)
+        with self.writing("add_file", actor, request_id) as tx:
+            request = self.load_request(tx.session, request_id)
+            self.require(tx.session, actor, Permission.ADD_FILE, request)
             target_round = (
                 request.round if request.state == RequestState.DRAFT else request.round + 1
             )
@@ -1127,9 +1138,9 @@ class EgressService:
             session.flush()
         return group
 
-    def _library_records(self, project: str) -> LibraryRecords:
+    def library_records(self, project: str) -> LibraryRecords:
         """The library's records in ``project``'s outputs folder (each results.json read once)."""
-        return LibraryRecords(_library_reader(self._outputs_root(project)), self.sdc_params)
+        return LibraryRecords(_library_reader(self.outputs_root(project)), self.sdc_params)
 
     def _recheck_library(
         self, actor: Actor, request_id: str
@@ -1140,12 +1151,12 @@ class EgressService:
         A record that matched the file's bytes when it was added stays (it was about these
         very bytes), with a sentence when the folder's record has changed since.
         """
-        with self._read("submit", actor, request_id) as session:
-            request = self._load(session, request_id)
-            self._require(session, actor, Permission.SUBMIT, request)
+        with self.reading("submit", actor, request_id) as session:
+            request = self.load_request(session, request_id)
+            self.require(session, actor, Permission.SUBMIT, request)
             rows = [(f.id, f.path, f.sha256, f.check or {}) for f in self._files(session, request)]
             project = request.project
-        records = self._library_records(project)
+        records = self.library_records(project)
         updates: dict[int, tuple[str, dict[str, Any]]] = {}
         for file_id, path, sha256, check in rows:
             if "badge" not in check:
@@ -1168,10 +1179,10 @@ class EgressService:
 
     def remove_file(self, actor: Actor, request_id: str, file_id: int) -> None:
         """Take a file (and its votes) out of a draft or returned request."""
-        with self._write("remove_file", actor, request_id) as tx:
-            request = self._load(tx.session, request_id)
-            self._require(tx.session, actor, Permission.REMOVE_FILE, request)
-            row = self._file(tx.session, request, file_id)
+        with self.writing("remove_file", actor, request_id) as tx:
+            request = self.load_request(tx.session, request_id)
+            self.require(tx.session, actor, Permission.REMOVE_FILE, request)
+            row = self.request_file(tx.session, request, file_id)
             tx.session.execute(delete(VoteRow).where(VoteRow.file_id == row.id))
             for comment in tx.session.execute(
                 select(Comment).where(Comment.file_id == row.id)
@@ -1193,9 +1204,9 @@ class EgressService:
         self, actor: Actor, request_id: str, group: str, context: str, controls: str
     ) -> dict[str, Any]:
         """Set a file group's context (what the files are) and controls (disclosure controls)."""
-        with self._write("set_group_context", actor, request_id) as tx:
-            request = self._load(tx.session, request_id)
-            self._require(tx.session, actor, Permission.EDIT_CONTEXT, request)
+        with self.writing("set_group_context", actor, request_id) as tx:
+            request = self.load_request(tx.session, request_id)
+            self.require(tx.session, actor, Permission.EDIT_CONTEXT, request)
             name = _group_name(group)
             context = _clean_text(context, "The context", MAX_CONTEXT, allow_empty=True)
             controls = _clean_text(controls, "The controls", MAX_CONTEXT, allow_empty=True)
@@ -1222,9 +1233,9 @@ class EgressService:
         folder as they are now (a file changed after the library checked it is flagged).
         """
         rechecked = self._recheck_library(actor, request_id)
-        with self._write("submit", actor, request_id) as tx:
-            request = self._load(tx.session, request_id)
-            self._require(tx.session, actor, Permission.SUBMIT, request)
+        with self.writing("submit", actor, request_id) as tx:
+            request = self.load_request(tx.session, request_id)
+            self.require(tx.session, actor, Permission.SUBMIT, request)
             badges: dict[str, dict[str, Any]] = {}
             for row in self._files(tx.session, request):
                 update = rechecked.get(row.id)
@@ -1309,9 +1320,9 @@ class EgressService:
         notify_author: str | None = None,
         extra: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        with self._write(op, actor, request_id) as tx:
-            request = self._load(tx.session, request_id)
-            view = self._require(tx.session, actor, permission, request)
+        with self.writing(op, actor, request_id) as tx:
+            request = self.load_request(tx.session, request_id)
+            view = self.require(tx.session, actor, permission, request)
             before, after = self._move(tx, request, action)
             details = {"from": before.value, "state": after.value, "round": request.round}
             if action in (Action.RETURN, Action.REJECT, Action.APPROVE):
@@ -1338,10 +1349,10 @@ class EgressService:
         """The bytes that would be released for one file, for a reviewing checker once the
         request is submitted (``Permission.VIEW_FILE``); every view is audited as FILE_VIEWED
         with the viewer, whichever route serves it (the review page, its raw bytes)."""
-        with self._write("view_file", actor, request_id) as tx:
-            request = self._load(tx.session, request_id)
-            self._require(tx.session, actor, Permission.VIEW_FILE, request)
-            row = self._file(tx.session, request, file_id)
+        with self.writing("view_file", actor, request_id) as tx:
+            request = self.load_request(tx.session, request_id)
+            self.require(tx.session, actor, Permission.VIEW_FILE, request)
+            row = self.request_file(tx.session, request, file_id)
             content = self._content(row)
             tx.audit(
                 actor,
@@ -1361,10 +1372,10 @@ class EgressService:
         label, a header or a line of its text (the browser is outside the enclave: whatever is
         shown to a researcher has left it). Audited as FILE_PREVIEWED with the viewer.
         """
-        with self._write("preview_file", actor, request_id) as tx:
-            request = self._load(tx.session, request_id)
-            self._require(tx.session, actor, Permission.VIEW_PREVIEW, request)
-            row = self._file(tx.session, request, file_id)
+        with self.writing("preview_file", actor, request_id) as tx:
+            request = self.load_request(tx.session, request_id)
+            self.require(tx.session, actor, Permission.VIEW_PREVIEW, request)
+            row = self.request_file(tx.session, request, file_id)
             shape = None
             if row.kind in (FileKind.CSV.value, FileKind.TSV.value):
                 shape = _table_shape(self.content.get(row.release_sha256), row.kind)
@@ -1412,9 +1423,9 @@ class EgressService:
         Setting a vote back to ``undecided`` is a reset and needs ``reset_vote`` too (allowed
         only before the actor's review is submitted).
         """
-        with self._write("vote", actor, request_id) as tx:
-            request = self._load(tx.session, request_id)
-            view = self._require(tx.session, actor, Permission.VOTE, request)
+        with self.writing("vote", actor, request_id) as tx:
+            request = self.load_request(tx.session, request_id)
+            view = self.require(tx.session, actor, Permission.VOTE, request)
             try:
                 choice = Vote(vote)
             except ValueError:
@@ -1423,7 +1434,7 @@ class EgressService:
                 ) from None
             if choice is Vote.UNDECIDED:
                 policy.require(actor, Permission.RESET_VOTE, view)
-            row = self._file(tx.session, request, file_id)
+            row = self.request_file(tx.session, request, file_id)
             existing = tx.session.execute(
                 select(VoteRow).where(
                     VoteRow.file_id == row.id,
@@ -1454,7 +1465,7 @@ class EgressService:
 
     @staticmethod
     def _cast(
-        tx: _Tx,
+        tx: Transaction,
         actor: Actor,
         request: Request,
         row: RequestFile,
@@ -1494,9 +1505,9 @@ class EgressService:
         each file after looking at it). Each changed vote is its own ``voted`` audit event, as
         if cast one by one. Returns the paths whose vote changed.
         """
-        with self._write("request_changes", actor, request_id) as tx:
-            request = self._load(tx.session, request_id)
-            self._require(tx.session, actor, Permission.VOTE, request)
+        with self.writing("request_changes", actor, request_id) as tx:
+            request = self.load_request(tx.session, request_id)
+            self.require(tx.session, actor, Permission.VOTE, request)
             files = self._files(tx.session, request)
             wanted = self._chosen(request, files, file_ids)
             mine = {
@@ -1528,9 +1539,9 @@ class EgressService:
         The safe direction only: allowed before the actor's review is submitted. Returns the
         paths whose vote was reset.
         """
-        with self._write("reset_votes", actor, request_id) as tx:
-            request = self._load(tx.session, request_id)
-            self._require(tx.session, actor, Permission.RESET_VOTE, request)
+        with self.writing("reset_votes", actor, request_id) as tx:
+            request = self.load_request(tx.session, request_id)
+            self.require(tx.session, actor, Permission.RESET_VOTE, request)
             files = self._files(tx.session, request)
             paths = {f.id: f.path for f in self._chosen(request, files, file_ids)}
             reset = []
@@ -1565,17 +1576,17 @@ class EgressService:
         file_id: int | None = None,
     ) -> dict[str, Any]:
         """Comment on the request (or one of its files): ``public`` or ``private`` (checkers)."""
-        with self._write("comment", actor, request_id) as tx:
-            request = self._load(tx.session, request_id)
+        with self.writing("comment", actor, request_id) as tx:
+            request = self.load_request(tx.session, request_id)
             if visibility not in ("public", "private"):
-                self._require(tx.session, actor, Permission.VIEW_REQUEST, request)
+                self.require(tx.session, actor, Permission.VIEW_REQUEST, request)
                 raise InvalidInput("A comment is either public or private.")
             permission = (
                 Permission.COMMENT_PUBLIC if visibility == "public" else Permission.COMMENT_PRIVATE
             )
-            self._require(tx.session, actor, permission, request)
+            self.require(tx.session, actor, permission, request)
             text = _clean_text(body, "The comment", MAX_COMMENT)
-            row = self._file(tx.session, request, file_id) if file_id is not None else None
+            row = self.request_file(tx.session, request, file_id) if file_id is not None else None
             comment = Comment(
                 request_id=request.id,
                 file_id=row.id if row else None,
@@ -1605,9 +1616,9 @@ class EgressService:
 
     def submit_review(self, actor: Actor, request_id: str) -> dict[str, Any]:
         """Submit the actor's review of the current round (every file voted on)."""
-        with self._write("submit_review", actor, request_id) as tx:
-            request = self._load(tx.session, request_id)
-            view = self._require(tx.session, actor, Permission.SUBMIT_REVIEW, request)
+        with self.writing("submit_review", actor, request_id) as tx:
+            request = self.load_request(tx.session, request_id)
+            view = self.require(tx.session, actor, Permission.SUBMIT_REVIEW, request)
             reviews_in = len(view.reviewers_who_submitted) + 1
             before, after = self._move(
                 tx,
@@ -1677,10 +1688,10 @@ class EgressService:
         Every file's release bytes are read back from the content store and verified first; a
         corrupt or missing blob stops the release (nothing changes).
         """
-        key = self._private()
-        with self._write("release", actor, request_id) as tx:
-            request = self._load(tx.session, request_id)
-            view = self._require(tx.session, actor, Permission.RELEASE, request)
+        key = self.private_key()
+        with self.writing("release", actor, request_id) as tx:
+            request = self.load_request(tx.session, request_id)
+            view = self.require(tx.session, actor, Permission.RELEASE, request)
             files = self._files(tx.session, request)
             for row in files:
                 try:
@@ -1775,10 +1786,10 @@ class EgressService:
 
     def download_released(self, actor: Actor, request_id: str, file_id: int) -> FileContent:
         """A project member downloads one released file (exactly the approved bytes; audited)."""
-        with self._write("download_released", actor, request_id) as tx:
-            request = self._load(tx.session, request_id)
-            self._require(tx.session, actor, Permission.DOWNLOAD_RELEASED, request)
-            row = self._file(tx.session, request, file_id)
+        with self.writing("download_released", actor, request_id) as tx:
+            request = self.load_request(tx.session, request_id)
+            self.require(tx.session, actor, Permission.DOWNLOAD_RELEASED, request)
+            row = self.request_file(tx.session, request, file_id)
             release = tx.session.execute(
                 select(Release).where(Release.request_id == request.id)
             ).scalar_one_or_none()
@@ -1816,9 +1827,9 @@ class EgressService:
 
     def release_record(self, actor: Actor, request_id: str) -> dict[str, Any] | None:
         """The signed release record of a released (or revoked) request, else ``None``."""
-        with self._read("release_record", actor, request_id) as session:
-            request = self._load(session, request_id)
-            self._require(session, actor, Permission.VIEW_REQUEST, request)
+        with self.reading("release_record", actor, request_id) as session:
+            request = self.load_request(session, request_id)
+            self.require(session, actor, Permission.VIEW_REQUEST, request)
             release = session.execute(
                 select(Release).where(Release.request_id == request.id)
             ).scalar_one_or_none()
@@ -1858,9 +1869,9 @@ class EgressService:
     ) -> None:
         """Audit a checker's view of a re-execution's executed notebook (bytes made from the
         data, shown in the browser) as FILE_VIEWED, like any other file view."""
-        with self._write("view_reexecution", actor, request_id) as tx:
-            request = self._load(tx.session, request_id)
-            self._require(tx.session, actor, Permission.VIEW_FILE, request)
+        with self.writing("view_reexecution", actor, request_id) as tx:
+            request = self.load_request(tx.session, request_id)
+            self.require(tx.session, actor, Permission.VIEW_FILE, request)
             tx.audit(
                 actor,
                 EventType.FILE_VIEWED,
@@ -1879,10 +1890,10 @@ class EgressService:
         (``havre.sdc.differencing``; ``None`` for other files). Released and revoked requests
         count: their files left. The 200 most recently changed released tables are compared."""
         tables = (FileKind.CSV.value, FileKind.TSV.value)
-        with self._read("differencing", actor, request_id) as session:
-            request = self._load(session, request_id)
-            self._require(session, actor, Permission.VIEW_FILE, request)
-            row = self._file(session, request, file_id)
+        with self.reading("differencing", actor, request_id) as session:
+            request = self.load_request(session, request_id)
+            self.require(session, actor, Permission.VIEW_FILE, request)
+            row = self.request_file(session, request, file_id)
             if row.kind not in tables:
                 return None
             target = (row.path, row.release_sha256, row.kind)
@@ -2009,10 +2020,10 @@ class EgressService:
         shown only to whoever may see that round's votes. ``decision`` (the combined verdict of
         the votes) is included only for those who may see everyone's votes.
         """
-        with self._read("get_request", actor, request_id) as session:
-            request = self._load(session, request_id)
+        with self.reading("get_request", actor, request_id) as session:
+            request = self.load_request(session, request_id)
             files, groups = self._files(session, request), self._groups(session, request)
-            view = self._require(
+            view = self.require(
                 session, actor, Permission.VIEW_REQUEST, request, files=files, groups=groups
             )
             allowed = policy.allowed_permissions(actor, view)
@@ -2101,7 +2112,7 @@ class EgressService:
         if limit is not None and limit < 1:
             raise InvalidInput("limit must be a whole number, 1 or more.")
         position = _parse_cursor(after) if after is not None else None
-        with self._read("list_requests", actor) as session:
+        with self.reading("list_requests", actor) as session:
             reviews, files = self._counts()
             # plain rows, not ORM objects: a page of summaries costs a fraction of the time
             query = select(
@@ -2123,7 +2134,7 @@ class EgressService:
                 except ValueError:
                     raise InvalidInput(f"{state!r} is not a request state.") from None
             if older_than is not None:
-                query = query.where(Request.updated_at < self._now() - older_than)
+                query = query.where(Request.updated_at < self.now() - older_than)
             if mine_to_review:
                 if not actor.is_checker:
                     return []
@@ -2159,9 +2170,9 @@ class EgressService:
 
     def request_audit(self, actor: Actor, request_id: str) -> list[dict[str, Any]]:
         """The audit events of one request (for checkers and administrators; see the policy)."""
-        with self._read("request_audit", actor, request_id) as session:
-            request = self._load(session, request_id)
-            self._require(session, actor, Permission.VIEW_AUDIT, request)
+        with self.reading("request_audit", actor, request_id) as session:
+            request = self.load_request(session, request_id)
+            self.require(session, actor, Permission.VIEW_AUDIT, request)
             lines = session.execute(
                 select(AuditEventRow.line)
                 .where(AuditEventRow.request_id == request.id)
@@ -2289,7 +2300,7 @@ class EgressService:
                     continue
                 row.attempts += 1
                 if error is None:
-                    row.sent_at = self._now()
+                    row.sent_at = self.now()
                     sent += 1
                 else:
                     row.last_error = error

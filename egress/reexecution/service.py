@@ -157,10 +157,10 @@ def request(
     parameters: object = None,
 ) -> dict[str, Any]:
     """Queue a trusted re-execution of the request's notebook ``file_id``; its entry."""
-    with svc._read("reexecute", actor, request_id) as session:
-        req = svc._load(session, request_id)
-        svc._require(session, actor, Permission.REEXECUTE, req)
-        row = svc._file(session, req, file_id)
+    with svc.reading("reexecute", actor, request_id) as session:
+        req = svc.load_request(session, request_id)
+        svc.require(session, actor, Permission.REEXECUTE, req)
+        row = svc.request_file(session, req, file_id)
         if row.kind != "notebook":
             raise InvalidInput(
                 f"{row.path} is not a notebook; only notebooks (.ipynb) can be re-executed."
@@ -173,10 +173,10 @@ def request(
         raise
     notebook = svc.content.get(sha256)
     job_id = new_job_id()
-    with svc._write("reexecute", actor, request_id) as tx:
-        req = svc._load(tx.session, request_id)
-        svc._require(tx.session, actor, Permission.REEXECUTE, req)
-        row = svc._file(tx.session, req, file_id)
+    with svc.writing("reexecute", actor, request_id) as tx:
+        req = svc.load_request(tx.session, request_id)
+        svc.require(tx.session, actor, Permission.REEXECUTE, req)
+        row = svc.request_file(tx.session, req, file_id)
         if row.sha256 != sha256:
             raise _conflict(f"{path} changed meanwhile; ask again.")
         waiting = tx.session.execute(
@@ -291,7 +291,7 @@ def _close(
     signed: Mapping[str, Any] | None = None,
 ) -> bool:
     """Set a queued row's outcome and write ``RE_EXECUTED``; False if it wasn't queued."""
-    with svc._write("reexecution_result", _RUNNER) as tx:
+    with svc.writing("reexecution_result", _RUNNER) as tx:
         rx = tx.session.get(Reexecution, job_id)
         if rx is None or rx.status != "queued":
             return False
@@ -324,7 +324,7 @@ def _close(
 
 def _take_in(svc: EgressService, job_id: str) -> None:
     jobs: JobsFolder = svc.reexecution_jobs
-    with svc._read("reexecution_result", _RUNNER) as session:
+    with svc.reading("reexecution_result", _RUNNER) as session:
         rx = session.get(Reexecution, job_id)
         expected = None if rx is None else (rx.status, rx.request_id, rx.notebook_sha256)
         meta = None
@@ -363,7 +363,7 @@ def _take_in(svc: EgressService, job_id: str) -> None:
     record = trusted_record(
         _result_of(report, result.outputs, result.executed_notebook), meta or {}, service_sdc
     )
-    signed = sign_record(record, svc._private())
+    signed = sign_record(record, svc.private_key())
     _close(svc, job_id, result.status, str(report.get("reason", "")), report, signed)
     jobs.discard_result(job_id)
 
@@ -380,8 +380,8 @@ def collect(svc: EgressService) -> int:
             count += 1
         except (OSError, ContentNotFound, CorruptContent):
             log.exception("re-execution %s: taking the result in failed; tried again later", job_id)
-    now = svc._now()
-    with svc._read("reexecution_result", _RUNNER) as session:
+    now = svc.now()
+    with svc.reading("reexecution_result", _RUNNER) as session:
         waiting = session.execute(
             select(Reexecution.id, Reexecution.requested_at).where(Reexecution.status == "queued")
         ).all()
@@ -538,11 +538,11 @@ def shown_verdict(
 
 def list_for_request(svc: EgressService, actor: Actor, request_id: str) -> list[dict[str, Any]]:
     """The request's re-executions, newest first (takes finished results in first)."""
-    with svc._read("list_reexecutions", actor, request_id) as session:
-        req = svc._load(session, request_id)
-        svc._require(session, actor, Permission.VIEW_FILE, req)
+    with svc.reading("list_reexecutions", actor, request_id) as session:
+        req = svc.load_request(session, request_id)
+        svc.require(session, actor, Permission.VIEW_FILE, req)
     collect(svc)
-    with svc._read("list_reexecutions", actor, request_id) as session:
+    with svc.reading("list_reexecutions", actor, request_id) as session:
         rows = session.execute(
             select(Reexecution)
             .where(Reexecution.request_id == request_id)
@@ -565,7 +565,7 @@ def researcher_metadata(
     ``changed`` and the sentence saying so, never the old verdict.
     """
     paths = sorted(submitted)
-    root = svc._outputs_root(project)
+    root = svc.outputs_root(project)
     files: dict[str, bytes] = {}
     problems: list[str] = []
     for folder in sorted({p.rsplit("/", 1)[0] + "/" if "/" in p else "" for p in paths}):
@@ -577,7 +577,7 @@ def researcher_metadata(
             if "does not exist" not in err.reason and "no such" not in err.reason.lower():
                 problems.append(f"{folder}results.json: {err.reason}")
     found, more = output_sdc_metadata(files)
-    records = svc._library_records(project)
+    records = svc.library_records(project)
     shown: dict[str, dict[str, Any]] = {}
     for path, meta in found.items():
         if path not in submitted:
@@ -614,12 +614,12 @@ def detail(
     """
     from egress.reexecution.engine import compare_outputs
 
-    with svc._read("reexecution", actor, request_id) as session:
-        req = svc._load(session, request_id)
-        svc._require(session, actor, Permission.VIEW_FILE, req)
+    with svc.reading("reexecution", actor, request_id) as session:
+        req = svc.load_request(session, request_id)
+        svc.require(session, actor, Permission.VIEW_FILE, req)
     collect(svc)
-    with svc._read("reexecution", actor, request_id) as session:
-        req_project = svc._load(session, request_id).project
+    with svc.reading("reexecution", actor, request_id) as session:
+        req_project = svc.load_request(session, request_id).project
         rx = session.get(Reexecution, str(reexecution_id)[:64])
         if rx is None or rx.request_id != request_id:
             raise NotFound(f"There is no re-execution {reexecution_id!r} of request {request_id}.")

@@ -541,7 +541,7 @@ def relaxed(**changes) -> dict:
 def reexecute(svc, jobs, researcher: dict[str, bytes], run: dict[str, bytes], **result_kw):
     """The researcher's folder s2/ (files + her results.json), a submitted request of the
     notebook and her files, a re-execution whose run wrote ``run``; the checker's detail."""
-    cardio = svc._outputs_root("cardio")
+    cardio = svc.outputs_root("cardio")
     (cardio / "s2").mkdir(exist_ok=True)
     for name, data in researcher.items():
         (cardio / "s2" / name).write_bytes(data)
