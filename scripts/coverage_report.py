@@ -50,6 +50,7 @@ GROUPS = sorted(
         "egress.store",
         "egress.web",
         "egress.core",
+        "egress.operations",
         "egress.reexecution",
         "egress",
         "havre.idp",

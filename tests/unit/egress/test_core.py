@@ -1410,7 +1410,7 @@ def test_a_resent_form_is_a_retry_of_that_form(web_service, service):
 
 def _release_with_a_crash_before_the_append(svc: EgressService, monkeypatch) -> str:
     """A release whose commit happens, then the process 'dies' before the append."""
-    import egress.core
+    import egress.operations.release
 
     rid, files = new_request(svc, {"notes.txt": "notes"})
     for checker in (olivia, oscar):
@@ -1421,7 +1421,7 @@ def _release_with_a_crash_before_the_append(svc: EgressService, monkeypatch) -> 
         raise OSError("killed between the commit and the append")
 
     with monkeypatch.context() as patched:
-        patched.setattr(egress.core, "append_checkpoint", crash)
+        patched.setattr(egress.operations.release, "append_checkpoint", crash)
         svc.release(oscar, rid)
     assert svc.get_request(alice, rid)["state"] == "released"  # the release committed
     return rid

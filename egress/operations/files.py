@@ -1,0 +1,394 @@
+"""Files: the outputs folder, adding (checks, SDC, library records), removing, viewing,
+previews and differencing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from egress.audit.chain import (
+    EventType,
+)
+from egress.domain import policy
+from egress.domain.policy import Actor, Permission, PermissionDenied
+from egress.domain.workflow import (
+    RequestState,
+)
+from egress.errors import (
+    EgressError,
+    FileRefused,
+    InvalidInput,
+    _refused,
+)
+from egress.file_checks import FileKind, check_file
+from egress.operations.base import ServiceBase
+from egress.operations.common import (
+    DEFAULT_GROUP,
+    MEDIA_TYPES,
+    FileContent,
+    _check_json,
+    _frequency_table_check,
+    _group_name,
+    _library_reader,
+    _raw_count_check,
+    _table_shape,
+    log,
+    member_check,
+)
+from egress.sdc_badge import LibraryRecords, combine, view_check
+from egress.store.models import (
+    Comment,
+    FileGroup,
+    Request,
+    RequestFile,
+    Review,
+)
+from egress.store.models import Vote as VoteRow
+from havre.enclave.identities import IdentityError, owners_of, table_path
+from havre.enclave.outputs_folder import (
+    OutputPathError,
+    read_output_owned,
+    scan_outputs,
+)
+from havre.sdc.differencing import count_table_from_csv, differencing_warnings
+
+
+class FileOperations(ServiceBase):
+    """File operations of :class:`egress.core.EgressService`."""
+
+    def _file_owner(self, uid: int) -> dict[str, Any]:
+        """Who wrote a file: its uid and, for a server's uid, the member's name.
+
+        The names come from the identity table the hub keeps (havre/enclave/identities.py,
+        mounted read-only here); ``user`` is None for a uid that is no server's (a file made
+        before per-server identities, uid 1000, or by an administrator).
+        """
+        try:
+            owners = owners_of(table_path(Path(self.enclave.state_dir)))
+        except (OSError, IdentityError) as exc:
+            log.warning("Can't read the identity table: %s", exc)
+            owners = {}
+        return {"uid": uid, "user": owners.get(uid)}
+
+    def list_outputs(self, actor: Actor, project: str) -> dict[str, Any]:
+        """The files a member can add from ``project``'s outputs folder, and what is skipped.
+
+        ``{"files": [{"path", "size", "mtime"}], "skipped": [{"path", "reason"}]}``.
+        """
+        decision = policy.check_create(actor, project)
+        if not decision.allowed:
+            exc = PermissionDenied(decision.reason, decision.status)
+            _refused("list_outputs", actor, None, exc)
+            raise exc
+        try:
+            listing = scan_outputs(self.outputs_root(project))
+        except OutputPathError as exc:
+            raise EgressError(exc.reason) from None
+        return {
+            "files": [{"path": e.path, "size": e.size, "mtime": e.mtime} for e in listing.entries],
+            "skipped": [{"path": s.path, "reason": s.reason} for s in listing.skipped],
+        }
+
+    def add_file(
+        self, actor: Actor, request_id: str, path: str, group: str = DEFAULT_GROUP
+    ) -> dict[str, Any]:
+        """Snapshot ``path`` from the outputs folder into the request, in ``group``.
+
+        Refused with :class:`FileRefused` (422) when the checks fail. Returns the file's entry
+        (as in :meth:`get_request`) plus ``replaced`` and ``content_changed``.
+        """
+        with self.reading("add_file", actor, request_id) as session:
+            request = self.load_request(session, request_id)
+            self.require(session, actor, Permission.ADD_FILE, request)
+            project = request.project
+        try:
+            group = _group_name(group)
+        except InvalidInput as exc:
+            _refused("add_file", actor, request_id, exc)
+            raise
+        try:
+            data, owner_uid = read_output_owned(
+                self.outputs_root(project), path, max_bytes=self.check_policy.max_file_bytes
+            )
+        except OutputPathError as exc:
+            refusal = FileRefused(str(path), [exc.reason])
+            _refused("add_file", actor, request_id, refusal)
+            raise refusal from None
+        result = check_file(path, data, self.check_policy)
+        if not result.ok or result.release_bytes is None or result.release_sha256 is None:
+            refusal = FileRefused(path, result.problems, result.warnings)
+            _refused("add_file", actor, request_id, refusal)
+            raise refusal
+        count = _frequency_table_check(result, self.sdc_params)
+        library = self.library_records(project).for_file(path, result.sha256)
+        sdc, badge = combine(count, library, self.sdc_params)
+        self.content.put(data)
+        if result.changed:
+            self.content.put(result.release_bytes)
+        with self.writing("add_file", actor, request_id) as tx:
+            request = self.load_request(tx.session, request_id)
+            self.require(tx.session, actor, Permission.ADD_FILE, request)
+            target_round = (
+                request.round if request.state == RequestState.DRAFT else request.round + 1
+            )
+            row = tx.session.execute(
+                select(RequestFile).where(
+                    RequestFile.request_id == request.id, RequestFile.path == path
+                )
+            ).scalar_one_or_none()
+            replaced = row is not None
+            changed = row is None or row.release_sha256 != result.release_sha256
+            if row is None:
+                row = RequestFile(request_id=request.id, path=path)
+                tx.session.add(row)
+            row.group = group
+            row.sha256 = result.sha256
+            row.release_sha256 = result.release_sha256
+            row.size = result.size
+            row.release_size = len(result.release_bytes)
+            row.kind = result.kind.value if result.kind else "unknown"
+            row.check = {
+                **_check_json(result, sdc, library, badge),
+                "owner": self._file_owner(owner_uid),
+            }
+            row.added_at = tx.now
+            if changed:
+                row.changed_in_round = target_round
+            self._ensure_group(tx.session, request, group)
+            request.updated_at = tx.now
+            tx.session.flush()
+            tx.audit(
+                actor,
+                EventType.FILE_ADDED,
+                request,
+                object=path,
+                file_hashes={path: result.sha256},
+                details={
+                    "file_id": row.id,
+                    "group": group,
+                    "release_sha256": result.release_sha256,
+                    "size": row.size,
+                    "release_size": row.release_size,
+                    "kind": row.kind,
+                    "outcome": result.outcome,
+                    "sdc_verdict": sdc.get("verdict") if sdc else None,
+                    "library_record": library["status"],
+                    "replaced": replaced,
+                    "content_changed": changed,
+                    "changed_in_round": row.changed_in_round,
+                    "owner": row.check["owner"],
+                },
+            )
+            entry = self._file_entry(row, {})
+            entry["check"] = member_check(entry["check"])  # the author: verdicts, not cells
+            return {**entry, "replaced": replaced, "content_changed": changed}
+
+    @staticmethod
+    def _ensure_group(session: Session, request: Request, name: str) -> FileGroup:
+        group = session.execute(
+            select(FileGroup).where(FileGroup.request_id == request.id, FileGroup.name == name)
+        ).scalar_one_or_none()
+        if group is None:
+            group = FileGroup(request_id=request.id, name=name, context="", controls="")
+            session.add(group)
+            session.flush()
+        return group
+
+    def library_records(self, project: str) -> LibraryRecords:
+        """The library's records in ``project``'s outputs folder (each results.json read once)."""
+        return LibraryRecords(_library_reader(self.outputs_root(project)), self.sdc_params)
+
+    def _recheck_library(
+        self, actor: Actor, request_id: str
+    ) -> dict[int, tuple[str, dict[str, Any]]]:
+        """Each file's check set again against the outputs folder's library records as they
+        are now: ``{file id: (sha256 it was made for, new check)}`` for the checks that change.
+
+        A record that matched the file's bytes when it was added stays (it was about these
+        very bytes), with a sentence when the folder's record has changed since.
+        """
+        with self.reading("submit", actor, request_id) as session:
+            request = self.load_request(session, request_id)
+            self.require(session, actor, Permission.SUBMIT, request)
+            rows = [(f.id, f.path, f.sha256, f.check or {}) for f in self._files(session, request)]
+            project = request.project
+        records = self.library_records(project)
+        updates: dict[int, tuple[str, dict[str, Any]]] = {}
+        for file_id, path, sha256, check in rows:
+            if "badge" not in check:
+                continue  # checked before library records were compared: shown as such
+            stored = check.get("library") or {}
+            library = records.for_file(path, sha256)
+            if library.get("status") != "matched" and stored.get("status") == "matched":
+                library = {
+                    **stored,
+                    "message": "The library's record matched these bytes when the file was "
+                    f"added; {library.get('results_json', 'results.json')} no longer holds "
+                    "it (the session was run again or edited since): the record shown is the "
+                    "one read when the file was added.",
+                }
+            sdc, badge = combine(_raw_count_check(check.get("sdc")), library, self.sdc_params)
+            new = {**check, "sdc": sdc, "library": library, "badge": badge}
+            if new != check:
+                updates[file_id] = (sha256, new)
+        return updates
+
+    def remove_file(self, actor: Actor, request_id: str, file_id: int) -> None:
+        """Take a file (and its votes) out of a draft or returned request."""
+        with self.writing("remove_file", actor, request_id) as tx:
+            request = self.load_request(tx.session, request_id)
+            self.require(tx.session, actor, Permission.REMOVE_FILE, request)
+            row = self.request_file(tx.session, request, file_id)
+            tx.session.execute(delete(VoteRow).where(VoteRow.file_id == row.id))
+            for comment in tx.session.execute(
+                select(Comment).where(Comment.file_id == row.id)
+            ).scalars():
+                comment.file_id = None
+            tx.session.delete(row)
+            request.updated_at = tx.now
+            tx.session.flush()
+            tx.audit(
+                actor,
+                EventType.FILE_REMOVED,
+                request,
+                object=row.path,
+                file_hashes={row.path: row.sha256},
+                details={"file_id": row.id, "group": row.group},
+            )
+
+    def view_file(self, actor: Actor, request_id: str, file_id: int) -> FileContent:
+        """The bytes that would be released for one file, for a reviewing checker once the
+        request is submitted (``Permission.VIEW_FILE``); every view is audited as FILE_VIEWED
+        with the viewer, whichever route serves it (the review page, its raw bytes)."""
+        with self.writing("view_file", actor, request_id) as tx:
+            request = self.load_request(tx.session, request_id)
+            self.require(tx.session, actor, Permission.VIEW_FILE, request)
+            row = self.request_file(tx.session, request, file_id)
+            content = self._content(row)
+            tx.audit(
+                actor,
+                EventType.FILE_VIEWED,
+                request,
+                object=row.path,
+                file_hashes={row.path: row.release_sha256},
+                details={"file_id": row.id, "round": request.round},
+            )
+            return content
+
+    def preview_file(self, actor: Actor, request_id: str, file_id: int) -> dict[str, Any]:
+        """What project members see of a file before release: made here, never its bytes.
+
+        The file's kind, size and hashes, a table's shape (rows and columns, counted here) and
+        its checks as :func:`member_check` keeps them: verdicts and counts, never a cell, a
+        label, a header or a line of its text (the browser is outside the enclave: whatever is
+        shown to a researcher has left it). Audited as FILE_PREVIEWED with the viewer.
+        """
+        with self.writing("preview_file", actor, request_id) as tx:
+            request = self.load_request(tx.session, request_id)
+            self.require(tx.session, actor, Permission.VIEW_PREVIEW, request)
+            row = self.request_file(tx.session, request, file_id)
+            shape = None
+            if row.kind in (FileKind.CSV.value, FileKind.TSV.value):
+                shape = _table_shape(self.content.get(row.release_sha256), row.kind)
+            preview = {
+                "request_id": request.id,
+                "file_id": row.id,
+                "path": row.path,
+                "kind": row.kind,
+                "size": row.release_size,
+                "sha256": row.sha256,
+                "release_sha256": row.release_sha256,
+                "shape": shape,
+                "check": member_check(view_check(row.check)),
+            }
+            tx.audit(
+                actor,
+                EventType.FILE_PREVIEWED,
+                request,
+                object=row.path,
+                file_hashes={row.path: row.release_sha256},
+                details={"file_id": row.id, "round": request.round},
+            )
+            return preview
+
+    def _content(self, row: RequestFile) -> FileContent:
+        data = self.content.get(row.release_sha256)
+        try:
+            media_type = MEDIA_TYPES[FileKind(row.kind)]
+        except (KeyError, ValueError):
+            media_type = "application/octet-stream"
+        return FileContent(
+            file_id=row.id,
+            path=row.path,
+            data=data,
+            sha256=row.release_sha256,
+            size=len(data),
+            kind=row.kind,
+            media_type=media_type,
+            snapshot_sha256=row.sha256,
+        )
+
+    def differencing(self, actor: Actor, request_id: str, file_id: int) -> dict[str, Any] | None:
+        """The differencing warning of a CSV/TSV table against the project's earlier releases
+        (``havre.sdc.differencing``; ``None`` for other files). Released and revoked requests
+        count: their files left. The 200 most recently changed released tables are compared."""
+        tables = (FileKind.CSV.value, FileKind.TSV.value)
+        with self.reading("differencing", actor, request_id) as session:
+            request = self.load_request(session, request_id)
+            self.require(session, actor, Permission.VIEW_FILE, request)
+            row = self.request_file(session, request, file_id)
+            if row.kind not in tables:
+                return None
+            target = (row.path, row.release_sha256, row.kind)
+            earlier = session.execute(
+                select(Request.id, RequestFile.path, RequestFile.release_sha256, RequestFile.kind)
+                .join(RequestFile, RequestFile.request_id == Request.id)
+                .where(
+                    Request.project == request.project,
+                    Request.id != request.id,
+                    Request.state.in_([RequestState.RELEASED.value, RequestState.REVOKED.value]),
+                    RequestFile.kind.in_(tables),
+                )
+                .order_by(Request.updated_at.desc(), RequestFile.id)
+                .limit(200)
+            ).all()
+
+        def parse(name: str, sha256: str, kind: str) -> Any:
+            text = self.content.get(sha256).decode("utf-8-sig", errors="replace")
+            sep = "\t" if kind == FileKind.TSV.value else ","
+            return count_table_from_csv(text, name=name, delimiter=sep)
+
+        new = parse(target[0], target[1], target[2])
+        if new is None:
+            return None
+        released = [parse(f"{rid}: {path}", sha, kind) for rid, path, sha, kind in earlier]
+        report = differencing_warnings(new, [t for t in released if t], self.sdc_params)
+        return {
+            "verdict": report.verdict,
+            "compared": list(report.compared),
+            "flags": [f.sentence(self.sdc_params.threshold) for f in report.flags[:200]],
+            "flag_count": len(report.flags),
+            "notes": list(report.notes),
+        }
+
+    @staticmethod
+    def _counts() -> tuple[Any, Any]:
+        """Correlated subqueries: reviews in the request's current round, and its files."""
+        reviews = (
+            select(func.count())
+            .select_from(Review)
+            .where(Review.request_id == Request.id, Review.round == Request.round)
+            .correlate(Request)
+            .scalar_subquery()
+        )
+        files = (
+            select(func.count())
+            .select_from(RequestFile)
+            .where(RequestFile.request_id == Request.id)
+            .correlate(Request)
+            .scalar_subquery()
+        )
+        return reviews, files
