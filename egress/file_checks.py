@@ -101,57 +101,10 @@ import re
 import xml.etree.ElementTree as ET
 import zlib
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, Literal
 
+from egress.file_kinds import ALLOWED, EXTENSIONS, LABELS, SCRIPT_MIMES, FileKind
 from havre.enclave.outputs_folder import OutputPathError, validate_relative_path
-
-
-class FileKind(StrEnum):
-    """The kinds of file that can be released (the allow-list)."""
-
-    CSV = "csv"
-    TSV = "tsv"
-    PNG = "png"
-    JPEG = "jpeg"
-    SVG = "svg"
-    PDF = "pdf"
-    TEXT = "text"
-    MARKDOWN = "markdown"
-    NOTEBOOK = "notebook"
-
-
-LABELS: dict[FileKind, str] = {
-    FileKind.CSV: "CSV",
-    FileKind.TSV: "TSV",
-    FileKind.PNG: "PNG",
-    FileKind.JPEG: "JPEG",
-    FileKind.SVG: "SVG",
-    FileKind.PDF: "PDF",
-    FileKind.TEXT: "plain text",
-    FileKind.MARKDOWN: "Markdown",
-    FileKind.NOTEBOOK: "a Jupyter notebook",
-}
-
-EXTENSIONS: dict[str, FileKind] = {
-    ".csv": FileKind.CSV,
-    ".tsv": FileKind.TSV,
-    ".png": FileKind.PNG,
-    ".jpg": FileKind.JPEG,
-    ".jpeg": FileKind.JPEG,
-    ".svg": FileKind.SVG,
-    ".pdf": FileKind.PDF,
-    ".txt": FileKind.TEXT,
-    ".md": FileKind.MARKDOWN,
-    ".markdown": FileKind.MARKDOWN,
-    ".ipynb": FileKind.NOTEBOOK,
-}
-"""Allowed extensions (compared in lower case) and the kind each one promises."""
-
-ALLOWED = (
-    "CSV (.csv), TSV (.tsv), PNG (.png), JPEG (.jpg, .jpeg), SVG (.svg), PDF (.pdf), "
-    "plain text (.txt), Markdown (.md, .markdown) and Jupyter notebooks (.ipynb)"
-)
 
 MiB = 1024 * 1024
 
@@ -1075,13 +1028,6 @@ def _parse_xml(data: bytes, text: str, ext: str) -> ET.Element | None:
 
 # --- notebooks -----------------------------------------------------------------------------
 
-_SCRIPT_MIMES = {
-    "application/javascript",
-    "text/javascript",
-    "application/ecmascript",
-    "text/ecmascript",
-    "application/x-javascript",
-}
 _MARKUP_MIMES = {"text/html", "image/svg+xml", "text/markdown", "application/xhtml+xml"}
 _WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
@@ -1111,7 +1057,7 @@ def _bundle_problem(bundle: Any, where: str, warnings: set[str]) -> None:
         raise FileRefused(f"not a valid notebook: {where} has malformed data")
     for mime, value in bundle.items():
         kind = str(mime).split(";")[0].strip().lower()
-        if kind in _SCRIPT_MIMES:
+        if kind in SCRIPT_MIMES:
             raise FileRefused(
                 f"the notebook's {where} has {kind} content (code that runs in the browser "
                 "of whoever opens it); clear that output or export the figure as PNG/SVG"

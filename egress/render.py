@@ -62,6 +62,7 @@ import nh3
 from markdown_it import MarkdownIt
 
 from egress.file_checks import is_formula
+from egress.file_kinds import CONTENT_TYPES, SCRIPT_MIMES, extensions_of
 
 __all__ = [
     "CHECKER_PAGE_CSP",
@@ -116,20 +117,6 @@ RAW_FILE_CSP = "default-src 'none'; style-src 'unsafe-inline'; sandbox"
 script, forms, popups or plugins, so even a file opened directly (an SVG in its own tab, a text
 file the browser sniffs differently) can't act as the service.
 """
-
-CONTENT_TYPES: dict[str, str] = {
-    "csv": "text/csv; charset=utf-8",
-    "tsv": "text/tab-separated-values; charset=utf-8",
-    "png": "image/png",
-    "jpeg": "image/jpeg",
-    "svg": "image/svg+xml",
-    "pdf": "application/pdf",
-    "text": "text/plain; charset=utf-8",
-    # Markdown is served as plain text: the browser shows the source, never renders it.
-    "markdown": "text/plain; charset=utf-8",
-    "notebook": "application/x-ipynb+json",
-}
-"""``Content-Type`` of the raw file response for each kind."""
 
 MAX_TEXT_CHARS = 2_000_000
 """Most characters of a text or Markdown file shown on the page (the rest: raw file)."""
@@ -867,7 +854,6 @@ _OUTPUT_MIMES = frozenset(
 vendor types) is removed with a visible marker in place."""
 
 _MAGIC = {"image/png": b"\x89PNG\r\n\x1a\n", "image/jpeg": b"\xff\xd8\xff"}
-_SCRIPT_MIMES = frozenset({"application/javascript", "text/javascript", "application/ecmascript"})
 
 
 def _joined(value: Any) -> str:
@@ -887,7 +873,7 @@ def _image_ok(mime: str, value: Any) -> bool:
 
 
 def _why_removed(mime: str) -> str:
-    if mime in _SCRIPT_MIMES:
+    if mime in SCRIPT_MIMES:
         return f"{mime} (code that would run in the browser)"
     if mime.startswith("application/vnd.jupyter.widget"):
         return f"{mime} (an interactive widget; it needs JavaScript)"
@@ -1168,17 +1154,6 @@ def render_for_checker(
 # --- raw file responses --------------------------------------------------------------------
 
 _UNSAFE_FILENAME = re.compile(r"[^A-Za-z0-9._-]+")
-_KIND_EXTENSIONS = {
-    "csv": ("csv",),
-    "tsv": ("tsv",),
-    "png": ("png",),
-    "jpeg": ("jpg", "jpeg"),
-    "svg": ("svg",),
-    "pdf": ("pdf",),
-    "text": ("txt",),
-    "markdown": ("md", "markdown"),
-    "notebook": ("ipynb",),
-}
 
 
 def _filenames(kind: str, name: str) -> tuple[str, str | None]:
@@ -1192,8 +1167,8 @@ def _filenames(kind: str, name: str) -> tuple[str, str | None]:
     ascii_name = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode()
     ascii_name = _UNSAFE_FILENAME.sub("_", ascii_name).strip("._") or "file"
     stem, dot, ext = ascii_name.rpartition(".")
-    if not dot or ext.lower() not in _KIND_EXTENSIONS[kind]:
-        stem, ext = ascii_name, _KIND_EXTENSIONS[kind][0]
+    if not dot or ext.lower() not in extensions_of(kind):
+        stem, ext = ascii_name, extensions_of(kind)[0]
     ascii_name = f"{stem[:100]}.{ext}"
     utf8 = None
     if base and base != ascii_name:

@@ -32,7 +32,8 @@ from egress.errors import (
     InvalidInput,
     NotFound,
 )
-from egress.file_checks import FileCheckResult, FileKind
+from egress.file_checks import FileCheckResult
+from egress.file_kinds import FileKind
 from egress.sdc_badge import LibraryReadError
 from havre.enclave.config import ADMINS_HUB_GROUP, EnclaveConfig
 from havre.enclave.outputs_folder import (
@@ -57,17 +58,6 @@ _STATE_EVENTS = {
     Action.REJECT: EventType.REJECTED,
     Action.RELEASE: EventType.RELEASED,
     Action.REVOKE: EventType.REVOKED,
-}
-MEDIA_TYPES = {
-    FileKind.CSV: "text/csv; charset=utf-8",
-    FileKind.TSV: "text/tab-separated-values; charset=utf-8",
-    FileKind.PNG: "image/png",
-    FileKind.JPEG: "image/jpeg",
-    FileKind.SVG: "image/svg+xml",
-    FileKind.PDF: "application/pdf",
-    FileKind.TEXT: "text/plain; charset=utf-8",
-    FileKind.MARKDOWN: "text/markdown; charset=utf-8",
-    FileKind.NOTEBOOK: "application/x-ipynb+json",
 }
 
 

@@ -23,11 +23,11 @@ from egress.errors import (
     InvalidInput,
     _refused,
 )
-from egress.file_checks import FileKind, check_file
+from egress.file_checks import check_file
+from egress.file_kinds import MEDIA_TYPES, FileKind
 from egress.operations.base import ServiceBase
 from egress.operations.common import (
     DEFAULT_GROUP,
-    MEDIA_TYPES,
     FileContent,
     _check_json,
     _frequency_table_check,
