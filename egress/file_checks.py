@@ -1125,26 +1125,6 @@ def _check_notebook(notebook: dict[str, Any]) -> list[str]:
     return result
 
 
-def strip_notebook_outputs(data: bytes) -> bytes:
-    """The notebook with every code cell's outputs and execution count removed.
-
-    Written as nbformat writes notebooks (sorted keys, one-space indent, UTF-8, final newline).
-    Raises :class:`FileRefused` when ``data`` is not an nbformat 4 notebook.
-    """
-    try:
-        notebook = json.loads(data)
-    except (ValueError, RecursionError):
-        raise FileRefused("not a valid notebook: it is not JSON") from None
-    if not isinstance(notebook, dict):
-        raise FileRefused("not a valid notebook: it is not a JSON object")
-    _check_notebook(notebook)
-    for cell in notebook["cells"]:
-        if cell["cell_type"] == "code":
-            cell["outputs"] = []
-            cell["execution_count"] = None
-    return (json.dumps(notebook, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
-
-
 # --- detection -----------------------------------------------------------------------------
 
 
@@ -1256,17 +1236,6 @@ def _identify(data: bytes, name: str, policy: CheckPolicy, found: list[FileKind]
                 pass
         detected.table = _parse_table(text, ",", "CSV", policy)
     return detected
-
-
-def detect_kind(data: bytes, name: str) -> FileKind:
-    """The kind of ``data`` judged by its content, which the extension of ``name`` must match.
-
-    Runs the content checks that decide whether the bytes are an acceptable file of that kind
-    (archive and executable signatures, polyglots, PNG/JPEG structure, PDF active content, text
-    encoding, HTML, CSV structure, SVG DOCTYPEs, notebook outputs) with the default
-    :class:`CheckPolicy` limits, but no size limit. Raises :class:`FileRefused` with the reason.
-    """
-    return _detect(data, name, DEFAULT_POLICY).kind
 
 
 # --- the whole check -----------------------------------------------------------------------

@@ -1,30 +1,14 @@
-"""Email notifications for the release-request workflow (SMTP), never blocking the workflow.
+"""E-mail over SMTP for the egress service's notifications: the settings, a checked plain-text
+message, and sending it.
 
-The workflow never waits on email: the core service writes a notification to its outbox in
-the same transaction as the state change, and a background task calls :func:`deliver_outbox`
-(in a worker thread: ``smtplib`` blocks), which marks each row sent or failed and never raises.
-A failed row is retried on a later run; :attr:`NotificationError.temporary` says whether a
-retry can help.
+The workflow never waits on e-mail: an operation writes its notification (subject and body,
+composed by the operation) to the outbox in the same transaction as the state change, and
+:mod:`egress.mailer` sends the outbox with :func:`send` (in a worker thread: ``smtplib``
+blocks). :attr:`NotificationError.temporary` says whether a retry can help.
 
-What a message contains
-    Only the request's id and project, who acted, and a link to the request on the egress
-    service. Never file names, file contents, comments, votes or anything from the outputs:
-    email leaves the enclave, so a checker or author signs in to see the rest. The request's
-    title is left out by default too (``include_title``): it is unchecked free text, and an
-    email to the author carrying it would be a way round output checking.
-
-Who gets which event (the caller picks the addresses; :data:`AUDIENCE` says whose they are)
-    ================== ========== =============================================================
-    event              audience   why
-    ================== ========== =============================================================
-    submitted          checkers   a request waits for independent reviews
-    review_complete    checkers   every required review is in; a checker approves, returns or
-                                  rejects. Not the author: the reviews are the checkers' and the
-                                  author hears the decision
-    returned           author     changes are asked for
-    released           author     the files are out
-    rejected           author     nothing will be released
-    ================== ========== =============================================================
+What a message contains: only the request's id and state, and a link to the request on the
+egress service. Never titles, file names, file contents, comments or votes: e-mail leaves the
+enclave, so a checker or author signs in to see the rest.
 """
 
 from __future__ import annotations
@@ -33,79 +17,23 @@ import logging
 import re
 import smtplib
 import ssl
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 __all__ = [
-    "AUDIENCE",
-    "EVENTS",
-    "DeliveryCounts",
     "NotificationError",
     "SmtpSettings",
     "SmtpSettingsError",
-    "deliver_outbox",
-    "message_for",
     "parse_smtp_settings",
     "plain_message",
     "send",
 ]
 
 log = logging.getLogger("havre.egress.notify")
-
-MAX_TITLE_CHARS = 120
-"""Longest request title put in a subject or body (longer ones end with an ellipsis)."""
-
-AUDIENCE: dict[str, str] = {
-    "submitted": "checkers",
-    "review_complete": "checkers",
-    "returned": "author",
-    "released": "author",
-    "rejected": "author",
-}
-"""Whose addresses the caller should give :func:`message_for` for each event."""
-
-EVENTS = tuple(AUDIENCE)
-"""The workflow events that send email."""
-
-_SUBJECTS = {
-    "submitted": "[Havre] Release request {id} in {project} is waiting for review",
-    "review_complete": "[Havre] Release request {id} in {project}: all reviews are in",
-    "returned": "[Havre] Release request {id} in {project} was returned to you",
-    "released": "[Havre] Release request {id} in {project} was released",
-    "rejected": "[Havre] Release request {id} in {project} was rejected",
-}
-
-_FIRST_LINES = {
-    "submitted": (
-        "{actor} submitted release request {id} in project {project}. It needs independent "
-        "reviews by output checkers."
-    ),
-    "review_complete": (
-        "Every required review of release request {id} in project {project} is in (the last "
-        "one by {actor}). A checker can now approve it, return it to the author, or reject it."
-    ),
-    "returned": (
-        "{actor} returned your release request {id} in project {project} for changes. Read "
-        "the checkers' comments, change the files or their descriptions, and submit it again."
-    ),
-    "released": (
-        "Your release request {id} in project {project} was released by {actor}. The approved "
-        "files can now be downloaded from the request page."
-    ),
-    "rejected": (
-        "{actor} rejected your release request {id} in project {project}. Nothing from it "
-        "will be released; the request page gives the reason."
-    ),
-}
-
-_FOOTER = (
-    "This message was sent by Havre's egress service. It holds no file names, file contents "
-    "or comments; sign in to see the request."
-)
 
 
 class SmtpSettingsError(ValueError):
@@ -294,16 +222,6 @@ def _one_line(value: object, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def _check_link(link: str) -> str:
-    if (
-        not isinstance(link, str)
-        or not re.fullmatch(r"https?://[^\s\x00-\x1f\x7f]+", link)
-        or len(link) > 2000
-    ):
-        raise ValueError(f"link must be an http(s) URL without spaces (got {link!r})")
-    return link
-
-
 def _recipients(recipients: Iterable[str]) -> list[str]:
     if isinstance(recipients, str):
         raise ValueError("recipients must be a list of addresses, not one string")
@@ -321,61 +239,14 @@ def _recipients(recipients: Iterable[str]) -> list[str]:
 def plain_message(recipients: list[str], subject: str, body: str) -> EmailMessage:
     """A plain-text message with checked recipients and a one-line subject.
 
-    For a caller that composes its own text (e.g. an outbox row holding subject and body);
-    :func:`message_for` uses it too. Raises ``ValueError`` for no or invalid recipients.
+    For a caller that composes its own text (an outbox row holding subject and body).
+    Raises ``ValueError`` for no or invalid recipients.
     """
     message = EmailMessage()
     message["To"] = ", ".join(_recipients(recipients))
     message["Subject"] = _one_line(subject, 200) or "[Havre]"
     message["Auto-Submitted"] = "auto-generated"
     message.set_content(body if body.endswith("\n") else body + "\n")
-    return message
-
-
-def message_for(
-    event: str,
-    *,
-    request_id: str | int,
-    project: str,
-    title: str,
-    recipients: list[str],
-    link: str,
-    actor: str,
-    include_title: bool = False,
-) -> EmailMessage:
-    """The plain-text email for a workflow ``event`` (one of :data:`EVENTS`).
-
-    ``recipients`` are the addresses of :data:`AUDIENCE` ``[event]`` (the caller looks them
-    up); ``link`` the request's page on the egress service; ``actor`` who did what triggered
-    the event. ``From``, ``Date`` and ``Message-ID`` are added by :func:`send` when missing.
-
-    The title is left out unless ``include_title`` is true: it is free text the researcher
-    typed, no checker has approved it, and email leaves the enclave, so a title would be a way
-    to send data out (for instance to the author's own mailbox with "returned"). With
-    ``include_title`` it goes in the body only, on one line, cut to :data:`MAX_TITLE_CHARS`.
-
-    Raises ``ValueError`` for an unknown event, no or invalid recipients, or a non-http link.
-    """
-    if event not in AUDIENCE:
-        raise ValueError(f"unknown notification event {event!r}; expected one of {EVENTS}")
-    fields = {
-        "id": _one_line(request_id, 64),
-        "project": _one_line(project, 64),
-        "actor": _one_line(actor, 64) or "someone",
-    }
-    lines = [_FIRST_LINES[event].format(**fields), "", f"Request:  {fields['id']}"]
-    if include_title:
-        lines.append(f"Title:    {_one_line(title, MAX_TITLE_CHARS) or '(no title)'}")
-    lines += [
-        f"Project:  {fields['project']}",
-        "",
-        f"Open the request: {_check_link(link)}",
-        "",
-        "-- ",
-        _FOOTER,
-    ]
-    message = plain_message(recipients, _SUBJECTS[event].format(**fields), "\n".join(lines))
-    message["X-Havre-Event"] = event
     return message
 
 
@@ -510,90 +381,3 @@ def send(settings: SmtpSettings, message: EmailMessage) -> None:
         _transmit(smtp, settings, message)
     finally:
         _close(smtp)
-
-
-class DeliveryCounts(NamedTuple):
-    """What :func:`deliver_outbox` did: rows marked sent and rows marked failed."""
-
-    sent: int
-    failed: int
-
-
-def _message_of(row: Any) -> EmailMessage:
-    if isinstance(row, EmailMessage):
-        return row
-    if isinstance(row, Mapping):
-        return row["message"]
-    return row.message
-
-
-def deliver_outbox(
-    rows: Iterable[Any],
-    settings: SmtpSettings,
-    mark_sent: Callable[[Any], object],
-    mark_failed: Callable[[Any, NotificationError], object],
-    *,
-    message_of: Callable[[Any], EmailMessage] = _message_of,
-) -> DeliveryCounts:
-    """Try to send every row of the outbox; never raises; returns how many were sent/failed.
-
-    A row is an :class:`EmailMessage`, a mapping with a ``"message"`` key, an object with a
-    ``message`` attribute, or anything ``message_of`` understands. Each row ends in exactly one
-    of ``mark_sent(row)`` or ``mark_failed(row, error)``. One connection is used for the batch;
-    if the server can't be reached at all, every remaining row is marked failed with that same
-    error at once (no waiting for a timeout per row); if the connection drops mid-batch, it is
-    opened again for the next row. An exception from ``mark_sent``/``mark_failed`` is logged
-    and the row counted as failed (the caller's store decides what happens to it).
-    """
-    sent = failed = 0
-    smtp: smtplib.SMTP | None = None
-    unreachable: NotificationError | None = None
-    try:
-        for row in rows:
-            try:
-                message = message_of(row)
-                if not isinstance(message, EmailMessage):
-                    raise TypeError(f"expected an EmailMessage, got {type(message).__name__}")
-            except Exception as error:  # noqa: BLE001 - a bad row must not stop the batch
-                _mark(
-                    mark_failed, row, NotificationError(f"not a message: {error}", temporary=False)
-                )
-                failed += 1
-                continue
-            error = unreachable
-            if error is None:
-                try:
-                    if smtp is None:
-                        smtp = _connect(settings)
-                    _transmit(smtp, settings, message)
-                except NotificationError as exc:
-                    error = exc
-                    if smtp is None:
-                        unreachable = exc  # connecting failed: don't try again this batch
-                    elif _connection_lost(exc.__cause__):
-                        _close(smtp)
-                        smtp = None  # reconnect for the next row
-            if error is None:
-                if _mark(mark_sent, row):
-                    sent += 1
-                else:
-                    failed += 1
-            else:
-                log.warning("notification not sent: %s", error)
-                _mark(mark_failed, row, error)
-                failed += 1
-    except Exception:  # noqa: BLE001 - e.g. the rows iterator itself failed
-        log.exception("delivering the notification outbox stopped early")
-    finally:
-        _close(smtp)
-    return DeliveryCounts(sent, failed)
-
-
-def _mark(callback: Callable[..., object], *args: Any) -> int:
-    """Call a mark callback; 1 if it worked, 0 (logged) if it raised."""
-    try:
-        callback(*args)
-    except Exception:  # noqa: BLE001 - the outbox store's failure must not stop the batch
-        log.exception("marking a notification row failed")
-        return 0
-    return 1

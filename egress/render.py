@@ -74,11 +74,9 @@ __all__ = [
     "Rendered",
     "checker_css",
     "find_active_content",
-    "notebook_summary",
     "raw_response_headers",
     "render_for_checker",
     "sanitise_html",
-    "strip_outputs",
 ]
 
 KINDS = ("csv", "tsv", "png", "jpeg", "svg", "pdf", "text", "markdown", "notebook")
@@ -134,7 +132,7 @@ class RenderError(ValueError):
 
 
 class NotebookError(ValueError):
-    """Not an nbformat 4 notebook (from :func:`strip_outputs` or :func:`notebook_summary`)."""
+    """Not an nbformat 4 notebook."""
 
 
 @dataclass(frozen=True)
@@ -1233,26 +1231,6 @@ def _load_notebook(data: bytes) -> dict[str, Any]:
     return notebook
 
 
-def strip_outputs(notebook_bytes: bytes) -> bytes:
-    """The notebook with every output and execution count cleared, for release as code.
-
-    Cells, their sources (unchanged, whether a string or a list of lines), attachments and
-    metadata are kept; the notebook's saved widget state (``metadata.widgets``) is removed.
-    Written as nbformat writes notebooks (sorted keys, one-space indent, UTF-8, final newline),
-    so stripping a stripped notebook gives the same bytes. Raises :class:`NotebookError` when
-    the bytes are not an nbformat 4 notebook.
-    """
-    notebook = _load_notebook(notebook_bytes)
-    metadata = notebook.get("metadata")
-    if isinstance(metadata, dict):
-        metadata.pop("widgets", None)
-    for cell in notebook["cells"]:
-        if cell["cell_type"] == "code":
-            cell["outputs"] = []
-            cell["execution_count"] = None
-    return (json.dumps(notebook, sort_keys=True, indent=1, ensure_ascii=False) + "\n").encode()
-
-
 def _summary(notebook: Mapping[str, Any]) -> dict[str, Any]:
     cells: Counter[str] = Counter({"code": 0, "markdown": 0, "raw": 0})
     by_type: Counter[str] = Counter()
@@ -1287,19 +1265,6 @@ def _summary(notebook: Mapping[str, Any]) -> dict[str, Any]:
         "kernel": (metadata.get("kernelspec") or {}).get("name"),
         "language": (metadata.get("language_info") or {}).get("name"),
     }
-
-
-def notebook_summary(nb_bytes: bytes) -> dict[str, Any]:
-    """Counts a checker can read at a glance.
-
-    ``cells`` (by type) and ``cells_total``, ``executed_cells``, ``outputs`` and
-    ``outputs_by_type`` (stream, display_data, execute_result, error), ``outputs_by_mime``
-    (every MIME type in output bundles, each counted once per output that has it; streams as
-    ``application/vnd.jupyter.stdout``/``stderr`` and errors as
-    ``application/vnd.jupyter.error``, as JupyterLab names them), ``attachments`` (images pasted
-    into Markdown cells), ``widget_state``, ``kernel``, ``language`` and ``nbformat``.
-    """
-    return _summary(_load_notebook(nb_bytes))
 
 
 # --- stylesheet ----------------------------------------------------------------------------

@@ -38,12 +38,9 @@ from egress.file_checks import (
     CheckPolicy,
     FileCheckResult,
     FileKind,
-    FileRefused,
     FlaggedCell,
     check_file,
-    detect_kind,
     is_formula,
-    strip_notebook_outputs,
 )
 from havre.enclave.outputs_folder import OutputPathError, read_output, scan_outputs
 
@@ -474,7 +471,6 @@ def test_hostile_input(row: Row):
         assert result.release_bytes == data  # byte for byte
         assert result.release_sha256 == result.sha256
         assert result.changes == []
-        assert detect_kind(data, row.name) is result.kind
         return
     assert result.release_bytes != data
     assert result.changes and row.message in " ".join(result.changes)
@@ -795,46 +791,7 @@ def test_pandas_html_output_is_fine():
     assert result.outcome == "accepted"
 
 
-def test_strip_notebook_outputs():
-    data = notebook(code_cell("x", display({"application/javascript": "alert(1)"})))
-    with pytest.raises(FileRefused):
-        strip_notebook_outputs(data)  # a hostile notebook is refused, not "cleaned"
-    data = notebook(code_cell("x", display({"text/plain": "1"})), markdown_cell("# m"))
-    stripped = strip_notebook_outputs(data)
-    cells = json.loads(stripped)["cells"]
-    assert cells[0]["outputs"] == [] and cells[0]["execution_count"] is None
-    assert cells[1] == markdown_cell("# m")
-    result = check_file("nb.ipynb", stripped)
-    assert result.outcome == "accepted" and result.warnings == []
-
-
 # --- API -----------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("name", "data", "kind"),
-    [
-        ("t.csv", CSV, FileKind.CSV),
-        ("t.TSV", b"a\tb\n", FileKind.TSV),
-        ("p.PNG", png(), FileKind.PNG),
-        ("p.jpeg", jpeg(), FileKind.JPEG),
-        ("p.svg", svg(), FileKind.SVG),
-        ("r.pdf", pdf(), FileKind.PDF),
-        ("n.txt", b"hello\n", FileKind.TEXT),
-        ("n.markdown", b"# hi\n", FileKind.MARKDOWN),
-        ("n.ipynb", notebook(), FileKind.NOTEBOOK),
-    ],
-)
-def test_detect_kind(name, data, kind):
-    assert detect_kind(data, name) is kind
-
-
-def test_detect_kind_raises_with_the_reason():
-    with pytest.raises(FileRefused, match="content is PNG but the name says .csv") as caught:
-        detect_kind(png(), "t.csv")
-    assert isinstance(caught.value, ValueError)
-    with pytest.raises(FileRefused, match="empty file"):
-        detect_kind(b"", "t.csv")
 
 
 @pytest.mark.parametrize(

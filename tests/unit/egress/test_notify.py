@@ -6,27 +6,20 @@ what arrives (and can refuse recipients or data); TLS tests make a throw-away ce
 
 from __future__ import annotations
 
-import smtplib
 import socket
 import ssl
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from egress.notify import (
-    AUDIENCE,
-    EVENTS,
-    DeliveryCounts,
     NotificationError,
     SmtpSettings,
     SmtpSettingsError,
-    deliver_outbox,
-    message_for,
     parse_smtp_settings,
     plain_message,
     send,
@@ -114,17 +107,14 @@ def settings_for(port: int, **overrides) -> SmtpSettings:
     return SmtpSettings(**values)
 
 
-def submitted(recipients=("checker1@example.org", "checker2@example.org"), **overrides):
-    values = {
-        "request_id": "R-42",
-        "project": "hospital-stays",
-        "title": "Length of stay by region",
-        "recipients": list(recipients) if isinstance(recipients, tuple) else recipients,
-        "link": LINK,
-        "actor": "alice",
-    }
-    values.update(overrides)
-    return message_for("submitted", **values)
+def submitted(recipients=("checker1@example.org", "checker2@example.org")):
+    """A message as the service's outbox writes them: ids and states only, never the title."""
+    return plain_message(
+        list(recipients) if isinstance(recipients, tuple) else recipients,
+        "[Havre] Release request R-42 in hospital-stays is waiting for review",
+        f"alice submitted release request R-42 in project hospital-stays.\n\n"
+        f"Open the request: {LINK}\n",
+    )
 
 
 # --- settings --------------------------------------------------------------------------------
@@ -217,74 +207,6 @@ def test_parse_settings_lists_every_problem():
 # --- messages --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("event", EVENTS)
-def test_message_for_every_event(event):
-    message = message_for(
-        event,
-        request_id=42,
-        project="hospital-stays",
-        title="Length of stay by region",
-        recipients=["someone@example.org"],
-        link=LINK,
-        actor="bob",
-    )
-    assert message["To"] == "someone@example.org"
-    assert message["Subject"].startswith("[Havre] Release request 42 in hospital-stays")
-    assert message["Auto-Submitted"] == "auto-generated"
-    assert message.get_content_type() == "text/plain" and not message.is_multipart()
-    assert message["X-Havre-Event"] == event
-    body = message.get_content()
-    assert LINK in body and "bob" in body and "Request:  42" in body
-    assert "Project:  hospital-stays" in body
-    # The title is the researcher's unchecked free text: not in the email unless asked for.
-    assert "Length of stay" not in body and "Length of stay" not in message["Subject"]
-    assert AUDIENCE[event] in ("checkers", "author")
-
-
-def test_audience_of_each_event():
-    assert AUDIENCE == {
-        "submitted": "checkers",
-        "review_complete": "checkers",
-        "returned": "author",
-        "released": "author",
-        "rejected": "author",
-    }
-
-
-def test_title_only_when_asked_and_then_one_line_and_cut():
-    assert "Title:" not in submitted().get_content()
-    message = submitted(
-        title="Counts\r\nBcc: leak@evil.example\r\n\r\nbody " + "x" * 300, include_title=True
-    )
-    assert message["Bcc"] is None
-    body = message.get_content()
-    title_line = next(line for line in body.splitlines() if line.startswith("Title:"))
-    assert "\r" not in title_line and "Bcc: leak@evil.example" in title_line
-    assert len(title_line) <= len("Title:    ") + 120 and title_line.endswith("…")
-    assert len(body.splitlines()) == 10
-
-
-@pytest.mark.parametrize(
-    ("changes", "match"),
-    [
-        ({"recipients": []}, "at least one recipient"),
-        ({"recipients": ["a@example.org, evil@example.org"]}, "recipient"),
-        ({"recipients": ["a@example.org\r\nBcc: x@y.org"]}, "recipient"),
-        ({"recipients": "a@example.org"}, "list of addresses"),
-        ({"link": "javascript:alert(1)"}, "link"),
-        ({"link": "https://ok.example/a b"}, "link"),
-    ],
-)
-def test_message_for_refuses_bad_input(changes, match):
-    with pytest.raises(ValueError, match=match):
-        submitted(**changes)
-    with pytest.raises(ValueError, match="unknown notification event"):
-        message_for(
-            "approved", request_id=1, project="p", title="t", recipients=["a@b.org"], link=LINK,
-            actor="x",
-        )  # fmt: skip
-
-
 def test_plain_message_keeps_the_subject_on_one_line():
     message = plain_message(["a@example.org"], "Hello\r\nBcc: x@evil.example", "Body")
     assert message["Subject"] == "Hello Bcc: x@evil.example" and message["Bcc"] is None
@@ -315,32 +237,12 @@ def test_send_delivers_to_a_real_server(server):
     assert f"Open the request: {LINK}" in body
 
 
-def test_closed_port_raises_and_outbox_counts_failures(closed_port, monkeypatch):
+def test_closed_port_raises_a_temporary_failure(closed_port):
     settings = settings_for(closed_port)
     with pytest.raises(NotificationError) as caught:
         send(settings, submitted())
     assert caught.value.temporary
     assert f"127.0.0.1:{closed_port}" in str(caught.value)
-
-    sent, failed = [], []
-    connects = []
-    real_smtp_connect = smtplib.SMTP.connect
-
-    def counting_connect(self, *args, **kwargs):
-        connects.append(args)
-        return real_smtp_connect(self, *args, **kwargs)
-
-    monkeypatch.setattr(smtplib.SMTP, "connect", counting_connect)
-    counts = deliver_outbox(
-        [submitted(), submitted(), submitted()],
-        settings,
-        sent.append,
-        lambda row, error: failed.append((row, error)),
-    )
-    assert counts == DeliveryCounts(sent=0, failed=3)
-    assert sent == [] and len(failed) == 3
-    assert all(isinstance(error, NotificationError) and error.temporary for _, error in failed)
-    assert len(connects) == 1  # one refused connection, not one per row
 
 
 def test_refused_recipient_is_a_permanent_failure(server):
@@ -368,50 +270,6 @@ def test_temporary_data_refusal(server):
     with pytest.raises(NotificationError, match="451") as caught:
         send(settings_for(port), submitted())
     assert caught.value.temporary
-
-
-def test_deliver_outbox_mixed_rows_one_connection(server):
-    recorder, port = server
-    recorder.refuse["gone@example.org"] = "550 No such user"
-    rows = [
-        submitted(recipients=["a@example.org"]),
-        {"id": 2, "message": submitted(recipients=["gone@example.org"])},
-        SimpleNamespace(id=3, message=submitted(recipients=["c@example.org"])),
-        "not a message row",
-        {"id": 5, "message": submitted(recipients=["e@example.org"])},
-    ]
-    sent, failed = [], []
-
-    def mark_sent(row):
-        if isinstance(row, dict) and row["id"] == 5:
-            raise RuntimeError("database is locked")
-        sent.append(row)
-
-    counts = deliver_outbox(rows, settings_for(port), mark_sent, lambda r, e: failed.append((r, e)))
-    assert counts == (2, 3)
-    assert sent == [rows[0], rows[2]]
-    assert [row for row, _ in failed] == [rows[1], rows[3]]
-    assert not failed[0][1].temporary and "not a message" in str(failed[1][1])
-    assert [e.rcpt_tos for e in recorder.envelopes] == [
-        ["a@example.org"],
-        ["c@example.org"],
-        ["e@example.org"],  # sent; only marking it failed
-    ]
-    assert recorder.ehlo_count == 1  # one connection for the whole batch
-
-
-def test_deliver_outbox_never_raises_even_if_marking_fails(closed_port):
-    def broken(*_):
-        raise RuntimeError("store is down")
-
-    counts = deliver_outbox([submitted()], settings_for(closed_port), broken, broken)
-    assert counts == DeliveryCounts(0, 1)
-
-    def rows():
-        yield submitted()
-        raise OSError("outbox query failed")
-
-    assert deliver_outbox(rows(), settings_for(closed_port), broken, broken) == (0, 1)
 
 
 def test_missing_password_file(server, tmp_path):

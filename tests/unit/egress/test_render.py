@@ -9,7 +9,6 @@ inline PNG/JPEG. Notebooks go through the real nbconvert; nothing is mocked.
 from __future__ import annotations
 
 import base64
-import json
 import re
 import struct
 import zlib
@@ -30,16 +29,13 @@ from egress.render import (
     CONTENT_TYPES,
     KINDS,
     RAW_FILE_CSP,
-    NotebookError,
     Rendered,
     RenderError,
     checker_css,
     find_active_content,
-    notebook_summary,
     raw_response_headers,
     render_for_checker,
     sanitise_html,
-    strip_outputs,
 )
 
 RAW = "/services/egress/api/requests/7/files/3/raw"
@@ -595,59 +591,6 @@ def test_notebook_rendering_keeps_errors_and_prompts_readable():
     text = text_of(rendered.html)
     assert "ZeroDivisionError: division by zero" in text and "[5]" in text
     assert "\x1b" not in text
-
-
-# --- strip_outputs and notebook_summary ------------------------------------------------------
-
-
-def test_strip_outputs_removes_outputs_and_is_idempotent():
-    original = hostile_notebook()
-    loaded = json.loads(original)
-    loaded["cells"][0]["source"] = ["# Results\n", "line two\u202e\n", "three"]  # list form
-    loaded["metadata"]["papermill"] = {"parameters": {"year": 2024}}
-    original = json.dumps(loaded, indent=1).encode()
-
-    stripped = strip_outputs(original)
-    again = strip_outputs(stripped)
-    assert again == stripped
-    result = json.loads(stripped)
-    for before, after in zip(loaded["cells"], result["cells"], strict=True):
-        assert json.dumps(after["source"]).encode() == json.dumps(before["source"]).encode()
-        assert after["cell_type"] == before["cell_type"] and after["id"] == before["id"]
-        if after["cell_type"] == "code":
-            assert after["outputs"] == [] and after["execution_count"] is None
-    assert "widgets" not in result["metadata"]
-    assert result["metadata"]["papermill"] == {"parameters": {"year": 2024}}
-    assert result["metadata"]["kernelspec"]["name"] == "python3"
-    summary = notebook_summary(stripped)
-    assert summary["outputs"] == 0 and summary["executed_cells"] == 0
-    nbformat.validate(nbformat.reads(stripped.decode(), as_version=4))
-
-
-@pytest.mark.parametrize(
-    "data", [b"not json", b"[]", b'{"nbformat": 3, "cells": []}', b'{"nbformat": 4}']
-)
-def test_strip_outputs_refuses_non_notebooks(data):
-    with pytest.raises(NotebookError, match="notebook"):
-        strip_outputs(data)
-
-
-def test_notebook_summary_counts():
-    summary = notebook_summary(hostile_notebook())
-    assert summary["cells"] == {"code": 1, "markdown": 1, "raw": 1}
-    assert summary["cells_total"] == 3 and summary["executed_cells"] == 1
-    assert summary["outputs"] == 11
-    assert summary["outputs_by_type"] == {
-        "display_data": 8,
-        "error": 1,
-        "execute_result": 1,
-        "stream": 1,
-    }
-    mimes = summary["outputs_by_mime"]
-    assert mimes["application/javascript"] == 2 and mimes["image/png"] == 2
-    assert mimes["text/html"] == 1 and mimes["application/vnd.jupyter.stdout"] == 1
-    assert mimes["application/vnd.jupyter.error"] == 1
-    assert summary["widget_state"] is True and summary["kernel"] == "python3"
 
 
 # --- the sanitiser and the checker used by every rendering -----------------------------------
