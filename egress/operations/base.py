@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from sqlalchemy import select
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
@@ -26,7 +25,6 @@ from egress.domain.policy import Actor, Permission, PermissionDenied, RequestVie
 from egress.domain.workflow import (
     Action,
     RequestState,
-    Vote,
     next_state,
 )
 from egress.errors import (
@@ -54,9 +52,8 @@ from egress.store.models import (
     Notification,
     Request,
     RequestFile,
-    Review,
 )
-from egress.store.models import Vote as VoteRow
+from egress.store.queries import files_of, groups_of, reviewers_of, votes_of
 from havre.enclave.config import EnclaveConfig
 from havre.sdc import SDCParams
 
@@ -231,43 +228,6 @@ class ServiceBase:
             raise NotFound(f"There is no file {file_id!r} in request {request.id}.")
         return row
 
-    @staticmethod
-    def _votes(session: Session, request: Request, round_: int) -> dict[int, dict[str, Vote]]:
-        votes: dict[int, dict[str, Vote]] = {}
-        for file_id, reviewer, vote in session.execute(
-            select(VoteRow.file_id, VoteRow.reviewer, VoteRow.vote).where(
-                VoteRow.request_id == request.id, VoteRow.round == round_
-            )
-        ):
-            votes.setdefault(file_id, {})[reviewer] = Vote(vote)
-        return votes
-
-    @staticmethod
-    def _reviewers(session: Session, request: Request) -> list[str]:
-        return list(
-            session.execute(
-                select(Review.reviewer)
-                .where(Review.request_id == request.id, Review.round == request.round)
-                .order_by(Review.submitted_at, Review.id)
-            ).scalars()
-        )
-
-    def _files(self, session: Session, request: Request) -> list[RequestFile]:
-        return list(
-            session.execute(
-                select(RequestFile)
-                .where(RequestFile.request_id == request.id)
-                .order_by(RequestFile.path)
-            ).scalars()
-        )
-
-    def _groups(self, session: Session, request: Request) -> list[FileGroup]:
-        return list(
-            session.execute(
-                select(FileGroup).where(FileGroup.request_id == request.id).order_by(FileGroup.name)
-            ).scalars()
-        )
-
     def _view(
         self,
         session: Session,
@@ -276,9 +236,9 @@ class ServiceBase:
         groups: list[FileGroup] | None = None,
     ) -> RequestView:
         """What the policy needs to know of ``request`` (``files``/``groups``: already read)."""
-        files = self._files(session, request) if files is None else files
-        groups = self._groups(session, request) if groups is None else groups
-        votes = self._votes(session, request, request.round)
+        files = files_of(session, request) if files is None else files
+        groups = groups_of(session, request) if groups is None else groups
+        votes = votes_of(session, request, request.round)
         used = {f.group for f in files}
         missing = {
             g.name
@@ -291,7 +251,7 @@ class ServiceBase:
             author=request.author,
             state=RequestState(request.state),
             reviews_required=request.reviews_required,
-            reviewers_who_submitted=frozenset(self._reviewers(session, request)),
+            reviewers_who_submitted=frozenset(reviewers_of(session, request)),
             files={f.path: votes.get(f.id, {}) for f in files},
             groups_missing_context=frozenset(missing),
             submitted=request.submitted_at is not None,

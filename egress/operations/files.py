@@ -47,6 +47,7 @@ from egress.store.models import (
     Review,
 )
 from egress.store.models import Vote as VoteRow
+from egress.store.queries import files_of
 from havre.enclave.identities import IdentityError, owners_of, table_path
 from havre.enclave.outputs_folder import (
     OutputPathError,
@@ -213,7 +214,7 @@ class FileOperations(ServiceBase):
         with self.reading("submit", actor, request_id) as session:
             request = self.load_request(session, request_id)
             self.require(session, actor, Permission.SUBMIT, request)
-            rows = [(f.id, f.path, f.sha256, f.check or {}) for f in self._files(session, request)]
+            rows = [(f.id, f.path, f.sha256, f.check or {}) for f in files_of(session, request)]
             project = request.project
         records = self.library_records(project)
         updates: dict[int, tuple[str, dict[str, Any]]] = {}

@@ -44,6 +44,7 @@ from egress.store.models import (
     Comment,
     Release,
 )
+from egress.store.queries import files_of
 
 
 class ReleaseOperations(ServiceBase):
@@ -59,7 +60,7 @@ class ReleaseOperations(ServiceBase):
         with self.writing("release", actor, request_id) as tx:
             request = self.load_request(tx.session, request_id)
             view = self.require(tx.session, actor, Permission.RELEASE, request)
-            files = self._files(tx.session, request)
+            files = files_of(tx.session, request)
             for row in files:
                 try:
                     self.content.get(row.release_sha256)

@@ -45,6 +45,7 @@ from egress.store.models import (
     Request,
 )
 from egress.store.models import Vote as VoteRow
+from egress.store.queries import files_of, votes_of
 
 
 class RequestOperations(ServiceBase):
@@ -184,7 +185,7 @@ class RequestOperations(ServiceBase):
             request = self.load_request(tx.session, request_id)
             self.require(tx.session, actor, Permission.SUBMIT, request)
             badges: dict[str, dict[str, Any]] = {}
-            for row in self._files(tx.session, request):
+            for row in files_of(tx.session, request):
                 update = rechecked.get(row.id)
                 if update is not None and update[0] == row.sha256:
                     row.check = update[1]
@@ -197,8 +198,8 @@ class RequestOperations(ServiceBase):
             changed: list[str] = []
             if resubmit:
                 old_round, new_round = request.round, request.round + 1
-                previous = self._votes(tx.session, request, old_round)
-                for row in self._files(tx.session, request):
+                previous = votes_of(tx.session, request, old_round)
+                for row in files_of(tx.session, request):
                     before = previous.get(row.id, {})
                     if row.changed_in_round == new_round:
                         after = votes_after_file_change(before)
@@ -250,7 +251,7 @@ class RequestOperations(ServiceBase):
             return self._summary(tx.session, request)
 
     def _release_hashes(self, session: Session, request: Request) -> dict[str, str]:
-        return {f.path: f.release_sha256 for f in self._files(session, request)}
+        return {f.path: f.release_sha256 for f in files_of(session, request)}
 
     def withdraw(self, actor: Actor, request_id: str) -> dict[str, Any]:
         """The author withdraws the request (any time before approval)."""

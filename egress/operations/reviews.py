@@ -32,6 +32,7 @@ from egress.store.models import (
     Review,
 )
 from egress.store.models import Vote as VoteRow
+from egress.store.queries import files_of
 
 
 class ReviewOperations(ServiceBase):
@@ -128,7 +129,7 @@ class ReviewOperations(ServiceBase):
         with self.writing("request_changes", actor, request_id) as tx:
             request = self.load_request(tx.session, request_id)
             self.require(tx.session, actor, Permission.VOTE, request)
-            files = self._files(tx.session, request)
+            files = files_of(tx.session, request)
             wanted = self._chosen(request, files, file_ids)
             mine = {
                 row.file_id: row
@@ -162,7 +163,7 @@ class ReviewOperations(ServiceBase):
         with self.writing("reset_votes", actor, request_id) as tx:
             request = self.load_request(tx.session, request_id)
             self.require(tx.session, actor, Permission.RESET_VOTE, request)
-            files = self._files(tx.session, request)
+            files = files_of(tx.session, request)
             paths = {f.id: f.path for f in self._chosen(request, files, file_ids)}
             reset = []
             for row in tx.session.execute(

@@ -39,6 +39,7 @@ from egress.store.models import (
     RequestFile,
     Review,
 )
+from egress.store.queries import files_of, groups_of
 
 
 class RequestViews(ServiceBase):
@@ -117,7 +118,7 @@ class RequestViews(ServiceBase):
         """
         with self.reading("get_request", actor, request_id) as session:
             request = self.load_request(session, request_id)
-            files, groups = self._files(session, request), self._groups(session, request)
+            files, groups = files_of(session, request), groups_of(session, request)
             view = self.require(
                 session, actor, Permission.VIEW_REQUEST, request, files=files, groups=groups
             )
