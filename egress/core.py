@@ -73,7 +73,6 @@ from egress.operations.common import (
     ServicePaths,
     StoredAnswer,
     actor_for,
-    member_check,
     new_request_id,
     page_cursor,
 )
@@ -83,6 +82,9 @@ from egress.operations.reexecution import ReexecutionOperations
 from egress.operations.release import ReleaseOperations
 from egress.operations.requests import RequestOperations
 from egress.operations.reviews import ReviewOperations
+from egress.operations.sdc import (
+    member_check,
+)
 from egress.operations.views import RequestViews
 
 __all__ = [

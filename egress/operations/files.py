@@ -29,13 +29,15 @@ from egress.operations.base import ServiceBase
 from egress.operations.common import (
     DEFAULT_GROUP,
     FileContent,
+    _group_name,
+    log,
+)
+from egress.operations.sdc import (
     _check_json,
     _frequency_table_check,
-    _group_name,
     _library_reader,
     _raw_count_check,
     _table_shape,
-    log,
     member_check,
 )
 from egress.sdc_badge import LibraryRecords, combine, view_check

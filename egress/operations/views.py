@@ -28,6 +28,8 @@ from egress.operations.common import (
     _SUMMARY_COLUMNS,
     _iso,
     _parse_cursor,
+)
+from egress.operations.sdc import (
     member_check,
 )
 from egress.sdc_badge import view_check
