@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 import havre.safe as safe
 import havre.safe.outputs as outputs_module
 from havre.safe import OutputNameError, SafeTable, Session
-from havre.safe.session import label_key as K
+from havre.safe.records import label_key as K
 from havre.sdc import SDCParams, check_frequency_csv, recoverable_cells
 
 matplotlib.use("Agg")
