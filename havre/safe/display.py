@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import html
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import pandas as pd
 
-if TYPE_CHECKING:
-    from .outputs import Output
-
 __all__ = [
     "MAX_REASONS_SHOWN",
+    "Recorded",
     "SafeTable",
     "edited_badge_html",
     "table_fingerprint",
@@ -32,6 +30,24 @@ __all__ = [
 
 #: Reasons listed in a badge before "and N more".
 MAX_REASONS_SHOWN = 12
+
+
+class Recorded(Protocol):
+    """What a badge shows of a recorded output (an :class:`~havre.safe.outputs.Output`)."""
+
+    uid: str
+    status: str
+    output_type: str
+    properties: dict[str, Any]
+    summary: str
+    exception: str
+
+    @property
+    def reasons(self) -> list[str]: ...
+
+    @property
+    def file_names(self) -> list[str]: ...
+
 
 _COLOURS = {
     "pass": ("#1a7f37", "#ffffff"),
@@ -46,25 +62,33 @@ _MEANING = {
 }
 
 
+#: The block a badge and its text sit in.
+_BLOCK = (
+    '<div class="havre-sdc-verdict" style="font-family:sans-serif;font-size:12px;'
+    'margin:2px 0 6px 0;line-height:1.5">'
+)
+
+
 def escape(text: object) -> str:
     """HTML-escaped text (labels and reasons come from the data)."""
     return html.escape(str(text), quote=True)
 
 
-def verdict_badge_html(output: Output) -> str:
-    """The verdict of ``output`` as a small HTML block for the notebook."""
-    background, foreground = _COLOURS.get(output.status, ("#57606a", "#ffffff"))
-    badge = (
+def _badge(word: str, title: str, background: str, foreground: str = "#ffffff") -> str:
+    return (
         f'<span style="background:{background};color:{foreground};border-radius:3px;'
         f'padding:1px 6px;font-weight:bold;letter-spacing:0.04em" '
-        f'title="{escape(_MEANING.get(output.status, ""))}">{escape(output.status.upper())}</span>'
+        f'title="{escape(title)}">{escape(word)}</span>'
     )
+
+
+def verdict_badge_html(output: Recorded) -> str:
+    """The verdict of ``output`` as a small HTML block for the notebook."""
+    background, foreground = _COLOURS.get(output.status, ("#57606a", "#ffffff"))
+    badge = _badge(output.status.upper(), _MEANING.get(output.status, ""), background, foreground)
     method = output.properties.get("method", output.output_type)
     head = f"{badge} <code>{escape(output.uid)}</code> {escape(method)}: {escape(output.summary)}"
-    parts = [
-        '<div class="havre-sdc-verdict" style="font-family:sans-serif;font-size:12px;'
-        f'margin:2px 0 6px 0;line-height:1.5">{head}'
-    ]
+    parts = [_BLOCK + head]
     reasons = output.reasons
     if reasons:
         shown = reasons[:MAX_REASONS_SHOWN]
@@ -85,25 +109,17 @@ def verdict_badge_html(output: Output) -> str:
     return "".join(parts)
 
 
-def edited_badge_html(output: Output) -> str:
+def edited_badge_html(output: Recorded) -> str:
     """The badge of a table changed in place after its check: never the recorded verdict's
     colour or word, and it says what the recorded verdict is of."""
-    badge = (
-        '<span style="background:#57606a;color:#ffffff;border-radius:3px;padding:1px 6px;'
-        'font-weight:bold;letter-spacing:0.04em" title="the values shown were not checked">'
-        "EDITED: NOT CHECKED</span>"
-    )
+    badge = _badge("EDITED: NOT CHECKED", "the values shown were not checked", "#57606a")
     names = ", ".join(output.file_names) or output.uid
     text = (
         f"this table was changed after the library checked it: the recorded verdict "
         f"({output.status}) is of the values written to {names}, not of what is shown here; "
         "make the table again with the library to check the new values"
     )
-    return (
-        '<div class="havre-sdc-verdict" style="font-family:sans-serif;font-size:12px;'
-        f'margin:2px 0 6px 0;line-height:1.5">{badge} <code>{escape(output.uid)}</code> '
-        f"{escape(text)}</div>"
-    )
+    return f"{_BLOCK}{badge} <code>{escape(output.uid)}</code> {escape(text)}</div>"
 
 
 def table_fingerprint(table: pd.DataFrame) -> str:
@@ -136,7 +152,7 @@ class SafeTable(pd.DataFrame):
         return pd.DataFrame
 
     @classmethod
-    def wrap(cls, table: pd.DataFrame, output: Output) -> SafeTable:
+    def wrap(cls, table: pd.DataFrame, output: Recorded) -> SafeTable:
         """``table`` (not copied) as a SafeTable carrying ``output``."""
         out = cls(table, copy=False)
         out._safe_output = output
@@ -144,7 +160,7 @@ class SafeTable(pd.DataFrame):
         return out
 
     @property
-    def safe_output(self) -> Output | None:
+    def safe_output(self) -> Recorded | None:
         """The recorded output behind this table."""
         return getattr(self, "_safe_output", None)
 
