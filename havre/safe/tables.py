@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import builtins
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,7 +39,7 @@ from .records import MAX_CELLS_RECORDED, Draft, cell_outcomes, havre_block, labe
 
 __all__ = ["DESCRIBE_RULES", "crosstab", "describe", "pivot_table"]
 
-
+#: Functions accepted as ``aggfunc`` and the statistic (rules) each one means.
 _AGGFUNC_ALIASES: dict[Any, str] = {
     np.sum: "sum",
     np.mean: "mean",
@@ -66,6 +67,7 @@ DESCRIBE_RULES = {
     "max": "max",
 }
 
+#: pandas' keyword arguments the table calls accept, and their defaults.
 _TABLE_OPTIONS = {
     "rownames": None,
     "colnames": None,
@@ -76,25 +78,30 @@ _TABLE_OPTIONS = {
 }
 
 
+@dataclass(eq=False)
 class _TableSpec:
-    """What a table call asked for (internal)."""
+    """What a table call asked for: the records (``frame``), the keys of its axes, values and
+    contributor columns in it, and the researcher's names for them."""
 
-    def __init__(self, **kwargs: Any) -> None:
-        self.method: str = kwargs["method"]
-        self.frame: pd.DataFrame = kwargs["frame"]
-        self.row_keys: list[str] = kwargs["row_keys"]
-        self.col_keys: list[str] = kwargs["col_keys"]
-        self.row_names: list[Any] = kwargs["row_names"]
-        self.col_names: list[Any] = kwargs["col_names"]
-        self.values_key: str | None = kwargs["values_key"]
-        self.values_name: Any = kwargs["values_name"]
-        self.statistic: str | None = kwargs["statistic"]
-        self.contributor: str | None = kwargs["contributor"]
-        self.observed: bool = kwargs["observed"]
-        self.margins: bool = bool(kwargs["margins"])
-        self.margins_name: str = kwargs["margins_name"]
-        self.suppress: bool = bool(kwargs["suppress"])
-        self.round_base: int | bool | None = kwargs["round_base"]
+    method: str
+    frame: pd.DataFrame
+    row_keys: list[str]
+    col_keys: list[str]
+    row_names: list[Any]
+    col_names: list[Any]
+    values_key: str | None
+    values_name: Any
+    statistic: str | None
+    contributor: str | None
+    observed: bool
+    margins: bool
+    margins_name: str
+    suppress: bool
+    round_base: int | bool | None
+
+    def __post_init__(self) -> None:
+        self.margins = bool(self.margins)
+        self.suppress = bool(self.suppress)
         if self.round_base is not None and not isinstance(self.round_base, bool):
             if not isinstance(self.round_base, int | np.integer) or self.round_base < 1:
                 raise ValueError("round_base: a whole number of at least 1, or True")
