@@ -24,6 +24,8 @@ from email.utils import formatdate, make_msgid
 from pathlib import Path
 from typing import Any
 
+from havre.enclave.config.problems import ConfigProblemsError, Problems, join_path
+
 __all__ = [
     "NotificationError",
     "SmtpSettings",
@@ -36,18 +38,13 @@ __all__ = [
 log = logging.getLogger("havre.egress.notify")
 
 
-class SmtpSettingsError(ValueError):
+class SmtpSettingsError(ConfigProblemsError):
     """Invalid SMTP settings; ``problems`` lists each, as ``"<key>: <what is wrong>"``."""
 
-    def __init__(self, problems: Iterable[str], source: str = "<settings>") -> None:
-        self.problems = list(problems)
-        self.source = source
-        lines = [f"invalid SMTP settings in {source}:"]
-        lines.extend(f"  - {problem}" for problem in self.problems)
-        super().__init__("\n".join(lines))
+    what = "SMTP settings in"
 
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.problems, self.source))
+    def __init__(self, problems: Iterable[str], source: str = "<settings>") -> None:
+        super().__init__(problems, source)
 
 
 class NotificationError(Exception):
@@ -129,42 +126,40 @@ class SmtpSettings:
 
 
 def _settings_problems(s: SmtpSettings) -> list[str]:
-    problems = []
+    p = Problems()
     if not isinstance(s.host, str) or not re.fullmatch(r"[A-Za-z0-9.:\[\]_-]{1,253}", s.host):
-        problems.append(f"host: must be a host name or IP address (got {s.host!r})")
+        p.add("host", "must be a host name or IP address", s.host)
     problem = _address_problem(s.sender)
     if problem:
-        problems.append(f"sender: {problem}")
+        p.add("sender", problem)
     if isinstance(s.port, bool) or not isinstance(s.port, int) or not 1 <= s.port <= 65535:
-        problems.append(f"port: must be an integer from 1 to 65535 (got {s.port!r})")
-    for key in ("starttls", "ssl"):
-        if not isinstance(getattr(s, key), bool):
-            problems.append(f"{key}: must be true or false (got {getattr(s, key)!r})")
+        p.add("port", "must be an integer from 1 to 65535", s.port)
+    for name in ("starttls", "ssl"):
+        if not isinstance(getattr(s, name), bool):
+            p.add(name, "must be true or false", getattr(s, name))
     if s.starttls is True and s.ssl is True:
-        problems.append("ssl: ssl (TLS from the start) and starttls can't both be true")
+        p.add("ssl", "ssl (TLS from the start) and starttls can't both be true")
     if s.username is not None and (not isinstance(s.username, str) or not s.username):
-        problems.append(f"username: must be a non-empty string (got {s.username!r})")
+        p.add("username", "must be a non-empty string", s.username)
     if s.password_file is not None and (
         not isinstance(s.password_file, str) or not s.password_file.startswith("/")
     ):
-        problems.append(f"password_file: must be an absolute path (got {s.password_file!r})")
+        p.add("password_file", "must be an absolute path", s.password_file)
     if s.username and not s.password_file:
-        problems.append("password_file: is required when username is set")
+        p.add("password_file", "is required when username is set")
     if s.password_file and not s.username:
-        problems.append("username: is required when password_file is set")
+        p.add("username", "is required when password_file is set")
     if s.username and not (s.starttls or s.ssl):
-        problems.append("username: logging in needs ssl or starttls (no password in clear)")
+        p.add("username", "logging in needs ssl or starttls (no password in clear)")
     if s.ca_file is not None and (not isinstance(s.ca_file, str) or not s.ca_file.startswith("/")):
-        problems.append(f"ca_file: must be an absolute path (got {s.ca_file!r})")
+        p.add("ca_file", "must be an absolute path", s.ca_file)
     if (
         isinstance(s.timeout, bool)
         or not isinstance(s.timeout, int | float)
         or not 0 < s.timeout <= 300
     ):
-        problems.append(
-            f"timeout: must be a number of seconds above 0, at most 300 (got {s.timeout!r})"
-        )
-    return problems
+        p.add("timeout", "must be a number of seconds above 0, at most 300", s.timeout)
+    return p.items
 
 
 _KEYS = (
@@ -186,29 +181,26 @@ def parse_smtp_settings(
     """:class:`SmtpSettings` from a config mapping (e.g. the ``smtp`` section of a YAML file).
 
     Raises :class:`SmtpSettingsError` listing every problem, each naming its key as
-    ``<path>.<key>`` (unknown keys too, so a typo is not silently ignored). ``source`` names
-    the file for the message.
+    ``<path>.<key>`` (an unknown key too, with the closest allowed one: a typo is not silently
+    ignored). ``source`` names the file for the message.
     """
+    p = Problems()
     if not isinstance(mapping, Mapping):
-        raise SmtpSettingsError([f"{path}: must be a mapping (got {mapping!r})"], source)
-    problems = [
-        f"{path}.{key}: unknown key; expected one of {', '.join(_KEYS)}"
-        for key in mapping
-        if key not in _KEYS
-    ]
+        p.add(path, "must be a mapping", mapping)
+        raise SmtpSettingsError(p.items, source)
+    p.unknown_keys(mapping, path, _KEYS)
     values = {key: mapping[key] for key in _KEYS if key in mapping}
     # A missing required key is reported with every other problem: check the rest with a
     # stand-in value.
     for key, stand_in in (("host", "localhost"), ("sender", "havre@localhost")):
         if key not in mapping:
-            problems.append(f"{path}.{key}: is required")
+            p.add(join_path(path, key), "is required")
             values[key] = stand_in
     try:
         settings = SmtpSettings(**values)
     except SmtpSettingsError as error:
-        problems.extend(f"{path}.{p}" for p in error.problems)
-    if problems:
-        raise SmtpSettingsError(problems, source)
+        p.items.extend(join_path(path, problem) for problem in error.problems)
+    p.raise_if_any(SmtpSettingsError, source)
     return settings
 
 

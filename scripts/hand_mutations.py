@@ -88,7 +88,7 @@ MUTATIONS = (
     ),
     Mutation(
         "enclave config: a hub group no longer gives membership",
-        "havre/enclave/config.py",
+        "havre/enclave/config/model.py",
         "        return username in project.members or project_hub_group(slug) in set(hub_groups)",
         "        return username in project.members",
         ("tests/unit/test_enclave_config.py",),

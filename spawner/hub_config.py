@@ -299,7 +299,8 @@ class HeadedStaticFiles(CacheControlStaticFilesHandler):
 
 
 def configure_page_headers(c: Any) -> None:
-    """Response headers of every hub page and static file (issue #12: one shared origin)."""
+    """Response headers of every hub page and static file (every project server shares
+    the hub's origin)."""
     c.JupyterHub.tornado_settings = {
         "headers": dict(HUB_PAGE_HEADERS),
         "static_handler_class": HeadedStaticFiles,
@@ -359,7 +360,7 @@ def configure_identity(c: Any, enclave: EnclaveConfig, environ: Mapping[str, str
     auth.enable_auth_state = True
 
     # projects, their groups and listed members are read live from the config file, at every
-    # sign-in and refresh: a project or member change needs no hub restart (config_reload.py)
+    # sign-in and refresh: a project or member change needs no hub restart (havre/enclave/live.py)
     live = live_config(enclave.source)
 
     def provider_groups_to_hub_groups(auth_state: dict[str, Any]) -> list[str]:

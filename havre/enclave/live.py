@@ -1,4 +1,4 @@
-"""Project and member changes without restarting anything (issue #13).
+"""Project and member changes without restarting anything.
 
 The enclave config's projects (titles, members, groups, new projects) and its output checkers
 change often; everything else in it (identity, images, limits, review settings, the state

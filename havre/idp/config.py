@@ -1,5 +1,10 @@
-"""The embedded provider's configuration file (``idp.yaml``): the model, its checks (every
-problem reported with its key), secret files."""
+"""The embedded provider's configuration file (``idp.yaml``): the model, its checks, secret files.
+
+The checks use the enclave config's problems collector
+(:class:`havre.enclave.config.problems.Problems`): every problem is reported at once, each with
+its dotted key (``clients[0].redirect_uris[1]``) and the value found, and an unknown key is
+refused with the closest allowed key offered.
+"""
 
 from __future__ import annotations
 
@@ -14,19 +19,21 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from havre.enclave.config.problems import ConfigProblemsError, Problems
 from havre.idp.constants import _CLIENT_ID_RE, _SECRET_RE, CLIENT_ID_PATTERN, KEY_FILE_NAME
 from havre.idp.users import _write_private, read_users_file
 
 
-class ConfigError(ValueError):
+class ConfigError(ConfigProblemsError):
     """An invalid provider config; ``problems`` are ``"key: message"`` lines."""
 
+    what = "provider config"
+
     def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        super().__init__(
-            f"invalid provider config {source}:\n" + "\n".join(f"  {p}" for p in problems)
-        )
+        super().__init__(problems, source)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.source, self.problems))
 
 
 @dataclass(frozen=True)
@@ -62,54 +69,72 @@ class ProviderConfig:
         return None
 
 
-class _Problems:
-    def __init__(self) -> None:
-        self.items: list[str] = []
+#: the keys of the file, and of each entry of ``clients``
+_KEYS = (
+    "issuer",
+    "state_dir",
+    "users_file",
+    "admin_token_file",
+    "clients",
+    "access_token_seconds",
+    "refresh_token_seconds",
+    "login_failures_per_minute",
+    "behind_proxy",
+)
+_CLIENT_KEYS = (
+    "client_id",
+    "client_secret_file",
+    "redirect_uris",
+    "name",
+    "post_logout_redirect_uris",
+)
 
-    def add(self, key: str, message: str) -> None:
-        self.items.append(f"{key}: {message}")
+
+def _got(value: object) -> tuple[object, ...]:
+    """``(value,)`` for a problem to show, or ``()`` for a missing (null) one."""
+    return () if value is None else (value,)
 
 
-def _check_url(value: object, key: str, p: _Problems, *, what: str = "URL") -> str | None:
+def _check_url(value: object, key: str, p: Problems, *, what: str = "URL") -> str | None:
     if not isinstance(value, str) or not value:
-        p.add(key, f"must be an absolute http(s) {what}")
+        p.add(key, f"must be an absolute http(s) {what}", *_got(value))
         return None
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        p.add(key, f"must be an absolute http(s) {what}, got {value!r}")
+        p.add(key, f"must be an absolute http(s) {what}", value)
         return None
     if parts.fragment or "#" in value:
-        p.add(key, f"must not have a fragment: {value!r}")
+        p.add(key, "must not have a fragment", value)
         return None
     if parts.username is not None or parts.password is not None:
-        p.add(key, f"must not contain credentials: {value!r}")
+        p.add(key, "must not contain credentials", value)
         return None
     return value
 
 
 def _check_int(
-    data: Mapping[str, Any], key: str, default: int, low: int, high: int, p: _Problems
+    data: Mapping[str, Any], key: str, default: int, low: int, high: int, p: Problems
 ) -> int:
     value = data.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        p.add(key, f"must be a whole number from {low} to {high}, got {value!r}")
+        p.add(key, f"must be a whole number from {low} to {high}", value)
         return default
     return value
 
 
-def _check_path(value: object, key: str, base_dir: Path, p: _Problems) -> Path | None:
+def _check_path(value: object, key: str, base_dir: Path, p: Problems) -> Path | None:
     if not isinstance(value, str) or not value.strip():
-        p.add(key, "must be a file system path")
+        p.add(key, "must be a file system path", *_got(value))
         return None
     path = Path(value).expanduser()
     return path if path.is_absolute() else base_dir / path
 
 
-def _check_uri_list(value: object, key: str, p: _Problems, *, required: bool) -> tuple[str, ...]:
+def _check_uri_list(value: object, key: str, p: Problems, *, required: bool) -> tuple[str, ...]:
     if value is None and not required:
         return ()
     if not isinstance(value, list) or (required and not value):
-        p.add(key, "must be a list of URLs" + (" (at least one)" if required else ""))
+        p.add(key, "must be a list of URLs" + (" (at least one)" if required else ""), *_got(value))
         return ()
     uris = []
     for i, item in enumerate(value):
@@ -119,22 +144,14 @@ def _check_uri_list(value: object, key: str, p: _Problems, *, required: bool) ->
     return tuple(uris)
 
 
-def _parse_client(item: object, key: str, base_dir: Path, p: _Problems) -> ClientConfig | None:
+def _parse_client(item: object, key: str, base_dir: Path, p: Problems) -> ClientConfig | None:
     if not isinstance(item, dict):
-        p.add(key, "must be a mapping with client_id, client_secret_file and redirect_uris")
+        p.add(key, "must be a mapping with client_id, client_secret_file and redirect_uris", item)
         return None
-    known = {
-        "client_id",
-        "client_secret_file",
-        "redirect_uris",
-        "name",
-        "post_logout_redirect_uris",
-    }
-    for extra in sorted(set(item) - known, key=str):
-        p.add(f"{key}.{extra}", "unknown key")
+    p.unknown_keys(item, key, _CLIENT_KEYS)
     client_id = item.get("client_id")
     if not isinstance(client_id, str) or not _CLIENT_ID_RE.fullmatch(client_id):
-        p.add(f"{key}.client_id", f"required, must match {CLIENT_ID_PATTERN}")
+        p.add(f"{key}.client_id", f"required, must match {CLIENT_ID_PATTERN}", *_got(client_id))
         client_id = None
     secret_file = _check_path(
         item.get("client_secret_file"), f"{key}.client_secret_file", base_dir, p
@@ -147,7 +164,7 @@ def _parse_client(item: object, key: str, base_dir: Path, p: _Problems) -> Clien
     )
     name = item.get("name", client_id)
     if name is not None and (not isinstance(name, str) or not name.strip() or len(name) > 100):
-        p.add(f"{key}.name", "must be a short display name")
+        p.add(f"{key}.name", "must be a short display name", name)
         name = client_id
     if client_id is None or secret_file is None or not redirect_uris:
         return None
@@ -201,29 +218,18 @@ def parse_config(
     ``check_files``, the secret files must exist and be private, and the users file, if it
     exists, must be valid.
     """
-    p = _Problems()
+    p = Problems()
     base = base_dir or Path.cwd()
     if not isinstance(data, dict):
-        raise ConfigError(source, ["(top level): must be a mapping of settings"])
-    known = {
-        "issuer",
-        "state_dir",
-        "users_file",
-        "admin_token_file",
-        "clients",
-        "access_token_seconds",
-        "refresh_token_seconds",
-        "login_failures_per_minute",
-        "behind_proxy",
-    }
-    for extra in sorted(set(data) - known, key=str):
-        p.add(str(extra), "unknown key")
+        p.add("(top level)", "must be a mapping of settings", data)
+        raise ConfigError(source, p.items)
+    p.unknown_keys(data, "", _KEYS)
 
     issuer = _check_url(data.get("issuer"), "issuer", p)
     if issuer is not None:
         parts = urlsplit(issuer)
         if parts.query:
-            p.add("issuer", "must not have a query string")
+            p.add("issuer", "must not have a query string", issuer)
         issuer = issuer.rstrip("/")
     state_dir = _check_path(data.get("state_dir"), "state_dir", base, p)
     users_file = _check_path(data.get("users_file"), "users_file", base, p)
@@ -234,7 +240,7 @@ def parse_config(
     clients: list[ClientConfig] = []
     raw_clients = data.get("clients")
     if not isinstance(raw_clients, list) or not raw_clients:
-        p.add("clients", "must be a list of at least one client")
+        p.add("clients", "must be a list of at least one client", *_got(raw_clients))
     else:
         for i, item in enumerate(raw_clients):
             client = _parse_client(item, f"clients[{i}]", base, p)
@@ -250,12 +256,12 @@ def parse_config(
     failures = _check_int(data, "login_failures_per_minute", 5, 1, 1000, p)
     behind_proxy = data.get("behind_proxy", False)
     if not isinstance(behind_proxy, bool):
-        p.add("behind_proxy", "must be true or false")
+        p.add("behind_proxy", "must be true or false", behind_proxy)
         behind_proxy = False
 
     if check_files and not p.items:
         _check_config_files(state_dir, users_file, admin_token_file, clients, p)
-    if p.items:
+    if p:
         raise ConfigError(source, p.items)
     assert issuer and state_dir and users_file
     return ProviderConfig(
@@ -276,7 +282,7 @@ def _check_config_files(
     users_file: Path | None,
     admin_token_file: Path | None,
     clients: list[ClientConfig],
-    p: _Problems,
+    p: Problems,
 ) -> None:
     if state_dir is not None:
         if state_dir.exists() and not state_dir.is_dir():

@@ -991,14 +991,23 @@ def test_config_errors_name_the_key(tmp_path, seeded):
     assert "issuer:" in problems(issuer="http://example.org/?x=1")
     assert "users_file:" in problems(users_file=None)
     assert "clients:" in problems(clients=[])
-    assert "colour: unknown key" in problems(colour="blue")
-    assert "access_token_seconds:" in problems(access_token_seconds="600")
+    assert "colour: unknown key 'colour' (allowed keys: access_token_seconds," in problems(
+        colour="blue"
+    )
+    assert "isuer: unknown key 'isuer', did you mean 'issuer'?" in problems(isuer="x")
+    assert "access_token_seconds: must be a whole number from 1 to 86400 (got '600')" in problems(
+        access_token_seconds="600"
+    )
     assert "behind_proxy:" in problems(behind_proxy="yes")
     client = base["clients"][0]
     text = problems(clients=[{**client, "redirect_uris": []}])
     assert "clients[0].redirect_uris:" in text
     text = problems(clients=[{**client, "redirect_uris": ["/relative"], "secret": "x"}])
     assert "clients[0].redirect_uris[0]:" in text and "clients[0].secret: unknown key" in text
+    misspelt = {k: v for k, v in client.items() if k != "redirect_uris"}
+    text = problems(clients=[{**misspelt, "redirect_uri": [CALLBACK]}])
+    assert "redirect_uri: unknown key 'redirect_uri', did you mean 'redirect_uris'?" in text
+    assert "clients[0].redirect_uris: must be a list of URLs (at least one)" in text
     assert "clients[1].client_id: duplicate" in problems(clients=[client, client])
 
     secret_file = Path(client["client_secret_file"])
