@@ -56,7 +56,6 @@ for the whole run: call it from a worker thread.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import os
@@ -81,6 +80,7 @@ from docker.types import LogConfig, Mount
 from egress.audit.chain import canonical_json, format_time
 from havre.enclave.config import Project
 from havre.enclave.hardening import hardened_host_config
+from havre.enclave.hashing import sha256_hex
 from havre.sdc.params import SDCParams, SDCParamsError
 
 __all__ = [
@@ -236,10 +236,6 @@ class Comparison:
 
 class Refused(Exception):
     """A request or a run's outputs the service won't vouch for (status "refused")."""
-
-
-def sha256_hex(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
 
 
 def forced_sdc_params(requested: Mapping[str, Any] | None) -> SDCParams:

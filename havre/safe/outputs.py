@@ -23,7 +23,6 @@ Standard library only (plus :mod:`havre.enclave.outputs_folder` for the name rul
 
 from __future__ import annotations
 
-import hashlib
 import os
 import tempfile
 from collections.abc import Iterable
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from havre.enclave.hashing import sha256_hex
 from havre.enclave.outputs_folder import OutputPathError, validate_relative_path
 
 from .display import verdict_badge_html
@@ -93,11 +93,6 @@ def validate_name(name: object, what: str = "output name", *, reserved_ok: bool 
     except OutputPathError as exc:
         raise OutputNameError(f"{what} refused: {exc}") from None
     return name
-
-
-def sha256_hex(data: bytes) -> str:
-    """The sha256 of ``data`` in hex (what a checksum file holds)."""
-    return hashlib.sha256(data).hexdigest()
 
 
 def _umask() -> int:
