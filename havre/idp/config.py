@@ -21,7 +21,7 @@ import yaml
 
 from havre.enclave.config.problems import ConfigProblemsError, Problems
 from havre.idp.constants import _CLIENT_ID_RE, _SECRET_RE, CLIENT_ID_PATTERN, KEY_FILE_NAME
-from havre.idp.users import _write_private, read_users_file
+from havre.idp.users import UsersFileError, _write_private, read_users_file
 
 
 class ConfigError(ConfigProblemsError):
@@ -300,6 +300,9 @@ def _check_config_files(
             try:
                 _check_private_file(users_file)
                 read_users_file(users_file)
+            except UsersFileError as err:
+                for problem in err.problems:
+                    p.add("users_file", problem)
             except ValueError as err:
                 p.add("users_file", str(err))
     if admin_token_file is not None:

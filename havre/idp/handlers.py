@@ -66,6 +66,7 @@ from havre.idp.passwords import hash_password, needs_rehash, verify_password
 from havre.idp.tokens import OAuthError, Provider, SigningKey, _LoginRequest, _secret_equal
 from havre.idp.users import (
     UserRecord,
+    UsersFileError,
     _dummy_hash,
     _user_from_json,
     upgrade_password_hash,
@@ -709,8 +710,9 @@ class AdminUserHandler(_AdminHandler):
         }
         try:
             record = _user_from_json(name, entry, "request")
-        except ValueError as err:
-            return self.bad_request(str(err).removeprefix(f"request: user {name!r}: "))
+        except UsersFileError as err:
+            field = f"users.{name}."
+            return self.bad_request("; ".join(p.removeprefix(field) for p in err.problems))
         users[name] = record
         write_users_file(self.provider.config.users_file, users)
         log.info(

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from havre.enclave.config.problems import ConfigProblemsError, Problems, join_path
 from havre.idp.constants import (
     _GROUP_RE,
     _USER_KEYS,
@@ -70,58 +71,105 @@ class UserRecord:
         }
 
 
-def _check_groups(value: object, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(
-        isinstance(g, str) and _GROUP_RE.fullmatch(g) for g in value
-    ):
-        raise ValueError(f"{where}: groups must be a list of names matching {GROUP_PATTERN}")
+class UsersFileError(ConfigProblemsError):
+    """A users file (or a batch of user entries) with problems; ``problems`` lists each, by its
+    dotted path (``users.alice.groups[1]``)."""
+
+    what = "users file"
+
+
+def _check_groups(p: Problems, value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        p.add(where, "must be a list of group names", value)
+        return ()
+    for i, group in enumerate(value):
+        if not isinstance(group, str) or not _GROUP_RE.fullmatch(group):
+            p.add(f"{where}[{i}]", f"invalid group name: must match {GROUP_PATTERN}", group)
     return tuple(dict.fromkeys(value))
 
 
-def _check_text(value: object, where: str, key: str, limit: int = 200) -> str:
+def _check_text(p: Problems, value: object, where: str, limit: int = 200) -> str:
+    # The value is not echoed: names and addresses are personal data, and logs keep messages.
     if not isinstance(value, str) or len(value) > limit or any(ord(c) < 32 for c in value):
-        raise ValueError(f"{where}: {key} must be a single line of at most {limit} characters")
+        p.add(where, f"must be a single line of at most {limit} characters")
+        return ""
     return value
 
 
-def _user_from_json(username: object, entry: object, where: str) -> UserRecord:
+def check_user(p: Problems, username: object, entry: object, path: str) -> UserRecord | None:
+    """The user ``username`` of a users file, every problem of it recorded in ``p`` under
+    ``path.<username>``; None when it has any.
+
+    A password hash is never echoed in a message (a plaintext password pasted into the file by
+    mistake must not end up in a log).
+    """
+    before = len(p)
+    where = join_path(path, username)
     if not isinstance(username, str) or not _USERNAME_RE.fullmatch(username):
-        raise ValueError(f"{where}: invalid username {username!r}: must match {USERNAME_PATTERN}")
-    where = f"{where}: user {username!r}"
-    if not isinstance(entry, dict):
-        raise ValueError(f"{where}: must be an object with password_hash, groups, email, name")
-    extra = set(entry) - set(_USER_KEYS)
-    if extra:
-        raise ValueError(f"{where}: unknown keys {sorted(extra)}")
+        p.add(where, f"invalid username: must match {USERNAME_PATTERN}", username)
+    if not isinstance(entry, Mapping):
+        p.add(where, "must be an object with password_hash, groups, email, name")
+        return None
+    p.unknown_keys(entry, where, _USER_KEYS)
     password_hash = entry.get("password_hash")
     if not is_password_hash(password_hash):
-        raise ValueError(
-            f"{where}: password_hash must be an Argon2id (or older scrypt) hash (see hash_password)"
+        p.add(
+            join_path(where, "password_hash"),
+            "must be an Argon2id (or older scrypt) hash (see hash_password)",
         )
-    email = _check_text(entry.get("email", ""), where, "email", 254)
+    email = _check_text(p, entry.get("email", ""), join_path(where, "email"), 254)
     if email and "@" not in email:
-        raise ValueError(f"{where}: email must be an address")
+        p.add(join_path(where, "email"), "must be an address")
+    groups = _check_groups(p, entry.get("groups", []), join_path(where, "groups"))
+    name = _check_text(p, entry.get("name", ""), join_path(where, "name"))
+    if len(p) > before:
+        return None
+    assert isinstance(username, str) and isinstance(password_hash, str)
     return UserRecord(
-        username=username,
-        password_hash=password_hash,
-        groups=_check_groups(entry.get("groups", []), where),
-        email=email,
-        name=_check_text(entry.get("name", ""), where, "name"),
+        username=username, password_hash=password_hash, groups=groups, email=email, name=name
     )
 
 
+def _user_from_json(username: object, entry: object, source: str) -> UserRecord:
+    """The one user ``username``; :class:`UsersFileError` listing every problem of it."""
+    p = Problems()
+    record = check_user(p, username, entry, "users")
+    p.raise_if_any(UsersFileError, source)
+    assert record is not None
+    return record
+
+
+def parse_users(data: object, source: str) -> dict[str, UserRecord]:
+    """The users of a users file's content (``{username: entry}``) by name.
+
+    Raises :class:`UsersFileError` listing every problem of every user.
+    """
+    p = Problems()
+    if not isinstance(data, Mapping):
+        p.add("users", "must be a JSON object of username -> user", data)
+        p.raise_if_any(UsersFileError, source)
+    users: dict[str, UserRecord] = {}
+    for username, entry in data.items():
+        record = check_user(p, username, entry, "users")
+        if record is not None:
+            users[record.username] = record
+    p.raise_if_any(UsersFileError, source)
+    return users
+
+
 def read_users_file(path: str | os.PathLike[str]) -> dict[str, UserRecord]:
-    """The users of ``path`` by name; a missing file has no users."""
+    """The users of ``path`` by name; a missing file has no users.
+
+    Raises :class:`UsersFileError` listing every problem of the file.
+    """
     try:
         with open(path) as f:
             data = json.load(f)
     except FileNotFoundError:
         return {}
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON: {err}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object of username -> user")
-    return {name: _user_from_json(name, entry, str(path)) for name, entry in data.items()}
+        raise UsersFileError([f"users: not valid JSON: {err}"], str(path)) from None
+    return parse_users(data, str(path))
 
 
 def _write_private(target: Path, text: str) -> None:
@@ -144,13 +192,14 @@ def write_users_file(
 ) -> None:
     """Write ``{username: {password_hash, groups, email, name}}`` atomically, mode 0600.
 
-    Entries are validated first (a bad one raises ValueError and nothing is written).
+    Entries are validated first (:class:`UsersFileError` lists every problem, and nothing is
+    written).
     """
-    records = {}
-    for name, entry in users.items():
-        if isinstance(entry, UserRecord):
-            entry = entry.to_json()
-        records[name] = _user_from_json(name, dict(entry), str(path)).to_json()
+    entries = {
+        name: entry.to_json() if isinstance(entry, UserRecord) else entry
+        for name, entry in users.items()
+    }
+    records = {name: record.to_json() for name, record in parse_users(entries, str(path)).items()}
     _write_private(Path(path), json.dumps(records, indent=1, sort_keys=True) + "\n")
 
 
@@ -169,10 +218,10 @@ def seed_users(
     existing = read_users_file(path)
     result: dict[str, UserRecord] = {} if replace else dict(existing)
     created = []
+    p = Problems()
     for name, spec in users.items():
-        unknown = set(spec) - {"password", "groups", "email", "name"}
-        if unknown:
-            raise ValueError(f"user {name!r}: unknown keys {sorted(unknown)}")
+        where = join_path("users", name)
+        p.unknown_keys(spec, where, ("password", "groups", "email", "name"))
         password = spec.get("password")
         old = existing.get(name)
         if old is not None and (password is None or verify_password(password, old.password_hash)):
@@ -180,7 +229,8 @@ def seed_users(
         elif isinstance(password, str) and password:
             password_hash = hash_password(password)
         else:
-            raise ValueError(f"user {name!r}: a password is required for a new user")
+            p.add(join_path(where, "password"), "required for a new user")
+            continue
         if old is None:
             created.append(name)
         entry = {
@@ -189,7 +239,10 @@ def seed_users(
             "email": spec.get("email", old.email if old else ""),
             "name": spec.get("name", old.name if old else ""),
         }
-        result[name] = _user_from_json(name, entry, str(path))
+        record = check_user(p, name, entry, "users")
+        if record is not None:
+            result[name] = record
+    p.raise_if_any(UsersFileError, str(path))
     write_users_file(path, result)
     return created
 

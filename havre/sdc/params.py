@@ -22,22 +22,25 @@ Havre name                 ACRO alias              default  meaning
 ``negatives``              (none)                  review   cells with negative values
 =========================  ======================  =======  ==================================
 
-Parsing is strict, like the enclave config: unknown keys are refused (with a suggestion for a
-likely typo), a parameter given under both its names is refused, and every problem is
-collected and reported at once, each naming the key as written and the offending value.
+Parsing is strict, on the enclave config's problems collector
+(:mod:`havre.enclave.config.problems`): an unknown key is refused with the closest known name
+offered (a misspelt threshold must not silently fall back to a weaker default), a parameter
+given under both its names is refused, and every problem is reported at once, each naming the
+key as written by its dotted path (``projects.cardio.sdc.safe_threshold``) and the offending
+value.
 
-Standard library only.
+Standard library and :mod:`havre.enclave` only.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-import reprlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from havre.enclave.config.problems import ConfigProblemsError, Problems, join_path, show_value
 
 __all__ = [
     "ACRO_ALIASES",
@@ -70,25 +73,16 @@ _ACRO_UNSUPPORTED = {
     "survival_safe_threshold": "survival tables are not checked by Havre's rules yet",
 }
 
-_short = reprlib.Repr()
-_short.maxstring = 60
-_short.maxother = 60
 
+class SDCParamsError(ConfigProblemsError):
+    """Invalid SDC parameters; ``problems`` lists every problem found, each with its dotted
+    path; ``source`` names where the parameters came from (a dotted path in a config file, a
+    record's field, or ``SDCParams(...)`` for direct construction)."""
 
-def _show(value: object) -> str:
-    return _short.repr(value)
+    what = "SDC parameters in"
 
-
-class SDCParamsError(ValueError):
-    """Invalid SDC parameters; ``problems`` lists every problem found."""
-
-    def __init__(self, problems: Iterable[str]) -> None:
-        self.problems = list(problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"invalid SDC parameters:\n{lines}")
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.problems,))
+    def __init__(self, problems: Iterable[str], source: str = "SDCParams(...)") -> None:
+        super().__init__(problems, source)
 
 
 def _is_int(value: object) -> bool:
@@ -153,13 +147,13 @@ class SDCParams:
     negatives: str = "review"
 
     def __post_init__(self) -> None:
-        problems = []
+        p = Problems()
         for f in dataclasses.fields(self):
-            problem = _check_value(f.name, getattr(self, f.name))
+            value = getattr(self, f.name)
+            problem = _check_value(f.name, value)
             if problem:
-                problems.append(f"{f.name}: {problem} (got {_show(getattr(self, f.name))})")
-        if problems:
-            raise SDCParamsError(problems)
+                p.add(f.name, problem, value)
+        p.raise_if_any(SDCParamsError, "SDCParams(...)")
 
     # ------------------------------------------------------------------------------------
     # Building from config
@@ -175,43 +169,39 @@ class SDCParams:
         """Validate a config mapping; return the values under Havre's names."""
         if mapping is None:
             return {}
+        p = Problems()
         if not isinstance(mapping, Mapping):
-            raise SDCParamsError(
-                [f"{source}: must be a mapping of parameters (got {_show(mapping)})"]
-            )
-        names = cls.field_names()
-        known = set(names) | set(ACRO_ALIASES)
-        problems: list[str] = []
+            p.add(source, "must be a mapping of parameters", mapping)
+            p.raise_if_any(SDCParamsError, source)
+            return {}
+        known = (*cls.field_names(), *(a for a in ACRO_ALIASES if a not in cls.field_names()))
         values: dict[str, Any] = {}
         given_as: dict[str, str] = {}
         for key, value in mapping.items():
-            path = f"{source}.{key}"
-            if not isinstance(key, str):
-                problems.append(f"{source}: parameter names must be strings (got {_show(key)})")
-                continue
             if key in _ACRO_UNSUPPORTED:
-                problems.append(f"{path}: ACRO parameter not supported: {_ACRO_UNSUPPORTED[key]}")
+                p.add(
+                    join_path(source, key),
+                    f"ACRO parameter not supported: {_ACRO_UNSUPPORTED[key]}",
+                )
                 continue
-            if key not in known:
-                close = difflib.get_close_matches(key, sorted(known), n=1)
-                hint = f" (did you mean {close[0]!r}?)" if close else ""
-                problems.append(f"{path}: unknown parameter{hint} (got {_show(value)})")
+            if not isinstance(key, str) or key not in known:
+                p.unknown_keys({key: value}, source, known)
                 continue
             name = ACRO_ALIASES.get(key, key)
             if name in given_as:
-                problems.append(
-                    f"{source}: {given_as[name]!r} and {key!r} set the same parameter "
-                    f"({name}); give only one"
+                p.add(
+                    source,
+                    f"{given_as[name]!r} and {key!r} set the same parameter ({name}); "
+                    "give only one",
                 )
                 continue
             given_as[name] = key
             problem = _check_value(name, value)
             if problem:
-                problems.append(f"{path}: {problem} (got {_show(value)})")
+                p.add(join_path(source, key), problem, value)
                 continue
             values[name] = value
-        if problems:
-            raise SDCParamsError(problems)
+        p.raise_if_any(SDCParamsError, source)
         return values
 
     @classmethod
@@ -239,13 +229,14 @@ class SDCParams:
         """
         result = dataclasses.replace(self, **self._parse(overrides, source))
         if not allow_weaker:
-            weaker = result.weaker_than(self)
-            if weaker:
-                raise SDCParamsError(
-                    f"{source}.{name}: may not be less strict than the enclave's "
-                    f"{_show(getattr(self, name))} (got {_show(getattr(result, name))})"
-                    for name in weaker
+            p = Problems()
+            for name in result.weaker_than(self):
+                p.add(
+                    join_path(source, name),
+                    f"may not be less strict than the enclave's {show_value(getattr(self, name))} "
+                    f"(got {show_value(getattr(result, name))})",
                 )
+            p.raise_if_any(SDCParamsError, source)
         return result
 
     def weaker_than(self, other: SDCParams) -> list[str]:

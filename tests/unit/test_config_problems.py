@@ -16,6 +16,8 @@ from egress.notify import SmtpSettingsError, parse_smtp_settings
 from havre.enclave.config import EnclaveConfigError, parse_enclave_yaml
 from havre.enclave.config.problems import ConfigProblemsError, Problems, show_value
 from havre.idp.config import ConfigError, parse_config
+from havre.idp.users import UsersFileError, parse_users
+from havre.sdc.params import SDCParams, SDCParamsError
 
 ENCLAVE = {
     "enclave": {"name": "havre-test", "state_dir": "/srv/havre"},
@@ -35,6 +37,8 @@ IDP = {
     ],
 }
 SMTP = {"host": "relay.example.org", "sender": "havre@example.org"}
+SDC = {"threshold": 10, "safe_nk_k": 0.9}
+USERS = {"alice": {"password_hash": "scrypt$16384$8$1$c2FsdA$aGFzaA", "groups": ["cardio"]}}
 
 
 def _enclave(data: dict[str, Any]) -> None:
@@ -47,6 +51,14 @@ def _idp(data: dict[str, Any]) -> None:
 
 def _smtp(data: dict[str, Any]) -> None:
     parse_smtp_settings(data, "enclave.yaml", path="notifications.smtp")
+
+
+def _sdc(data: dict[str, Any]) -> None:
+    SDCParams.from_mapping(data, source="projects.cardio.sdc")
+
+
+def _users(data: dict[str, Any]) -> None:
+    parse_users(data, "users.json")
 
 
 #: (checker, its error class, a valid config, a misspelt key at its place in the file, that
@@ -107,6 +119,28 @@ CHECKERS = [
         "notifications.smtp.port",
         id="smtp",
     ),
+    pytest.param(
+        _sdc,
+        SDCParamsError,
+        SDC,
+        ("treshold",),
+        "projects.cardio.sdc.treshold",
+        "threshold",
+        ("safe_nk_k", "high"),
+        "projects.cardio.sdc.safe_nk_k",
+        id="sdc",
+    ),
+    pytest.param(
+        _users,
+        UsersFileError,
+        USERS,
+        ("alice", "grops"),
+        "users.alice.grops",
+        "groups",
+        ("alice", "groups", "cardio"),
+        "users.alice.groups",
+        id="idp-users",
+    ),
 ]
 
 
@@ -156,6 +190,8 @@ def test_every_config_checker_reports_alike(
     [
         (EnclaveConfigError, "invalid enclave config f.yaml:"),
         (SmtpSettingsError, "invalid SMTP settings in f.yaml:"),
+        (SDCParamsError, "invalid SDC parameters in f.yaml:"),
+        (UsersFileError, "invalid users file f.yaml:"),
     ],
 )
 def test_errors_list_every_problem_and_survive_pickling(error, first_line):

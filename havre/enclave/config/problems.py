@@ -1,7 +1,8 @@
 """The one problems collector of Havre's config files.
 
-Every config file Havre reads (the enclave config, the identity provider's ``idp.yaml``, the
-egress service's mail relay settings) is checked in full before anything runs: a checker
+Every config file Havre reads (the enclave config, the identity provider's ``idp.yaml`` and
+users file, the egress service's mail relay settings, the SDC parameters) is checked in full
+before anything runs: a checker
 records *every* problem instead of stopping at the first, and each problem names the offending
 field by its dotted path (``projects.cardio.members[1]``) with a bounded ``repr`` of the value::
 

@@ -105,6 +105,10 @@ def test_havre_names_and_partial_mappings():
     assert SDCParams.from_mapping({"safe_nk_k": 1}).dominance_k == 1
 
 
+#: every name the parser knows, as an unknown-key message lists them
+ALLOWED = ", ".join(sorted(set(SDCParams.field_names()) | set(ACRO_ALIASES)))
+
+
 def _problems(mapping, source="sdc"):
     with pytest.raises(SDCParamsError) as err:
         SDCParams.from_mapping(mapping, source=source)
@@ -118,9 +122,10 @@ def test_bad_values_are_named_with_key_and_value():
     assert _problems({"threshold": 0}) == [
         "sdc.threshold: must be a whole number of at least 1 (got 0)"
     ]
-    # YAML's `yes` arrives as True: not a number.
+    # YAML's `yes` arrives as True: not a number, and the message says why it is a boolean.
     assert _problems({"threshold": True}) == [
-        "sdc.threshold: must be a whole number of at least 1 (got True)"
+        "sdc.threshold: must be a whole number of at least 1 (got True); note: YAML reads "
+        "unquoted yes/no/on/off/true/false as booleans, quote the value"
     ]
     assert _problems({"threshold": 10.0}) == [
         "sdc.threshold: must be a whole number of at least 1 (got 10.0)"
@@ -154,11 +159,14 @@ def test_every_problem_is_reported_at_once():
     )
     assert problems == [
         "projects.cardio.sdc.safe_threshold: must be a whole number of at least 1 (got -3)",
-        "projects.cardio.sdc.treshold: unknown parameter (did you mean 'threshold'?) (got 5)",
+        "projects.cardio.sdc.treshold: unknown key 'treshold', did you mean 'threshold'? "
+        f"(allowed keys: {ALLOWED})",
         "projects.cardio.sdc.check_missing_values: must be true or false (got 1)",
     ]
-    message = str(SDCParamsError(problems))
-    assert message.startswith("invalid SDC parameters:\n  - projects.cardio.sdc.safe_threshold")
+    message = str(SDCParamsError(problems, "projects.cardio.sdc"))
+    assert message.startswith(
+        "invalid SDC parameters in projects.cardio.sdc:\n  - projects.cardio.sdc.safe_threshold"
+    )
 
 
 def test_a_parameter_given_under_both_names_is_refused():
@@ -175,7 +183,10 @@ def test_unknown_and_unsupported_keys():
         "sdc.survival_safe_threshold: ACRO parameter not supported: "
         "survival tables are not checked by Havre's rules yet"
     ]
-    assert _problems({"colour": "red"}) == ["sdc.colour: unknown parameter (got 'red')"]
+    assert _problems({"colour": "red"}) == [
+        f"sdc.colour: unknown key 'colour' (allowed keys: {ALLOWED})"
+    ]
+    assert _problems({3: 10}) == [f"sdc.3: unknown key 3 (allowed keys: {ALLOWED})"]
     assert _problems([("threshold", 10)]) == [
         "sdc: must be a mapping of parameters (got [('threshold', 10)])"
     ]
