@@ -1118,9 +1118,9 @@ def _check_notebook(notebook: dict[str, Any]) -> list[str]:
     if outputs:
         result.insert(
             0,
-            f"notebook has {_count(outputs, 'output')}; a checker must approve it with outputs, or "
-            "it is "
-            "released as code with outputs stripped",
+            f"notebook has {_count(outputs, 'output')}; they are released with the code, so a "
+            "checker must approve every output (to release the code only, clear the outputs in "
+            "JupyterLab, save the notebook and add it again)",
         )
     return result
 

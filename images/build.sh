@@ -266,39 +266,71 @@ the same requirements files (see images/README.md)."
     echo "$want" >"$stamp"
 }
 
-build_havre_wheel() {
-    local src out wheel
-    src="$(mktemp -d /tmp/havre-src.XXXXXX)"
-    out="$(mktemp -d /tmp/havre-wheel.XXXXXX)"
-    # Build from a clean copy of the tracked and untracked-but-not-ignored files, so stale
-    # build/ or *.egg-info directories in the checkout never leak into the wheel.
+# copy_checkout DEST: the tracked and untracked-but-not-ignored files of the checkout, minus
+# images/, so stale build/ or *.egg-info directories in the checkout never leak into a wheel.
+copy_checkout() {
+    local dest="$1"
     if git -C "$REPO" rev-parse --is-inside-work-tree >/dev/null 2>&1; then
         git -C "$REPO" ls-files -z --cached --others --exclude-standard \
             | grep -zv '^images/' \
             | tar -C "$REPO" --null --ignore-failed-read -T - -cf - \
-            | tar -C "$src" -xf -
+            | tar -C "$dest" -xf -
     else
         tar -C "$REPO" --exclude=./images --exclude=./.git --exclude=./build --exclude='*.egg-info' \
-            --exclude=__pycache__ -cf - . | tar -C "$src" -xf -
+            --exclude=__pycache__ -cf - . | tar -C "$dest" -xf -
     fi
+}
+
+# build_wheel DIST SRC: build the wheel of distribution DIST (its file name's prefix, e.g.
+# havre or havre_researcher) from the source tree SRC into $WHEELS/DIST/, keeping the file
+# there if the new one is the same bytes. Removes SRC.
+build_wheel() {
+    local dist="$1" src="$2" out wheel
+    out="$(mktemp -d /tmp/havre-wheel.XXXXXX)"
     # A fixed SOURCE_DATE_EPOCH makes the wheel byte-for-byte reproducible, so unchanged
     # sources keep Docker's cache (and the image ids) as they were.
     if ! SOURCE_DATE_EPOCH=315532800 pip_quiet wheel --quiet --no-deps --no-index \
             --find-links "$WHEELS/build" -w "$out" "$src"; then
         rm -rf "$src" "$out"
-        die "building the havre wheel failed"
+        die "building the $dist wheel failed"
     fi
-    wheel="$(find "$out" -name 'havre-*.whl' | head -n1)"
-    [[ -n "$wheel" ]] || die "pip wheel produced no havre wheel"
-    mkdir -p "$WHEELS/havre"
-    if [[ -f "$WHEELS/havre/${wheel##*/}" ]] && cmp -s "$wheel" "$WHEELS/havre/${wheel##*/}"; then
-        say "havre wheel: unchanged (${wheel##*/})"
+    wheel="$(find "$out" -name "$dist-*.whl" | head -n1)"
+    [[ -n "$wheel" ]] || die "pip wheel produced no $dist wheel"
+    mkdir -p "$WHEELS/$dist"
+    if [[ -f "$WHEELS/$dist/${wheel##*/}" ]] && cmp -s "$wheel" "$WHEELS/$dist/${wheel##*/}"; then
+        say "$dist wheel: unchanged (${wheel##*/})"
     else
-        rm -f "$WHEELS"/havre/havre-*.whl
-        cp "$wheel" "$WHEELS/havre/"
-        say "havre wheel: built ${wheel##*/}"
+        rm -f "$WHEELS/$dist/$dist"-*.whl
+        cp "$wheel" "$WHEELS/$dist/"
+        say "$dist wheel: built ${wheel##*/}"
     fi
     rm -rf "$src" "$out"
+}
+
+# Havre's whole wheel (pyproject.toml): the hub and egress images.
+build_havre_wheel() {
+    local src
+    src="$(mktemp -d /tmp/havre-src.XXXXXX)"
+    copy_checkout "$src"
+    build_wheel havre "$src"
+}
+
+# The researcher distribution (images/researcher/pyproject.toml): the notebook image. Only
+# the folders it packages are copied, so nothing else of the checkout can reach it.
+build_researcher_wheel() {
+    local src all part
+    all="$(mktemp -d /tmp/havre-src.XXXXXX)"
+    src="$(mktemp -d /tmp/havre-researcher-src.XXXXXX)"
+    copy_checkout "$all"
+    for part in havre/__init__.py havre/enclave havre/sdc havre/safe egress/safe/__init__.py; do
+        [[ -e "$all/$part" ]] || die "the researcher distribution needs $part, which is not in the checkout"
+        mkdir -p "$src/$(dirname "$part")"
+        cp -a "$all/$part" "$src/$part"
+    done
+    rm -rf "$all"
+    find "$src" -name __pycache__ -type d -prune -exec rm -rf {} +
+    cp "$IMAGES_DIR/researcher/pyproject.toml" "$src/pyproject.toml"
+    build_wheel havre_researcher "$src"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +345,12 @@ make_context() {   # make_context NAME: assemble $CONTEXTS/NAME
     cp -al "$WHEELS/$name" "$ctx/wheels" 2>/dev/null || cp -a "$WHEELS/$name" "$ctx/wheels"
     rm -f "$ctx/wheels/.requirements.sha256"
     mkdir -p "$ctx/havre"
-    cp "$WHEELS"/havre/havre-*.whl "$ctx/havre/"
+    if [[ "$name" == notebook ]]; then
+        # researchers' containers get the researcher distribution only
+        cp "$WHEELS"/havre_researcher/havre_researcher-*.whl "$ctx/havre/"
+    else
+        cp "$WHEELS"/havre/havre-*.whl "$ctx/havre/"
+    fi
     if [[ "$name" == hub ]]; then
         cp "$HUB_CONFIG" "$ctx/jupyterhub_config.py"
     fi
@@ -350,7 +387,8 @@ if ((${#app_images[@]})); then
     for name in "${app_images[@]}"; do
         download_wheels "$name" "$IMAGES_DIR/requirements/$name.txt" "${PIP_TARGET_FLAGS[@]}"
     done
-    build_havre_wheel
+    if wanted hub || wanted egress; then build_havre_wheel; fi
+    if wanted notebook; then build_researcher_wheel; fi
     for name in "${app_images[@]}"; do
         build_image "$name"
     done

@@ -1,6 +1,10 @@
 """The hub's pages, Havre's way: a project list instead of "named servers", clear refusals.
 
-Havre's templates (``spawner/templates/hub/``) override four of JupyterHub's:
+Havre's templates (``spawner/templates/hub/``) override six of JupyterHub's:
+
+* ``page.html``: JupyterHub's page without the "Token" link (nobody in Havre may create API
+  tokens: see ``USER_SCOPES`` in :mod:`spawner.hub_config`);
+* ``token.html``: what ``/hub/token`` says instead of a token form that could only fail;
 
 * ``home.html``: the signed-in user's projects only (title, server state, start / open / stop),
   and a link to output checking;

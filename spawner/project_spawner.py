@@ -315,10 +315,24 @@ class ProjectSpawner(Spawner):
         """One progress message for the spawn page (see :meth:`progress`)."""
         self._progress_events = [*getattr(self, "_progress_events", []), (percent, message)]
 
+    def begin_progress(self) -> None:
+        """A new spawn's messages start here (a new generation: see :meth:`progress`)."""
+        self._progress_generation = getattr(self, "_progress_generation", 0) + 1
+        self._progress_events = []
+
     async def progress(self) -> Any:
-        """The spawn's progress messages, as the hub's spawn page shows them."""
-        seen = 0
+        """The spawn's progress messages, as the hub's spawn page shows them.
+
+        A spawn page opened just after Start may ask before :meth:`start` has begun, while the
+        previous spawn's messages are still here; when the new spawn begins, the stream goes on
+        from its first message (it used to count from the old list's length, and so showed
+        nothing new until the new spawn had sent more messages than the old one: the bar
+        stayed at the old 70 %).
+        """
+        seen, generation = 0, getattr(self, "_progress_generation", 0)
         while True:
+            if getattr(self, "_progress_generation", 0) != generation:
+                seen, generation = 0, self._progress_generation
             events = getattr(self, "_progress_events", [])
             for percent, message in events[seen:]:
                 yield {"progress": percent, "message": message}
@@ -373,7 +387,7 @@ class ProjectSpawner(Spawner):
         self.clear_state()
 
     async def start(self) -> str:
-        self._progress_events = []
+        self.begin_progress()
         self.report(5, f"Checking that you are a member of project {self.name!r}")
         project = self.authorize_project()
         self.report(20, "Preparing the project's closed network")

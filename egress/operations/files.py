@@ -79,7 +79,9 @@ class FileOperations(ServiceBase):
     def list_outputs(self, actor: Actor, project: str) -> dict[str, Any]:
         """The files a member can add from ``project``'s outputs folder, and what is skipped.
 
-        ``{"files": [{"path", "size", "mtime"}], "skipped": [{"path", "reason"}]}``.
+        ``{"files": [{"path", "size", "mtime", "owner"}], "skipped": [{"path", "reason"}]}``;
+        ``owner`` is the name of the member whose server wrote the file (None if unknown), so
+        the request page offers a member their own files first.
         """
         decision = policy.check_create(actor, project)
         if not decision.allowed:
@@ -90,8 +92,15 @@ class FileOperations(ServiceBase):
             listing = scan_outputs(self.outputs_root(project))
         except OutputPathError as exc:
             raise EgressError(exc.reason) from None
+        owners: dict[int, str | None] = {}
+        for entry in listing.entries:
+            if entry.uid not in owners:
+                owners[entry.uid] = self._file_owner(entry.uid)["user"]
         return {
-            "files": [{"path": e.path, "size": e.size, "mtime": e.mtime} for e in listing.entries],
+            "files": [
+                {"path": e.path, "size": e.size, "mtime": e.mtime, "owner": owners[e.uid]}
+                for e in listing.entries
+            ],
             "skipped": [{"path": s.path, "reason": s.reason} for s in listing.skipped],
         }
 

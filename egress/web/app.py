@@ -361,27 +361,96 @@ class RequestsForm(BaseHandler):
         self.redirect(self.url("requests", summary["id"]))
 
 
+async def _show_request(
+    handler: BaseHandler,
+    request_id: str,
+    refusal: dict[str, Any] | None = None,
+    typed: dict[str, str] | None = None,
+) -> None:
+    """The request page; with ``refusal``, the sentence of a refused form on it (and what was
+    typed into the add-file form, kept)."""
+    actor = handler.actor()
+    request = await handler.run(handler.service.get_request, actor, request_id)
+    outputs = None
+    if "add_file" in request["allowed"]:
+        outputs = await handler.run(handler.service.list_outputs, actor, request["project"])
+    reexecutions = None
+    if "view_file" in request["allowed"]:
+        reexecutions = await handler.run(handler.service.list_reexecutions, actor, request_id)
+    handler.render_page(
+        "request.html",
+        r=request,
+        outputs=outputs,
+        reexecutions=reexecutions,
+        refusal=refusal,
+        typed=typed or {},
+    )
+
+
 class RequestPage(BaseHandler):
     @web.authenticated
     async def get(self, request_id: str) -> None:
-        actor = self.actor()
-        request = await self.run(self.service.get_request, actor, request_id)
-        outputs = None
-        if "add_file" in request["allowed"]:
-            outputs = await self.run(self.service.list_outputs, actor, request["project"])
-        reexecutions = None
-        if "view_file" in request["allowed"]:
-            reexecutions = await self.run(self.service.list_reexecutions, actor, request_id)
-        self.render_page("request.html", r=request, outputs=outputs, reexecutions=reexecutions)
+        await _show_request(self, request_id)
+
+
+#: The form actions that can't be undone: the request page's button leads to a confirmation
+#: page first (no JavaScript needed); the action runs only with ``confirm=yes``.
+#: action -> (permission, question, what it does, confirming button)
+CONFIRMED_ACTIONS = {
+    "withdraw": (
+        "withdraw",
+        "Withdraw this request?",
+        "Checkers stop reviewing it and nothing in it is released. A withdrawn request can't "
+        "be submitted again: to ask for these files later, start a new request.",
+        "Yes, withdraw the request",
+    ),
+    "reject": (
+        "reject",
+        "Reject this request?",
+        "Nothing in it is released, and the author can't resubmit it (they would start a new "
+        "request). To ask the author for changes instead, return it to them.",
+        "Yes, reject the request",
+    ),
+}
+#: Refusals of a form that the request page shows in place (the request is still there)
+_SHOWN_ON_THE_PAGE = (400, 409, 422)
 
 
 class RequestForm(BaseHandler):
-    """The forms of the request page: one POST route, the form says what to do."""
+    """The forms of the request page: one POST route, the form says what to do. A refused form
+    shows the request page again, with the refusal's sentence on it."""
 
     @web.authenticated
     async def post(self, request_id: str) -> None:
         actor, arg = self.actor(), self.get_body_argument
         action = arg("action", "")
+        if action in CONFIRMED_ACTIONS and arg("confirm", "") != "yes":
+            request = await self.run(self.service.get_request, actor, request_id)
+            permission, question, consequence, button = CONFIRMED_ACTIONS[action]
+            if permission in request["allowed"]:
+                self.render_page(
+                    "confirm.html",
+                    r=request,
+                    action=action,
+                    question=question,
+                    consequence=consequence,
+                    button=button,
+                )
+                return
+        try:
+            await self._act(actor, request_id, action)
+        except web.HTTPError as err:
+            refusal = getattr(self, "_refusal", None)
+            if refusal is None or err.status_code not in _SHOWN_ON_THE_PAGE:
+                raise
+            self.set_status(err.status_code, _reason(err.status_code))
+            typed = {"path": arg("path", ""), "group": arg("group", "")}
+            await _show_request(self, request_id, refusal=refusal, typed=typed)
+            return
+        self.redirect(self.url("requests", request_id))
+
+    async def _act(self, actor: Actor, request_id: str, action: str) -> None:
+        arg = self.get_body_argument
         svc = self.service
         if action in REQUEST_ACTIONS:
             await self.run(getattr(svc, REQUEST_ACTIONS[action]), actor, request_id)
@@ -424,7 +493,6 @@ class RequestForm(BaseHandler):
         else:
             self._refusal = {"message": f"Unknown action {action!r}."}
             raise web.HTTPError(400)
-        self.redirect(self.url("requests", request_id))
 
 
 class FilePage(BaseHandler):

@@ -1,6 +1,22 @@
-"""The hardening every notebook and re-execution container gets (one function: the spawn
-broker applies it to notebook servers and re-execution runs alike, so whatever it gains,
-re-execution gains too). What each control closes: ``docs/architecture.md``, rows 7-9 and 17.
+"""Container hardening: the one place that decides it for every container of an enclave.
+
+:func:`container_hardening` is the base every container gets (a notebook server, a
+re-execution run, and each service of the stack: hub, egress, runner, identity provider,
+broker): no capabilities, no privilege gain (``no-new-privileges``), a read-only root
+filesystem with a small ``/tmp`` tmpfs, a process limit, never privileged. On top of it:
+
+* :func:`hardened_host_config` - notebook and re-execution containers (researchers' code):
+  Havre's own seccomp allow-list (``havre/enclave/seccomp``), the project's memory and CPU
+  limits, no IPv6, no ICMP sockets, a private IPC namespace, a resolver on the gateway only.
+  The spawn broker applies it to notebook servers and re-execution runs alike, so whatever it
+  gains, re-execution gains too.
+* :func:`service_hardening` - the stack's service containers (``havre.host.stack``): no IP
+  forwarding between the networks they join. They run Havre's code, not researchers', and keep
+  Docker's default seccomp profile (Havre's allow-list is cut to what a notebook needs).
+
+Each service adds only what it needs beyond that (the hub's published port, the broker's three
+capabilities) where it is started. What each control closes: ``docs/architecture.md``, rows
+7-9 and 17.
 """
 
 from __future__ import annotations
@@ -11,10 +27,65 @@ from typing import Any
 from havre.enclave.config import Project
 from havre.enclave.seccomp import security_opt as seccomp_security_opt
 
-__all__ = ["TMP_SIZE", "hardened_host_config"]
+__all__ = [
+    "NO_FORWARDING_SYSCTLS",
+    "TMP_SIZE",
+    "container_hardening",
+    "hardened_host_config",
+    "service_hardening",
+]
 
-#: the size of the tmpfs on /tmp (the root filesystem is read-only)
+#: the size of the tmpfs on /tmp of notebook and re-execution containers (the root filesystem
+#: is read-only)
 TMP_SIZE = "512m"
+
+#: No routing inside the stack's containers: the hub and egress sit on the front network and
+#: every project network, and a container's network namespace inherits the host's
+#: ``ip_forward=1`` (Docker's), so without these they would forward between them.
+NO_FORWARDING_SYSCTLS: Mapping[str, str] = {
+    "net.ipv4.ip_forward": "0",
+    "net.ipv4.conf.all.forwarding": "0",
+    "net.ipv4.conf.default.forwarding": "0",
+    "net.ipv6.conf.all.forwarding": "0",
+    "net.ipv6.conf.default.forwarding": "0",
+}
+
+
+def container_hardening(
+    *, tmp_size: str, pids: int, havre_seccomp: bool = False, shared_tmp: bool = False
+) -> dict[str, Any]:
+    """The docker-py arguments (``HostConfig`` names, also valid for ``containers.run``) every
+    container of an enclave gets.
+
+    ``havre_seccomp`` puts Havre's seccomp allow-list in place of Docker's default profile;
+    ``shared_tmp`` makes ``/tmp`` sticky and writable by every uid (mode 1777), for containers
+    whose user is not known when the image is built.
+    """
+    if pids < 1:
+        raise ValueError(f"a container's process limit must be at least 1, not {pids}.")
+    security_opt = ["no-new-privileges:true"]
+    if havre_seccomp:
+        security_opt.append(seccomp_security_opt())
+    tmp = f"rw,nosuid,nodev,size={tmp_size}"
+    if shared_tmp:
+        tmp += ",mode=1777"
+    return {
+        "cap_drop": ["ALL"],
+        "security_opt": security_opt,
+        "read_only": True,
+        "tmpfs": {"/tmp": tmp},
+        "pids_limit": pids,
+        "privileged": False,
+    }
+
+
+def service_hardening(*, tmp_size: str, pids: int) -> dict[str, Any]:
+    """What every service container of the stack gets: :func:`container_hardening` with
+    Docker's default seccomp profile, and no IP forwarding."""
+    return {
+        **container_hardening(tmp_size=tmp_size, pids=pids),
+        "sysctls": dict(NO_FORWARDING_SYSCTLS),
+    }
 
 
 def hardened_host_config(
@@ -25,7 +96,8 @@ def hardened_host_config(
     tmp_size: str = TMP_SIZE,
     extra_sysctls: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The docker-py HostConfig arguments every notebook and re-execution container gets."""
+    """The docker-py HostConfig arguments every notebook and re-execution container gets:
+    :func:`container_hardening` with Havre's seccomp profile, plus the project's limits."""
     sysctls = {
         "net.ipv6.conf.all.disable_ipv6": "1",
         "net.ipv6.conf.default.disable_ipv6": "1",
@@ -34,12 +106,9 @@ def hardened_host_config(
     }
     sysctls.update(extra_sysctls or {})
     return {
-        "cap_drop": ["ALL"],
-        # Havre's own seccomp allow-list (havre/enclave/seccomp/notebook.json), not Docker's
-        "security_opt": ["no-new-privileges:true", seccomp_security_opt()],
-        "read_only": True,
-        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={tmp_size},mode=1777"},
-        "pids_limit": project.limits.pids,
+        **container_hardening(
+            tmp_size=tmp_size, pids=project.limits.pids, havre_seccomp=True, shared_tmp=True
+        ),
         "mem_limit": project.limits.memory_bytes,
         "memswap_limit": project.limits.memory_bytes,
         "cpu_period": 100_000,
@@ -48,6 +117,5 @@ def hardened_host_config(
         "dns_search": ["."],
         "sysctls": sysctls,
         "ipc_mode": "private",
-        "privileged": False,
         "network_mode": network,
     }

@@ -98,11 +98,13 @@ class OutputPathError(ValueError):
 
 @dataclass(frozen=True)
 class OutputEntry:
-    """A regular file in the outputs folder: ``/``-separated path relative to the root."""
+    """A regular file in the outputs folder: ``/``-separated path relative to the root, and
+    the uid owning it (each notebook server writes as a uid of its own; -1: not known)."""
 
     path: str
     size: int
     mtime: float
+    uid: int = -1
 
 
 @dataclass(frozen=True)
@@ -318,7 +320,9 @@ def scan_outputs(root: Path, *, max_files: int = 10_000) -> OutputListing:
                 listing.skipped.append(SkippedEntry(shown, "skipped: it can't be read"))
                 continue
             if stat.S_ISREG(info.st_mode):
-                listing.entries.append(OutputEntry(relative, info.st_size, info.st_mtime))
+                listing.entries.append(
+                    OutputEntry(relative, info.st_size, info.st_mtime, info.st_uid)
+                )
             elif stat.S_ISDIR(info.st_mode):
                 if depth >= MAX_DEPTH:
                     listing.skipped.append(

@@ -32,6 +32,7 @@ import docker.errors
 
 from havre import __version__
 from havre.enclave.config import EnclaveConfig
+from havre.enclave.hardening import service_hardening
 from havre.enclave.jobs_folder import prepare_jobs_folder
 from havre.enclave.live import live_config_path, publish_config, restart_digest
 from havre.enclave.networks import project_network_options
@@ -76,16 +77,6 @@ IDP_PORT = 8001
 #: The embedded provider's plain-HTTP port for the hub's back channel when browsers get HTTPS
 #: on IDP_PORT: never published, reachable only on the enclave's front network.
 IDP_INTERNAL_PORT = 8002
-#: No routing inside the stack's containers: the hub and egress sit on the front network and
-#: every project network, and a container's network namespace inherits the host's
-#: ``ip_forward=1`` (Docker's), so without these they would forward between them.
-NO_FORWARDING_SYSCTLS = {
-    "net.ipv4.ip_forward": "0",
-    "net.ipv4.conf.all.forwarding": "0",
-    "net.ipv4.conf.default.forwarding": "0",
-    "net.ipv6.conf.all.forwarding": "0",
-    "net.ipv6.conf.default.forwarding": "0",
-}
 #: The re-execution jobs folder under the state folder (shared by egress and the runner).
 REEXEC_JOBS = "reexec"
 TLS_IN_CONTAINER = "/etc/havre/tls"
@@ -435,17 +426,12 @@ def _start_egress(
 def _service_container(
     enclave: EnclaveConfig, role: str, digest: str, *, tmp: str, pids: int
 ) -> dict[str, object]:
-    """What every service container of the stack gets (``docker run`` arguments): a read-only
-    root with a small ``/tmp``, no capabilities, no privilege gain, a process limit, no IP
-    forwarding, restarts with the host, and the labels ``havre down`` and the config digest
-    use."""
+    """What every service container of the stack gets (``docker run`` arguments): the
+    hardening of :func:`havre.enclave.hardening.service_hardening` (a read-only root with a
+    small ``/tmp``, no capabilities, no privilege gain, a process limit, no IP forwarding),
+    restarts with the host, and the labels ``havre down`` and the config digest use."""
     return {
-        "read_only": True,
-        "sysctls": dict(NO_FORWARDING_SYSCTLS),
-        "tmpfs": {"/tmp": f"rw,nosuid,nodev,size={tmp}"},
-        "cap_drop": ["ALL"],
-        "security_opt": ["no-new-privileges:true"],
-        "pids_limit": pids,
+        **service_hardening(tmp_size=tmp, pids=pids),
         "restart_policy": {"Name": "unless-stopped"},
         "labels": {"havre.enclave": enclave.name, "havre.role": role, "havre.digest": digest},
     }

@@ -100,3 +100,39 @@ def test_container_config_matches_the_policy(enclave, alice_cardio):
     binds = {b.split(":")[1]: b for b in host["Binds"]}
     assert binds["/data"].endswith(":ro")
     assert not any("docker.sock" in b for b in host["Binds"])
+
+
+#: the service containers `havre up` starts (havre/host/stack.py), each hardened by
+#: havre.enclave.hardening.service_hardening
+SERVICE_ROLES = ("hub", "egress", "runner", "idp", "broker")
+
+
+def test_every_service_container_of_the_stack_runs_hardened(enclave):
+    """Seen by the kernel, in PID 1 of each running service container: no privilege gain, no
+    capabilities (the broker: only its three), a read-only root, a process limit. Control: the
+    broker's own capabilities show in the same field, so a zero elsewhere is read, not
+    assumed."""
+    found = {}
+    for container in enclave.docker.containers.list(
+        filters={"label": f"havre.enclave={enclave.config.name}"}
+    ):
+        role = container.labels.get("havre.role")
+        if role in SERVICE_ROLES:
+            found[role] = container
+    assert set(found) == set(SERVICE_ROLES), sorted(found)
+    for role, container in found.items():
+        status = sh(container, "cat /proc/1/status")
+        fields = dict(
+            line.split(":", 1) for line in status.splitlines() if line.startswith(("Cap", "NoNew"))
+        )
+        assert fields["NoNewPrivs"].strip() == "1", role
+        effective = int(fields["CapEff"].strip(), 16)
+        if role == "broker":  # control: CHOWN (0), DAC_OVERRIDE (1), FOWNER (3)
+            assert effective == 0b1011, (role, hex(effective))
+        else:
+            assert effective == 0, (role, hex(effective))
+        out = sh(container, "touch /usr/planted 2>&1; echo rc=$?")
+        assert "Read-only file system" in out and "rc=1" in out, (role, out)
+        host = container.attrs["HostConfig"]
+        assert host["CapDrop"] == ["ALL"] and host["Privileged"] is False, role
+        assert host["PidsLimit"] and host["PidsLimit"] > 0, role

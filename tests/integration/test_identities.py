@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from havre.enclave.identities import load_table, read_host_ids, table_path
+from tests.integration.servers import servers_running
 from tests.integration.test_egress_flow import Egress
 
 pytestmark = pytest.mark.docker
@@ -25,15 +26,8 @@ IDS = "import os, json; print(json.dumps([os.getuid(), os.getgid(), os.getgroups
 @pytest.fixture(scope="module")
 def carol_servers(enclave):
     """Carol's two servers (cardio with alice, and diabetes)."""
-    carol = enclave.user("carol")
-    for project in ("cardio", "diabetes"):
-        r = carol.start_server(project)
-        assert r.status_code in (201, 202), r.text
-    for project in ("cardio", "diabetes"):
-        carol.wait_ready(project)
-    yield carol
-    for project in ("cardio", "diabetes"):
-        carol.stop_server(project)
+    with servers_running(enclave.user("carol"), ("cardio", "diabetes")) as carol:
+        yield carol
 
 
 def _ids(user, project: str) -> tuple[int, int, list[int]]:

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from havre.host import stack
+from havre.enclave.hardening import NO_FORWARDING_SYSCTLS
 from havre.host.cli import DEFAULT_NOTEBOOK_IMAGE
 from tests.integration.canaries import new_token
 
@@ -189,7 +189,7 @@ def test_forwarding_is_off_inside(enclave, role):
     assert _sysctl(container, "/proc/sys/net/ipv6/conf/all/forwarding") == "0"
     container.reload()
     sysctls = container.attrs["HostConfig"]["Sysctls"]
-    assert sysctls == stack.NO_FORWARDING_SYSCTLS
+    assert sysctls == NO_FORWARDING_SYSCTLS
 
 
 def test_a_plain_container_would_forward(lab):

@@ -28,6 +28,7 @@ from havre.host.project_filesystems import (
     loop_problem,
     release_project_filesystem,
 )
+from tests.integration.servers import servers_running
 
 pytestmark = pytest.mark.docker
 
@@ -137,15 +138,8 @@ def _decode(sent: list[int], drops: list[int], seed: int) -> dict:
 
 @pytest.fixture(scope="module")
 def carol_two_projects(enclave):
-    carol = enclave.user("carol")
-    for project in ("cardio", "diabetes"):
-        r = carol.start_server(project)
-        assert r.status_code in (201, 202), r.text
-    for project in ("cardio", "diabetes"):
-        carol.wait_ready(project)
-    yield carol
-    for project in ("cardio", "diabetes"):
-        carol.stop_server(project)
+    with servers_running(enclave.user("carol"), ("cardio", "diabetes")) as carol:
+        yield carol
 
 
 def test_free_inode_channel_shared_filesystem_vs_per_project_filesystems(

@@ -187,3 +187,30 @@ def test_the_project_list_holds_the_user_s_projects_only(env, name, groups, expe
         assert (f'id="project-{slug}"' in html) == (slug in expected)
     if not expected:
         assert 'id="havre-no-projects"' in html
+
+
+@pytest.mark.parametrize("admin", [False, True])
+def test_no_page_links_to_the_token_page_and_the_token_page_explains(env, admin):
+    # Nobody in Havre may create API tokens; JupyterHub's navigation offered a "Token" page
+    # whose form then failed with "User ... not found" (issue #20). The live hub is checked in
+    # tests/integration/test_researcher_environment.py.
+    enclave = parse_enclave_config(CONFIG, source="unit")
+    user = SimpleNamespace(
+        name="alice",
+        escaped_name="alice",
+        groups=[],
+        spawners={},
+        spawner=SimpleNamespace(options_form=None),
+        server_url=lambda slug: f"/user/alice/{slug}/",
+    )
+    values = {key: value(user) for key, value in template_vars(enclave).items()}
+    scopes = {"admin-ui"} if admin else set()
+    home = render(env, "home.html", user=user, parsed_scopes=scopes, **values)
+    assert 'href="/hub/home"' in home  # control: the navigation is there
+    assert 'href="/hub/token"' not in home
+    assert ('href="/hub/admin"' in home) == admin
+    token = render(
+        env, "token.html", user=user, parsed_scopes=scopes, api_tokens=[], oauth_clients=[]
+    )
+    assert 'id="havre-no-tokens"' in token and "does not give API tokens" in token
+    assert "request-token-form" not in token and 'href="/hub/token"' not in token

@@ -148,3 +148,23 @@ def test_poll_keeps_a_server_while_the_published_config_is_broken():
     removed["projects"]["cardio"]["members"] = ["carol"]
     _rewrite(spawner.enclave_config_path, yaml.safe_dump(removed), bump=2)
     assert poll() == 0  # a removal in a valid config stops it
+
+
+def test_a_spawn_page_opened_before_the_new_start_still_follows_it():
+    # issue #20: Stop then Start; the spawn page's event stream may begin before start() has,
+    # while the previous spawn's four messages are still kept. It must follow the new spawn.
+    spawner = make_spawner("alice", "cardio")
+
+    async def scenario() -> list[int]:
+        spawner.begin_progress()  # the previous spawn
+        for percent in (5, 20, 40, 70):
+            spawner.report(percent, f"old {percent}")
+        stream = spawner.progress()
+        seen = [(await anext(stream))["progress"] for _ in range(4)]  # the old messages
+        spawner.begin_progress()  # the new start()
+        spawner.report(5, "new 5")
+        seen.append((await asyncio.wait_for(anext(stream), timeout=10))["progress"])
+        await stream.aclose()
+        return seen
+
+    assert asyncio.run(scenario()) == [5, 20, 40, 70, 5]

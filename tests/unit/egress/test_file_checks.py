@@ -775,10 +775,13 @@ def test_notebook_outputs_are_counted_in_a_warning():
     )
     result = check_file("nb.ipynb", data)
     assert result.outcome == "accepted"
+    # what the warning says is what exists: no action strips outputs at release (issue #20)
     assert result.warnings[0] == (
-        "notebook has 3 outputs; a checker must approve it with outputs, or it is released as "
-        "code with outputs stripped"
+        "notebook has 3 outputs; they are released with the code, so a checker must approve "
+        "every output (to release the code only, clear the outputs in JupyterLab, save the "
+        "notebook and add it again)"
     )
+    assert "stripped" not in result.warnings[0]
 
 
 def test_notebook_without_outputs_has_no_warning():

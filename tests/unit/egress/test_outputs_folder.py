@@ -418,7 +418,7 @@ def test_listing_offers_regular_files_only_and_reports_everything_else(folder: F
     ]
     table = next(e for e in listing.entries if e.path == "table.csv")
     info = os.stat(folder.root / "table.csv")
-    assert table == OutputEntry("table.csv", info.st_size, info.st_mtime)
+    assert table == OutputEntry("table.csv", info.st_size, info.st_mtime, info.st_uid)
     skipped = {entry.path: entry.reason for entry in listing.skipped}
     assert skipped == {
         ".hidden.csv": "skipped: it is hidden (the name starts with '.')",
