@@ -23,8 +23,9 @@ from egress.errors import (
     InvalidInput,
     _refused,
 )
-from egress.file_checks import check_file
-from egress.file_kinds import MEDIA_TYPES, FileKind
+from egress.files.checks import check_file
+from egress.files.kinds import MEDIA_TYPES, FileKind
+from egress.files.sdc_badge import LibraryRecords, combine, view_check
 from egress.operations.base import ServiceBase
 from egress.operations.common import (
     DEFAULT_GROUP,
@@ -40,7 +41,6 @@ from egress.operations.sdc import (
     _table_shape,
     member_check,
 )
-from egress.sdc_badge import LibraryRecords, combine, view_check
 from egress.store.models import (
     Comment,
     FileGroup,

@@ -1,4 +1,4 @@
-"""Tests for egress.file_checks: the automatic checks a file goes through before checkers see it.
+"""Tests for egress.files.checks: the automatic checks a file goes through before checkers see it.
 
 The core is ``HOSTILE``, a table written out by hand: one row per hostile (or tricky-but-fine)
 input, with how it is built and the expected outcome (refused with a message containing X,
@@ -31,8 +31,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from egress import file_checks
-from egress.file_checks import (
+from egress.files import checks as file_checks
+from egress.files.checks import (
     DEFAULT_POLICY,
     EXTENSIONS,
     CheckPolicy,

@@ -1,10 +1,10 @@
-"""The file kinds are tabled once (egress.file_kinds) and every reader uses that table."""
+"""The file kinds are tabled once (egress.files.kinds) and every reader uses that table."""
 
-import egress.file_checks
+import egress.files.checks
+import egress.files.render
 import egress.operations.files
-import egress.render
-from egress import file_kinds
-from egress.file_kinds import (
+from egress.files import kinds as file_kinds
+from egress.files.kinds import (
     ALLOWED,
     CONTENT_TYPES,
     EXTENSIONS,
@@ -17,15 +17,15 @@ from egress.file_kinds import (
 
 
 def test_every_reader_uses_the_one_table():
-    assert egress.file_checks.FileKind is FileKind
-    assert egress.file_checks.EXTENSIONS is EXTENSIONS
-    assert egress.file_checks.LABELS is LABELS
-    assert egress.file_checks.ALLOWED is ALLOWED
-    assert egress.file_checks.SCRIPT_MIMES is SCRIPT_MIMES
-    assert egress.render.CONTENT_TYPES is CONTENT_TYPES
-    assert egress.render.SCRIPT_MIMES is SCRIPT_MIMES
+    assert egress.files.checks.FileKind is FileKind
+    assert egress.files.checks.EXTENSIONS is EXTENSIONS
+    assert egress.files.checks.LABELS is LABELS
+    assert egress.files.checks.ALLOWED is ALLOWED
+    assert egress.files.checks.SCRIPT_MIMES is SCRIPT_MIMES
+    assert egress.files.render.CONTENT_TYPES is CONTENT_TYPES
+    assert egress.files.render.SCRIPT_MIMES is SCRIPT_MIMES
     assert egress.operations.files.MEDIA_TYPES is MEDIA_TYPES
-    for module in (egress.file_checks, egress.render):
+    for module in (egress.files.checks, egress.files.render):
         leftovers = [n for n in vars(module) if n.endswith(("_MIMES", "_EXTENSIONS"))]
         assert set(leftovers) <= {"SCRIPT_MIMES", "_MARKUP_MIMES", "_OUTPUT_MIMES"}, leftovers
 

@@ -1,4 +1,4 @@
-"""Tests for egress.render: files shown to output checkers, with nothing able to run.
+"""Tests for egress.files.render: files shown to output checkers, with nothing able to run.
 
 Every rendering is parsed again here with the standard library's ``html.parser`` (independently
 of the module's own check) and must hold no script element, no event-handler attribute, no
@@ -24,7 +24,7 @@ from nbformat.v4 import (
     new_raw_cell,
 )
 
-from egress.render import (
+from egress.files.render import (
     CHECKER_PAGE_CSP,
     CONTENT_TYPES,
     KINDS,

@@ -1,6 +1,9 @@
-"""The kinds of file that can be released: one table that every reader takes its names,
+"""The kinds of file that can be released: the one table every reader takes its names,
 extensions, media types and the list of script MIME types from (the checks in
-:mod:`egress.file_checks`, the renderer in :mod:`egress.render`, the service's operations)."""
+:mod:`egress.files.checks`, the renderer in :mod:`egress.files.render`, the operations).
+
+The threat: two tables drift apart, and a kind (or a script MIME type) one side refuses slips
+through the other. Nothing else in the code base lists kinds, extensions or script types."""
 
 from __future__ import annotations
 

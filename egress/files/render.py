@@ -61,8 +61,8 @@ from typing import Any
 import nh3
 from markdown_it import MarkdownIt
 
-from egress.file_checks import is_formula
-from egress.file_kinds import CONTENT_TYPES, SCRIPT_MIMES, extensions_of
+from egress.files.checks import is_formula
+from egress.files.kinds import CONTENT_TYPES, SCRIPT_MIMES, extensions_of
 
 __all__ = [
     "CHECKER_PAGE_CSP",
@@ -80,7 +80,7 @@ __all__ = [
 ]
 
 KINDS = ("csv", "tsv", "png", "jpeg", "svg", "pdf", "text", "markdown", "notebook")
-"""The kinds :func:`render_for_checker` accepts (the values of ``egress.file_checks.FileKind``)."""
+"""The kinds :func:`render_for_checker` accepts (the values of ``egress.files.checks.FileKind``)."""
 
 VERDICTS = ("pass", "review", "fail")
 """Per-cell verdicts a table can show (``havre.sdc`` verdict names)."""
@@ -514,7 +514,7 @@ def _inert_or_refused(rendered: Rendered, **allowed: Sequence[str]) -> Rendered:
 def _delimiter(kind: str, text: str) -> str:
     if kind == "tsv":
         return "\t"
-    # The same rule as egress.file_checks: ';' when the first line has more ';' than ','.
+    # The same rule as egress.files.checks: ';' when the first line has more ';' than ','.
     first = text.split("\n", 1)[0]
     return ";" if first.count(";") > first.count(",") else ","
 
@@ -1110,7 +1110,7 @@ def render_for_checker(
     column in the file; ``cell_reasons`` maps the same keys to a reason or a list of reasons,
     shown as the cell's tooltip. Cells get the classes ``havre-cell-pass``/``-review``/``-fail``.
     The row numbers shown are the file's record numbers, header = 1, as in
-    ``egress.file_checks`` messages. Only the first ``max_rows`` data rows are shown.
+    ``egress.files.checks`` messages. Only the first ``max_rows`` data rows are shown.
     """
     kind = _check_kind(kind)
     if isinstance(max_rows, bool) or not isinstance(max_rows, int) or max_rows < 0:

@@ -103,7 +103,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from egress.file_kinds import ALLOWED, EXTENSIONS, LABELS, SCRIPT_MIMES, FileKind
+from egress.files.kinds import ALLOWED, EXTENSIONS, LABELS, SCRIPT_MIMES, FileKind
 from havre.enclave.outputs_folder import OutputPathError, validate_relative_path
 
 MiB = 1024 * 1024
