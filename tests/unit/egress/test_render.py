@@ -31,7 +31,6 @@ from egress.files.render import (
     RAW_FILE_CSP,
     Rendered,
     RenderError,
-    checker_css,
     find_active_content,
     raw_response_headers,
     render_for_checker,
@@ -514,7 +513,6 @@ def test_checker_page_csp():
     assert directives["frame-ancestors"] == "'none'"
     assert directives["base-uri"] == "'none'"
     assert "unsafe-eval" not in CHECKER_PAGE_CSP
-    assert ".havre-cell-fail" in checker_css() and ".havre-nb .highlight" in checker_css()
 
 
 # --- notebooks -------------------------------------------------------------------------------
