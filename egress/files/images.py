@@ -11,6 +11,8 @@ import zlib
 
 from egress.files.common import FileRefused, esc, human_size
 
+# --- the check ----------------------------------------------------------------------------
+
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -125,6 +127,9 @@ def check_jpeg(data: bytes) -> list[str]:
     if notes:
         return [f"JPEG has metadata ({', '.join(sorted(notes))}): check it for disclosive text"]
     return []
+
+
+# --- the rendering ------------------------------------------------------------------------
 
 
 def _png_size(data: bytes) -> tuple[int, int] | None:

@@ -70,16 +70,9 @@ MEDIA_TYPES: dict[FileKind, str] = {
 """The media type each kind is stored and served with by the API (``view_file``)."""
 
 CONTENT_TYPES: dict[FileKind, str] = {
-    FileKind.CSV: "text/csv; charset=utf-8",
-    FileKind.TSV: "text/tab-separated-values; charset=utf-8",
-    FileKind.PNG: "image/png",
-    FileKind.JPEG: "image/jpeg",
-    FileKind.SVG: "image/svg+xml",
-    FileKind.PDF: "application/pdf",
-    FileKind.TEXT: "text/plain; charset=utf-8",
+    **MEDIA_TYPES,
     # Markdown is served as plain text: the browser shows the source, never renders it.
     FileKind.MARKDOWN: "text/plain; charset=utf-8",
-    FileKind.NOTEBOOK: "application/x-ipynb+json",
 }
 """``Content-Type`` of the raw file response for each kind."""
 

@@ -33,11 +33,14 @@ from egress.files.sanitise import (
 )
 from egress.files.text import ACTIVE_TAG, EVENT_ATTRIBUTE, SCRIPT_URL, render_text
 
+# --- the check ----------------------------------------------------------------------------
+
 _MARKUP_MIMES = {"text/html", "image/svg+xml", "text/markdown", "application/xhtml+xml"}
 _WIDGET_MIME = "application/vnd.jupyter.widget-view+json"
 
 
 def _as_text(value: Any) -> str:
+    """Any JSON value of a notebook as text to scan (a malformed value is scanned as JSON)."""
     if isinstance(value, str):
         return value
     if isinstance(value, list) and all(isinstance(item, str) for item in value):
@@ -148,6 +151,9 @@ def looks_like_notebook(text: str, ext: str) -> dict[str, Any] | None:
     return None
 
 
+# --- the rendering: the one notebook stripper, then nbconvert -----------------------------
+
+
 class NotebookError(ValueError):
     """Not an nbformat 4 notebook."""
 
@@ -162,6 +168,7 @@ _MAGIC = {"image/png": PNG_MAGIC, "image/jpeg": JPEG_MAGIC}
 
 
 def _joined(value: Any) -> str:
+    """A notebook string field (a string or a list of lines) as one string, to show."""
     return "".join(value) if isinstance(value, list) else str(value)
 
 

@@ -13,6 +13,8 @@ import zlib
 
 from egress.files.common import FileRefused, MiB, esc, human_size
 
+# --- the check ----------------------------------------------------------------------------
+
 PDF_OBJECT_STREAM_BUDGET = 64 * MiB
 """Most bytes the PDF check inflates from object streams before refusing the file."""
 
@@ -196,6 +198,8 @@ def check_pdf(data: bytes) -> list[str]:
         raise FileRefused(f"the PDF contains {'; '.join(found)}; it is refused")
     return [message for name, message in _PDF_WARNED.items() if name in names]
 
+
+# --- the rendering ------------------------------------------------------------------------
 
 PDF_INFLATE_BUDGET = 16 * 1024 * 1024
 """Most bytes inflated from PDF object streams while looking for the page count."""

@@ -27,6 +27,7 @@ _SVG_DOCTYPE = re.compile(
     r'|"-//W3C//DTD SVG 1\.0//EN"\s+'
     r'"http://www\.w3\.org/TR/2001/REC-SVG-20010904/DTD/svg10\.dtd")\s*>'
 )
+
 _DOCTYPE = re.compile(r"<!DOCTYPE", re.IGNORECASE)
 _ENTITY = re.compile(r"<!ENTITY", re.IGNORECASE)
 _HTML_START = re.compile(r"<!doctype\s+html|<html[\s>]", re.IGNORECASE)

@@ -17,12 +17,10 @@ from dataclasses import dataclass
 from egress.files.common import CheckPolicy, FileRefused, FlaggedCell, RenderError, esc, plural
 from egress.files.sanitise import invisible_note, visible
 
+# --- the check ----------------------------------------------------------------------------
+
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
 """First characters that make a spreadsheet tool read a cell as a formula (with fullwidth ones)."""
-
-
-VERDICTS = ("pass", "review", "fail")
-"""Per-cell verdicts a table can show (``havre.sdc`` verdict names)."""
 
 
 _NUMBER = re.compile(
@@ -135,6 +133,12 @@ def neutralise(table: Table, rows_to_change: set[int], bom: bool) -> str:
 def list_numbers(numbers: list[int], limit: int = 50) -> str:
     shown = ", ".join(str(n) for n in numbers[:limit])
     return shown + (f" and {len(numbers) - limit} more" if len(numbers) > limit else "")
+
+
+# --- the rendering ------------------------------------------------------------------------
+
+VERDICTS = ("pass", "review", "fail")
+"""Per-cell verdicts a table can show (``havre.sdc`` verdict names)."""
 
 
 def _delimiter(kind: str, text: str) -> str:

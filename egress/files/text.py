@@ -32,6 +32,8 @@ _HTML_SNIFF = re.compile(
     r"|<b|<body|<br|<p|<!--)[\s>]",
     re.IGNORECASE,
 )
+# --- the check ----------------------------------------------------------------------------
+
 ACTIVE_TAG = re.compile(r"<\s*(script|iframe|object|embed)\b", re.IGNORECASE)
 SCRIPT_URL = re.compile(r"(?:java|vb)script\s*:|data\s*:\s*text/html", re.IGNORECASE)
 EVENT_ATTRIBUTE = re.compile(r"<[a-z][^<>]*[\s/\"']on[a-z]+\s*=", re.IGNORECASE)
@@ -110,6 +112,8 @@ def check_lines(data: bytes, limit: int) -> None:
         f"line {number} is {len(line)} bytes long, more than the limit of {limit} bytes"
     )
 
+
+# --- the rendering ------------------------------------------------------------------------
 
 MAX_TEXT_CHARS = 2_000_000
 """Most characters of a text or Markdown file shown on the page (the rest: raw file)."""
