@@ -30,8 +30,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from egress.content_store import ContentStore  # noqa: E402
 from egress.core import EgressService, StoredAnswer  # noqa: E402
+from egress.store.content import ContentStore  # noqa: E402
 from egress.store.db import make_engine, migrate  # noqa: E402
 from havre.enclave.config import parse_enclave_config  # noqa: E402
 from tests.unit.egress.conftest import ACTORS, ENCLAVE  # noqa: E402

@@ -207,9 +207,9 @@ def serve(args: argparse.Namespace) -> None:
     from tornado.httpserver import HTTPServer
     from tornado.ioloop import IOLoop
 
-    from egress.content_store import ContentStore
     from egress.core import EgressService
     from egress.service import listen, serve_workers
+    from egress.store.content import ContentStore
     from egress.store.db import make_engine
     from egress.web import app as web
     from havre.enclave.config import parse_enclave_yaml
@@ -491,8 +491,8 @@ class Probe:
 
 def seed(db_url: str, env: Env, count: int, rng: random.Random) -> Counter[str]:
     """``count`` requests through the core, in every state; returns how many of each."""
-    from egress.content_store import ContentStore
     from egress.core import EgressService, actor_for
+    from egress.store.content import ContentStore
     from egress.store.db import make_engine, migrate
     from havre.enclave.config import parse_enclave_yaml
 

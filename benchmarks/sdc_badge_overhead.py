@@ -26,11 +26,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from egress.content_store import ContentStore  # noqa: E402
 from egress.core import EgressService  # noqa: E402
 from egress.domain.policy import Actor  # noqa: E402
-from egress.sdc_badge import LibraryRecords  # noqa: E402
+from egress.files.sdc_badge import LibraryRecords  # noqa: E402
 from egress.signing import generate_key  # noqa: E402
+from egress.store.content import ContentStore  # noqa: E402
 from egress.store.db import make_engine, migrate  # noqa: E402
 from havre.enclave.config import parse_enclave_config  # noqa: E402
 from havre.sdc import SDCParams  # noqa: E402

@@ -3,7 +3,7 @@
 For each table (an n x n count table with a "Total" row and column, Poisson counts; with 0% or
 2% of the inner cells blank, as a researcher's suppression leaves them), written to CSV bytes:
 
-- ``egress.file_checks.check_file(name, data)``: the file check every submitted file gets
+- ``egress.files.checks.check_file(name, data)``: the file check every submitted file gets
   (encoding, delimiter, consistent fields, formula injection...);
 - ``havre.sdc.published.check_count_csv_text(text, delimiter=..., params=...)``: the SDC
   check the service runs on the checked bytes (parse, cell rules, margins, recoverability);
@@ -53,7 +53,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from host_facts import cpu_model  # noqa: E402
 
-from egress.file_checks import check_file  # noqa: E402
+from egress.files.checks import check_file  # noqa: E402
 from havre.sdc import SDCParams  # noqa: E402
 from havre.sdc.published import check_count_csv_text  # noqa: E402
 
@@ -103,7 +103,7 @@ _BEFORE = textwrap.dedent(
     """
     import csv, io, math, sys, time
     sys.path.insert(0, sys.argv[1])
-    from egress.file_checks import check_file
+    from egress.files.checks import check_file
     from havre.sdc import SDCParams, check_frequency_csv, read_table_csv
     data = open(sys.argv[2], "rb").read()
     start = time.perf_counter()

@@ -19,9 +19,9 @@ INFO) with the actor, the operation, the request and the reason.
 
 Files
     ``add_file`` reads the file from the project's outputs folder (``havre.enclave.outputs_folder``,
-    never following links), runs the automatic checks (``egress.file_checks.check_file``) and,
+    never following links), runs the automatic checks (``egress.files.checks.check_file``) and,
     for a CSV/TSV table of numbers, the SDC count-table rules, set against the researcher's
-    library's record of that exact file (``egress.sdc_badge``: no count pass unless the record
+    library's record of that exact file (``egress.files.sdc_badge``: no count pass unless the record
     for these bytes says counts; changed files and relaxed parameters flagged; compared again
     on submission); it refuses failing files (422, with every reason).
     The snapshot (and the neutralised/sanitised version, when it differs) goes into the

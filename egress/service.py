@@ -23,10 +23,10 @@ from tornado import ioloop
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from egress.content_store import ContentStore
 from egress.core import EgressService, ServicePaths
 from egress.mailer import Mailer
 from egress.signing import generate_key
+from egress.store.content import ContentStore
 from egress.store.db import make_engine, migrate
 from egress.web.app import make_app
 from havre.enclave.config import EnclaveConfig, load_enclave_config

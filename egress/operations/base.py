@@ -19,7 +19,6 @@ from egress.audit.chain import (
     AuditEvent,
     EventType,
 )
-from egress.content_store import ContentStore
 from egress.domain import policy
 from egress.domain.policy import Actor, Permission, PermissionDenied, RequestView
 from egress.domain.workflow import (
@@ -32,7 +31,7 @@ from egress.errors import (
     NotFound,
     _refused,
 )
-from egress.file_checks import DEFAULT_POLICY, CheckPolicy
+from egress.files.checks import DEFAULT_POLICY, CheckPolicy
 from egress.operations.common import (
     CHECKERS_MARKER,
     _file_id,
@@ -45,6 +44,7 @@ from egress.signing import (
     load_public_key,
     public_key_path,
 )
+from egress.store.content import ContentStore
 from egress.store.db import current_revision, head_revision, read_session, write_session
 from egress.store.models import (
     AuditLogRow,

@@ -1,5 +1,11 @@
-"""Files: the outputs folder, adding (checks, SDC, library records), removing, viewing,
-previews and differencing."""
+"""File operations: the outputs folder, adding a file (checks, SDC, library records), removing,
+viewing, previews and differencing.
+
+The rules: a file enters a request only as the bytes the checks accepted, snapshotted into the
+content store (what is reviewed is exactly what is released, whatever happens to the outputs
+folder afterwards); every view and every preview of a file is audited with who saw it; a
+member's preview is made here and never carries a cell, a label or a line of the file (the
+member's browser is outside the enclave)."""
 
 from __future__ import annotations
 
@@ -23,9 +29,10 @@ from egress.errors import (
     InvalidInput,
     _refused,
 )
-from egress.file_checks import check_file
-from egress.file_kinds import MEDIA_TYPES, FileKind
-from egress.operations.base import ServiceBase
+from egress.files.checks import check_file
+from egress.files.kinds import MEDIA_TYPES, FileKind
+from egress.files.sdc_badge import LibraryRecords, combine, view_check
+from egress.operations.base import ServiceBase, Transaction
 from egress.operations.common import (
     DEFAULT_GROUP,
     FileContent,
@@ -40,7 +47,6 @@ from egress.operations.sdc import (
     _table_shape,
     member_check,
 )
-from egress.sdc_badge import LibraryRecords, combine, view_check
 from egress.store.models import (
     Comment,
     FileGroup,
@@ -61,6 +67,40 @@ from havre.sdc.differencing import count_table_from_csv, differencing_warnings
 
 class FileOperations(ServiceBase):
     """File operations of :class:`egress.core.EgressService`."""
+
+    def _permitted(
+        self, session: Session, actor: Actor, request_id: str, permission: Permission
+    ) -> Request:
+        """The request, once ``actor`` is allowed ``permission`` on it (refused otherwise)."""
+        request = self.load_request(session, request_id)
+        self.require(session, actor, permission, request)
+        return request
+
+    def _permitted_file(
+        self,
+        session: Session,
+        actor: Actor,
+        request_id: str,
+        file_id: int,
+        permission: Permission,
+    ) -> tuple[Request, RequestFile]:
+        """The request and its file ``file_id``, once ``actor`` is allowed ``permission``."""
+        request = self._permitted(session, actor, request_id, permission)
+        return request, self.request_file(session, request, file_id)
+
+    @staticmethod
+    def _audit_seen(
+        tx: Transaction, actor: Actor, event: EventType, request: Request, row: RequestFile
+    ) -> None:
+        """A checker or member was shown a file's release bytes (or what is made of them)."""
+        tx.audit(
+            actor,
+            event,
+            request,
+            object=row.path,
+            file_hashes={row.path: row.release_sha256},
+            details={"file_id": row.id, "round": request.round},
+        )
 
     def _file_owner(self, uid: int) -> dict[str, Any]:
         """Who wrote a file: its uid and, for a server's uid, the member's name.
@@ -113,9 +153,7 @@ class FileOperations(ServiceBase):
         (as in :meth:`get_request`) plus ``replaced`` and ``content_changed``.
         """
         with self.reading("add_file", actor, request_id) as session:
-            request = self.load_request(session, request_id)
-            self.require(session, actor, Permission.ADD_FILE, request)
-            project = request.project
+            project = self._permitted(session, actor, request_id, Permission.ADD_FILE).project
         try:
             group = _group_name(group)
         except InvalidInput as exc:
@@ -141,8 +179,7 @@ class FileOperations(ServiceBase):
         if result.changed:
             self.content.put(result.release_bytes)
         with self.writing("add_file", actor, request_id) as tx:
-            request = self.load_request(tx.session, request_id)
-            self.require(tx.session, actor, Permission.ADD_FILE, request)
+            request = self._permitted(tx.session, actor, request_id, Permission.ADD_FILE)
             target_round = (
                 request.round if request.state == RequestState.DRAFT else request.round + 1
             )
@@ -223,8 +260,7 @@ class FileOperations(ServiceBase):
         very bytes), with a sentence when the folder's record has changed since.
         """
         with self.reading("submit", actor, request_id) as session:
-            request = self.load_request(session, request_id)
-            self.require(session, actor, Permission.SUBMIT, request)
+            request = self._permitted(session, actor, request_id, Permission.SUBMIT)
             rows = [(f.id, f.path, f.sha256, f.check or {}) for f in files_of(session, request)]
             project = request.project
         records = self.library_records(project)
@@ -251,9 +287,9 @@ class FileOperations(ServiceBase):
     def remove_file(self, actor: Actor, request_id: str, file_id: int) -> None:
         """Take a file (and its votes) out of a draft or returned request."""
         with self.writing("remove_file", actor, request_id) as tx:
-            request = self.load_request(tx.session, request_id)
-            self.require(tx.session, actor, Permission.REMOVE_FILE, request)
-            row = self.request_file(tx.session, request, file_id)
+            request, row = self._permitted_file(
+                tx.session, actor, request_id, file_id, Permission.REMOVE_FILE
+            )
             tx.session.execute(delete(VoteRow).where(VoteRow.file_id == row.id))
             for comment in tx.session.execute(
                 select(Comment).where(Comment.file_id == row.id)
@@ -276,18 +312,11 @@ class FileOperations(ServiceBase):
         request is submitted (``Permission.VIEW_FILE``); every view is audited as FILE_VIEWED
         with the viewer, whichever route serves it (the review page, its raw bytes)."""
         with self.writing("view_file", actor, request_id) as tx:
-            request = self.load_request(tx.session, request_id)
-            self.require(tx.session, actor, Permission.VIEW_FILE, request)
-            row = self.request_file(tx.session, request, file_id)
-            content = self._content(row)
-            tx.audit(
-                actor,
-                EventType.FILE_VIEWED,
-                request,
-                object=row.path,
-                file_hashes={row.path: row.release_sha256},
-                details={"file_id": row.id, "round": request.round},
+            request, row = self._permitted_file(
+                tx.session, actor, request_id, file_id, Permission.VIEW_FILE
             )
+            content = self._content(row)
+            self._audit_seen(tx, actor, EventType.FILE_VIEWED, request, row)
             return content
 
     def preview_file(self, actor: Actor, request_id: str, file_id: int) -> dict[str, Any]:
@@ -299,9 +328,9 @@ class FileOperations(ServiceBase):
         shown to a researcher has left it). Audited as FILE_PREVIEWED with the viewer.
         """
         with self.writing("preview_file", actor, request_id) as tx:
-            request = self.load_request(tx.session, request_id)
-            self.require(tx.session, actor, Permission.VIEW_PREVIEW, request)
-            row = self.request_file(tx.session, request, file_id)
+            request, row = self._permitted_file(
+                tx.session, actor, request_id, file_id, Permission.VIEW_PREVIEW
+            )
             shape = None
             if row.kind in (FileKind.CSV.value, FileKind.TSV.value):
                 shape = _table_shape(self.content.get(row.release_sha256), row.kind)
@@ -316,14 +345,7 @@ class FileOperations(ServiceBase):
                 "shape": shape,
                 "check": member_check(view_check(row.check)),
             }
-            tx.audit(
-                actor,
-                EventType.FILE_PREVIEWED,
-                request,
-                object=row.path,
-                file_hashes={row.path: row.release_sha256},
-                details={"file_id": row.id, "round": request.round},
-            )
+            self._audit_seen(tx, actor, EventType.FILE_PREVIEWED, request, row)
             return preview
 
     def _content(self, row: RequestFile) -> FileContent:
@@ -349,9 +371,9 @@ class FileOperations(ServiceBase):
         count: their files left. The 200 most recently changed released tables are compared."""
         tables = (FileKind.CSV.value, FileKind.TSV.value)
         with self.reading("differencing", actor, request_id) as session:
-            request = self.load_request(session, request_id)
-            self.require(session, actor, Permission.VIEW_FILE, request)
-            row = self.request_file(session, request, file_id)
+            request, row = self._permitted_file(
+                session, actor, request_id, file_id, Permission.VIEW_FILE
+            )
             if row.kind not in tables:
                 return None
             target = (row.path, row.release_sha256, row.kind)

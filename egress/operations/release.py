@@ -26,6 +26,7 @@ from egress.errors import (
     EgressError,
     InvalidInput,
 )
+from egress.files.sdc_badge import view_check
 from egress.operations.base import ServiceBase
 from egress.operations.common import (
     MAX_COMMENT,
@@ -33,7 +34,6 @@ from egress.operations.common import (
     _versions,
     log,
 )
-from egress.sdc_badge import view_check
 from egress.signing import (
     key_id,
     release_record,

@@ -11,10 +11,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from egress.file_checks import FileCheckResult
-from egress.file_kinds import FileKind
+from egress.files.checks import FileCheckResult
+from egress.files.kinds import FileKind
+from egress.files.sdc_badge import LibraryReadError
 from egress.operations.common import log
-from egress.sdc_badge import LibraryReadError
 from havre.enclave.outputs_folder import (
     OutputPathError,
     read_output,
@@ -40,7 +40,7 @@ def _frequency_table_check(result: FileCheckResult, params: SDCParams) -> dict[s
     A table of numbers: a first column of labels, then only non-negative whole numbers (blank
     cells are taken as suppressed). Anything else is recorded as not checked, with the reason.
     This reads every number as a count: whether the table *holds* counts is decided with the
-    library's record (:func:`egress.sdc_badge.combine`), never here.
+    library's record (:func:`egress.files.sdc_badge.combine`), never here.
     """
     if result.kind not in (FileKind.CSV, FileKind.TSV) or result.release_bytes is None:
         return None
@@ -101,7 +101,7 @@ LIBRARY_RECORD_MAX_BYTES = 64 * 1024 * 1024
 
 
 def _library_reader(root: Path) -> Callable[[str], bytes | None]:
-    """Reads a file of the outputs folder for :class:`egress.sdc_badge.LibraryRecords`."""
+    """Reads a file of the outputs folder for :class:`egress.files.sdc_badge.LibraryRecords`."""
 
     def read(relative: str) -> bytes | None:
         try:

@@ -23,6 +23,7 @@ from egress.domain.workflow import (
 from egress.errors import (
     InvalidInput,
 )
+from egress.files.sdc_badge import view_check
 from egress.operations.base import ServiceBase
 from egress.operations.common import (
     _SUMMARY_COLUMNS,
@@ -32,7 +33,6 @@ from egress.operations.common import (
 from egress.operations.sdc import (
     member_check,
 )
-from egress.sdc_badge import view_check
 from egress.store.models import (
     AuditEventRow,
     Comment,

@@ -28,7 +28,7 @@ One run (:func:`run_notebook`):
    capped); the container and the scratch folder are removed, whatever happened.
 
 What the checker sees: the web layer renders ``ReexecutionResult.executed_notebook`` with the
-render module (``egress.render.render_for_checker("notebook", data, name=...)``); this module
+render module (``egress.files.render.render_for_checker("notebook", data, name=...)``); this module
 renders nothing. :func:`compare_outputs` sets the trusted outputs against the sha256 digests of
 the files the researcher submitted, and :func:`trusted_record` is the machine-readable record the
 service signs::

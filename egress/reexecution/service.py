@@ -34,11 +34,11 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from egress.audit.chain import EventType, canonical_json, format_time
-from egress.content_store import ContentNotFound, CorruptContent
 from egress.domain.policy import Actor, Permission, PermissionDenied
 from egress.errors import EgressError, InvalidInput, NotFound, _refused
 from egress.reexecution.jobs import Job, JobsFolder, ProtocolError, new_job_id, output_sdc_metadata
 from egress.signing import sign_record
+from egress.store.content import ContentNotFound, CorruptContent
 from egress.store.models import Reexecution, Request, RequestFile
 from havre.enclave.outputs_folder import OutputPathError, read_output
 from havre.sdc import check_frequency_csv, read_table_csv

@@ -51,7 +51,7 @@ from egress.core import (
 )
 from egress.domain.policy import Actor, PermissionDenied
 from egress.domain.workflow import RequestState
-from egress.render import CHECKER_PAGE_CSP, raw_response_headers, render_for_checker
+from egress.files.render import CHECKER_PAGE_CSP, raw_response_headers, render_for_checker
 from egress.web.hub_oauth import SharedStateHubOAuth, SharedStateOAuthCallback
 from egress.web.openapi import REQUEST_ACTIONS, openapi_document
 

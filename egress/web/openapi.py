@@ -78,7 +78,7 @@ _REEXECUTION: dict[str, Any] = {
 _VERDICT = {"enum": ["pass", "review", "fail", None]}
 _TEXTS = {"type": "array", "items": {"type": "string"}}
 
-#: A file of a request, with its automatic checks (``egress.sdc_badge``).
+#: A file of a request, with its automatic checks (``egress.files.sdc_badge``).
 _REQUEST_FILE: dict[str, Any] = {
     "type": "object",
     "properties": {

@@ -1,4 +1,4 @@
-"""Unit tests for egress.content_store: content-addressed, verified, never overwritten."""
+"""Unit tests for egress.store.content: content-addressed, verified, never overwritten."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from egress.content_store import ContentNotFound, ContentStore, CorruptContent, sha256_hex
+from egress.store.content import ContentNotFound, ContentStore, CorruptContent, sha256_hex
 
 
 @pytest.fixture

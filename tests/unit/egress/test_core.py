@@ -28,7 +28,6 @@ from sqlalchemy import func, select, text, update
 
 from egress import cli
 from egress.audit.chain import AuditChainError, AuditEvent, Checkpoint, read_checkpoints
-from egress.content_store import ContentStore
 from egress.core import (
     CHECKERS_MARKER,
     EgressService,
@@ -42,6 +41,7 @@ from egress.core import (
 from egress.domain.policy import Actor, PermissionDenied
 from egress.domain.workflow import RequestState
 from egress.signing import load_public_key, public_key_path, verify_record
+from egress.store.content import ContentStore
 from egress.store.db import current_revision, head_revision, make_engine, migrate
 from egress.store.models import (
     AuditEventRow,

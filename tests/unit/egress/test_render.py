@@ -1,4 +1,4 @@
-"""Tests for egress.render: files shown to output checkers, with nothing able to run.
+"""Tests for egress.files.render: files shown to output checkers, with nothing able to run.
 
 Every rendering is parsed again here with the standard library's ``html.parser`` (independently
 of the module's own check) and must hold no script element, no event-handler attribute, no
@@ -24,14 +24,13 @@ from nbformat.v4 import (
     new_raw_cell,
 )
 
-from egress.render import (
+from egress.files.render import (
     CHECKER_PAGE_CSP,
     CONTENT_TYPES,
     KINDS,
     RAW_FILE_CSP,
     Rendered,
     RenderError,
-    checker_css,
     find_active_content,
     raw_response_headers,
     render_for_checker,
@@ -514,7 +513,6 @@ def test_checker_page_csp():
     assert directives["frame-ancestors"] == "'none'"
     assert directives["base-uri"] == "'none'"
     assert "unsafe-eval" not in CHECKER_PAGE_CSP
-    assert ".havre-cell-fail" in checker_css() and ".havre-nb .highlight" in checker_css()
 
 
 # --- notebooks -------------------------------------------------------------------------------

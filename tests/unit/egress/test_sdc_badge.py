@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import select
 
 from egress.core import EgressService
-from egress.sdc_badge import LIBRARY_LABEL, LibraryRecords, combine, view_check
+from egress.files.sdc_badge import LIBRARY_LABEL, LibraryRecords, combine, view_check
 from egress.store.models import RequestFile
 from egress.web.openapi import openapi_document
 from havre.safe import Session
@@ -360,7 +360,7 @@ def test_odd_results_files_never_raise(doc):
 
 
 def render(template: str, **context: object) -> str:
-    from egress.render import render_for_checker
+    from egress.files.render import render_for_checker
     from egress.web.app import _jinja
 
     base = {
