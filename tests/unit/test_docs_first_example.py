@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 import havre.safe as safe  # noqa: E402
-from egress.file_checks import check_file  # noqa: E402
+from egress.files.checks import check_file  # noqa: E402
 from havre.host.demo import DEMO_PROJECTS, DEMO_ROWS  # noqa: E402
 from havre.host.synthetic_data import write_hospital_stays_csv  # noqa: E402
 from havre.safe.session import ENV_OUTPUTS_DIR  # noqa: E402
