@@ -35,7 +35,8 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from egress.audit.chain import VerifyReport, read_checkpoints
+from egress.audit.file_log import read_checkpoints
+from egress.audit.verify import VerifyReport
 from egress.core import (
     ServicePaths,
     export_database_audit,

@@ -39,6 +39,7 @@ FLOORS: dict[str, float] = {
     "egress.domain.policy": 97.0,
     "havre.sdc": 91.0,
     "egress.audit.chain": 92.0,
+    "egress.audit.verify": 92.0,
     "havre.enclave.config": 92.0,
 }
 

@@ -8,13 +8,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from egress.audit.chain import (
-    Checkpoint,
-    EventType,
-    append_checkpoint,
-    canonical_json,
-    format_time,
-)
+from egress.audit.chain import Checkpoint, EventType, canonical_json, format_time
+from egress.audit.file_log import append_checkpoint
 from egress.audit.replay import (
     sha256_text,
 )

@@ -1,4 +1,4 @@
-"""Unit tests for egress.audit.chain: the hash-chained audit log, checkpoints and its file store.
+"""Unit tests for egress.audit: the hash-chained audit log, checkpoints, its file store, the CLI.
 
 Most tests attack a log (edit, delete, reorder, forge, splice, truncate, cut a line) and check
 that verification names the first bad event with a clear sentence. Each attack is run against
@@ -29,27 +29,27 @@ from egress.audit.chain import (
     AuditChain,
     AuditChainError,
     AuditEvent,
-    AuditFile,
     AuditFormatError,
     Checkpoint,
     EventType,
     IncompleteLineError,
     MalformedLineError,
-    append_checkpoint,
     canonical_json,
     event_hash,
     format_time,
     genesis_hash,
-    main,
     next_event,
+)
+from egress.audit.cli import main
+from egress.audit.file_log import (
+    AuditFile,
+    append_checkpoint,
     read_checkpoints,
     read_jsonl,
     repair_truncated_tail,
-    verify,
-    verify_file,
-    verify_lines,
     write_jsonl,
 )
+from egress.audit.verify import verify, verify_file, verify_lines
 
 REPO = Path(__file__).resolve().parents[3]
 LOG = "havre-test-log"

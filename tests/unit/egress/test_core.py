@@ -27,7 +27,8 @@ import pytest
 from sqlalchemy import func, select, text, update
 
 from egress import cli
-from egress.audit.chain import AuditChainError, AuditEvent, Checkpoint, read_checkpoints
+from egress.audit.chain import AuditChainError, AuditEvent, Checkpoint
+from egress.audit.file_log import read_checkpoints
 from egress.content_store import ContentStore
 from egress.core import (
     CHECKERS_MARKER,

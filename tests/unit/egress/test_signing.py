@@ -17,16 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egress.audit.chain import (
-    AuditFile,
-    Checkpoint,
-    EventType,
-    canonical_json,
-    next_event,
-    read_checkpoints,
-    read_jsonl,
-    write_jsonl,
-)
+from egress.audit.chain import Checkpoint, EventType, canonical_json, next_event
+from egress.audit.file_log import AuditFile, read_checkpoints, read_jsonl, write_jsonl
 from egress.signing import (
     RECORD_SCHEMA,
     KeyFileError,
