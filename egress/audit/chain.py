@@ -124,7 +124,8 @@ class EventType(enum.StrEnum):
     REEXECUTION_REQUESTED = "REEXECUTION_REQUESTED"
     RE_EXECUTED = "RE_EXECUTED"
     LOG_OPENED = "LOG_OPENED"
-    # break glass (havre/enclave/break_glass.py): written for the hub by egress/break_glass.py
+    # break glass (havre/enclave/break_glass.py), written for the hub by
+    # egress/operations/break_glass.py
     BREAK_GLASS_ACTIVATED = "BREAK_GLASS_ACTIVATED"
     BREAK_GLASS_USED = "BREAK_GLASS_USED"
     BREAK_GLASS_ENDED = "BREAK_GLASS_ENDED"

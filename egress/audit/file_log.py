@@ -333,7 +333,7 @@ def read_checkpoints(path: str | os.PathLike[str]) -> list[Checkpoint]:
     """Checkpoints from a file: one JSON object, or JSON lines of them.
 
     Each object is a checkpoint, or a (signed) release record whose ``audit_head`` is used; its
-    signature is *not* checked here (use ``egress.signing.verify_record``).
+    signature is *not* checked here (use ``egress.audit.signing.verify_record``).
     """
     with open(path, encoding="utf-8") as f:
         text = f.read()

@@ -24,7 +24,7 @@ from egress.operations.common import (
 
 
 class AuditOperations(ServiceBase):
-    """Audit operations of :class:`egress.core.EgressService`."""
+    """Audit operations of :class:`egress.operations.facade.EgressService`."""
 
     def checkpoints(self) -> list[Checkpoint]:
         """The checkpoints kept outside the database (``checkpoint_path``), if any.

@@ -13,15 +13,15 @@ from egress.audit.chain import (
     EventType,
 )
 from egress.domain import policy
-from egress.domain.policy import Actor, Permission, PermissionDenied
-from egress.domain.workflow import (
-    RequestState,
-)
-from egress.errors import (
+from egress.domain.errors import (
     EgressError,
     FileRefused,
     InvalidInput,
     _refused,
+)
+from egress.domain.policy import Actor, Permission, PermissionDenied
+from egress.domain.workflow import (
+    RequestState,
 )
 from egress.file_checks import check_file
 from egress.file_kinds import MEDIA_TYPES, FileKind
@@ -60,7 +60,7 @@ from havre.sdc.differencing import count_table_from_csv, differencing_warnings
 
 
 class FileOperations(ServiceBase):
-    """File operations of :class:`egress.core.EgressService`."""
+    """File operations of :class:`egress.operations.facade.EgressService`."""
 
     def _file_owner(self, uid: int) -> dict[str, Any]:
         """Who wrote a file: its uid and, for a server's uid, the member's name.

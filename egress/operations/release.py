@@ -13,13 +13,18 @@ from egress.audit.file_log import append_checkpoint
 from egress.audit.replay import (
     sha256_text,
 )
+from egress.audit.signing import (
+    key_id,
+    release_record,
+    sign_record,
+)
+from egress.domain.errors import (
+    EgressError,
+    InvalidInput,
+)
 from egress.domain.policy import Actor, Permission
 from egress.domain.workflow import (
     Action,
-)
-from egress.errors import (
-    EgressError,
-    InvalidInput,
 )
 from egress.operations.base import ServiceBase
 from egress.operations.common import (
@@ -29,11 +34,6 @@ from egress.operations.common import (
     log,
 )
 from egress.sdc_badge import view_check
-from egress.signing import (
-    key_id,
-    release_record,
-    sign_record,
-)
 from egress.store.models import (
     AuditEventRow,
     Comment,
@@ -43,7 +43,7 @@ from egress.store.queries import files_of
 
 
 class ReleaseOperations(ServiceBase):
-    """Release operations of :class:`egress.core.EgressService`."""
+    """Release operations of :class:`egress.operations.facade.EgressService`."""
 
     def release(self, actor: Actor, request_id: str) -> dict[str, Any]:
         """Release an approved request: sign and store its release record; returns it (signed).

@@ -29,10 +29,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
+from egress.audit.signing import generate_key
 from egress.content_store import ContentStore
-from egress.core import EgressService
 from egress.domain.policy import Actor
-from egress.signing import generate_key
+from egress.operations.facade import EgressService
 from egress.store.db import make_engine, migrate
 from havre.enclave.config import EnclaveConfig, parse_enclave_config
 

@@ -20,7 +20,7 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
-from egress.core import EgressService
+from egress.operations.facade import EgressService
 from egress.sdc_badge import LIBRARY_LABEL, LibraryRecords, combine, view_check
 from egress.store.models import RequestFile
 from egress.web.openapi import openapi_document

@@ -1,4 +1,4 @@
-"""Unit tests for egress.signing: Ed25519 keys and signed release records."""
+"""Unit tests for egress.audit.signing: Ed25519 keys and signed release records."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from egress.audit.chain import Checkpoint, EventType, canonical_json, next_event
 from egress.audit.file_log import AuditFile, read_checkpoints, read_jsonl, write_jsonl
-from egress.signing import (
+from egress.audit.signing import (
     RECORD_SCHEMA,
     KeyFileError,
     generate_key,
