@@ -57,7 +57,6 @@ from typing import Any
 __all__ = [
     "FIELDS",
     "GENESIS_PREFIX",
-    "AuditChain",
     "AuditChainError",
     "AuditEvent",
     "AuditFormatError",
@@ -68,7 +67,6 @@ __all__ = [
     "TIME_RE",
     "canonical_json",
     "check_log_id",
-    "event_hash",
     "format_time",
     "genesis_hash",
     "next_event",
@@ -183,20 +181,13 @@ def format_time(when: datetime | None = None) -> str:
     return when.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"
 
 
-def event_hash(event: AuditEvent | Mapping[str, Any]) -> str:
-    """sha256 (hex) of the canonical JSON of every field of ``event`` except ``hash``."""
-    data = event.to_dict() if isinstance(event, AuditEvent) else dict(event)
-    data.pop("hash", None)
-    return hashlib.sha256(canonical_json(data)).hexdigest()
-
-
 # --------------------------------------------------------------------------------------------
 # Events and checkpoints
 
 
 @dataclass(frozen=True, slots=True)
 class AuditEvent:
-    """One entry of the log. Build new ones with :func:`next_event` (or :class:`AuditChain`).
+    """One entry of the log. Build new ones with :func:`next_event`.
 
     ``file_hashes`` and ``details`` are plain dicts for speed; treat them as read-only. An
     ``AuditEvent`` is a dumb record: it is not validated on construction, so a tampered one can
@@ -442,24 +433,3 @@ def next_event(
         hash="",
     )
     return dataclasses.replace(draft, hash=draft.compute_hash())
-
-
-class AuditChain:
-    """An in-memory chain: ``append`` builds each event from the last (storage-agnostic).
-
-    Start from ``head`` to continue an existing log. Useful for tests and for building a log in
-    memory; a store wraps :func:`next_event` in its own transaction instead.
-    """
-
-    def __init__(self, log_id: str, head: AuditEvent | None = None) -> None:
-        self.log_id = check_log_id(log_id)
-        self.head = head
-
-    def append(self, *, actor: str, event: EventType | str, **fields: Any) -> AuditEvent:
-        self.head = next_event(self.head, self.log_id, actor=actor, event=event, **fields)
-        return self.head
-
-    def checkpoint(self) -> Checkpoint:
-        if self.head is None:
-            return Checkpoint.genesis(self.log_id)
-        return Checkpoint.of(self.head, self.log_id)

@@ -37,7 +37,6 @@ __all__ = [
     "read_checkpoints",
     "read_jsonl",
     "repair_truncated_tail",
-    "write_jsonl",
 ]
 
 
@@ -70,21 +69,6 @@ def read_jsonl(source: str | os.PathLike[str] | BinaryIO) -> Iterator[AuditEvent
             yield from _iter_lines(f)
     else:
         yield from _iter_lines(source)
-
-
-def write_jsonl(events: Iterable[AuditEvent], dest: str | os.PathLike[str] | BinaryIO) -> int:
-    """Write events as JSON lines (a path is created or overwritten). Returns the count.
-
-    For exports, tests and benchmarks; the live log is appended with :class:`AuditFile`.
-    """
-    if isinstance(dest, str | os.PathLike):
-        with open(dest, "wb") as f:
-            return write_jsonl(events, f)
-    count = 0
-    for ev in events:
-        dest.write(ev.to_line())
-        count += 1
-    return count
 
 
 def _fsync_dir(path: str | os.PathLike[str]) -> None:
