@@ -5,7 +5,7 @@ each as the median of ``--runs`` runs, in this one process:
 
 - a baseline that only reads the file and ``json.loads`` every line: what a verifier that
   parses every event pays before it hashes anything;
-- ``egress.audit.chain.verify_file`` against the head checkpoint (the real check: hashes every byte
+- ``egress.audit.verify.verify_file`` against the head checkpoint (the real check: hashes every byte
   of every line, checks seq, prev_hash and the checkpoint, without re-serialising);
 - the same with ``full_parse=True`` (also parses every event in full, as ``read_jsonl`` does);
 - ``verify(read_jsonl(...))``, the generic path over rebuilt ``AuditEvent`` objects, hashing
@@ -32,14 +32,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from egress.audit.chain import (  # noqa: E402
-    Checkpoint,
-    EventType,
-    next_event,
-    read_jsonl,
-    verify,
-    verify_file,
-)
+from egress.audit.chain import Checkpoint, EventType, next_event  # noqa: E402
+from egress.audit.file_log import read_jsonl  # noqa: E402
+from egress.audit.verify import verify, verify_file  # noqa: E402
 
 LOG_ID = "bench-egress-audit"
 ACTORS = [f"user{n:03d}" for n in range(200)]

@@ -7,8 +7,8 @@ Run from the repository root::
     .venv/bin/python benchmarks/egress_idempotency.py --runs 3 --writes 50 --no-append
 
 On one SQLite database (a file in a temporary directory, as ``make_engine`` sets it up), the
-real :class:`egress.core.EgressService` creates drafts three ways, in the same process and
-interleaved run by run: *baseline* ``create_request`` alone; *keyed* the same wrapped in
+real :class:`egress.operations.facade.EgressService` creates drafts three ways, in the same process
+and interleaved run by run: *baseline* ``create_request`` alone; *keyed* the same wrapped in
 ``idempotency_begin`` + ``idempotency_finish`` (what the web layer does for a write sent with
 a key: two more short write transactions); *retry* ``idempotency_begin`` for a key already
 answered (what a retried request costs: one transaction, nothing created). Reported: the
@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from egress.core import EgressService, StoredAnswer  # noqa: E402
+from egress.operations.facade import EgressService, StoredAnswer  # noqa: E402
 from egress.store.content import ContentStore  # noqa: E402
 from egress.store.db import make_engine, migrate  # noqa: E402
 from havre.enclave.config import parse_enclave_config  # noqa: E402

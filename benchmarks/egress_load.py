@@ -10,12 +10,13 @@ Run from the repository root (as root or as a user that can run Debian's Postgre
 What runs:
 
 * **the server**: the real tornado application of :func:`egress.web.app.make_app` over a real
-  :class:`egress.core.EgressService`, in a separate process (this script with ``_serve``), on
-  ``127.0.0.1`` and a random port. Only authentication is replaced, in that process only:
+  :class:`egress.operations.facade.EgressService`, in a separate process (this script with
+  ``_serve``), on ``127.0.0.1`` and a random port. Only authentication is replaced, in that
+  process only:
   ``get_current_user`` returns ``{"name": <X-Bench-User header>, "groups": []}`` and the XSRF
   check is a no-op (the real service asks the hub through Hub OAuth; that round trip is not
   measured). Projects and the checker role come from the enclave config as in production
-  (:func:`egress.core.actor_for`).
+  (:func:`egress.operations.facade.actor_for`).
 * **the databases**: SQLite (a file in a temporary directory; WAL, ``synchronous=FULL``, as
   ``egress.store.db.make_engine`` sets it) and PostgreSQL (a throwaway cluster from Debian's
   ``initdb``/``pg_ctl``, run as the ``postgres`` user, on a Unix socket in a temporary directory,
@@ -207,7 +208,7 @@ def serve(args: argparse.Namespace) -> None:
     from tornado.httpserver import HTTPServer
     from tornado.ioloop import IOLoop
 
-    from egress.core import EgressService
+    from egress.operations.facade import EgressService
     from egress.service import listen, serve_workers
     from egress.store.content import ContentStore
     from egress.store.db import make_engine
@@ -216,7 +217,7 @@ def serve(args: argparse.Namespace) -> None:
 
     # Authentication, in this process only: the user is who the X-Bench-User header says (the
     # real service asks the hub through Hub OAuth). Projects and roles still come from the
-    # enclave config through egress.core.actor_for, as in production.
+    # enclave config through egress.operations.facade.actor_for, as in production.
     def bench_user(self: web.BaseHandler) -> dict[str, Any] | None:
         name = self.request.headers.get(USER_HEADER)
         return {"name": name, "groups": []} if name else None
@@ -491,7 +492,7 @@ class Probe:
 
 def seed(db_url: str, env: Env, count: int, rng: random.Random) -> Counter[str]:
     """``count`` requests through the core, in every state; returns how many of each."""
-    from egress.core import EgressService, actor_for
+    from egress.operations.facade import EgressService, actor_for
     from egress.store.content import ContentStore
     from egress.store.db import make_engine, migrate
     from havre.enclave.config import parse_enclave_yaml
@@ -1248,7 +1249,7 @@ def machine() -> dict[str, str]:
 
 
 def build_env(tmp: Path, rng: random.Random) -> Env:
-    from egress.signing import generate_key
+    from egress.audit.signing import generate_key
 
     outputs = tmp / "outputs"
     tables = make_outputs(outputs, rng)

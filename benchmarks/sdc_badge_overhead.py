@@ -1,8 +1,8 @@
 """What comparing a file with the library's record costs on the service's real ``add_file`` path.
 
 A 1,000 x 1,000 count CSV (every count 10 to 499) in ``outputs/cardio/s1/``, added to a
-request through :meth:`egress.core.EgressService.add_file` (file checks, count rules, record
-lookup, snapshot, database), alternately without a ``results.json`` (the baseline: nothing to
+request through :meth:`egress.operations.facade.EgressService.add_file` (file checks, count rules,
+record lookup, snapshot, database), alternately without a ``results.json`` (the baseline: nothing to
 read) and with one holding 400 records (21 MB, each with 500 reasons), one of them this file's
 (matching sha256). Median of several runs of each, in the same process, and their ratio.
 
@@ -26,10 +26,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from egress.core import EgressService  # noqa: E402
+from egress.audit.signing import generate_key  # noqa: E402
 from egress.domain.policy import Actor  # noqa: E402
 from egress.files.sdc_badge import LibraryRecords  # noqa: E402
-from egress.signing import generate_key  # noqa: E402
+from egress.operations.facade import EgressService  # noqa: E402
 from egress.store.content import ContentStore  # noqa: E402
 from egress.store.db import make_engine, migrate  # noqa: E402
 from havre.enclave.config import parse_enclave_config  # noqa: E402

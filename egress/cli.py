@@ -35,16 +35,17 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
-from egress.audit.chain import VerifyReport, read_checkpoints
-from egress.core import (
+from egress.audit.file_log import read_checkpoints
+from egress.audit.signing import generate_key, load_public_key, public_key_path, verify_record
+from egress.audit.verify import VerifyReport
+from egress.domain.workflow import Party, RequestState, turn_of
+from egress.operations.facade import (
     ServicePaths,
     export_database_audit,
     missing_release_checkpoints,
     reconcile_checkpoints,
     verify_database,
 )
-from egress.domain.workflow import Party, RequestState, turn_of
-from egress.signing import generate_key, load_public_key, public_key_path, verify_record
 from egress.store.db import make_engine, migrate, read_session
 from egress.store.models import Release, Request, Review
 

@@ -4,7 +4,8 @@ A JupyterHub service at ``/services/egress/`` (Hub OAuth: users are who the hub 
 hub groups Havre manages). It keeps its state under ``<state_dir>/egress/``: the database
 (SQLite with WAL by default; ``$HAVRE_EGRESS_DB`` for PostgreSQL), the content store of
 snapshots, the release-signing key (made at first start, mode 0600) and the audit checkpoints.
-The pages and the API are in :mod:`egress.web.app`; every operation in :mod:`egress.core`.
+The pages and the API are in :mod:`egress.web.app`; every operation in
+:mod:`egress.operations.facade`.
 """
 
 from __future__ import annotations
@@ -23,9 +24,9 @@ from tornado import ioloop
 from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
-from egress.core import EgressService, ServicePaths
-from egress.mailer import Mailer
-from egress.signing import generate_key
+from egress.audit.signing import generate_key
+from egress.notifications.mailer import Mailer
+from egress.operations.facade import EgressService, ServicePaths
 from egress.store.content import ContentStore
 from egress.store.db import make_engine, migrate
 from egress.web.app import make_app

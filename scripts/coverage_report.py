@@ -39,6 +39,7 @@ FLOORS: dict[str, float] = {
     "egress.domain.policy": 97.0,
     "havre.sdc": 91.0,
     "egress.audit.chain": 92.0,
+    "egress.audit.verify": 92.0,
     "havre.enclave.config": 92.0,
 }
 
@@ -49,7 +50,8 @@ GROUPS = sorted(
         "havre.safe",
         "egress.store",
         "egress.web",
-        "egress.core",
+        "egress.audit",
+        "egress.notifications",
         "egress.operations",
         "egress.reexecution",
         "egress",

@@ -73,7 +73,7 @@ MUTATIONS = (
     ),
     Mutation(
         "audit: an edited event's hash is not recomputed",
-        "egress/audit/chain.py",
+        "egress/audit/verify.py",
         "            content_ok = ev.compute_hash() == ev.hash\n"
         "        except (TypeError, ValueError):  # e.g. NaN",
         "            content_ok = True\n        except (TypeError, ValueError):  # e.g. NaN",

@@ -1,3 +1,8 @@
-"""The egress service's audit log: :mod:`.chain` (the hash chain, the file log, verification,
-export and the ``python -m egress.audit`` command) and :mod:`.db_log` (the chain kept in the
-service's database)."""
+"""The egress service's audit log.
+
+Pure (no web or database): :mod:`.chain` (the event record and the rule that chains it),
+:mod:`.verify` (checking a log and its checkpoints), :mod:`.file_log` (the JSON-lines file log
+and checkpoint files), :mod:`.export` (CSV/JSON-lines export), :mod:`.cli`
+(``python -m egress.audit``) and :mod:`.signing` (signed release records, which double as
+checkpoints). On the database: :mod:`.db_log` (the chain kept in the service's database) and
+:mod:`.replay` (the database checked against the log, and its export)."""

@@ -1,7 +1,7 @@
-"""``python -m egress.audit``: check and export an audit log (see :mod:`egress.audit.chain`)."""
+"""``python -m egress.audit``: check and export an audit log (see :mod:`egress.audit.cli`)."""
 
 import sys
 
-from egress.audit.chain import main
+from egress.audit.cli import main
 
 sys.exit(main())

@@ -29,15 +29,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from egress.audit.chain import (
-    AuditChainError,
-    AuditEvent,
-    Checkpoint,
-    EventType,
-    VerifyReport,
-    next_event,
-    verify_lines,
-)
+from egress.audit.chain import AuditChainError, AuditEvent, Checkpoint, EventType, next_event
+from egress.audit.verify import VerifyReport, verify_lines
 from egress.store.db import write_session
 from egress.store.models import AuditEventRow, AuditLogRow
 

@@ -24,19 +24,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from egress.audit import db_log as audit_log
-from egress.audit.chain import (
-    CSV_COLUMNS,
-    AuditEvent,
-    Checkpoint,
-    EventType,
-    VerifyReport,
-    append_checkpoint,
-    csv_cell,
-    read_checkpoints,
-)
+from egress.audit.chain import AuditEvent, Checkpoint, EventType
+from egress.audit.export import CSV_COLUMNS, csv_cell
+from egress.audit.file_log import append_checkpoint, read_checkpoints
+from egress.audit.signing import verify_record
+from egress.audit.verify import VerifyReport
+from egress.domain.errors import InvalidInput, log
 from egress.domain.workflow import Vote
-from egress.errors import InvalidInput, log
-from egress.signing import verify_record
 from egress.store.db import read_session
 from egress.store.models import (
     AuditEventRow,

@@ -1,3 +1,3 @@
-"""The egress service's operations, one module per family; :class:`egress.core.EgressService`
-composes them. Each operation reads: load -> policy -> store -> audit event (see
-:mod:`egress.core`)."""
+"""The egress service's operations, one module per family, composed by
+:class:`egress.operations.facade.EgressService`. Each operation reads: load -> policy -> store ->
+audit event (see :mod:`egress.operations.facade`)."""

@@ -8,10 +8,7 @@ from typing import IO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from egress.audit.chain import (
-    Checkpoint,
-    VerifyReport,
-)
+from egress.audit.chain import Checkpoint
 from egress.audit.replay import (
     export_database_audit,
     failed_report,
@@ -19,6 +16,7 @@ from egress.audit.replay import (
     reconcile_checkpoints,
     verify_database,
 )
+from egress.audit.verify import VerifyReport
 from egress.operations.base import ServiceBase
 from egress.operations.common import (
     log,
@@ -26,7 +24,7 @@ from egress.operations.common import (
 
 
 class AuditOperations(ServiceBase):
-    """Audit operations of :class:`egress.core.EgressService`."""
+    """Audit operations of :class:`egress.operations.facade.EgressService`."""
 
     def checkpoints(self) -> list[Checkpoint]:
         """The checkpoints kept outside the database (``checkpoint_path``), if any.

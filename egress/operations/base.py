@@ -19,17 +19,22 @@ from egress.audit.chain import (
     AuditEvent,
     EventType,
 )
+from egress.audit.signing import (
+    load_private_key,
+    load_public_key,
+    public_key_path,
+)
 from egress.domain import policy
+from egress.domain.errors import (
+    EgressError,
+    NotFound,
+    _refused,
+)
 from egress.domain.policy import Actor, Permission, PermissionDenied, RequestView
 from egress.domain.workflow import (
     Action,
     RequestState,
     next_state,
-)
-from egress.errors import (
-    EgressError,
-    NotFound,
-    _refused,
 )
 from egress.files.checks import DEFAULT_POLICY, CheckPolicy
 from egress.operations.common import (
@@ -38,11 +43,6 @@ from egress.operations.common import (
     _now_utc,
     _request_id,
     log,
-)
-from egress.signing import (
-    load_private_key,
-    load_public_key,
-    public_key_path,
 )
 from egress.store.content import ContentStore
 from egress.store.db import current_revision, head_revision, read_session, write_session
@@ -113,7 +113,10 @@ class Transaction:
 
 
 class ServiceBase:
-    """The service's configuration and building blocks (see :class:`egress.core.EgressService`)."""
+    """The service's configuration and building blocks.
+
+    See :class:`egress.operations.facade.EgressService`.
+    """
 
     def __init__(
         self,

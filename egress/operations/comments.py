@@ -10,12 +10,12 @@ from egress.audit.chain import (
 from egress.audit.replay import (
     sha256_text,
 )
+from egress.domain.errors import (
+    InvalidInput,
+)
 from egress.domain.policy import Actor, Permission
 from egress.domain.workflow import (
     REVIEW_STATES,
-)
-from egress.errors import (
-    InvalidInput,
 )
 from egress.operations.base import ServiceBase
 from egress.operations.common import (
@@ -28,7 +28,7 @@ from egress.store.models import (
 
 
 class CommentOperations(ServiceBase):
-    """Comment operations of :class:`egress.core.EgressService`."""
+    """Comment operations of :class:`egress.operations.facade.EgressService`."""
 
     def comment(
         self,

@@ -20,13 +20,13 @@ from egress.audit.chain import (
     EventType,
     format_time,
 )
+from egress.domain.errors import (
+    InvalidInput,
+    NotFound,
+)
 from egress.domain.policy import Actor
 from egress.domain.workflow import (
     Action,
-)
-from egress.errors import (
-    InvalidInput,
-    NotFound,
 )
 from havre.enclave.config import ADMINS_HUB_GROUP, EnclaveConfig
 

@@ -19,15 +19,15 @@ from egress.audit.chain import (
     EventType,
 )
 from egress.domain import policy
-from egress.domain.policy import Actor, Permission, PermissionDenied
-from egress.domain.workflow import (
-    RequestState,
-)
-from egress.errors import (
+from egress.domain.errors import (
     EgressError,
     FileRefused,
     InvalidInput,
     _refused,
+)
+from egress.domain.policy import Actor, Permission, PermissionDenied
+from egress.domain.workflow import (
+    RequestState,
 )
 from egress.files.checks import check_file
 from egress.files.kinds import MEDIA_TYPES, FileKind
@@ -66,7 +66,7 @@ from havre.sdc.differencing import count_table_from_csv, differencing_warnings
 
 
 class FileOperations(ServiceBase):
-    """File operations of :class:`egress.core.EgressService`."""
+    """File operations of :class:`egress.operations.facade.EgressService`."""
 
     def _permitted(
         self, session: Session, actor: Actor, request_id: str, permission: Permission

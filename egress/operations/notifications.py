@@ -19,7 +19,7 @@ from egress.store.models import (
 
 
 class NotificationOperations(ServiceBase):
-    """Outbox operations of :class:`egress.core.EgressService`."""
+    """Outbox operations of :class:`egress.operations.facade.EgressService`."""
 
     def pending_notifications(self, max_attempts: int = 5) -> list[OutboxMessage]:
         """Notifications not sent yet (and not given up on), oldest first."""

@@ -15,7 +15,7 @@ from egress.reexecution.jobs import JobsFolder
 
 
 class ReexecutionOperations(ServiceBase):
-    """Re-execution operations of :class:`egress.core.EgressService`."""
+    """Re-execution operations of :class:`egress.operations.facade.EgressService`."""
 
     # -- trusted re-execution (the runner is another container: egress.reexecution.service) ---
 

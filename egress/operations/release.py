@@ -8,23 +8,23 @@ from typing import Any
 
 from sqlalchemy import select
 
-from egress.audit.chain import (
-    Checkpoint,
-    EventType,
-    append_checkpoint,
-    canonical_json,
-    format_time,
-)
+from egress.audit.chain import Checkpoint, EventType, canonical_json, format_time
+from egress.audit.file_log import append_checkpoint
 from egress.audit.replay import (
     sha256_text,
+)
+from egress.audit.signing import (
+    key_id,
+    release_record,
+    sign_record,
+)
+from egress.domain.errors import (
+    EgressError,
+    InvalidInput,
 )
 from egress.domain.policy import Actor, Permission
 from egress.domain.workflow import (
     Action,
-)
-from egress.errors import (
-    EgressError,
-    InvalidInput,
 )
 from egress.files.sdc_badge import view_check
 from egress.operations.base import ServiceBase
@@ -33,11 +33,6 @@ from egress.operations.common import (
     FileContent,
     _versions,
     log,
-)
-from egress.signing import (
-    key_id,
-    release_record,
-    sign_record,
 )
 from egress.store.models import (
     AuditEventRow,
@@ -48,7 +43,7 @@ from egress.store.queries import files_of
 
 
 class ReleaseOperations(ServiceBase):
-    """Release operations of :class:`egress.core.EgressService`."""
+    """Release operations of :class:`egress.operations.facade.EgressService`."""
 
     def release(self, actor: Actor, request_id: str) -> dict[str, Any]:
         """Release an approved request: sign and store its release record; returns it (signed).

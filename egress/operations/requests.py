@@ -15,18 +15,18 @@ from egress.audit.replay import (
     sha256_text,
 )
 from egress.domain import policy
+from egress.domain.errors import (
+    IdempotencyInProgress,
+    IdempotencyKeyReused,
+    InvalidInput,
+    NotFound,
+)
 from egress.domain.policy import Actor, Permission, RequestView
 from egress.domain.workflow import (
     Action,
     RequestState,
     votes_after_file_change,
     votes_after_resubmit,
-)
-from egress.errors import (
-    IdempotencyInProgress,
-    IdempotencyKeyReused,
-    InvalidInput,
-    NotFound,
 )
 from egress.operations.base import ServiceBase
 from egress.operations.common import (
@@ -49,7 +49,7 @@ from egress.store.queries import files_of, votes_of
 
 
 class RequestOperations(ServiceBase):
-    """Request operations of :class:`egress.core.EgressService`."""
+    """Request operations of :class:`egress.operations.facade.EgressService`."""
 
     def idempotency_begin(self, actor: Actor, key: str, fingerprint: str) -> StoredAnswer | None:
         """Start a write sent with ``key``: ``None`` when it is new (the key is now reserved:

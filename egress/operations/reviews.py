@@ -12,15 +12,15 @@ from egress.audit.chain import (
     EventType,
 )
 from egress.domain import policy
+from egress.domain.errors import (
+    InvalidInput,
+    NotFound,
+)
 from egress.domain.policy import Actor, Permission
 from egress.domain.workflow import (
     Action,
     RequestState,
     Vote,
-)
-from egress.errors import (
-    InvalidInput,
-    NotFound,
 )
 from egress.operations.base import ServiceBase, Transaction
 from egress.operations.common import (
@@ -36,7 +36,7 @@ from egress.store.queries import files_of
 
 
 class ReviewOperations(ServiceBase):
-    """Review operations of :class:`egress.core.EgressService`."""
+    """Review operations of :class:`egress.operations.facade.EgressService`."""
 
     def vote(self, actor: Actor, request_id: str, file_id: int, vote: str) -> dict[str, Any]:
         """Record the actor's vote on one file in the current round.

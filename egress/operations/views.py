@@ -11,6 +11,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from egress.domain import policy
+from egress.domain.errors import (
+    InvalidInput,
+)
 from egress.domain.policy import Actor, Permission
 from egress.domain.workflow import (
     INDEPENDENT_REVIEW_STATES,
@@ -19,9 +22,6 @@ from egress.domain.workflow import (
     Vote,
     file_decision,
     turn_of,
-)
-from egress.errors import (
-    InvalidInput,
 )
 from egress.files.sdc_badge import view_check
 from egress.operations.base import ServiceBase
@@ -45,7 +45,7 @@ from egress.store.queries import files_of, groups_of
 
 
 class RequestViews(ServiceBase):
-    """The views of :class:`egress.core.EgressService`."""
+    """The views of :class:`egress.operations.facade.EgressService`."""
 
     def _summary(
         self,

@@ -33,7 +33,7 @@ renders nothing. :func:`compare_outputs` sets the trusted outputs against the sh
 the files the researcher submitted, and :func:`trusted_record` is the machine-readable record the
 service signs::
 
-    signed = egress.signing.sign_record(trusted_record(result, meta), private_key)
+    signed = egress.audit.signing.sign_record(trusted_record(result, meta), private_key)
 
 SDC parameters: the project's (``ReexecutionRequest.sdc_params``, raised to ACRO's defaults
 where weaker: :func:`forced_sdc_params`) are written to ``.havre-sdc-params.json`` in the
@@ -889,7 +889,7 @@ def trusted_record(
     request_meta: Mapping[str, Any],
     service_sdc: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """The machine-readable record of a trusted run, ready for ``egress.signing.sign_record``.
+    """The machine-readable record of a trusted run, ready for ``egress.audit.signing.sign_record``.
 
     ``request_meta`` is the service's context (plain JSON), e.g. ``{"request_id": ...,
     "project": ..., "requested_by": <checker>, "notebook_path": ...}``; it is kept as given
@@ -900,7 +900,7 @@ def trusted_record(
     """
     if not isinstance(request_meta, Mapping):
         raise TypeError("request_meta must be a mapping")
-    from egress.signing import runtime_versions
+    from egress.audit.signing import runtime_versions
 
     executed = result.executed_notebook
     record = {

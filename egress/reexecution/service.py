@@ -1,10 +1,11 @@
 """Trusted re-execution, the egress service's side: ask the runner, take its results in, show them.
 
-The operations of :class:`egress.core.EgressService` that deal with re-execution delegate here
-(``request_reexecution``, ``list_reexecutions``, ``reexecution``, ``collect_reexecutions``);
-they follow the core's rules (policy first, one transaction with the audit event, refusals with
-a sentence). The runner is another container (:mod:`egress.reexecution.runner`), reached only
-through the jobs folder (:mod:`egress.reexecution.jobs`).
+The operations of :class:`egress.operations.facade.EgressService` that deal with re-execution
+delegate here (``request_reexecution``, ``list_reexecutions``, ``reexecution``,
+``collect_reexecutions``); they follow the operations' rules (policy first, one transaction with
+the audit event, refusals with a sentence). The runner is another container
+(:mod:`egress.reexecution.runner`), reached only through the jobs folder
+(:mod:`egress.reexecution.jobs`).
 
 Ordering, so that nothing is ever half stored:
 
@@ -34,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import select
 
 from egress.audit.chain import EventType, canonical_json, format_time
+from egress.audit.signing import sign_record
+from egress.domain.errors import EgressError, InvalidInput, NotFound, _refused
 from egress.domain.policy import Actor, Permission, PermissionDenied
-from egress.errors import EgressError, InvalidInput, NotFound, _refused
 from egress.reexecution.jobs import Job, JobsFolder, ProtocolError, new_job_id, output_sdc_metadata
-from egress.signing import sign_record
 from egress.store.content import ContentNotFound, CorruptContent
 from egress.store.models import Reexecution, Request, RequestFile
 from havre.enclave.outputs_folder import OutputPathError, read_output
@@ -45,7 +46,7 @@ from havre.sdc import check_frequency_csv, read_table_csv
 from havre.sdc.params import SDCParams, SDCParamsError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from egress.core import EgressService
+    from egress.operations.facade import EgressService
 
 log = logging.getLogger("egress.reexecution")
 

@@ -1,6 +1,6 @@
 """The egress service's web layer: pages for researchers and checkers, and the JSON API.
 
-A thin shell around :class:`egress.core.EgressService`: every handler builds the
+A thin shell around :class:`egress.operations.facade.EgressService`: every handler builds the
 :class:`~egress.domain.policy.Actor` from the hub user (name and the hub groups Havre manages),
 calls one core operation and shows its result. The core decides what is allowed and writes the audit
 log; refusals come back as ``PermissionDenied`` / ``EgressError`` with an HTTP status and a
@@ -40,8 +40,11 @@ from jupyterhub.services.auth import HubOAuthenticated
 from jupyterhub.utils import url_path_join
 from tornado import ioloop, web
 
-from egress import break_glass
-from egress.core import (
+from egress.domain.policy import Actor, PermissionDenied
+from egress.domain.workflow import RequestState
+from egress.files.render import CHECKER_PAGE_CSP, raw_response_headers, render_for_checker
+from egress.operations import break_glass
+from egress.operations.facade import (
     EgressError,
     EgressService,
     FileRefused,
@@ -49,9 +52,6 @@ from egress.core import (
     actor_for,
     page_cursor,
 )
-from egress.domain.policy import Actor, PermissionDenied
-from egress.domain.workflow import RequestState
-from egress.files.render import CHECKER_PAGE_CSP, raw_response_headers, render_for_checker
 from egress.web.hub_oauth import SharedStateHubOAuth, SharedStateOAuthCallback
 from egress.web.openapi import REQUEST_ACTIONS, openapi_document
 
@@ -902,7 +902,8 @@ class BreakGlassApi(ApiHandler):
 
 
 class BreakGlassEventsApi(web.RequestHandler):
-    """The hub's break-glass reports (``egress.break_glass``): no user session, the hub's key.
+    """The hub's break-glass reports (``egress.operations.break_glass``): no user session, the
+    hub's key.
 
     Not a cookie-authenticated page, so no XSRF token: a browser can't send the key.
     """
@@ -1037,6 +1038,6 @@ def make_app(
         egress_executor=ThreadPoolExecutor(threads, thread_name_prefix="egress-core"),
         egress_prefix=prefix,
         jinja=_jinja(),
-        # the hub's break-glass reports carry a key derived from it (egress.break_glass)
+        # the hub's break-glass reports carry a key derived from it (egress.operations.break_glass)
         hub_api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""),
     )

@@ -228,7 +228,7 @@ def _op(
 
 
 def _break_glass_paths() -> dict[str, Any]:
-    """Break glass (``egress.break_glass``): the checkers' list, and the hub's reports."""
+    """Break glass (``egress.operations.break_glass``): the checkers' list, the hub's reports."""
     text = {"type": "string"}
     session = {
         "type": "object",

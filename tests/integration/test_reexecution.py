@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
+from egress.audit.signing import generate_key, load_private_key, sign_record, verify_record
 from egress.reexecution.engine import (
     RUN_LABEL,
     CollectionLimits,
@@ -34,7 +35,6 @@ from egress.reexecution.engine import (
 )
 from egress.reexecution.jobs import output_sdc_metadata
 from egress.reexecution.service import _param_problem, recompute_sdc, shown_verdict
-from egress.signing import generate_key, load_private_key, sign_record, verify_record
 from havre.enclave.config import DEFAULT_IMAGE, GIB, Limits, Project
 from havre.sdc import SDCParams
 from tests.integration.canaries import canary_on_a_bridge as bridge_canary

@@ -23,7 +23,7 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from egress.signing import load_public_key, public_key_path, verify_record
+from egress.audit.signing import load_public_key, public_key_path, verify_record
 from havre.host import stack
 from tests.integration.canaries import canary_on_a_bridge, new_token
 from tests.integration.test_egress_flow import Egress

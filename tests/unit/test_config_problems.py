@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from egress.notify import SmtpSettingsError, parse_smtp_settings
+from egress.notifications.smtp import SmtpSettingsError, parse_smtp_settings
 from havre.enclave.config import EnclaveConfigError, parse_enclave_yaml
 from havre.enclave.config.problems import ConfigProblemsError, Problems, show_value
 from havre.idp.config import ConfigError, parse_config

@@ -159,8 +159,9 @@ class NotificationSettings:
     """E-mail about release requests: the relay (checked by the egress service) and addresses.
 
     ``smtp`` is kept as given (host, port, sender, starttls, ssl, username, password_file,
-    timeout, ca_file) and validated in full by ``egress.notify.parse_smtp_settings``; ``None``
-    means no e-mail. ``address_template`` turns a username into an address.
+    timeout, ca_file) and validated in full by
+    ``egress.notifications.smtp.parse_smtp_settings``; ``None`` means no e-mail.
+    ``address_template`` turns a username into an address.
     """
 
     smtp: Mapping[str, Any] | None = None

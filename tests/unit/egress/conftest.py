@@ -29,9 +29,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import Engine, make_url
 
-from egress.core import EgressService
+from egress.audit.signing import generate_key
 from egress.domain.policy import Actor
-from egress.signing import generate_key
+from egress.operations.facade import EgressService
 from egress.store.content import ContentStore
 from egress.store.db import make_engine, migrate
 from havre.enclave.config import EnclaveConfig, parse_enclave_config

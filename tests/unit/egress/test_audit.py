@@ -1,4 +1,4 @@
-"""Unit tests for egress.audit.chain: the hash-chained audit log, checkpoints and its file store.
+"""Unit tests for egress.audit: the hash-chained audit log, checkpoints, its file store, the CLI.
 
 Most tests attack a log (edit, delete, reorder, forge, splice, truncate, cut a line) and check
 that verification names the first bad event with a clear sentence. Each attack is run against
@@ -26,30 +26,27 @@ from hypothesis import strategies as st
 
 from egress.audit.chain import (
     FIELDS,
-    AuditChain,
     AuditChainError,
     AuditEvent,
-    AuditFile,
     AuditFormatError,
     Checkpoint,
     EventType,
     IncompleteLineError,
     MalformedLineError,
-    append_checkpoint,
     canonical_json,
-    event_hash,
     format_time,
     genesis_hash,
-    main,
     next_event,
+)
+from egress.audit.cli import main
+from egress.audit.file_log import (
+    AuditFile,
+    append_checkpoint,
     read_checkpoints,
     read_jsonl,
     repair_truncated_tail,
-    verify,
-    verify_file,
-    verify_lines,
-    write_jsonl,
 )
+from egress.audit.verify import verify, verify_file, verify_lines
 
 REPO = Path(__file__).resolve().parents[3]
 LOG = "havre-test-log"
@@ -57,6 +54,17 @@ OTHER_LOG = "another-log"
 T0 = datetime(2025, 3, 1, 9, 30, tzinfo=UTC)
 SHA_A = hashlib.sha256(b"a").hexdigest()
 SHA_B = hashlib.sha256(b"b").hexdigest()
+
+
+def write_log(events: list[AuditEvent], path: Path) -> None:
+    """The events as a JSON-lines log, as the live log stores them."""
+    path.write_bytes(b"".join(ev.to_line() for ev in events))
+
+
+def chained(events: list[AuditEvent], log_id: str = LOG, **fields) -> AuditEvent:
+    """Append the event after ``events[-1]`` (or the first) to ``events`` and return it."""
+    events.append(next_event(events[-1] if events else None, log_id, **fields))
+    return events[-1]
 
 
 def make_events(n: int, log_id: str = LOG) -> list[AuditEvent]:
@@ -115,19 +123,19 @@ def _verify_events(tmp: Path, events: list[AuditEvent], log_id: str = LOG, **kw)
 
 def _verify_file(tmp: Path, events: list[AuditEvent], log_id: str = LOG, **kw):
     path = tmp / "log.jsonl"
-    write_jsonl(events, path)
+    write_log(events, path)
     return verify_file(path, log_id, **kw)
 
 
 def _verify_file_full_parse(tmp: Path, events: list[AuditEvent], log_id: str = LOG, **kw):
     path = tmp / "log.jsonl"
-    write_jsonl(events, path)
+    write_log(events, path)
     return verify_file(path, log_id, full_parse=True, **kw)
 
 
 def _verify_read_jsonl(tmp: Path, events: list[AuditEvent], log_id: str = LOG, **kw):
     path = tmp / "log.jsonl"
-    write_jsonl(events, path)
+    write_log(events, path)
     return verify(read_jsonl(path), log_id, **kw)
 
 
@@ -189,8 +197,7 @@ def test_canonical_form_is_exactly_sorted_compact_utf8_json():
         '"time":"2025-03-01T09:30:00.000001Z"}'
     ).encode()
     assert ev.canonical() == expected
-    assert ev.hash == hashlib.sha256(expected).hexdigest() == event_hash(ev)
-    assert event_hash(ev.to_dict()) == ev.hash
+    assert ev.hash == hashlib.sha256(expected).hexdigest() == ev.compute_hash()
     # The stored line is the canonical JSON of all fields, hash included, and one line.
     line = ev.to_line()
     assert line.endswith(b"\n") and line.count(b"\n") == 1
@@ -263,16 +270,6 @@ def test_next_event_holds_a_copy_of_what_it_hashed():
     details["nested"]["k"] = "changed later"
     assert ev.details == {"votes": ["approve", "approve"], "nested": {"k": "v"}}
     assert ev.compute_hash() == ev.hash
-
-
-def test_audit_chain_appends_and_checkpoints():
-    chain = AuditChain(LOG)
-    assert chain.checkpoint() == Checkpoint(LOG, 0, genesis_hash(LOG), "")
-    a = chain.append(actor="havre", event=EventType.LOG_OPENED)
-    b = chain.append(actor="bob", event=EventType.FILE_VIEWED, object="x.csv")
-    assert (a.seq, b.seq, b.prev_hash) == (1, 2, a.hash)
-    assert chain.checkpoint() == Checkpoint(LOG, 2, b.hash, b.time)
-    assert verify([a, b], LOG, expected_head=chain.checkpoint()).ok
 
 
 def test_event_types_are_stored_by_name():
@@ -491,9 +488,8 @@ def test_a_log_truncated_to_nothing_is_caught_by_a_checkpoint(check):
 def test_truncation_followed_by_forged_appends_is_caught_by_a_checkpoint(check):
     events = make_events(20)
     forged = list(events[:15])
-    chain = AuditChain(LOG, head=forged[-1])
     for i in range(5):
-        forged.append(chain.append(actor="mallory", event=EventType.FILE_VIEWED, details={"i": i}))
+        chained(forged, actor="mallory", event=EventType.FILE_VIEWED, details={"i": i})
     assert check(forged).ok  # a valid chain...
     report = check(forged, expected_head=head_of(events))  # ...but not the one checkpointed
     assert_bad(report, 1, "event 20 differs")
@@ -555,7 +551,7 @@ def test_verify_lines_takes_bytes_or_str_with_or_without_newlines():
 def test_jsonl_round_trip(tmp_path):
     events = make_events(25)
     path = tmp_path / "log.jsonl"
-    assert write_jsonl(events, path) == 25
+    write_log(events, path)
     assert list(read_jsonl(path)) == events
     with open(path, "rb") as f:
         assert list(read_jsonl(f)) == events
@@ -693,18 +689,17 @@ def test_a_reformatted_but_unchanged_line_still_verifies(tmp_path):
 
 def test_tricky_contents_that_look_like_the_hash_member(tmp_path, check):
     """File names and text containing '"hash":' must not confuse the fast verifier."""
-    chain = AuditChain(LOG)
-    events = [
-        chain.append(actor="havre", event=EventType.LOG_OPENED),
-        chain.append(
-            actor='x","hash":"' + "0" * 64,
-            event=EventType.FILE_ADDED,
-            object=',"hash":"' + "1" * 64 + '"',
-            file_hashes={"a": SHA_A, "hash": SHA_B, "zzz": SHA_A},
-            details={"hash": SHA_A, "text": ',"hash":"' + SHA_B + '"}', "\\": '\\"'},
-        ),
-        chain.append(actor="bob", event=EventType.VOTED, details={"v": "é\u2028\x00"}),
-    ]
+    events: list[AuditEvent] = []
+    chained(events, actor="havre", event=EventType.LOG_OPENED)
+    chained(
+        events,
+        actor='x","hash":"' + "0" * 64,
+        event=EventType.FILE_ADDED,
+        object=',"hash":"' + "1" * 64 + '"',
+        file_hashes={"a": SHA_A, "hash": SHA_B, "zzz": SHA_A},
+        details={"hash": SHA_A, "text": ',"hash":"' + SHA_B + '"}', "\\": '\\"'},
+    )
+    chained(events, actor="bob", event=EventType.VOTED, details={"v": "é\u2028\x00"})
     assert check(events).ok
     tampered = list(events)
     tampered[1] = dataclasses.replace(events[1], file_hashes={"a": SHA_A, "hash": SHA_A})
@@ -752,7 +747,8 @@ def test_a_consistent_rewrite_into_garbage_needs_full_parse_to_be_seen(tmp_path)
     # Valid JSON, wrong shape, correct hash: the same.
     wrong = next_event(events[-1], LOG, actor="mallory", event="VOTED")
     fields = wrong.to_dict(include_hash=False) | {"details": ["not", "an", "object"]}
-    line = canonical_json(fields | {"hash": event_hash(fields)}) + b"\n"
+    line = canonical_json(fields | {"hash": hashlib.sha256(canonical_json(fields)).hexdigest()})
+    line += b"\n"
     path.write_bytes(b"".join(ev.to_line() for ev in events) + line)
     assert verify_file(path, LOG).ok
     assert_bad(verify_file(path, LOG, full_parse=True), 4, "details must be an object")
@@ -1026,11 +1022,10 @@ event_fields = st.fixed_dictionaries(
 
 
 def build(fields_list: list[dict], log_id: str = LOG) -> list[AuditEvent]:
-    chain = AuditChain(log_id)
-    return [
-        chain.append(time=T0 + timedelta(microseconds=i), **fields)
-        for i, fields in enumerate(fields_list)
-    ]
+    events: list[AuditEvent] = []
+    for i, fields in enumerate(fields_list):
+        chained(events, log_id, time=T0 + timedelta(microseconds=i), **fields)
+    return events
 
 
 MUTATIONS = (
@@ -1114,7 +1109,7 @@ def test_any_single_mutation_fails_verification_against_the_head_checkpoint(
     # Every verifier agrees, word for word.
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "log.jsonl"
-        write_jsonl(mutated, path)
+        write_log(mutated, path)
         others = [
             verify_file(path, LOG, expected_head=checkpoint),
             verify_file(path, LOG, expected_head=checkpoint, full_parse=True),
@@ -1152,7 +1147,7 @@ def test_random_logs_round_trip_and_verify(fields_list):
     events = build(fields_list)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "log.jsonl"
-        write_jsonl(events, path)
+        write_log(events, path)
         assert list(read_jsonl(path)) == events
         cp = head_of(events) if events else Checkpoint.genesis(LOG)
         report = verify_file(path, LOG, expected_head=cp)

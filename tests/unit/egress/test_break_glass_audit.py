@@ -11,9 +11,9 @@ import json
 import pytest
 from sqlalchemy import select
 
-from egress.break_glass import key_matches, parse_event, record, sessions
-from egress.core import CHECKERS_MARKER, InvalidInput
 from egress.domain.policy import PermissionDenied
+from egress.operations.break_glass import key_matches, parse_event, record, sessions
+from egress.operations.facade import CHECKERS_MARKER, InvalidInput
 from egress.store.db import read_session
 from egress.store.models import Notification
 from havre.enclave.break_glass import hub_key

@@ -27,8 +27,12 @@ import pytest
 from sqlalchemy import func, select, text, update
 
 from egress import cli
-from egress.audit.chain import AuditChainError, AuditEvent, Checkpoint, read_checkpoints
-from egress.core import (
+from egress.audit.chain import AuditChainError, AuditEvent, Checkpoint
+from egress.audit.file_log import read_checkpoints
+from egress.audit.signing import load_public_key, public_key_path, verify_record
+from egress.domain.policy import Actor, PermissionDenied
+from egress.domain.workflow import RequestState
+from egress.operations.facade import (
     CHECKERS_MARKER,
     EgressService,
     FileRefused,
@@ -38,9 +42,6 @@ from egress.core import (
     actor_for,
     page_cursor,
 )
-from egress.domain.policy import Actor, PermissionDenied
-from egress.domain.workflow import RequestState
-from egress.signing import load_public_key, public_key_path, verify_record
 from egress.store.content import ContentStore
 from egress.store.db import current_revision, head_revision, make_engine, migrate
 from egress.store.models import (
@@ -1273,7 +1274,7 @@ def test_role_state_operation(role_world, op, role, state):
 
 
 def test_idempotency_keys_keep_the_first_answer_per_actor(service, clock):
-    from egress.core import IdempotencyInProgress, IdempotencyKeyReused, StoredAnswer
+    from egress.operations.facade import IdempotencyInProgress, IdempotencyKeyReused, StoredAnswer
 
     assert service.idempotency_begin(alice, "key-0001", "fp-a") is None  # reserved
     with pytest.raises(IdempotencyInProgress) as running:

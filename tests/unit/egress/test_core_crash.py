@@ -34,8 +34,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from egress.core import EgressService
-from egress.signing import generate_key, load_public_key, public_key_path, verify_record
+from egress.audit.signing import generate_key, load_public_key, public_key_path, verify_record
+from egress.operations.facade import EgressService
 from egress.store.content import ContentStore
 from egress.store.db import make_engine, migrate
 from egress.store.models import AuditEventRow, Release, Request, RequestFile

@@ -8,8 +8,8 @@ import time
 import pytest
 from aiosmtpd.controller import Controller
 
-from egress.mailer import Mailer
-from egress.notify import SmtpSettings
+from egress.notifications.mailer import Mailer
+from egress.notifications.smtp import SmtpSettings
 from tests.unit.egress.conftest import ACTORS
 from tests.unit.egress.test_core import new_request
 

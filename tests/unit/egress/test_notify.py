@@ -1,4 +1,4 @@
-"""Tests for egress.notify against a real SMTP server (aiosmtpd) on 127.0.0.1.
+"""Tests for egress.notifications.smtp against a real SMTP server (aiosmtpd) on 127.0.0.1.
 
 Each test that sends starts its own server on a free local port, with a handler that records
 what arrives (and can refuse recipients or data); TLS tests make a throw-away certificate.
@@ -16,7 +16,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from egress.notify import (
+from egress.notifications.smtp import (
     NotificationError,
     SmtpSettings,
     SmtpSettingsError,

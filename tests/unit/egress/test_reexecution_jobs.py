@@ -21,8 +21,9 @@ from nbformat.v4 import new_code_cell, new_notebook
 from sqlalchemy import select
 
 from egress.audit.chain import EventType
-from egress.core import InvalidInput, NotFound
+from egress.audit.signing import verify_record
 from egress.domain.policy import PermissionDenied
+from egress.operations.facade import InvalidInput, NotFound
 from egress.reexecution.engine import ReexecutionResult, Refused, compare_outputs, forced_sdc_params
 from egress.reexecution.jobs import (
     MAX_ATTEMPTS,
@@ -36,7 +37,6 @@ from egress.reexecution.jobs import (
 )
 from egress.reexecution.runner import Runner
 from egress.reexecution.service import IN_RUN_LABEL, RESEARCHER_LABEL, SERVICE_LABEL
-from egress.signing import verify_record
 from egress.store.models import AuditEventRow, Reexecution
 from havre.sdc import SDCParams
 from tests.unit.egress.conftest import ACTORS
@@ -489,7 +489,7 @@ def test_a_result_for_no_known_job_is_discarded(svc, jobs):
 
 
 def test_a_jobs_folder_that_cannot_be_written_fails_the_run_with_a_reason(svc, tmp_path):
-    from egress.core import EgressError
+    from egress.operations.facade import EgressError
 
     rid, ids = new_request(svc)
     svc.reexecution_jobs = JobsFolder(tmp_path / "missing")  # never prepared

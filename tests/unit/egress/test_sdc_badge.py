@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 from sqlalchemy import select
 
-from egress.core import EgressService
 from egress.files.sdc_badge import LIBRARY_LABEL, LibraryRecords, combine, view_check
+from egress.operations.facade import EgressService
 from egress.store.models import RequestFile
 from egress.web.openapi import openapi_document
 from havre.safe import Session

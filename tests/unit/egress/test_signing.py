@@ -1,4 +1,4 @@
-"""Unit tests for egress.signing: Ed25519 keys and signed release records."""
+"""Unit tests for egress.audit.signing: Ed25519 keys and signed release records."""
 
 from __future__ import annotations
 
@@ -17,17 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egress.audit.chain import (
-    AuditFile,
-    Checkpoint,
-    EventType,
-    canonical_json,
-    next_event,
-    read_checkpoints,
-    read_jsonl,
-    write_jsonl,
-)
-from egress.signing import (
+from egress.audit.chain import Checkpoint, EventType, canonical_json, next_event
+from egress.audit.file_log import AuditFile, read_checkpoints, read_jsonl
+from egress.audit.signing import (
     RECORD_SCHEMA,
     KeyFileError,
     generate_key,
@@ -489,7 +481,7 @@ def test_a_signed_release_record_is_a_checkpoint_of_the_audit_log(tmp_path):
             fields["actor"] = "mallory"
         rebuilt.append(next_event(rebuilt[-1] if rebuilt else None, "egress-audit", **fields))
     forged = tmp_path / "forged.jsonl"
-    write_jsonl(rebuilt, forged)
+    forged.write_bytes(b"".join(ev.to_line() for ev in rebuilt))
     assert AuditFile(forged).verify().ok  # a valid chain on its own...
     report = AuditFile(forged).verify(checkpoints=cps)  # ...that the signed record refutes
     assert not report.ok and "differs from the checkpoint" in report.problem

@@ -1,7 +1,7 @@
 """Deliver the egress service's queued e-mails, away from the request that queued them.
 
-Operations in :mod:`egress.core` write notifications into an outbox in their own transaction;
-:class:`Mailer` sends them later through the relay configured in the enclave config
+Operations (:mod:`egress.operations`) write notifications into an outbox in their own
+transaction; :class:`Mailer` sends them later through the relay configured in the enclave config
 (``notifications.smtp``), turning usernames into addresses with
 ``notifications.address_template``. A relay that is down delays e-mail; it never blocks or
 undoes a step of the workflow (the row is retried, up to a limit).
@@ -15,8 +15,8 @@ import os
 import urllib.request
 from collections.abc import Callable, Iterable
 
-from egress.core import CHECKERS_MARKER, EgressService, OutboxMessage
-from egress.notify import SmtpSettings, parse_smtp_settings, plain_message, send
+from egress.notifications.smtp import SmtpSettings, parse_smtp_settings, plain_message, send
+from egress.operations.facade import CHECKERS_MARKER, EgressService, OutboxMessage
 from havre.enclave.config import CHECKERS_HUB_GROUP, EnclaveConfig
 
 log = logging.getLogger("egress.mailer")

@@ -1,4 +1,4 @@
-"""The egress service's core: every operation on a release request happens here, and only here.
+"""The egress service's facade: every operation on a release request goes through it, and only it.
 
 The web layer (``egress.service``) and the admin command line (``egress.cli``) are thin shells
 around :class:`EgressService`. Each operation
@@ -55,7 +55,7 @@ from egress.audit.replay import (
     reconcile_checkpoints,
     verify_database,
 )
-from egress.errors import (
+from egress.domain.errors import (
     EgressError,
     FileRefused,
     IdempotencyInProgress,
@@ -129,7 +129,7 @@ class EgressService(
     ``content``: the content store of snapshots. ``enclave``: the enclave config (projects,
     members, checkers, reviews required). ``outputs_root``: project slug -> its outputs folder
     (default: ``enclave.outputs_dir``). ``signing_key_path``: the Ed25519 private key that signs
-    release records (``egress.signing.generate_key``); loaded when first needed.
+    release records (``egress.audit.signing.generate_key``); loaded when first needed.
     ``clock``: returns an aware UTC datetime (tests pass a fake). ``notifier``: called with no
     arguments after a transaction that queued notifications commits (e.g. to wake the sender);
     its failures are logged and ignored. ``checkpoint_path``: a JSON-lines file outside the

@@ -28,8 +28,10 @@ from typing import Any
 from sqlalchemy import select
 
 from egress.audit.chain import EventType
-from egress.core import CHECKERS_MARKER, EgressService, InvalidInput
+from egress.domain.errors import InvalidInput
 from egress.domain.policy import Actor, PermissionDenied
+from egress.operations.base import ServiceBase
+from egress.operations.common import CHECKERS_MARKER
 from egress.store.db import read_session
 from egress.store.models import AuditEventRow
 from havre.enclave.break_glass import hub_key
@@ -93,7 +95,7 @@ def parse_event(body: object) -> dict[str, Any]:
     return event
 
 
-def record(service: EgressService, body: object) -> dict[str, Any]:
+def record(service: ServiceBase, body: object) -> dict[str, Any]:
     """Write the hub's report as an audit event (and, for an activation, notify checkers)."""
     event = parse_event(body)
     details = {k: v for k, v in event.items() if k not in ("event", "user")}
@@ -118,7 +120,7 @@ def record(service: EgressService, body: object) -> dict[str, Any]:
     return {"seq": written.seq, "event": written.event}
 
 
-def sessions(service: EgressService, actor: Actor, limit: int = 50) -> list[dict[str, Any]]:
+def sessions(service: ServiceBase, actor: Actor, limit: int = 50) -> list[dict[str, Any]]:
     """The latest break-glass sessions, newest first, for checkers and administrators."""
     if not (actor.is_checker or actor.is_admin):
         raise PermissionDenied(

@@ -18,7 +18,7 @@ __all__ = [
     "NotFound",
 ]
 
-#: the service's logger (refusals have always been logged as ``egress.core``)
+#: the service's logger; refusals are logged under the name ``egress.core``
 log = logging.getLogger("egress.core")
 
 

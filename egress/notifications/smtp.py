@@ -3,8 +3,8 @@ message, and sending it.
 
 The workflow never waits on e-mail: an operation writes its notification (subject and body,
 composed by the operation) to the outbox in the same transaction as the state change, and
-:mod:`egress.mailer` sends the outbox with :func:`send` (in a worker thread: ``smtplib``
-blocks). :attr:`NotificationError.temporary` says whether a retry can help.
+:mod:`egress.notifications.mailer` sends the outbox with :func:`send` (in a worker thread:
+``smtplib`` blocks). :attr:`NotificationError.temporary` says whether a retry can help.
 
 What a message contains: only the request's id and state, and a link to the request on the
 egress service. Never titles, file names, file contents, comments or votes: e-mail leaves the
