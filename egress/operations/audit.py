@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import IO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -13,7 +12,6 @@ from egress.audit.chain import (
     VerifyReport,
 )
 from egress.audit.replay import (
-    export_database_audit,
     failed_report,
     missing_release_checkpoints,
     reconcile_checkpoints,
@@ -105,7 +103,3 @@ class AuditOperations(ServiceBase):
                     self.log_id,
                 )
         return report
-
-    def export_audit(self, fmt: str, dest: IO[str]) -> VerifyReport:
-        """Write the whole audit log to ``dest`` as ``csv`` or ``jsonl``; returns the verdict."""
-        return export_database_audit(self.engine, fmt, dest)
