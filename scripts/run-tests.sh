@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Set up everything the test suite needs on this host and run it.
-# Fresh Debian 12, as root: Docker Engine, Python venv with test dependencies, the images;
-# then lint and the whole pytest suite (unit + integration against the real Docker engine).
+# Fresh Debian 12, as root: the Python venv with the test dependencies, then the fast tier
+# (scripts/check.sh: lint, import contracts, generated docs, unit tests), then Docker Engine,
+# Chromium, PostgreSQL, the images, ansible-lint and the whole pytest suite (unit, with the slow
+# tests, the PostgreSQL copies and the full Hypothesis counts; integration; e2e; ansible).
 # Extra arguments go to pytest. Exits non-zero when pytest collects no test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,8 +12,11 @@ source scripts/lib/docker-engine.sh
 source scripts/lib/python-env.sh
 source scripts/lib/browser.sh
 
-havre_ensure_docker
 havre_ensure_venv dev
+echo "==> The fast tier (scripts/check.sh)"
+bash scripts/check.sh
+
+havre_ensure_docker
 havre_ensure_browser
 # host tools the tests drive: ip (canary addresses), PostgreSQL (the egress store's tests)
 missing=()
@@ -25,10 +30,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
 fi
 PYTHON=.venv/bin/python bash images/build.sh  # the venv has pip (Debian's python3 may not)
 
-echo "==> Lint"
-.venv/bin/ruff check .
-.venv/bin/ruff format --check .
-.venv/bin/lint-imports  # the layers of docs/architecture.md ("Packages")
+echo "==> Lint the playbooks"
 (cd ansible && ../.venv/bin/ansible-lint --profile production)
 
 echo "==> Tests"
@@ -36,7 +38,7 @@ echo "==> Tests"
 export COVERAGE_FILE="${COVERAGE_FILE:-${TMPDIR:-/tmp}/havre-coverage-$$/.coverage}"
 mkdir -p "$(dirname "$COVERAGE_FILE")"
 set +e
-.venv/bin/python -m pytest -ra --cov --cov-report= "$@"
+.venv/bin/python -m pytest -ra --cov --cov-report= --hypothesis-profile=full "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

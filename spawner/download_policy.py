@@ -315,11 +315,6 @@ def check_request(
     return None, route
 
 
-def request_refusal(path_in_server: str, query: str, method: str = "GET") -> Refusal | None:
-    """Whether a request is refused (:func:`check_request` without headers or login)."""
-    return check_request(method, path_in_server, query)[0]
-
-
 VERSION_REFUSAL = Refusal(
     "version",
     "an answer that is not the server's version",

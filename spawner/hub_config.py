@@ -299,8 +299,8 @@ class HeadedStaticFiles(CacheControlStaticFilesHandler):
 
 
 def configure_page_headers(c: Any) -> None:
-    """Response headers of every hub page and static file (every project server shares
-    the hub's origin)."""
+    """Response headers of every hub page and static file: the hub shares its origin with the
+    notebook servers and the egress service, so no other page may frame or open one of its own."""
     c.JupyterHub.tornado_settings = {
         "headers": dict(HUB_PAGE_HEADERS),
         "static_handler_class": HeadedStaticFiles,

@@ -18,21 +18,20 @@ Roles
     can revoke a release; they don't see file contents, vote or comment. One person can hold
     several roles; each check looks at the facts it needs.
 
-Rules, and how the brief's open points were read
+Rules
     * Authors never act as checkers on their own request, even when they are checkers or
       administrators: they can't vote, reset votes, submit a review, return, approve, reject,
       release or revoke it, write or read private checker comments on it, or read its audit
       log (403).
-    * Download: the brief says both "authors can't ... download their own request" and
-      "researchers download released files". Reading: the files of a request can only be
-      downloaded once it is ``released``, and then only by members of its project, the author
-      included (that is the point of a release). Before release nobody downloads anything, so no
-      checker privilege ever lets an author take out their own unreviewed files. Checkers and
-      administrators who are not members don't download released files (403): they see the
-      files through the review view, which is not a download.
-    * File contents (issue #12): the browser is outside the enclave, so whatever the egress
-      service shows a person has left it. Before release, only output checkers who are not the
-      author see a file's bytes (``view_file``: the review view, its raw bytes, the
+    * Download: the files of a request can only be downloaded once it is ``released``, and
+      then only by members of its project, the author included (that is the point of a
+      release). Before release nobody downloads anything, so no checker privilege ever lets
+      an author take out their own unreviewed files. Checkers and administrators who are not
+      members don't download released files (403): they see the files through the review
+      view, which is not a download.
+    * File contents: the browser is outside the enclave, so whatever the egress service shows
+      a person has left it. Before release, only output checkers who are not the author see
+      a file's bytes (``view_file``: the review view, its raw bytes, the
       differencing warning, re-executions), and only once the request has been submitted
       (``RequestView.submitted``: a draft, or a request withdrawn before it was ever
       submitted, is never shown to a checker). Authors and other members get ``view_preview``
@@ -143,18 +142,6 @@ WORKFLOW_ACTIONS: Mapping[Permission, Action] = {
     Permission.REVOKE: Action.REVOKE,
 }
 """The permissions that move a request: after :func:`require`, call ``workflow.next_state``."""
-
-READ_ONLY_PERMISSIONS: frozenset[Permission] = frozenset(
-    {
-        Permission.VIEW_REQUEST,
-        Permission.VIEW_FILE,
-        Permission.VIEW_PREVIEW,
-        Permission.VIEW_PRIVATE_COMMENTS,
-        Permission.VIEW_VOTES_OF_OTHERS,
-        Permission.VIEW_AUDIT,
-    }
-)
-"""Permissions that change nothing and take nothing out of the enclave."""
 
 
 @dataclass(frozen=True)

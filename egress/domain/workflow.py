@@ -14,7 +14,7 @@ Request states
     The author can ``withdraw`` it at any point before approval. A release can be ``revoke``-d
     afterwards (for example when a disclosure is found later): the request becomes ``revoked``.
 
-Choices made here (where the brief left them open)
+Rules
     * ``return`` is only possible from ``reviewed``, as in OpenSAFELY Airlock's original design:
       every required review must be in first, so one checker alone can't cut the other's
       independent review short. A request that is obviously not ready is still handled: the

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import IO
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from egress.audit.chain import Checkpoint
 from egress.audit.replay import (
-    export_database_audit,
     failed_report,
     missing_release_checkpoints,
     reconcile_checkpoints,
@@ -103,7 +101,3 @@ class AuditOperations(ServiceBase):
                     self.log_id,
                 )
         return report
-
-    def export_audit(self, fmt: str, dest: IO[str]) -> VerifyReport:
-        """Write the whole audit log to ``dest`` as ``csv`` or ``jsonl``; returns the verdict."""
-        return export_database_audit(self.engine, fmt, dest)

@@ -432,11 +432,6 @@ class JobsFolder:
             json.dumps(job.as_json(), sort_keys=True).encode("utf-8"),
         )
 
-    def cancel(self, job_id: str) -> None:
-        """Take a queued job back (when the service could not record it); no-op if claimed."""
-        for suffix in (".job.json", ".ipynb"):
-            (self.inbox / f"{job_id}{suffix}").unlink(missing_ok=True)
-
     def location(self, job_id: str) -> Location | None:
         """Where the job is now (``None``: nowhere; checked in the order jobs move)."""
         if (self.inbox / f"{job_id}.job.json").exists():

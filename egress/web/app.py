@@ -73,7 +73,8 @@ def _jinja() -> jinja2.Environment:
     return env
 
 
-#: Methods that change something: each accepts an ``Idempotency-Key`` (issue #13).
+#: Methods that change something: each accepts an ``Idempotency-Key``, so a retried write
+#: (a lost answer, a double click) is answered once and never done twice.
 WRITE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
 #: The header API clients send, and the hidden field every form of the pages carries.
 IDEMPOTENCY_HEADER, IDEMPOTENCY_FIELD = "Idempotency-Key", "_idempotency_key"
@@ -498,7 +499,8 @@ class RequestForm(BaseHandler):
 class FilePage(BaseHandler):
     """One file: shown in place and sanitised (no script from a researcher's file runs) to a
     reviewing checker; to the project's members (the author included), only the preview the
-    service makes (no cell, label or line of the file: issue #12)."""
+    service makes (no cell, label or line of the file: what a browser shows has left the
+    enclave)."""
 
     @web.authenticated
     async def get(self, request_id: str, file_id: str) -> None:

@@ -44,12 +44,6 @@ _IDEMPOTENCY_KEY = {
     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{8,128}$"},
 }
 _FILE = {"name": "file_id", "in": "path", "required": True, "schema": _ID}
-_PROJECT = {
-    "name": "project",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": "^[a-z0-9-]{1,40}$"},
-}
 _GROUP = {
     "name": "group",
     "in": "path",
@@ -105,7 +99,8 @@ _REQUEST_FILE: dict[str, Any] = {
                 "redacted": {
                     "type": "boolean",
                     "description": "true in the view of project members and administrators "
-                    "(issue #12): verdicts and counts only; the cells, warnings, changes, "
+                    "(what a browser shows has left the enclave): verdicts and counts only; "
+                    "the cells, warnings, changes, "
                     "per-cell findings and the library's sentences are left out (checkers see "
                     "them).",
                 },
@@ -556,7 +551,7 @@ def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
             "post": _op(f"{action.capitalize()} the request", _json(obj), params=[_REQ])
         }
         paths[f"/api/requests/{{request_id}}/{action}"]["post"]["responses"]["409"] = _ERROR
-    for operations in paths.values():  # every write takes an Idempotency-Key (issue #13)
+    for operations in paths.values():  # every write takes an Idempotency-Key
         for method in ("post", "put", "delete"):
             if method in operations:
                 operations[method]["parameters"] = [

@@ -1,4 +1,6 @@
-"""The spawn broker: the only holder of the Docker socket in an enclave (issue #14).
+"""The spawn broker: the only holder of the Docker socket in an enclave.
+
+The Docker socket is root on the host: the hub, reachable from every browser, must not hold it.
 
 * :mod:`havre.broker.policy` (pure): checks a caller's request and builds, from the enclave
   config alone, the full specification of the container it may start;

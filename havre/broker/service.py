@@ -45,7 +45,6 @@ from havre.enclave.networks import project_network_is_closed, project_network_op
 log = logging.getLogger("havre.broker")
 
 MAX_BODY = 256 * 1024
-SOCKET_NAME = "broker.sock"
 #: How long a stop waits for the server to exit before killing it.
 STOP_SECONDS = 10
 

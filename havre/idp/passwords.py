@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import secrets
 
 import argon2
 import argon2.exceptions
@@ -21,7 +20,6 @@ import argon2.profiles
 #: The parameters new hashes are made with.
 ARGON2_PARAMETERS = argon2.profiles.RFC_9106_LOW_MEMORY
 _HASHER = argon2.PasswordHasher.from_parameters(ARGON2_PARAMETERS)
-_LEGACY_SCRYPT = {"n": 2**14, "r": 8, "p": 1}
 #: Every prefix a stored hash may start with (the users file refuses anything else).
 HASH_PREFIXES = ("$argon2id$", "scrypt$")
 
@@ -66,18 +64,6 @@ def needs_rehash(stored: str) -> bool:
         return _HASHER.check_needs_rehash(stored)
     except (argon2.exceptions.InvalidHashError, ValueError):
         return True
-
-
-def legacy_scrypt_hash(password: str, *, salt: bytes | None = None) -> str:
-    """An scrypt hash as earlier Havre versions stored them (``scrypt$n$r$p$salt$hash``).
-
-    Only for tests and migration checks: :func:`hash_password` makes new hashes.
-    """
-    salt = salt or secrets.token_bytes(16)
-    digest = hashlib.scrypt(password.encode(), salt=salt, dklen=32, **_LEGACY_SCRYPT)
-    b64 = base64.b64encode
-    n, r, p = _LEGACY_SCRYPT["n"], _LEGACY_SCRYPT["r"], _LEGACY_SCRYPT["p"]
-    return f"scrypt${n}${r}${p}${b64(salt).decode()}${b64(digest).decode()}"
 
 
 def _verify_scrypt(password: str, stored: str) -> bool:

@@ -19,11 +19,12 @@ from cryptography import x509
 from havre.host import stack
 from havre.host.cli import DEFAULT_NOTEBOOK_IMAGE
 from havre.host.demo import init_demo
-from havre.idp.passwords import legacy_scrypt_hash, verify_password
+from havre.idp.passwords import verify_password
 from havre.idp.users import read_users_file, write_users_file
 from tests.certificates import self_signed
 from tests.enclave_fixtures import ENCLAVE_NAME, free_port
 from tests.integration.hub_client import HubUser
+from tests.scrypt_hashes import legacy_scrypt_hash
 
 pytestmark = pytest.mark.docker
 

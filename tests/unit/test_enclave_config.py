@@ -31,6 +31,7 @@ from havre.enclave.config import (
     parse_enclave_yaml,
     parse_size,
 )
+from tests.hypothesis_budget import examples
 
 DIGEST = "sha256:" + "0123456789abcdef" * 4
 
@@ -879,7 +880,7 @@ def configs(draw):
     }
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=examples(60), deadline=None)
 @given(configs())
 def test_valid_configs_round_trip(data):
     cfg = parse_enclave_config(data)

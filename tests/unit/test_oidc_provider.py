@@ -39,6 +39,7 @@ from havre.idp.passwords import verify_password
 from havre.idp.tokens import SigningKey
 from havre.idp.users import read_users_file, seed_users, write_users_file
 from tests.certificates import self_signed
+from tests.scrypt_hashes import legacy_scrypt_hash
 
 CALLBACK = "http://127.0.0.1:8000/hub/oauth_callback"
 LOGOUT_DONE = "http://127.0.0.1:8000/hub/logged-out"
@@ -1320,8 +1321,6 @@ def _set_hash(users_file: Path, username: str, password_hash: str) -> None:
 
 
 def test_an_old_scrypt_hash_signs_in_and_is_rewritten_as_argon2id(idp, caplog):
-    from havre.idp.passwords import legacy_scrypt_hash
-
     caplog.set_level("INFO", logger="havre.idp")
     password = USERS["alice"]["password"]
     old = legacy_scrypt_hash(password)

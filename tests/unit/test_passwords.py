@@ -10,10 +10,10 @@ from havre.idp.passwords import (
     ARGON2_PARAMETERS,
     hash_password,
     is_password_hash,
-    legacy_scrypt_hash,
     needs_rehash,
     verify_password,
 )
+from tests.scrypt_hashes import legacy_scrypt_hash
 
 
 def test_new_hashes_are_argon2id_with_at_least_owasp_parameters():

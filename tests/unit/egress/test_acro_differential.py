@@ -44,6 +44,7 @@ from hypothesis import strategies as st
 
 from havre.safe import Session
 from havre.sdc import Rule, SDCParams
+from tests.hypothesis_budget import examples
 
 try:
     import acro as _acro_pkg
@@ -57,11 +58,14 @@ else:
     for _name in ("acro", "acro:records"):
         logging.getLogger(_name).setLevel(logging.WARNING)
 
+#: ACRO and its statistics stack take most of a minute: the full run has them, check.sh doesn't.
+pytestmark = pytest.mark.slow
+
 ACRO_VERSION = "1.0.2"
 DOC = "docs/checker-sdc-rules.md"
 
 SETTINGS = settings(
-    max_examples=20,
+    max_examples=examples(20),
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
@@ -493,7 +497,7 @@ def test_pivot_table_mean_matches_acro(acro_module, outputs_dir, df, params):
 
 
 @pytest.mark.parametrize("aggfunc", ["median", "min", "max", "std"])
-@settings(SETTINGS, max_examples=25)
+@settings(SETTINGS, max_examples=examples(25))
 @given(df=records(negatives=False))
 def test_other_statistics_match_acro(acro_module, outputs_dir, aggfunc, df):
     _start()
@@ -637,7 +641,7 @@ def _on_margin(label: Any) -> bool:
 
 
 @pytest.mark.parametrize(("method", "aggfunc"), MULTI_KINDS)
-@settings(SETTINGS, max_examples=10, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+@settings(SETTINGS, max_examples=examples(10), phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(
     data=multi_records(),
     params=params_strategy,

@@ -47,6 +47,7 @@ from egress.audit.file_log import (
     repair_truncated_tail,
 )
 from egress.audit.verify import verify, verify_file, verify_lines
+from tests.hypothesis_budget import examples
 
 REPO = Path(__file__).resolve().parents[3]
 LOG = "havre-test-log"
@@ -1091,7 +1092,7 @@ def visible_without_checkpoint(kind: str, index: int, n: int) -> bool:
     return not (kind in ("forge", "delete") and index == n - 1)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     fields_list=st.lists(event_fields, min_size=1, max_size=8),
     kind=st.sampled_from(MUTATIONS),
@@ -1123,7 +1124,7 @@ def test_any_single_mutation_fails_verification_against_the_head_checkpoint(
     assert plain.ok is not visible_without_checkpoint(kind, index, len(events)), kind
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(fields_list=st.lists(event_fields, min_size=2, max_size=8), data=st.data())
 def test_first_bad_seq_points_at_the_mutated_event(fields_list, data):
     events = build(fields_list)
@@ -1141,7 +1142,7 @@ def mutate_one_field(event: AuditEvent) -> AuditEvent:
     return dataclasses.replace(event, actor=event.actor + "!")
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(fields_list=st.lists(event_fields, min_size=0, max_size=8))
 def test_random_logs_round_trip_and_verify(fields_list):
     events = build(fields_list)

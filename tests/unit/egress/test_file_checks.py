@@ -43,6 +43,7 @@ from egress.files.checks import (
     is_formula,
 )
 from havre.enclave.outputs_folder import OutputPathError, read_output, scan_outputs
+from tests.hypothesis_budget import examples
 
 MiB = 1024 * 1024
 
@@ -659,7 +660,7 @@ csv_cells = st.text(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     rows=st.integers(1, 6).flatmap(
         lambda width: st.lists(
@@ -850,7 +851,7 @@ def test_the_checks_parse_with_the_standard_library_only():
         assert imported - {"egress", "havre"} <= allowed, module.__name__
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(
     name=st.one_of(st.sampled_from(list(EXTENSIONS)).map(lambda e: "f" + e), st.text(max_size=20)),
     data=st.one_of(

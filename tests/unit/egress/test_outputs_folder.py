@@ -35,6 +35,7 @@ from havre.enclave.outputs_folder import (
     scan_outputs,
     validate_relative_path,
 )
+from tests.hypothesis_budget import examples
 
 CSV = b"region,n\nNorth,12\n"
 SECRET = b"the other project's data\n"
@@ -550,7 +551,7 @@ def test_a_path_must_be_text():
         validate_relative_path(b"table.csv")  # type: ignore[arg-type]
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(st.text(max_size=30))
 def test_validation_either_accepts_or_says_why(relative):
     try:
@@ -564,7 +565,7 @@ def test_validation_either_accepts_or_says_why(relative):
     assert all(c.isprintable() for c in relative)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12))
 def test_anything_accepted_can_be_created_and_read_back(tmp_path_factory, name):
     if validate_name_safely(name) is None:

@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 from egress.domain import policy
 from egress.domain.policy import (
-    READ_ONLY_PERMISSIONS,
     WORKFLOW_ACTIONS,
     Actor,
     Decision,
@@ -42,9 +41,21 @@ from egress.domain.workflow import (
     votes_after_file_change,
     votes_after_resubmit,
 )
+from tests.hypothesis_budget import examples
 
 S = RequestState
 P = Permission
+#: Permissions that change nothing and take nothing out of the enclave.
+READ_ONLY_PERMISSIONS = frozenset(
+    {
+        P.VIEW_REQUEST,
+        P.VIEW_FILE,
+        P.VIEW_PREVIEW,
+        P.VIEW_PRIVATE_COMMENTS,
+        P.VIEW_VOTES_OF_OTHERS,
+        P.VIEW_AUDIT,
+    }
+)
 AP, RC, UN = Vote.APPROVE, Vote.REQUEST_CHANGES, Vote.UNDECIDED
 
 # --- The cast ----------------------------------------------------------------------------
@@ -928,7 +939,7 @@ requests = st.builds(
 )
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(actor=actors, request=requests)
 def test_an_author_never_acts_as_checker_on_their_own_request(actor, request):
     request = dataclasses.replace(request, author=actor.username)
@@ -936,7 +947,7 @@ def test_an_author_never_acts_as_checker_on_their_own_request(actor, request):
         assert not check(actor, permission, request).allowed, permission
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(actor=actors, request=requests)
 def test_terminal_states_allow_only_reading_and_released_adds_download_and_revoke(actor, request):
     extra = {S.RELEASED: {P.DOWNLOAD_RELEASED, P.REVOKE}}
@@ -946,7 +957,7 @@ def test_terminal_states_allow_only_reading_and_released_adds_download_and_revok
         assert allowed <= READ_ONLY_PERMISSIONS | extra.get(state, set()), (state, allowed)
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(actor=actors, request=requests, permission=st.sampled_from(list(Permission)))
 def test_403_never_depends_on_the_state(actor, request, permission):
     statuses = {
@@ -957,7 +968,7 @@ def test_403_never_depends_on_the_state(actor, request, permission):
     assert forbidden in (set(), set(RequestState)), statuses
 
 
-@settings(max_examples=500)
+@settings(max_examples=examples(500))
 @given(actor=actors, request=requests)
 def test_policy_never_allows_what_the_workflow_does_not(actor, request):
     for permission, action in WORKFLOW_ACTIONS.items():
@@ -965,7 +976,7 @@ def test_policy_never_allows_what_the_workflow_does_not(actor, request):
             assert action in allowed_actions(request.state)
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(actor=actors, request=requests)
 def test_reviews_stay_independent(actor, request):
     if request.state in INDEPENDENT_REVIEW_STATES:
@@ -1032,7 +1043,7 @@ def apply(request: RequestView, actor: Actor, permission: Permission, data) -> R
     )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     data=st.data(),
     alice_is_checker=st.booleans(),

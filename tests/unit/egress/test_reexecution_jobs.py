@@ -468,7 +468,8 @@ def test_an_unusable_result_fails_the_run_and_stores_nothing(svc, jobs):
 def test_a_lost_job_is_closed_as_failed(svc, jobs, clock, engine):
     rid, ids = new_request(svc)
     entry = svc.request_reexecution(olivia, rid, ids["analysis.ipynb"])
-    jobs.cancel(entry["id"])  # as if the service died before writing the job
+    for suffix in (".job.json", ".ipynb"):  # as if the service died before writing the job
+        (jobs.inbox / f"{entry['id']}{suffix}").unlink()
     assert svc.collect_reexecutions() == 0  # too recent to be called lost
     clock.advance(minutes=3)
     assert svc.collect_reexecutions() == 1

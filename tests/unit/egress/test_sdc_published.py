@@ -27,6 +27,7 @@ from havre.sdc.published import (
     check_count_csv_text,
     recoverable_cells,
 )
+from tests.hypothesis_budget import examples
 
 DEFAULTS = SDCParams()
 
@@ -505,7 +506,7 @@ def test_a_bridge_between_two_rectangles_is_caught():
 # --------------------------------------------------------------------------------------
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     shape=st.tuples(st.integers(1, 7), st.integers(1, 7)),
     seed=st.integers(0, 2**32 - 1),
@@ -582,7 +583,7 @@ def published_tables(draw):
     return np.where(blank, np.nan, full), row_margin, col_margin
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(250), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(table=published_tables())
 def test_no_blank_the_lp_pins_down_is_passed(table):
     values, row_margin, col_margin = table

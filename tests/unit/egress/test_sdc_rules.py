@@ -36,6 +36,7 @@ from havre.sdc.rules import (
     verdict_codes,
     zeros_rule,
 )
+from tests.hypothesis_budget import examples
 
 DEFAULTS = SDCParams()
 
@@ -482,7 +483,7 @@ def test_round_to_base():
 counts_st = st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=30)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(counts=counts_st, t1=st.integers(1, 30), extra=st.integers(0, 30), zeros=st.booleans())
 def test_raising_the_threshold_never_turns_fail_into_pass(counts, t1, extra, zeros):
     stats = pd.DataFrame({"count": counts})
@@ -494,7 +495,7 @@ def test_raising_the_threshold_never_turns_fail_into_pass(counts, t1, extra, zer
     assert (after >= before).all()
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(
     top=st.floats(0, 1e6),
     rest=st.floats(0, 1e6),

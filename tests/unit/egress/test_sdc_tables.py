@@ -27,6 +27,7 @@ from havre.sdc import (
     recoverable_cells,
     suppress,
 )
+from tests.hypothesis_budget import examples
 
 DEFAULTS = SDCParams()
 
@@ -631,7 +632,7 @@ def _oracle(df: pd.DataFrame, params: SDCParams) -> dict[tuple[str, str], tuple[
     return out
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(df=records_st, n=st.integers(1, 4))
 def test_vectorised_dominance_matches_the_obvious_loop(df, n):
     params = SDCParams(dominance_n=n, dominance_k=0.6, p_ratio=0.3)
@@ -648,7 +649,7 @@ def test_vectorised_dominance_matches_the_obvious_loop(df, n):
             assert not dominance.loc[r, c] and not p_ratio.loc[r, c]
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     df=records_st,
     t1=st.integers(1, 15),
@@ -701,7 +702,7 @@ tables_st = st.integers(2, 5).flatmap(
 )
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cells=tables_st, threshold=st.integers(1, 15), zeros=st.booleans())
 def test_suppressed_cells_are_never_recoverable(cells, threshold, zeros):
     values = np.array(cells, dtype=float)

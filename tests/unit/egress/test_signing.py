@@ -32,6 +32,7 @@ from egress.audit.signing import (
     sign_record,
     verify_record,
 )
+from tests.hypothesis_budget import examples
 
 SHA_A = hashlib.sha256(b"table 1").hexdigest()
 SHA_B = hashlib.sha256(b"figure 2").hexdigest()
@@ -337,7 +338,7 @@ json_like = st.recursive(
 )
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(record=st.dictionaries(st.text(max_size=6), json_like, max_size=5), junk=json_like)
 def test_random_records_round_trip_and_junk_never_raises(record, junk, private_key):
     signed = sign_record(record, private_key)

@@ -33,6 +33,7 @@ from egress.domain.workflow import (
     votes_after_file_change,
     votes_after_resubmit,
 )
+from tests.hypothesis_budget import examples
 
 REPO = Path(__file__).resolve().parents[3]
 DOC = REPO / "docs" / "egress" / "request-states.md"
@@ -271,7 +272,7 @@ def test_nothing_leaves_a_terminal_state():
     assert not [e for e in EDGES if is_terminal(e.source)]
 
 
-@settings(max_examples=300)
+@settings(max_examples=examples(300))
 @given(
     reviews_required=st.integers(min_value=1, max_value=4),
     choices=st.lists(st.integers(min_value=0, max_value=100), max_size=40),

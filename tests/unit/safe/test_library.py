@@ -29,6 +29,7 @@ import havre.safe.outputs as outputs_module
 from havre.safe import OutputNameError, SafeTable, Session
 from havre.safe.records import label_key as K
 from havre.sdc import SDCParams, check_frequency_csv, recoverable_cells
+from tests.hypothesis_budget import examples
 
 matplotlib.use("Agg")
 
@@ -225,7 +226,7 @@ def count_grids(draw):
     return [draw(st.lists(cell, min_size=n_cols, max_size=n_cols)) for _ in range(n_rows)]
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(counts=count_grids(), margins=st.booleans())
 def test_the_server_finds_nothing_to_fail_in_a_suppressed_table(tmp_path_factory, counts, margins):
     # Records making the given count table; the library suppresses it; the egress service's
