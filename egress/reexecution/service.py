@@ -1,6 +1,6 @@
 """Trusted re-execution, the egress service's side: ask the runner, take its results in, show them.
 
-The operations of :class:`egress.operations.facade.EgressService` that deal with re-execution
+The service's re-execution operations (:class:`egress.operations.reexecution.ReexecutionOperations`)
 delegate here (``request_reexecution``, ``list_reexecutions``, ``reexecution``,
 ``collect_reexecutions``); they follow the operations' rules (policy first, one transaction with
 the audit event, refusals with a sentence). The runner is another container
@@ -28,25 +28,67 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from egress.audit.chain import EventType, canonical_json, format_time
 from egress.audit.signing import sign_record
 from egress.domain.errors import EgressError, InvalidInput, NotFound, _refused
-from egress.domain.policy import Actor, Permission, PermissionDenied
+from egress.domain.policy import Actor, Permission, PermissionDenied, RequestView
+from egress.files.sdc_badge import LibraryRecords
+from egress.operations.base import Transaction
 from egress.reexecution.jobs import Job, JobsFolder, ProtocolError, new_job_id, output_sdc_metadata
-from egress.store.content import ContentNotFound, CorruptContent
+from egress.store.content import ContentNotFound, ContentStore, CorruptContent
 from egress.store.models import Reexecution, Request, RequestFile
 from havre.enclave.outputs_folder import OutputPathError, read_output
 from havre.sdc import check_frequency_csv, read_table_csv
 from havre.sdc.params import SDCParams, SDCParamsError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from egress.operations.facade import EgressService
+
+class ReexecutionHost(Protocol):
+    """What these operations use of the egress service (its state and building blocks)."""
+
+    content: ContentStore
+    sdc_params: SDCParams
+    outputs_root: Callable[[str], Path]
+
+    @property
+    def reexecution_jobs(self) -> JobsFolder: ...
+
+    def now(self) -> datetime: ...
+
+    def private_key(self) -> Ed25519PrivateKey: ...
+
+    def writing(
+        self, op: str, actor: Actor, request_id: str | None = None
+    ) -> AbstractContextManager[Transaction]: ...
+
+    def reading(
+        self, op: str, actor: Actor, request_id: str | None = None
+    ) -> AbstractContextManager[Session]: ...
+
+    def load_request(self, session: Session, request_id: object) -> Request: ...
+
+    def request_file(self, session: Session, request: Request, file_id: object) -> RequestFile: ...
+
+    def require(
+        self,
+        session: Session,
+        actor: Actor,
+        permission: Permission,
+        request: Request,
+        **already_read: Any,
+    ) -> RequestView: ...
+
+    def library_records(self, project: str) -> LibraryRecords: ...
+
 
 log = logging.getLogger("egress.reexecution")
 
@@ -151,7 +193,7 @@ def _entry(row: Reexecution, *, detail: bool = False) -> dict[str, Any]:
 
 
 def request(
-    svc: EgressService,
+    svc: ReexecutionHost,
     actor: Actor,
     request_id: str,
     file_id: int,
@@ -284,7 +326,7 @@ def _result_of(job_report: Mapping[str, Any], outputs: Mapping[str, bytes], exec
 
 
 def _close(
-    svc: EgressService,
+    svc: ReexecutionHost,
     job_id: str,
     status: str,
     reason: str,
@@ -323,7 +365,7 @@ def _close(
         return True
 
 
-def _take_in(svc: EgressService, job_id: str) -> None:
+def _take_in(svc: ReexecutionHost, job_id: str) -> None:
     jobs: JobsFolder = svc.reexecution_jobs
     with svc.reading("reexecution_result", _RUNNER) as session:
         rx = session.get(Reexecution, job_id)
@@ -369,7 +411,7 @@ def _take_in(svc: EgressService, job_id: str) -> None:
     jobs.discard_result(job_id)
 
 
-def collect(svc: EgressService) -> int:
+def collect(svc: ReexecutionHost) -> int:
     """Take in every finished result; close queued rows whose job was lost. How many closed."""
     jobs: JobsFolder = svc.reexecution_jobs
     if not jobs.results.is_dir():
@@ -537,7 +579,7 @@ def shown_verdict(
 # Views
 
 
-def list_for_request(svc: EgressService, actor: Actor, request_id: str) -> list[dict[str, Any]]:
+def list_for_request(svc: ReexecutionHost, actor: Actor, request_id: str) -> list[dict[str, Any]]:
     """The request's re-executions, newest first (takes finished results in first)."""
     with svc.reading("list_reexecutions", actor, request_id) as session:
         req = svc.load_request(session, request_id)
@@ -553,7 +595,7 @@ def list_for_request(svc: EgressService, actor: Actor, request_id: str) -> list[
 
 
 def researcher_metadata(
-    svc: EgressService, project: str, submitted: Mapping[str, str]
+    svc: ReexecutionHost, project: str, submitted: Mapping[str, str]
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """SDC metadata the researcher's own session wrote for the ``submitted`` files ({path:
     sha256}), from their ``results.json``.
@@ -598,7 +640,7 @@ def researcher_metadata(
 
 
 def detail(
-    svc: EgressService, actor: Actor, request_id: str, reexecution_id: str
+    svc: ReexecutionHost, actor: Actor, request_id: str, reexecution_id: str
 ) -> dict[str, Any]:
     """One re-execution for the checker: its run, and the submitted files set against it.
 
