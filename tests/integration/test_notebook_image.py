@@ -19,7 +19,7 @@ import json
 import pytest
 
 from havre.enclave.hardening import container_hardening
-from havre.host import stack
+from havre.host import layout
 from havre.host.cli import DEFAULT_NOTEBOOK_IMAGE
 
 pytestmark = pytest.mark.docker
@@ -121,7 +121,7 @@ def notebook(docker_client) -> dict:
 
 @pytest.fixture(scope="module")
 def egress(docker_client) -> dict:
-    image = stack.StackOptions().egress_image
+    image = layout.StackOptions().egress_image
     try:
         docker_client.images.get(image)
     except Exception:
