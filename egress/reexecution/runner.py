@@ -132,7 +132,7 @@ class BrokerEngine:
 
     # client.containers
     def create(self, _image: str, _command: Any = None, **kwargs: Any) -> _BrokerRun:
-        from egress.reexecution.engine import RUN_LABEL
+        from egress.reexecution.model import RUN_LABEL
 
         labels = kwargs.get("labels") or {}
         project, run_id = labels["havre.project"], labels[RUN_LABEL]
@@ -189,7 +189,8 @@ class Runner:
 
     def clean_up(self) -> None:
         """Remove leftover containers, scratch folders and temporary files of earlier runs."""
-        from egress.reexecution.engine import RUN_LABEL, _remove_tree
+        from egress.reexecution.model import RUN_LABEL
+        from egress.reexecution.scratch import remove_tree
 
         work = str(self.folder.work.resolve()) + "/"
         for container in self.client.containers.list(
@@ -204,7 +205,7 @@ class Runner:
                     log.info("could not remove %s: %s", container.name, err)
         for entry in os.scandir(self.folder.work):
             if entry.name.startswith("reexec-"):
-                _remove_tree(Path(entry.path))
+                remove_tree(Path(entry.path))
         removed = self.folder.remove_leftovers()
         if removed:
             log.info("removed %d half-written temporary files", removed)
@@ -249,7 +250,8 @@ class Runner:
             self.folder.finish(job_id, failure_report(job, "refused", reason))
             return "refused"
 
-        from egress.reexecution.engine import ReexecutionRequest, run_notebook
+        from egress.reexecution.engine import run_notebook
+        from egress.reexecution.model import ReexecutionRequest
 
         request = ReexecutionRequest(
             notebook=notebook,

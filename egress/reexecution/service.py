@@ -45,6 +45,8 @@ from egress.domain.policy import Actor, Permission, PermissionDenied, RequestVie
 from egress.files.sdc_badge import LibraryRecords
 from egress.operations.base import Transaction
 from egress.reexecution.jobs import Job, JobsFolder, ProtocolError, new_job_id, output_sdc_metadata
+from egress.reexecution.model import ReexecutionResult, Refused, compare_outputs, trusted_record
+from egress.reexecution.scratch import parameters_yaml
 from egress.store.content import ContentNotFound, ContentStore, CorruptContent
 from egress.store.models import Reexecution, Request, RequestFile
 from havre.enclave.outputs_folder import OutputPathError, read_output
@@ -141,8 +143,6 @@ def _check_parameters(parameters: object) -> dict[str, Any]:
         raise InvalidInput("The parameters must be plain JSON values.") from None
     if len(text) > MAX_PARAMETERS_JSON:
         raise InvalidInput(f"The parameters are larger than {MAX_PARAMETERS_JSON} bytes.")
-    from egress.reexecution.engine import Refused, parameters_yaml
-
     try:
         parameters_yaml(parameters)
     except Refused as why:
@@ -298,8 +298,7 @@ def _sha(data: bytes) -> str:
 
 
 def _result_of(job_report: Mapping[str, Any], outputs: Mapping[str, bytes], executed: Any) -> Any:
-    """The :class:`egress.reexecution.engine.ReexecutionResult` a result folder describes."""
-    from egress.reexecution.engine import ReexecutionResult
+    """The :class:`egress.reexecution.model.ReexecutionResult` a result folder describes."""
 
     def when(text: object) -> datetime:
         return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
@@ -398,8 +397,6 @@ def _take_in(svc: ReexecutionHost, job_id: str) -> None:
         svc.content.put(data)
     if result.executed_notebook is not None:
         svc.content.put(result.executed_notebook)
-    from egress.reexecution.engine import trusted_record
-
     run_meta, _problems = output_sdc_metadata(result.outputs)
     service_sdc = recompute_sdc(result.outputs, run_meta, svc.sdc_params)
     report = {**result.report, "service_sdc": service_sdc}
@@ -645,7 +642,7 @@ def detail(
     """One re-execution for the checker: its run, and the submitted files set against it.
 
     ``comparison``: one line per path in either set (``identical``, ``differs``,
-    ``only-submitted``, ``only-trusted``; see ``egress.reexecution.engine.compare_outputs``), with
+    ``only-submitted``, ``only-trusted``; see ``egress.reexecution.model.compare_outputs``), with
     ``run_sdc`` (the run's ``results.json`` verdict, :data:`IN_RUN_LABEL`, with the rules its
     parameters relax against the project's and any other ``run_problems``), ``service_sdc``
     (the verdict the service recomputed, :data:`SERVICE_LABEL`), ``verdict`` (the worst of the
@@ -655,8 +652,6 @@ def detail(
     ``sdc_params_problem`` says when the run's forced ones were weaker.
     ``executed_notebook_bytes`` is for the renderer.
     """
-    from egress.reexecution.engine import compare_outputs
-
     with svc.reading("reexecution", actor, request_id) as session:
         req = svc.load_request(session, request_id)
         svc.require(session, actor, Permission.VIEW_FILE, req)

@@ -24,7 +24,6 @@ from egress.audit.chain import EventType
 from egress.audit.signing import verify_record
 from egress.domain.policy import PermissionDenied
 from egress.operations.facade import InvalidInput, NotFound
-from egress.reexecution.engine import ReexecutionResult, Refused, compare_outputs, forced_sdc_params
 from egress.reexecution.jobs import (
     MAX_ATTEMPTS,
     Job,
@@ -35,6 +34,7 @@ from egress.reexecution.jobs import (
     output_sdc_metadata,
     result_report,
 )
+from egress.reexecution.model import ReexecutionResult, Refused, compare_outputs, forced_sdc_params
 from egress.reexecution.runner import Runner
 from egress.reexecution.service import IN_RUN_LABEL, RESEARCHER_LABEL, SERVICE_LABEL
 from egress.store.models import AuditEventRow, Reexecution
