@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 from egress.audit.chain import EventType, canonical_json, format_time
 from egress.audit.signing import sign_record
 from egress.domain.errors import EgressError, InvalidInput, NotFound, _refused
-from egress.domain.policy import Actor, Permission, PermissionDenied, RequestView
+from egress.domain.policy import Actor, Permission, PermissionDenied
 from egress.files.sdc_badge import LibraryRecords
 from egress.operations.base import Transaction
 from egress.reexecution.jobs import Job, JobsFolder, ProtocolError, new_job_id, output_sdc_metadata
@@ -78,18 +78,20 @@ class ReexecutionHost(Protocol):
 
     def load_request(self, session: Session, request_id: object) -> Request: ...
 
-    def request_file(self, session: Session, request: Request, file_id: object) -> RequestFile: ...
+    def library_records(self, project: str) -> LibraryRecords: ...
 
-    def require(
+    def permitted(
+        self, session: Session, actor: Actor, request_id: object, permission: Permission
+    ) -> Request: ...
+
+    def permitted_file(
         self,
         session: Session,
         actor: Actor,
+        request_id: object,
+        file_id: object,
         permission: Permission,
-        request: Request,
-        **already_read: Any,
-    ) -> RequestView: ...
-
-    def library_records(self, project: str) -> LibraryRecords: ...
+    ) -> tuple[Request, RequestFile]: ...
 
 
 log = logging.getLogger("egress.reexecution")
@@ -201,9 +203,7 @@ def request(
 ) -> dict[str, Any]:
     """Queue a trusted re-execution of the request's notebook ``file_id``; its entry."""
     with svc.reading("reexecute", actor, request_id) as session:
-        req = svc.load_request(session, request_id)
-        svc.require(session, actor, Permission.REEXECUTE, req)
-        row = svc.request_file(session, req, file_id)
+        req, row = svc.permitted_file(session, actor, request_id, file_id, Permission.REEXECUTE)
         if row.kind != "notebook":
             raise InvalidInput(
                 f"{row.path} is not a notebook; only notebooks (.ipynb) can be re-executed."
@@ -217,9 +217,7 @@ def request(
     notebook = svc.content.get(sha256)
     job_id = new_job_id()
     with svc.writing("reexecute", actor, request_id) as tx:
-        req = svc.load_request(tx.session, request_id)
-        svc.require(tx.session, actor, Permission.REEXECUTE, req)
-        row = svc.request_file(tx.session, req, file_id)
+        req, row = svc.permitted_file(tx.session, actor, request_id, file_id, Permission.REEXECUTE)
         if row.sha256 != sha256:
             raise _conflict(f"{path} changed meanwhile; ask again.")
         waiting = tx.session.execute(
@@ -579,8 +577,7 @@ def shown_verdict(
 def list_for_request(svc: ReexecutionHost, actor: Actor, request_id: str) -> list[dict[str, Any]]:
     """The request's re-executions, newest first (takes finished results in first)."""
     with svc.reading("list_reexecutions", actor, request_id) as session:
-        req = svc.load_request(session, request_id)
-        svc.require(session, actor, Permission.VIEW_FILE, req)
+        svc.permitted(session, actor, request_id, Permission.VIEW_FILE)
     collect(svc)
     with svc.reading("list_reexecutions", actor, request_id) as session:
         rows = session.execute(
@@ -653,8 +650,7 @@ def detail(
     ``executed_notebook_bytes`` is for the renderer.
     """
     with svc.reading("reexecution", actor, request_id) as session:
-        req = svc.load_request(session, request_id)
-        svc.require(session, actor, Permission.VIEW_FILE, req)
+        svc.permitted(session, actor, request_id, Permission.VIEW_FILE)
     collect(svc)
     with svc.reading("reexecution", actor, request_id) as session:
         req_project = svc.load_request(session, request_id).project
