@@ -115,6 +115,11 @@ def egress_container_name(enclave: EnclaveConfig) -> str:
     return f"{enclave.name}-egress"
 
 
+def broker_container_name(enclave: EnclaveConfig) -> str:
+    """The spawn broker: the only container of the enclave with the Docker socket."""
+    return f"{enclave.name}-broker"
+
+
 def runner_container_name(enclave: EnclaveConfig) -> str:
     """The trusted re-execution runner (asks the broker for re-execution containers)."""
     return f"{enclave.name}-runner"

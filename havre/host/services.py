@@ -46,6 +46,7 @@ from havre.host.layout import (
     TLS_IN_CONTAINER,
     StackError,
     StackOptions,
+    broker_container_name,
     egress_container_name,
     front_network_name,
     hub_container_name,
@@ -289,11 +290,6 @@ def start_idp(
         },
         **_service_container(enclave, "idp", digest, tmp="16m", pids=128),
     )
-
-
-def broker_container_name(enclave: EnclaveConfig) -> str:
-    """The spawn broker: the only container of the enclave with the Docker socket."""
-    return f"{enclave.name}-broker"
 
 
 def _broker_volumes(enclave: EnclaveConfig, caller: str) -> dict[str, dict[str, str]]:
