@@ -13,7 +13,7 @@ import docker.errors
 
 from havre.enclave.config import EnclaveConfig
 from havre.enclave.live import restart_digest
-from havre.enclave.networks import project_network_options
+from havre.enclave.networks import project_network_spec
 from havre.host.layout import TLS_IN_CONTAINER, StackError, StackOptions, front_network_name
 
 
@@ -83,15 +83,7 @@ def ensure_project_networks(
             continue
         except docker.errors.NotFound:
             pass
-        client.networks.create(
-            name,
-            driver="bridge",
-            internal=True,
-            enable_ipv6=False,
-            check_duplicate=True,
-            options=project_network_options(name),
-            labels={"havre.enclave": enclave.name, "havre.project": slug},
-        )
+        client.networks.create(name, **project_network_spec(name, enclave.name, slug))
         changes.append(f"created the network {name}")
 
 
