@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Build Havre's container images.
 #
-#   bash images/build.sh [--only base|notebook|hub|egress]...
+#   bash images/build.sh [--only base|notebook|hub|egress]... [--check-wheels]
 #
+# --check-wheels: fetch (or keep) the wheels and check them against the lock files, build nothing.
 # Tags: havre/base:bookworm, havre/notebook:VERSION, havre/hub:VERSION, havre/egress:VERSION
 # (VERSION from pyproject.toml). Idempotent: an existing base image is kept, wheels are
-# downloaded only when a requirements file changed, and Docker's layer cache makes a run with
+# downloaded only when a lock file changed, and Docker's layer cache makes a run with
 # nothing changed quick and leaves every tag where it was. Needs no Python package index once
 # images/.wheels is filled, but always a Debian mirror (apt-get runs in the builds); a host with
 # neither gets built images from scripts/offline-bundle.sh. See images/README.md.
@@ -17,6 +18,9 @@
 #   HAVRE_DEBIAN_SECURITY_MIRROR   mirror for bookworm-security (default: from /etc/apt sources).
 #   HAVRE_HUB_CONFIG       jupyterhub_config.py to put in the hub image
 #                          (default: jupyterhub_config.py at the repository root).
+#   HAVRE_BUILD_NETWORK    docker build --network for the RUN steps (e.g. host, for an engine
+#                          started with --bridge none); default: the engine's bridge.
+#   DOCKER_HOST            the Docker engine to build in (the docker client's own variable).
 #   PYTHON                 host Python whose pip downloads wheels (default: python3).
 set -euo pipefail
 
@@ -31,26 +35,23 @@ readonly WHEELS="$IMAGES_DIR/.wheels"
 readonly CONTEXTS="$IMAGES_DIR/.context"
 PYTHON="${PYTHON:-python3}"
 
-# Debian bookworm's python3 is 3.11.2 on glibc 2.36. pip does not widen a manylinux_2_X
-# --platform to older glibc levels by itself (it only does so for manylinux2014/2010), so
-# every level from 2_36 down to 2_17 is listed; manylinux2014 covers 2010 and manylinux1.
-PIP_TARGET_FLAGS=(--python-version 3.11.2 --implementation cp --only-binary=:all:)
-for glibc_minor in $(seq 36 -1 17); do
-    PIP_TARGET_FLAGS+=(--platform "manylinux_2_${glibc_minor}_x86_64")
-done
-PIP_TARGET_FLAGS+=(--platform manylinux2014_x86_64)
-readonly PIP_TARGET_FLAGS
+# The image platform's pip flags, lock files and the wheel check (shared with
+# scripts/lock-dependencies.sh).
+# shellcheck source=images/lib/wheels.sh
+. "$IMAGES_DIR/lib/wheels.sh"
+readonly PIP_TARGET_FLAGS=("${HAVRE_PIP_TARGET_FLAGS[@]}")
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'images/build.sh: error: %s\n' "$*" >&2; exit 1; }
 
 usage() {
-    sed -n '2,20s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
+    sed -n '2,27s/^# \{0,1\}//p' "${BASH_SOURCE[0]}"
 }
 
 # ---------------------------------------------------------------------------------------------
 # Arguments
 selected=()
+check_only=false
 while (($#)); do
     case "$1" in
         --only)
@@ -58,6 +59,8 @@ while (($#)); do
             selected+=("$2"); shift 2 ;;
         --only=*)
             selected+=("${1#--only=}"); shift ;;
+        --check-wheels)
+            check_only=true; shift ;;
         -h|--help)
             usage; exit 0 ;;
         *)
@@ -86,14 +89,16 @@ VERSION="$(awk -F'"' '
 readonly VERSION
 
 HUB_CONFIG="${HAVRE_HUB_CONFIG:-$REPO/jupyterhub_config.py}"
-if wanted hub && [[ ! -f "$HUB_CONFIG" ]]; then
+if wanted hub && ! $check_only && [[ ! -f "$HUB_CONFIG" ]]; then
     die "the hub image needs $HUB_CONFIG (copied to /srv/havre/jupyterhub_config.py), and it does not exist.
 Write jupyterhub_config.py at the repository root (or point HAVRE_HUB_CONFIG at one), or build
 the other images with: bash images/build.sh --only base --only notebook --only egress"
 fi
 
-command -v docker >/dev/null || die "the docker client is not installed"
-docker info >/dev/null 2>&1 || die "cannot talk to the Docker engine (is dockerd running?)"
+if ! $check_only; then
+    command -v docker >/dev/null || die "the docker client is not installed"
+    docker info >/dev/null 2>&1 || die "cannot talk to the Docker engine${DOCKER_HOST:+ at $DOCKER_HOST} (is dockerd running?)"
+fi
 # Without buildx, a recent docker client refuses DOCKER_BUILDKIT=1 and warns otherwise; the
 # Dockerfiles work with both builders.
 if [[ -z "${DOCKER_BUILDKIT:-}" ]] && ! docker buildx version >/dev/null 2>&1; then
@@ -103,6 +108,10 @@ DOCKER_BUILD_FLAGS=()
 if [[ "${DOCKER_BUILDKIT:-}" == 0 ]]; then
     # The legacy builder leaves the container of a failed step behind unless told otherwise.
     DOCKER_BUILD_FLAGS+=(--force-rm)
+fi
+if [[ -n "${HAVRE_BUILD_NETWORK:-}" ]]; then
+    # an engine started with --bridge none (a second engine on the host) builds with --network host
+    DOCKER_BUILD_FLAGS+=(--network "$HAVRE_BUILD_NETWORK")
 fi
 
 mkdir -p "$WHEELS" "$CONTEXTS"
@@ -243,27 +252,40 @@ pip_quiet() {   # pip, minus the noise of this host's extra file:// indexes
     "$PYTHON" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 }
 
-# download_wheels NAME REQUIREMENTS [pip flags...]: fill $WHEELS/NAME, unless its stamp says
-# it was filled from the same requirements file with the same flags.
+# download_wheels NAME [pip flags...]: fill $WHEELS/NAME from images/requirements/NAME.lock
+# (pip download --require-hashes: a file whose sha256 is not locked is refused), unless its
+# stamp says it was filled from the same lock with the same flags; then check every wheel in
+# the folder against the lock, so a wheel swapped in the folder afterwards is refused too.
 download_wheels() {
-    local name="$1" req="$2"; shift 2
+    local name="$1"; shift
+    local req="$IMAGES_DIR/requirements/$name.txt" lock="$IMAGES_DIR/requirements/$name.lock"
     local dest="$WHEELS/$name" stamp want
-    want="$( { sha256sum <"$req"; printf '%s\n' "$@"; } | sha256sum | cut -d' ' -f1)"
+    [[ -f "$lock" ]] || die "images/requirements/$name.lock is missing: run bash scripts/lock-dependencies.sh $name (on a host with the package index) and commit it."
+    if [[ "$(havre_lock_source "$lock")" != "$(sha256sum <"$req" | cut -d' ' -f1)" ]]; then
+        die "images/requirements/$name.txt changed since images/requirements/$name.lock was made: run bash scripts/lock-dependencies.sh $name, review the diff and commit both."
+    fi
+    want="$( { sha256sum <"$lock"; printf '%s\n' "$@"; } | sha256sum | cut -d' ' -f1)"
     stamp="$dest/.requirements.sha256"
     if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-        say "wheels for $name: ${req#"$REPO"/} unchanged; kept images/.wheels/$name"
-        return
-    fi
-    say "downloading wheels for $name from ${req#"$REPO"/}"
-    rm -rf "$dest.partial"
-    if ! pip_quiet download --quiet --disable-pip-version-check --dest "$dest.partial" "$@" -r "$req"; then
+        say "wheels for $name: ${lock#"$REPO"/} unchanged; kept images/.wheels/$name"
+    else
+        say "downloading wheels for $name from ${lock#"$REPO"/} (hashes required)"
         rm -rf "$dest.partial"
-        die "pip download for $name failed. Offline? Copy images/.wheels from a host that built
-the same requirements files (see images/README.md)."
+        if ! pip_quiet download --quiet --disable-pip-version-check --require-hashes \
+                --dest "$dest.partial" "$@" -r "$lock"; then
+            rm -rf "$dest.partial"
+            die "pip download for $name failed (above: a file whose hash is not in ${lock#"$REPO"/} is refused). Offline? Copy images/.wheels from a host that built
+the same lock files (see images/README.md)."
+        fi
+        rm -rf "$dest"
+        mv "$dest.partial" "$dest"
+        echo "$want" >"$stamp"
     fi
-    rm -rf "$dest"
-    mv "$dest.partial" "$dest"
-    echo "$want" >"$stamp"
+    local problem
+    if ! problem="$(havre_check_wheels "$lock" "$dest")"; then
+        die "$problem"
+    fi
+    say "wheels for $name: every file matches ${lock#"$REPO"/}"
 }
 
 # copy_checkout DEST: the tracked and untracked-but-not-ignored files of the checkout, minus
@@ -340,7 +362,8 @@ make_context() {   # make_context NAME: assemble $CONTEXTS/NAME
     rm -rf "$ctx"
     mkdir -p "$ctx"
     cp -a "$IMAGES_DIR/$name/." "$ctx/"
-    cp "$IMAGES_DIR/requirements/$name.txt" "$ctx/requirements.txt"
+    # the lock, not the top-level list: the image installs with --require-hashes
+    cp "$IMAGES_DIR/requirements/$name.lock" "$ctx/requirements.txt"
     # Hard links: instant, and no second copy of a few hundred MB of wheels.
     cp -al "$WHEELS/$name" "$ctx/wheels" 2>/dev/null || cp -a "$WHEELS/$name" "$ctx/wheels"
     rm -f "$ctx/wheels/.requirements.sha256"
@@ -373,8 +396,10 @@ build_image() {   # build_image NAME
 started=$SECONDS
 built=()
 
-ensure_base
-built+=("$BASE_TAG")
+if ! $check_only; then
+    ensure_base
+    built+=("$BASE_TAG")
+fi
 
 app_images=()
 for name in notebook hub egress; do
@@ -383,10 +408,14 @@ done
 
 if ((${#app_images[@]})); then
     "$PYTHON" -m pip --version >/dev/null 2>&1 || die "$PYTHON has no pip (set PYTHON=...)"
-    download_wheels build "$IMAGES_DIR/requirements/build.txt" --only-binary=:all:
+    download_wheels build --only-binary=:all:
     for name in "${app_images[@]}"; do
-        download_wheels "$name" "$IMAGES_DIR/requirements/$name.txt" "${PIP_TARGET_FLAGS[@]}"
+        download_wheels "$name" "${PIP_TARGET_FLAGS[@]}"
     done
+    if $check_only; then
+        say "wheels checked against the lock files; nothing built (--check-wheels)"
+        exit 0
+    fi
     if wanted hub || wanted egress; then build_havre_wheel; fi
     if wanted notebook; then build_researcher_wheel; fi
     for name in "${app_images[@]}"; do
