@@ -3,8 +3,17 @@
 restore one. Standard library only: it runs with the host's python3 (Debian's 3.11).
 
     havre_archive.py create  --state DIR --config FILE --output ARCHIVE [--include-data]
-    havre_archive.py verify  ARCHIVE
-    havre_archive.py restore ARCHIVE --state DIR --config FILE [--force]
+                             (--recipients-file FILE | --unencrypted)
+    havre_archive.py verify  ARCHIVE [--identity FILE]
+    havre_archive.py restore ARCHIVE --state DIR --config FILE [--identity FILE] [--force]
+
+Encryption: with ``--recipients-file`` (age public keys, one a line: ``age1...`` or SSH public
+keys) the archive is streamed through ``age`` (Debian's package) and never touches the disk
+unencrypted; ``ARCHIVE.age`` is then what is written. ``verify`` and ``restore`` of an
+encrypted archive need ``--identity`` (the operator's age identity file): the whole archive is
+decrypted into a private temporary folder first (age authenticates every chunk), so a changed
+archive or the wrong identity is refused with a sentence before one file is written. An
+unencrypted archive is written only with ``--unencrypted`` (a warning is printed).
 
 What goes in (``state/`` is the enclave's state directory):
 
@@ -33,6 +42,7 @@ import json
 import os
 import shutil
 import sqlite3
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -47,8 +57,47 @@ SQLITE_FILES = ("egress/egress.db", "hub/jupyterhub.sqlite")
 SKIP_SUFFIXES = ("-wal", "-shm", "-journal")
 
 
+AGE_MAGIC = b"age-encryption.org/v1\n"
+
+
 class Refused(Exception):
     """The archive is not one this tool wrote, or it was changed since."""
+
+
+def is_encrypted(archive: Path) -> bool:
+    with open(archive, "rb") as f:
+        return f.read(len(AGE_MAGIC)) == AGE_MAGIC
+
+
+def _age() -> str:
+    found = shutil.which("age")
+    if not found:
+        raise SystemExit("error: the age command is missing (Debian: apt-get install age)")
+    return found
+
+
+def decrypt(archive: Path, identity: Path | None, into: Path) -> Path:
+    """Decrypt the whole archive into the private folder ``into``; refuse with a sentence."""
+    if identity is None:
+        raise Refused(f"{archive} is encrypted with age: give the identity file (--identity)")
+    if not identity.is_file():
+        raise Refused(f"identity file {identity} does not exist")
+    plain = into / "archive.tar.gz"
+    run = subprocess.run(
+        [_age(), "--decrypt", "--identity", str(identity), "--output", str(plain), str(archive)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if run.returncode != 0:
+        plain.unlink(missing_ok=True)
+        detail = run.stderr.strip().splitlines()[0] if run.stderr.strip() else "no detail"
+        if "no identity matched" in run.stderr:
+            raise Refused(
+                f"{archive} was not encrypted to the identity in {identity} (wrong key?): {detail}"
+            )
+        raise Refused(f"{archive} could not be decrypted: it was changed or is damaged ({detail})")
+    return plain
 
 
 def sha256_file(path: Path) -> str:
@@ -140,8 +189,22 @@ def _data_paths(config: Path, state: Path) -> dict[str, Path]:
     return found
 
 
-def create(state: Path, config: Path, output: Path, include_data: bool) -> dict:
+def create(
+    state: Path,
+    config: Path,
+    output: Path,
+    include_data: bool,
+    recipients: Path | None = None,
+) -> dict:
     state, started = state.resolve(), time.monotonic()
+    if recipients is not None:
+        keys = [
+            line
+            for line in (recipients.read_text().splitlines() if recipients.is_file() else [])
+            if line.strip() and not line.lstrip().startswith("#")
+        ]
+        if not keys:
+            raise SystemExit(f"error: {recipients} holds no age recipient (public key)")
     if not (state / "secrets").is_dir():
         raise SystemExit(f"error: {state} is not an enclave state directory (no secrets/)")
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -151,7 +214,21 @@ def create(state: Path, config: Path, output: Path, include_data: bool) -> dict:
     skip |= {state / "egress" / "audit-checkpoints.jsonl", state / "egress" / "content"}
     skip |= {p for p in data_paths.values() if p.is_relative_to(state)}
     fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as raw, tarfile.open(fileobj=raw, mode="w:gz") as tar:
+    age = None
+    if recipients is not None:
+        # the plain archive only ever exists in the pipe into age
+        age = subprocess.Popen(
+            [_age(), "--encrypt", "--recipients-file", str(recipients)],
+            stdin=subprocess.PIPE,
+            stdout=fd,
+        )
+        os.close(fd)
+        raw_file = age.stdin
+        mode = "w|gz"
+    else:
+        raw_file = os.fdopen(fd, "wb")
+        mode = "w:gz"
+    with raw_file as raw, tarfile.open(fileobj=raw, mode=mode) as tar:
         writer = Writer(tar)
         writer.add_file(config, "config/enclave.yaml")
         writer.add_dir(state, "state")
@@ -195,6 +272,9 @@ def create(state: Path, config: Path, output: Path, include_data: bool) -> dict:
         info = tarfile.TarInfo(MANIFEST)
         info.size, info.mode, info.mtime = len(body), 0o600, int(time.time())
         tar.addfile(info, io.BytesIO(body))
+    if age is not None and age.wait() != 0:
+        partial.unlink(missing_ok=True)
+        raise SystemExit(f"error: age could not encrypt to {recipients} (see above)")
     os.replace(partial, output)
     digest = sha256_file(output)
     Path(f"{output}.sha256").write_text(f"{digest}  {output.name}\n")
@@ -204,6 +284,7 @@ def create(state: Path, config: Path, output: Path, include_data: bool) -> dict:
         "sha256": digest,
         "bytes": output.stat().st_size,
         "files": files,
+        "encrypted": recipients is not None,
         "seconds": round(time.monotonic() - started, 2),
     }
 
@@ -213,13 +294,25 @@ def _safe_name(name: str) -> bool:
     return bool(name) and not path.is_absolute() and ".." not in path.parts and "\\" not in name
 
 
-def verify(archive: Path) -> dict:
-    """Check the archive against its .sha256 (when present) and its manifest; return it."""
+def _check_sidecar(archive: Path) -> None:
     sidecar = Path(f"{archive}.sha256")
     if sidecar.exists():
         expected = sidecar.read_text().split()[0]
         if sha256_file(archive) != expected:
             raise Refused(f"{archive} does not match {sidecar}: the archive was changed")
+
+
+def verify(archive: Path, identity: Path | None = None) -> dict:
+    """Check the archive against its .sha256 (when present), decrypt it when encrypted, and
+    check it against its manifest; return the manifest."""
+    _check_sidecar(archive)
+    if is_encrypted(archive):
+        with tempfile.TemporaryDirectory(prefix=".havre-verify-", dir=archive.parent) as tmp:
+            return _verify_plain(decrypt(archive, identity, Path(tmp)))
+    return _verify_plain(archive)
+
+
+def _verify_plain(archive: Path) -> dict:
     try:
         tar = tarfile.open(archive, mode="r:*")
     except (tarfile.TarError, OSError) as err:
@@ -259,8 +352,19 @@ def verify(archive: Path) -> dict:
     return manifest
 
 
-def restore(archive: Path, state: Path, config: Path, force: bool) -> dict:
-    manifest = verify(archive)
+def restore(
+    archive: Path, state: Path, config: Path, force: bool, identity: Path | None = None
+) -> dict:
+    _check_sidecar(archive)
+    if is_encrypted(archive):
+        # decrypted whole and verified before one file is written
+        with tempfile.TemporaryDirectory(prefix=".havre-restore-", dir=archive.parent) as tmp:
+            return _restore_plain(decrypt(archive, identity, Path(tmp)), state, config, force)
+    return _restore_plain(archive, state, config, force)
+
+
+def _restore_plain(archive: Path, state: Path, config: Path, force: bool) -> dict:
+    manifest = _verify_plain(archive)
     state = state.resolve()
     if state.exists() and any(state.iterdir()) and not force:
         raise SystemExit(f"error: {state} is not empty; restore onto an empty state directory")
@@ -300,23 +404,36 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--config", type=Path, required=True)
     c.add_argument("--output", type=Path, required=True)
     c.add_argument("--include-data", action="store_true")
+    how = c.add_mutually_exclusive_group(required=True)
+    how.add_argument("--recipients-file", type=Path, help="age recipients (public keys)")
+    how.add_argument("--unencrypted", action="store_true", help="write a plain archive")
     v = sub.add_parser("verify")
     v.add_argument("archive", type=Path)
+    v.add_argument("--identity", type=Path, help="age identity file (encrypted archives)")
     r = sub.add_parser("restore")
     r.add_argument("archive", type=Path)
     r.add_argument("--state", type=Path, required=True)
     r.add_argument("--config", type=Path, required=True)
     r.add_argument("--force", action="store_true")
+    r.add_argument("--identity", type=Path, help="age identity file (encrypted archives)")
     args = parser.parse_args(argv)
     try:
         if args.command == "create":
-            result = create(args.state, args.config, args.output, args.include_data)
+            if args.unencrypted:
+                print(
+                    "WARNING: writing an UNENCRYPTED backup (--unencrypted): it holds the "
+                    "enclave's secrets and signing key in the clear",
+                    file=sys.stderr,
+                )
+            result = create(
+                args.state, args.config, args.output, args.include_data, args.recipients_file
+            )
         elif args.command == "verify":
-            manifest = verify(args.archive)
+            manifest = verify(args.archive, args.identity)
             entries, created = len(manifest["entries"]), manifest["created"]
             result = {"ok": True, "entries": entries, "created": created}
         else:
-            result = restore(args.archive, args.state, args.config, args.force)
+            result = restore(args.archive, args.state, args.config, args.force, args.identity)
     except Refused as err:
         print(f"REFUSED: {err}", file=sys.stderr)
         return 1
