@@ -18,6 +18,7 @@ from havre import __version__
 from havre.enclave.config import EnclaveConfig, EnclaveConfigError, load_enclave_config
 from havre.host.demo import demo_roles
 from havre.host.layout import StackError, StackOptions
+from havre.host.progress import Progress
 
 DEFAULT_STATE_DIR = Path("/var/lib/havre")
 DEFAULT_NOTEBOOK_IMAGE = f"havre/notebook:{__version__}"
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                 create_project_networks=args.create_project_networks,
             )
             changes: list[str] = []
-            url = stack.up(enclave, opts, changes)
+            # step lines on a terminal only (--json's caller, Ansible, reads stdout alone)
+            url = stack.up(enclave, opts, changes, Progress("havre up"))
             if args.json:
                 print(json.dumps({"url": url, "changed": bool(changes), "changes": changes}))
             else:

@@ -38,6 +38,7 @@ from havre.host.layout import (
     idp_container_name,
     prepare_state,
 )
+from havre.host.progress import Progress, quiet
 from havre.host.services import start_broker, start_egress, start_hub, start_idp, start_runner
 
 
@@ -75,7 +76,11 @@ def check_ports(client: docker.DockerClient, enclave: EnclaveConfig, opts: Stack
 
 
 def wait_for_hub(
-    client: docker.DockerClient, enclave: EnclaveConfig, url: str, timeout: float
+    client: docker.DockerClient,
+    enclave: EnclaveConfig,
+    url: str,
+    timeout: float,
+    progress: Progress | None = None,
 ) -> None:
     """Wait until the hub answers through the proxy; fail with its logs if it exits.
 
@@ -103,39 +108,59 @@ def wait_for_hub(
                     return
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
+        if progress is not None:
+            progress.still_waiting(f"{health} ({hub_container_name(enclave)})")
         time.sleep(0.5)
     raise StackError(f"the hub did not answer at {health} within {timeout:.0f} s")
 
 
 def up(
-    enclave: EnclaveConfig, opts: StackOptions | None = None, changes: list[str] | None = None
+    enclave: EnclaveConfig,
+    opts: StackOptions | None = None,
+    changes: list[str] | None = None,
+    progress: Progress | None = None,
 ) -> str:
     """Start (or leave running) the enclave's containers; return the public URL.
 
     What it changed (created, started, replaced, attached) is appended to ``changes``: an
-    empty list means the enclave was already up as configured.
+    empty list means the enclave was already up as configured. ``progress`` (the command
+    line's, on a terminal) is told each step and what it waits on.
     """
     opts = opts or StackOptions()
     changes = [] if changes is None else changes
+    say = progress or quiet()
     client = docker.from_env(version="auto")
     try:
-        for image in (opts.hub_image, opts.egress_image, *enclave.allowed_images):
+        images = (opts.hub_image, opts.egress_image, *enclave.allowed_images)
+        say.step("checking the images", ", ".join(images))
+        for image in images:
             image_id(client, image)
+        say.step("checking the ports")
         check_ports(client, enclave, opts)
+        say.step("preparing the state folder", str(enclave.state_dir))
         prepare_state(enclave, changes)
         publish_config(enclave, changes)
+        say.step("networks")
         ensure_front_network(client, enclave, changes)
         if opts.create_project_networks:
             ensure_project_networks(client, enclave, changes)
+        say.step("identity provider")
         start_idp(client, enclave, opts, changes)
+        say.step("egress service", egress_container_name(enclave))
         start_egress(client, enclave, opts, changes)
+        say.step("spawn broker", "its socket to answer")
         start_broker(client, enclave, opts, changes)
+        say.step("re-execution runner")
         start_runner(client, enclave, opts, changes)
+        say.step("hub", hub_container_name(enclave))
         start_hub(client, enclave, opts, changes)
         project_nets = project_networks(client, enclave)
         attach_to_networks(client, egress_container_name(enclave), project_nets, changes)
         attach_to_networks(client, hub_container_name(enclave), project_nets, changes)
-        wait_for_hub(client, enclave, opts.local_url + "/", opts.wait_seconds)
+        health = opts.local_url + "/hub/health"
+        say.step("waiting for the hub to answer", health)
+        wait_for_hub(client, enclave, opts.local_url + "/", opts.wait_seconds, say)
+        say.done(f"up: {len(changes)} change(s)")
         return opts.public_url + "/"
     finally:
         client.close()
