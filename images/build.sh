@@ -33,6 +33,7 @@ readonly BASE_TAG="havre/base:bookworm"
 readonly SUITE="bookworm"
 readonly WHEELS="$IMAGES_DIR/.wheels"
 readonly CONTEXTS="$IMAGES_DIR/.context"
+readonly SBOMS="$IMAGES_DIR/sbom"
 PYTHON="${PYTHON:-python3}"
 
 # The image platform's pip flags, lock files and the wheel check (shared with
@@ -40,6 +41,10 @@ PYTHON="${PYTHON:-python3}"
 # shellcheck source=images/lib/wheels.sh
 . "$IMAGES_DIR/lib/wheels.sh"
 readonly PIP_TARGET_FLAGS=("${HAVRE_PIP_TARGET_FLAGS[@]}")
+# Progress lines (step, elapsed, what is waited on) on a terminal only.
+# shellcheck source=scripts/lib/progress.sh
+. "$REPO/scripts/lib/progress.sh"
+havre_progress_start "images/build.sh"
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'images/build.sh: error: %s\n' "$*" >&2; exit 1; }
@@ -260,6 +265,7 @@ download_wheels() {
     local name="$1"; shift
     local req="$IMAGES_DIR/requirements/$name.txt" lock="$IMAGES_DIR/requirements/$name.lock"
     local dest="$WHEELS/$name" stamp want
+    havre_step "wheels for $name" "images/requirements/$name.lock"
     [[ -f "$lock" ]] || die "images/requirements/$name.lock is missing: run bash scripts/lock-dependencies.sh $name (on a host with the package index) and commit it."
     if [[ "$(havre_lock_source "$lock")" != "$(sha256sum <"$req" | cut -d' ' -f1)" ]]; then
         die "images/requirements/$name.txt changed since images/requirements/$name.lock was made: run bash scripts/lock-dependencies.sh $name, review the diff and commit both."
@@ -271,7 +277,7 @@ download_wheels() {
     else
         say "downloading wheels for $name from ${lock#"$REPO"/} (hashes required)"
         rm -rf "$dest.partial"
-        if ! pip_quiet download --quiet --disable-pip-version-check --require-hashes \
+        if ! havre_wait_on "pip download of images/requirements/$name.lock" pip_quiet download --quiet --disable-pip-version-check --require-hashes \
                 --dest "$dest.partial" "$@" -r "$lock"; then
             rm -rf "$dest.partial"
             die "pip download for $name failed (above: a file whose hash is not in ${lock#"$REPO"/} is refused). Offline? Copy images/.wheels from a host that built
@@ -383,13 +389,41 @@ build_image() {   # build_image NAME
     local name="$1" tag="havre/$1:$VERSION"
     make_context "$name"
     say "building $tag"
-    docker build "${DOCKER_BUILD_FLAGS[@]+"${DOCKER_BUILD_FLAGS[@]}"}" \
+    havre_step "building $tag" "docker build${DOCKER_HOST:+ at $DOCKER_HOST}"
+    havre_wait_on "docker build of $tag" docker build "${DOCKER_BUILD_FLAGS[@]+"${DOCKER_BUILD_FLAGS[@]}"}" \
         --build-arg BASE_IMAGE="$BASE_TAG" \
         --build-arg HAVRE_VERSION="$VERSION" \
         -t "$tag" \
         -f "$CONTEXTS/$name/Dockerfile" \
         "$CONTEXTS/$name"
     built+=("$tag")
+    write_sbom "$name" "$tag"
+}
+
+# write_sbom NAME TAG: images/sbom/NAME.cdx.json, the CycloneDX SBOM of what pip lists inside
+# the built image, with the locked hashes and the image id it describes (havre/host/sbom.py).
+write_sbom() {
+    local name="$1" tag="$2" id packages
+    havre_step "SBOM of $tag" "pip list in the image, cyclonedx-py"
+    id="$(docker image inspect -f '{{.Id}}' "$tag")"
+    packages="$(mktemp /tmp/havre-sbom-packages.XXXXXX)"
+    if ! docker run --rm --network none --user 0 --entrypoint /opt/havre/venv/bin/python "$tag" \
+            -m pip list --format=freeze --disable-pip-version-check >"$packages"; then
+        rm -f "$packages"
+        die "could not list the Python packages of $tag for its SBOM"
+    fi
+    local wheels=()
+    for whl in "$CONTEXTS/$name"/havre/*.whl; do wheels+=(--wheel "$whl"); done
+    mkdir -p "$SBOMS"
+    if ! PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$PYTHON" -m havre.host.sbom write \
+            --name "$name" --tag "$tag" --image-id "$id" --packages "$packages" \
+            --lock "$IMAGES_DIR/requirements/$name.lock" "${wheels[@]}" \
+            --output "$SBOMS/$name.cdx.json" >/dev/null; then
+        rm -f "$packages"
+        die "writing the SBOM of $tag failed (is cyclonedx-bom installed in $PYTHON? pip install 'havre[cli]')"
+    fi
+    rm -f "$packages"
+    say "SBOM: images/sbom/$name.cdx.json ($tag, image ${id:7:12})"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -397,6 +431,7 @@ started=$SECONDS
 built=()
 
 if ! $check_only; then
+    havre_step "base image" "$BASE_TAG"
     ensure_base
     built+=("$BASE_TAG")
 fi
@@ -414,9 +449,10 @@ if ((${#app_images[@]})); then
     done
     if $check_only; then
         say "wheels checked against the lock files; nothing built (--check-wheels)"
+        havre_progress_done "wheels checked"
         exit 0
     fi
-    if wanted hub || wanted egress; then build_havre_wheel; fi
+    if wanted hub || wanted egress; then havre_step "Havre's wheel"; build_havre_wheel; fi
     if wanted notebook; then build_researcher_wheel; fi
     for name in "${app_images[@]}"; do
         build_image "$name"
@@ -430,4 +466,5 @@ for tag in "${built[@]}"; do
     id="${id#sha256:}"
     printf '%-24s %-12s %s MB\n' "$tag" "${id:0:12}" "$((size / 1000000))"
 done
+havre_progress_done "done: ${#built[@]} image(s)"
 say "done in $((SECONDS - started)) s"

@@ -64,6 +64,8 @@ def _copy_repo(dest: Path) -> Path:
     shutil.copy(REPO / "pyproject.toml", repo)
     shutil.copy(REPO / "images" / "build.sh", repo / "images")
     shutil.copytree(REPO / "images" / "lib", repo / "images" / "lib")
+    (repo / "scripts" / "lib").mkdir(parents=True)
+    shutil.copy(REPO / "scripts" / "lib" / "progress.sh", repo / "scripts" / "lib")
     shutil.copytree(REQUIREMENTS, repo / "images" / "requirements")
     for name in ("build", "egress"):
         shutil.copytree(
@@ -148,3 +150,23 @@ def test_a_requirements_change_without_a_new_lock_is_refused(tmp_path):
         "images/requirements/egress.txt changed since images/requirements/egress.lock was made: "
         "run bash scripts/lock-dependencies.sh egress" in refused.stderr
     )
+
+
+def test_build_progress_on_a_terminal_and_quiet_on_a_pipe(tmp_path):
+    """images/build.sh's steps (here the --check-wheels run) on a terminal; the same run on a
+    pipe prints its usual ==> lines and no progress line."""
+    from tests.unit.test_progress import LINE, _run_on_a_terminal
+
+    _wheel_folder("build")
+    _wheel_folder("egress")
+    repo = _copy_repo(tmp_path)
+    argv = ["bash", str(repo / "images" / "build.sh"), "--only", "egress", "--check-wheels"]
+    _out, err = _run_on_a_terminal(argv, tmp_path / "unused", "never")
+    for text in ("wheels for build: waiting on images/requirements/build.lock",
+                 "wheels for egress: waiting on images/requirements/egress.lock",
+                 "wheels checked"):  # fmt: skip
+        assert re.search(LINE.format(label="images/build.sh", text=re.escape(text)), err), err
+    piped = _check_wheels(repo)
+    assert piped.returncode == 0
+    assert "==> wheels for egress: every file matches" in piped.stderr
+    assert "images/build.sh [" not in piped.stderr
