@@ -10,6 +10,12 @@ havre_ensure_venv() {
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 python3-venv python3-pip
   fi
+  # age: encrypted backups (ansible/roles/havre_common/files/havre_archive.py and its tests)
+  if ! command -v age >/dev/null 2>&1; then
+    echo "==> Installing age from Debian (encrypted backups)"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q age
+  fi
   if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
   fi

@@ -33,6 +33,7 @@ from tests.ansible.test_playbooks import (
     _remove_everything,
     _skip_unless_possible,
     _tampered_copy,
+    age_keys,
 )
 from tests.enclave_fixtures import free_port
 from tests.integration.hub_client import HubError, HubUser
@@ -81,6 +82,7 @@ def day2(tmp_path_factory):
         "havre_state_dir": str(root / "state"),
         "havre_config_dir": str(root / "etc"),
         "havre_backup_dir": str(root / "backups"),
+        **age_keys(root),
         "havre_source_dir": str(REPO),
         "havre_venv_dir": str(REPO / ".venv"),
         "havre_images_mode": "present",
@@ -359,17 +361,17 @@ def test_backup_fetched_0600_and_tampered_restore_leaves_the_good_archive(day2):
     assert run.returncode == 0, run.output[-3000:]
     assert stat.S_IMODE(fetched.stat().st_mode) == 0o700
     copies = sorted(fetched.iterdir())
-    assert [p.suffix for p in copies] == [".gz", ".sha256"]
+    assert [p.suffix for p in copies] == [".age", ".sha256"]  # encrypted to the operator
     assert {stat.S_IMODE(p.stat().st_mode) for p in copies} == {0o600}, [
         oct(p.stat().st_mode) for p in copies
     ]
 
     backups = Path(day2.vars["havre_backup_dir"])
     good = _archive_bytes(backups)
-    (archive,) = backups.glob("*.tar.gz")
+    (archive,) = backups.glob("*.tar.gz.age")
     tampered = day2.root / "tampered" / archive.name  # the same name as the host's good one
     tampered.parent.mkdir()
-    _tampered_copy(archive, tampered)
+    _tampered_copy(archive, tampered, Path(day2.vars["havre_restore_age_identity"]))
     users = Path(day2.vars["havre_state_dir"]) / "idp/users.json"
     users_before, services = users.read_bytes(), _service_ids(client)
 
@@ -640,7 +642,7 @@ def test_day2_table_every_playbook_with_a_server_open(day2):
 
     r = row("backup.yml", "backup.yml", second=False)
     r["changed, 2nd run"] = "n/a (a new archive each run)"
-    backups = Path(day2.vars["havre_backup_dir"]).glob("*.tar.gz")
+    backups = Path(day2.vars["havre_backup_dir"]).glob("*.tar.gz.age")
     archive = max(backups, key=lambda p: p.stat().st_mtime)
 
     # restore replaces the state folder: the whole enclave is stopped first, servers too
@@ -684,7 +686,7 @@ def test_teardown_removes_everything_it_made(day2):
     assert _service_ids(client)  # still there
 
     backups = Path(day2.vars["havre_backup_dir"])
-    archives_before = set(backups.glob("*.tar.gz"))
+    archives_before = set(backups.glob("*.tar.gz.age"))
     run = day2.playbook(
         "teardown.yml",
         extra={"havre_teardown_confirm": ENCLAVE, "havre_teardown_state": True},
@@ -696,7 +698,7 @@ def test_teardown_removes_everything_it_made(day2):
     assert not client.networks.list(filters=label)
     assert not Path(day2.vars["havre_state_dir"]).exists()
     assert not Path(day2.vars["havre_config_dir"]).exists()
-    assert set(backups.glob("*.tar.gz")) - archives_before  # the backup taken first is kept
+    assert set(backups.glob("*.tar.gz.age")) - archives_before  # the backup taken first is kept
     firewall = [day2.vars[k] for k in ("havre_firewall_dir", "havre_firewall_script")]
     firewall.append(day2.vars["havre_firewall_unit"])
     others = {

@@ -217,6 +217,7 @@ def deployment(tmp_path_factory):
         "havre_state_dir": str(root / "state"),
         "havre_config_dir": str(root / "etc"),
         "havre_backup_dir": str(root / "backups"),
+        **age_keys(root),
         "havre_source_dir": str(REPO),
         "havre_venv_dir": str(REPO / ".venv"),
         "havre_images_mode": "present",  # the images are shared with the rest of the suite
@@ -445,7 +446,7 @@ def test_move_backup_destroy_restore(deployment, released):
     started = time.monotonic()
     backup = deployment.playbook("backup.yml")
     assert backup.returncode == 0, backup.output[-4000:]
-    (archive,) = Path(deployment.vars["havre_backup_dir"]).glob("*.tar.gz")
+    (archive,) = Path(deployment.vars["havre_backup_dir"]).glob("*.tar.gz.age")
     FIGURES["archive bytes"] = archive.stat().st_size
 
     # destroy: containers, networks, state folder, config and certificate
@@ -487,24 +488,42 @@ def test_move_backup_destroy_restore(deployment, released):
     assert events_after[len(events_before)]["event"] == "DOWNLOADED"
 
 
-def _tampered_copy(archive: Path, target: Path) -> None:
-    """Rewrite the archive with one member's bytes changed, and a matching .sha256."""
-    with tarfile.open(archive) as src, tarfile.open(target, "w:gz") as dst:
+def age_keys(root: Path) -> dict:
+    """An operator's age identity in ROOT, and the variables that back up to it and restore
+    with it (the backups of these tests are encrypted, as a site's are)."""
+    identity = root / "operator-age.key"
+    subprocess.run(["age-keygen", "-o", str(identity)], check=True, capture_output=True)
+    public = subprocess.run(
+        ["age-keygen", "-y", str(identity)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return {"havre_backup_age_recipients": [public], "havre_restore_age_identity": str(identity)}
+
+
+def _tampered_copy(archive: Path, target: Path, identity: Path) -> None:
+    """Rewrite the archive with one member's bytes changed, and a matching .sha256: decrypted
+    with the operator's identity and encrypted again to it (age does not prove who wrote an
+    archive: anyone holding the public key can; the manifest check is what refuses this)."""
+    plain, changed = target.with_name("plain.tar.gz"), target.with_name("changed.tar.gz")
+    subprocess.run(["age", "-d", "-i", str(identity), "-o", str(plain), str(archive)], check=True)
+    with tarfile.open(plain) as src, tarfile.open(changed, "w:gz") as dst:
         for member in src.getmembers():
             data = src.extractfile(member).read() if member.isfile() else None
             if member.name.endswith("idp/users.json"):
                 data = data.replace(b"project-cardio", b"havre-admins")
                 member.size = len(data)
             dst.addfile(member, io.BytesIO(data) if data is not None else None)
+    subprocess.run(["age", "-e", "-i", str(identity), "-o", str(target), str(changed)], check=True)
+    plain.unlink()
+    changed.unlink()
     digest = hashlib.sha256(target.read_bytes()).hexdigest()
     Path(f"{target}.sha256").write_text(f"{digest}  {target.name}\n")
 
 
 def test_restore_refuses_a_tampered_archive(deployment, released):
-    (archive,) = Path(deployment.vars["havre_backup_dir"]).glob("*.tar.gz")
+    (archive,) = Path(deployment.vars["havre_backup_dir"]).glob("*.tar.gz.age")
     tampered = deployment.root / "tampered" / archive.name
     tampered.parent.mkdir()
-    _tampered_copy(archive, tampered)
+    _tampered_copy(archive, tampered, Path(deployment.vars["havre_restore_age_identity"]))
     users = Path(deployment.vars["havre_state_dir"]) / "idp/users.json"
     before = users.read_bytes()
     run = deployment.playbook("restore.yml", extra={"havre_restore_archive": str(tampered)})
