@@ -12,6 +12,9 @@ stay byte-identical, even with ``--force`` (restore over a live state folder).
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -173,3 +176,22 @@ def test_a_plain_archive_needs_an_explicit_choice_and_warns(world, tmp_path):
     refused = _tool(*base, "--recipients-file", empty)
     assert refused.returncode != 0
     assert f"{empty} holds no age recipient" in refused.stderr
+
+
+def test_progress_on_a_terminal_and_none_on_a_pipe(world, tmp_path):
+    """A restore by hand shows its steps (what it waits on) on a terminal; under Ansible (a
+    pipe) stderr stays empty and stdout is the JSON result alone."""
+    from tests.unit.test_progress import LINE, _run_on_a_terminal
+
+    root, _state, archive = world
+    argv = [sys.executable, str(TOOL), "verify", str(archive), "--identity",
+            str(root / "operator.key")]  # fmt: skip
+    out, err = _run_on_a_terminal(argv, tmp_path / "unused", "never")
+    for text in (f"decrypting {archive.name}: waiting on age",
+                 "checking every member against the manifest", "done"):  # fmt: skip
+        assert re.search(LINE.format(label="havre_archive.py", text=re.escape(text)), err), err
+    assert json.loads(out)["ok"] is True
+    env = {k: v for k, v in os.environ.items() if k != "HAVRE_PROGRESS"}
+    piped = subprocess.run(argv, capture_output=True, text=True, timeout=120, env=env)
+    assert piped.returncode == 0 and piped.stderr == ""
+    assert json.loads(piped.stdout)["ok"] is True

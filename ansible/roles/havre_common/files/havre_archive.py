@@ -58,6 +58,16 @@ SKIP_SUFFIXES = ("-wal", "-shm", "-journal")
 
 
 AGE_MAGIC = b"age-encryption.org/v1\n"
+_STARTED = time.monotonic()
+
+
+def _step(what: str) -> None:
+    """A progress line on a terminal only (the format of havre/host/progress.py; this script
+    runs alone on the host, so it carries its own copy of these few lines)."""
+    forced = os.environ.get("HAVRE_PROGRESS", "")
+    if forced == "1" or (forced != "0" and sys.stderr.isatty()):
+        elapsed = time.monotonic() - _STARTED
+        print(f"havre_archive.py [{elapsed:6.1f}s] {what}", file=sys.stderr, flush=True)
 
 
 class Refused(Exception):
@@ -83,6 +93,7 @@ def decrypt(archive: Path, identity: Path | None, into: Path) -> Path:
     if not identity.is_file():
         raise Refused(f"identity file {identity} does not exist")
     plain = into / "archive.tar.gz"
+    _step(f"decrypting {archive.name}: waiting on age")
     run = subprocess.run(
         [_age(), "--decrypt", "--identity", str(identity), "--output", str(plain), str(archive)],
         capture_output=True,
@@ -228,6 +239,7 @@ def create(
     else:
         raw_file = os.fdopen(fd, "wb")
         mode = "w:gz"
+    _step(f"archiving {state} into {output.name}" + (" (age)" if age else ""))
     with raw_file as raw, tarfile.open(fileobj=raw, mode=mode) as tar:
         writer = Writer(tar)
         writer.add_file(config, "config/enclave.yaml")
@@ -238,11 +250,13 @@ def create(
             # order matters: checkpoints, then the database, then the append-only store
             checkpoints = "audit-checkpoints.jsonl"
             writer.add_tree(egress / checkpoints, f"state/egress/{checkpoints}", set())
+            _step("copying the databases: waiting on SQLite's backup API")
             with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
                 for rel in SQLITE_FILES:
                     if (state / rel).exists():
                         writer.add_sqlite(state / rel, f"state/{rel}", Path(tmp))
             writer.add_tree(egress / "content", "state/egress/content", set())
+        _step("archiving secrets, homes and outputs")
         for child in sorted(state.iterdir()):
             if child.name != "egress":
                 writer.add_tree(child, f"state/{child.name}", skip)
@@ -272,6 +286,7 @@ def create(
         info = tarfile.TarInfo(MANIFEST)
         info.size, info.mode, info.mtime = len(body), 0o600, int(time.time())
         tar.addfile(info, io.BytesIO(body))
+    _step("finishing the archive" + (": waiting on age" if age else ""))
     if age is not None and age.wait() != 0:
         partial.unlink(missing_ok=True)
         raise SystemExit(f"error: age could not encrypt to {recipients} (see above)")
@@ -297,6 +312,7 @@ def _safe_name(name: str) -> bool:
 def _check_sidecar(archive: Path) -> None:
     sidecar = Path(f"{archive}.sha256")
     if sidecar.exists():
+        _step(f"checking {sidecar.name}")
         expected = sidecar.read_text().split()[0]
         if sha256_file(archive) != expected:
             raise Refused(f"{archive} does not match {sidecar}: the archive was changed")
@@ -313,6 +329,7 @@ def verify(archive: Path, identity: Path | None = None) -> dict:
 
 
 def _verify_plain(archive: Path) -> dict:
+    _step("checking every member against the manifest")
     try:
         tar = tarfile.open(archive, mode="r:*")
     except (tarfile.TarError, OSError) as err:
@@ -374,6 +391,7 @@ def _restore_plain(archive: Path, state: Path, config: Path, force: bool) -> dic
             "keep enclave.state_dir the same when moving"
         )
     external = {slug: Path(p) for slug, p in manifest.get("external_data", {}).items()}
+    _step(f"restoring {len(manifest['entries'])} entries into {state}")
     with tarfile.open(archive, mode="r:*") as tar:
         for member in tar.getmembers()[:-1]:
             parts = PurePosixPath(member.name).parts
@@ -440,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    _step("done")
     print(json.dumps(result))
     return 0
 
