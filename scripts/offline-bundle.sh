@@ -39,9 +39,10 @@ readonly ARCH=amd64
 # What the install needs from Debian (the scripts in scripts/lib and the Ansible roles):
 # Docker Engine and iptables (docker-engine.sh, havre_docker_host), Python with venv
 # (python-env.sh; the roles' virtualenv and havre_archive.py), python3-apt (Ansible's apt and
-# package_facts modules), openssl (havre_enclave's self-signed certificate), iproute2, and
-# ca-certificates. Installed with their Recommends, as apt-get does on the connected path.
-readonly DEB_PACKAGES=(docker.io iptables python3 python3-venv python3-apt iproute2 openssl ca-certificates)
+# package_facts modules), openssl (havre_enclave's self-signed certificate), iproute2,
+# ca-certificates, and age (havre_backup's encrypted archives). Installed with their
+# Recommends, as apt-get does on the connected path.
+readonly DEB_PACKAGES=(docker.io iptables python3 python3-venv python3-apt iproute2 openssl ca-certificates age)
 # Debian 12's python3 is 3.11.2 on glibc 2.36 (the same targets as images/build.sh; a copy on
 # purpose: this script travels alone in the bundle, as /bundle/offline-bundle.sh).
 PIP_TARGET_FLAGS=(--python-version 3.11.2 --implementation cp --only-binary=:all:)

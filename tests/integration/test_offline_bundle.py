@@ -47,6 +47,7 @@ EXPECTED_PACKAGES = (
     "iproute2",
     "openssl",
     "ca-certificates",
+    "age",
 )
 
 #: measurements printed at the end of the module (size in MB, seconds)
