@@ -170,3 +170,14 @@ def test_build_progress_on_a_terminal_and_quiet_on_a_pipe(tmp_path):
     assert piped.returncode == 0
     assert "==> wheels for egress: every file matches" in piped.stderr
     assert "images/build.sh [" not in piped.stderr
+
+
+@pytest.mark.parametrize("name", ("hub", "egress", "notebook"))
+def test_each_image_installs_its_lock_with_require_hashes(name):
+    """The pip step the refusal test runs is the Dockerfiles' own: hashes required, from the
+    lock that build.sh puts in the context as requirements.txt."""
+    dockerfile = (REPO / "images" / name / "Dockerfile").read_text().replace("\\\n", " ")
+    (step,) = [line for line in dockerfile.splitlines() if "-r /tmp/havre/requirements.txt" in line]
+    assert {"--no-index", "--require-hashes", "--find-links"} <= set(step.split()), step
+    build = (REPO / "images" / "build.sh").read_text()
+    assert 'cp "$IMAGES_DIR/requirements/$name.lock" "$ctx/requirements.txt"' in build
