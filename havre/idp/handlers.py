@@ -20,7 +20,10 @@ it still can't be replayed after it. Pending login forms and authorization codes
 seconds to minutes) live in memory only: a restart in the middle of a sign-in asks for the
 password again.
 
-This module holds what every endpoint shares (headers, errors, client authentication) and the
+The protocol itself (request checks, the grants, token responses) is oauthlib's OpenID Connect
+core with Havre's validator (:mod:`.protocol`); ID tokens are signed with PyJWT.
+
+This module holds what every endpoint shares (headers, errors, the call into oauthlib) and the
 endpoints of the protocol's back channel and metadata: discovery, keys, token, userinfo,
 revocation and logout. The sign-in page is in :mod:`.authorize`, the admin API in :mod:`.admin`,
 the application, server and ``main`` in :mod:`.server`; the rest is in :mod:`.constants`,
