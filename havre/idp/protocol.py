@@ -133,24 +133,24 @@ class HavreValidator(RequestValidator):
 
     # -- clients
 
-    def client_authentication_required(self, request: Request, *args: Any, **kwargs: Any) -> bool:
+    def client_authentication_required(self, request: Request) -> bool:
         return True  # every client is confidential
 
-    def authenticate_client(self, request: Request, *args: Any, **kwargs: Any) -> bool:
+    def authenticate_client(self, request: Request) -> bool:
         """``client_secret_basic`` or ``client_secret_post`` (never both), compared in constant
         time, unknown clients included."""
         header = request.headers.get("Authorization")
         if header:
             scheme, _, value = header.partition(" ")
             if scheme.lower() != "basic":
-                return self._client_failed(request, "")
+                return self._client_failed("")
             try:
                 decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
             except (ValueError, UnicodeDecodeError):
-                return self._client_failed(request, "")
+                return self._client_failed("")
             raw_id, sep, raw_secret = decoded.partition(":")
             if not sep:
-                return self._client_failed(request, "")
+                return self._client_failed("")
             client_id = unquote(raw_id.replace("+", " "))
             secret: str | None = unquote(raw_secret.replace("+", " "))
             if request.client_secret is not None:
@@ -167,40 +167,28 @@ class HavreValidator(RequestValidator):
         expected = self.provider.client_secrets.get(client_id)
         matches = _secret_equal(secret or "", expected or "x" * 43)
         if expected is None or secret is None or not matches:
-            return self._client_failed(request, client_id)
+            return self._client_failed(client_id)
         request.client_id = client_id
         request.client = self.provider.config.client(client_id)
         return True
 
-    def _client_failed(self, request: Request, client_id: str) -> bool:
+    def _client_failed(self, client_id: str) -> bool:
         log.warning("Client authentication failed for %r", client_id)
         return False
 
-    def validate_client_id(
-        self, client_id: str, request: Request, *args: Any, **kwargs: Any
-    ) -> bool:
+    def validate_client_id(self, client_id: str, request: Request) -> bool:
         request.client = self.provider.config.client(client_id)
         return request.client is not None
 
-    def validate_redirect_uri(
-        self, client_id: str, redirect_uri: str, request: Request, *args: Any, **kwargs: Any
-    ) -> bool:
+    def validate_redirect_uri(self, client_id: str, redirect_uri: str, request: Request) -> bool:
         client = self.provider.config.client(client_id)
         return client is not None and redirect_uri in client.redirect_uris  # exact match only
 
-    def get_default_redirect_uri(
-        self, client_id: str, request: Request, *args: Any, **kwargs: Any
-    ) -> None:
+    def get_default_redirect_uri(self, client_id: str, request: Request) -> None:
         return None  # the redirect URI is always required
 
     def validate_response_type(
-        self,
-        client_id: str,
-        response_type: str,
-        client: Any,
-        request: Request,
-        *args: Any,
-        **kwargs: Any,
+        self, client_id: str, response_type: str, client: Any, request: Request
     ) -> bool:
         if response_type != "code":
             raise errors.UnsupportedResponseTypeError(
@@ -209,31 +197,17 @@ class HavreValidator(RequestValidator):
         return True
 
     def validate_grant_type(
-        self,
-        client_id: str,
-        grant_type: str,
-        client: Any,
-        request: Request,
-        *args: Any,
-        **kwargs: Any,
+        self, client_id: str, grant_type: str, client: Any, request: Request
     ) -> bool:
         return grant_type in ("authorization_code", "refresh_token")
 
     # -- scopes
 
-    def get_default_scopes(
-        self, client_id: str, request: Request, *args: Any, **kwargs: Any
-    ) -> list[str]:
+    def get_default_scopes(self, client_id: str, request: Request) -> list[str]:
         return []
 
     def validate_scopes(
-        self,
-        client_id: str,
-        scopes: list[str],
-        client: Any,
-        request: Request,
-        *args: Any,
-        **kwargs: Any,
+        self, client_id: str, scopes: list[str], client: Any, request: Request
     ) -> bool:
         """``openid`` is required; scopes the provider doesn't know are dropped (RFC 6749 §3.3)."""
         if "openid" not in (scopes or []):
@@ -272,7 +246,7 @@ class HavreValidator(RequestValidator):
     # -- authorization codes
 
     def save_authorization_code(
-        self, client_id: str, code: dict[str, str], request: Request, *args: Any, **kwargs: Any
+        self, client_id: str, code: dict[str, str], request: Request
     ) -> None:
         now = time.time()
         self.provider.save_code(
@@ -289,9 +263,7 @@ class HavreValidator(RequestValidator):
             ),
         )
 
-    def validate_code(
-        self, client_id: str, code: str, client: Any, request: Request, *args: Any, **kwargs: Any
-    ) -> bool:
+    def validate_code(self, client_id: str, code: str, client: Any, request: Request) -> bool:
         """One attempt per code, successful or not; a replay revokes what the code issued
         (RFC 6749 §4.1.2). A code presented by another client is left unspent."""
         record = self.provider.code(code)
@@ -319,14 +291,7 @@ class HavreValidator(RequestValidator):
         return True
 
     def confirm_redirect_uri(
-        self,
-        client_id: str,
-        code: str,
-        redirect_uri: str,
-        client: Any,
-        request: Request,
-        *args: Any,
-        **kwargs: Any,
+        self, client_id: str, code: str, redirect_uri: str, client: Any, request: Request
     ) -> bool:
         if redirect_uri != request.havre_code.redirect_uri:
             raise errors.InvalidGrantError(
@@ -345,16 +310,12 @@ class HavreValidator(RequestValidator):
         record = self.provider.code(code)
         return list(record.scopes) if record else []
 
-    def invalidate_authorization_code(
-        self, client_id: str, code: str, request: Request, *args: Any, **kwargs: Any
-    ) -> None:
+    def invalidate_authorization_code(self, client_id: str, code: str, request: Request) -> None:
         pass  # spent by validate_code already, and kept to detect a replay
 
     # -- refresh tokens
 
-    def validate_refresh_token(
-        self, refresh_token: str, client: Any, request: Request, *args: Any, **kwargs: Any
-    ) -> bool:
+    def validate_refresh_token(self, refresh_token: str, client: Any, request: Request) -> bool:
         """Rotation with reuse detection: a refresh token presented a second time ends the
         whole sign-in; one presented by another client is refused and left alone."""
         found = self.provider.refresh_token(refresh_token)
@@ -381,18 +342,11 @@ class HavreValidator(RequestValidator):
         request.user = user.username
         return True
 
-    def get_original_scopes(
-        self, refresh_token: str, request: Request, *args: Any, **kwargs: Any
-    ) -> list[str]:
+    def get_original_scopes(self, refresh_token: str, request: Request) -> list[str]:
         return list(request.havre_family.scopes)
 
     def is_within_original_scope(
-        self,
-        request_scopes: list[str],
-        refresh_token: str,
-        request: Request,
-        *args: Any,
-        **kwargs: Any,
+        self, request_scopes: list[str], refresh_token: str, request: Request
     ) -> bool:
         return False
 
@@ -439,9 +393,7 @@ class HavreValidator(RequestValidator):
         claims.update(user.claims(request.scopes))
         return self.provider.key.sign(claims)
 
-    def save_bearer_token(
-        self, token: dict[str, Any], request: Request, *args: Any, **kwargs: Any
-    ) -> str:
+    def save_bearer_token(self, token: dict[str, Any], request: Request) -> str:
         provider = self.provider
         scopes = tuple(request.scopes)
         spent = None
@@ -475,9 +427,7 @@ class HavreValidator(RequestValidator):
     def get_userinfo_claims(self, request: Request) -> dict[str, Any]:
         return request.havre_user.claims(request.scopes)
 
-    def revoke_token(
-        self, token: str, token_type_hint: str | None, request: Request, *args: Any, **kwargs: Any
-    ) -> None:
+    def revoke_token(self, token: str, token_type_hint: str | None, request: Request) -> None:
         self.provider.revoke_token(request.client_id, token)
 
 
