@@ -12,16 +12,11 @@ import asyncio
 import re
 import secrets
 import time
-from typing import Any
 
-from havre.idp.constants import (
-    _S256_CHALLENGE_RE,
-    BROWSER_COOKIE,
-    RATE_LIMIT_WINDOW_SECONDS,
-    SUPPORTED_SCOPES,
-    log,
-)
-from havre.idp.handlers import BaseHandler, single_args, with_params
+from oauthlib.oauth2.rfc6749 import errors
+
+from havre.idp.constants import BROWSER_COOKIE, RATE_LIMIT_WINDOW_SECONDS, log
+from havre.idp.handlers import OAuthHandler, single_args, with_params
 from havre.idp.passwords import hash_password, needs_rehash, verify_password
 from havre.idp.tokens import OAuthError, _LoginRequest, _secret_equal
 from havre.idp.users import (
@@ -31,7 +26,9 @@ from havre.idp.users import (
 )
 
 
-class AuthorizeHandler(BaseHandler):
+class AuthorizeHandler(OAuthHandler):
+    json_api = False
+
     """``GET /authorize`` shows the login page; ``POST /authorize`` is the login form."""
 
     def _browser_id(self) -> str:
@@ -69,98 +66,51 @@ class AuthorizeHandler(BaseHandler):
             error=error,
         )
 
-    def _redirect_error(self, redirect_uri: str, err: OAuthError, state: str | None) -> None:
+    def _redirect_error(self, err: errors.OAuth2Error) -> None:
+        """An error for a checked redirect URI, in its query (never a fragment)."""
         self.redirect(
-            with_params(
-                redirect_uri,
-                error=err.error,
-                error_description=err.description,
-                state=state,
-                iss=self.provider.config.issuer,
-            )
+            with_params(err.redirect_uri, **dict(err.twotuples), iss=self.provider.config.issuer)
         )
 
-    def get(self) -> None:
-        config = self.provider.config
-        try:
-            args, repeated = single_args(self.request.query_arguments)
-        except OAuthError as err:
-            return self.page(400, "Invalid sign-in request", err.description)
-        client = config.client(args.get("client_id", "")) if "client_id" not in repeated else None
-        if client is None:
+    def _fatal_page(self, err: errors.FatalClientError, args: dict[str, str]) -> None:
+        """An error that can't go back to the client: shown here, never redirected."""
+        if isinstance(err, errors.InvalidClientIdError | errors.MissingClientIdError):
             return self.page(
                 400,
                 "Unknown application",
                 "The application that sent you here is not registered with this sign-in "
                 "service (unknown client_id).",
             )
-        redirect_uri = args.get("redirect_uri")
-        if "redirect_uri" in repeated or redirect_uri not in client.redirect_uris:
+        client = self.provider.config.client(args.get("client_id", ""))
+        if isinstance(err, errors.InvalidRedirectURIError | errors.MissingRedirectURIError) or (
+            "redirect_uri" in err.description
+        ):
             return self.page(
                 400,
                 "Invalid return address",
-                f"{client.name} asked to return to an address that is not registered for it "
-                "(redirect_uri), so this sign-in stops here.",
+                f"{client.name if client else 'The application'} asked to return to an address "
+                "that is not registered for it (redirect_uri), so this sign-in stops here.",
             )
-        state = args.get("state") if "state" not in repeated else None
+        return self.page(400, "Invalid sign-in request", err.description)
+
+    def get(self) -> None:
         try:
-            values = self._validate(args, repeated)
+            args, _repeated = single_args(self.request.query_arguments)
         except OAuthError as err:
-            return self._redirect_error(redirect_uri, err, state)
+            return self.page(400, "Invalid sign-in request", err.description)
+        uri = f"{self.provider.config.issuer}/authorize?{self.request.query}"
+        try:
+            scopes, info = self.oauth.validate_authorization_request(uri, "GET", None, {})
+        except errors.FatalClientError as err:
+            return self._fatal_page(err, args)
+        except errors.OAuth2Error as err:
+            return self._redirect_error(err)
+        except ValueError:  # a query string oauthlib can't decode
+            return self.page(400, "Invalid sign-in request", "The request can't be read.")
         request_id, request = self.provider.new_login_request(
-            client_id=client.client_id,
-            redirect_uri=redirect_uri,
-            browser=self._browser_id(),
-            **values,
+            client_id=info["client_id"], uri=uri, scopes=tuple(scopes), browser=self._browser_id()
         )
         self._render_login(request_id, request)
-
-    @staticmethod
-    def _validate(args: dict[str, str], repeated: set[str]) -> dict[str, Any]:
-        if repeated:
-            raise OAuthError("invalid_request", f"repeated parameter: {sorted(repeated)[0]}")
-        if "request" in args:
-            raise OAuthError("request_not_supported", "request objects are not supported")
-        if "request_uri" in args:
-            raise OAuthError("request_uri_not_supported", "request_uri is not supported")
-        response_type = args.get("response_type")
-        if not response_type:
-            raise OAuthError("invalid_request", "response_type is required")
-        if response_type != "code":
-            raise OAuthError("unsupported_response_type", "Only response_type=code is supported")
-        if args.get("response_mode", "query") != "query":
-            raise OAuthError("invalid_request", "Only response_mode=query is supported")
-        requested = args.get("scope", "").split()
-        if "openid" not in requested:
-            raise OAuthError("invalid_scope", "scope must include openid")
-        scopes = tuple(s for s in SUPPORTED_SCOPES if s in requested)
-        state = args.get("state")
-        if not state:
-            raise OAuthError("invalid_request", "state is required")
-        if len(state) > 2048:
-            raise OAuthError("invalid_request", "state is too long")
-        nonce = args.get("nonce") or None
-        if nonce is not None and len(nonce) > 512:
-            raise OAuthError("invalid_request", "nonce is too long")
-        challenge = args.get("code_challenge")
-        method = args.get("code_challenge_method")
-        if not challenge:
-            raise OAuthError(
-                "invalid_request",
-                "PKCE is required: send code_challenge with code_challenge_method=S256",
-            )
-        if method != "S256":
-            raise OAuthError("invalid_request", "Only code_challenge_method=S256 is supported")
-        if not _S256_CHALLENGE_RE.fullmatch(challenge):
-            raise OAuthError("invalid_request", "code_challenge is not an S256 challenge")
-        if "none" in args.get("prompt", "").split():
-            raise OAuthError("login_required", "This provider always asks for a password")
-        return {
-            "scopes": scopes,
-            "state": state,
-            "nonce": nonce,
-            "code_challenge": challenge,
-        }
 
     async def post(self) -> None:
         provider = self.provider
@@ -242,13 +192,19 @@ class AuthorizeHandler(BaseHandler):
                 "This sign-in form has expired",
                 "Go back to the application and sign in again.",
             )
-        code = provider.issue_code(request, username)
-        log.info("Signed in %s to %s from %s", username, request.client_id, ip)
-        self.redirect(
-            with_params(
-                request.redirect_uri, code=code, state=request.state, iss=provider.config.issuer
+        try:
+            headers, _body, _status = self.oauth.create_authorization_response(
+                request.uri,
+                "GET",
+                None,
+                {},
+                scopes=list(request.scopes),
+                credentials={"user": username},
             )
-        )
+        except errors.FatalClientError as err:  # the config changed under the form
+            return self.page(400, "Invalid sign-in request", err.description)
+        log.info("Signed in %s to %s from %s", username, request.client_id, ip)
+        self.redirect(with_params(headers["Location"], iss=provider.config.issuer))
 
     async def _upgrade_hash(self, user: UserRecord, password: str) -> None:
         """Store an Argon2id hash of the password that just signed in in place of an older

@@ -20,7 +20,10 @@ it still can't be replayed after it. Pending login forms and authorization codes
 seconds to minutes) live in memory only: a restart in the middle of a sign-in asks for the
 password again.
 
-This module holds what every endpoint shares (headers, errors, client authentication) and the
+The protocol itself (request checks, the grants, token responses) is oauthlib's OpenID Connect
+core with Havre's validator (:mod:`.protocol`); ID tokens are signed with PyJWT.
+
+This module holds what every endpoint shares (headers, errors, the call into oauthlib) and the
 endpoints of the protocol's back channel and metadata: discovery, keys, token, userinfo,
 revocation and logout. The sign-in page is in :mod:`.authorize`, the admin API in :mod:`.admin`,
 the application, server and ``main`` in :mod:`.server`; the rest is in :mod:`.constants`,
@@ -30,15 +33,15 @@ see docs/sysadmin/embedded-oidc-provider.md.
 
 from __future__ import annotations
 
-import base64
 import json
 import secrets
 from collections.abc import Mapping
-from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import tornado.httpserver
 import tornado.web
+from oauthlib.oauth2.rfc6749 import errors
 
 from havre.idp.constants import (
     BROWSER_COOKIE,
@@ -46,7 +49,10 @@ from havre.idp.constants import (
     SUPPORTED_SCOPES,
     log,
 )
-from havre.idp.tokens import OAuthError, Provider, _secret_equal
+from havre.idp.tokens import OAuthError, Provider
+
+if TYPE_CHECKING:
+    from havre.idp.protocol import HavreServer
 
 # --------------------------------------------------------------------------- HTTP
 
@@ -153,39 +159,6 @@ class JSONHandler(BaseHandler):
             raise OAuthError("invalid_request", f"repeated parameter: {sorted(repeated)[0]}")
         return args
 
-    def authenticate_client(self, args: dict[str, str]) -> str:
-        """The client_id of a client that proved its secret (basic or post), else OAuthError."""
-        header = self.request.headers.get("Authorization")
-        if header:
-            scheme, _, value = header.partition(" ")
-            if scheme.lower() != "basic":
-                raise OAuthError("invalid_client", "Use HTTP Basic client authentication", 401)
-            try:
-                decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-            except (ValueError, UnicodeDecodeError):
-                raise OAuthError("invalid_client", "Malformed client credentials", 401) from None
-            raw_id, sep, raw_secret = decoded.partition(":")
-            if not sep:
-                raise OAuthError("invalid_client", "Malformed client credentials", 401)
-            client_id = unquote(raw_id.replace("+", " "))
-            secret: str | None = unquote(raw_secret.replace("+", " "))
-            if "client_secret" in args:
-                raise OAuthError("invalid_request", "Use only one client authentication method")
-            if args.get("client_id", client_id) != client_id:
-                raise OAuthError("invalid_request", "client_id does not match the credentials")
-        else:
-            client_id = args.get("client_id", "")
-            secret = args.get("client_secret")
-        expected = self.provider.client_secrets.get(client_id)
-        # compare even for unknown clients, so they cost the same
-        matches = _secret_equal(secret or "", expected or "x" * 43)
-        if expected is None or secret is None or not matches:
-            log.warning(
-                "Client authentication failed for %r from %s", client_id, self.request.remote_ip
-            )
-            raise OAuthError("invalid_client", "Client authentication failed", 401)
-        return client_id
-
 
 class DiscoveryHandler(JSONHandler):
     """``GET /.well-known/openid-configuration`` (OpenID Connect Discovery)."""
@@ -237,40 +210,58 @@ class JWKSHandler(JSONHandler):
         self.write_json({"keys": [self.provider.key.jwk()]})
 
 
-class TokenHandler(JSONHandler):
+class OAuthHandler(JSONHandler):
+    """An endpoint answered by oauthlib (:mod:`havre.idp.protocol`)."""
+
+    @property
+    def oauth(self) -> HavreServer:
+        return self.application.settings["havre_idp_oauth"]
+
+    def endpoint_uri(self) -> str:
+        """This endpoint's address (without the query: oauthlib refuses one on a POST)."""
+        return self.provider.config.issuer + self.request.path.removeprefix(
+            self.provider.issuer_path
+        )
+
+    def form_body(self) -> str:
+        """The form body for oauthlib, once :meth:`form_args` checked it."""
+        self.form_args()
+        return self.request.body.decode("utf-8")
+
+    def respond(self, headers: Mapping[str, str], body: str | None, status: int) -> None:
+        """oauthlib's answer; a failed client authentication asks for HTTP Basic."""
+        for name, value in headers.items():
+            self.set_header(name, value)
+        if status == 401:
+            self.set_header("WWW-Authenticate", 'Basic realm="havre-idp"')
+        self.set_status(status)
+        if body:
+            self.set_header("Content-Type", "application/json; charset=utf-8")
+        self.finish(body or "")
+
+
+class TokenHandler(OAuthHandler):
     """``POST /token``: authorization_code and refresh_token grants."""
 
     def post(self) -> None:
-        provider = self.provider
         try:
-            args = self.form_args()
-            client_id = self.authenticate_client(args)
-            grant_type = args.get("grant_type")
-            if grant_type == "authorization_code":
-                code = args.get("code")
-                if not code:
-                    raise OAuthError("invalid_request", "code is required")
-                result = provider.redeem_code(
-                    client_id, code, args.get("redirect_uri"), args.get("code_verifier")
-                )
-            elif grant_type == "refresh_token":
-                refresh_token = args.get("refresh_token")
-                if not refresh_token:
-                    raise OAuthError("invalid_request", "refresh_token is required")
-                result = provider.refresh(client_id, refresh_token, args.get("scope"))
-            elif not grant_type:
+            body = self.form_body()
+            if not self.get_body_argument("grant_type", ""):
                 raise OAuthError("invalid_request", "grant_type is required")
-            else:
-                raise OAuthError("unsupported_grant_type", f"{grant_type!r} is not supported")
+            answer = self.oauth.create_token_response(
+                self.endpoint_uri(), "POST", body, dict(self.request.headers)
+            )
         except OAuthError as err:
             return self.oauth_error(err)
+        except errors.OAuth2Error as err:
+            return self.respond(err.headers, err.json, err.status_code)
         except (OSError, ValueError) as err:
             log.error("Can't read the users file: %s", err)
             return self.write_json({"error": "server_error"}, 500)
-        self.write_json(result)
+        self.respond(*answer)
 
 
-class UserinfoHandler(JSONHandler):
+class UserinfoHandler(OAuthHandler):
     """``GET|POST /userinfo`` with a bearer access token: the user's current claims."""
 
     def _unauthorized(self, description: str, *, error: bool = True) -> None:
@@ -285,37 +276,34 @@ class UserinfoHandler(JSONHandler):
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
             return self._unauthorized("A bearer access token is required", error=False)
-        info = self.provider.access_token_info(token)
-        if info is None:
-            return self._unauthorized("The access token is invalid, expired or revoked")
-        family, scopes = info
         try:
-            user = self.provider.user(family.username)
+            # the header only: a token in the query or the body is not accepted
+            _headers, body, _status = self.oauth.create_userinfo_response(
+                self.endpoint_uri(), "GET", None, {"Authorization": f"Bearer {token}"}
+            )
+        except errors.OAuth2Error:
+            return self._unauthorized("The access token is invalid, expired or revoked")
         except (OSError, ValueError) as err:
             log.error("Can't read the users file: %s", err)
             return self.write_json({"error": "server_error"}, 500)
-        if user is None:
-            return self._unauthorized("The user no longer exists")
-        self.write_json(user.claims(scopes))
+        self.write_json(json.loads(body))
 
     post = get
 
 
-class RevokeHandler(JSONHandler):
+class RevokeHandler(OAuthHandler):
     """``POST /revoke`` (RFC 7009)."""
 
     def post(self) -> None:
         try:
-            args = self.form_args()
-            client_id = self.authenticate_client(args)
-            token = args.get("token")
-            if not token:
-                raise OAuthError("invalid_request", "token is required")
+            body = self.form_body()
         except OAuthError as err:
             return self.oauth_error(err)
-        self.provider.revoke_token(client_id, token)
-        self.set_status(200)
-        self.finish()
+        self.respond(
+            *self.oauth.create_revocation_response(
+                self.endpoint_uri(), "POST", body, dict(self.request.headers)
+            )
+        )
 
 
 class LogoutHandler(BaseHandler):
@@ -326,7 +314,7 @@ class LogoutHandler(BaseHandler):
         raw = (
             self.request.query_arguments
             if self.request.method == "GET"
-            else (self.request.body_arguments)
+            else self.request.body_arguments
         )
         try:
             args, _repeated = single_args(raw)

@@ -39,6 +39,7 @@ from havre.idp.handlers import (
     TokenHandler,
     UserinfoHandler,
 )
+from havre.idp.protocol import build_server
 from havre.idp.tokens import Provider, SigningKey
 from havre.idp.users import (
     _dummy_hash,
@@ -65,6 +66,7 @@ def _log_request(handler: tornado.web.RequestHandler) -> None:
 def make_app(config: ProviderConfig) -> tornado.web.Application:
     """The provider as a tornado application (loads or creates the signing key)."""
     provider = Provider(config)
+    oauth = build_server(provider)
     _dummy_hash()  # computed once now, not during the first sign-in
     base = re.escape(provider.issuer_path)
     name = r"/admin/users/([^/]+)"
@@ -86,6 +88,7 @@ def make_app(config: ProviderConfig) -> tornado.web.Application:
         default_handler_class=NotFoundHandler,
         log_function=_log_request,
         havre_idp_provider=provider,
+        havre_idp_oauth=oauth,
         debug=False,
         autoreload=False,
         serve_traceback=False,
@@ -230,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # oauthlib's debug lines carry codes and tokens: never below INFO
+    logging.getLogger("oauthlib").setLevel(max(logging.INFO, logging.getLogger().level))
     try:
         if args.init:
             for path in init_files(load_config(args.config, check_files=False)):

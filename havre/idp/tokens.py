@@ -1,6 +1,7 @@
-"""The embedded provider's signing key (RS256 JWTs) and its state: login requests, codes,
-access and refresh tokens (rotation, reuse detection), the failure limiter; :class:`Provider`
-ties them together."""
+"""The embedded provider's signing key (RS256 JWTs, signed by PyJWT) and its state: login
+requests, codes, access and refresh tokens, the failure limiter; :class:`Provider` ties them
+together. The protocol itself (which request is valid, what a grant issues) is oauthlib's,
+driven by :mod:`havre.idp.protocol`."""
 
 from __future__ import annotations
 
@@ -19,13 +20,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+import jwt
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 
 from havre.idp.config import ProviderConfig, _check_private_file, read_secret_file
 from havre.idp.constants import (
-    _PKCE_RE,
-    CODE_SECONDS,
     HASH_WORKERS,
     KEY_FILE_NAME,
     LOGIN_REQUEST_SECONDS,
@@ -33,18 +33,12 @@ from havre.idp.constants import (
     RATE_LIMIT_WINDOW_SECONDS,
     TOKENS_FILE_NAME,
     TOKENS_SCHEMA,
-    USED_CODE_MEMORY_SECONDS,
     log,
 )
 from havre.idp.users import UserRecord, _write_private, read_users_file
 
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
-def _b64url_uint(value: int) -> str:
-    return _b64url(value.to_bytes((value.bit_length() + 7) // 8 or 1, "big"))
+#: the only algorithm the provider signs with (and the hub accepts)
+ALGORITHM = "RS256"
 
 
 class SigningKey:
@@ -52,11 +46,12 @@ class SigningKey:
 
     def __init__(self, private_key: rsa.RSAPrivateKey) -> None:
         self.private_key = private_key
-        numbers = private_key.public_key().public_numbers()
-        self._public = {"e": _b64url_uint(numbers.e), "kty": "RSA", "n": _b64url_uint(numbers.n)}
-        # RFC 7638 thumbprint
+        public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(private_key.public_key()))
+        self._public = {name: public[name] for name in ("e", "kty", "n")}
+        # RFC 7638 thumbprint: SHA-256 of the required members, sorted, without spaces
         canonical = json.dumps(self._public, separators=(",", ":"), sort_keys=True)
-        self.kid = _b64url(hashlib.sha256(canonical.encode()).digest())
+        digest = hashlib.sha256(canonical.encode()).digest()
+        self.kid = base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
     @classmethod
     def load_or_create(cls, state_dir: str | os.PathLike[str]) -> SigningKey:
@@ -92,19 +87,13 @@ class SigningKey:
 
     def jwk(self) -> dict[str, str]:
         """The public key as a JWK."""
-        return {**self._public, "use": "sig", "alg": "RS256", "kid": self.kid}
+        return {**self._public, "use": "sig", "alg": ALGORITHM, "kid": self.kid}
 
     def sign(self, claims: Mapping[str, Any]) -> str:
-        """``claims`` as a compact RS256 JWS (a JWT)."""
-        header = {"alg": "RS256", "typ": "JWT", "kid": self.kid}
-        signing_input = ".".join(
-            _b64url(json.dumps(part, separators=(",", ":")).encode())
-            for part in (header, dict(claims))
+        """``claims`` as a compact RS256 JWS (a JWT), with this key's ``kid``."""
+        return jwt.encode(
+            dict(claims), self.private_key, algorithm=ALGORITHM, headers={"kid": self.kid}
         )
-        signature = self.private_key.sign(
-            signing_input.encode("ascii"), padding.PKCS1v15(), hashes.SHA256()
-        )
-        return f"{signing_input}.{_b64url(signature)}"
 
 
 # --------------------------------------------------------------------------- state
@@ -122,12 +111,11 @@ class OAuthError(Exception):
 
 @dataclass
 class _LoginRequest:
+    """An authorization request oauthlib found valid, waiting for the password."""
+
     client_id: str
-    redirect_uri: str
+    uri: str  # the request as sent, validated again by oauthlib when the password is right
     scopes: tuple[str, ...]
-    state: str
-    nonce: str | None
-    code_challenge: str
     csrf_token: str
     browser: str
     expires: float
@@ -182,10 +170,6 @@ def _digest(token: str) -> str:
 def _secret_equal(given: str, expected: str) -> bool:
     """Constant-time comparison (of digests, so lengths don't leak either)."""
     return hmac.compare_digest(_digest(given).encode(), _digest(expected).encode())
-
-
-def _s256(verifier: str) -> str:
-    return _b64url(hashlib.sha256(verifier.encode("ascii")).digest())
 
 
 class _FailureLimiter:
@@ -408,148 +392,63 @@ class Provider:
             return None
         return request
 
-    def issue_code(self, request: _LoginRequest, username: str) -> str:
-        """A single-use authorization code for ``username``, valid for 60 seconds."""
-        code = secrets.token_urlsafe(32)
-        now = time.time()
-        self._bounded_insert(
-            self.codes,
-            _digest(code),
-            _Code(
-                client_id=request.client_id,
-                redirect_uri=request.redirect_uri,
-                scopes=request.scopes,
-                nonce=request.nonce,
-                code_challenge=request.code_challenge,
-                username=username,
-                auth_time=int(now),
-                expires=now + CODE_SECONDS,
-            ),
-        )
-        return code
+    def save_code(self, code: str, record: _Code) -> None:
+        """Keep an authorization code (by its digest) until it expires."""
+        self._bounded_insert(self.codes, _digest(code), record)
 
-    # -- tokens
+    def code(self, code: str) -> _Code | None:
+        """The record of an authorization code, used or not (expired ones included)."""
+        return self.codes.get(_digest(code))
 
-    def redeem_code(
-        self, client_id: str, code: str, redirect_uri: str | None, verifier: str | None
-    ) -> dict[str, Any]:
-        """Exchange an authorization code for tokens (RFC 6749 §4.1.3, RFC 7636 §4.6)."""
-        key = _digest(code)
-        record = self.codes.get(key)
-        now = time.time()
-        if record is None or record.client_id != client_id:
-            raise OAuthError("invalid_grant", "The authorization code is invalid or expired")
-        if record.used:
-            # RFC 6749 §4.1.2: a code used twice revokes what was issued from it.
-            if record.family:
-                self.revoke_family(record.family)
-                log.warning(
-                    "Authorization code reused by client %s: revoked tokens of %s",
-                    client_id,
-                    record.username,
-                )
-            raise OAuthError("invalid_grant", "The authorization code was already used")
-        if record.expires <= now:
-            del self.codes[key]
-            raise OAuthError("invalid_grant", "The authorization code is invalid or expired")
-        # One attempt per code, successful or not; the used code is remembered for a while to
-        # detect a replay.
-        record.used = True
-        record.expires = now + USED_CODE_MEMORY_SECONDS
-        if redirect_uri != record.redirect_uri:
-            raise OAuthError("invalid_grant", "redirect_uri does not match the authorization")
-        if not verifier or not _PKCE_RE.fullmatch(verifier):
-            raise OAuthError("invalid_grant", "code_verifier is missing or malformed")
-        if not hmac.compare_digest(_s256(verifier), record.code_challenge):
-            raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge")
-        user = self.user(record.username)
-        if user is None:
-            raise OAuthError("invalid_grant", "The user no longer exists")
+    def forget_code(self, code: str) -> None:
+        self.codes.pop(_digest(code), None)
+
+    def refresh_token(self, token: str) -> tuple[_RefreshToken, _Family] | None:
+        """The record of a refresh token and its sign-in, if both are still known."""
+        record = self.refresh_tokens.get(_digest(token))
+        family = self.families.get(record.family) if record else None
+        if record is None or family is None:
+            return None
+        return record, family
+
+    def new_family(
+        self, username: str, client_id: str, scopes: tuple[str, ...], auth_time: int
+    ) -> str:
+        """Start a sign-in (the tokens of one authorization code); its id."""
         family_id = secrets.token_urlsafe(16)
         self.families[family_id] = _Family(
-            username=user.username,
+            username=username,
             client_id=client_id,
-            scopes=record.scopes,
-            auth_time=record.auth_time,
-            expires=record.auth_time + self.config.refresh_token_seconds,
+            scopes=scopes,
+            auth_time=auth_time,
+            expires=auth_time + self.config.refresh_token_seconds,
         )
-        record.family = family_id
-        try:
-            return self._issue(family_id, user, nonce=record.nonce)
-        finally:
-            self._save_tokens()
+        return family_id
 
-    def refresh(self, client_id: str, token: str, scope: str | None) -> dict[str, Any]:
-        """A rotated refresh token and a new access token (RFC 6749 §6)."""
-        key = _digest(token)
-        record = self.refresh_tokens.get(key)
-        family = self.families.get(record.family) if record else None
-        if record is None or family is None or record.expires <= time.time():
-            raise OAuthError("invalid_grant", "The refresh token is invalid or expired")
-        if family.client_id != client_id:
-            raise OAuthError("invalid_grant", "The refresh token was issued to another client")
-        if record.rotated:
-            self.revoke_family(record.family)
-            log.warning(
-                "Refresh token reused by client %s: revoked the sign-in of %s",
-                client_id,
-                family.username,
-            )
-            raise OAuthError("invalid_grant", "The refresh token was already used")
-        scopes = family.scopes
-        if scope is not None:
-            requested = tuple(s for s in scope.split() if s)
-            if not set(requested) <= set(family.scopes) or "openid" not in requested:
-                raise OAuthError("invalid_scope", "scope must be a subset of the granted scope")
-            scopes = tuple(s for s in family.scopes if s in requested)
-        user = self.user(family.username)
-        if user is None:
-            self.revoke_family(record.family)
-            raise OAuthError("invalid_grant", "The user no longer exists")
-        record.rotated = True
-        try:
-            return self._issue(record.family, user, scopes=scopes)
-        finally:
-            self._save_tokens()
-
-    def _issue(
+    def add_tokens(
         self,
         family_id: str,
-        user: UserRecord,
-        *,
-        nonce: str | None = None,
-        scopes: tuple[str, ...] | None = None,
-    ) -> dict[str, Any]:
+        access_token: str,
+        refresh_token: str,
+        scopes: tuple[str, ...],
+        spent_refresh: str | None = None,
+    ) -> None:
+        """Record an access and a refresh token of a sign-in (and mark the refresh token they
+        replace as rotated), then save."""
         family = self.families[family_id]
-        scopes = family.scopes if scopes is None else scopes
-        now = time.time()
-        access_token = secrets.token_urlsafe(32)
-        refresh_token = secrets.token_urlsafe(32)
-        access_expires = min(now + self.config.access_token_seconds, family.expires)
+        if spent_refresh is not None:
+            self.refresh_tokens[_digest(spent_refresh)].rotated = True
+        access_expires = self.access_expiry(family.expires)
         self.access_tokens[_digest(access_token)] = _AccessToken(family_id, access_expires, scopes)
         family.access.add(_digest(access_token))
         self.refresh_tokens[_digest(refresh_token)] = _RefreshToken(family_id, family.expires)
         family.refresh.add(_digest(refresh_token))
-        claims = {
-            "iss": self.config.issuer,
-            "sub": user.username,
-            "aud": family.client_id,
-            "exp": int(now) + self.config.access_token_seconds,
-            "iat": int(now),
-            "auth_time": family.auth_time,
-            "at_hash": _b64url(hashlib.sha256(access_token.encode()).digest()[:16]),
-        }
-        if nonce:
-            claims["nonce"] = nonce
-        claims.update(user.claims(scopes))
-        return {
-            "access_token": access_token,
-            "token_type": "Bearer",
-            "expires_in": max(1, int(access_expires - now)),
-            "refresh_token": refresh_token,
-            "id_token": self.key.sign(claims),
-            "scope": " ".join(scopes),
-        }
+        self._save_tokens()
+
+    def access_expiry(self, family_expires: float, now: float | None = None) -> float:
+        """When an access token issued now expires: its lifetime, but never after its sign-in."""
+        now = time.time() if now is None else now
+        return min(now + self.config.access_token_seconds, family_expires)
 
     def access_token_info(self, token: str) -> tuple[_Family, tuple[str, ...]] | None:
         """The sign-in and scopes of a valid access token, or None."""
