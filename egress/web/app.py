@@ -54,6 +54,7 @@ from egress.operations.facade import (
 )
 from egress.web.hub_oauth import SharedStateHubOAuth, SharedStateOAuthCallback
 from egress.web.openapi import REQUEST_ACTIONS, openapi_document
+from havre.enclave.logs import security_event
 
 log = logging.getLogger("egress.web")
 
@@ -224,6 +225,23 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
 
     def _refused(self, exc: PermissionDenied | EgressError) -> web.HTTPError:
         self._refusal = {"message": exc.reason}
+        if isinstance(exc, PermissionDenied | FileRefused):
+            user = (self.current_user or {}).get("name")
+            request_id = self.path_kwargs.get("request_id") if self.path_kwargs else None
+            security_event(
+                log,
+                "egress.file_refused" if isinstance(exc, FileRefused) else "egress.refused",
+                "%s %s refused for %s: %s",
+                self.request.method,
+                self.request.path,
+                user,
+                exc.reason,
+                user=user,
+                request_id=request_id,
+                status=exc.status,
+                method=self.request.method,
+                path=self.request.path,
+            )
         if isinstance(exc, FileRefused):
             self._refusal["problems"] = exc.problems
         return web.HTTPError(exc.status, reason=_reason(exc.status))
@@ -929,6 +947,15 @@ class BreakGlassEventsApi(web.RequestHandler):
     async def post(self) -> None:
         token = self.settings.get("hub_api_token", "")
         if not break_glass.key_matches(self.request.headers.get("Authorization"), token):
+            security_event(
+                log,
+                "egress.refused",
+                "a break-glass report with a wrong key from %s refused",
+                self.request.remote_ip,
+                client_ip=self.request.remote_ip,
+                status=403,
+                path=self.request.path,
+            )
             raise self._refuse(403, "Only the hub reports break-glass events (a wrong key).")
         if len(self.request.body or b"") > 16 * 1024:
             raise self._refuse(413, "The report is larger than 16 KiB.")

@@ -35,6 +35,7 @@ from havre.enclave.config import EnclaveConfig
 from havre.enclave.hardening import service_hardening
 from havre.enclave.jobs_folder import prepare_jobs_folder
 from havre.enclave.live import live_config_path, publish_config, restart_digest
+from havre.enclave.logs import FORMAT_ENV
 from havre.enclave.networks import project_network_options
 from havre.enclave.ports import EGRESS_PORT, PROXY_PORT
 
@@ -384,6 +385,7 @@ def _start_egress(
         group_add=[str(NOTEBOOK_GID)],
         network=front_network_name(enclave),
         environment={
+            **log_environment(enclave),
             "HAVRE_CONFIG": CONFIG_IN_CONTAINER,
             "HAVRE_EGRESS_PORT": str(EGRESS_PORT),
             "JUPYTERHUB_API_TOKEN": token,
@@ -421,6 +423,12 @@ def _start_egress(
         },
         **_service_container(enclave, "egress", digest, tmp="64m", pids=256),
     )
+
+
+def log_environment(enclave: EnclaveConfig) -> dict[str, str]:
+    """The environment that sets a service's log format from the config's ``logging.format``
+    (every service calls :func:`havre.enclave.logs.configure` at start)."""
+    return {FORMAT_ENV: enclave.log_format}
 
 
 def _service_container(
@@ -495,6 +503,7 @@ def _start_runner(
             **_broker_volumes(enclave, "runner"),
             **data,
         },
+        environment=log_environment(enclave),
         **_service_container(enclave, "runner", digest, tmp="64m", pids=256),
     )
 
@@ -552,7 +561,15 @@ def _start_idp(
         with os.fdopen(fd, "w") as f:
             f.write("{}\n")
     digest = hashlib.sha256(  # the provider reads its own config, not the enclave's
-        "\0".join([_image_id(client, opts.hub_image), text, _tls_digest(opts), "no-fwd"]).encode()
+        "\0".join(
+            [
+                _image_id(client, opts.hub_image),
+                text,
+                _tls_digest(opts),
+                "no-fwd",
+                enclave.log_format,
+            ]
+        ).encode()
     ).hexdigest()[:16]
     if _replace_container(client, name, digest, changes):
         return
@@ -586,6 +603,7 @@ def _start_idp(
             **{path: {"bind": path, "mode": "ro"} for path in secret_files},
             **tls_volumes,
         },
+        environment=log_environment(enclave),
         **_service_container(enclave, "idp", digest, tmp="16m", pids=128),
     )
 
@@ -640,6 +658,7 @@ def _start_broker(
     }
     options = _service_container(enclave, "broker", digest, tmp="16m", pids=128)
     options.pop("sysctls")  # no network namespace of its own to set
+    options["environment"] = log_environment(enclave)
     client.containers.run(
         opts.hub_image,
         [
@@ -784,6 +803,7 @@ def _start_hub(
         network=front_network_name(enclave),
         ports={f"{PROXY_PORT}/tcp": (opts.bind_ip, opts.port)},
         environment={
+            **log_environment(enclave),
             "HOME": "/tmp",
             "HAVRE_CONFIG": CONFIG_IN_CONTAINER,
             "HAVRE_HUB_CONTAINER": name,

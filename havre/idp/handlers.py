@@ -47,6 +47,8 @@ from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 import tornado.httpserver
 import tornado.web
 
+from havre.enclave.logs import configure as configure_logs
+from havre.enclave.logs import security_event
 from havre.idp.config import ConfigError, ProviderConfig, ensure_secret_file, load_config
 from havre.idp.constants import (
     _ADMIN_KEYS,
@@ -205,8 +207,14 @@ class _JSONHandler(_BaseHandler):
         # compare even for unknown clients, so they cost the same
         matches = _secret_equal(secret or "", expected or "x" * 43)
         if expected is None or secret is None or not matches:
-            log.warning(
-                "Client authentication failed for %r from %s", client_id, self.request.remote_ip
+            security_event(
+                log,
+                "idp.client_auth_failed",
+                "Client authentication failed for %r from %s",
+                client_id,
+                self.request.remote_ip,
+                client_id=client_id,
+                client_ip=self.request.remote_ip,
             )
             raise OAuthError("invalid_client", "Client authentication failed", 401)
         return client_id
@@ -428,7 +436,15 @@ class AuthorizeHandler(_BaseHandler):
         user_key = username[:128]
         now = time.time()
         if provider.user_failures.blocked(user_key, now) or provider.ip_failures.blocked(ip, now):
-            log.warning("Sign-in rate limit hit for %r from %s", username, ip)
+            security_event(
+                log,
+                "idp.rate_limited",
+                "Sign-in rate limit hit for %r from %s",
+                username,
+                ip,
+                user=username,
+                client_ip=ip,
+            )
             self.set_header("Retry-After", str(RATE_LIMIT_WINDOW_SECONDS))
             return self._render_login(
                 request_id,
@@ -455,7 +471,15 @@ class AuthorizeHandler(_BaseHandler):
             self.provider.hash_pool, verify_password, password[:1024], stored
         )
         if not (ok and acceptable):
-            log.info("Failed sign-in for %r from %s", username, ip)
+            security_event(
+                log,
+                "idp.login_failed",
+                "Failed sign-in for %r from %s",
+                username,
+                ip,
+                user=username,
+                client_ip=ip,
+            )
             return self._render_login(
                 request_id,
                 request,
@@ -629,7 +653,13 @@ class _AdminHandler(_JSONHandler):
             raise tornado.web.HTTPError(404, reason="The admin API is disabled")
         scheme, _, given = self.request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not _secret_equal(given.strip(), token):
-            log.warning("Refused an admin request from %s", self.request.remote_ip)
+            security_event(
+                log,
+                "idp.admin_refused",
+                "Refused an admin request from %s",
+                self.request.remote_ip,
+                client_ip=self.request.remote_ip,
+            )
             self.write_json(
                 {"error": "forbidden", "error_description": "A valid admin token is required"},
                 403,
@@ -928,9 +958,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("give both --tls-cert and --tls-key, or neither")
     if args.internal_port is not None and not args.tls_cert:
         parser.error("--internal-port is only for a provider that serves HTTPS (--tls-cert)")
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    try:
+        configure_logs("idp", level=args.log_level.upper())
+    except ValueError as err:
+        parser.error(str(err))
     try:
         if args.init:
             for path in init_files(load_config(args.config, check_files=False)):

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from havre.enclave.logs import security_event
 from havre.idp.config import ProviderConfig, _check_private_file, read_secret_file
 from havre.idp.constants import (
     _PKCE_RE,
@@ -443,10 +444,15 @@ class Provider:
             # RFC 6749 §4.1.2: a code used twice revokes what was issued from it.
             if record.family:
                 self.revoke_family(record.family)
-                log.warning(
+                security_event(
+                    log,
+                    "idp.token_reused",
                     "Authorization code reused by client %s: revoked tokens of %s",
                     client_id,
                     record.username,
+                    user=record.username,
+                    client_id=client_id,
+                    token="authorization code",
                 )
             raise OAuthError("invalid_grant", "The authorization code was already used")
         if record.expires <= now:
@@ -490,10 +496,15 @@ class Provider:
             raise OAuthError("invalid_grant", "The refresh token was issued to another client")
         if record.rotated:
             self.revoke_family(record.family)
-            log.warning(
+            security_event(
+                log,
+                "idp.token_reused",
                 "Refresh token reused by client %s: revoked the sign-in of %s",
                 client_id,
                 family.username,
+                user=family.username,
+                client_id=client_id,
+                token="refresh token",
             )
             raise OAuthError("invalid_grant", "The refresh token was already used")
         scopes = family.scopes

@@ -48,7 +48,7 @@ def test_an_open_window_of_an_eligible_user_gives_server_access(state):
     )
 
 
-def test_leaving_the_group_ends_the_window_and_the_end_is_kept_until_written(state):
+def test_leaving_the_group_ends_the_window_and_the_end_is_kept_until_written(state, json_log):
     window = open_window("sam", "INC-1: a hung kernel", "alice", "30", 60, NOW)
 
     async def sign_in_without_the_group() -> dict:
@@ -66,6 +66,15 @@ def test_leaving_the_group_ends_the_window_and_the_end_is_kept_until_written(sta
     assert state.reporter.pending == [
         {"event": "ended", "session": window.session, "user": "sam", "why": "left the group"}
     ]
+    # the SIEM's lines: the end, and the report the audit log could not take yet
+    (ended,) = json_log.events("break_glass.ended")
+    assert (ended["user"], ended["session_id"], ended["why"]) == (
+        "sam",
+        window.session,
+        "left the group",
+    )
+    (unrecorded,) = json_log.events("break_glass.unrecorded")
+    assert unrecorded["session_id"] == window.session
 
 
 def test_without_break_glass_configured_the_claims_still_never_give_access():

@@ -1461,3 +1461,42 @@ def test_password_checks_run_at_most_two_at_once(idp, monkeypatch):
     for thread in threads:
         thread.join(30)
     assert most[0] == 2  # the queued ones ran after, never beside
+
+
+def test_each_security_event_is_a_json_line_at_warning(idp, json_log):
+    """The provider's security events, each through its real endpoint, as the JSON lines a
+    SIEM reads; the allowed request beside each leaves no event."""
+    # control: a good sign-in, a good exchange, a good refresh, a good admin call
+    code, params = idp.code_for("alice")
+    tokens = idp.exchange(code, params).json()
+    rotated = idp.refresh(tokens["refresh_token"])
+    assert rotated.status_code == 200
+    assert idp.admin("GET", "/users").status_code == 200
+    assert not [line for line in json_log.lines() if "event" in line]
+
+    idp.login("alice", password="wrong password")
+    (failed,) = json_log.events("idp.login_failed")
+    assert failed["user"] == "alice" and failed["client_ip"] == "127.0.0.1"
+
+    assert idp.refresh(tokens["refresh_token"]).status_code == 400  # the spent refresh token
+    assert idp.exchange(code, params).status_code == 400  # the code again
+    reuses = json_log.events("idp.token_reused")
+    assert [(r["token"], r["user"]) for r in reuses] == [
+        ("refresh token", "alice"),
+        ("authorization code", "alice"),
+    ]
+
+    code, params = idp.code_for("olivia")
+    assert idp.exchange(code, params, secret="x" * 43).status_code == 401
+    (client,) = json_log.events("idp.client_auth_failed")
+    assert client["client_id"] == "jupyterhub"
+
+    assert idp.admin("GET", "/users", token="not-the-token").status_code == 403
+    assert len(json_log.events("idp.admin_refused")) == 1
+
+    browser = requests.Session()
+    page = idp.authorize(browser, idp.authorize_params())
+    for _ in range(6):
+        idp.submit_login(browser, page, "carol", "guess")
+    limited = json_log.events("idp.rate_limited")
+    assert limited and {line["user"] for line in limited} == {"carol"}

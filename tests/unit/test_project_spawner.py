@@ -55,14 +55,18 @@ def make_spawner(username: str, server_name: str, config=CONFIG) -> ProjectSpawn
         ("alice", "", False, 400),  # the default server has no project
     ],
 )
-def test_who_may_start_which_project(user, project, allowed, status):
+def test_who_may_start_which_project(user, project, allowed, status, json_log):
     spawner = make_spawner(user, project)
     if allowed:
         assert spawner.authorize_project().slug == project
+        assert json_log.events("spawn.refused") == []
     else:
         with pytest.raises(SpawnException) as info:
             spawner.authorize_project()
         assert info.value.status_code == status
+        (logged,) = json_log.events("spawn.refused")  # the SIEM's line
+        assert (logged["user"], logged["status"]) == (user, status)
+        assert logged.get("project") == (project or None)
 
 
 def test_unreadable_config_fails_closed(tmp_path):
