@@ -130,3 +130,34 @@ def test_refusals_about_the_request_itself_keep_the_error_page(
         assert (logged["user"], logged["request_id"], logged["status"]) == ("bob", rid, 403)
     else:  # no such request: not a security event
         assert refusals == []
+
+
+@pytest.fixture
+def hub_token(monkeypatch):
+    """The egress service's hub API token, as the hub gives it (before the app starts)."""
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "hub-token-for-the-test")
+    return "hub-token-for-the-test"
+
+
+def test_a_forged_break_glass_report_is_a_security_event(hub_token, web_service, json_log):
+    """Someone without the hub's key posting a break-glass report (to fake or hide a step):
+    refused, and the SIEM's line says so; the hub's own report (the control) is taken."""
+    from havre.enclave.break_glass import hub_key
+
+    event = {
+        "event": "activated",
+        "session": "0123456789abcdef0123456789abcdef",
+        "user": "sam",
+        "reason": "INC-1: a hung kernel",
+        "target": "alice",
+        "until": "2026-12-06T23:00:00Z",
+    }
+    url = web_service + "api/break-glass/events"
+    forged = requests.post(url, json=event, headers={"Authorization": "Bearer guess"}, timeout=30)
+    assert forged.status_code == 403
+    (logged,) = json_log.events("egress.refused")
+    assert logged["status"] == 403 and logged["client_ip"] == "127.0.0.1"
+    good = {"Authorization": f"Bearer {hub_key(hub_token)}"}
+    taken = requests.post(url, json=event, headers=good, timeout=30)
+    assert taken.status_code == 201, taken.text
+    assert len(json_log.events("egress.refused")) == 1
