@@ -126,8 +126,9 @@ def test_the_hub_logs_json_through_jupyterhubs_own_logging(capfd, restore_root_l
     for fmt in ("text", "json"):
         c = Config()
         c.JupyterHub.logging_config = logs.traitlets_logging_config("hub", fmt)
-        app = JupyterHub(config=c)
-        app._configure_logging()
+        app = JupyterHub()
+        app.log.info("started")  # the application's logging, before its config file is read
+        app.update_config(c)  # what loading jupyterhub_config.py does
         capfd.readouterr()
         app.log.warning("hub line")
         logs.security_event(
