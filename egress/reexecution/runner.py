@@ -50,7 +50,7 @@ from egress.reexecution.jobs import (
 )
 from havre.enclave.config import EnclaveConfig, load_enclave_config
 from havre.enclave.logs import configure as configure_logs
-from havre.enclave.logs import security_event
+from havre.enclave.logs import log_context, security_event
 
 log = logging.getLogger("egress.reexecution_runner")
 
@@ -222,7 +222,12 @@ class Runner:
     # -- one job -------------------------------------------------------------------------------
 
     def process(self, job_id: str) -> str:
-        """Run one claimed job and publish its result; the result's status."""
+        """Run one claimed job and publish its result; the result's status. Every log line
+        of the job carries its ``job_id`` (``havre.enclave.logs.log_context``)."""
+        with log_context(job_id=job_id):
+            return self._process(job_id)
+
+    def _process(self, job_id: str) -> str:
         attempt = self.folder.start_attempt(job_id)
         job = self.folder.unreadable_job(job_id)
         if attempt > MAX_ATTEMPTS:

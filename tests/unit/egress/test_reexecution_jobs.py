@@ -276,6 +276,7 @@ def test_runner_refuses_a_job_for_a_project_not_in_the_config(enclave, jobs, jso
     (logged,) = json_log.events("reexecution.refused")  # the SIEM's line
     assert (logged["job_id"], logged["project"]) == (job.job_id, "nosuchproject")
     assert logged["request_id"] == job.request_id
+    assert {line.get("job_id") for line in json_log.lines()} == {job.job_id}  # every line
 
 
 def test_runner_refuses_a_notebook_that_does_not_match(enclave, jobs):
