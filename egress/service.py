@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,7 @@ from egress.store.db import make_engine, migrate
 from egress.web.app import make_app
 from havre.enclave.config import EnclaveConfig, load_enclave_config
 from havre.enclave.live import LiveEnclave, live_config
+from havre.enclave.logs import configure as configure_logs
 
 DEFAULT_PORT = 8090
 
@@ -249,7 +251,11 @@ def load_cookie_secret(egress_dir: Path) -> bytes:
 
 def main() -> None:
     """Console entry point ``havre-egress``."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        configure_logs("egress")
+    except ValueError as err:
+        print(f"havre-egress: refusing to start: {err}", file=sys.stderr)
+        sys.exit(78)  # EX_CONFIG
     config_path = os.environ.get("HAVRE_CONFIG", "/etc/havre/enclave.yaml")
     load_enclave_config(config_path)  # refuse to start on an invalid config, with its problems
     # projects, members and output checkers are read live: a change applies at the next

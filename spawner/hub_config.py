@@ -31,6 +31,7 @@ from havre.enclave.config import (
     load_enclave_config,
 )
 from havre.enclave.live import LiveEnclave, live_config
+from havre.enclave.logs import log_format, traitlets_logging_config
 from havre.enclave.ports import EGRESS_PORT, GUARD_PORT, HUB_PORT, PROXY_PORT
 from spawner.download_policy import CROSS_ORIGIN_OPENER_POLICY
 from spawner.hub_pages import configure_pages
@@ -100,9 +101,13 @@ def configure_hub(c: Any, environ: Mapping[str, str] = os.environ) -> EnclaveCon
     work_around_jupyterhub_bugs()
     try:
         enclave = load_enclave_config(environ.get("HAVRE_CONFIG", "/etc/havre/enclave.yaml"))
-    except EnclaveConfigError as err:
+        fmt = log_format(environ)
+    except (EnclaveConfigError, ValueError) as err:
         print(f"havre: refusing to start: {err}", file=sys.stderr)
         sys.exit(78)  # EX_CONFIG
+    # the hub's lines, and those of Havre's code in it (break glass, the download guard), in
+    # the one format of every service ($HAVRE_LOG_FORMAT, from the config's logging.format)
+    c.JupyterHub.logging_config = traitlets_logging_config("hub", fmt)
 
     hub_container = environ.get("HAVRE_HUB_CONTAINER", f"{enclave.name}-hub")
     egress_container = environ.get("HAVRE_EGRESS_CONTAINER", f"{enclave.name}-egress")

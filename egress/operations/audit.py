@@ -19,6 +19,7 @@ from egress.operations.base import ServiceBase
 from egress.operations.common import (
     log,
 )
+from havre.enclave.logs import security_event
 
 
 class AuditOperations(ServiceBase):
@@ -64,8 +65,13 @@ class AuditOperations(ServiceBase):
             log.exception("could not reconcile the checkpoint file %s", self.checkpoint_path)
             return []
         if not report.ok:
-            log.error(
-                "checkpoints not reconciled: the audit log fails verification: %s", report.problem
+            security_event(
+                log,
+                "audit.verify_failed",
+                "checkpoints not reconciled: the audit log fails verification: %s",
+                report.problem,
+                event_id=report.first_bad_seq,
+                problem=report.problem,
             )
         return appended
 
@@ -81,8 +87,22 @@ class AuditOperations(ServiceBase):
 
         The checkpoint file is reconciled first (releases whose checkpoint a crash kept out
         of it are appended, when the log verifies); a release still without its checkpoint
-        in the file fails the verification, naming it.
+        in the file fails the verification, naming it. A failure is logged as the security
+        event ``audit.verify_failed``.
         """
+        report = self._verify_audit(checkpoints)
+        if not report.ok:
+            security_event(
+                log,
+                "audit.verify_failed",
+                "the audit log fails verification: %s",
+                report.problem,
+                event_id=report.first_bad_seq,
+                problem=report.problem,
+            )
+        return report
+
+    def _verify_audit(self, checkpoints: Iterable[Checkpoint]) -> VerifyReport:
         public = self._public_or_none()
         self.reconcile_checkpoints()
         try:

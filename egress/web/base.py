@@ -35,6 +35,7 @@ from egress.operations.facade import (
     page_cursor,
 )
 from egress.web.hub_oauth import SharedStateHubOAuth
+from havre.enclave.logs import security_event
 
 log = logging.getLogger("egress.web")
 
@@ -204,6 +205,23 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
 
     def _refused(self, exc: PermissionDenied | EgressError) -> web.HTTPError:
         self._refusal = {"message": exc.reason}
+        if isinstance(exc, PermissionDenied | FileRefused):
+            user = (self.current_user or {}).get("name")
+            request_id = self.path_kwargs.get("request_id") if self.path_kwargs else None
+            security_event(
+                log,
+                "egress.file_refused" if isinstance(exc, FileRefused) else "egress.refused",
+                "%s %s refused for %s: %s",
+                self.request.method,
+                self.request.path,
+                user,
+                exc.reason,
+                user=user,
+                request_id=request_id,
+                status=exc.status,
+                method=self.request.method,
+                path=self.request.path,
+            )
         if isinstance(exc, FileRefused):
             self._refusal["problems"] = exc.problems
         return web.HTTPError(exc.status, reason=reason_phrase(exc.status))

@@ -20,6 +20,7 @@ from havre.enclave.config import EnclaveConfig
 from havre.enclave.hardening import service_hardening
 from havre.enclave.jobs_folder import prepare_jobs_folder
 from havre.enclave.live import live_config_path
+from havre.enclave.logs import FORMAT_ENV, LOG_LAUNCHER
 from havre.enclave.ports import EGRESS_PORT, PROXY_PORT
 from havre.host.containers import (
     config_digest,
@@ -86,6 +87,7 @@ def start_egress(
         group_add=[str(NOTEBOOK_GID)],
         network=front_network_name(enclave),
         environment={
+            **log_environment(enclave),
             "HAVRE_CONFIG": CONFIG_IN_CONTAINER,
             "HAVRE_EGRESS_PORT": str(EGRESS_PORT),
             "JUPYTERHUB_API_TOKEN": token,
@@ -123,6 +125,12 @@ def start_egress(
         },
         **_service_container(enclave, "egress", digest, tmp="64m", pids=256),
     )
+
+
+def log_environment(enclave: EnclaveConfig) -> dict[str, str]:
+    """The environment that sets a service's log format from the config's ``logging.format``
+    (every service calls :func:`havre.enclave.logs.configure` at start)."""
+    return {FORMAT_ENV: enclave.log_format}
 
 
 def _service_container(
@@ -197,6 +205,7 @@ def start_runner(
             **_broker_volumes(enclave, "runner"),
             **data,
         },
+        environment=log_environment(enclave),
         **_service_container(enclave, "runner", digest, tmp="64m", pids=256),
     )
 
@@ -254,14 +263,25 @@ def start_idp(
         with os.fdopen(fd, "w") as f:
             f.write("{}\n")
     digest = hashlib.sha256(  # the provider reads its own config, not the enclave's
-        "\0".join([image_id(client, opts.hub_image), text, tls_digest(opts), "no-fwd"]).encode()
+        "\0".join(
+            [image_id(client, opts.hub_image), text, tls_digest(opts), "no-fwd", enclave.log_format]
+        ).encode()
     ).hexdigest()[:16]
     if replace_container(client, name, digest, changes):
         return
     secret_files = [
         str(enclave.state_dir / "secrets" / s) for s in ("idp-admin-token", "idp-client-jupyterhub")
     ]
-    command = ["havre-idp", "--config", str(config_file), "--port", str(IDP_PORT)]
+    # through havre.enclave.logs's launcher: the provider's lines in the enclave's log format
+    command = [
+        *LOG_LAUNCHER,
+        "idp",
+        "havre-idp",
+        "--config",
+        str(config_file),
+        "--port",
+        str(IDP_PORT),
+    ]
     tls_volumes: dict[str, dict[str, str]] = {}
     if opts.tls_cert:
         # the browser's side over HTTPS with the proxy's certificate; the hub's back channel
@@ -288,6 +308,7 @@ def start_idp(
             **{path: {"bind": path, "mode": "ro"} for path in secret_files},
             **tls_volumes,
         },
+        environment=log_environment(enclave),
         **_service_container(enclave, "idp", digest, tmp="16m", pids=128),
     )
 
@@ -337,6 +358,7 @@ def start_broker(
     }
     options = _service_container(enclave, "broker", digest, tmp="16m", pids=128)
     options.pop("sysctls")  # no network namespace of its own to set
+    options["environment"] = log_environment(enclave)
     client.containers.run(
         opts.hub_image,
         [
@@ -481,6 +503,7 @@ def start_hub(
         network=front_network_name(enclave),
         ports={f"{PROXY_PORT}/tcp": (opts.bind_ip, opts.port)},
         environment={
+            **log_environment(enclave),
             "HOME": "/tmp",
             "HAVRE_CONFIG": CONFIG_IN_CONTAINER,
             "HAVRE_HUB_CONTAINER": name,

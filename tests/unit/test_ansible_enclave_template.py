@@ -55,3 +55,10 @@ def test_the_role_mounts_them_at_boot_only_for_loop():
     ]
     assert include and include[0]["when"] == "havre_project_filesystems == 'loop'"
     assert (ROLE / "tasks" / "project-filesystems.yml").is_file()
+
+
+def test_the_log_format_reaches_the_enclave_config():
+    assert "logging" not in render()  # json, the config's own default
+    assert parse_enclave_config(render(), source="unit").log_format == "json"
+    text = parse_enclave_config(render(havre_log_format="text"), source="unit")
+    assert text.log_format == "text"

@@ -132,3 +132,23 @@ def test_invalid_config_stops_the_hub(tmp_path, capsys):
         configure(bad)
     assert info.value.code == 78
     assert "projects.cardio.groups: must be a list" in capsys.readouterr().err
+
+
+def test_a_refused_sign_in_is_a_security_event(json_log):
+    """OAuthenticator's own decision on the hub's allow-list of groups, through Havre's
+    authenticator: a user with no Havre group is refused and logged as ``login.refused``; a
+    project member (the control) is let in and leaves no event."""
+    import asyncio
+
+    from spawner.authenticator import HavreOAuthenticator
+
+    auth = HavreOAuthenticator(
+        manage_groups=True, allowed_groups={"project-cardio", "output-checkers"}
+    )
+    member = {"name": "alice", "admin": False, "groups": ["project-cardio"], "auth_state": {}}
+    stranger = {"name": "mallory", "admin": False, "groups": [], "auth_state": {}}
+    assert asyncio.run(auth.check_allowed("alice", member)) is True
+    assert json_log.events("login.refused") == []
+    assert asyncio.run(auth.check_allowed("mallory", stranger)) is False
+    (refused,) = json_log.events("login.refused")
+    assert refused["user"] == "mallory" and refused["hub_groups"] == []

@@ -281,6 +281,9 @@ class EnclaveConfig:
     project_filesystems: str = "shared"
     #: Size of each project's filesystem image with "loop" (allocated on the host up front).
     project_filesystem_size: int = 4 * 1024**3
+    #: The services' log format (``logging.format``): "json" lines for a log collector, or
+    #: "text"; the stack launcher hands it to every service (havre/enclave/logs.py).
+    log_format: str = "json"
 
     def __post_init__(self) -> None:
         if not isinstance(self.projects, _FrozenMapping):

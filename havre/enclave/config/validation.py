@@ -80,7 +80,9 @@ _TOP_KEYS = (
     "identity",
     "culling",
     "notifications",
+    "logging",
 )
+_LOGGING_KEYS = ("format",)
 _NOTIFICATIONS_KEYS = ("smtp", "address_template")
 _ENCLAVE_KEYS = (
     "name",
@@ -90,6 +92,8 @@ _ENCLAVE_KEYS = (
     "project_filesystems",
     "project_filesystem_size",
 )
+#: ``logging.format``: the services' log lines (``havre.enclave.logs``); the first is the default.
+LOG_FORMATS = ("json", "text")
 #: ``enclave.project_filesystems``: one shared host filesystem, or a loop-mounted image each.
 PROJECT_FILESYSTEMS = ("shared", "loop")
 _IMAGES_KEYS = ("allowed", "default")
@@ -399,6 +403,7 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
     identity = _identity(p, p.section(data, "identity", "", _IDENTITY_KEYS))
     culling = _culling(p, p.section(data, "culling", "", _CULLING_KEYS))
     notifications = _notifications(p, p.section(data, "notifications", "", _NOTIFICATIONS_KEYS))
+    log_format = _log_format(p, p.section(data, "logging", "", _LOGGING_KEYS))
 
     # projects:
     projects: list[Project] = []
@@ -445,6 +450,7 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
         uid_count=uid_count,
         project_filesystems=project_filesystems,
         project_filesystem_size=project_filesystem_size,
+        log_format=log_format,
     )
 
 
@@ -583,6 +589,20 @@ def _notifications(p: Problems, raw: Mapping[Any, Any]) -> NotificationSettings:
         smtp=dict(smtp) if smtp is not None else None,
         address_template=template if isinstance(template, str) else "",
     )
+
+
+def _log_format(p: Problems, raw: Mapping[Any, Any]) -> str:
+    value = raw.get("format")
+    if value is None:
+        return LOG_FORMATS[0]
+    if value not in LOG_FORMATS:
+        p.add(
+            "logging.format",
+            "must be json (one JSON object a line, for a log collector) or text",
+            value,
+        )
+        return LOG_FORMATS[0]
+    return str(value)
 
 
 def _culling(p: Problems, raw: Mapping[Any, Any]) -> CullingPolicy:
