@@ -15,6 +15,8 @@ from egress.audit.replay import (
     verify_database,
 )
 from egress.audit.verify import VerifyReport
+from egress.monitoring.verify_record import FILE_NAME as VERIFY_RECORD
+from egress.monitoring.verify_record import record_verify
 from egress.operations.base import ServiceBase
 from egress.operations.common import (
     log,
@@ -78,6 +80,20 @@ class AuditOperations(ServiceBase):
 
     def verify_audit(self, checkpoints: Iterable[Checkpoint] = ()) -> VerifyReport:
         """Verify the audit log and replay it against the tables (see the module docs).
+
+        The result (passed or failed, and when) is kept beside the checkpoint file for the
+        metrics (:mod:`egress.monitoring.verify_record`).
+        """
+        report = self._verify_audit(checkpoints)
+        if self.checkpoint_path is not None:
+            try:
+                record_verify(self.checkpoint_path.with_name(VERIFY_RECORD), report.ok, self.now())
+            except OSError:
+                log.exception("could not keep the audit verification's result for the metrics")
+        return report
+
+    def _verify_audit(self, checkpoints: Iterable[Checkpoint] = ()) -> VerifyReport:
+        """The verification itself (:meth:`verify_audit`).
 
         The checkpoint file is reconciled first (releases whose checkpoint a crash kept out
         of it are appended, when the log verifies); a release still without its checkpoint

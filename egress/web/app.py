@@ -38,11 +38,15 @@ from urllib.parse import quote, urlencode
 import jinja2
 from jupyterhub.services.auth import HubOAuthenticated
 from jupyterhub.utils import url_path_join
+from prometheus_client import CollectorRegistry
 from tornado import ioloop, web
 
 from egress.domain.policy import Actor, PermissionDenied
 from egress.domain.workflow import RequestState
 from egress.files.render import CHECKER_PAGE_CSP, raw_response_headers, render_for_checker
+from egress.monitoring.metrics import EgressCollector
+from egress.monitoring.refusals import RefusalTally, reason_of
+from egress.monitoring.verify_record import FILE_NAME as VERIFY_RECORD
 from egress.operations import break_glass
 from egress.operations.facade import (
     EgressError,
@@ -53,6 +57,7 @@ from egress.operations.facade import (
     page_cursor,
 )
 from egress.web.hub_oauth import SharedStateHubOAuth, SharedStateOAuthCallback
+from egress.web.metrics import METRICS_PATH, MetricsHandler
 from egress.web.openapi import REQUEST_ACTIONS, openapi_document
 
 log = logging.getLogger("egress.web")
@@ -223,6 +228,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             raise self._refused(exc) from None
 
     def _refused(self, exc: PermissionDenied | EgressError) -> web.HTTPError:
+        self.settings["egress_refusals"].add(reason_of(exc))
         self._refusal = {"message": exc.reason}
         if isinstance(exc, FileRefused):
             self._refusal["problems"] = exc.problems
@@ -977,6 +983,7 @@ def make_app(
     *,
     threads: int = 1,
     oauth_state_dir: Path | None = None,
+    refusals: RefusalTally | None = None,
 ) -> web.Application:
     """The tornado application of the egress service, routes under ``prefix``.
 
@@ -986,7 +993,10 @@ def make_app(
     used by more worker processes instead.
     ``oauth_state_dir``: where logins in progress are kept when several worker processes serve
     (see :mod:`egress.web.hub_oauth`); None keeps them in this process.
+    ``refusals``: the tally the service's refusals are counted in (shared by the workers);
+    None counts in this process. ``/metrics`` (outside the prefix) serves the metrics.
     """
+    refusals = refusals or RefusalTally()
     if oauth_state_dir is not None:
         SharedStateHubOAuth.instance().oauth_state_dir = str(oauth_state_dir)
 
@@ -997,6 +1007,7 @@ def make_app(
     x = r"(?P<reexecution_id>[0-9a-f]{32})"
     return web.Application(
         [
+            (METRICS_PATH, MetricsHandler),
             (route("healthz"), HealthHandler),
             (route("oauth_callback"), SharedStateOAuthCallback),
             (route("api/openapi.json"), OpenApiDocument),
@@ -1042,4 +1053,34 @@ def make_app(
         jinja=_jinja(),
         # the hub's break-glass reports carry a key derived from it (egress.operations.break_glass)
         hub_api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""),
+        egress_refusals=refusals,
+        metrics_registry=metrics_registry(service, refusals),
+    )
+
+
+def metrics_registry(service: EgressService, refusals: RefusalTally) -> CollectorRegistry:
+    """A registry of this process holding the service's collector (and nothing else)."""
+    registry = CollectorRegistry(auto_describe=False)
+    checkpoints = service.checkpoint_path
+    registry.register(
+        EgressCollector(
+            service.engine,
+            clock=service.now,
+            verify_record=checkpoints.with_name(VERIFY_RECORD) if checkpoints else None,
+            refusals=refusals,
+        )
+    )
+    return registry
+
+
+def make_metrics_app(
+    service: EgressService, refusals: RefusalTally, *, threads: int = 1
+) -> web.Application:
+    """An application serving ``/metrics`` only: the port ``havre up`` may publish on the
+    host for a Prometheus server outside the enclave's networks."""
+    return web.Application(
+        [(METRICS_PATH, MetricsHandler)],
+        egress_service=service,
+        egress_executor=ThreadPoolExecutor(threads, thread_name_prefix="egress-metrics"),
+        metrics_registry=metrics_registry(service, refusals),
     )
