@@ -14,6 +14,7 @@ the 403); set back, they succeed again.
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import socket
 import subprocess
@@ -40,6 +41,7 @@ from tests.unit.egress.conftest import (  # the egress unit tests' fixtures
     sqlite_template,
 )
 from tests.unit.egress.test_core import new_request, review, web_service
+from tests.unit.egress.test_grafana_dashboard import DASHBOARD, expressions
 
 __all__ = ["clock", "make_service", "outputs", "service", "signing_key", "sqlite_template"]
 __all__ += ["web_service"]
@@ -120,7 +122,7 @@ def _wait(condition, what: str) -> None:
 
 def query(api: str, expression: str) -> list[dict]:
     answer = requests.get(f"{api}/api/v1/query", params={"query": expression}, timeout=10)
-    answer.raise_for_status()
+    assert answer.status_code == 200, f"{expression}: {answer.text}"  # a PromQL error is a 400
     return answer.json()["data"]["result"]
 
 
@@ -141,6 +143,7 @@ def test_a_real_prometheus_scrapes_every_series(service, enclave, web_service, p
         review(service, rid, checker, {i: "approve" for i in ids})
     service.approve(olivia, rid)
     service.release(oscar, rid)
+    new_request(service, {"notes.txt": "n"})  # submitted, waiting for review
     assert service.verify_audit().ok
     # a refusal through the web layer: bob asks for a request that does not exist
     asked = requests.get(
@@ -165,6 +168,23 @@ def test_a_real_prometheus_scrapes_every_series(service, enclave, web_service, p
         prometheus, "histogram_quantile(0.5, havre_egress_time_to_release_seconds_bucket)"
     )
     assert quantile and float(quantile[0]["value"][1]) > 0
+
+    # every expression of the Grafana dashboard evaluates on the real server, with data
+    dashboard = json.loads(DASHBOARD.read_text())
+    for title, expression in expressions(dashboard):
+        if expression.startswith("label_values("):  # a Grafana function, not PromQL
+            continue
+        promql = expression.replace("$__rate_interval", "1m").replace("$project", ".*")
+        assert query(prometheus, promql) is not None, f"{title}: {promql}"
+    empty = [
+        e
+        for _, e in expressions(dashboard)
+        if "rate(" not in e
+        and "increase(" not in e
+        and not e.startswith("label_values(")
+        and not query(prometheus, e.replace("$project", ".*"))
+    ]
+    assert not empty, f"dashboard expressions without data: {empty}"
 
     # attack: Prometheus's address is no longer allowed -> its scrapes are refused
     service.enclave = replace(enclave, monitoring=MonitoringSettings(("127.0.0.2/32",)))
