@@ -39,6 +39,8 @@ from egress.audit.file_log import read_checkpoints
 from egress.audit.signing import generate_key, load_public_key, public_key_path, verify_record
 from egress.audit.verify import VerifyReport
 from egress.domain.workflow import Party, RequestState, turn_of
+from egress.monitoring.verify_record import FILE_NAME as VERIFY_RECORD
+from egress.monitoring.verify_record import record_verify
 from egress.operations.facade import (
     ServicePaths,
     export_database_audit,
@@ -109,6 +111,14 @@ def _paths(args: argparse.Namespace) -> tuple[ServicePaths, str]:
     paths = ServicePaths(Path(state))
     url = getattr(args, "db", None) or os.environ.get("HAVRE_EGRESS_DB") or paths.db_url
     return paths, url
+
+
+def _record_verify(paths: ServicePaths, ok: bool) -> None:
+    """Keep the result for ``/metrics`` and ``havre status`` (egress.monitoring.verify_record)."""
+    try:
+        record_verify(paths.egress_dir / VERIFY_RECORD, ok, datetime.now(UTC))
+    except OSError as exc:
+        print(f"could not keep the verification's result: {exc}", file=sys.stderr)
 
 
 def _report(report: VerifyReport) -> int:
@@ -260,6 +270,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     file=sys.stderr,
                 )
                 return 1
+            _record_verify(paths, report.ok)
             return _report(report)
         if args.command == "export":
             engine = make_engine(url)

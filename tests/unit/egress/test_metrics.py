@@ -250,3 +250,21 @@ def test_havre_up_publishes_the_metrics_port_only_when_asked(enclave):
     assert egress_metrics_ports(enclave) == {}  # scrape_from alone publishes nothing
     published = replace(enclave, monitoring=MonitoringSettings(("10.0.0.5/32",), "10.0.0.1:9190"))
     assert egress_metrics_ports(published) == {"9190/tcp": ("10.0.0.1", 9190)}
+
+
+def test_the_admin_cli_s_verification_is_kept_for_the_metrics(service, db_url, tmp_path, capsys):
+    from egress import cli
+    from egress.monitoring.verify_record import FILE_NAME, read_verify
+
+    new_request(service, {"notes.txt": "n"})
+    state = tmp_path / "state"
+    base = ["--db", db_url, "--state", str(state)]
+    record = state / "egress" / FILE_NAME
+    assert cli.main([*base, "keygen"]) == 0
+    assert cli.main([*base, "verify"]) == 0
+    assert read_verify(record).ok is True
+    with service.engine.begin() as conn:  # an edited event: the chain no longer verifies
+        conn.execute(text("UPDATE audit_events SET line = replace(line, 'alice', 'mallory')"))
+    assert cli.main([*base, "verify"]) == 1
+    assert read_verify(record).ok is False
+    capsys.readouterr()
