@@ -24,6 +24,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import text
@@ -268,3 +269,17 @@ def test_the_admin_cli_s_verification_is_kept_for_the_metrics(service, db_url, t
     assert cli.main([*base, "verify"]) == 1
     assert read_verify(record).ok is False
     capsys.readouterr()
+
+
+def test_changing_who_may_scrape_restarts_nothing_publishing_does(tmp_path):
+    from havre.enclave.config import load_enclave_config
+    from havre.enclave.live import restart_digest
+
+    def digest(monitoring: dict) -> str:
+        path = tmp_path / "enclave.yaml"
+        path.write_text(yaml.safe_dump({**copy.deepcopy(ENCLAVE), "monitoring": monitoring}))
+        return restart_digest(load_enclave_config(path), projects="none")
+
+    one = digest({"scrape_from": ["10.0.0.5/32"], "publish": "127.0.0.1:9190"})
+    assert digest({"scrape_from": ["10.0.0.6/32"], "publish": "127.0.0.1:9190"}) == one
+    assert digest({"scrape_from": ["10.0.0.5/32"], "publish": "127.0.0.1:9191"}) != one
