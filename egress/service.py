@@ -296,7 +296,7 @@ def main() -> None:
             refusals=refusals,
         )
         if serve_metrics_port:  # the port havre up publishes on the host (metrics only)
-            HTTPServer(make_metrics_app(service, refusals)).add_sockets(
+            HTTPServer(make_metrics_app(app)).add_sockets(
                 listen(metrics_port, "0.0.0.0", shared=processes > 1)
             )
         # a hard cap on bodies (the API refuses more than 1 MiB itself, with a message)

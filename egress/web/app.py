@@ -1074,14 +1074,13 @@ def metrics_registry(service: EgressService, refusals: RefusalTally) -> Collecto
     return registry
 
 
-def make_metrics_app(
-    service: EgressService, refusals: RefusalTally, *, threads: int = 1
-) -> web.Application:
-    """An application serving ``/metrics`` only: the port ``havre up`` may publish on the
-    host for a Prometheus server outside the enclave's networks."""
+def make_metrics_app(app: web.Application) -> web.Application:
+    """An application serving ``/metrics`` only, with ``app``'s service and collector: the
+    port ``havre up`` may publish on the host for a Prometheus server outside the enclave's
+    networks (nothing else of the service is reachable there)."""
     return web.Application(
         [(METRICS_PATH, MetricsHandler)],
-        egress_service=service,
-        egress_executor=ThreadPoolExecutor(threads, thread_name_prefix="egress-metrics"),
-        metrics_registry=metrics_registry(service, refusals),
+        egress_service=app.settings["egress_service"],
+        egress_executor=app.settings["egress_executor"],
+        metrics_registry=app.settings["metrics_registry"],
     )

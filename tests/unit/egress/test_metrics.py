@@ -283,3 +283,45 @@ def test_changing_who_may_scrape_restarts_nothing_publishing_does(tmp_path):
     one = digest({"scrape_from": ["10.0.0.5/32"], "publish": "127.0.0.1:9190"})
     assert digest({"scrape_from": ["10.0.0.6/32"], "publish": "127.0.0.1:9190"}) == one
     assert digest({"scrape_from": ["10.0.0.5/32"], "publish": "127.0.0.1:9191"}) != one
+
+
+def test_the_metrics_only_port_serves_nothing_else(service):
+    """The application ``havre up`` publishes on the host (``monitoring.publish``)."""
+    import asyncio
+    import threading
+
+    from tornado.httpserver import HTTPServer
+    from tornado.netutil import bind_sockets
+
+    from egress.web.app import make_app, make_metrics_app
+
+    started, box = threading.Event(), {}
+
+    def serve() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        server = HTTPServer(make_metrics_app(make_app(service, "/services/egress/", b"s" * 32)))
+        sockets = bind_sockets(0, "127.0.0.1")
+        server.add_sockets(sockets)
+        box.update(loop=loop, server=server, port=sockets[0].getsockname()[1])
+        started.set()
+        loop.run_forever()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    assert started.wait(10)
+    base = f"http://127.0.0.1:{box['port']}/"
+    try:
+        status, body = get(base, "/metrics")  # control
+        assert status == 200 and "havre_egress_requests" in body
+        assert get(base, "/metrics", source="127.0.0.2")[0] == 403
+        for path in (
+            "/services/egress/",
+            "/services/egress/api/requests",
+            "/services/egress/healthz",
+        ):
+            assert get(base, path, headers={"X-Test-User": "alice"})[0] == 404, path
+    finally:
+        box["loop"].call_soon_threadsafe(box["server"].stop)
+        box["loop"].call_soon_threadsafe(box["loop"].stop)
+        thread.join(10)
