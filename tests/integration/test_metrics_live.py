@@ -51,7 +51,7 @@ def test_live_metrics_answer_only_the_configured_address(enclave):
     assert off.status_code == 403 and "set monitoring.scrape_from" in off.text
     assert _from_inside(egress)[0] == 403
     # through the hub's proxy: not there (the proxy forwards the service prefix only)
-    proxied = requests.get(f"{enclave.url}/services/egress/metrics", timeout=30)
+    proxied = requests.get(enclave.url.rstrip("/") + "/services/egress/metrics", timeout=30)
     assert proxied.status_code == 404 and "havre_egress" not in proxied.text
 
     source = Path(enclave.config.source)
