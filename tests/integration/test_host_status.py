@@ -63,6 +63,7 @@ def test_havre_status_shows_the_enclave(enclave, alice_cardio, tmp_path):
 
     Egress(enclave.user("olivia")).ok("GET", "api/audit/verify")
     code, text = havre_status(enclave)
+    print(f"\n$ havre status --config {enclave.config.source}\n{text}")  # for the run's log
     assert code == 0 and "No problems found." in text, text  # control
     assert "passed at" in text and "never been verified" not in text, text
     assert "cardio" in text and "Requests waiting for output checkers" in text
