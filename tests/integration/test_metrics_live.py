@@ -71,3 +71,20 @@ def test_live_metrics_answer_only_the_configured_address(enclave):
     finally:
         source.write_text(original)
         publish_config(enclave.config)
+
+
+def test_the_hub_s_metrics_need_the_read_metrics_scope(enclave):
+    """``/hub/metrics`` (JupyterHub's own, docs/sysadmin/operations.md): refused without a
+    sign-in and to a researcher (no ``read:metrics``); control: a hub administrator."""
+    url = enclave.url.rstrip("/") + "/hub/metrics"
+    anonymous = requests.get(url, timeout=30, allow_redirects=False)
+    assert anonymous.status_code in (302, 403) and "jupyterhub_" not in anonymous.text
+
+    alice = enclave.user("alice")
+    researcher = alice.session.get(alice.url("hub/metrics"), timeout=30, allow_redirects=False)
+    assert researcher.status_code == 403 and "jupyterhub_" not in researcher.text
+
+    adam = enclave.user("adam")
+    admin = adam.session.get(adam.url("hub/metrics"), timeout=30)
+    assert admin.status_code == 200, admin.text[:300]
+    assert "jupyterhub_running_servers" in admin.text and "jupyterhub_total_users" in admin.text
