@@ -271,7 +271,9 @@ def test_the_admin_cli_s_verification_is_kept_for_the_metrics(service, db_url, t
     capsys.readouterr()
 
 
-def test_changing_who_may_scrape_restarts_nothing_publishing_does(tmp_path):
+def test_monitoring_settings_restart_no_container_by_the_shared_digest(tmp_path):
+    """``scrape_from`` is read live; ``publish`` restarts the egress container alone (its
+    digest names it: tests/integration/test_metrics_live.py), not the broker or the hub."""
     from havre.enclave.config import load_enclave_config
     from havre.enclave.live import restart_digest
 
@@ -282,7 +284,8 @@ def test_changing_who_may_scrape_restarts_nothing_publishing_does(tmp_path):
 
     one = digest({"scrape_from": ["10.0.0.5/32"], "publish": "127.0.0.1:9190"})
     assert digest({"scrape_from": ["10.0.0.6/32"], "publish": "127.0.0.1:9190"}) == one
-    assert digest({"scrape_from": ["10.0.0.5/32"], "publish": "127.0.0.1:9191"}) != one
+    assert digest({"scrape_from": ["10.0.0.5/32"], "publish": "127.0.0.1:9191"}) == one
+    assert digest({}) == one
 
 
 def test_the_metrics_only_port_serves_nothing_else(service):
