@@ -15,6 +15,8 @@ from egress.audit.replay import (
     verify_database,
 )
 from egress.audit.verify import VerifyReport
+from egress.monitoring.verify_record import FILE_NAME as VERIFY_RECORD
+from egress.monitoring.verify_record import record_verify
 from egress.operations.base import ServiceBase
 from egress.operations.common import (
     log,
@@ -88,7 +90,8 @@ class AuditOperations(ServiceBase):
         The checkpoint file is reconciled first (releases whose checkpoint a crash kept out
         of it are appended, when the log verifies); a release still without its checkpoint
         in the file fails the verification, naming it. A failure is logged as the security
-        event ``audit.verify_failed``.
+        event ``audit.verify_failed``. The result (passed or failed, and when) is kept beside
+        the checkpoint file for the metrics (:mod:`egress.monitoring.verify_record`).
         """
         report = self._verify_audit(checkpoints)
         if not report.ok:
@@ -100,9 +103,15 @@ class AuditOperations(ServiceBase):
                 event_id=report.first_bad_seq,
                 problem=report.problem,
             )
+        if self.checkpoint_path is not None:
+            try:
+                record_verify(self.checkpoint_path.with_name(VERIFY_RECORD), report.ok, self.now())
+            except OSError:
+                log.exception("could not keep the audit verification's result for the metrics")
         return report
 
     def _verify_audit(self, checkpoints: Iterable[Checkpoint]) -> VerifyReport:
+        """The verification itself (:meth:`verify_audit`)."""
         public = self._public_or_none()
         self.reconcile_checkpoints()
         try:

@@ -26,6 +26,7 @@ from tornado import ioloop, web
 
 from egress.domain.policy import Actor, PermissionDenied
 from egress.files.render import CHECKER_PAGE_CSP
+from egress.monitoring.refusals import reason_of
 from egress.operations.facade import (
     EgressError,
     EgressService,
@@ -204,6 +205,7 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             raise self._refused(exc) from None
 
     def _refused(self, exc: PermissionDenied | EgressError) -> web.HTTPError:
+        self.settings["egress_refusals"].add(reason_of(exc))
         self._refusal = {"message": exc.reason}
         if isinstance(exc, PermissionDenied | FileRefused):
             user = (self.current_user or {}).get("name")

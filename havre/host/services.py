@@ -21,7 +21,7 @@ from havre.enclave.hardening import service_hardening
 from havre.enclave.jobs_folder import prepare_jobs_folder
 from havre.enclave.live import live_config_path
 from havre.enclave.logs import FORMAT_ENV, LOG_LAUNCHER
-from havre.enclave.ports import EGRESS_PORT, PROXY_PORT
+from havre.enclave.ports import EGRESS_METRICS_PORT, EGRESS_PORT, PROXY_PORT
 from havre.host.containers import (
     config_digest,
     image_id,
@@ -72,6 +72,7 @@ def start_egress(
         "no-fwd",
         "uids",
         project_mounts(enclave),
+        f"metrics:{enclave.monitoring.publish}",
     )
     if replace_container(client, name, digest, changes):
         return
@@ -100,7 +101,9 @@ def start_egress(
             "JUPYTERHUB_BASE_URL": "/",
             "JUPYTERHUB_HOST": "",
             "HAVRE_PUBLIC_URL": opts.public_url,
+            "HAVRE_EGRESS_METRICS_PORT": str(EGRESS_METRICS_PORT),
         },
+        ports=egress_metrics_ports(enclave),
         volumes={
             str(live_config_path(enclave).parent): {"bind": LIVE_CONFIG_IN_CONTAINER, "mode": "ro"},
             str(enclave.state_dir / "projects"): {
@@ -125,6 +128,17 @@ def start_egress(
         },
         **_service_container(enclave, "egress", digest, tmp="64m", pids=256),
     )
+
+
+def egress_metrics_ports(enclave: EnclaveConfig) -> dict[str, tuple[str, int]]:
+    """The egress container's published ports: its metrics-only port on the host address and
+    port of ``monitoring.publish`` when set (and nothing else: the service's own port is
+    reached through the hub's proxy only)."""
+    publish = enclave.monitoring.publish
+    if not publish:
+        return {}
+    host, _, port = publish.rpartition(":")
+    return {f"{EGRESS_METRICS_PORT}/tcp": (host.strip("[]"), int(port))}
 
 
 def log_environment(enclave: EnclaveConfig) -> dict[str, str]:

@@ -30,7 +30,7 @@ from havre.enclave.config import (
     EnclaveConfig,
     load_enclave_config,
 )
-from havre.host.stack import prepare_state
+from havre.host.layout import prepare_state
 from spawner.hub_config import configure_hub
 
 REPO = Path(__file__).resolve().parents[2]
