@@ -816,7 +816,7 @@ TAMPERING = {
 
 
 @pytest.mark.parametrize("how", list(TAMPERING))
-def test_tampering_is_detected(service, engine, how, db_url, tmp_path):
+def test_tampering_is_detected(service, engine, how, db_url, tmp_path, json_log):
     tamper, expected = TAMPERING[how]
     world = _released_world(service)
     before = service.verify_audit()
@@ -833,7 +833,11 @@ def test_tampering_is_detected(service, engine, how, db_url, tmp_path):
     shutil.copy(service.signing_key_path, paths.signing_key)
     shutil.copy(public_key_path(service.signing_key_path), public_key_path(paths.signing_key))
     shutil.copy(service.checkpoint_path, paths.checkpoints)
+    json_log.clear()
     assert cli.main(["--db", db_url, "--state", str(state), "verify"]) == 1
+    # and logs the security event a SIEM alerts on (the service's own check did too)
+    (line,) = json_log.events("audit.verify_failed")
+    assert expected in line["problem"] and line["logger"] == "egress.cli"
 
 
 def test_a_tampered_head_makes_every_write_fail_closed(service, engine):
