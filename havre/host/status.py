@@ -6,6 +6,8 @@ of the egress container: ``havre-egress-admin pending --json``, since the host's
 line imports nothing of the egress service), the audit log's last verification (the
 ``egress/audit-last-verify.json`` the egress service writes) and the expiry of the TLS
 certificate the proxy and the sign-in page serve (``hub-tls/cert.pem``, or ``--tls-cert``).
+Each image is shown with the digest of its SBOM when ``images/build.sh`` wrote one
+(``images/sbom/<name>.cdx.json``, see :func:`sbom_summary`), else "no SBOM".
 
 :func:`gather` reads the machine (Docker, files); everything else works on plain data
 (:class:`Status`), so that the rules (what counts as a problem) are unit-tested on their own.
@@ -13,7 +15,9 @@ certificate the proxy and the sign-in page serve (``hub-tls/cert.pem``, or ``--t
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -28,6 +32,11 @@ SERVICE_ROLES = ("broker", "idp", "egress", "runner", "hub")
 CERTIFICATE_WARNING_DAYS = 30
 #: the egress service's record of the last audit verification (egress.monitoring.verify_record)
 LAST_VERIFY_FILE = Path("egress") / "audit-last-verify.json"
+#: where images/build.sh writes each image's CycloneDX SBOM (override: $HAVRE_SBOM_DIR)
+SBOM_DIR = Path(__file__).resolve().parents[2] / "images" / "sbom"
+#: the SBOM's metadata property naming the image id it describes
+SBOM_IMAGE_ID_PROPERTY = "havre:image-id"
+NO_SBOM = "no SBOM"
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,7 @@ class Status:
     pending_error: str = ""
     last_verify: dict[str, Any] | None = None  #: {"ok": bool, "at": ISO time}
     certificates: list[CertificateRow] = field(default_factory=list)
+    sboms: dict[str, str] = field(default_factory=dict)  #: image reference -> sbom_summary
     expected_roles: tuple[str, ...] = SERVICE_ROLES
 
     @property
@@ -123,6 +133,33 @@ def read_last_verify(path: Path) -> dict[str, Any] | None:
         return None
 
 
+def sbom_summary(image: str, image_id: str, directory: Path | None = None) -> str:
+    """What ``havre status`` says of ``image``'s SBOM (``images/sbom/<name>.cdx.json``, the
+    name being the last part of the reference without its tag: ``havre/egress:0.1.0`` ->
+    ``egress``): ``sha256:<first 12> (<n> components)``, with ``, of another build`` when the
+    SBOM names an image id other than ``image_id``; ``no SBOM`` when there is no file; a
+    sentence when the file is not a CycloneDX JSON document."""
+    folder = directory or Path(os.environ.get("HAVRE_SBOM_DIR") or SBOM_DIR)
+    name = image.rsplit("/", 1)[-1].split(":", 1)[0].split("@", 1)[0]
+    path = folder / f"{name}.cdx.json"
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return NO_SBOM
+    try:
+        bom = json.loads(data)
+        components = len(bom.get("components") or [])
+        props = (bom.get("metadata") or {}).get("properties") or []
+        described = {p.get("name"): p.get("value") for p in props}.get(SBOM_IMAGE_ID_PROPERTY)
+    except (ValueError, AttributeError, TypeError):
+        return f"unreadable SBOM {path} (not CycloneDX JSON)"
+    summary = f"sha256:{hashlib.sha256(data).hexdigest()[:12]} ({components} components"
+    short = str(described or "").removeprefix("sha256:")
+    if short and image_id and not short.startswith(image_id.removeprefix("sha256:")):
+        summary += ", of another build"
+    return summary + ")"
+
+
 def container_rows(containers: Iterable[Mapping[str, Any]]) -> list[ContainerRow]:
     """Rows from Docker's container descriptions (``docker inspect`` dicts)."""
     rows = []
@@ -161,6 +198,7 @@ def gather(
             images[ref] = client.images.get(ref).short_id.removeprefix("sha256:")
         except docker.errors.ImageNotFound:
             images[ref] = "(not on this host)"
+    sboms = {ref: sbom_summary(ref, "" if i.startswith("(") else i) for ref, i in images.items()}
     pending, error = _pending(enclave, client)
     cert_path = tls_cert or enclave.state_dir / "hub-tls" / "cert.pem"
     certificates = [certificate_row(cert_path, now)] if cert_path.exists() else []
@@ -175,6 +213,7 @@ def gather(
         pending_error=error,
         last_verify=read_last_verify(enclave.state_dir / LAST_VERIFY_FILE),
         certificates=certificates,
+        sboms=sboms,
         expected_roles=expected,
     )
 
@@ -207,7 +246,10 @@ def render(status: Status) -> str:
         if c.role != "notebook":
             out.append(f"  {c.role:<8} {c.state:<10} {c.name}  ({c.image})")
     out += ["", "Images:"]
-    out += [f"  {ref:<40} {image_id}" for ref, image_id in status.images.items()]
+    out += [
+        f"  {ref:<40} {image_id}  SBOM: {status.sboms.get(ref, NO_SBOM)}"
+        for ref, image_id in status.images.items()
+    ]
     out += ["", "Notebook servers running:"]
     servers = status.servers
     out += [f"  {p:<20} {len(u)}: {', '.join(u)}" for p, u in servers.items()] or ["  none"]

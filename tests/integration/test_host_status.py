@@ -56,6 +56,7 @@ def test_havre_status_shows_the_enclave(enclave, alice_cardio, tmp_path):
         assert roles.get(role) == "running", (role, roles)
     assert "alice" in status["servers"].get("cardio", []), status["servers"]
     assert all(not v.startswith("(not") for v in status["images"].values()), status["images"]
+    assert set(status["sboms"]) == set(status["images"])  # each: a digest, or "no SBOM"
     assert status["pending"] is not None, status["pending_error"]
     assert status["certificates"][0]["days_left"] == 0
     if status["last_verify"] is None:  # nobody verified yet in this session: a problem
@@ -67,6 +68,7 @@ def test_havre_status_shows_the_enclave(enclave, alice_cardio, tmp_path):
     assert code == 0 and "No problems found." in text, text  # control
     assert "passed at" in text and "never been verified" not in text, text
     assert "cardio" in text and "Requests waiting for output checkers" in text
+    assert "SBOM: " in text
 
     runner = enclave.docker.containers.get(runner_container_name(enclave.config))
     runner.stop(timeout=10)

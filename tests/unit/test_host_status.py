@@ -6,6 +6,7 @@ The live command on the test enclave: tests/integration/test_host_status.py.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from havre.host.status import (
     container_rows,
     read_last_verify,
     render,
+    sbom_summary,
 )
 from tests.certificates import self_signed
 
@@ -140,3 +142,27 @@ def test_the_last_verification_file(tmp_path):
     assert read_last_verify(path) == {"ok": False, "at": NOW.isoformat()}
     path.write_text("{not json")
     assert read_last_verify(path) is None
+
+
+def test_an_images_sbom_digest_or_no_sbom(tmp_path):
+    """The SBOM images/build.sh writes next to the images (``<name>.cdx.json``): its digest
+    and size, whether it describes the image on the host; "no SBOM" without one."""
+    image_id = "sha256:" + "ab12" * 16
+    bom = {
+        "bomFormat": "CycloneDX",
+        "metadata": {"properties": [{"name": "havre:image-id", "value": image_id}]},
+        "components": [{"name": "tornado"}, {"name": "jupyterhub"}],
+    }
+    path = tmp_path / "egress.cdx.json"
+    path.write_text(json.dumps(bom))
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    assert sbom_summary("havre/egress:0.1.0", "ab12ab12ab", tmp_path) == (
+        f"sha256:{digest} (2 components)"
+    )
+    assert sbom_summary("havre/egress:0.1.0", "ffffffffff", tmp_path).endswith("of another build)")
+    assert sbom_summary("havre/hub:0.1.0", "ab12ab12ab", tmp_path) == "no SBOM"
+    (tmp_path / "notebook.cdx.json").write_text("[1, 2")
+    assert "not CycloneDX JSON" in sbom_summary("havre/notebook:0.1.0", "", tmp_path)
+    text = render(healthy(sboms={"havre/hub:0.1.0": "sha256:0123 (3 components)"}))
+    assert "SBOM: sha256:0123 (3 components)" in text
+    assert "SBOM: no SBOM" in render(healthy())
