@@ -183,6 +183,7 @@ def configure_hub(c: Any, environ: Mapping[str, str] = os.environ) -> EnclaveCon
         }
     ]
     c.JupyterHub.load_roles = least_privilege_roles()
+    configure_metrics_reader(c, enclave)
     configure_culler(c, enclave)
 
     # -- break glass: activated on /hub/break-glass, audited by the egress service
@@ -264,6 +265,31 @@ def least_privilege_roles() -> list[dict[str, Any]]:
             "services": ["idle-culler"],
         },
     ]
+
+
+#: The hub service whose token (the secret of this name) reads ``/hub/metrics`` and nothing else.
+METRICS_SERVICE = "prometheus"
+METRICS_SECRET = "hub-metrics-token"
+
+
+def configure_metrics_reader(c: Any, enclave: EnclaveConfig) -> None:
+    """A hub service for Prometheus (:data:`METRICS_SERVICE`): no URL, no server, no login;
+    its API token (the secret :data:`METRICS_SECRET`, made by ``havre up``) holds one scope,
+    ``read:metrics``. Nothing when the secret is not there (a state folder of an older
+    ``havre up``)."""
+    if not (secrets_dir(enclave) / METRICS_SECRET).exists():
+        return
+    c.JupyterHub.services.append(
+        {"name": METRICS_SERVICE, "api_token": read_secret(enclave, METRICS_SECRET)}
+    )
+    c.JupyterHub.load_roles.append(
+        {
+            "name": "metrics-reader",
+            "description": "Read the hub's Prometheus metrics (/hub/metrics), nothing else.",
+            "scopes": ["read:metrics"],
+            "services": [METRICS_SERVICE],
+        }
+    )
 
 
 def configure_culler(c: Any, enclave: EnclaveConfig) -> None:

@@ -152,3 +152,15 @@ def test_a_refused_sign_in_is_a_security_event(json_log):
     assert asyncio.run(auth.check_allowed("mallory", stranger)) is False
     (refused,) = json_log.events("login.refused")
     assert refused["user"] == "mallory" and refused["hub_groups"] == []
+
+
+def test_prometheus_has_a_service_token_that_reads_the_metrics_only(enclave_files):
+    """The state folder havre up prepares has the hub-metrics-token secret; the hub declares
+    the "prometheus" service with it and a role holding read:metrics and nothing else (the
+    live check: tests/integration/test_metrics_live.py)."""
+    c = configure(enclave_files.source)
+    secret = (enclave_files.state_dir / "secrets" / "hub-metrics-token").read_text().strip()
+    (service,) = [s for s in c.JupyterHub.services if s["name"] == "prometheus"]
+    assert service == {"name": "prometheus", "api_token": secret}  # no URL, no login
+    (role,) = [r for r in c.JupyterHub.load_roles if "prometheus" in r.get("services", [])]
+    assert role["scopes"] == ["read:metrics"]
