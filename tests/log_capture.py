@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,3 +61,28 @@ def json_log() -> Iterator[JsonLog]:
     finally:
         root.removeHandler(log.handler)
         root.setLevel(level)
+
+
+def container_events(
+    container: Any, name: str, since: float, *, expect: int = 1, timeout: float = 15.0
+) -> list[dict[str, Any]]:
+    """The security events ``name`` a running service container wrote to its real log (what
+    ``docker logs`` and a collector read) since Unix time ``since``, each line parsed as JSON
+    and checked to be at WARNING. Lines that are not Havre's JSON (the proxy's, the idle
+    culler's) are skipped. Docker copies a container's output into its log a moment after it
+    is written: this reads again until ``expect`` lines are there, for ``timeout`` seconds at
+    most, and returns what it found (``expect=0``: read once)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        raw = container.logs(stdout=True, stderr=True, since=int(since)).decode(errors="replace")
+        for line in raw.splitlines():
+            if not line.startswith("{"):
+                continue
+            value = json.loads(line)
+            if value.get("event") == name:
+                assert value["level"] == "WARNING", value
+                found.append(value)
+        if len(found) >= expect or time.monotonic() >= deadline:
+            return found
+        time.sleep(0.2)
