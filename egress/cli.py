@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -39,6 +40,8 @@ from egress.audit.file_log import read_checkpoints
 from egress.audit.signing import generate_key, load_public_key, public_key_path, verify_record
 from egress.audit.verify import VerifyReport
 from egress.domain.workflow import Party, RequestState, turn_of
+from egress.monitoring.verify_record import FILE_NAME as VERIFY_RECORD
+from egress.monitoring.verify_record import record_verify
 from egress.operations.facade import (
     ServicePaths,
     export_database_audit,
@@ -48,6 +51,10 @@ from egress.operations.facade import (
 )
 from egress.store.db import make_engine, migrate, read_session
 from egress.store.models import Release, Request, Review
+from havre.enclave.logs import configure as configure_logs
+from havre.enclave.logs import security_event
+
+log = logging.getLogger("egress.cli")
 
 DEFAULT_STATE_DIR = "/var/lib/havre"
 
@@ -111,6 +118,14 @@ def _paths(args: argparse.Namespace) -> tuple[ServicePaths, str]:
     return paths, url
 
 
+def _record_verify(paths: ServicePaths, ok: bool) -> None:
+    """Keep the result for ``/metrics`` and ``havre status`` (egress.monitoring.verify_record)."""
+    try:
+        record_verify(paths.egress_dir / VERIFY_RECORD, ok, datetime.now(UTC))
+    except OSError as exc:
+        print(f"could not keep the verification's result: {exc}", file=sys.stderr)
+
+
 def _report(report: VerifyReport) -> int:
     if report.ok:
         head = report.head
@@ -119,7 +134,21 @@ def _report(report: VerifyReport) -> int:
         return 0
     first = f" (first bad event: {report.first_bad_seq})" if report.first_bad_seq else ""
     print(f"FAILED{first}: {report.problem}", file=sys.stderr)
+    _log_verify_failed(report.problem, report.first_bad_seq)
     return 1
+
+
+def _log_verify_failed(problem: str, event_id: int | None = None) -> None:
+    """The security event ``audit.verify_failed`` (in the egress container, where
+    ``$HAVRE_LOG_FORMAT`` is json, a JSON line on standard error)."""
+    security_event(
+        log,
+        "audit.verify_failed",
+        "havre-egress-admin verify: the audit log fails verification: %s",
+        problem,
+        event_id=event_id,
+        problem=problem,
+    )
 
 
 def _public_key(paths: ServicePaths) -> Ed25519PublicKey | None:
@@ -206,6 +235,12 @@ def _release_record(url: str, paths: ServicePaths, request_id: str) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if not logging.getLogger().handlers:  # a command of its own (not called by a program)
+        try:
+            configure_logs("egress-admin", level=logging.WARNING)
+        except ValueError as err:
+            print(f"havre-egress-admin: {err}", file=sys.stderr)
+            return 2
     paths, url = _paths(args)
     database = make_url(url).database if make_url(url).get_backend_name() == "sqlite" else None
     if args.command not in ("migrate", "keygen") and database and not Path(database).exists():
@@ -254,12 +289,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             if report.ok and (missing := missing_release_checkpoints(engine, checkpoints)):
                 request_id, cp = missing[0]
-                print(
-                    f"FAILED: the release of request {request_id} (event {cp.seq}) has no "
-                    f"checkpoint in {paths.checkpoints} ({len(missing)} missing)",
-                    file=sys.stderr,
+                problem = (
+                    f"the release of request {request_id} (event {cp.seq}) has no "
+                    f"checkpoint in {paths.checkpoints} ({len(missing)} missing)"
                 )
+                print(f"FAILED: {problem}", file=sys.stderr)
+                _log_verify_failed(problem, cp.seq)
                 return 1
+            _record_verify(paths, report.ok)
             return _report(report)
         if args.command == "export":
             engine = make_engine(url)

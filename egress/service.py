@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,13 +26,16 @@ from tornado.httpserver import HTTPServer
 from tornado.netutil import bind_sockets
 
 from egress.audit.signing import generate_key
+from egress.monitoring.refusals import RefusalTally
 from egress.notifications.mailer import Mailer
 from egress.operations.facade import EgressService, ServicePaths
 from egress.store.content import ContentStore
 from egress.store.db import make_engine, migrate
-from egress.web.app import make_app
+from egress.web.app import make_app, make_metrics_app
 from havre.enclave.config import EnclaveConfig, load_enclave_config
 from havre.enclave.live import LiveEnclave, live_config
+from havre.enclave.logs import configure as configure_logs
+from havre.enclave.ports import EGRESS_METRICS_PORT
 
 DEFAULT_PORT = 8090
 
@@ -249,7 +253,11 @@ def load_cookie_secret(egress_dir: Path) -> bytes:
 
 def main() -> None:
     """Console entry point ``havre-egress``."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        configure_logs("egress")
+    except ValueError as err:
+        print(f"havre-egress: refusing to start: {err}", file=sys.stderr)
+        sys.exit(78)  # EX_CONFIG
     config_path = os.environ.get("HAVRE_CONFIG", "/etc/havre/enclave.yaml")
     load_enclave_config(config_path)  # refuse to start on an invalid config, with its problems
     # projects, members and output checkers are read live: a change applies at the next
@@ -265,6 +273,11 @@ def main() -> None:
     first.engine.dispose()
     # the same in every worker (they share the cookies) and across restarts
     cookie_secret = load_cookie_secret(ServicePaths(enclave.state_dir).egress_dir)
+    # the workers' refusal counts, summed by whichever answers a scrape (a restart resets them)
+    refusals = RefusalTally(ServicePaths(enclave.state_dir).egress_dir / "metrics")
+    refusals.reset_directory()
+    metrics_port = int(os.environ.get("HAVRE_EGRESS_METRICS_PORT", EGRESS_METRICS_PORT))
+    serve_metrics_port = bool(enclave.monitoring.publish)
 
     def run_worker(index: int) -> None:
         loop_box: list[MailLoop] = []
@@ -286,7 +299,12 @@ def main() -> None:
             prefix,
             cookie_secret=cookie_secret,
             oauth_state_dir=ServicePaths(enclave.state_dir).egress_dir / "oauth-states",
+            refusals=refusals,
         )
+        if serve_metrics_port:  # the port havre up publishes on the host (metrics only)
+            HTTPServer(make_metrics_app(app)).add_sockets(
+                listen(metrics_port, "0.0.0.0", shared=processes > 1)
+            )
         # a hard cap on bodies (the API refuses more than 1 MiB itself, with a message)
         HTTPServer(app, max_body_size=8 * 1024 * 1024).add_sockets(
             listen(port, "0.0.0.0", shared=processes > 1)

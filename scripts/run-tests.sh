@@ -2,8 +2,9 @@
 # Set up everything the test suite needs on this host and run it.
 # Fresh Debian 12, as root: the Python venv with the test dependencies, then the fast tier
 # (scripts/check.sh: lint, import contracts, generated docs, unit tests), then Docker Engine,
-# Chromium, PostgreSQL, the images, ansible-lint and the whole pytest suite (unit, with the slow
-# tests, the PostgreSQL copies and the full Hypothesis counts; integration; e2e; ansible).
+# Chromium, PostgreSQL, Prometheus, the images, ansible-lint and the whole pytest suite (unit,
+# with the slow tests, the PostgreSQL copies and the full Hypothesis counts; integration; e2e;
+# ansible).
 # Extra arguments go to pytest. Exits non-zero when pytest collects no test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +28,14 @@ fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "==> Installing ${missing[*]} from Debian"
   apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+fi
+# Prometheus: tests/integration/test_metrics_prometheus.py starts its own server on loopback;
+# the package's own service (on systemd machines) is switched off, nothing else is installed.
+if ! command -v prometheus >/dev/null 2>&1; then
+  echo "==> Installing prometheus from Debian (for the metrics test; its service stays off)"
+  apt-get update -q
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+  if [ -d /run/systemd/system ]; then systemctl disable --now prometheus || true; fi
 fi
 PYTHON=.venv/bin/python bash images/build.sh  # the venv has pip (Debian's python3 may not)
 

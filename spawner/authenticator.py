@@ -39,6 +39,7 @@ from tornado import web
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Float, Unicode
 
+from havre.enclave.logs import security_event
 from spawner import break_glass_hub
 
 PROVIDER_DOWN = (
@@ -158,6 +159,21 @@ class HavreOAuthenticator(GenericOAuthenticator):
         if isinstance(auth_model, dict) and "groups" in auth_model:
             auth_model = break_glass_hub.adjust_groups(auth_model)
         return auth_model
+
+    async def check_allowed(self, username: str, auth_model: Any = None) -> bool:
+        """OAuthenticator's decision, with a refusal logged as ``login.refused``."""
+        allowed = await super().check_allowed(username, auth_model)
+        if not allowed:
+            groups = (auth_model or {}).get("groups") if isinstance(auth_model, dict) else None
+            security_event(
+                self.log,
+                "login.refused",
+                "Sign-in of %s refused: no Havre project group or role",
+                username,
+                user=username,
+                hub_groups=list(groups or []),
+            )
+        return allowed
 
     async def refresh_user(self, user: Any, handler: Any = None, **kwargs: Any) -> Any:
         try:

@@ -45,6 +45,7 @@ from havre.enclave.break_glass import (
     open_window,
 )
 from havre.enclave.config import BREAK_GLASS_HUB_GROUP, SERVER_ACCESS_HUB_GROUP
+from havre.enclave.logs import security_event
 
 log = logging.getLogger("havre.break_glass")
 
@@ -96,7 +97,15 @@ class AuditReporter:
         try:
             await self.report(event)
         except RuntimeError as err:
-            log.error("break glass: %s not recorded yet (%s); will retry", event["event"], err)
+            security_event(
+                log,
+                "break_glass.unrecorded",
+                "break glass: %s not recorded yet (%s); will retry",
+                event["event"],
+                err,
+                user=event.get("user"),
+                session_id=event.get("session"),
+            )
             self.pending.append(event)
 
     async def flush(self) -> None:
@@ -159,7 +168,16 @@ async def end_window(db: Any, orm_user: Any, why: str) -> Window | None:
     if window is not None or _in_group(orm_user, SERVER_ACCESS_HUB_GROUP):
         revoke_access(db, orm_user)
     if window is not None:
-        log.info("break glass: %s's window ended (%s)", orm_user.name, why)
+        security_event(
+            log,
+            "break_glass.ended",
+            "break glass: %s's window ended (%s)",
+            orm_user.name,
+            why,
+            user=orm_user.name,
+            session_id=window.session,
+            why=why,
+        )
         await state.reporter.report_later(_end_event(window, why))
     return window
 
@@ -181,7 +199,16 @@ def enforce(handler: Any) -> None:
     if window is not None:
         state.store.pop(orm_user.name)
         IOLoop.current().add_callback(state.reporter.report_later, _end_event(window, "expired"))
-    log.info("break glass: %s has no open window: access removed (%d tokens)", user.name, tokens)
+    security_event(
+        log,
+        "break_glass.ended",
+        "break glass: %s has no open window: access removed (%d tokens)",
+        user.name,
+        tokens,
+        user=user.name,
+        session_id=window.session if window is not None else None,
+        why="expired",
+    )
 
 
 def adjust_groups(auth_model: dict[str, Any]) -> dict[str, Any]:
@@ -199,6 +226,16 @@ def adjust_groups(auth_model: dict[str, Any]) -> dict[str, Any]:
             ended = state.store.pop(name)
             why = "left the group" if BREAK_GLASS_HUB_GROUP not in groups else "expired"
             if ended is not None:
+                security_event(
+                    log,
+                    "break_glass.ended",
+                    "break glass: %s's window ended (%s)",
+                    name,
+                    why,
+                    user=name,
+                    session_id=ended.session,
+                    why=why,
+                )
                 IOLoop.current().add_callback(state.reporter.report_later, _end_event(ended, why))
     auth_model["groups"] = sorted(groups)
     return auth_model
@@ -222,6 +259,16 @@ async def gate_oauth(handler: Any) -> None:
     state = STATE
     window = state.store.open_for(user.name, state.clock()) if state is not None else None
     if window is None or not _in_group(user.orm_user, SERVER_ACCESS_HUB_GROUP):
+        security_event(
+            log,
+            "break_glass.refused",
+            "break glass: %s refused %s/%s (no open window)",
+            user.name,
+            owner,
+            server,
+            user=user.name,
+            target=f"{owner}/{server}",
+        )
         raise web.HTTPError(
             403,
             f"{owner}'s server {server} is not yours. Only staff in a break-glass group at the "
@@ -229,6 +276,18 @@ async def gate_oauth(handler: Any) -> None:
             "/hub/break-glass.",
         )
     if not window.covers(owner, server):
+        security_event(
+            log,
+            "break_glass.refused",
+            "break glass: %s refused %s/%s (outside the window's %s)",
+            user.name,
+            owner,
+            server,
+            window.target,
+            user=user.name,
+            session_id=window.session,
+            target=f"{owner}/{server}",
+        )
         raise web.HTTPError(
             403,
             f"Your break-glass window covers {window.target}, not {owner}/{server}. End it "
@@ -245,9 +304,28 @@ async def gate_oauth(handler: Any) -> None:
                 }
             )
         except RuntimeError as err:
-            log.error("break glass: use by %s not recorded: %s", user.name, err)
+            security_event(
+                log,
+                "break_glass.unrecorded",
+                "break glass: use by %s not recorded: %s",
+                user.name,
+                err,
+                user=user.name,
+                session_id=window.session,
+            )
             raise web.HTTPError(503, AUDIT_DOWN.format(what="used")) from None
-        log.info("break glass: %s opens %s/%s (%s)", user.name, owner, server, window.session)
+        security_event(
+            log,
+            "break_glass.used",
+            "break glass: %s opens %s/%s (%s)",
+            user.name,
+            owner,
+            server,
+            window.session,
+            user=user.name,
+            session_id=window.session,
+            target=f"{owner}/{server}",
+        )
 
 
 class BreakGlassHandler(BaseHandler):
@@ -276,10 +354,21 @@ class BreakGlassHandler(BaseHandler):
         )
         self.finish(html)
 
+    async def _refuse_not_eligible(self) -> None:
+        name = self.current_user.name
+        security_event(
+            log,
+            "break_glass.refused",
+            "break glass: %s is not eligible (no break-glass group)",
+            name,
+            user=name,
+        )
+        await self._page(403, NOT_ELIGIBLE)
+
     @web.authenticated
     async def get(self) -> None:
         if not self._eligible():
-            await self._page(403, NOT_ELIGIBLE)
+            await self._refuse_not_eligible()
             return
         await self._page()
 
@@ -288,7 +377,7 @@ class BreakGlassHandler(BaseHandler):
         state = self._state()
         user = self.current_user
         if not self._eligible():
-            await self._page(403, NOT_ELIGIBLE)
+            await self._refuse_not_eligible()
             return
         if self.get_body_argument("action", "") == "end":
             await end_window(self.db, user.orm_user, "ended by the user")
@@ -322,7 +411,15 @@ class BreakGlassHandler(BaseHandler):
                 }
             )
         except RuntimeError as err:
-            log.error("break glass: activation by %s not recorded: %s", user.name, err)
+            security_event(
+                log,
+                "break_glass.unrecorded",
+                "break glass: activation by %s not recorded: %s",
+                user.name,
+                err,
+                user=user.name,
+                session_id=window.session,
+            )
             await self._page(503, AUDIT_DOWN.format(what="activated"), form)
             return
         state.store.put(window)
@@ -330,12 +427,19 @@ class BreakGlassHandler(BaseHandler):
         if not _in_group(orm_user, SERVER_ACCESS_HUB_GROUP):
             orm_user.groups.append(_group(self.db, SERVER_ACCESS_HUB_GROUP))
         self.db.commit()
-        log.info(
+        security_event(
+            log,
+            "break_glass.activated",
             "break glass: %s activated for %s until %s (%s)",
             user.name,
             window.target,
             iso(window.until),
             window.session,
+            user=user.name,
+            session_id=window.session,
+            target=window.target,
+            until=iso(window.until),
+            reason=window.reason,
         )
         self.redirect(self.hub.base_url + "break-glass")
 
@@ -352,7 +456,15 @@ async def sweep(app_db: Callable[[], Any]) -> None:
         state.store.pop(window.user)
         if orm_user is not None:
             revoke_access(db, orm_user)
-        log.info("break glass: %s's window expired", window.user)
+        security_event(
+            log,
+            "break_glass.ended",
+            "break glass: %s's window expired",
+            window.user,
+            user=window.user,
+            session_id=window.session,
+            why="expired",
+        )
         await state.reporter.report_later(_end_event(window, "expired"))
     group = orm.Group.find(db, SERVER_ACCESS_HUB_GROUP)
     for orm_user in list(group.users) if group is not None else []:

@@ -37,6 +37,7 @@ from tornado.httputil import HTTPHeaders
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.tcpclient import TCPClient
 
+from havre.enclave.logs import security_event
 from spawner.download_policy import (
     CROSS_ORIGIN_OPENER_POLICY,
     LOGIN_REFUSAL,
@@ -201,8 +202,20 @@ class GuardHandler(web.RequestHandler):
         self.finish(UNKNOWN_SERVER_PAGE)
 
     def refuse(self, prefix: str, refusal: Refusal) -> None:
-        log.warning(
-            "Download guard refused %s %s (%s)", self.request.method, self.request.uri, refusal.code
+        # the server's owner and project (who asked is not known here: the server checks that)
+        owner, _, rest = prefix.removeprefix("/user/").partition("/")
+        security_event(
+            log,
+            "download.refused",
+            "Download guard refused %s %s (%s)",
+            self.request.method,
+            self.request.uri,
+            refusal.code,
+            owner=owner or None,
+            project=rest.strip("/") or None,
+            reason=refusal.code,
+            method=self.request.method,
+            path=self.request.path,
         )
         self.clear()
         self.set_status(403)

@@ -31,6 +31,7 @@ from havre.enclave.config import (
     load_enclave_config,
 )
 from havre.enclave.live import LiveEnclave, live_config
+from havre.enclave.logs import log_format, traitlets_logging_config
 from havre.enclave.ports import EGRESS_PORT, GUARD_PORT, HUB_PORT, PROXY_PORT
 from spawner.download_policy import CROSS_ORIGIN_OPENER_POLICY
 from spawner.hub_pages import configure_pages
@@ -100,9 +101,13 @@ def configure_hub(c: Any, environ: Mapping[str, str] = os.environ) -> EnclaveCon
     work_around_jupyterhub_bugs()
     try:
         enclave = load_enclave_config(environ.get("HAVRE_CONFIG", "/etc/havre/enclave.yaml"))
-    except EnclaveConfigError as err:
+        fmt = log_format(environ)
+    except (EnclaveConfigError, ValueError) as err:
         print(f"havre: refusing to start: {err}", file=sys.stderr)
         sys.exit(78)  # EX_CONFIG
+    # the hub's lines, and those of Havre's code in it (break glass, the download guard), in
+    # the one format of every service ($HAVRE_LOG_FORMAT, from the config's logging.format)
+    c.JupyterHub.logging_config = traitlets_logging_config("hub", fmt)
 
     hub_container = environ.get("HAVRE_HUB_CONTAINER", f"{enclave.name}-hub")
     egress_container = environ.get("HAVRE_EGRESS_CONTAINER", f"{enclave.name}-egress")
@@ -178,6 +183,7 @@ def configure_hub(c: Any, environ: Mapping[str, str] = os.environ) -> EnclaveCon
         }
     ]
     c.JupyterHub.load_roles = least_privilege_roles()
+    configure_metrics_reader(c, enclave)
     configure_culler(c, enclave)
 
     # -- break glass: activated on /hub/break-glass, audited by the egress service
@@ -259,6 +265,31 @@ def least_privilege_roles() -> list[dict[str, Any]]:
             "services": ["idle-culler"],
         },
     ]
+
+
+#: The hub service whose token (the secret of this name) reads ``/hub/metrics`` and nothing else.
+METRICS_SERVICE = "prometheus"
+METRICS_SECRET = "hub-metrics-token"
+
+
+def configure_metrics_reader(c: Any, enclave: EnclaveConfig) -> None:
+    """A hub service for Prometheus (:data:`METRICS_SERVICE`): no URL, no server, no login;
+    its API token (the secret :data:`METRICS_SECRET`, made by ``havre up``) holds one scope,
+    ``read:metrics``. Nothing when the secret is not there (a state folder of an older
+    ``havre up``)."""
+    if not (secrets_dir(enclave) / METRICS_SECRET).exists():
+        return
+    c.JupyterHub.services.append(
+        {"name": METRICS_SERVICE, "api_token": read_secret(enclave, METRICS_SECRET)}
+    )
+    c.JupyterHub.load_roles.append(
+        {
+            "name": "metrics-reader",
+            "description": "Read the hub's Prometheus metrics (/hub/metrics), nothing else.",
+            "scopes": ["read:metrics"],
+            "services": [METRICS_SERVICE],
+        }
+    )
 
 
 def configure_culler(c: Any, enclave: EnclaveConfig) -> None:

@@ -32,6 +32,7 @@ from havre.broker.policy import SERVER_PORT, hardened_host_config
 from havre.broker.policy import pinned_jupyter_env as pinned_jupyter_env
 from havre.enclave.config import EnclaveConfig, EnclaveConfigError, Project
 from havre.enclave.live import live_config
+from havre.enclave.logs import security_event
 from spawner.download_guard import ensure_guard
 
 
@@ -119,8 +120,31 @@ class ProjectSpawner(Spawner):
     def authorize_project(self) -> Project:
         """The project this server is for, if the user may start it; else refuse.
 
-        Every refusal is a :class:`SpawnException` raised before any Docker object exists.
+        Every refusal is a :class:`SpawnException` raised before any Docker object exists,
+        and logged as the security event ``spawn.refused``.
         """
+        try:
+            return self._authorize_project()
+        except SpawnException as refusal:
+            self.log_spawn_refused(refusal)
+            raise
+
+    def log_spawn_refused(self, refusal: SpawnException) -> None:
+        """The security event of a refused start, with its reason and sentence."""
+        security_event(
+            self.log,
+            "spawn.refused",
+            "Refused %s's server for %r: %s",
+            self.user.name,
+            self.name,
+            refusal.message,
+            user=self.user.name,
+            project=self.name or None,
+            reason=refusal.reason,
+            status=refusal.status_code,
+        )
+
+    def _authorize_project(self) -> Project:
         slug = self.name
         if not slug:
             raise SpawnException(
@@ -247,7 +271,16 @@ class ProjectSpawner(Spawner):
             self.log.error("Group refresh for %s failed; keeping the server", self.user.name)
             return None
         why = "is no longer in project" if signed_in else "has lost their sign-in for"
-        self.log.warning("Stopping %s's server: %s %s", self.user.name, why, self.name)
+        security_event(
+            self.log,
+            "membership.lost",
+            "Stopping %s's server: %s %s",
+            self.user.name,
+            why,
+            self.name,
+            user=self.user.name,
+            project=self.name,
+        )
         return 0
 
     def forget_refused_server(self) -> None:
@@ -411,7 +444,10 @@ class ProjectSpawner(Spawner):
             answer = await asyncio.to_thread(self.broker().call, "server.start", **request)
         except BrokerError as err:
             if err.status != 409 or "already has a running server" not in err.message:
-                raise SpawnException(err.message, reason="broker", status_code=err.status) from None
+                refusal = SpawnException(err.message, reason="broker", status_code=err.status)
+                if 400 <= err.status < 500:
+                    self.log_spawn_refused(refusal)
+                raise refusal from None
             # the hub lost track of a server it started (its database was restored): the
             # user's own, stopped and started again, as DockerSpawner did
             self.log.warning("Replacing %s's untracked server in %s", self.user.name, self.name)

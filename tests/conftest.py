@@ -9,7 +9,12 @@ from hypothesis import settings
 
 from tests.hypothesis_budget import FAST, FULL
 
-pytest_plugins = ["tests.enclave_fixtures", "tests.skip_policy", "tests.web_coverage"]
+pytest_plugins = [
+    "tests.enclave_fixtures",
+    "tests.log_capture",
+    "tests.skip_policy",
+    "tests.web_coverage",
+]
 
 settings.register_profile("full", max_examples=FULL)
 settings.register_profile("fast", max_examples=FAST)

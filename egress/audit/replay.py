@@ -43,6 +43,7 @@ from egress.store.models import (
     Review,
 )
 from egress.store.models import Vote as VoteRow
+from havre.enclave.logs import security_event
 
 __all__ = [
     "export_database_audit",
@@ -313,11 +314,15 @@ def reconcile_checkpoints(
     missing = missing_release_checkpoints(engine, kept)
     for request_id, checkpoint in missing:
         append_checkpoint(path, checkpoint)
-        log.warning(
+        security_event(
+            log,
+            "audit.checkpoint_appended",
             "appended the missing audit checkpoint of the release of %s (event %d) to %s",
             request_id,
             checkpoint.seq,
             path,
+            request_id=request_id,
+            event_id=checkpoint.seq,
         )
     return missing, report
 

@@ -15,10 +15,13 @@ from egress.audit.replay import (
     verify_database,
 )
 from egress.audit.verify import VerifyReport
+from egress.monitoring.verify_record import FILE_NAME as VERIFY_RECORD
+from egress.monitoring.verify_record import record_verify
 from egress.operations.base import ServiceBase
 from egress.operations.common import (
     log,
 )
+from havre.enclave.logs import security_event
 
 
 class AuditOperations(ServiceBase):
@@ -64,8 +67,13 @@ class AuditOperations(ServiceBase):
             log.exception("could not reconcile the checkpoint file %s", self.checkpoint_path)
             return []
         if not report.ok:
-            log.error(
-                "checkpoints not reconciled: the audit log fails verification: %s", report.problem
+            security_event(
+                log,
+                "audit.verify_failed",
+                "checkpoints not reconciled: the audit log fails verification: %s",
+                report.problem,
+                event_id=report.first_bad_seq,
+                problem=report.problem,
             )
         return appended
 
@@ -81,8 +89,29 @@ class AuditOperations(ServiceBase):
 
         The checkpoint file is reconciled first (releases whose checkpoint a crash kept out
         of it are appended, when the log verifies); a release still without its checkpoint
-        in the file fails the verification, naming it.
+        in the file fails the verification, naming it. A failure is logged as the security
+        event ``audit.verify_failed``. The result (passed or failed, and when) is kept beside
+        the checkpoint file for the metrics (:mod:`egress.monitoring.verify_record`).
         """
+        report = self._verify_audit(checkpoints)
+        if not report.ok:
+            security_event(
+                log,
+                "audit.verify_failed",
+                "the audit log fails verification: %s",
+                report.problem,
+                event_id=report.first_bad_seq,
+                problem=report.problem,
+            )
+        if self.checkpoint_path is not None:
+            try:
+                record_verify(self.checkpoint_path.with_name(VERIFY_RECORD), report.ok, self.now())
+            except OSError:
+                log.exception("could not keep the audit verification's result for the metrics")
+        return report
+
+    def _verify_audit(self, checkpoints: Iterable[Checkpoint]) -> VerifyReport:
+        """The verification itself (:meth:`verify_audit`)."""
         public = self._public_or_none()
         self.reconcile_checkpoints()
         try:

@@ -51,6 +51,8 @@ from egress.reexecution.jobs import (
 from egress.reexecution.model import RUN_LABEL, ReexecutionRequest
 from egress.reexecution.scratch import remove_tree
 from havre.enclave.config import EnclaveConfig, load_enclave_config
+from havre.enclave.logs import configure as configure_logs
+from havre.enclave.logs import log_context, security_event
 
 log = logging.getLogger("egress.reexecution_runner")
 
@@ -218,7 +220,12 @@ class Runner:
     # -- one job -------------------------------------------------------------------------------
 
     def process(self, job_id: str) -> str:
-        """Run one claimed job and publish its result; the result's status."""
+        """Run one claimed job and publish its result; the result's status. Every log line
+        of the job carries its ``job_id`` (``havre.enclave.logs.log_context``)."""
+        with log_context(job_id=job_id):
+            return self._process(job_id)
+
+    def _process(self, job_id: str) -> str:
         attempt = self.folder.start_attempt(job_id)
         job = self.folder.unreadable_job(job_id)
         if attempt > MAX_ATTEMPTS:
@@ -236,15 +243,24 @@ class Runner:
             job, notebook = self.folder.load_claimed(job_id)
         except ProtocolError as err:
             if job is None:
-                log.error("job %s dropped: its file can't be read (%s)", job_id, err)
+                security_event(
+                    log,
+                    "reexecution.refused",
+                    "job %s dropped: its file can't be read (%s)",
+                    job_id,
+                    err,
+                    job_id=job_id,
+                )
                 self.folder.drop_claimed(job_id)
                 return "dropped"
             self.folder.finish(job_id, failure_report(job, "refused", str(err)))
+            self._log_refused(job_id, job, str(err))
             return "refused"
         project = self.enclave.projects.get(job.project)
         if project is None:
             reason = f"there is no project {job.project!r} in this enclave's config"
             self.folder.finish(job_id, failure_report(job, "refused", reason))
+            self._log_refused(job_id, job, reason)
             return "refused"
 
         from egress.reexecution.engine import run_notebook
@@ -287,6 +303,18 @@ class Runner:
         )
         log.info("job %s: %s in %.1f s %s", job_id, result.status, result.duration_s, result.reason)
         return result.status
+
+    def _log_refused(self, job_id: str, job: Any, reason: str) -> None:
+        security_event(
+            log,
+            "reexecution.refused",
+            "job %s refused: %s",
+            job_id,
+            reason,
+            job_id=job_id,
+            request_id=getattr(job, "request_id", None),
+            project=getattr(job, "project", None),
+        )
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -347,7 +375,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--broker-secret", default="", help="file with the runner's own broker secret"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        configure_logs("runner")
+    except ValueError as err:
+        parser.error(str(err))
     enclave = load_enclave_config(args.config)
     folder = JobsFolder(args.jobs) if args.jobs else jobs_folder(enclave)
     for sub in (folder.inbox, folder.running, folder.results, folder.work):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 from datetime import timedelta
 from typing import Any
 
@@ -19,6 +20,9 @@ from egress.operations import break_glass
 from egress.operations.facade import EgressError
 from egress.web.base import GENERIC_REFUSALS, ApiHandler, reason_phrase
 from egress.web.openapi import REQUEST_ACTIONS, openapi_document
+from havre.enclave.logs import security_event
+
+log = logging.getLogger("egress.web")
 
 
 class WhoAmIApi(ApiHandler):
@@ -278,6 +282,15 @@ class BreakGlassEventsApi(web.RequestHandler):
     async def post(self) -> None:
         token = self.settings.get("hub_api_token", "")
         if not break_glass.key_matches(self.request.headers.get("Authorization"), token):
+            security_event(
+                log,
+                "egress.refused",
+                "a break-glass report with a wrong key from %s refused",
+                self.request.remote_ip,
+                client_ip=self.request.remote_ip,
+                status=403,
+                path=self.request.path,
+            )
             raise self._refuse(403, "Only the hub reports break-glass events (a wrong key).")
         if len(self.request.body or b"") > 16 * 1024:
             raise self._refuse(413, "The report is larger than 16 KiB.")

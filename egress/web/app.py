@@ -30,8 +30,12 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from jupyterhub.utils import url_path_join
+from prometheus_client import CollectorRegistry
 from tornado import web
 
+from egress.monitoring.metrics import EgressCollector
+from egress.monitoring.refusals import RefusalTally
+from egress.monitoring.verify_record import FILE_NAME as VERIFY_RECORD
 from egress.operations.facade import EgressService
 from egress.web.api import (
     ApiNotFound,
@@ -58,6 +62,7 @@ from egress.web.api import (
 )
 from egress.web.base import jinja_environment
 from egress.web.hub_oauth import SharedStateHubOAuth, SharedStateOAuthCallback
+from egress.web.metrics import METRICS_PATH, MetricsHandler
 from egress.web.pages import (
     AuditPage,
     BreakGlassPage,
@@ -90,6 +95,7 @@ def make_app(
     *,
     threads: int = 1,
     oauth_state_dir: Path | None = None,
+    refusals: RefusalTally | None = None,
 ) -> web.Application:
     """The tornado application of the egress service, routes under ``prefix``.
 
@@ -99,7 +105,10 @@ def make_app(
     used by more worker processes instead.
     ``oauth_state_dir``: where logins in progress are kept when several worker processes serve
     (see :mod:`egress.web.hub_oauth`); None keeps them in this process.
+    ``refusals``: the tally the service's refusals are counted in (shared by the workers);
+    None counts in this process. ``/metrics`` (outside the prefix) serves the metrics.
     """
+    refusals = refusals or RefusalTally()
     if oauth_state_dir is not None:
         SharedStateHubOAuth.instance().oauth_state_dir = str(oauth_state_dir)
 
@@ -110,6 +119,7 @@ def make_app(
     x = r"(?P<reexecution_id>[0-9a-f]{32})"
     return web.Application(
         [
+            (METRICS_PATH, MetricsHandler),
             (route("healthz"), HealthHandler),
             (route("oauth_callback"), SharedStateOAuthCallback),
             (route("api/openapi.json"), OpenApiDocument),
@@ -155,4 +165,34 @@ def make_app(
         jinja=jinja_environment(),
         # the hub's break-glass reports carry a key derived from it (egress.operations.break_glass)
         hub_api_token=os.environ.get("JUPYTERHUB_API_TOKEN", ""),
+        egress_refusals=refusals,
+        # (no service: the route table alone, as tests/web_coverage.py reads it)
+        metrics_registry=metrics_registry(service, refusals) if service is not None else None,
+    )
+
+
+def metrics_registry(service: EgressService, refusals: RefusalTally) -> CollectorRegistry:
+    """A registry of this process holding the service's collector (and nothing else)."""
+    registry = CollectorRegistry(auto_describe=False)
+    checkpoints = service.checkpoint_path
+    registry.register(
+        EgressCollector(
+            service.engine,
+            clock=service.now,
+            verify_record=checkpoints.with_name(VERIFY_RECORD) if checkpoints else None,
+            refusals=refusals,
+        )
+    )
+    return registry
+
+
+def make_metrics_app(app: web.Application) -> web.Application:
+    """An application serving ``/metrics`` only, with ``app``'s service and collector: the
+    port ``havre up`` may publish on the host for a Prometheus server outside the enclave's
+    networks (nothing else of the service is reachable there)."""
+    return web.Application(
+        [(METRICS_PATH, MetricsHandler)],
+        egress_service=app.settings["egress_service"],
+        egress_executor=app.settings["egress_executor"],
+        metrics_registry=app.settings["metrics_registry"],
     )

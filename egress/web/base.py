@@ -26,6 +26,7 @@ from tornado import ioloop, web
 
 from egress.domain.policy import Actor, PermissionDenied
 from egress.files.render import CHECKER_PAGE_CSP
+from egress.monitoring.refusals import reason_of
 from egress.operations.facade import (
     EgressError,
     EgressService,
@@ -35,6 +36,7 @@ from egress.operations.facade import (
     page_cursor,
 )
 from egress.web.hub_oauth import SharedStateHubOAuth
+from havre.enclave.logs import security_event
 
 log = logging.getLogger("egress.web")
 
@@ -203,7 +205,25 @@ class BaseHandler(HubOAuthenticated, web.RequestHandler):
             raise self._refused(exc) from None
 
     def _refused(self, exc: PermissionDenied | EgressError) -> web.HTTPError:
+        self.settings["egress_refusals"].add(reason_of(exc))
         self._refusal = {"message": exc.reason}
+        if isinstance(exc, PermissionDenied | FileRefused):
+            user = (self.current_user or {}).get("name")
+            request_id = self.path_kwargs.get("request_id") if self.path_kwargs else None
+            security_event(
+                log,
+                "egress.file_refused" if isinstance(exc, FileRefused) else "egress.refused",
+                "%s %s refused for %s: %s",
+                self.request.method,
+                self.request.path,
+                user,
+                exc.reason,
+                user=user,
+                request_id=request_id,
+                status=exc.status,
+                method=self.request.method,
+                path=self.request.path,
+            )
         if isinstance(exc, FileRefused):
             self._refusal["problems"] = exc.problems
         return web.HTTPError(exc.status, reason=reason_phrase(exc.status))

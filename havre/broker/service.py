@@ -40,6 +40,8 @@ from havre.broker.policy import (
     server_spec,
 )
 from havre.enclave.config import EnclaveConfig, EnclaveConfigError
+from havre.enclave.logs import configure as configure_logs
+from havre.enclave.logs import security_event
 from havre.enclave.networks import project_network_is_closed, project_network_spec
 
 log = logging.getLogger("havre.broker")
@@ -138,6 +140,19 @@ class Broker:
                         event.setdefault(key, body[key][:80])
             event.update(result="refused", status=refusal.status, message=refusal.message)
             self.audit.write(event)
+            security_event(
+                log,
+                "broker.refused",
+                "refused %s by %s: %s",
+                event["action"],
+                event["caller"],
+                refusal.message,
+                user=event.get("user"),
+                project=event.get("project"),
+                caller=event["caller"],
+                action=event["action"],
+                status=refusal.status,
+            )
             return refusal.status, {"error": refusal.message}
         except Exception as err:  # the engine failed: say so, keep serving
             log.exception("%s failed", action)
@@ -524,7 +539,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         help="a container to attach to every project network (the hub, the egress service)",
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        configure_logs("broker")
+    except ValueError as err:
+        parser.error(str(err))
     import docker
 
     from havre.enclave.live import live_config

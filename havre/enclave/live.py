@@ -74,6 +74,9 @@ def restart_digest(enclave: EnclaveConfig, *, projects: str) -> str:
     data = yaml.safe_load(Path(enclave.source).read_text()) or {}
     if not isinstance(data, dict):  # pragma: no cover - load_enclave_config refused it already
         data = {"": data}
+    # monitoring: scrape_from is read live by the egress service, and the egress container's
+    # own digest covers publish (havre.host.services): no other container reads either
+    data.pop("monitoring", None)
     if projects != "all":
         data.pop("output_checkers", None)
         raw = data.pop("projects", None) or {}

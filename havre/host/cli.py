@@ -5,6 +5,10 @@ havre demo-init [--state-dir D]  write the demo enclave (config, data, passwords
 havre up --config FILE           start the hub, proxy and egress service; print the URL
                                  (--json: one JSON object saying what changed, for Ansible)
 havre down --config FILE [--purge]
+havre status --config FILE [--json] [--tls-cert FILE]
+                                 containers, images, servers per project, pending requests,
+                                 the audit log's last verification, certificate expiry;
+                                 exit 1 when something needs attention
 """
 
 from __future__ import annotations
@@ -67,6 +71,19 @@ def _parser() -> argparse.ArgumentParser:
     down.add_argument(
         "--purge", action="store_true", help="also remove its networks and state folder"
     )
+
+    status = sub.add_parser(
+        "status",
+        help="containers, images, servers, pending requests, audit verification, certificates",
+    )
+    status.add_argument("--config", type=Path, default=DEFAULT_STATE_DIR / "enclave.yaml")
+    status.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    status.add_argument(
+        "--tls-cert",
+        type=Path,
+        default=None,
+        help="the certificate to check (default: the one havre up gave the proxy)",
+    )
     return parser
 
 
@@ -110,6 +127,16 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 _print_welcome(enclave, opts)
             return 0
+        if args.command == "status":
+            import docker
+
+            from havre.host.status import gather, render
+
+            state = gather(enclave, docker.from_env(), tls_cert=args.tls_cert)
+            print(json.dumps(state.as_json(), indent=2) if args.json else render(state), end="")
+            if args.json:
+                print()
+            return 1 if state.problems() else 0
         if args.command == "down":
             stack.down(enclave, purge=args.purge)
             print("stopped" + (" and purged" if args.purge else ""))

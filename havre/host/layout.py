@@ -38,6 +38,7 @@ SECRETS = (
     "idp-admin-token",
     "broker-hub",
     "broker-runner",
+    "hub-metrics-token",
 )
 #: The secrets the hub reads: copied for its uid into ``<state_dir>/hub-secrets``, mounted
 #: read-only where the hub looks for them (``<state_dir>/secrets``) - none of the others.
@@ -48,6 +49,7 @@ HUB_SECRETS = (
     "jupyterhub-crypt-key",
     "idp-client-jupyterhub",
     "broker-hub",
+    "hub-metrics-token",  # the token Prometheus reads /hub/metrics with (read:metrics only)
 )
 #: The spawn broker's folders under the state folder: its audit log (the broker only) and its
 #: socket (mounted into the broker, the hub and the runner at BROKER_SOCKET_DIR).

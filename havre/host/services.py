@@ -20,7 +20,8 @@ from havre.enclave.config import EnclaveConfig
 from havre.enclave.hardening import service_hardening
 from havre.enclave.jobs_folder import prepare_jobs_folder
 from havre.enclave.live import live_config_path
-from havre.enclave.ports import EGRESS_PORT, PROXY_PORT
+from havre.enclave.logs import FORMAT_ENV, LOG_LAUNCHER
+from havre.enclave.ports import EGRESS_METRICS_PORT, EGRESS_PORT, PROXY_PORT
 from havre.host.containers import (
     config_digest,
     image_id,
@@ -71,6 +72,7 @@ def start_egress(
         "no-fwd",
         "uids",
         project_mounts(enclave),
+        f"metrics:{enclave.monitoring.publish}",
     )
     if replace_container(client, name, digest, changes):
         return
@@ -86,6 +88,7 @@ def start_egress(
         group_add=[str(NOTEBOOK_GID)],
         network=front_network_name(enclave),
         environment={
+            **log_environment(enclave),
             "HAVRE_CONFIG": CONFIG_IN_CONTAINER,
             "HAVRE_EGRESS_PORT": str(EGRESS_PORT),
             "JUPYTERHUB_API_TOKEN": token,
@@ -98,7 +101,9 @@ def start_egress(
             "JUPYTERHUB_BASE_URL": "/",
             "JUPYTERHUB_HOST": "",
             "HAVRE_PUBLIC_URL": opts.public_url,
+            "HAVRE_EGRESS_METRICS_PORT": str(EGRESS_METRICS_PORT),
         },
+        ports=egress_metrics_ports(enclave),
         volumes={
             str(live_config_path(enclave).parent): {"bind": LIVE_CONFIG_IN_CONTAINER, "mode": "ro"},
             str(enclave.state_dir / "projects"): {
@@ -123,6 +128,23 @@ def start_egress(
         },
         **_service_container(enclave, "egress", digest, tmp="64m", pids=256),
     )
+
+
+def egress_metrics_ports(enclave: EnclaveConfig) -> dict[str, tuple[str, int]]:
+    """The egress container's published ports: its metrics-only port on the host address and
+    port of ``monitoring.publish`` when set (and nothing else: the service's own port is
+    reached through the hub's proxy only)."""
+    publish = enclave.monitoring.publish
+    if not publish:
+        return {}
+    host, _, port = publish.rpartition(":")
+    return {f"{EGRESS_METRICS_PORT}/tcp": (host.strip("[]"), int(port))}
+
+
+def log_environment(enclave: EnclaveConfig) -> dict[str, str]:
+    """The environment that sets a service's log format from the config's ``logging.format``
+    (every service calls :func:`havre.enclave.logs.configure` at start)."""
+    return {FORMAT_ENV: enclave.log_format}
 
 
 def _service_container(
@@ -197,6 +219,7 @@ def start_runner(
             **_broker_volumes(enclave, "runner"),
             **data,
         },
+        environment=log_environment(enclave),
         **_service_container(enclave, "runner", digest, tmp="64m", pids=256),
     )
 
@@ -254,14 +277,25 @@ def start_idp(
         with os.fdopen(fd, "w") as f:
             f.write("{}\n")
     digest = hashlib.sha256(  # the provider reads its own config, not the enclave's
-        "\0".join([image_id(client, opts.hub_image), text, tls_digest(opts), "no-fwd"]).encode()
+        "\0".join(
+            [image_id(client, opts.hub_image), text, tls_digest(opts), "no-fwd", enclave.log_format]
+        ).encode()
     ).hexdigest()[:16]
     if replace_container(client, name, digest, changes):
         return
     secret_files = [
         str(enclave.state_dir / "secrets" / s) for s in ("idp-admin-token", "idp-client-jupyterhub")
     ]
-    command = ["havre-idp", "--config", str(config_file), "--port", str(IDP_PORT)]
+    # through havre.enclave.logs's launcher: the provider's lines in the enclave's log format
+    command = [
+        *LOG_LAUNCHER,
+        "idp",
+        "havre-idp",
+        "--config",
+        str(config_file),
+        "--port",
+        str(IDP_PORT),
+    ]
     tls_volumes: dict[str, dict[str, str]] = {}
     if opts.tls_cert:
         # the browser's side over HTTPS with the proxy's certificate; the hub's back channel
@@ -288,6 +322,7 @@ def start_idp(
             **{path: {"bind": path, "mode": "ro"} for path in secret_files},
             **tls_volumes,
         },
+        environment=log_environment(enclave),
         **_service_container(enclave, "idp", digest, tmp="16m", pids=128),
     )
 
@@ -337,6 +372,7 @@ def start_broker(
     }
     options = _service_container(enclave, "broker", digest, tmp="16m", pids=128)
     options.pop("sysctls")  # no network namespace of its own to set
+    options["environment"] = log_environment(enclave)
     client.containers.run(
         opts.hub_image,
         [
@@ -481,6 +517,7 @@ def start_hub(
         network=front_network_name(enclave),
         ports={f"{PROXY_PORT}/tcp": (opts.bind_ip, opts.port)},
         environment={
+            **log_environment(enclave),
             "HOME": "/tmp",
             "HAVRE_CONFIG": CONFIG_IN_CONTAINER,
             "HAVRE_HUB_CONTAINER": name,

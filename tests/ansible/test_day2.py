@@ -93,6 +93,8 @@ def day2(tmp_path_factory):
         "havre_firewall_dir": str(root / "firewall"),
         "havre_firewall_script": str(root / "sbin" / "havre-firewall"),
         "havre_firewall_unit": str(root / "systemd" / "havre-firewall.service"),
+        # never the machine's own daemon.json (a shared engine; see test_playbooks.py)
+        "havre_docker_host_daemon_json": str(root / "docker" / "daemon.json"),
         "havre_identity": {
             "provider": "embedded",
             "checker_groups": ["output-checkers"],
@@ -208,6 +210,8 @@ def test_check_mode_works_on_a_fresh_host_with_self_signed_tls(tmp_path):
         "havre_firewall_dir": str(root / "firewall"),
         "havre_firewall_script": str(root / "sbin" / "havre-firewall"),
         "havre_firewall_unit": str(root / "systemd" / "havre-firewall.service"),
+        # never the machine's own daemon.json (a shared engine; see test_playbooks.py)
+        "havre_docker_host_daemon_json": str(root / "docker" / "daemon.json"),
         "havre_projects": {"cardio": {"title": "Cardio", "groups": ["project-cardio"]}},
     }
     vars_file = root / "vars.yml"

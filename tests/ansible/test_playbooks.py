@@ -48,6 +48,12 @@ ENCLAVE = os.environ.get("HAVRE_ANSIBLE_ENCLAVE", "havreansible")
 TABLE = "region,cases\nBretagne,40\nOccitanie,55\nNormandie,23\n"
 HOME_NOTE = "my analysis notes, kept across moves\n"
 RECAP = re.compile(r"^\S+\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
+#: an operator's daemon.json before the first run (kept, key by key)
+OPERATOR_DAEMON_JSON = {
+    "data-root": "/var/lib/docker",
+    "log-opts": {"max-size": "200m", "labels": "site"},
+    "icc": True,
+}
 #: what the report asks for: recap lines, archive size, move time
 FIGURES: dict[str, object] = {}
 
@@ -228,6 +234,9 @@ def deployment(tmp_path_factory):
         "havre_firewall_dir": str(root / "firewall"),
         "havre_firewall_script": str(root / "sbin" / "havre-firewall"),
         "havre_firewall_unit": str(root / "systemd" / "havre-firewall.service"),
+        # the Docker host role merges into this copy, never into the machine's daemon.json
+        # (other runs share the engine, and the test never restarts it)
+        "havre_docker_host_daemon_json": str(root / "docker" / "daemon.json"),
         "havre_identity": {
             "provider": "embedded",
             "checker_groups": ["output-checkers"],
@@ -238,8 +247,9 @@ def deployment(tmp_path_factory):
             for name, password in passwords.items()
         ],
     }
-    for folder in ("sbin", "systemd", "inventory/group_vars/havre"):
+    for folder in ("sbin", "systemd", "inventory/group_vars/havre", "docker"):
         (root / folder).mkdir(parents=True)
+    (root / "docker" / "daemon.json").write_text(json.dumps(OPERATOR_DAEMON_JSON))
     # the projects live in the inventory, where the project and member playbooks write them
     projects_file = root / "inventory/group_vars/havre/projects.yml"
     projects = {"cardio": {"title": "Cardiovascular outcomes", "groups": ["project-cardio"]}}
@@ -296,6 +306,22 @@ def test_check_diff_on_the_deployed_host_reports_no_change(deployment):
     check = deployment.runs["check"]
     assert check.returncode == 0, check.output[-4000:]
     assert check.changed == 0, check.recap
+
+
+def test_docker_daemon_json_is_merged_into_the_operators(deployment):
+    """The role merged its settings into the operator's daemon.json (the test's copy): their
+    keys kept, the security settings applied, the rotation filled in; the two later runs
+    (second, --check) left it as it was, so the merge is stable."""
+    written = json.loads((deployment.root / "docker" / "daemon.json").read_text())
+    assert written == {
+        "data-root": "/var/lib/docker",
+        "log-opts": {"max-size": "200m", "labels": "site", "max-file": "5"},
+        "icc": False,
+        "no-new-privileges": True,
+        "live-restore": True,
+    }
+    backups = list((deployment.root / "docker").glob("daemon.json.*~"))
+    assert [json.loads(b.read_text()) for b in backups] == [OPERATOR_DAEMON_JSON]
 
 
 def test_firewall_rules_are_persisted_and_live(deployment):

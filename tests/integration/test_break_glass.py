@@ -23,6 +23,7 @@ from havre.enclave.break_glass import hub_key
 from tests.integration.hub_client import HubUser
 from tests.integration.test_egress_flow import Egress
 from tests.integration.test_identity import Provider
+from tests.log_capture import container_events
 
 pytestmark = pytest.mark.docker
 
@@ -112,6 +113,7 @@ def test_activation_is_needed_and_then_opens_the_server_audited(enclave, provide
         'id="havre-break-glass"'
         not in alice_cardio[0].session.get(alice_cardio[0].url("hub/home"), timeout=30).text
     )  # the home page offers it to eligible users only
+    since = time.time() - 1  # the hub's real log from here on (docker logs --since: seconds)
     refused = open_alice(sam)
     assert refused.status_code == 403 and "/hub/api/oauth2/authorize" in refused.url
     assert "activating break glass with a reason" in unescape(refused.text)
@@ -132,6 +134,23 @@ def test_activation_is_needed_and_then_opens_the_server_audited(enclave, provide
     assert after is not None and after[0] == 403, after
     assert hub_groups(sam) == ["break-glass"]
     row("ended by the user, then the same request", "before: 200", f"{after[0]}")
+
+    # the hub's own log (docker logs, what a SIEM collects): one JSON line per step, each at
+    # WARNING under its stable event name, with who, which server and which window
+    hub = enclave.docker.containers.get(f"{enclave.config.name}-hub")
+    refusals = [
+        e for e in container_events(hub, "break_glass.refused", since) if e["user"] == "bg-sam"
+    ]
+    assert refusals and refusals[0]["target"] == "alice/cardio" and refusals[0]["service"] == "hub"
+    (activated,) = [
+        e for e in container_events(hub, "break_glass.activated", since) if e["user"] == "bg-sam"
+    ]
+    assert activated["target"] == "alice/cardio" and activated["session_id"]
+    used = [e for e in container_events(hub, "break_glass.used", since) if e["user"] == "bg-sam"]
+    assert used and {e["session_id"] for e in used} == {activated["session_id"]}
+    assert {e["target"] for e in used} == {"alice/cardio"}
+    ended_lines = container_events(hub, "break_glass.ended", since)
+    assert [e["why"] for e in ended_lines if e["user"] == "bg-sam"][:1] == ["ended by the user"]
 
     # the audit log: activation, the server opened, the end; and it still verifies
     (session,) = sessions_of(enclave, "bg-sam")

@@ -18,6 +18,7 @@ import pytest
 
 from havre.enclave.ports import GUARD_PORT
 from havre.host.layout import hub_container_name
+from tests.log_capture import container_events
 
 pytestmark = pytest.mark.docker
 
@@ -57,14 +58,21 @@ def probe_files(alice_cardio):
 
 
 @pytest.mark.parametrize(("route", "code"), DOWNLOAD_ROUTES)
-def test_every_download_route_is_refused_with_a_valid_session(probe_files, route, code):
+def test_every_download_route_is_refused_with_a_valid_session(enclave, probe_files, route, code):
     alice = probe_files
+    hub = enclave.docker.containers.get(hub_container_name(enclave.config))
+    since = time.time() - 1
+    before = len(container_events(hub, "download.refused", since, expect=0))
     r = alice.session.get(alice.server_url("cardio", route), timeout=30, allow_redirects=False)
     assert r.status_code == 403, (route, r.status_code, r.text[:300])
     assert r.headers.get("X-Havre-Refused") == code
     assert "4711" not in r.text and "rare condition" not in r.text
     assert "release" in r.text  # the page says what to do instead
     assert "Content-Disposition" not in r.headers
+    # the hub's real log (what a SIEM collects): this refusal, one JSON line at WARNING
+    (line,) = container_events(hub, "download.refused", since, expect=before + 1)[before:]
+    assert (line["reason"], line["owner"], line["project"]) == (code, "alice", "cardio")
+    assert line["service"] == "hub" and line["logger"] == "havre.download_guard"
 
 
 def test_the_same_session_reads_files_through_jupyterlab_and_runs_kernels(probe_files):

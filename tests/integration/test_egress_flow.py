@@ -8,10 +8,12 @@ the approved bytes. Every call goes through the hub's proxy with the users' own 
 from __future__ import annotations
 
 import hashlib
+import time
 
 import pytest
 
 from tests.integration.hub_client import HubUser
+from tests.log_capture import container_events
 
 pytestmark = pytest.mark.docker
 
@@ -78,6 +80,7 @@ def test_researcher_to_release_with_two_independent_reviews(enclave, alice_cardi
     assert researcher.ok("POST", f"api/requests/{rid}/submit")["state"] == "submitted"
 
     # the author can't review; a member of another project doesn't even see the request
+    since = time.time() - 1  # the egress container's real log from here on
     assert (
         researcher.call(
             "PUT", f"api/requests/{rid}/files/{table['id']}/vote", json={"vote": "approve"}
@@ -86,6 +89,13 @@ def test_researcher_to_release_with_two_independent_reviews(enclave, alice_cardi
     )
     bob = Egress(enclave.user("bob"))
     assert bob.call("GET", f"api/requests/{rid}").status_code == 403
+    # each refusal is one JSON line at WARNING in the service's own log (docker logs)
+    refusals = container_events(enclave.egress_container(), "egress.refused", since, expect=2)
+    assert {(e["user"], e["request_id"], e["status"]) for e in refusals} >= {
+        (researcher.user.name, rid, 403),
+        ("bob", rid, 403),
+    }
+    assert all(e["service"] == "egress" for e in refusals)
 
     olivia, oscar = Egress(enclave.user("olivia")), Egress(enclave.user("oscar"))
     queue = olivia.ok("GET", "api/requests?mine_to_review=1")

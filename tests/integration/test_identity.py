@@ -15,6 +15,7 @@ import pytest
 import requests
 
 from tests.integration.hub_client import HubUser, login_form
+from tests.log_capture import container_events
 
 pytestmark = pytest.mark.docker
 
@@ -116,9 +117,14 @@ def test_no_matching_group_means_no_access_with_a_page_that_says_why(
     enclave, provider, provider_groups
 ):
     user = new_user(enclave, provider, f"idt-none-{len(provider_groups)}", provider_groups)
+    since = time.time() - 1
     response = user.sign_in()
     assert response.status_code == 403
     assert NO_ACCESS in response.text
+    # the hub's real log: the refusal as one JSON line at WARNING, naming the user
+    lines = container_events(enclave.hub_container(), "login.refused", since)
+    mine = [e for e in lines if e["user"] == user.name]
+    assert mine and {e["service"] for e in mine} == {"hub"}, lines
     assert not user.session.cookies.get("jupyterhub-session-id")
     assert user.api("GET", f"users/{user.name}").status_code in (403, 404)
 

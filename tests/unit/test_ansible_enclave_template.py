@@ -55,3 +55,21 @@ def test_the_role_mounts_them_at_boot_only_for_loop():
     ]
     assert include and include[0]["when"] == "havre_project_filesystems == 'loop'"
     assert (ROLE / "tasks" / "project-filesystems.yml").is_file()
+
+
+def test_the_log_format_reaches_the_enclave_config():
+    assert "logging" not in render()  # json, the config's own default
+    assert parse_enclave_config(render(), source="unit").log_format == "json"
+    text = parse_enclave_config(render(havre_log_format="text"), source="unit")
+    assert text.log_format == "text"
+
+
+def test_metrics_are_off_unless_one_address_is_named():
+    assert "monitoring" not in render()
+    config = render(havre_metrics_scrape_from="10.0.0.5", havre_metrics_publish="10.0.0.1:9190")
+    assert config["monitoring"] == {"scrape_from": ["10.0.0.5/32"], "publish": "10.0.0.1:9190"}
+    parsed = parse_enclave_config(config, source="unit").monitoring
+    assert parsed.scrape_from == ("10.0.0.5/32",) and parsed.publish == "10.0.0.1:9190"
+    assert render(havre_metrics_scrape_from="10.0.0.5")["monitoring"] == {
+        "scrape_from": ["10.0.0.5/32"]
+    }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 
 import pytest
 
@@ -48,7 +49,7 @@ def test_an_open_window_of_an_eligible_user_gives_server_access(state):
     )
 
 
-def test_leaving_the_group_ends_the_window_and_the_end_is_kept_until_written(state):
+def test_leaving_the_group_ends_the_window_and_the_end_is_kept_until_written(state, json_log):
     window = open_window("sam", "INC-1: a hung kernel", "alice", "30", 60, NOW)
 
     async def sign_in_without_the_group() -> dict:
@@ -66,6 +67,15 @@ def test_leaving_the_group_ends_the_window_and_the_end_is_kept_until_written(sta
     assert state.reporter.pending == [
         {"event": "ended", "session": window.session, "user": "sam", "why": "left the group"}
     ]
+    # the SIEM's lines: the end, and the report the audit log could not take yet
+    (ended,) = json_log.events("break_glass.ended")
+    assert (ended["user"], ended["session_id"], ended["why"]) == (
+        "sam",
+        window.session,
+        "left the group",
+    )
+    (unrecorded,) = json_log.events("break_glass.unrecorded")
+    assert unrecorded["session_id"] == window.session
 
 
 def test_without_break_glass_configured_the_claims_still_never_give_access():
@@ -78,3 +88,77 @@ def test_an_activation_report_that_is_not_written_raises():
     reporter = break_glass_hub.AuditReporter("http://127.0.0.1:9/events", "token", timeout=2)
     with pytest.raises(RuntimeError, match="egress service unreachable"):
         asyncio.run(reporter.report({"event": "activated"}))
+
+
+class _Authorization:
+    """What :func:`break_glass_hub.gate_oauth` reads of the hub's OAuth authorization
+    handler: the signed-in user, the hub's (real) database and the request's client_id."""
+
+    def __init__(self, db, orm_user, client_id: str) -> None:
+        self.db = db
+        self.current_user = SimpleNamespace(name=orm_user.name, orm_user=orm_user)
+        self.client_id = client_id
+        self.request = SimpleNamespace(method="GET")
+
+    def get_arguments(self, name: str) -> list[str]:
+        return [self.client_id] if name == "client_id" else []
+
+
+@pytest.fixture
+def hub_db():
+    """A JupyterHub database (the real ORM, in memory): alice's cardio server and sam."""
+    from jupyterhub import orm
+
+    db = orm.new_session_factory("sqlite:///:memory:")()
+    alice, sam = orm.User(name="alice"), orm.User(name="sam")
+    client = orm.OAuthClient(identifier="jupyterhub-user-alice-cardio")
+    db.add_all([alice, sam, client])
+    db.commit()
+    db.add(orm.Spawner(user=alice, name="cardio", oauth_client_id=client.identifier))
+    db.commit()
+    return db, alice, sam
+
+
+def test_opening_another_users_server_is_refused_and_logged(state, hub_db, json_log):
+    from jupyterhub import orm
+    from tornado import web
+
+    db, alice, sam = hub_db
+
+    def open_alices_server(who) -> None:
+        handler = _Authorization(db, who, "jupyterhub-user-alice-cardio")
+        asyncio.run(break_glass_hub.gate_oauth(handler))
+
+    # control: alice opening her own server is no break glass and leaves no event
+    asyncio.run(
+        break_glass_hub.gate_oauth(_Authorization(db, alice, "jupyterhub-user-alice-cardio"))
+    )
+    assert json_log.lines() == []
+    # sam, no window: refused
+    with pytest.raises(web.HTTPError) as info:
+        asyncio.run(
+            break_glass_hub.gate_oauth(_Authorization(db, sam, "jupyterhub-user-alice-cardio"))
+        )
+    assert info.value.status_code == 403
+    (refused,) = json_log.events("break_glass.refused")
+    assert (refused["user"], refused["target"]) == ("sam", "alice/cardio")
+    # sam's window names another server: refused, naming his window
+    state.store.put(open_window("sam", "INC-1: a hung kernel", "bob", "30", 60, NOW))
+    sam.groups.append(orm.Group(name="server-access"))
+    db.commit()
+    with pytest.raises(web.HTTPError):
+        asyncio.run(
+            break_glass_hub.gate_oauth(_Authorization(db, sam, "jupyterhub-user-alice-cardio"))
+        )
+    second = json_log.events("break_glass.refused")[1]
+    assert second["session_id"] == state.store.windows["sam"].session
+    # a covering window, but the audit log can't take the use: refused (503), logged
+    state.store.put(open_window("sam", "INC-1: a hung kernel", "alice", "30", 60, NOW))
+    with pytest.raises(web.HTTPError) as info:
+        asyncio.run(
+            break_glass_hub.gate_oauth(_Authorization(db, sam, "jupyterhub-user-alice-cardio"))
+        )
+    assert info.value.status_code == 503
+    (unrecorded,) = json_log.events("break_glass.unrecorded")
+    assert unrecorded["user"] == "sam"
+    assert json_log.events("break_glass.used") == []  # never logged as used when unrecorded

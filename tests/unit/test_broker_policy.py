@@ -6,6 +6,8 @@ sentence. The live broker is attacked in tests/integration/test_broker.py.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from havre.broker.policy import (
@@ -282,3 +284,24 @@ def test_the_containers_checker_accepts_the_policys_containers_and_nothing_else(
         attrs = copy.deepcopy(good)
         mutate(attrs)
         assert container_problems(ENCLAVE, attrs), what
+
+
+def test_the_broker_logs_each_refusal_it_audits(tmp_path, json_log):
+    """The broker's own handling (before any Docker call): each refusal is written to its
+    audit file and logged as ``broker.refused``, one line each, naming caller and user."""
+    from havre.broker.service import AuditLog, Broker
+
+    audit = tmp_path / "audit.jsonl"
+    broker = Broker(
+        ENCLAVE, {"hub": "hub-secret", "runner": "runner-secret"}, AuditLog(audit), None
+    )
+    assert broker.handle(None, "server.start", OK_START)[0] == 401
+    status, _ = broker.handle("Bearer runner-secret", "server.start", OK_START)
+    assert status == 403
+    audited = [json.loads(line) for line in audit.read_text().splitlines()]
+    logged = json_log.events("broker.refused")
+    assert [(a["caller"], a["status"]) for a in audited] == [
+        (line["caller"], line["status"]) for line in logged
+    ]
+    assert [line["caller"] for line in logged] == ["unauthenticated", "runner"]
+    assert logged[1]["user"] == OK_START["user"] and logged[1]["action"] == "server.start"

@@ -119,7 +119,7 @@ async def fetch(guard: DownloadGuard, path: str, **kwargs) -> httpclient.HTTPRes
         client.close()
 
 
-def test_api_passes_with_headers_cookies_and_the_notebook_csp(guarded):
+def test_api_passes_with_headers_cookies_and_the_notebook_csp(guarded, json_log):
     loop, guard = guarded
     r = loop.run_until_complete(
         fetch(guard, PREFIX + "api/contents/outputs/t.csv", headers={"Host": "enclave.example"})
@@ -138,6 +138,7 @@ def test_api_passes_with_headers_cookies_and_the_notebook_csp(guarded):
         fetch(guard, PREFIX + "api/contents/x.ipynb", method="PUT", body=json.dumps({"a": 1}))
     )
     assert put.code == 201 and json.loads(put.body) == {"got": {"a": 1}}
+    assert json_log.events("download.refused") == []  # allowed routes leave no security event
 
 
 @pytest.mark.parametrize(
@@ -151,13 +152,16 @@ def test_api_passes_with_headers_cookies_and_the_notebook_csp(guarded):
         "api/nbconvert",  # refused on the answer: it carries Content-Disposition
     ],
 )
-def test_download_routes_get_a_403_page_that_says_why(guarded, path):
+def test_download_routes_get_a_403_page_that_says_why(guarded, path, json_log):
     loop, guard = guarded
     r = loop.run_until_complete(fetch(guard, PREFIX + path))
     assert r.code == 403
     assert b"secret" not in r.body
     assert r.headers["X-Havre-Refused"]
     assert b"release" in r.body
+    (logged,) = json_log.events("download.refused")  # the SIEM's line
+    assert (logged["owner"], logged["project"]) == ("alice", "cardio")
+    assert logged["reason"] == r.headers["X-Havre-Refused"]
 
 
 def test_unknown_server_is_503(guarded):

@@ -132,3 +132,35 @@ def test_invalid_config_stops_the_hub(tmp_path, capsys):
         configure(bad)
     assert info.value.code == 78
     assert "projects.cardio.groups: must be a list" in capsys.readouterr().err
+
+
+def test_a_refused_sign_in_is_a_security_event(json_log):
+    """OAuthenticator's own decision on the hub's allow-list of groups, through Havre's
+    authenticator: a user with no Havre group is refused and logged as ``login.refused``; a
+    project member (the control) is let in and leaves no event."""
+    import asyncio
+
+    from spawner.authenticator import HavreOAuthenticator
+
+    auth = HavreOAuthenticator(
+        manage_groups=True, allowed_groups={"project-cardio", "output-checkers"}
+    )
+    member = {"name": "alice", "admin": False, "groups": ["project-cardio"], "auth_state": {}}
+    stranger = {"name": "mallory", "admin": False, "groups": [], "auth_state": {}}
+    assert asyncio.run(auth.check_allowed("alice", member)) is True
+    assert json_log.events("login.refused") == []
+    assert asyncio.run(auth.check_allowed("mallory", stranger)) is False
+    (refused,) = json_log.events("login.refused")
+    assert refused["user"] == "mallory" and refused["hub_groups"] == []
+
+
+def test_prometheus_has_a_service_token_that_reads_the_metrics_only(enclave_files):
+    """The state folder havre up prepares has the hub-metrics-token secret; the hub declares
+    the "prometheus" service with it and a role holding read:metrics and nothing else (the
+    live check: tests/integration/test_metrics_live.py)."""
+    c = configure(enclave_files.source)
+    secret = (enclave_files.state_dir / "secrets" / "hub-metrics-token").read_text().strip()
+    (service,) = [s for s in c.JupyterHub.services if s["name"] == "prometheus"]
+    assert service == {"name": "prometheus", "api_token": secret}  # no URL, no login
+    (role,) = [r for r in c.JupyterHub.load_roles if "prometheus" in r.get("services", [])]
+    assert role["scopes"] == ["read:metrics"]

@@ -55,14 +55,18 @@ def make_spawner(username: str, server_name: str, config=CONFIG) -> ProjectSpawn
         ("alice", "", False, 400),  # the default server has no project
     ],
 )
-def test_who_may_start_which_project(user, project, allowed, status):
+def test_who_may_start_which_project(user, project, allowed, status, json_log):
     spawner = make_spawner(user, project)
     if allowed:
         assert spawner.authorize_project().slug == project
+        assert json_log.events("spawn.refused") == []
     else:
         with pytest.raises(SpawnException) as info:
             spawner.authorize_project()
         assert info.value.status_code == status
+        (logged,) = json_log.events("spawn.refused")  # the SIEM's line
+        assert (logged["user"], logged["status"]) == (user, status)
+        assert logged.get("project") == (project or None)
 
 
 def test_unreadable_config_fails_closed(tmp_path):
@@ -120,7 +124,7 @@ def _rewrite(path: str, text: str, bump: int) -> None:
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + bump * 1_000_000_000))
 
 
-def test_poll_keeps_a_server_while_the_published_config_is_broken():
+def test_poll_keeps_a_server_while_the_published_config_is_broken(json_log):
     """A broken config must neither stop running servers nor let new ones start; a member
     removed in a valid config is still stopped."""
     spawner = make_spawner("alice", "cardio")
@@ -148,6 +152,8 @@ def test_poll_keeps_a_server_while_the_published_config_is_broken():
     removed["projects"]["cardio"]["members"] = ["carol"]
     _rewrite(spawner.enclave_config_path, yaml.safe_dump(removed), bump=2)
     assert poll() == 0  # a removal in a valid config stops it
+    (lost,) = json_log.events("membership.lost")  # the SIEM's line, for the stop only
+    assert (lost["user"], lost["project"]) == ("alice", "cardio")
 
 
 def test_a_spawn_page_opened_before_the_new_start_still_follows_it():

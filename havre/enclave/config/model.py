@@ -172,6 +172,19 @@ class NotificationSettings:
 
 
 @dataclass(frozen=True)
+class MonitoringSettings:
+    """Who may scrape the egress service's Prometheus metrics (``/metrics``).
+
+    ``scrape_from``: the networks (CIDR, e.g. ``127.0.0.1/32``) whose addresses may read
+    ``/metrics``; empty (the default) refuses everyone. ``publish``: ``host-address:port`` on
+    which ``havre up`` publishes the egress container's metrics-only port (empty: not published).
+    """
+
+    scrape_from: tuple[str, ...] = ()
+    publish: str = ""
+
+
+@dataclass(frozen=True)
 class ReviewPolicy:
     """How outputs leave the enclave."""
 
@@ -272,6 +285,7 @@ class EnclaveConfig:
     identity: IdentityConfig = IdentityConfig()
     culling: CullingPolicy = CullingPolicy()
     notifications: NotificationSettings = NotificationSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
     #: Havre's id range: a uid per (user, project) server and a gid per project
     #: (havre/enclave/identities.py); no host account may use it.
     uid_base: int = 2_000_000
@@ -281,6 +295,9 @@ class EnclaveConfig:
     project_filesystems: str = "shared"
     #: Size of each project's filesystem image with "loop" (allocated on the host up front).
     project_filesystem_size: int = 4 * 1024**3
+    #: The services' log format (``logging.format``): "json" lines for a log collector, or
+    #: "text"; the stack launcher hands it to every service (havre/enclave/logs.py).
+    log_format: str = "json"
 
     def __post_init__(self) -> None:
         if not isinstance(self.projects, _FrozenMapping):

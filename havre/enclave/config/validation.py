@@ -17,6 +17,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import re
 import unicodedata
@@ -40,6 +41,7 @@ from havre.enclave.config.model import (
     EnclaveConfigError,
     IdentityConfig,
     Limits,
+    MonitoringSettings,
     NotificationSettings,
     OidcSettings,
     Project,
@@ -80,7 +82,11 @@ _TOP_KEYS = (
     "identity",
     "culling",
     "notifications",
+    "logging",
+    "monitoring",
 )
+_LOGGING_KEYS = ("format",)
+_MONITORING_KEYS = ("scrape_from", "publish")
 _NOTIFICATIONS_KEYS = ("smtp", "address_template")
 _ENCLAVE_KEYS = (
     "name",
@@ -90,6 +96,8 @@ _ENCLAVE_KEYS = (
     "project_filesystems",
     "project_filesystem_size",
 )
+#: ``logging.format``: the services' log lines (``havre.enclave.logs``); the first is the default.
+LOG_FORMATS = ("json", "text")
 #: ``enclave.project_filesystems``: one shared host filesystem, or a loop-mounted image each.
 PROJECT_FILESYSTEMS = ("shared", "loop")
 _IMAGES_KEYS = ("allowed", "default")
@@ -399,6 +407,8 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
     identity = _identity(p, p.section(data, "identity", "", _IDENTITY_KEYS))
     culling = _culling(p, p.section(data, "culling", "", _CULLING_KEYS))
     notifications = _notifications(p, p.section(data, "notifications", "", _NOTIFICATIONS_KEYS))
+    log_format = _log_format(p, p.section(data, "logging", "", _LOGGING_KEYS))
+    monitoring = _monitoring(p, p.section(data, "monitoring", "", _MONITORING_KEYS))
 
     # projects:
     projects: list[Project] = []
@@ -441,10 +451,12 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
         identity=identity,
         culling=culling,
         notifications=notifications,
+        monitoring=monitoring,
         uid_base=uid_base,
         uid_count=uid_count,
         project_filesystems=project_filesystems,
         project_filesystem_size=project_filesystem_size,
+        log_format=log_format,
     )
 
 
@@ -583,6 +595,60 @@ def _notifications(p: Problems, raw: Mapping[Any, Any]) -> NotificationSettings:
         smtp=dict(smtp) if smtp is not None else None,
         address_template=template if isinstance(template, str) else "",
     )
+
+
+def _log_format(p: Problems, raw: Mapping[Any, Any]) -> str:
+    value = raw.get("format")
+    if value is None:
+        return LOG_FORMATS[0]
+    if value not in LOG_FORMATS:
+        p.add(
+            "logging.format",
+            "must be json (one JSON object a line, for a log collector) or text",
+            value,
+        )
+        return LOG_FORMATS[0]
+    return str(value)
+
+
+def _monitoring(p: Problems, raw: Mapping[Any, Any]) -> MonitoringSettings:
+    raw_from = raw.get("scrape_from")
+    given = [raw_from] if isinstance(raw_from, str) else raw_from
+    networks: list[str] = []
+    if given is not None and not isinstance(given, list):
+        p.add("monitoring.scrape_from", "must be an address or network, or a list of them", given)
+        given = []
+    for item in given or []:
+        try:
+            networks.append(str(ipaddress.ip_network(str(item), strict=False)))
+        except ValueError:
+            p.add(
+                "monitoring.scrape_from",
+                "must hold IP addresses or networks such as 127.0.0.1/32 or 10.1.2.0/24",
+                item,
+            )
+    publish = raw.get("publish", "") or ""
+    if publish:
+        host, _, port = str(publish).rpartition(":")
+        try:
+            ipaddress.ip_address(host.strip("[]"))
+            ok = port.isdigit() and 1 <= int(port) <= 65535
+        except ValueError:
+            ok = False
+        if not ok:
+            p.add(
+                "monitoring.publish",
+                "must be a host address and port such as 127.0.0.1:9190",
+                publish,
+            )
+            publish = ""
+        elif not networks:
+            p.add(
+                "monitoring.publish",
+                "publishes metrics nobody may read: set monitoring.scrape_from too",
+                publish,
+            )
+    return MonitoringSettings(scrape_from=tuple(networks), publish=str(publish))
 
 
 def _culling(p: Problems, raw: Mapping[Any, Any]) -> CullingPolicy:

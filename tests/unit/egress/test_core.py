@@ -816,7 +816,7 @@ TAMPERING = {
 
 
 @pytest.mark.parametrize("how", list(TAMPERING))
-def test_tampering_is_detected(service, engine, how, db_url, tmp_path):
+def test_tampering_is_detected(service, engine, how, db_url, tmp_path, json_log):
     tamper, expected = TAMPERING[how]
     world = _released_world(service)
     before = service.verify_audit()
@@ -833,7 +833,11 @@ def test_tampering_is_detected(service, engine, how, db_url, tmp_path):
     shutil.copy(service.signing_key_path, paths.signing_key)
     shutil.copy(public_key_path(service.signing_key_path), public_key_path(paths.signing_key))
     shutil.copy(service.checkpoint_path, paths.checkpoints)
+    json_log.clear()
     assert cli.main(["--db", db_url, "--state", str(state), "verify"]) == 1
+    # and logs the security event a SIEM alerts on (the service's own check did too)
+    (line,) = json_log.events("audit.verify_failed")
+    assert expected in line["problem"] and line["logger"] == "egress.cli"
 
 
 def test_a_tampered_head_makes_every_write_fail_closed(service, engine):
@@ -1452,13 +1456,17 @@ def test_a_checkpoint_lost_in_a_crash_is_appended_at_start_and_verify_is_ok(
 
 
 def test_verify_appends_a_lost_checkpoint_and_reports_one_it_cannot_write(
-    make_service, monkeypatch, tmp_path
+    make_service, monkeypatch, tmp_path, json_log
 ):
     svc = make_service()
     rid = _release_with_a_crash_before_the_append(svc, monkeypatch)
     assert svc.checkpoints() == []
     report = svc.verify_audit()  # reconciles first
     assert report.ok, report.problem
+    # the SIEM's lines: the appended checkpoint, and no verify failure (the control)
+    (appended,) = json_log.events("audit.checkpoint_appended")
+    assert appended["request_id"] == rid and appended["event_id"] == svc.checkpoints()[0].seq
+    assert json_log.events("audit.verify_failed") == []
     assert [c.seq for c in svc.checkpoints()] == [
         e["seq"] for e in audit_events(svc.engine) if e["event"] == "RELEASED"
     ]
@@ -1467,6 +1475,8 @@ def test_verify_appends_a_lost_checkpoint_and_reports_one_it_cannot_write(
     report = stuck.verify_audit()
     assert not report.ok
     assert f"release of request {rid}" in report.problem and "no checkpoint" in report.problem
+    (failed,) = json_log.events("audit.verify_failed")
+    assert failed["problem"] == report.problem and failed["service"]
     # nothing is copied out of a log that fails verification
     with svc.engine.begin() as conn:
         conn.execute(
@@ -1475,7 +1485,10 @@ def test_verify_appends_a_lost_checkpoint_and_reports_one_it_cannot_write(
             )
         )
     fresh = make_service(checkpoint_path=tmp_path / "fresh.jsonl")
+    json_log.clear()
     assert fresh.reconcile_checkpoints() == [] and not (tmp_path / "fresh.jsonl").exists()
+    first_edited = min(e["seq"] for e in audit_events(svc.engine) if e["actor"] == "mallory")
+    assert [line["event_id"] for line in json_log.events("audit.verify_failed")] == [first_edited]
 
 
 def test_cli_verify_appends_a_lost_checkpoint(service, db_url, tmp_path, capsys, monkeypatch):

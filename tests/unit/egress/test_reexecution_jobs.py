@@ -267,12 +267,16 @@ def runner(enclave, jobs) -> Runner:
     return Runner(enclave, jobs, client=None, time_limit=30)
 
 
-def test_runner_refuses_a_job_for_a_project_not_in_the_config(enclave, jobs):
+def test_runner_refuses_a_job_for_a_project_not_in_the_config(enclave, jobs, json_log):
     job = make_job(project="nosuchproject")
     jobs.submit(job, NOTEBOOK)
     assert runner(enclave, jobs).run_pending() == 1
     result = jobs.read_result(job.job_id)
     assert result.status == "refused" and "no project 'nosuchproject'" in result.report["reason"]
+    (logged,) = json_log.events("reexecution.refused")  # the SIEM's line
+    assert (logged["job_id"], logged["project"]) == (job.job_id, "nosuchproject")
+    assert logged["request_id"] == job.request_id
+    assert {line.get("job_id") for line in json_log.lines()} == {job.job_id}  # every line
 
 
 def test_runner_refuses_a_notebook_that_does_not_match(enclave, jobs):

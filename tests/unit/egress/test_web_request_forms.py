@@ -12,6 +12,7 @@ The browser sees the same pages in tests/e2e/test_request_forms_browser.py.
 
 from __future__ import annotations
 
+import html as html_module
 import re
 
 import pytest
@@ -86,7 +87,9 @@ def test_reject_asks_for_a_confirmation_first_and_approve_does_not(web_service, 
     assert service.get_request(oscar, rid)["state"] == "rejected"
 
 
-def test_a_refused_file_is_explained_on_the_request_s_own_page(web_service, service, outputs):
+def test_a_refused_file_is_explained_on_the_request_s_own_page(
+    web_service, service, outputs, json_log
+):
     (outputs / "cardio" / "results.json").write_text('{"session": "metadata"}\n')
     rid = service.create_request(alice, "cardio", "Results")["id"]
 
@@ -101,17 +104,60 @@ def test_a_refused_file_is_explained_on_the_request_s_own_page(web_service, serv
     assert '<option value="results.json" selected>' in html  # what was chosen is kept
     assert 'name="group" value="g1"' in html
     assert service.get_request(alice, rid)["files"] == []
+    (logged,) = json_log.events("egress.file_refused")  # the SIEM's line
+    assert (logged["user"], logged["request_id"], logged["status"]) == ("alice", rid, 422)
+    assert html_module.unescape(sentence) in logged["message"]
 
     # control: a table is added, and the answer leads back to the request
     added = post(web_service, rid, "alice", action="add_file", path="tables/smoking.csv")
     assert added.status_code == 302 and added.headers["Location"].endswith(f"requests/{rid}")
     assert [f["path"] for f in service.get_request(alice, rid)["files"]] == ["tables/smoking.csv"]
+    assert len(json_log.events("egress.file_refused")) == 1
 
 
 @pytest.mark.parametrize("status", [403, 404])
-def test_refusals_about_the_request_itself_keep_the_error_page(web_service, service, status):
+def test_refusals_about_the_request_itself_keep_the_error_page(
+    web_service, service, status, json_log
+):
     rid = service.create_request(alice, "cardio", "Private")["id"]
     target = rid if status == 403 else "nosuchrequest"
     answer = post(web_service, target, "bob", action="add_file", path="notes.txt")
     assert answer.status_code in (403, 404)
     assert "form-refusal" not in answer.text and "Back to the requests" in answer.text
+    refusals = json_log.events("egress.refused")
+    if answer.status_code == 403:  # a refusal for lack of permission: the SIEM's line
+        (logged,) = refusals
+        assert (logged["user"], logged["request_id"], logged["status"]) == ("bob", rid, 403)
+    else:  # no such request: not a security event
+        assert refusals == []
+
+
+@pytest.fixture
+def hub_token(monkeypatch):
+    """The egress service's hub API token, as the hub gives it (before the app starts)."""
+    monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "hub-token-for-the-test")
+    return "hub-token-for-the-test"
+
+
+def test_a_forged_break_glass_report_is_a_security_event(hub_token, web_service, json_log):
+    """Someone without the hub's key posting a break-glass report (to fake or hide a step):
+    refused, and the SIEM's line says so; the hub's own report (the control) is taken."""
+    from havre.enclave.break_glass import hub_key
+
+    event = {
+        "event": "activated",
+        "session": "0123456789abcdef0123456789abcdef",
+        "user": "sam",
+        "reason": "INC-1: a hung kernel",
+        "target": "alice",
+        "until": "2026-12-06T23:00:00Z",
+    }
+    url = web_service + "api/break-glass/events"
+    forged = requests.post(url, json=event, headers={"Authorization": "Bearer guess"}, timeout=30)
+    assert forged.status_code == 403
+    (logged,) = json_log.events("egress.refused")
+    assert logged["status"] == 403 and logged["client_ip"] == "127.0.0.1"
+    good = {"Authorization": f"Bearer {hub_key(hub_token)}"}
+    taken = requests.post(url, json=event, headers=good, timeout=30)
+    assert taken.status_code == 201, taken.text
+    assert len(json_log.events("egress.refused")) == 1
