@@ -406,7 +406,7 @@ BAD = [
         "colour: blue\n" + OK_PROJECT,
         [
             "colour: unknown key 'colour'",
-            "allowed keys: culling, enclave, identity, images, limits, notifications, "
+            "allowed keys: cluster, culling, enclave, identity, images, limits, notifications, "
             "output_checkers, projects, review",
         ],
     ),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from havre.enclave.config.cluster import ClusterConfig
 from havre.enclave.config.problems import ConfigProblemsError
 from havre.enclave.config.sizes import GIB
 
@@ -281,6 +282,8 @@ class EnclaveConfig:
     project_filesystems: str = "shared"
     #: Size of each project's filesystem image with "loop" (allocated on the host up front).
     project_filesystem_size: int = 4 * 1024**3
+    #: None: one Docker host; else the enclave on a Swarm cluster (``config/cluster.py``)
+    cluster: ClusterConfig | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.projects, _FrozenMapping):

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from havre.enclave.config.cluster import parse_cluster
 from havre.enclave.config.model import (
     _NAME_RE,
     _USERNAME_RE,
@@ -80,6 +81,7 @@ _TOP_KEYS = (
     "identity",
     "culling",
     "notifications",
+    "cluster",
 )
 _NOTIFICATIONS_KEYS = ("smtp", "address_template")
 _ENCLAVE_KEYS = (
@@ -423,6 +425,8 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
             if project is not None:
                 projects.append(project)
 
+    cluster = parse_cluster(p, data.get("cluster"), raw_projects)
+
     if p.items:
         raise EnclaveConfigError(p.items, source)
     assert name is not None and state_dir is not None and default_image is not None
@@ -445,6 +449,7 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
         uid_count=uid_count,
         project_filesystems=project_filesystems,
         project_filesystem_size=project_filesystem_size,
+        cluster=cluster,
     )
 
 
