@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import docker
@@ -336,6 +337,26 @@ def _broker_volumes(enclave: EnclaveConfig, caller: str) -> dict[str, dict[str, 
     }
 
 
+def engine_socket(environ: Mapping[str, str] | None = None) -> str:
+    """The Unix socket of the engine ``havre up`` talks to, which the broker must drive too:
+    ``DOCKER_HOST``'s path when it is ``unix://...``, else the default socket.
+
+    Without it, an enclave started on another engine of the same machine (a second ``dockerd``
+    with its own socket) had its broker drive the default engine. The broker can only mount a
+    socket: another kind of ``DOCKER_HOST`` is refused with a sentence.
+    """
+    host = (os.environ if environ is None else environ).get("DOCKER_HOST", "")
+    if not host:
+        return "/var/run/docker.sock"
+    if not host.startswith("unix://") or len(host) == len("unix://"):
+        raise StackError(
+            f"DOCKER_HOST={host} is not a Unix socket: the spawn broker drives the engine through "
+            "its socket (mounted into it), so havre up must run on the engine's host with "
+            "DOCKER_HOST unset or unix:///path/to/docker.sock"
+        )
+    return host.removeprefix("unix://")
+
+
 def start_broker(
     client: docker.DockerClient,
     enclave: EnclaveConfig,
@@ -355,8 +376,13 @@ def start_broker(
     name = broker_container_name(enclave)
     state = enclave.state_dir
     socket_path = "/var/run/docker.sock"
+    socket_source = engine_socket()
     digest = config_digest(
-        enclave, image_id(client, opts.hub_image), "broker-1", project_mounts(enclave)
+        enclave,
+        image_id(client, opts.hub_image),
+        "broker-1",
+        project_mounts(enclave),
+        *([socket_source] if socket_source != socket_path else []),
     )
     if replace_container(client, name, digest, changes):
         return
@@ -399,7 +425,7 @@ def start_broker(
         cap_add=["CHOWN", "FOWNER", "DAC_OVERRIDE"],
         volumes={
             str(live_config_path(enclave).parent): {"bind": LIVE_CONFIG_IN_CONTAINER, "mode": "ro"},
-            socket_path: {"bind": socket_path, "mode": "rw"},
+            socket_source: {"bind": socket_path, "mode": "rw"},
             str(state / BROKER_SOCKET_SUBDIR): {"bind": BROKER_SOCKET_DIR, "mode": "rw"},
             **{path: {"bind": path, "mode": mode} for path, mode in same.items()},
         },

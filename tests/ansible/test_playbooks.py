@@ -383,6 +383,12 @@ def test_firewall_alone_stops_a_project_network_reaching_the_host(deployment):
 @pytest.fixture(scope="module")
 def released(deployment):
     """Alice's table released through the egress API, her home note, and the audit head."""
+    return release_a_table(deployment)
+
+
+def release_a_table(deployment: Deployment) -> tuple[HubUser, str, str]:
+    """Alice writes her home note and a table, asks for the table's release, two checkers
+    approve, it is released and she downloads it: (alice, request id, file id)."""
     alice = deployment.user("alice")
     assert alice.start_server("cardio").status_code in (201, 202)
     alice.wait_ready("cardio")

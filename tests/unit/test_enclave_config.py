@@ -406,8 +406,8 @@ BAD = [
         "colour: blue\n" + OK_PROJECT,
         [
             "colour: unknown key 'colour'",
-            "allowed keys: culling, enclave, identity, images, limits, logging, monitoring, "
-            "notifications, output_checkers, projects, review",
+            "allowed keys: cluster, culling, enclave, identity, images, limits, logging, "
+            "monitoring, notifications, output_checkers, projects, review",
         ],
     ),
     (

@@ -75,3 +75,19 @@ def test_every_allowed_skip_says_why():
     assert ALLOWED_SKIPS
     for allowed in ALLOWED_SKIPS:
         assert len(allowed.why) > 20, allowed
+
+
+def test_the_cluster_skips_are_never_allowed():
+    """A missing test cluster can't turn CI green: no allowed pattern matches its skips, and
+    each of those skips is a sentence the cluster harness really writes."""
+    from pathlib import Path
+
+    from tests.cluster import conftest as cluster_conftest
+    from tests.skip_policy import NEVER_ALLOWED
+
+    harness = Path("tests/cluster/engines.py").read_text()
+    prefix = "needs a test cluster: "
+    assert prefix in Path(cluster_conftest.__file__).read_text()
+    for reason in NEVER_ALLOWED:
+        assert not any(allowed.matches(reason) for allowed in ALLOWED_SKIPS), reason
+        assert reason.removeprefix(prefix).split("`")[0] in harness, reason

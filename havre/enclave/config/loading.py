@@ -15,6 +15,7 @@ from typing import Any
 
 import yaml
 
+from havre.enclave.config.cluster import cluster_doc
 from havre.enclave.config.model import EnclaveConfig, EnclaveConfigError, IdentityConfig
 from havre.enclave.config.problems import join_path
 from havre.enclave.config.sizes import MIB, format_size
@@ -198,6 +199,8 @@ def dump_enclave_config(cfg: EnclaveConfig) -> str:
             "max_age_seconds": cfg.culling.max_age_seconds,
         },
     }
+    if cfg.cluster is not None:
+        doc["cluster"] = cluster_doc(cfg.cluster)
     if cfg.notifications.smtp is not None:
         doc["notifications"] = {
             "smtp": dict(cfg.notifications.smtp),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from havre.enclave.config.cluster import ClusterConfig
 from havre.enclave.config.problems import ConfigProblemsError
 from havre.enclave.config.sizes import GIB
 
@@ -298,6 +299,8 @@ class EnclaveConfig:
     #: The services' log format (``logging.format``): "json" lines for a log collector, or
     #: "text"; the stack launcher hands it to every service (havre/enclave/logs.py).
     log_format: str = "json"
+    #: None: one Docker host; else the enclave on a Swarm cluster (``config/cluster.py``)
+    cluster: ClusterConfig | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.projects, _FrozenMapping):

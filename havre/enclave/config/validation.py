@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from havre.enclave.config.cluster import parse_cluster
 from havre.enclave.config.model import (
     _NAME_RE,
     _USERNAME_RE,
@@ -84,6 +85,7 @@ _TOP_KEYS = (
     "notifications",
     "logging",
     "monitoring",
+    "cluster",
 )
 _LOGGING_KEYS = ("format",)
 _MONITORING_KEYS = ("scrape_from", "publish")
@@ -433,6 +435,8 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
             if project is not None:
                 projects.append(project)
 
+    cluster = parse_cluster(p, data.get("cluster"), raw_projects)
+
     if p.items:
         raise EnclaveConfigError(p.items, source)
     assert name is not None and state_dir is not None and default_image is not None
@@ -457,6 +461,7 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
         project_filesystems=project_filesystems,
         project_filesystem_size=project_filesystem_size,
         log_format=log_format,
+        cluster=cluster,
     )
 
 

@@ -1,0 +1,117 @@
+"""The enclave config's ``cluster`` section (havre/enclave/config/cluster.py).
+
+The security promise here: project overlays are encrypted, and no production config can turn
+that off, not even silently through the test cluster's own setting. Each refusal has its
+positive control: the same setting accepted where it is allowed.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from havre.enclave.config import EnclaveConfigError, dump_enclave_config, parse_enclave_yaml
+from havre.enclave.config.cluster import INSECURE_TEST_FLAG
+
+BASE = """\
+enclave: {name: hv, state_dir: /srv/havre}
+projects:
+  cardio: {title: Cardio, members: [alice]}
+  diabetes: {title: Diabetes, members: [bob]}
+"""
+
+
+def _load(cluster: str):
+    return parse_enclave_yaml(BASE + cluster)
+
+
+def _problems(cluster: str) -> list[str]:
+    with pytest.raises(EnclaveConfigError) as caught:
+        _load(cluster)
+    return caught.value.problems
+
+
+@pytest.fixture(autouse=True)
+def _no_test_flag(monkeypatch):
+    monkeypatch.delenv(INSECURE_TEST_FLAG, raising=False)
+
+
+def test_no_cluster_section_is_one_host():
+    assert _load("").cluster is None
+
+
+def test_a_cluster_encrypts_and_places_by_default():
+    cluster = _load("cluster: {engine: swarm}\n").cluster
+    assert cluster is not None
+    assert cluster.overlay_encrypted
+    assert cluster.manager_socket == "/var/run/docker.sock"
+    # a project without a placement still needs a worker labelled as holding its data
+    assert cluster.constraints("cardio") == [
+        "node.role==worker",
+        "node.labels.havre.data.cardio==true",
+    ]
+
+
+def test_placement_names_the_label_of_the_nodes_holding_the_data():
+    cluster = _load(
+        "cluster:\n  manager: unix:///run/m1.sock\n  placement: {cardio: site=hospital-a}\n"
+    ).cluster
+    assert cluster.constraints("cardio")[1] == "node.labels.site==hospital-a"
+    assert cluster.constraints("diabetes")[1] == "node.labels.havre.data.diabetes==true"
+    assert cluster.manager_socket == "/run/m1.sock"
+
+
+def test_a_production_config_cannot_turn_encryption_off():
+    problems = _problems("cluster: {overlay_encrypted: false}\n")
+    assert len(problems) == 1
+    assert problems[0].startswith("cluster.overlay_encrypted: project overlays carry")
+    # nor through the test cluster's own setting, without the test environment's flag
+    problems = _problems("cluster: {insecure_test_unencrypted_overlay: true}\n")
+    assert problems == [
+        "cluster.insecure_test_unencrypted_overlay: unencrypted overlays are for the test "
+        f"cluster only: refused unless the environment sets {INSECURE_TEST_FLAG}=1 (got True)"
+        "; note: YAML reads unquoted yes/no/on/off/true/false as booleans, quote the value"
+    ]
+    # a flag set to anything but 1 is no flag
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv(INSECURE_TEST_FLAG, "yes")
+        assert _problems("cluster: {insecure_test_unencrypted_overlay: true}\n")
+
+
+def test_the_test_cluster_goes_unencrypted_only_with_the_flag(monkeypatch):
+    """The positive control of the refusal above: same config, the test environment's flag."""
+    monkeypatch.setenv(INSECURE_TEST_FLAG, "1")
+    cluster = _load("cluster: {insecure_test_unencrypted_overlay: true}\n").cluster
+    assert cluster is not None and not cluster.overlay_encrypted
+    # and its dump says so, reading back the same (with the flag)
+    text = dump_enclave_config(_load("cluster: {insecure_test_unencrypted_overlay: true}\n"))
+    assert "insecure_test_unencrypted_overlay: true" in text
+    assert parse_enclave_yaml(text).cluster == cluster
+
+
+def test_every_bad_value_is_a_problem_of_its_own():
+    problems = _problems(
+        "cluster:\n"
+        "  engine: kubernetes\n"
+        "  manager: tcp://10.0.0.1:2375\n"
+        "  placement: {cardio: 'no label', oncology: site=a}\n"
+        "  overlay_encrypted: yes-please\n"
+        "  insecure_test_unencrypted_overlay: 'true'\n"
+        "  placment: {}\n"
+    )
+    wanted = [
+        "cluster.placment: unknown key 'placment', did you mean 'placement'?",
+        "cluster.engine: must be one of swarm (got 'kubernetes')",
+        "cluster.manager: must be the manager engine's local socket",
+        "cluster.overlay_encrypted: project overlays carry",
+        "cluster.insecure_test_unencrypted_overlay: must be true or false (got 'true')",
+        "cluster.placement.cardio: must be a node label key=value",
+        "cluster.placement.oncology: is not a project of this enclave",
+    ]
+    assert len(problems) == len(wanted), problems
+    for prefix in wanted:
+        assert any(p.startswith(prefix) for p in problems), (prefix, problems)
+
+
+def test_a_cluster_config_reads_back_the_same():
+    config = _load("cluster:\n  manager: unix:///run/m1.sock\n  placement: {cardio: a=b}\n")
+    assert parse_enclave_yaml(dump_enclave_config(config)) == config
