@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Build Havre's container images.
 #
-#   bash images/build.sh [--only base|notebook|hub|egress]... [--check-wheels]
+#   bash images/build.sh [--only base|notebook|hub|egress|desktop]... [--check-wheels]
 #
 # --check-wheels: fetch (or keep) the wheels and check them against the lock files, build nothing.
-# Tags: havre/base:bookworm, havre/notebook:VERSION, havre/hub:VERSION, havre/egress:VERSION
+# Tags: havre/base:bookworm, havre/notebook:VERSION, havre/hub:VERSION, havre/egress:VERSION,
+# havre/desktop:VERSION (the remote desktop of `access: desktop` projects: Debian packages only)
 # (VERSION from pyproject.toml). Idempotent: an existing base image is kept, wheels are
 # downloaded only when a lock file changed, and Docker's layer cache makes a run with
 # nothing changed quick and leaves every tag where it was. Needs no Python package index once
@@ -60,7 +61,7 @@ check_only=false
 while (($#)); do
     case "$1" in
         --only)
-            (($# >= 2)) || die "--only needs an image name (base, notebook, hub, egress)"
+            (($# >= 2)) || die "--only needs an image name (base, notebook, hub, egress, desktop)"
             selected+=("$2"); shift 2 ;;
         --only=*)
             selected+=("${1#--only=}"); shift ;;
@@ -69,16 +70,16 @@ while (($#)); do
         -h|--help)
             usage; exit 0 ;;
         *)
-            die "unknown argument: $1 (usage: bash images/build.sh [--only base|notebook|hub|egress]...)" ;;
+            die "unknown argument: $1 (usage: bash images/build.sh [--only base|notebook|hub|egress|desktop]...)" ;;
     esac
 done
 for name in "${selected[@]+"${selected[@]}"}"; do
     case "$name" in
-        base|notebook|hub|egress) ;;
-        *) die "unknown image '$name' (choose from base, notebook, hub, egress)" ;;
+        base|notebook|hub|egress|desktop) ;;
+        *) die "unknown image '$name' (choose from base, notebook, hub, egress, desktop)" ;;
     esac
 done
-((${#selected[@]})) || selected=(base notebook hub egress)
+((${#selected[@]})) || selected=(base notebook hub egress desktop)
 wanted() {
     local name
     for name in "${selected[@]}"; do [[ "$name" == "$1" ]] && return 0; done
@@ -457,6 +458,22 @@ if ((${#app_images[@]})); then
     for name in "${app_images[@]}"; do
         build_image "$name"
     done
+fi
+
+# The desktop: Debian packages and three files of images/desktop, no wheels, no Havre code.
+if wanted desktop; then
+    rm -rf "$CONTEXTS/desktop"
+    mkdir -p "$CONTEXTS/desktop"
+    cp -a "$IMAGES_DIR/desktop/." "$CONTEXTS/desktop/"
+    say "building havre/desktop:$VERSION"
+    havre_step "building havre/desktop:$VERSION" "docker build${DOCKER_HOST:+ at $DOCKER_HOST}"
+    havre_wait_on "docker build of havre/desktop:$VERSION" docker build "${DOCKER_BUILD_FLAGS[@]+"${DOCKER_BUILD_FLAGS[@]}"}" \
+        --build-arg BASE_IMAGE="$BASE_TAG" \
+        --build-arg HAVRE_VERSION="$VERSION" \
+        -t "havre/desktop:$VERSION" \
+        -f "$CONTEXTS/desktop/Dockerfile" \
+        "$CONTEXTS/desktop"
+    built+=("havre/desktop:$VERSION")
 fi
 
 echo

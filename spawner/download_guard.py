@@ -44,6 +44,7 @@ from spawner.download_policy import (
     AllowedRoute,
     Login,
     Refusal,
+    check_desktop_request,
     check_request,
     content_security_policy,
     response_refusal,
@@ -77,16 +78,28 @@ class ServerRoutes:
 
     def __init__(self) -> None:
         self._targets: dict[str, str] = {}
+        #: prefixes of ``access: desktop`` servers: their target is the remote desktop, and
+        #: only the desktop's routes pass (:func:`check_desktop_request`)
+        self._desktops: set[str] = set()
 
-    def register(self, prefix: str, target: str) -> None:
+    def register(self, prefix: str, target: str, *, desktop: bool = False) -> None:
         if not prefix.startswith("/") or not prefix.endswith("/"):
             raise ValueError(f"a server prefix starts and ends with '/': {prefix!r}")
         self._targets[prefix] = target.rstrip("/")
-        log.info("Download guard: %s -> %s", prefix, target)
+        if desktop:
+            self._desktops.add(prefix)
+        else:
+            self._desktops.discard(prefix)
+        log.info("Download guard: %s -> %s%s", prefix, target, " (desktop)" if desktop else "")
 
     def unregister(self, prefix: str) -> None:
+        self._desktops.discard(prefix)
         if self._targets.pop(prefix, None) is not None:
             log.info("Download guard: %s removed", prefix)
+
+    def is_desktop(self, prefix: str) -> bool:
+        """Whether ``prefix`` is an ``access: desktop`` server (pixels only)."""
+        return prefix in self._desktops
 
     def lookup(self, path: str) -> tuple[str, str] | None:
         """(prefix, target) of the server a request path belongs to, if any."""
@@ -143,7 +156,8 @@ class GuardHandler(web.RequestHandler):
             return
         prefix, target = found
         websocket = request.headers.get("Upgrade", "").lower() == "websocket"
-        refusal, route = check_request(
+        check = check_desktop_request if self.routes.is_desktop(prefix) else check_request
+        refusal, route = check(
             request.method or "",
             request.path[len(prefix) :],
             request.query,

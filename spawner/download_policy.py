@@ -315,6 +315,62 @@ def check_request(
     return None, route
 
 
+#: The only routes of an ``access: desktop`` project's server the guard lets through: what
+#: its remote desktop's front serves (images/desktop/nginx.conf.template). Pixels only: no
+#: route of JupyterLab or Jupyter Server is routable from the researcher's browser. The sign-in
+#: steps may only redirect (the desktop's front hands them to the notebook server, which does
+#: the hub's OAuth as for a browser-tier server); the noVNC files and its websocket are served
+#: by the desktop's front only after the notebook server's ``api/me`` accepted the cookie.
+DESKTOP_ROUTES: tuple[AllowedRoute, ...] = (
+    _route("desktop-start", r"", "GET", Login.SIGN_IN),
+    _route("desktop-login", r"login", "GET", Login.SIGN_IN),
+    _route("desktop-oauth-callback", r"oauth_callback", "GET", Login.SIGN_IN),
+    _route("desktop-novnc", r"desktop/[a-z0-9._-]+(/[a-z0-9._-]+){0,6}", "GET"),
+    _route("desktop-websocket", r"websockify", "GET", websocket=True),
+)
+
+#: what a desktop project's server answers for anything else
+DESKTOP_PIXELS_ONLY = "pixels only: this project is reached through its remote desktop"
+
+
+def _desktop_refusal(method: str, normal: str) -> Refusal:
+    shown = normal if len(normal) <= 80 else normal[:77] + "..."
+    return Refusal(
+        "desktop-only",
+        f"{method} {shown}",
+        f"This project is pixels only (access: desktop): your browser reaches its remote "
+        f"desktop and nothing else, and {method} {shown} is not part of it. Open the project "
+        "from the hub's home page; results leave through the egress service.",
+        DESKTOP_PIXELS_ONLY,
+    )
+
+
+def check_desktop_request(
+    method: str,
+    path_in_server: str,
+    query: str,
+    headers: Iterable[tuple[str, str]] = (),
+    websocket: bool = False,
+) -> tuple[Refusal | None, AllowedRoute | None]:
+    """:func:`check_request` for an ``access: desktop`` project's server: the same refusals
+    of odd spellings and tokens, then :data:`DESKTOP_ROUTES` as the only allow-list."""
+    normal = normalised_path(path_in_server)
+    if normal is None or _has_dot_segments(path_in_server):
+        return ODD_PATH_REFUSAL, None
+    for name, _value in parse_qsl(query, keep_blank_values=True):
+        if name.strip().lower() == TOKEN_PARAMETER:
+            return TOKEN_REFUSAL, None
+    for name, _value in headers:
+        if name.lower() == "authorization":
+            return TOKEN_REFUSAL, None
+    inside = normal.lstrip("/")
+    verb = "GET" if method.upper() == "HEAD" else method.upper()
+    for route in DESKTOP_ROUTES:
+        if verb in route.methods and route.matches(inside) and route.websocket == websocket:
+            return None, route
+    return _desktop_refusal(method.upper(), normal), None
+
+
 VERSION_REFUSAL = Refusal(
     "version",
     "an answer that is not the server's version",

@@ -376,14 +376,19 @@ class ProjectSpawner(Spawner):
         server = self.server
         return server.base_url if server is not None else None
 
-    def guard_server(self, target: str) -> str:
-        """Register the server's real address with the download guard; return the guard's."""
+    def guard_server(self, target: str, *, desktop: bool = False) -> str:
+        """Register the server's real address with the download guard; return the guard's.
+
+        ``desktop``: the target is an ``access: desktop`` server's remote desktop, and the
+        guard lets only its routes through (pixels only; docs/architecture.md, "Access
+        tiers")."""
         guard = ensure_guard(self.download_guard_address, self.download_guard_port)
         prefix = self.guard_prefix()
         if prefix is None:
             raise SpawnException("The hub has no record of this server.", status_code=500)
-        guard.routes.register(prefix, target)
+        guard.routes.register(prefix, target, desktop=desktop)
         self.guard_target = target
+        self.guard_desktop = desktop
         return guard.url
 
     def unguard_server(self) -> None:
@@ -392,6 +397,7 @@ class ProjectSpawner(Spawner):
         if prefix is not None:
             guard.routes.unregister(prefix)
         self.guard_target = ""
+        self.guard_desktop = False
 
     def get_state(self) -> dict[str, Any]:
         state = super().get_state()
@@ -399,6 +405,8 @@ class ProjectSpawner(Spawner):
             state["container_id"] = self.container_id
         if getattr(self, "guard_target", ""):
             state["guard_target"] = self.guard_target
+            if getattr(self, "guard_desktop", False):
+                state["guard_desktop"] = True
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -407,7 +415,7 @@ class ProjectSpawner(Spawner):
         target = state.get("guard_target") if state else None
         if target and self.guard_prefix() is not None:
             # the hub restarted with this server running: its route points at the guard
-            self.guard_server(target)
+            self.guard_server(target, desktop=bool(state.get("guard_desktop")))
 
     def clear_state(self) -> None:
         super().clear_state()
@@ -455,6 +463,11 @@ class ProjectSpawner(Spawner):
             answer = await self.broker_call("server.start", **request)
         self.container_id = answer.get("id", "")
         ip, port = answer["ip"], int(answer["port"])
+        if project.desktop:
+            # the broker answered the desktop's port: the proxy reaches the desktop only
+            self.report(70, "Waiting for your remote desktop (pixels only: no file reaches you)")
+            await self.wait_listening(ip, port)
+            return self.guard_server(f"http://{ip}:{port}", desktop=True)
         self.report(70, "Waiting for JupyterLab, which opens behind Havre's download guard")
         await self.wait_listening(ip, port)
         return self.guard_server(f"http://{ip}:{port}")

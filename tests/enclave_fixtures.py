@@ -107,7 +107,17 @@ def enclave(docker_client, tmp_path_factory) -> Iterator[RunningEnclave]:
         membership_check_seconds=MEMBERSHIP_CHECK_SECONDS,
     )
     stack.down(config, purge=False)  # leftovers of an interrupted run
-    options = layout.StackOptions(port=free_port(), idp_port=free_port())
+    # HAVRE_TEST_HUB_IMAGE / HAVRE_TEST_EGRESS_IMAGE: a run's own builds (images/build.sh tags
+    # are shared by everyone building on the machine)
+    images = {
+        field: os.environ[var]
+        for field, var in (
+            ("hub_image", "HAVRE_TEST_HUB_IMAGE"),
+            ("egress_image", "HAVRE_TEST_EGRESS_IMAGE"),
+        )
+        if os.environ.get(var)
+    }
+    options = layout.StackOptions(port=free_port(), idp_port=free_port(), **images)
     url = stack.up(config, options)
     passwords = {u.name: u.password for u in users}
     running = RunningEnclave(config, url, passwords, docker_client, options)

@@ -9,7 +9,8 @@ send is listed in :data:`ACTIONS`; anything else is refused with a sentence.
 Callers and what they may do (:data:`CALLER_ACTIONS`):
 
 * ``hub`` (the JupyterHub process, through ``ProjectSpawner``): start, stop and inspect the
-  notebook server of user U in project P;
+  notebook server of user U in project P (for an ``access: desktop`` project, the server and
+  its remote desktop: :func:`desktop_spec`; the tier is the config's, never the caller's);
 * ``runner`` (``havre-reexec-runner``): learn project P's image id, start, inspect, read the
   log of, stop (kill) and remove the trusted re-execution run R of project P, and list its
   own runs.
@@ -28,9 +29,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
-from havre.enclave.config import EnclaveConfig, project_hub_group
-from havre.enclave.hardening import hardened_host_config
+from havre.enclave.config import EnclaveConfig, Project, project_hub_group
+from havre.enclave.hardening import container_hardening, hardened_host_config
 
 #: The notebook server's port inside its container (DockerSpawner's default).
 SERVER_PORT = 8888
@@ -41,10 +43,21 @@ OUTPUTS = f"{HOME}/outputs"
 #: The uid and gid notebook servers and re-executions run as (never 0).
 NOTEBOOK_UID = 1000
 NOTEBOOK_GID = 1000
+#: The remote desktop of an ``access: desktop`` project (images/desktop): its front's port
+#: (noVNC and its websocket, what the hub's proxy reaches), its fixed non-root uid, its limits
+#: (its own: it runs Chromium, not the researcher's code; it has no mounts to protect).
+DESKTOP_PORT = 6080
+DESKTOP_UID = 1100
+DESKTOP_MEMORY = 1024**3
+DESKTOP_PIDS = 512
+DESKTOP_CPU = 1.0
+DESKTOP_TMP = "512m"
 #: Labels every container the broker starts carries.
 ROLE_LABEL = "havre.role"
 BROKER_LABEL = "havre.broker"
 RUN_LABEL = "havre.reexecution"
+#: On a desktop: the notebook container whose network namespace it shares.
+DESKTOP_OF_LABEL = "havre.desktop-of"
 #: The re-execution jobs folder under the state folder; runs' scratch folders are in work/.
 REEXEC_JOBS = "reexec"
 REEXEC_SDC_PARAMS = ".havre-sdc-params.json"
@@ -87,6 +100,12 @@ MAX_GROUPS = 200
 _RUN_ID = re.compile(r"[0-9a-f]{16}")
 _USERNAME = re.compile(r"[a-z0-9][a-z0-9._@-]{0,63}")
 _SLUG = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+#: a server's path as the hub gives it (the desktop's start script checks it again)
+_PREFIX = re.compile(
+    r"(/[A-Za-z0-9._~-]{1,64}){0,4}/user/[A-Za-z0-9._@~%-]{1,192}/[a-z][a-z0-9-]{1,29}/"
+)
+#: a hub API token (JupyterHub's are 32 or more URL-safe characters)
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
 
 
 class Refused(Exception):
@@ -142,7 +161,7 @@ class ContainerSpec:
     labels: Mapping[str, str]
     mounts: tuple[Mount, ...]
     host_config: Mapping[str, Any]
-    network: str  # a project network, or "none"
+    network: str  # a project network, "none", or "container:<notebook>" (a desktop)
 
 
 # ------------------------------------------------------------------------------ the request
@@ -286,6 +305,9 @@ def server_spec(
         }
     )
     env.update(pinned_jupyter_env(HOME))
+    if project.desktop:
+        # pixels only: the server is for its desktop's Chromium, in the same network namespace
+        env["JUPYTERHUB_SERVICE_URL"] = loopback_service_url(project, request)
     home = enclave.home_dir(project.slug, request.user)
     return ContainerSpec(
         name=enclave.container_name(project.slug, request.user),
@@ -310,6 +332,93 @@ def server_spec(
         ),
         host_config=hardened_host_config(project, network=network, dns=dns),
         network=network,
+    )
+
+
+def server_prefix(project: Project, request: BrokerRequest) -> str:
+    """The server's path, ``/user/<name>/<project>/``, as the hub gave it
+    (``JUPYTERHUB_SERVICE_PREFIX``), checked against the request's user and project (a hub
+    with a ``base_url`` puts its own path before it)."""
+    prefix = request.env.get("JUPYTERHUB_SERVICE_PREFIX") or f"/user/{request.user}/{project.slug}/"
+    own = f"/user/{quote(request.user, safe='@~')}/{project.slug}/"
+    if not _PREFIX.fullmatch(prefix) or not prefix.endswith(own):
+        raise Refused(
+            400,
+            f"JUPYTERHUB_SERVICE_PREFIX must be the server's own path, ending in {own}.",
+        )
+    return prefix
+
+
+def loopback_service_url(project: Project, request: BrokerRequest) -> str:
+    """Where a desktop project's server listens: ``http://127.0.0.1:8888<prefix>``.
+
+    ``jupyterhub-singleuser`` binds to the host of ``JUPYTERHUB_SERVICE_URL``; on loopback,
+    nothing on the project network (the hub's proxy, other members' servers) can connect to
+    it, only its desktop, which shares its network namespace.
+    """
+    given = request.env.get("JUPYTERHUB_SERVICE_URL", "")
+    path = urlsplit(given).path if given else ""
+    return f"http://127.0.0.1:{SERVER_PORT}{path or server_prefix(project, request)}"
+
+
+def desktop_spec(
+    enclave: EnclaveConfig, request: BrokerRequest, *, notebook: str = ""
+) -> ContainerSpec:
+    """The remote desktop of ``request.user``'s server in an ``access: desktop`` project.
+
+    It joins the network namespace of the notebook container ``notebook`` (default: the
+    server's container name), so it has no interface of its own and exactly the notebook's
+    exits; it mounts nothing; it runs as :data:`DESKTOP_UID` with the base hardening and
+    limits of its own, Docker's default seccomp profile (Chromium's needs are not measured
+    yet). Its only secret is the server's API token (``JUPYTERHUB_API_TOKEN`` from the hub),
+    which its loopback proxy adds to Chromium's requests. See docs/architecture.md, "Access
+    tiers".
+    """
+    project = enclave.project(request.project)
+    if not project.desktop:
+        raise Refused(
+            409,
+            f"Project {project.slug!r} is a browser-tier project (access: browser): it has "
+            "no remote desktop.",
+        )
+    token = request.env.get("JUPYTERHUB_API_TOKEN", "")
+    if not _TOKEN.fullmatch(token):
+        raise Refused(
+            400,
+            "A desktop needs the server's API token (JUPYTERHUB_API_TOKEN) from the hub.",
+        )
+    notebook = notebook or enclave.container_name(project.slug, request.user)
+    host = {
+        **container_hardening(tmp_size=DESKTOP_TMP, pids=DESKTOP_PIDS, shared_tmp=True),
+        "mem_limit": DESKTOP_MEMORY,
+        "memswap_limit": DESKTOP_MEMORY,
+        "cpu_period": 100_000,
+        "cpu_quota": int(DESKTOP_CPU * 100_000),
+        "ipc_mode": "private",
+        "network_mode": f"container:{notebook}",
+    }
+    return ContainerSpec(
+        name=enclave.desktop_container_name(project.slug, request.user),
+        image=enclave.desktop_image,
+        command=None,  # the image's own (havre-desktop)
+        user=f"{DESKTOP_UID}:{DESKTOP_UID}",
+        working_dir="/tmp",
+        hostname="",  # a container joining another's network namespace has its hostname
+        environment={
+            "HAVRE_SERVER_PREFIX": server_prefix(project, request),
+            "HAVRE_NOTEBOOK_TOKEN": token,
+        },
+        labels={
+            "havre.enclave": enclave.name,
+            "havre.project": project.slug,
+            "havre.user": request.user,
+            ROLE_LABEL: "desktop",
+            DESKTOP_OF_LABEL: notebook,
+            BROKER_LABEL: "1",
+        },
+        mounts=(),
+        host_config=host,
+        network=f"container:{notebook}",
     )
 
 
@@ -399,11 +508,14 @@ def container_problems(
     enclave: EnclaveConfig,
     attrs: Mapping[str, Any],
     image_ids: Mapping[str, str] | None = None,
+    container_ids: Mapping[str, str] | None = None,
 ) -> list[str]:
     """What is outside the policy in a container's ``docker inspect`` (empty: nothing).
 
-    ``image_ids`` maps image names to their ids (a re-execution runs the resolved id). Used by
-    the broker's tests to check every container the engine has after a fuzz.
+    ``image_ids`` maps image names to their ids (a re-execution runs the resolved id);
+    ``container_ids`` maps container names to ids (the engine names a desktop's network mode
+    ``container:<id>``). Used by the broker's tests to check every container the engine has
+    after a fuzz.
     """
     problems: list[str] = []
     config = attrs.get("Config") or {}
@@ -415,6 +527,8 @@ def container_problems(
         return [f"{name}: not labelled with this enclave and one of its projects"]
     project = enclave.projects[slug]
     role = labels.get(ROLE_LABEL)
+    if role == "desktop":
+        return _desktop_problems(enclave, attrs, container_ids or {})
     if role not in ("notebook", "reexecution"):
         problems.append(f"{name}: role {role!r}")
     if config.get("Image") not in {project.image, (image_ids or {}).get(project.image)}:
@@ -457,6 +571,49 @@ def container_problems(
     return problems
 
 
+def _desktop_problems(
+    enclave: EnclaveConfig, attrs: Mapping[str, Any], container_ids: Mapping[str, str]
+) -> list[str]:
+    """:func:`container_problems` for a desktop: a desktop project's, in its own notebook's
+    network namespace, the desktop image, no mounts, the base hardening."""
+    problems: list[str] = []
+    config = attrs.get("Config") or {}
+    host = attrs.get("HostConfig") or {}
+    labels = config.get("Labels") or {}
+    name = str(attrs.get("Name", "")).lstrip("/")
+    slug = labels["havre.project"]
+    user = labels.get("havre.user", "")
+    if not enclave.projects[slug].desktop:
+        problems.append(f"{name}: a desktop in browser-tier project {slug!r}")
+    if not _USERNAME.fullmatch(user):
+        return [*problems, f"{name}: no valid havre.user label"]
+    notebook = enclave.container_name(slug, user)
+    if name != enclave.desktop_container_name(slug, user):
+        problems.append(f"{name}: not the name of {user}'s desktop in {slug!r}")
+    if config.get("Image") != enclave.desktop_image:
+        problems.append(f"{name}: image {config.get('Image')!r} is not the desktop image")
+    if str(config.get("User", "")).split(":")[0] in ("", "0", "root"):
+        problems.append(f"{name}: runs as root")
+    if host.get("Privileged") or host.get("CapAdd"):
+        problems.append(f"{name}: privileged or added capabilities")
+    if [c.upper() for c in host.get("CapDrop") or []] not in (["ALL"], ["CAP_ALL"]):
+        problems.append(f"{name}: capabilities not all dropped")
+    security = host.get("SecurityOpt") or []
+    if "no-new-privileges:true" not in security or any("unconfined" in s for s in security):
+        problems.append(f"{name}: no-new-privileges missing or a profile unconfined")
+    if not host.get("ReadonlyRootfs"):
+        problems.append(f"{name}: writable root filesystem")
+    mode = str(host.get("NetworkMode", ""))
+    if mode not in {f"container:{notebook}", f"container:{container_ids.get(notebook, '-')}"}:
+        problems.append(f"{name}: network {mode!r}, not its notebook's ({notebook})")
+    if labels.get(DESKTOP_OF_LABEL) != notebook:
+        problems.append(f"{name}: label {DESKTOP_OF_LABEL} is not {notebook}")
+    for mount in attrs.get("Mounts") or []:
+        if mount.get("Type") != "tmpfs":
+            problems.append(f"{name}: mounts {mount.get('Source')!r} (a desktop mounts nothing)")
+    return problems
+
+
 __all__ = [
     "ACTIONS",
     "CALLERS",
@@ -467,6 +624,7 @@ __all__ = [
     "Refused",
     "check_request",
     "container_problems",
+    "desktop_spec",
     "hardened_host_config",
     "pinned_jupyter_env",
     "project_hub_group",

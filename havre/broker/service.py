@@ -30,11 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from havre.broker.policy import (
+    DESKTOP_PORT,
     RUN_LABEL,
     BrokerRequest,
     ContainerSpec,
     Refused,
     check_request,
+    desktop_spec,
     reexec_scratch,
     reexec_spec,
     server_spec,
@@ -175,10 +177,12 @@ class Broker:
                 return self.start_server(enclave, request)
         if request.action == "server.stop":
             with self._lock(f"server/{request.user}/{request.project}"):
+                # the desktop first (it lives in the notebook's network namespace); both are
+                # removed whatever the project's tier is now (the config may have changed)
+                self.remove(enclave.desktop_container_name(request.project, request.user))
                 return self.remove(enclave.container_name(request.project, request.user))
         if request.action == "server.inspect":
-            name = enclave.container_name(request.project, request.user)
-            return self.inspect(name, enclave.network_name(request.project))
+            return self.inspect_server(enclave, request)
         if request.action == "reexec.image":
             image = enclave.project(request.project).image
             return {"image": image, "image_id": self._image_id(image)}
@@ -217,6 +221,23 @@ class Broker:
             "ip": (networks.get(network) or {}).get("IPAddress", ""),
             "port": 8888,
         }
+
+    def inspect_server(self, enclave: EnclaveConfig, request: BrokerRequest) -> dict[str, Any]:
+        """A server's state; for a desktop project, the pair's: running only while both run,
+        and the desktop's port (the hub's proxy reaches the desktop, never the server)."""
+        name = enclave.container_name(request.project, request.user)
+        answer = self.inspect(name, enclave.network_name(request.project))
+        if not enclave.project(request.project).desktop or answer["state"] == "absent":
+            return answer
+        desktop = self.inspect(
+            enclave.desktop_container_name(request.project, request.user), "none"
+        )
+        answer["port"] = DESKTOP_PORT
+        answer["desktop_id"] = desktop.get("id", "")
+        if answer["state"] == "running" and desktop["state"] != "running":
+            answer["state"] = "exited" if desktop["state"] == "absent" else desktop["state"]
+            answer["exit_code"] = desktop.get("exit_code")
+        return answer
 
     def logs(self, name: str) -> dict[str, Any]:
         if self._attrs(name) is None:
@@ -340,6 +361,11 @@ class Broker:
 
     def start_server(self, enclave: EnclaveConfig, request: BrokerRequest) -> dict[str, Any]:
         spec = server_spec(enclave, request)
+        # a desktop project's server comes with its desktop: a request a desktop can't be built
+        # from is refused before anything is made
+        desktop = None
+        if enclave.project(request.project).desktop:
+            desktop = desktop_spec(enclave, request, notebook=spec.name)
         existing = self._attrs(spec.name)
         if existing is not None:
             if (existing.get("State") or {}).get("Running"):
@@ -355,7 +381,17 @@ class Broker:
         ident = self.server_identity(enclave, request)
         self.prepare_folders(enclave, request, ident)
         spec = server_spec(enclave, request, dns=gateway, identity=(ident.uid, ident.gid))
+        if desktop is not None:
+            self.remove(desktop.name)  # left by a server that stopped on its own
+            desktop_image = self._image_id(desktop.image)
         container_id = self._create_and_start(spec, image_id)
+        if desktop is not None:
+            try:
+                self._create_and_start(desktop, desktop_image)
+            except Exception:
+                self.remove(spec.name)
+                raise
+            return self.inspect_server(enclave, request) | {"id": container_id}
         answer = self.inspect(spec.name, spec.network)
         answer["id"] = container_id
         return answer
@@ -429,7 +465,7 @@ class Broker:
             name=spec.name,
             user=spec.user,
             working_dir=spec.working_dir,
-            hostname=spec.hostname,
+            hostname=spec.hostname or None,
             environment=dict(spec.environment),
             labels=dict(spec.labels),
             host_config=host_config,

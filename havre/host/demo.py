@@ -1,4 +1,5 @@
-"""The embedded demo enclave: two projects, six users, synthetic hospital-stay data.
+"""The embedded demo enclave: three projects (one of them pixels only), eight users, synthetic
+hospital-stay data.
 
 ``havre demo-init`` writes it once into a state folder; running it again keeps what exists
 (config, data, passwords), so a second run is harmless. Users sign in on Havre's embedded
@@ -22,7 +23,10 @@ from havre.idp.users import seed_users
 DEMO_PROJECTS = (
     ("cardio", "Cardiovascular outcomes after hospital stays", 11),
     ("diabetes", "Diabetes care pathways", 23),
+    ("renal", "Renal outcomes (pixels only)", 37),
 )
+#: the demo projects reached through a remote desktop only (``access: desktop``, issue #17)
+DEMO_DESKTOP_PROJECTS = frozenset({"renal"})
 #: user -> (groups at the identity provider, what the user is for). bob's group is in
 #: Keycloak's full-path form, to show that both forms map to the project.
 DEMO_USERS = {
@@ -35,6 +39,7 @@ DEMO_USERS = {
     ),
     "olivia": (["output-checkers"], "output checker"),
     "oscar": (["output-checkers"], "output checker"),
+    "dora": (["project-renal"], "researcher in renal (pixels only: a remote desktop)"),
     "adam": (["havre-admins"], "hub administrator (can't enter researchers' servers)"),
 }
 DEMO_ROWS = 5000
@@ -78,6 +83,8 @@ def demo_config_text(
     ]
     for slug, title, _seed in DEMO_PROJECTS:
         lines += [f"  {slug}:", f'    title: "{title}"', f"    groups: [project-{slug}]"]
+        if slug in DEMO_DESKTOP_PROJECTS:
+            lines.append("    access: desktop")
     lines += ["review:", "  reviews_required: 2", ""]
     return "\n".join(lines)
 

@@ -19,8 +19,10 @@ def test_password_hashes_verify_and_reject():
 
 def test_demo_init_is_idempotent_and_keeps_secrets_private(tmp_path):
     config, users = init_demo(tmp_path, "havre/notebook:0.1.0")
-    assert set(config.projects) == {"cardio", "diabetes"}
-    assert {u.name for u in users} == {"alice", "bob", "carol", "chloe", "olivia", "oscar", "adam"}
+    assert set(config.projects) == {"cardio", "diabetes", "renal"}
+    assert [p.slug for p in config.projects.values() if p.desktop] == ["renal"]
+    names = {u.name for u in users}
+    assert names == {"alice", "bob", "carol", "chloe", "dora", "olivia", "oscar", "adam"}
     idp_users = read_users_file(idp_users_file(config))
     for user in users:
         assert verify_password(user.password, idp_users[user.name].password_hash)

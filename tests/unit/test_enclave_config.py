@@ -159,6 +159,25 @@ def test_defaults_are_applied():
     assert cfg.source == "<string>"
 
 
+def test_access_tier_per_project():
+    """``access`` is per project; absent means browser; the desktop image has a default."""
+    cfg = parse_enclave_yaml(
+        "images:\n  desktop: site/desktop:2.0\n"
+        "projects:\n  cardio:\n    title: a\n    access: desktop\n"
+        "  onco:\n    title: b\n  renal:\n    title: c\n    access: browser\n"
+    )
+    assert [(p.slug, p.access, p.desktop) for p in cfg.projects.values()] == [
+        ("cardio", "desktop", True),
+        ("onco", "browser", False),
+        ("renal", "browser", False),
+    ]
+    assert cfg.desktop_image == "site/desktop:2.0"
+    assert parse_enclave_yaml(MINIMAL).desktop_image == "havre/desktop:0.1.0"
+    assert parse_enclave_yaml(dump_enclave_config(cfg)) == cfg
+    assert cfg.desktop_container_name("cardio", "a@b") == "havre-desk-cardio-a-at-b"
+    assert cfg.desktop_container_name("cardio", "a@b") != cfg.container_name("cardio", "a@b")
+
+
 def test_empty_sections_mean_defaults():
     cfg = parse_enclave_yaml(
         "enclave:\nimages:\nlimits:\nreview:\noutput_checkers:\n"
@@ -421,7 +440,7 @@ BAD = [
         [
             "projects.cardio.titel",
             "unknown key 'titel'",
-            "allowed keys: data_path, groups, image, limits, members, title",
+            "allowed keys: access, data_path, groups, image, limits, members, title",
         ],
     ),
     (
@@ -560,6 +579,31 @@ BAD = [
         ["line 1", "invalid YAML", "python/object/apply"],
     ),
     ("yaml-two-documents", OK_PROJECT + "---\n" + OK_PROJECT, ["single document"]),
+    (
+        "access-misspelt",
+        project("title: x\naccess: dekstop\n"),
+        ["projects.cardio.access", "must be 'browser' or 'desktop'", "did you mean 'desktop'?"],
+    ),
+    (
+        "access-unknown",
+        project("title: x\naccess: vpn\n"),
+        ["projects.cardio.access", "must be 'browser' or 'desktop' (got 'vpn')"],
+    ),
+    (
+        "access-not-a-string",
+        project("title: x\naccess: true\n"),
+        ["projects.cardio.access", "must be 'browser' or 'desktop'", "(got True)"],
+    ),
+    (
+        "access-key-misspelt",
+        project("title: x\nacess: desktop\n"),
+        ["projects.cardio.acess", "unknown key 'acess', did you mean 'access'?"],
+    ),
+    (
+        "desktop-image-unpinned",
+        "images:\n  desktop: havre/desktop\n" + OK_PROJECT,
+        ["images.desktop", "pinned", "(got 'havre/desktop')"],
+    ),
     ("top-level-list", "- cardio\n- onco\n", ["top level", "mapping", "(got ['cardio', 'onco'])"]),
     ("top-level-scalar", "just a string\n", ["top level", "(got 'just a string')"]),
     ("empty-document", "# nothing here\n", ["top level", "empty"]),
@@ -866,7 +910,11 @@ def configs(draw):
             slugs,
             st.fixed_dictionaries(
                 {"title": titles, "members": members},
-                optional={"limits": limits, "data_path": st.just("/data/x")},
+                optional={
+                    "limits": limits,
+                    "data_path": st.just("/data/x"),
+                    "access": st.sampled_from(["browser", "desktop"]),
+                },
             ),
             min_size=1,
             max_size=4,

@@ -28,9 +28,13 @@ from havre.enclave.config.loading import (
     parse_enclave_yaml,
 )
 from havre.enclave.config.model import (
+    ACCESS_BROWSER,
+    ACCESS_DESKTOP,
+    ACCESS_TIERS,
     ADMINS_HUB_GROUP,
     BREAK_GLASS_HUB_GROUP,
     CHECKERS_HUB_GROUP,
+    DEFAULT_DESKTOP_IMAGE,
     DEFAULT_IMAGE,
     DEFAULT_LIMITS,
     DEFAULT_NAME,
@@ -65,10 +69,14 @@ from havre.enclave.config.validation import (
 )
 
 __all__ = [
+    "ACCESS_BROWSER",
+    "ACCESS_DESKTOP",
+    "ACCESS_TIERS",
     "ADMINS_HUB_GROUP",
     "BREAK_GLASS_HUB_GROUP",
     "BREAK_GLASS_MAX_MINUTES",
     "CHECKERS_HUB_GROUP",
+    "DEFAULT_DESKTOP_IMAGE",
     "DEFAULT_IMAGE",
     "DEFAULT_LIMITS",
     "DEFAULT_NAME",

@@ -168,6 +168,7 @@ def dump_enclave_config(cfg: EnclaveConfig) -> str:
                 "memory": format_size(proj.limits.memory_bytes),
                 "pids": proj.limits.pids,
             },
+            "access": proj.access,
         }
     doc = {
         "enclave": {
@@ -186,7 +187,11 @@ def dump_enclave_config(cfg: EnclaveConfig) -> str:
                 else {}
             ),
         },
-        "images": {"allowed": list(cfg.allowed_images), "default": cfg.default_image},
+        "images": {
+            "allowed": list(cfg.allowed_images),
+            "default": cfg.default_image,
+            "desktop": cfg.desktop_image,
+        },
         "projects": projects,
         "output_checkers": sorted(cfg.output_checkers),
         "review": {

@@ -65,6 +65,12 @@ def group_matches(configured: str, provider_group: str) -> bool:
     return provider_group in (configured, "/" + configured)
 
 
+#: ``projects.<slug>.access``: JupyterLab in the researcher's browser, or pixels only.
+ACCESS_BROWSER = "browser"
+ACCESS_DESKTOP = "desktop"
+ACCESS_TIERS = (ACCESS_BROWSER, ACCESS_DESKTOP)
+
+
 # --------------------------------------------------------------------------------------
 # Errors
 # --------------------------------------------------------------------------------------
@@ -116,6 +122,15 @@ class Project:
     image: str
     limits: Limits
     groups: tuple[str, ...] = ()
+    #: How researchers reach the project's servers (:data:`ACCESS_TIERS`): ``"browser"``,
+    #: JupyterLab in their own browser; ``"desktop"``, pixels only: a remote desktop inside
+    #: the enclave shows JupyterLab (docs/architecture.md, "Access tiers").
+    access: str = "browser"
+
+    @property
+    def desktop(self) -> bool:
+        """Whether the project's servers are reached through a remote desktop only."""
+        return self.access == ACCESS_DESKTOP
 
 
 @dataclass(frozen=True)
@@ -234,6 +249,8 @@ class _FrozenMapping(Mapping[str, Project]):
 DEFAULT_NAME = "havre"
 DEFAULT_STATE_DIR = Path("/var/lib/havre")
 DEFAULT_IMAGE = "havre/notebook:0.1.0"
+#: The image of the remote desktops of ``access: desktop`` projects (``images.desktop``).
+DEFAULT_DESKTOP_IMAGE = "havre/desktop:0.1.0"
 DEFAULT_LIMITS = Limits(cpu=1.0, memory_bytes=2 * GIB, pids=512)
 DEFAULT_REVIEWS_REQUIRED = 2
 
@@ -301,6 +318,8 @@ class EnclaveConfig:
     log_format: str = "json"
     #: None: one Docker host; else the enclave on a Swarm cluster (``config/cluster.py``)
     cluster: ClusterConfig | None = None
+    #: The image of ``access: desktop`` projects' remote desktops (``images.desktop``).
+    desktop_image: str = DEFAULT_DESKTOP_IMAGE
 
     def __post_init__(self) -> None:
         if not isinstance(self.projects, _FrozenMapping):
@@ -401,3 +420,9 @@ class EnclaveConfig:
         """
         _require_slug(slug)
         return f"{self.name}-nb-{slug}-{docker_safe_name(_require_username(username))}"
+
+    def desktop_container_name(self, slug: str, username: str) -> str:
+        """The remote desktop of ``username`` in an ``access: desktop`` project ``slug``:
+        ``<name>-desk-<slug>-<user>`` (the same user-name rule as :meth:`container_name`)."""
+        _require_slug(slug)
+        return f"{self.name}-desk-{slug}-{docker_safe_name(_require_username(username))}"

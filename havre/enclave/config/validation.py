@@ -17,6 +17,7 @@ Standard library only.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import math
 import re
@@ -29,6 +30,9 @@ from havre.enclave.config.cluster import parse_cluster
 from havre.enclave.config.model import (
     _NAME_RE,
     _USERNAME_RE,
+    ACCESS_BROWSER,
+    ACCESS_TIERS,
+    DEFAULT_DESKTOP_IMAGE,
     DEFAULT_IMAGE,
     DEFAULT_LIMITS,
     DEFAULT_NAME,
@@ -102,9 +106,9 @@ _ENCLAVE_KEYS = (
 LOG_FORMATS = ("json", "text")
 #: ``enclave.project_filesystems``: one shared host filesystem, or a loop-mounted image each.
 PROJECT_FILESYSTEMS = ("shared", "loop")
-_IMAGES_KEYS = ("allowed", "default")
+_IMAGES_KEYS = ("allowed", "default", "desktop")
 _LIMITS_KEYS = ("cpu", "memory", "pids")
-_PROJECT_KEYS = ("title", "members", "groups", "data_path", "image", "limits")
+_PROJECT_KEYS = ("title", "members", "groups", "data_path", "image", "limits", "access")
 _IDENTITY_KEYS = (
     "provider",
     "checker_groups",
@@ -377,6 +381,12 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
     elif allowed_raw_strings:
         default_image = allowed_raw_strings[0]
 
+    # images.desktop: the remote desktops' image (pinned like the others; it is Havre's own,
+    # not a researcher's choice, so it is not on images.allowed)
+    desktop_image: str | None = DEFAULT_DESKTOP_IMAGE
+    if images.get("desktop") is not None:
+        desktop_image = _image(p, images["desktop"], "images.desktop")
+
     # limits:
     limits_raw = p.section(data, "limits", "", _LIMITS_KEYS)
     default_limits = _limits(p, limits_raw, "limits", DEFAULT_LIMITS)
@@ -440,7 +450,7 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
     if p.items:
         raise EnclaveConfigError(p.items, source)
     assert name is not None and state_dir is not None and default_image is not None
-    assert allowed is not None
+    assert allowed is not None and desktop_image is not None
     return EnclaveConfig(
         name=name,
         state_dir=state_dir,
@@ -462,6 +472,7 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
         project_filesystem_size=project_filesystem_size,
         log_format=log_format,
         cluster=cluster,
+        desktop_image=desktop_image,
     )
 
 
@@ -769,6 +780,9 @@ def _project(
     limits = _limits(p, limits_raw, f"{path}.limits", default_limits)
     ok = ok and len(p.items) == n_problems
 
+    access = _access(p, raw.get("access"), f"{path}.access")
+    ok = ok and access is not None
+
     if not ok or data_path is None or image is None:
         return None
     assert isinstance(slug, str) and isinstance(title, str)
@@ -780,4 +794,20 @@ def _project(
         image=image,
         limits=limits,
         groups=groups,
+        access=access or ACCESS_BROWSER,
     )
+
+
+def _access(p: Problems, value: object, path: str) -> str | None:
+    """``projects.<slug>.access``: one of :data:`ACCESS_TIERS` (absent or null: browser)."""
+    if value is None:
+        return ACCESS_BROWSER
+    if isinstance(value, str) and value in ACCESS_TIERS:
+        return value
+    hint = ""
+    if isinstance(value, str):
+        close = difflib.get_close_matches(value.strip().lower(), ACCESS_TIERS, n=1, cutoff=0.5)
+        if close:
+            hint = f", did you mean {close[0]!r}?"
+    p.add(path, f"must be {ACCESS_TIERS[0]!r} or {ACCESS_TIERS[1]!r}{hint}", value)
+    return None

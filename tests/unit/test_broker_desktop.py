@@ -1,0 +1,288 @@
+"""The spawn broker's policy for ``access: desktop`` projects (issue #17), without Docker.
+
+A desktop project's server is two containers the broker builds from the enclave config alone:
+the notebook server, listening on loopback only, and its remote desktop, in the notebook's
+network namespace, with no mounts and the server's token as its only secret. The table is
+request -> the containers built (what ``Broker.start_server`` builds before any Docker call),
+or refused with which status and sentence. docs/architecture.md, "Access tiers".
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from havre.broker.policy import (
+    DESKTOP_OF_LABEL,
+    DESKTOP_PORT,
+    SERVER_PORT,
+    ContainerSpec,
+    Refused,
+    check_request,
+    container_problems,
+    desktop_spec,
+    server_spec,
+)
+from havre.enclave.config import parse_enclave_config
+
+CONFIG = {
+    "enclave": {"name": "unit", "state_dir": "/srv/unit"},
+    "images": {"allowed": ["havre/notebook:0.1.0"], "desktop": "havre/desktop:0.1.0"},
+    "limits": {"cpu": 1.5, "memory": "1G", "pids": 300},
+    "projects": {
+        "cardio": {"title": "Cardio", "members": ["alice", "carol"]},
+        "renal": {"title": "Renal", "members": ["alice", "a@b.org"], "access": "desktop"},
+    },
+}
+ENCLAVE = parse_enclave_config(CONFIG, source="unit")
+TOKEN = "0123456789abcdef0123456789abcdef"
+HUB_ENV = {
+    "JUPYTERHUB_API_TOKEN": TOKEN,
+    "JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:8888/user/alice/renal/",
+    "JUPYTERHUB_SERVICE_PREFIX": "/user/alice/renal/",
+}
+DESK = {"user": "alice", "project": "renal", "env": HUB_ENV}
+
+
+def build(body: dict) -> tuple[ContainerSpec, ContainerSpec | None]:
+    """What the broker builds for a hub's ``server.start`` (or the refusal it raises)."""
+    request = check_request(ENCLAVE, "hub", "server.start", body)
+    notebook = server_spec(ENCLAVE, request, dns="10.9.0.1", identity=(2000001, 2000000))
+    if not ENCLAVE.project(request.project).desktop:
+        return notebook, None
+    return notebook, desktop_spec(ENCLAVE, request, notebook=notebook.name)
+
+
+#: (name, body, expected): expected is "desktop", "browser" (a server without a desktop), or
+#: (status, words in the sentence)
+TABLE = [
+    ("desktop project: server and desktop", DESK, "desktop"),
+    ("browser project: no desktop", {"user": "alice", "project": "cardio"}, "browser"),
+    (
+        "hub behind a base_url",
+        {
+            **DESK,
+            "env": {
+                **HUB_ENV,
+                "JUPYTERHUB_SERVICE_PREFIX": "/havre/user/alice/renal/",
+                "JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:8888/havre/user/alice/renal/",
+            },
+        },
+        "desktop",
+    ),
+    (
+        "escaped user name",
+        {
+            "user": "a@b.org",
+            "project": "renal",
+            "env": {**HUB_ENV, "JUPYTERHUB_SERVICE_PREFIX": "/user/a@b.org/renal/"},
+        },
+        "desktop",
+    ),
+    # the tier is the config's: nothing in the request chooses or shapes the desktop
+    *[
+        (f"smuggled {key}", {**DESK, key: value}, (400, f"{key} are not accepted"))
+        for key, value in [
+            ("access", "browser"),
+            ("desktop", False),
+            ("desktop_image", "evil:1"),
+            ("network_mode", "host"),
+            ("binds", ["/srv/unit/projects/renal/data:/data"]),
+            ("mounts", [{"source": "/", "target": "/host"}]),
+            ("cap_add", ["SYS_ADMIN"]),
+            ("security_opt", ["seccomp=unconfined"]),
+            ("port", 5900),
+        ]
+    ],
+    *[
+        (f"env {key}", {**DESK, "env": {**HUB_ENV, key: value}}, (400, "not accepted"))
+        for key, value in [
+            ("HAVRE_NOTEBOOK_TOKEN", "x" * 32),
+            ("HAVRE_SERVER_PREFIX", "/"),
+            ("DISPLAY", ":1"),
+            ("HAVRE_DESKTOP_GEOMETRY", "9999x9999"),
+        ]
+    ],
+    # a desktop is built only with its server's token and its own path
+    (
+        "no token",
+        {**DESK, "env": {k: v for k, v in HUB_ENV.items() if k != "JUPYTERHUB_API_TOKEN"}},
+        (400, "server's API token"),
+    ),
+    ("short token", {**DESK, "env": {**HUB_ENV, "JUPYTERHUB_API_TOKEN": "t"}}, (400, "token")),
+    (
+        "token with a quote (into nginx's config)",
+        {**DESK, "env": {**HUB_ENV, "JUPYTERHUB_API_TOKEN": TOKEN + '";'}},
+        (400, "token"),
+    ),
+    *[
+        (
+            f"prefix {prefix}",
+            {**DESK, "env": {**HUB_ENV, "JUPYTERHUB_SERVICE_PREFIX": prefix}},
+            (400, "ending in /user/alice/renal/"),
+        )
+        for prefix in [
+            "/user/bob/renal/",
+            "/user/alice/cardio/",
+            "/",
+            "/user/alice/renal",
+            "/user/alice/renal/../../x/",
+            "/user/alice/renal/|evil/user/alice/renal/",
+            "/x y/user/alice/renal/",
+        ]
+    ],
+    # membership is checked before anything is built, as for any server
+    ("not a member", {**DESK, "user": "carol"}, (403, "not a member")),
+]
+
+
+@pytest.mark.parametrize(("body", "expected"), [r[1:] for r in TABLE], ids=[r[0] for r in TABLE])
+def test_what_a_desktop_request_builds(body, expected):
+    if isinstance(expected, tuple):
+        status, words = expected
+        with pytest.raises(Refused) as info:
+            build(body)
+        assert info.value.status == status, info.value.message
+        assert words in info.value.message
+        assert info.value.message.endswith(".")
+        return
+    notebook, desktop = build(body)
+    assert (desktop is not None) == (expected == "desktop")
+    assert container_problems(ENCLAVE, _inspect(notebook)) == []
+    if desktop is not None:
+        assert container_problems(ENCLAVE, _inspect(desktop)) == []
+
+
+def test_the_desktop_is_built_from_the_config_only():
+    notebook, desktop = build(DESK)
+    assert desktop is not None
+    assert desktop.name == "unit-desk-renal-alice" and notebook.name == "unit-nb-renal-alice"
+    assert desktop.image == "havre/desktop:0.1.0"
+    assert desktop.user == "1100:1100" and desktop.command is None
+    assert desktop.mounts == ()  # no /data, no home, no outputs
+    assert desktop.network == "container:unit-nb-renal-alice"
+    host = desktop.host_config
+    assert host["network_mode"] == "container:unit-nb-renal-alice"
+    assert host["cap_drop"] == ["ALL"] and host["privileged"] is False
+    assert host["security_opt"] == ["no-new-privileges:true"]  # Docker's default seccomp
+    assert host["read_only"] is True and host["ipc_mode"] == "private"
+    assert host["pids_limit"] == 512 and host["mem_limit"] == host["memswap_limit"] == 1024**3
+    # joining another container's network namespace: nothing of the network is its own
+    assert not {"dns", "sysctls", "ports", "network", "extra_hosts"} & set(host)
+    assert desktop.hostname == ""
+    # its only environment: its server's path and token (nothing else of the hub's)
+    assert dict(desktop.environment) == {
+        "HAVRE_SERVER_PREFIX": "/user/alice/renal/",
+        "HAVRE_NOTEBOOK_TOKEN": TOKEN,
+    }
+    assert desktop.labels[DESKTOP_OF_LABEL] == notebook.name
+    assert DESKTOP_PORT != SERVER_PORT
+
+
+def test_a_desktop_projects_server_listens_on_loopback_only():
+    """Control: the same hub environment for a browser-tier server keeps the hub's address."""
+    notebook, _ = build(DESK)
+    assert (
+        notebook.environment["JUPYTERHUB_SERVICE_URL"] == "http://127.0.0.1:8888/user/alice/renal/"
+    )
+    # the rest of the server is the browser tier's: network, mounts, hardening
+    assert notebook.network == "unit-project-renal"
+    assert {m.target for m in notebook.mounts} == {
+        "/home/researcher",
+        "/home/researcher/outputs",
+        "/data",
+    }
+    assert notebook.host_config["security_opt"][1].startswith("seccomp=")
+    control, none = build(
+        {
+            "user": "alice",
+            "project": "cardio",
+            "env": {**HUB_ENV, "JUPYTERHUB_SERVICE_URL": "http://0.0.0.0:8888/user/alice/cardio/"},
+        }
+    )
+    assert none is None
+    assert control.environment["JUPYTERHUB_SERVICE_URL"] == "http://0.0.0.0:8888/user/alice/cardio/"
+    # without a service URL from the hub, the path comes from the checked prefix
+    env = {k: v for k, v in HUB_ENV.items() if k != "JUPYTERHUB_SERVICE_URL"}
+    notebook, _ = build({**DESK, "env": env})
+    assert (
+        notebook.environment["JUPYTERHUB_SERVICE_URL"] == "http://127.0.0.1:8888/user/alice/renal/"
+    )
+
+
+def test_a_browser_tier_project_never_gets_a_desktop():
+    request = check_request(ENCLAVE, "hub", "server.start", {**DESK, "project": "cardio"})
+    with pytest.raises(Refused) as info:
+        desktop_spec(ENCLAVE, request)
+    assert info.value.status == 409 and "browser-tier project" in info.value.message
+    # control: the same request for the desktop project
+    assert desktop_spec(ENCLAVE, check_request(ENCLAVE, "hub", "server.start", DESK))
+
+
+def _inspect(spec: ContainerSpec, network_mode: str | None = None) -> dict:
+    """A ``docker inspect`` of a container made from ``spec`` (what the engine reports)."""
+    host = spec.host_config
+    return {
+        "Name": "/" + spec.name,
+        "Config": {"Image": spec.image, "User": spec.user, "Labels": dict(spec.labels)},
+        "HostConfig": {
+            "CapDrop": host["cap_drop"],
+            "CapAdd": None,
+            "Privileged": False,
+            "SecurityOpt": host["security_opt"],
+            "ReadonlyRootfs": True,
+            "NetworkMode": network_mode or host["network_mode"],
+        },
+        "Mounts": [
+            {"Type": "bind", "Source": m.source, "Destination": m.target, "RW": not m.read_only}
+            for m in spec.mounts
+        ],
+    }
+
+
+def test_the_containers_checker_finds_each_escape_of_a_desktop():
+    """The oracle the live broker's tests use on every container: a desktop that differs from
+    the policy in any one way is reported."""
+    notebook, desktop = build(DESK)
+    assert desktop is not None
+    good = _inspect(desktop)
+    assert container_problems(ENCLAVE, good) == []
+    # the engine reports the namespace's owner by id
+    by_id = _inspect(desktop, network_mode="container:" + "f" * 64)
+    assert container_problems(ENCLAVE, by_id, container_ids={notebook.name: "f" * 64}) == []
+    assert container_problems(ENCLAVE, by_id, container_ids={notebook.name: "e" * 64})
+    mutations = {
+        "notebook image": lambda a: a["Config"].update(Image="havre/notebook:0.1.0"),
+        "root": lambda a: a["Config"].update(User="0:0"),
+        "privileged": lambda a: a["HostConfig"].update(Privileged=True),
+        "cap_add": lambda a: a["HostConfig"].update(CapAdd=["SYS_ADMIN"]),
+        "cap_drop": lambda a: a["HostConfig"].update(CapDrop=[]),
+        "no-new-privileges": lambda a: a["HostConfig"].update(SecurityOpt=[]),
+        "unconfined": lambda a: a["HostConfig"]["SecurityOpt"].append("seccomp=unconfined"),
+        "rw root": lambda a: a["HostConfig"].update(ReadonlyRootfs=False),
+        "project network": lambda a: a["HostConfig"].update(NetworkMode="unit-project-renal"),
+        "host network": lambda a: a["HostConfig"].update(NetworkMode="host"),
+        "another's namespace": lambda a: a["HostConfig"].update(
+            NetworkMode="container:unit-nb-renal-a-at-b.org"
+        ),
+        "data": lambda a: a["Mounts"].append(
+            {"Type": "bind", "Source": "/srv/unit/projects/renal/data", "RW": False}
+        ),
+        "home": lambda a: a["Mounts"].append(
+            {"Type": "bind", "Source": "/srv/unit/projects/renal/homes/alice", "RW": True}
+        ),
+        "a browser project": lambda a: (
+            a["Config"]["Labels"].update({"havre.project": "cardio"}),
+            a.update(Name="/unit-desk-cardio-alice"),
+            a["Config"]["Labels"].update({DESKTOP_OF_LABEL: "unit-nb-cardio-alice"}),
+            a["HostConfig"].update(NetworkMode="container:unit-nb-cardio-alice"),
+        ),
+        "name": lambda a: a.update(Name="/unit-desk-renal-bob"),
+        "user label": lambda a: a["Config"]["Labels"].update({"havre.user": "../x"}),
+        "desktop-of label": lambda a: a["Config"]["Labels"].update({DESKTOP_OF_LABEL: "x"}),
+    }
+    for what, mutate in mutations.items():
+        attrs = copy.deepcopy(good)
+        mutate(attrs)
+        assert container_problems(ENCLAVE, attrs), what
