@@ -9,6 +9,7 @@ member's browser is outside the enclave)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +41,7 @@ from egress.operations.common import (
     log,
 )
 from egress.operations.sdc import (
+    LIBRARY_RECORD_MAX_BYTES,
     _check_json,
     _frequency_table_check,
     _library_reader,
@@ -59,10 +61,23 @@ from egress.store.queries import files_of
 from havre.enclave.identities import IdentityError, owners_of, table_path
 from havre.enclave.outputs_folder import (
     OutputPathError,
+    read_output,
     read_output_owned,
     scan_outputs,
 )
 from havre.sdc.differencing import count_table_from_csv, differencing_warnings
+
+#: The file a safe-analysis session keeps its records in (ACRO's name).
+SESSION_RESULTS = "results.json"
+#: Names of a session's own files, hidden from the list of files to add.
+SESSION_METADATA = frozenset({SESSION_RESULTS, "config.json"})
+
+
+def is_session_metadata(path: str) -> bool:
+    """True for a safe-analysis session's own files (``results.json``, ``config.json``,
+    ``checksums/...``): records about outputs, never outputs to release."""
+    parts = path.split("/")
+    return parts[-1] in SESSION_METADATA or "checksums" in parts[:-1]
 
 
 class FileOperations(ServiceBase):
@@ -123,6 +138,41 @@ class FileOperations(ServiceBase):
             ],
             "skipped": [{"path": s.path, "reason": s.reason} for s in listing.skipped],
         }
+
+    def session_outputs(self, actor: Actor, project: str, folder: str) -> list[str]:
+        """The outputs a safe-analysis session recorded: the files its ``results.json`` names
+        (``folder`` is the session's folder in ``project``'s outputs folder, ``""`` for the top),
+        as paths of the outputs folder, in the order of the records, each once."""
+        decision = policy.check_create(actor, project)
+        if not decision.allowed:
+            exc = PermissionDenied(decision.reason, decision.status)
+            _refused("session_outputs", actor, None, exc)
+            raise exc
+        prefix = folder.strip("/") + "/" if folder.strip("/") else ""
+        results = prefix + SESSION_RESULTS
+        try:
+            data = read_output(
+                self.outputs_root(project), results, max_bytes=LIBRARY_RECORD_MAX_BYTES
+            )
+        except OutputPathError as exc:
+            raise EgressError(f"{results} can't be read: {exc.reason}") from None
+        try:
+            doc = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise EgressError(f"{results} is not valid JSON.") from None
+        records = doc.get("results") if isinstance(doc, dict) else None
+        if not isinstance(records, dict):
+            raise EgressError(f"{results} is not a safe-analysis results file (no 'results').")
+        paths: list[str] = []
+        for record in records.values():
+            entries = record.get("files") if isinstance(record, dict) else None
+            for entry in entries if isinstance(entries, list) else []:
+                name = entry.get("name") if isinstance(entry, dict) else None
+                if isinstance(name, str) and name and prefix + name not in paths:
+                    paths.append(prefix + name)
+        if not paths:
+            raise EgressError(f"{results} records no output file: there is nothing to add.")
+        return paths
 
     def add_file(
         self, actor: Actor, request_id: str, path: str, group: str = DEFAULT_GROUP

@@ -73,6 +73,8 @@ from egress.web.pages import (
 )
 
 _ID = r"[A-Za-z0-9_-]{1,64}"
+#: The pages' script and stylesheet (the page CSP allows the service's own files only).
+STATIC = Path(__file__).parent / "static"
 
 
 class HealthHandler(web.RequestHandler):
@@ -141,6 +143,11 @@ def make_app(
             (route(f"requests/{r}/files/{f}/raw"), RawFile),
             (route(f"requests/{r}/files/{f}/download"), DownloadFile),
             (route(f"requests/{r}/reexecutions/{x}"), ReexecutionPage),
+            (
+                route("static/(pages\\.js|havre\\.css)"),
+                web.StaticFileHandler,
+                {"path": str(STATIC)},
+            ),
             (route("audit"), AuditPage),
             (route("break-glass"), BreakGlassPage),
             (prefix, IndexPage),

@@ -18,6 +18,7 @@ from egress.domain.policy import Actor
 from egress.domain.workflow import RequestState
 from egress.files.render import raw_response_headers, render_for_checker
 from egress.operations import break_glass
+from egress.operations.files import SESSION_RESULTS, is_session_metadata
 from egress.web.base import MAX_PAGE, BaseHandler, reason_phrase
 from egress.web.openapi import REQUEST_ACTIONS
 
@@ -78,7 +79,7 @@ async def _show_request(
     handler: BaseHandler,
     request_id: str,
     refusal: dict[str, Any] | None = None,
-    typed: dict[str, str] | None = None,
+    typed: dict[str, Any] | None = None,
 ) -> None:
     """The request page; with ``refusal``, the sentence of a refused form on it (and what was
     typed into the add-file form, kept)."""
@@ -94,10 +95,32 @@ async def _show_request(
         "request.html",
         r=request,
         outputs=outputs,
+        tree=_outputs_tree(outputs, actor.username) if outputs else [],
         reexecutions=reexecutions,
         refusal=refusal,
         typed=typed or {},
     )
+
+
+def _outputs_tree(outputs: dict[str, Any], user: str) -> list[dict[str, Any]]:
+    """The outputs folder as folders of files for the add-files form: the sessions' own files
+    (``results.json``, ``config.json``, ``checksums/``) hidden, a folder holding a
+    ``results.json`` marked as a safe-analysis session, folders in name order."""
+    folders: dict[str, dict[str, Any]] = {}
+    for entry in outputs.get("files", []):
+        path = entry["path"]
+        folder, _, name = path.rpartition("/")
+        node = folders.setdefault(folder, {"name": folder, "files": [], "session": False})
+        if name == SESSION_RESULTS:
+            node["session"] = True
+        if is_session_metadata(path):
+            continue
+        node["files"].append({**entry, "name": name, "yours": entry.get("owner") == user})
+    return [
+        folders[name]
+        for name in sorted(folders)
+        if folders[name]["files"] or folders[name]["session"]
+    ]
 
 
 class RequestPage(BaseHandler):
@@ -157,7 +180,23 @@ class RequestForm(BaseHandler):
             if refusal is None or err.status_code not in _SHOWN_ON_THE_PAGE:
                 raise
             self.set_status(err.status_code, reason_phrase(err.status_code))
-            typed = {"path": arg("path", ""), "group": arg("group", "")}
+            typed = {
+                "path": arg("path", ""),
+                "group": arg("group", "") if action != "contexts" else "",
+                "paths": self.get_body_arguments("paths"),
+            }
+            if action == "contexts":  # what was typed is shown again, not lost
+                typed["contexts"] = dict(
+                    zip(
+                        self.get_body_arguments("group"),
+                        zip(
+                            self.get_body_arguments("context"),
+                            self.get_body_arguments("controls"),
+                            strict=False,
+                        ),
+                        strict=False,
+                    )
+                )
             await _show_request(self, request_id, refusal=refusal, typed=typed)
             return
         self.redirect(self.url("requests", request_id))
@@ -171,6 +210,10 @@ class RequestForm(BaseHandler):
             await self.run(
                 svc.add_file, actor, request_id, arg("path", ""), arg("group", "") or "main"
             )
+        elif action == "add_files":
+            await self._add_files(actor, request_id)
+        elif action == "contexts":
+            await self._save_contexts(actor, request_id)
         elif action == "remove_file":
             await self.run(svc.remove_file, actor, request_id, arg("file_id", ""))
         elif action == "context":
@@ -206,6 +249,48 @@ class RequestForm(BaseHandler):
         else:
             self._refusal = {"message": f"Unknown action {action!r}."}
             raise web.HTTPError(400)
+
+    async def _add_files(self, actor: Actor, request_id: str) -> None:
+        """The add-files form: the ticked files, or a whole safe-analysis session (the outputs
+        its ``results.json`` records, in a group named after the session's folder)."""
+        svc, session = self.service, self.get_body_argument("session", None)
+        group = self.get_body_argument("group", "") or "main"
+        if session is not None:
+            request = await self.run(svc.get_request, actor, request_id)
+            paths = await self.run(svc.session_outputs, actor, request["project"], session)
+            group = session.strip("/").rsplit("/", 1)[-1] or group
+        else:
+            paths = [p for p in self.get_body_arguments("paths") if p]
+        if not paths:
+            self._refusal = {"message": "Tick at least one file to add, then press Add."}
+            raise web.HTTPError(400)
+        for done, path in enumerate(paths):
+            try:
+                await self.run(svc.add_file, actor, request_id, path, group)
+            except web.HTTPError:
+                refusal = getattr(self, "_refusal", None)
+                if refusal is not None:
+                    added = f"{done} of {len(paths)} files added; " if done else ""
+                    refusal["message"] = f"{added}{path} was not added: {refusal['message']}"
+                raise
+
+    async def _save_contexts(self, actor: Actor, request_id: str) -> None:
+        """The one form of every group's context and controls: each group whose text changed
+        is saved (nothing typed in one group is lost by saving another)."""
+        names = self.get_body_arguments("group")
+        contexts = self.get_body_arguments("context")
+        controls = self.get_body_arguments("controls")
+        if not (len(names) == len(contexts) == len(controls)):
+            self._refusal = {"message": "The form was incomplete: reload the page and try again."}
+            raise web.HTTPError(400)
+        request = await self.run(self.service.get_request, actor, request_id)
+        saved = {g["name"]: (g["context"], g["controls"]) for g in request["groups"]}
+        for name, context, control in zip(names, contexts, controls, strict=True):
+            if saved.get(name) == (context, control):
+                continue
+            await self.run(
+                self.service.set_group_context, actor, request_id, name, context, control
+            )
 
 
 class FilePage(BaseHandler):
