@@ -199,6 +199,10 @@ class RequestForm(BaseHandler):
                 )
             await _show_request(self, request_id, refusal=refusal, typed=typed)
             return
+        then = arg("then", "")
+        if re.fullmatch(r"files/[0-9]{1,12}", then):  # the file page's "and go to the next"
+            self.redirect(self.url("requests", request_id, *then.split("/")))
+            return
         self.redirect(self.url("requests", request_id))
 
     async def _act(self, actor: Actor, request_id: str, action: str) -> None:
@@ -321,8 +325,28 @@ class FilePage(BaseHandler):
         differencing = None
         if actor.is_checker:
             differencing = await self.run(self.service.differencing, actor, request_id, file_id)
+        files = request["files"]
+        at = next(i for i, f in enumerate(files) if str(f["id"]) == str(file_id))
+        group = next((g for g in request.get("groups", []) if g["name"] == entry["group"]), None)
+        runs = []
+        if entry["kind"] == "notebook":
+            runs = [
+                x
+                for x in await self.run(self.service.list_reexecutions, actor, request_id)
+                if x.get("notebook_path") == entry["path"]
+            ]
         self.render_page(
-            "file.html", r=request, f=entry, rendered=rendered, differencing=differencing
+            "file.html",
+            r=request,
+            f=entry,
+            rendered=rendered,
+            differencing=differencing,
+            position=at + 1,
+            previous=files[at - 1] if at > 0 else None,
+            following=files[at + 1] if at + 1 < len(files) else None,
+            group=group,
+            runs=runs,
+            comments=[c for c in request.get("comments", []) if c.get("file") == entry["path"]],
         )
 
 

@@ -158,3 +158,45 @@ def test_several_ticked_files_are_added_at_once_and_session_records_are_hidden(
     assert "session1/unrecorded.csv" in {
         f["path"] for f in service.get_request(alice, rid)["files"]
     }
+
+
+def test_the_checkers_file_page_votes_and_moves_to_the_next_file(web_service, service):
+    rid, files = new_request(service, {"notes.txt": "main", "tables/smoking.csv": "main"})
+    first, second = files["notes.txt"]["id"], files["tables/smoking.csv"]["id"]
+    olivia = ACTORS["olivia"]
+    shown = requests.get(
+        web_service + f"requests/{rid}/files/{first}", headers={"X-Test-User": "olivia"}, timeout=30
+    ).text
+    assert "File 1 of 2" in shown and f'files/{second}" id="next-file"' in shown
+    assert 'id="viewed"' in shown and 'id="file-approve"' in shown
+    assert "What main shows" in shown  # the group's context, on the file page
+    assert "Researcher&#39;s library" in shown or "Researcher's library" in shown
+
+    voted = post(
+        web_service,
+        rid,
+        "olivia",
+        action="vote",
+        file_id=str(first),
+        vote="approve",
+        then=f"files/{second}",
+    )
+    assert voted.status_code == 302 and voted.headers["Location"].endswith(f"files/{second}")
+    assert service.get_request(olivia, rid)["files"][0]["votes"] == {"olivia": "approve"}
+    # anywhere else than a file page of this request: back to the request
+    other = post(
+        web_service,
+        rid,
+        "olivia",
+        action="vote",
+        file_id=str(second),
+        vote="approve",
+        then="//evil.example/x",
+    )
+    assert other.status_code == 302 and other.headers["Location"].endswith(f"requests/{rid}")
+
+    # the author sees no vote buttons on her preview
+    html = requests.get(
+        web_service + f"requests/{rid}/files/{first}", headers={"X-Test-User": "alice"}, timeout=30
+    ).text
+    assert 'id="file-approve"' not in html
