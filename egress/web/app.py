@@ -61,6 +61,7 @@ from egress.web.hub_oauth import SharedStateHubOAuth, SharedStateOAuthCallback
 from egress.web.pages import (
     AuditPage,
     BreakGlassPage,
+    DownloadArchive,
     DownloadFile,
     FilePage,
     IndexPage,
@@ -142,6 +143,7 @@ def make_app(
             (route(f"requests/{r}/files/{f}"), FilePage),
             (route(f"requests/{r}/files/{f}/raw"), RawFile),
             (route(f"requests/{r}/files/{f}/download"), DownloadFile),
+            (route(f"requests/{r}/release.zip"), DownloadArchive),
             (route(f"requests/{r}/reexecutions/{x}"), ReexecutionPage),
             (
                 route("static/(pages\\.js|havre\\.css)"),

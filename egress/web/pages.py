@@ -6,8 +6,10 @@ every action goes through the same core operations as the JSON API.
 
 from __future__ import annotations
 
+import io
 import json
 import re
+import zipfile
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -375,6 +377,37 @@ class DownloadFile(RawFile):
     async def get(self, request_id: str, file_id: str) -> None:
         content = await self.run(self.service.download_released, self.actor(), request_id, file_id)
         self._send(content, download=True)
+
+
+#: The name of the signed release record inside a release's archive.
+ARCHIVE_RECORD = "havre-release-record.json"
+
+
+class DownloadArchive(BaseHandler):
+    """Every released file of a request in one zip archive, in their folders, with the signed
+    release record (``havre-release-record.json``): exactly the approved bytes, each download
+    audited as for one file."""
+
+    @web.authenticated
+    async def get(self, request_id: str) -> None:
+        actor = self.actor()
+        request = await self.run(self.service.get_request, actor, request_id)
+        if "download_released" not in request["allowed"]:
+            self._refusal = {"message": "Only a released request's files can be downloaded."}
+            raise web.HTTPError(409 if actor.username == request["author"] else 403)
+        record = await self.run(self.service.release_record, actor, request_id)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for entry in request["files"]:
+                content = await self.run(
+                    self.service.download_released, actor, request_id, entry["id"]
+                )
+                archive.writestr(content.path, content.data)
+            archive.writestr(ARCHIVE_RECORD, json.dumps(record, indent=2, sort_keys=True))
+        self.set_header("Content-Type", "application/zip")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Content-Disposition", f'attachment; filename="release-{request_id}.zip"')
+        self.finish(buffer.getvalue())
 
 
 class AuditPage(BaseHandler):

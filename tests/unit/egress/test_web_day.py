@@ -200,3 +200,42 @@ def test_the_checkers_file_page_votes_and_moves_to_the_next_file(web_service, se
         web_service + f"requests/{rid}/files/{first}", headers={"X-Test-User": "alice"}, timeout=30
     ).text
     assert 'id="file-approve"' not in html
+
+
+def test_a_release_downloads_as_one_archive_with_its_folders_and_signed_record(
+    web_service, service, outputs
+):
+    import hashlib
+    import io
+    import zipfile
+
+    olivia, oscar = ACTORS["olivia"], ACTORS["oscar"]
+    rid, files = new_request(service, {"notes.txt": "main", "tables/smoking.csv": "main"})
+
+    def fetch(user: str) -> requests.Response:
+        return requests.get(
+            web_service + f"requests/{rid}/release.zip", headers={"X-Test-User": user}, timeout=30
+        )
+
+    refused = fetch("alice")  # not released yet: a sentence, no archive
+    assert refused.status_code == 409 and "released" in refused.text
+    for checker in (olivia, oscar):
+        for entry in files.values():
+            service.vote(checker, rid, entry["id"], "approve")
+        service.submit_review(checker, rid)
+    service.approve(oscar, rid)
+    service.release(oscar, rid)
+    assert 'id="download-all"' in page(web_service, rid, "alice")
+
+    answer = fetch("alice")
+    assert answer.status_code == 200 and answer.headers["Content-Type"] == "application/zip"
+    archive = zipfile.ZipFile(io.BytesIO(answer.content))
+    names = set(archive.namelist())
+    assert names == {"notes.txt", "tables/smoking.csv", "havre-release-record.json"}
+    record = json.loads(archive.read("havre-release-record.json"))
+    assert record == service.release_record(alice, rid)
+    released = {f["path"]: f["sha256"] for f in record["record"]["files"]}
+    for path in ("notes.txt", "tables/smoking.csv"):  # byte for byte what was released
+        assert hashlib.sha256(archive.read(path)).hexdigest() == released[path]
+        assert archive.read(path) == (outputs / "cardio" / path).read_bytes()
+    assert fetch("bob").status_code in (403, 404)  # not a member of cardio
