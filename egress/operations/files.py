@@ -32,6 +32,7 @@ from egress.domain.workflow import (
 )
 from egress.files.checks import check_file
 from egress.files.kinds import MEDIA_TYPES, FileKind
+from egress.files.notebooks import NotebookError, strip_outputs
 from egress.files.sdc_badge import LibraryRecords, combine, view_check
 from egress.operations.base import ServiceBase, Transaction
 from egress.operations.common import (
@@ -175,9 +176,19 @@ class FileOperations(ServiceBase):
         return paths
 
     def add_file(
-        self, actor: Actor, request_id: str, path: str, group: str = DEFAULT_GROUP
+        self,
+        actor: Actor,
+        request_id: str,
+        path: str,
+        group: str = DEFAULT_GROUP,
+        *,
+        as_code: bool = False,
     ) -> dict[str, Any]:
         """Snapshot ``path`` from the outputs folder into the request, in ``group``.
+
+        ``as_code``: a notebook released as code: its outputs are stripped before the snapshot
+        (:func:`egress.files.notebooks.strip_outputs`), so the checkers see and approve the
+        stripped bytes, and those are what is released.
 
         Refused with :class:`FileRefused` (422) when the checks fail. Returns the file's entry
         (as in :meth:`get_request`) plus ``replaced`` and ``content_changed``.
@@ -197,6 +208,15 @@ class FileOperations(ServiceBase):
             refusal = FileRefused(str(path), [exc.reason])
             _refused("add_file", actor, request_id, refusal)
             raise refusal from None
+        if as_code:
+            try:
+                if not path.lower().endswith(".ipynb"):
+                    raise NotebookError("only a notebook (.ipynb) can be released as code")
+                data = strip_outputs(data)
+            except NotebookError as exc:
+                refusal = FileRefused(str(path), [f"{path} can't be released as code: {exc}."])
+                _refused("add_file", actor, request_id, refusal)
+                raise refusal from None
         result = check_file(path, data, self.check_policy)
         if not result.ok or result.release_bytes is None or result.release_sha256 is None:
             refusal = FileRefused(path, result.problems, result.warnings)
@@ -232,6 +252,7 @@ class FileOperations(ServiceBase):
             row.check = {
                 **_check_json(result, sdc, library, badge),
                 "owner": self._file_owner(owner_uid),
+                **({"as_code": True} if as_code else {}),
             }
             row.added_at = tx.now
             if changed:
@@ -257,6 +278,7 @@ class FileOperations(ServiceBase):
                     "library_record": library["status"],
                     "replaced": replaced,
                     "content_changed": changed,
+                    "as_code": as_code,
                     "changed_in_round": row.changed_in_round,
                     "owner": row.check["owner"],
                 },

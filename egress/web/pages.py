@@ -270,9 +270,11 @@ class RequestForm(BaseHandler):
         if not paths:
             self._refusal = {"message": "Tick at least one file to add, then press Add."}
             raise web.HTTPError(400)
+        as_code = self.get_body_argument("as_code", "") == "1"
         for done, path in enumerate(paths):
+            code = as_code and path.lower().endswith(".ipynb")
             try:
-                await self.run(svc.add_file, actor, request_id, path, group)
+                await self.run(svc.add_file, actor, request_id, path, group, as_code=code)
             except web.HTTPError:
                 refusal = getattr(self, "_refusal", None)
                 if refusal is not None:

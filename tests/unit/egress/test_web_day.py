@@ -17,8 +17,10 @@ from __future__ import annotations
 import json
 import re
 
+import pytest
 import requests
 
+from egress.domain.errors import FileRefused
 from egress.domain.workflow import STATE_LABELS, RequestState, state_label
 from tests.unit.egress.conftest import ACTORS
 from tests.unit.egress.test_core import new_request
@@ -239,3 +241,66 @@ def test_a_release_downloads_as_one_archive_with_its_folders_and_signed_record(
         assert hashlib.sha256(archive.read(path)).hexdigest() == released[path]
         assert archive.read(path) == (outputs / "cardio" / path).read_bytes()
     assert fetch("bob").status_code in (403, 404)  # not a member of cardio
+
+
+NOTEBOOK = {
+    "nbformat": 4,
+    "nbformat_minor": 5,
+    "metadata": {"widgets": {"state": {}}, "kernelspec": {"name": "python3"}},
+    "cells": [
+        {"cell_type": "markdown", "id": "m1", "metadata": {}, "source": "# Counts"},
+        {
+            "cell_type": "code",
+            "id": "c1",
+            "metadata": {},
+            "execution_count": 3,
+            "source": "print(df.groupby('region').size())",
+            "outputs": [{"output_type": "stream", "name": "stdout", "text": "Bretagne 7\n"}],
+        },
+    ],
+}
+
+
+def test_a_notebook_released_as_code_is_the_stripped_bytes_the_checkers_approved(
+    web_service, service, outputs
+):
+    import hashlib
+
+    olivia, oscar = ACTORS["olivia"], ACTORS["oscar"]
+    (outputs / "cardio" / "analysis.ipynb").write_text(json.dumps(NOTEBOOK))
+    rid = service.create_request(alice, "cardio", "Code")["id"]
+    form = [("action", "add_files"), ("paths", "analysis.ipynb"), ("as_code", "1")]
+    assert post_multi(web_service, rid, "alice", form).status_code == 302
+    assert "outputs stripped" in page(web_service, rid, "alice")
+    entry = service.get_request(alice, rid)["files"][0]
+    service.set_group_context(alice, rid, "main", "The analysis code", "No outputs")
+    service.submit(alice, rid)
+
+    seen = service.view_file(olivia, rid, entry["id"])  # what the checker is shown
+    stripped = json.loads(seen.data)
+    code = stripped["cells"][1]
+    assert code["outputs"] == [] and code["execution_count"] is None
+    assert code["source"] == NOTEBOOK["cells"][1]["source"]  # the code is all there
+    assert "Bretagne 7" not in seen.data.decode() and "widgets" not in stripped["metadata"]
+    for checker in (olivia, oscar):
+        service.vote(checker, rid, entry["id"], "approve")
+        service.submit_review(checker, rid)
+    service.approve(oscar, rid)
+    record = service.release(oscar, rid)["record"]
+    released = service.download_released(alice, rid, entry["id"]).data
+    approved = hashlib.sha256(seen.data).hexdigest()
+    assert hashlib.sha256(released).hexdigest() == approved == seen.sha256
+    assert [f["sha256"] for f in record["files"]] == [approved]
+
+    # control: the same notebook added without "as code" keeps its outputs
+    rid2 = service.create_request(alice, "cardio", "With outputs")["id"]
+    service.add_file(alice, rid2, "analysis.ipynb", "main")
+    service.set_group_context(alice, rid2, "main", "x", "y")
+    service.submit(alice, rid2)
+    kept = service.view_file(olivia, rid2, service.get_request(alice, rid2)["files"][0]["id"])
+    assert "Bretagne 7" in kept.data.decode()
+    # a text file can't be released "as code": a sentence, nothing added
+    rid3 = service.create_request(alice, "cardio", "Not code")["id"]
+    with pytest.raises(FileRefused, match="only a notebook"):
+        service.add_file(alice, rid3, "notes.txt", as_code=True)
+    assert service.get_request(alice, rid3)["files"] == []
