@@ -20,6 +20,7 @@ import re
 
 import pytest
 
+from tests.e2e.conftest import SERIOUS, accessibility_violations
 from tests.e2e.test_release_story_browser import screenshot
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -32,6 +33,24 @@ FILES = [f"table_{i}.csv" for i in range(6)]
 TABLE = "region,cases\nBretagne,41\nOccitanie,57\n"
 #: issue #20's targets
 RESEARCHER_TARGET, CHECKER_TARGET = 10, 12
+
+
+#: page -> its axe-core violations, filled as the story goes, checked at its end
+AUDITS: dict[str, list[dict]] = {}
+
+
+def audit(page, name: str) -> None:
+    AUDITS[name] = accessibility_violations(page)
+
+
+def audit_summary() -> list[str]:
+    """One line per page audited; the serious and critical violations spelt out."""
+    lines = []
+    for name, found in AUDITS.items():
+        serious = [v for v in found if v["impact"] in SERIOUS]
+        lines.append(f"{name}: {len(found)} violation(s), {len(serious)} serious or critical")
+        lines += [f"    {v['impact']} {v['id']}: {v['help']} {v['nodes']}" for v in serious]
+    return lines
 
 
 class Counted:
@@ -78,8 +97,11 @@ def checker_review(user, request_id: str, vote: str) -> int:
     button = "#file-approve" if vote == "approve" else "#file-changes"
     for _ in FILES:
         expect(c.page.locator("#verdicts")).to_be_visible()
+        if f"file page ({user.name})" not in AUDITS:
+            audit(c.page, f"file page ({user.name})")
         c.click(button)
     expect(c.page.locator("#state")).to_be_visible()  # the last vote leads to the request
+    audit(c.page, f"request, in review ({user.name})")
     c.click("#action-review")
     return c.clicks
 
@@ -90,7 +112,9 @@ def test_a_day_of_release_requests_in_few_clicks(enclave, sign_in):
     r = Counted(alice.page)
     page = r.page
     page.goto(alice.url("hub/home"))
+    audit(page, "hub home (researcher)")
     r.click("#havre-output-checking")
+    audit(page, "release requests (researcher)")
     r.click("text=New request in cardio")
     r.fill("#title", "A day's tables")
     r.click("text=Create draft")
@@ -98,6 +122,7 @@ def test_a_day_of_release_requests_in_few_clicks(enclave, sign_in):
     request_id = request_url.rsplit("/", 1)[1]
     expect(page.locator("#state")).to_have_attribute("data-state", "draft")
     expect(page.locator("#state")).to_have_text("Draft")
+    audit(page, "request, draft")
 
     # the tree: the session's own records are not offered, its outputs are
     tree = page.locator("#outputs-tree")
@@ -113,6 +138,7 @@ def test_a_day_of_release_requests_in_few_clicks(enclave, sign_in):
     # Submit is there, disabled, and says why
     expect(page.locator("#action-submit")).to_be_disabled()
     expect(page.locator("#submit-missing")).to_contain_text(SESSION)
+    audit(page, "request, files added")
 
     group = page.locator(f"#contexts fieldset[data-group={SESSION}]")
     r.fields += 2
@@ -140,6 +166,7 @@ def test_a_day_of_release_requests_in_few_clicks(enclave, sign_in):
     r.click("#action-submit")
     expect(page.locator("#state")).to_have_attribute("data-state", "submitted")
     expect(page.locator("#state")).to_have_text("Waiting for review")
+    audit(page, "request, submitted")
     print(
         f"\nresearcher, hub home -> submitted {len(FILES)}-file request: {r.clicks} clicks, "
         f"{r.fields} text fields (before: 23 clicks, 4 text fields; target <= "
@@ -153,6 +180,7 @@ def test_a_day_of_release_requests_in_few_clicks(enclave, sign_in):
     expect(olivia.page.locator("#notice-queue")).to_contain_text(
         re.compile(r"\d+ release requests? needs? you")
     )
+    audit(olivia.page, "hub home (checker)")
     page.goto(alice.url("hub/home"))
     expect(page.locator("#havre-notices")).to_be_attached()
     expect(page.locator("#notice-queue")).to_have_count(0)
@@ -186,3 +214,25 @@ def test_a_day_of_release_requests_in_few_clicks(enclave, sign_in):
     carol.page.goto(carol.url("hub/home"))
     expect(carol.page.locator("#havre-notices")).to_be_attached()
     expect(carol.page.locator(f"#notice-{request_id}")).to_have_count(0)
+
+    # the confirmation page, a refusal page, and the sign-in page
+    page.goto(request_url)
+    with page.expect_navigation():
+        page.click("#action-withdraw")
+    expect(page.get_by_role("heading", name="Withdraw this request?")).to_be_visible()
+    audit(page, "confirmation")
+    page.goto(alice.egress("requests/nosuchrequest"))
+    audit(page, "refusal (404)")
+    signin = carol.context.browser.new_context()
+    try:
+        fresh = signin.new_page()
+        fresh.goto(carol.url())
+        fresh.wait_for_load_state("load")
+        audit(fresh, "sign-in")
+    finally:
+        signin.close()
+
+    print("\naccessibility (axe-core, WCAG 2.1 A/AA):")
+    print("\n".join(audit_summary()))
+    serious = {n: [v["id"] for v in f if v["impact"] in SERIOUS] for n, f in AUDITS.items()}
+    assert not any(serious.values()), serious
