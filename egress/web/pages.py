@@ -10,7 +10,7 @@ import io
 import json
 import re
 import zipfile
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,7 @@ from tornado import web
 
 from egress.domain.policy import Actor
 from egress.domain.workflow import RequestState
-from egress.files.render import raw_response_headers, render_for_checker
+from egress.files.render import CHECKER_PAGE_CSP, raw_response_headers, render_for_checker
 from egress.operations import break_glass
 from egress.operations.files import SESSION_RESULTS, is_session_metadata
 from egress.web.base import MAX_PAGE, BaseHandler, reason_phrase
@@ -57,6 +57,51 @@ class IndexPage(BaseHandler):
             },
             states=[s.value for s in RequestState],
         )
+
+
+#: How long the hub's home keeps telling an author about a release.
+RELEASED_NOTICE_DAYS = 14
+
+
+class NoticesPage(BaseHandler):
+    """What needs the signed-in user, for the hub's home page to embed (a frame: the hub's
+    page can't call the service's API, which wants the service's XSRF token from scripts):
+    the user's requests returned to them, or released in the last days, and for a checker how
+    many requests wait for their review. Links open in the whole window; no script, no form."""
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        # framed by the hub's home (same origin); every other page keeps frame-ancestors 'none'
+        self.set_header(
+            "Content-Security-Policy",
+            CHECKER_PAGE_CSP.replace("frame-ancestors 'none'", "frame-ancestors 'self'"),
+        )
+        self.set_header("X-Frame-Options", "SAMEORIGIN")
+
+    @web.authenticated
+    async def get(self) -> None:
+        actor = self.actor()
+        requests = await self.run(self.service.list_requests, actor, limit=MAX_PAGE)
+        since = self.service.now() - timedelta(days=RELEASED_NOTICE_DAYS)
+        mine = [
+            q
+            for q in requests
+            if q["author"] == actor.username
+            and (
+                q["state"] == RequestState.RETURNED
+                or (
+                    q["state"] == RequestState.RELEASED
+                    and q.get("updated_at")
+                    and datetime.fromisoformat(q["updated_at"]) >= since
+                )
+            )
+        ]
+        queue = (
+            await self.run(self.service.list_requests, actor, mine_to_review=True, limit=MAX_PAGE)
+            if actor.is_checker
+            else []
+        )
+        self.render_page("notices.html", mine=mine, queue_count=len(queue))
 
 
 class NewRequestPage(BaseHandler):

@@ -304,3 +304,30 @@ def test_a_notebook_released_as_code_is_the_stripped_bytes_the_checkers_approved
     with pytest.raises(FileRefused, match="only a notebook"):
         service.add_file(alice, rid3, "notes.txt", as_code=True)
     assert service.get_request(alice, rid3)["files"] == []
+
+
+def test_the_notices_page_tells_authors_and_checkers_what_needs_them(web_service, service):
+    olivia, oscar = ACTORS["olivia"], ACTORS["oscar"]
+    rid, files = new_request(service, {"notes.txt": "main"}, title="Rates by region")
+
+    def notices(user: str) -> requests.Response:
+        return requests.get(web_service + "notices", headers={"X-Test-User": user}, timeout=30)
+
+    queue = notices("olivia").text
+    assert re.search(r'id="notice-queue">\s*\d+ release requests? needs? you', queue)
+    assert f"notice-{rid}" not in notices("alice").text  # submitted: nothing for her to do
+    assert 'id="notice-queue"' not in notices("alice").text  # not a checker
+    for checker in (olivia, oscar):
+        service.vote(checker, rid, files["notes.txt"]["id"], "request_changes")
+        service.submit_review(checker, rid)
+    service.return_request(oscar, rid)
+    answer = notices("alice")
+    assert f'id="notice-{rid}"' in answer.text and "Changes requested" in answer.text
+    assert "Rates by region" in answer.text and 'target="_top"' in answer.text
+    # only this page may be framed, and only by the same origin
+    assert "frame-ancestors 'self'" in answer.headers["Content-Security-Policy"]
+    assert answer.headers["X-Frame-Options"] == "SAMEORIGIN"
+    other = requests.get(web_service, headers={"X-Test-User": "alice"}, timeout=30)
+    assert "frame-ancestors 'none'" in other.headers["Content-Security-Policy"]
+    assert other.headers["X-Frame-Options"] == "DENY"
+    assert f"notice-{rid}" not in notices("carol").text  # a colleague is not told
