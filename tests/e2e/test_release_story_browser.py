@@ -132,7 +132,7 @@ def test_release_story_in_the_browser(enclave, alice_cardio, sign_in):
     assert "olivia:" not in votes_text(checker) and "oscar:" not in votes_text(checker)
     with checker.expect_navigation():
         checker.locator("#files").get_by_role("link", name=FILE, exact=True).click()
-    expect(checker.locator(".badge")).to_have_text("SDC: review")
+    expect(checker.locator(".sdc-badge .badge")).to_have_text("SDC: review")
     table = checker.locator(".file-view table")
     expect(table).to_be_visible()
     shown = [text.strip() for text in table.locator("th, td").all_inner_texts()]
