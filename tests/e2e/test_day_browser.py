@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from hashlib import sha256
 
 import pytest
 
@@ -78,7 +79,7 @@ def write_session(enclave) -> None:
     records = {}
     for i, name in enumerate(FILES):
         (folder / name).write_text(TABLE)
-        (folder / "checksums" / f"{name}.txt").write_text("0" * 64)
+        (folder / "checksums" / f"{name}.txt").write_text(sha256(TABLE.encode()).hexdigest())
         records[f"output_{i}"] = {"files": [{"name": name}], "status": "review"}
     (folder / "results.json").write_text(json.dumps({"results": records}))
     (folder / "config.json").write_text("{}")
