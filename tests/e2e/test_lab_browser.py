@@ -277,7 +277,9 @@ def test_researcher_goes_from_jupyterlab_to_a_submitted_request(
     requests_page = opened.value
     requests_page.wait_for_load_state()
     row = requests_page.locator("tr", has=requests_page.get_by_role("link", name=request_id))
-    expect(row.first).to_contain_text("submitted")
+    badge = row.first.locator("[data-state]")
+    expect(badge).to_have_attribute("data-state", "submitted")
+    expect(badge).to_have_text("Waiting for review")  # the state in words
     requests_page.close()
 
 
