@@ -19,6 +19,7 @@ bash scripts/check.sh
 
 havre_ensure_docker
 havre_ensure_browser
+havre_ensure_axe
 # host tools the tests drive: ip (canary addresses), PostgreSQL (the egress store's tests)
 missing=()
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)

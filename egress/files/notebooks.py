@@ -448,3 +448,24 @@ def _summary(notebook: Mapping[str, Any]) -> dict[str, Any]:
         "kernel": (metadata.get("kernelspec") or {}).get("name"),
         "language": (metadata.get("language_info") or {}).get("name"),
     }
+
+
+# --- release as code -----------------------------------------------------------------------
+
+
+def strip_outputs(data: bytes) -> bytes:
+    """The notebook ``data`` as code only: every code cell's outputs and execution count
+    removed, the widget state dropped; sources, markdown and the other metadata kept. This is
+    what "release as code" snapshots, so the checker approves exactly these bytes.
+    Raises :class:`NotebookError` with a sentence for anything that is not an nbformat 4
+    notebook."""
+    notebook = _load_notebook(data)
+    for cell in notebook["cells"]:
+        if cell.get("cell_type") == "code":
+            cell["outputs"] = []
+            cell["execution_count"] = None
+        cell.pop("attachments", None) if cell.get("cell_type") == "code" else None
+    metadata = notebook.get("metadata")
+    if isinstance(metadata, dict):
+        metadata.pop("widgets", None)
+    return (json.dumps(notebook, indent=1, ensure_ascii=False, sort_keys=True) + "\n").encode()

@@ -9,6 +9,7 @@ member's browser is outside the enclave)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from egress.domain.workflow import (
 )
 from egress.files.checks import check_file
 from egress.files.kinds import MEDIA_TYPES, FileKind
+from egress.files.notebooks import NotebookError, strip_outputs
 from egress.files.sdc_badge import LibraryRecords, combine, view_check
 from egress.operations.base import ServiceBase, Transaction
 from egress.operations.common import (
@@ -40,6 +42,7 @@ from egress.operations.common import (
     log,
 )
 from egress.operations.sdc import (
+    LIBRARY_RECORD_MAX_BYTES,
     _check_json,
     _frequency_table_check,
     _library_reader,
@@ -59,10 +62,23 @@ from egress.store.queries import files_of
 from havre.enclave.identities import IdentityError, owners_of, table_path
 from havre.enclave.outputs_folder import (
     OutputPathError,
+    read_output,
     read_output_owned,
     scan_outputs,
 )
 from havre.sdc.differencing import count_table_from_csv, differencing_warnings
+
+#: The file a safe-analysis session keeps its records in (ACRO's name).
+SESSION_RESULTS = "results.json"
+#: Names of a session's own files, hidden from the list of files to add.
+SESSION_METADATA = frozenset({SESSION_RESULTS, "config.json"})
+
+
+def is_session_metadata(path: str) -> bool:
+    """True for a safe-analysis session's own files (``results.json``, ``config.json``,
+    ``checksums/...``): records about outputs, never outputs to release."""
+    parts = path.split("/")
+    return parts[-1] in SESSION_METADATA or "checksums" in parts[:-1]
 
 
 class FileOperations(ServiceBase):
@@ -124,10 +140,55 @@ class FileOperations(ServiceBase):
             "skipped": [{"path": s.path, "reason": s.reason} for s in listing.skipped],
         }
 
+    def session_outputs(self, actor: Actor, project: str, folder: str) -> list[str]:
+        """The outputs a safe-analysis session recorded: the files its ``results.json`` names
+        (``folder`` is the session's folder in ``project``'s outputs folder, ``""`` for the top),
+        as paths of the outputs folder, in the order of the records, each once."""
+        decision = policy.check_create(actor, project)
+        if not decision.allowed:
+            exc = PermissionDenied(decision.reason, decision.status)
+            _refused("session_outputs", actor, None, exc)
+            raise exc
+        prefix = folder.strip("/") + "/" if folder.strip("/") else ""
+        results = prefix + SESSION_RESULTS
+        try:
+            data = read_output(
+                self.outputs_root(project), results, max_bytes=LIBRARY_RECORD_MAX_BYTES
+            )
+        except OutputPathError as exc:
+            raise EgressError(f"{results} can't be read: {exc.reason}") from None
+        try:
+            doc = json.loads(data.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            raise EgressError(f"{results} is not valid JSON.") from None
+        records = doc.get("results") if isinstance(doc, dict) else None
+        if not isinstance(records, dict):
+            raise EgressError(f"{results} is not a safe-analysis results file (no 'results').")
+        paths: list[str] = []
+        for record in records.values():
+            entries = record.get("files") if isinstance(record, dict) else None
+            for entry in entries if isinstance(entries, list) else []:
+                name = entry.get("name") if isinstance(entry, dict) else None
+                if isinstance(name, str) and name and prefix + name not in paths:
+                    paths.append(prefix + name)
+        if not paths:
+            raise EgressError(f"{results} records no output file: there is nothing to add.")
+        return paths
+
     def add_file(
-        self, actor: Actor, request_id: str, path: str, group: str = DEFAULT_GROUP
+        self,
+        actor: Actor,
+        request_id: str,
+        path: str,
+        group: str = DEFAULT_GROUP,
+        *,
+        as_code: bool = False,
     ) -> dict[str, Any]:
         """Snapshot ``path`` from the outputs folder into the request, in ``group``.
+
+        ``as_code``: a notebook released as code: its outputs are stripped before the snapshot
+        (:func:`egress.files.notebooks.strip_outputs`), so the checkers see and approve the
+        stripped bytes, and those are what is released.
 
         Refused with :class:`FileRefused` (422) when the checks fail. Returns the file's entry
         (as in :meth:`get_request`) plus ``replaced`` and ``content_changed``.
@@ -147,6 +208,15 @@ class FileOperations(ServiceBase):
             refusal = FileRefused(str(path), [exc.reason])
             _refused("add_file", actor, request_id, refusal)
             raise refusal from None
+        if as_code:
+            try:
+                if not path.lower().endswith(".ipynb"):
+                    raise NotebookError("only a notebook (.ipynb) can be released as code")
+                data = strip_outputs(data)
+            except NotebookError as exc:
+                refusal = FileRefused(str(path), [f"{path} can't be released as code: {exc}."])
+                _refused("add_file", actor, request_id, refusal)
+                raise refusal from None
         result = check_file(path, data, self.check_policy)
         if not result.ok or result.release_bytes is None or result.release_sha256 is None:
             refusal = FileRefused(path, result.problems, result.warnings)
@@ -182,6 +252,7 @@ class FileOperations(ServiceBase):
             row.check = {
                 **_check_json(result, sdc, library, badge),
                 "owner": self._file_owner(owner_uid),
+                **({"as_code": True} if as_code else {}),
             }
             row.added_at = tx.now
             if changed:
@@ -207,6 +278,7 @@ class FileOperations(ServiceBase):
                     "library_record": library["status"],
                     "replaced": replaced,
                     "content_changed": changed,
+                    "as_code": as_code,
                     "changed_in_round": row.changed_in_round,
                     "owner": row.check["owner"],
                 },

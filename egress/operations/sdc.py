@@ -183,6 +183,7 @@ def member_check(check: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "badge": None,
         "redacted": True,
         "owner": check.get("owner"),
+        "as_code": bool(check.get("as_code")),
     }
     if isinstance(sdc, Mapping):
         kept = {k: sdc[k] for k in MEMBER_SDC_KEYS if k in sdc}

@@ -21,6 +21,8 @@ from egress.domain.workflow import (
     RequestState,
     Vote,
     file_decision,
+    state_label,
+    state_tone,
     turn_of,
 )
 from egress.files.sdc_badge import view_check
@@ -64,6 +66,8 @@ class RequestViews(ServiceBase):
             "author": request.author,
             "title": request.title,
             "state": state.value,
+            "state_label": state_label(state),
+            "state_tone": state_tone(state),
             "turn": turn_of(state).value,
             "round": request.round,
             "reviews_required": request.reviews_required,

@@ -66,10 +66,12 @@ from egress.web.metrics import METRICS_PATH, MetricsHandler
 from egress.web.pages import (
     AuditPage,
     BreakGlassPage,
+    DownloadArchive,
     DownloadFile,
     FilePage,
     IndexPage,
     NewRequestPage,
+    NoticesPage,
     RawFile,
     ReexecutionPage,
     RequestForm,
@@ -78,6 +80,8 @@ from egress.web.pages import (
 )
 
 _ID = r"[A-Za-z0-9_-]{1,64}"
+#: The pages' script and stylesheet (the page CSP allows the service's own files only).
+STATIC = Path(__file__).parent / "static"
 
 
 class HealthHandler(web.RequestHandler):
@@ -150,7 +154,14 @@ def make_app(
             (route(f"requests/{r}/files/{f}"), FilePage),
             (route(f"requests/{r}/files/{f}/raw"), RawFile),
             (route(f"requests/{r}/files/{f}/download"), DownloadFile),
+            (route(f"requests/{r}/release.zip"), DownloadArchive),
             (route(f"requests/{r}/reexecutions/{x}"), ReexecutionPage),
+            (
+                route("static/(pages\\.js|havre\\.css)"),
+                web.StaticFileHandler,
+                {"path": str(STATIC)},
+            ),
+            (route("notices"), NoticesPage),
             (route("audit"), AuditPage),
             (route("break-glass"), BreakGlassPage),
             (prefix, IndexPage),

@@ -25,6 +25,7 @@ from jupyterhub.utils import url_path_join
 from tornado import ioloop, web
 
 from egress.domain.policy import Actor, PermissionDenied
+from egress.domain.workflow import state_label, state_tone
 from egress.files.render import CHECKER_PAGE_CSP
 from egress.monitoring.refusals import reason_of
 from egress.operations.facade import (
@@ -51,6 +52,8 @@ def jinja_environment() -> jinja2.Environment:
         autoescape=True,
         undefined=jinja2.StrictUndefined,
     )
+    env.globals["state_label"] = state_label
+    env.globals["state_tone"] = state_tone
     env.filters["size"] = lambda n: f"{n:,} B" if n < 10_000 else f"{n / 1024:,.0f} KiB"
     return env
 

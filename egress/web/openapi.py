@@ -188,6 +188,8 @@ _COMMON: dict[str, Any] = {
     "author": {"type": "string"},
     "title": {"type": "string"},
     "state": {"type": "string"},
+    "state_label": {"type": "string", "description": "the state in words, for people"},
+    "state_tone": {"type": "string", "description": "the badge colour family of the state"},
     "turn": {"type": "string"},
     "round": {"type": "integer"},
     "reviews_required": {"type": "integer"},

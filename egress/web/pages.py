@@ -6,9 +6,11 @@ every action goes through the same core operations as the JSON API.
 
 from __future__ import annotations
 
+import io
 import json
 import re
-from datetime import timedelta
+import zipfile
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,9 @@ from tornado import web
 
 from egress.domain.policy import Actor
 from egress.domain.workflow import RequestState
-from egress.files.render import raw_response_headers, render_for_checker
+from egress.files.render import CHECKER_PAGE_CSP, raw_response_headers, render_for_checker
 from egress.operations import break_glass
+from egress.operations.files import SESSION_RESULTS, is_session_metadata
 from egress.web.base import MAX_PAGE, BaseHandler, reason_phrase
 from egress.web.openapi import REQUEST_ACTIONS
 
@@ -56,6 +59,51 @@ class IndexPage(BaseHandler):
         )
 
 
+#: How long the hub's home keeps telling an author about a release.
+RELEASED_NOTICE_DAYS = 14
+
+
+class NoticesPage(BaseHandler):
+    """What needs the signed-in user, for the hub's home page to embed (a frame: the hub's
+    page can't call the service's API, which wants the service's XSRF token from scripts):
+    the user's requests returned to them, or released in the last days, and for a checker how
+    many requests wait for their review. Links open in the whole window; no script, no form."""
+
+    def set_default_headers(self) -> None:
+        super().set_default_headers()
+        # framed by the hub's home (same origin); every other page keeps frame-ancestors 'none'
+        self.set_header(
+            "Content-Security-Policy",
+            CHECKER_PAGE_CSP.replace("frame-ancestors 'none'", "frame-ancestors 'self'"),
+        )
+        self.set_header("X-Frame-Options", "SAMEORIGIN")
+
+    @web.authenticated
+    async def get(self) -> None:
+        actor = self.actor()
+        requests = await self.run(self.service.list_requests, actor, limit=MAX_PAGE)
+        since = self.service.now() - timedelta(days=RELEASED_NOTICE_DAYS)
+        mine = [
+            q
+            for q in requests
+            if q["author"] == actor.username
+            and (
+                q["state"] == RequestState.RETURNED
+                or (
+                    q["state"] == RequestState.RELEASED
+                    and q.get("updated_at")
+                    and datetime.fromisoformat(q["updated_at"]) >= since
+                )
+            )
+        ]
+        queue = (
+            await self.run(self.service.list_requests, actor, mine_to_review=True, limit=MAX_PAGE)
+            if actor.is_checker
+            else []
+        )
+        self.render_page("notices.html", mine=mine, queue_count=len(queue))
+
+
 class NewRequestPage(BaseHandler):
     @web.authenticated
     async def get(self, project: str) -> None:
@@ -78,7 +126,7 @@ async def _show_request(
     handler: BaseHandler,
     request_id: str,
     refusal: dict[str, Any] | None = None,
-    typed: dict[str, str] | None = None,
+    typed: dict[str, Any] | None = None,
 ) -> None:
     """The request page; with ``refusal``, the sentence of a refused form on it (and what was
     typed into the add-file form, kept)."""
@@ -94,10 +142,32 @@ async def _show_request(
         "request.html",
         r=request,
         outputs=outputs,
+        tree=_outputs_tree(outputs, actor.username) if outputs else [],
         reexecutions=reexecutions,
         refusal=refusal,
         typed=typed or {},
     )
+
+
+def _outputs_tree(outputs: dict[str, Any], user: str) -> list[dict[str, Any]]:
+    """The outputs folder as folders of files for the add-files form: the sessions' own files
+    (``results.json``, ``config.json``, ``checksums/``) hidden, a folder holding a
+    ``results.json`` marked as a safe-analysis session, folders in name order."""
+    folders: dict[str, dict[str, Any]] = {}
+    for entry in outputs.get("files", []):
+        path = entry["path"]
+        folder, _, name = path.rpartition("/")
+        node = folders.setdefault(folder, {"name": folder, "files": [], "session": False})
+        if name == SESSION_RESULTS:
+            node["session"] = True
+        if is_session_metadata(path):
+            continue
+        node["files"].append({**entry, "name": name, "yours": entry.get("owner") == user})
+    return [
+        folders[name]
+        for name in sorted(folders)
+        if folders[name]["files"] or folders[name]["session"]
+    ]
 
 
 class RequestPage(BaseHandler):
@@ -157,8 +227,28 @@ class RequestForm(BaseHandler):
             if refusal is None or err.status_code not in _SHOWN_ON_THE_PAGE:
                 raise
             self.set_status(err.status_code, reason_phrase(err.status_code))
-            typed = {"path": arg("path", ""), "group": arg("group", "")}
+            typed = {
+                "path": arg("path", ""),
+                "group": arg("group", "") if action != "contexts" else "",
+                "paths": self.get_body_arguments("paths"),
+            }
+            if action == "contexts":  # what was typed is shown again, not lost
+                typed["contexts"] = dict(
+                    zip(
+                        self.get_body_arguments("group"),
+                        zip(
+                            self.get_body_arguments("context"),
+                            self.get_body_arguments("controls"),
+                            strict=False,
+                        ),
+                        strict=False,
+                    )
+                )
             await _show_request(self, request_id, refusal=refusal, typed=typed)
+            return
+        then = arg("then", "")
+        if re.fullmatch(r"files/[0-9]{1,12}", then):  # the file page's "and go to the next"
+            self.redirect(self.url("requests", request_id, *then.split("/")))
             return
         self.redirect(self.url("requests", request_id))
 
@@ -171,6 +261,10 @@ class RequestForm(BaseHandler):
             await self.run(
                 svc.add_file, actor, request_id, arg("path", ""), arg("group", "") or "main"
             )
+        elif action == "add_files":
+            await self._add_files(actor, request_id)
+        elif action == "contexts":
+            await self._save_contexts(actor, request_id)
         elif action == "remove_file":
             await self.run(svc.remove_file, actor, request_id, arg("file_id", ""))
         elif action == "context":
@@ -207,6 +301,50 @@ class RequestForm(BaseHandler):
             self._refusal = {"message": f"Unknown action {action!r}."}
             raise web.HTTPError(400)
 
+    async def _add_files(self, actor: Actor, request_id: str) -> None:
+        """The add-files form: the ticked files, or a whole safe-analysis session (the outputs
+        its ``results.json`` records, in a group named after the session's folder)."""
+        svc, session = self.service, self.get_body_argument("session", None)
+        group = self.get_body_argument("group", "") or "main"
+        if session is not None:
+            request = await self.run(svc.get_request, actor, request_id)
+            paths = await self.run(svc.session_outputs, actor, request["project"], session)
+            group = session.strip("/").rsplit("/", 1)[-1] or group
+        else:
+            paths = [p for p in self.get_body_arguments("paths") if p]
+        if not paths:
+            self._refusal = {"message": "Tick at least one file to add, then press Add."}
+            raise web.HTTPError(400)
+        as_code = self.get_body_argument("as_code", "") == "1"
+        for done, path in enumerate(paths):
+            code = as_code and path.lower().endswith(".ipynb")
+            try:
+                await self.run(svc.add_file, actor, request_id, path, group, as_code=code)
+            except web.HTTPError:
+                refusal = getattr(self, "_refusal", None)
+                if refusal is not None:
+                    added = f"{done} of {len(paths)} files added; " if done else ""
+                    refusal["message"] = f"{added}{path} was not added: {refusal['message']}"
+                raise
+
+    async def _save_contexts(self, actor: Actor, request_id: str) -> None:
+        """The one form of every group's context and controls: each group whose text changed
+        is saved (nothing typed in one group is lost by saving another)."""
+        names = self.get_body_arguments("group")
+        contexts = self.get_body_arguments("context")
+        controls = self.get_body_arguments("controls")
+        if not (len(names) == len(contexts) == len(controls)):
+            self._refusal = {"message": "The form was incomplete: reload the page and try again."}
+            raise web.HTTPError(400)
+        request = await self.run(self.service.get_request, actor, request_id)
+        saved = {g["name"]: (g["context"], g["controls"]) for g in request["groups"]}
+        for name, context, control in zip(names, contexts, controls, strict=True):
+            if saved.get(name) == (context, control):
+                continue
+            await self.run(
+                self.service.set_group_context, actor, request_id, name, context, control
+            )
+
 
 class FilePage(BaseHandler):
     """One file: shown in place and sanitised (no script from a researcher's file runs) to a
@@ -236,8 +374,28 @@ class FilePage(BaseHandler):
         differencing = None
         if actor.is_checker:
             differencing = await self.run(self.service.differencing, actor, request_id, file_id)
+        files = request["files"]
+        at = next(i for i, f in enumerate(files) if str(f["id"]) == str(file_id))
+        group = next((g for g in request.get("groups", []) if g["name"] == entry["group"]), None)
+        runs = []
+        if entry["kind"] == "notebook":
+            runs = [
+                x
+                for x in await self.run(self.service.list_reexecutions, actor, request_id)
+                if x.get("notebook_path") == entry["path"]
+            ]
         self.render_page(
-            "file.html", r=request, f=entry, rendered=rendered, differencing=differencing
+            "file.html",
+            r=request,
+            f=entry,
+            rendered=rendered,
+            differencing=differencing,
+            position=at + 1,
+            previous=files[at - 1] if at > 0 else None,
+            following=files[at + 1] if at + 1 < len(files) else None,
+            group=group,
+            runs=runs,
+            comments=[c for c in request.get("comments", []) if c.get("file") == entry["path"]],
         )
 
 
@@ -266,6 +424,37 @@ class DownloadFile(RawFile):
     async def get(self, request_id: str, file_id: str) -> None:
         content = await self.run(self.service.download_released, self.actor(), request_id, file_id)
         self._send(content, download=True)
+
+
+#: The name of the signed release record inside a release's archive.
+ARCHIVE_RECORD = "havre-release-record.json"
+
+
+class DownloadArchive(BaseHandler):
+    """Every released file of a request in one zip archive, in their folders, with the signed
+    release record (``havre-release-record.json``): exactly the approved bytes, each download
+    audited as for one file."""
+
+    @web.authenticated
+    async def get(self, request_id: str) -> None:
+        actor = self.actor()
+        request = await self.run(self.service.get_request, actor, request_id)
+        if "download_released" not in request["allowed"]:
+            self._refusal = {"message": "Only a released request's files can be downloaded."}
+            raise web.HTTPError(409 if actor.username == request["author"] else 403)
+        record = await self.run(self.service.release_record, actor, request_id)
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+            for entry in request["files"]:
+                content = await self.run(
+                    self.service.download_released, actor, request_id, entry["id"]
+                )
+                archive.writestr(content.path, content.data)
+            archive.writestr(ARCHIVE_RECORD, json.dumps(record, indent=2, sort_keys=True))
+        self.set_header("Content-Type", "application/zip")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Content-Disposition", f'attachment; filename="release-{request_id}.zip"')
+        self.finish(buffer.getvalue())
 
 
 class AuditPage(BaseHandler):

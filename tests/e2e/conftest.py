@@ -134,3 +134,26 @@ def sign_in(browser, enclave) -> Iterator[object]:
     yield open_as
     for user in opened:
         user.close()
+
+
+#: axe-core's browser build, installed by scripts/lib/browser.sh (havre_ensure_axe)
+AXE_JS = Path(os.environ.get("HAVRE_AXE_JS") or "/opt/havre-axe/node_modules/axe-core/axe.min.js")
+#: the impacts that fail a page
+SERIOUS = ("serious", "critical")
+
+
+def accessibility_violations(page) -> list[dict]:
+    """axe-core's WCAG 2 A/AA violations on ``page`` as it is now: ``[{id, impact, help,
+    nodes}]``. The script is evaluated through the DevTools protocol, which the pages' CSP does
+    not apply to, so the audit sees the page exactly as it is served."""
+    if not AXE_JS.is_file():
+        pytest.skip(f"needs axe-core at {AXE_JS}: source scripts/lib/browser.sh; havre_ensure_axe")
+    if not page.evaluate("typeof window.axe !== 'undefined'"):
+        page.evaluate(AXE_JS.read_text(encoding="utf-8") + "\n;undefined")
+    found = page.evaluate(
+        """() => axe.run(document, {runOnly: {type: 'tag',
+              values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa']}, resultTypes: ['violations']})
+           .then(r => r.violations.map(v => ({id: v.id, impact: v.impact, help: v.help,
+              nodes: v.nodes.slice(0, 3).map(n => n.target.join(' '))})))"""
+    )
+    return list(found)

@@ -260,15 +260,13 @@ def test_researcher_goes_from_jupyterlab_to_a_submitted_request(
     post_form(egress, "#add-file")
     expect(egress.locator("#files")).to_contain_text("output_0.csv")
     expect(egress.locator("#files")).to_contain_text("SDC: pass")  # the server's own check
-    context_form = egress.locator(
-        "form:has(input[name=action][value=context]):has(input[name=group][value=main])"
-    )
+    context_form = egress.locator("#contexts fieldset[data-group=main]")
     context_form.locator("textarea[name=context]").fill("Hospital stays by age band and sex")
     context_form.locator("textarea[name=controls]").fill("Counts of at least 10 in every cell")
     with egress.expect_navigation():
-        context_form.get_by_role("button", name="Save").click()
+        egress.click("#save-contexts")
     post_form(egress, "#action-submit")
-    expect(egress.locator("#state")).to_have_text("submitted")
+    expect(egress.locator("#state")).to_have_attribute("data-state", "submitted")
     screenshot(egress, "researcher-request-from-lab.png")
     egress.close()
 
@@ -279,7 +277,9 @@ def test_researcher_goes_from_jupyterlab_to_a_submitted_request(
     requests_page = opened.value
     requests_page.wait_for_load_state()
     row = requests_page.locator("tr", has=requests_page.get_by_role("link", name=request_id))
-    expect(row.first).to_contain_text("submitted")
+    badge = row.first.locator("[data-state]")
+    expect(badge).to_have_attribute("data-state", "submitted")
+    expect(badge).to_have_text("Waiting for review")  # the state in words
     requests_page.close()
 
 

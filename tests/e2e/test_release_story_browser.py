@@ -65,7 +65,7 @@ def open_from_queue(page, user, request_id: str, state: str) -> None:
     expect(link).to_be_visible()
     with page.expect_navigation():
         link.click()
-    expect(page.locator("#state")).to_have_text(state)
+    expect(page.locator("#state")).to_have_attribute("data-state", state)
 
 
 def review(page, file_id: int) -> None:
@@ -99,7 +99,7 @@ def test_release_story_in_the_browser(enclave, alice_cardio, sign_in):
         page.get_by_role("button", name="Create draft").click()
     request_id = page.url.rsplit("/", 1)[1]
     request_url = page.url
-    expect(page.locator("#state")).to_have_text("draft")
+    expect(page.locator("#state")).to_have_attribute("data-state", "draft")
 
     page.select_option("#path", FILE)
     post_form(page, "#add-file")
@@ -108,19 +108,17 @@ def test_release_story_in_the_browser(enclave, alice_cardio, sign_in):
     file_id = int(file_link.get_attribute("href").rsplit("/", 1)[1])
     expect(page.locator("#files")).to_contain_text("SDC: review")  # hand-written: no library record
 
-    context_form = page.locator(
-        "form:has(input[name=action][value=context]):has(input[name=group][value=main])"
-    )
+    context_form = page.locator("#contexts fieldset[data-group=main]")
     context_form.locator("textarea[name=context]").fill("Hospital stays by region, 2025")
     context_form.locator("textarea[name=controls]").fill("Every cell counts at least 10 people")
     with page.expect_navigation():
-        context_form.get_by_role("button", name="Save").click()
+        page.click("#save-contexts")
     expect(context_form.locator("textarea[name=context]")).to_have_value(
         "Hospital stays by region, 2025"
     )
 
     post_form(page, "#action-submit")
-    expect(page.locator("#state")).to_have_text("submitted")
+    expect(page.locator("#state")).to_have_attribute("data-state", "submitted")
     # 5a. the author is no reviewer of her own request: no vote or review buttons for her
     expect(page.locator(f"#approve-{file_id}")).to_have_count(0)
     expect(page.locator(f"#changes-{file_id}")).to_have_count(0)
@@ -134,7 +132,7 @@ def test_release_story_in_the_browser(enclave, alice_cardio, sign_in):
     assert "olivia:" not in votes_text(checker) and "oscar:" not in votes_text(checker)
     with checker.expect_navigation():
         checker.locator("#files").get_by_role("link", name=FILE, exact=True).click()
-    expect(checker.locator(".badge")).to_have_text("SDC: review")
+    expect(checker.locator(".sdc-badge .badge")).to_have_text("SDC: review")
     table = checker.locator(".file-view table")
     expect(table).to_be_visible()
     shown = [text.strip() for text in table.locator("th, td").all_inner_texts()]
@@ -144,7 +142,7 @@ def test_release_story_in_the_browser(enclave, alice_cardio, sign_in):
     with checker.expect_navigation():
         checker.get_by_role("link", name=f"← request {request_id}").click()
     review(checker, file_id)
-    expect(checker.locator("#state")).to_have_text("under_review")
+    expect(checker.locator("#state")).to_have_attribute("data-state", "under_review")
     expect(checker.locator("#files")).to_contain_text("olivia: approve")
 
     # 5b. independent reviews: oscar does not see olivia's vote before his review is in
@@ -157,16 +155,16 @@ def test_release_story_in_the_browser(enclave, alice_cardio, sign_in):
     assert "olivia:" not in votes_text(checker2)
     expect(checker2.locator("#files")).to_contain_text("oscar: approve")
     post_form(checker2, "#action-review")
-    expect(checker2.locator("#state")).to_have_text("reviewed")
+    expect(checker2.locator("#state")).to_have_attribute("data-state", "reviewed")
     post_form(checker2, "#action-approve")
-    expect(checker2.locator("#state")).to_have_text("approved")
+    expect(checker2.locator("#state")).to_have_attribute("data-state", "approved")
     post_form(checker2, "#action-release")
-    expect(checker2.locator("#state")).to_have_text("released")
+    expect(checker2.locator("#state")).to_have_attribute("data-state", "released")
     screenshot(checker2, "checker-request-released.png")
 
     # 4. alice downloads exactly the bytes she wrote
     page.goto(request_url)
-    expect(page.locator("#state")).to_have_text("released")
+    expect(page.locator("#state")).to_have_attribute("data-state", "released")
     with page.expect_download(timeout=STEP_TIMEOUT_MS) as download_info:
         page.click(f"#download-{file_id}")
     download = download_info.value
@@ -223,13 +221,13 @@ def test_an_author_who_checks_outputs_cannot_review_her_own_request(enclave, sig
         .get_attribute("href")
         .rsplit("/", 1)[1]
     )
-    context_form = page.locator("form:has(input[name=action][value=context])").first
+    context_form = page.locator("#contexts fieldset").first
     context_form.locator("textarea[name=context]").fill("Stays by region")
     context_form.locator("textarea[name=controls]").fill("Cells of 10 or more")
     with page.expect_navigation():
-        context_form.get_by_role("button", name="Save").click()
+        page.click("#save-contexts")
     post_form(page, "#action-submit")
-    expect(page.locator("#state")).to_have_text("submitted")
+    expect(page.locator("#state")).to_have_attribute("data-state", "submitted")
     for control in (f"#approve-{file_id}", f"#changes-{file_id}", "#action-review"):
         expect(page.locator(control)).to_have_count(0)
     expect(page.locator("#request-changes-all")).to_have_count(0)

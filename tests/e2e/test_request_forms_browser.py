@@ -66,7 +66,7 @@ def test_adding_files_starts_on_your_own_and_explains_a_refusal_in_place(
     expect(refusal).to_be_visible()
     sentence = refusal.inner_text().strip()
     assert len(sentence.split()) >= 4, sentence
-    expect(page.locator("#state")).to_have_text("draft")
+    expect(page.locator("#state")).to_have_attribute("data-state", "draft")
     expect(page.get_by_role("heading", name="Dead ends")).to_be_visible()
     expect(page.locator("#path")).to_have_value("results.json")
     expect(page.locator("#group")).to_have_value("session")
@@ -87,7 +87,9 @@ def test_adding_files_starts_on_your_own_and_explains_a_refusal_in_place(
     expect(page.get_by_role("heading", name="Withdraw this request?")).to_be_visible()
     with page.expect_navigation():
         page.locator("#confirm-cancel").click()
-    expect(page.locator("#state")).to_have_text("draft")  # cancelled: nothing happened
+    expect(page.locator("#state")).to_have_attribute(
+        "data-state", "draft"
+    )  # cancelled: nothing happened
     post_form(page, "#action-withdraw")
     post_form(page, "#confirm-yes")
-    expect(page.locator("#state")).to_have_text("withdrawn")
+    expect(page.locator("#state")).to_have_attribute("data-state", "withdrawn")

@@ -99,7 +99,7 @@ def test_a_refused_file_is_explained_on_the_request_s_own_page(
     assert 'id="form-refusal"' in html and 'role="alert"' in html
     sentence = re.search(r'id="form-refusal">\s*<p>([^<]+)</p>', html).group(1)
     assert len(sentence.split()) >= 4, sentence  # a sentence, not a status
-    assert "<h2>Results</h2>" in html and 'id="state">draft<' in html  # the request's page
+    assert "<h2>Results</h2>" in html and 'data-state="draft"' in html  # the request's page
     assert 'id="add-file"' in html  # ...with the form to try another file
     assert '<option value="results.json" selected>' in html  # what was chosen is kept
     assert 'name="group" value="g1"' in html

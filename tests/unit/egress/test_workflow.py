@@ -390,7 +390,8 @@ def test_markdown_document_has_a_row_per_state():
     assert document.count("```mermaid") == 1
     for state in RequestState:
         assert f"| `{state}` |" in document
-    assert "| `released` | The approved files have left the enclave. | nobody |" in document
+    row = "| `released` | Released | The approved files have left the enclave. | nobody |"
+    assert row in document
 
 
 def test_checked_in_document_is_up_to_date():
