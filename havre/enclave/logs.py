@@ -66,6 +66,18 @@ SECURITY_EVENTS: dict[str, str] = {
     "audit.checkpoint_appended": "egress service: a release's missing audit checkpoint appended",
     "broker.refused": "spawn broker: a caller's request refused",
     "reexecution.refused": "re-execution runner: a job refused or dropped",
+    "idp.login_failed": "identity provider: a sign-in refused (wrong user name or password)",
+    "idp.rate_limited": "identity provider: a sign-in refused by the rate limit (too many "
+    "failures for the user name or from the address)",
+    "idp.client_auth_failed": "identity provider: a client's secret refused (token or "
+    "revocation endpoint)",
+    "idp.token_reused": "identity provider: an authorization code or a rotated refresh token "
+    "presented again; what it issued is revoked",
+    "idp.pkce_refused": "identity provider: an authorization without PKCE S256, or a code "
+    "exchanged with a missing or wrong code_verifier",
+    "idp.grant_refused": "identity provider: a code or refresh token presented by another "
+    "client than it was issued to, or a code exchanged with another redirect_uri",
+    "idp.admin_refused": "identity provider: an admin API call without the admin token",
 }
 
 #: Fields a call or the context may give, in the order they are written after ``event``.

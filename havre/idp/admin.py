@@ -12,6 +12,7 @@ import json
 import tornado.httpserver
 import tornado.web
 
+from havre.enclave.logs import security_event
 from havre.idp.constants import (
     _ADMIN_KEYS,
     _USERNAME_RE,
@@ -39,7 +40,17 @@ class _AdminHandler(JSONHandler):
             raise tornado.web.HTTPError(404, reason="The admin API is disabled")
         scheme, _, given = self.request.headers.get("Authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not _secret_equal(given.strip(), token):
-            log.warning("Refused an admin request from %s", self.request.remote_ip)
+            security_event(
+                log,
+                "idp.admin_refused",
+                "Refused an admin request %s %s from %s",
+                self.request.method,
+                self.request.path,
+                self.request.remote_ip,
+                client_ip=self.request.remote_ip,
+                method=self.request.method,
+                path=self.request.path,
+            )
             self.write_json(
                 {"error": "forbidden", "error_description": "A valid admin token is required"},
                 403,

@@ -3,7 +3,9 @@
 Every authorization asks for the password (no single sign-on session). The request is checked
 (client, redirect URI, PKCE S256, scopes) before any page is shown; errors that can't be sent
 back to a checked redirect URI are shown on the page, never redirected. Failed sign-ins are
-rate-limited per user and per browser, and an unknown user costs the same hash as a known one.
+rate-limited per user and per browser, and an unknown user costs the same hash as a known one;
+a failed sign-in is the security event ``idp.login_failed``, a rate-limited one
+``idp.rate_limited`` (docs/sysadmin/logs.md).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import time
 
 from oauthlib.oauth2.rfc6749 import errors
 
+from havre.enclave.logs import log_context, security_event
 from havre.idp.constants import BROWSER_COOKIE, RATE_LIMIT_WINDOW_SECONDS, log
 from havre.idp.handlers import OAuthHandler, single_args, with_params
 from havre.idp.passwords import hash_password, needs_rehash, verify_password
@@ -100,7 +103,8 @@ class AuthorizeHandler(OAuthHandler):
             return self.page(400, "Invalid sign-in request", err.description)
         uri = f"{self.provider.config.issuer}/authorize?{self.request.query}"
         try:
-            scopes, info = self.oauth.validate_authorization_request(uri, "GET", None, {})
+            with log_context(client_ip=self.request.remote_ip):
+                scopes, info = self.oauth.validate_authorization_request(uri, "GET", None, {})
         except errors.FatalClientError as err:
             return self._fatal_page(err, args)
         except errors.OAuth2Error as err:
@@ -147,7 +151,16 @@ class AuthorizeHandler(OAuthHandler):
         user_key = username[:128]
         now = time.time()
         if provider.user_failures.blocked(user_key, now) or provider.ip_failures.blocked(ip, now):
-            log.warning("Sign-in rate limit hit for %r from %s", username, ip)
+            security_event(
+                log,
+                "idp.rate_limited",
+                "Sign-in rate limit hit for %r from %s",
+                username,
+                ip,
+                user=username,
+                client_id=request.client_id,
+                client_ip=ip,
+            )
             self.set_header("Retry-After", str(RATE_LIMIT_WINDOW_SECONDS))
             return self._render_login(
                 request_id,
@@ -174,7 +187,16 @@ class AuthorizeHandler(OAuthHandler):
             self.provider.hash_pool, verify_password, password[:1024], stored
         )
         if not (ok and acceptable):
-            log.info("Failed sign-in for %r from %s", username, ip)
+            security_event(
+                log,
+                "idp.login_failed",
+                "Failed sign-in for %r from %s",
+                username,
+                ip,
+                user=username,
+                client_id=request.client_id,
+                client_ip=ip,
+            )
             return self._render_login(
                 request_id,
                 request,

@@ -43,6 +43,7 @@ import tornado.httpserver
 import tornado.web
 from oauthlib.oauth2.rfc6749 import errors
 
+from havre.enclave.logs import log_context
 from havre.idp.constants import (
     BROWSER_COOKIE,
     CLAIMS_SUPPORTED,
@@ -248,9 +249,10 @@ class TokenHandler(OAuthHandler):
             body = self.form_body()
             if not self.get_body_argument("grant_type", ""):
                 raise OAuthError("invalid_request", "grant_type is required")
-            answer = self.oauth.create_token_response(
-                self.endpoint_uri(), "POST", body, dict(self.request.headers)
-            )
+            with log_context(client_ip=self.request.remote_ip):
+                answer = self.oauth.create_token_response(
+                    self.endpoint_uri(), "POST", body, dict(self.request.headers)
+                )
         except OAuthError as err:
             return self.oauth_error(err)
         except errors.OAuth2Error as err:
@@ -299,11 +301,11 @@ class RevokeHandler(OAuthHandler):
             body = self.form_body()
         except OAuthError as err:
             return self.oauth_error(err)
-        self.respond(
-            *self.oauth.create_revocation_response(
+        with log_context(client_ip=self.request.remote_ip):
+            answer = self.oauth.create_revocation_response(
                 self.endpoint_uri(), "POST", body, dict(self.request.headers)
             )
-        )
+        self.respond(*answer)
 
 
 class LogoutHandler(BaseHandler):

@@ -19,6 +19,11 @@ to the validator, Havre refuses here:
 - no silent sign-in (``prompt=none`` is ``login_required``): every authorization asks for the
   password.
 
+The refusals a SIEM alerts on are security events (``havre.enclave.logs.security_event``, at
+WARNING, never with a secret, code or token): ``idp.client_auth_failed``, ``idp.token_reused``,
+``idp.pkce_refused`` and ``idp.grant_refused`` here; the handlers add the caller's address
+(``client_ip``) through the log context.
+
 Only the two grants Havre offers are mounted (:class:`HavreServer`): oauthlib's all-in-one
 ``oauthlib.openid.Server`` also carries the implicit, hybrid, password, client-credentials and
 device grants, which the provider must answer with ``unsupported_grant_type`` or
@@ -42,10 +47,12 @@ from oauthlib.oauth2.rfc6749.endpoints import (
     RevocationEndpoint,
     TokenEndpoint,
 )
+from oauthlib.oauth2.rfc6749.grant_types.authorization_code import code_challenge_method_s256
 from oauthlib.openid import RequestValidator
 from oauthlib.openid.connect.core.endpoints.userinfo import UserInfoEndpoint
 from oauthlib.openid.connect.core.grant_types import AuthorizationCodeGrant, RefreshTokenGrant
 
+from havre.enclave.logs import security_event
 from havre.idp.constants import (
     _PKCE_RE,
     _S256_CHALLENGE_RE,
@@ -70,6 +77,19 @@ def refusal(error: str, description: str, request: Request) -> errors.OAuth2Erro
     return err
 
 
+def _pkce_refused(request: Request, reason: str) -> None:
+    """Log ``idp.pkce_refused`` (the caller's address comes from the handler's log context)."""
+    security_event(
+        log,
+        "idp.pkce_refused",
+        "PKCE refused for client %r: %s",
+        request.client_id,
+        reason,
+        client_id=request.client_id,
+        reason=reason,
+    )
+
+
 def _havre_authorization_rules(request: Request) -> dict[str, Any]:
     """Checks of an authorization request beyond oauthlib's (a ``pre_auth`` validator: it runs
     once the client and redirect URI are known good, so its errors go back to the client)."""
@@ -90,15 +110,18 @@ def _havre_authorization_rules(request: Request) -> dict[str, Any]:
     if request.nonce is not None and len(request.nonce) > 512:
         raise errors.InvalidRequestError("nonce is too long", request=request)
     if not request.code_challenge:
+        _pkce_refused(request, "no code_challenge")
         raise errors.InvalidRequestError(
             "PKCE is required: send code_challenge with code_challenge_method=S256",
             request=request,
         )
     if request.code_challenge_method != "S256":  # oauthlib would take "plain" (or no method)
+        _pkce_refused(request, "code_challenge_method is not S256")
         raise errors.InvalidRequestError(
             "Only code_challenge_method=S256 is supported", request=request
         )
     if not _S256_CHALLENGE_RE.fullmatch(request.code_challenge):
+        _pkce_refused(request, "code_challenge is not an S256 challenge")
         raise errors.InvalidRequestError("code_challenge is not an S256 challenge", request=request)
     return {}
 
@@ -173,8 +196,28 @@ class HavreValidator(RequestValidator):
         return True
 
     def _client_failed(self, client_id: str) -> bool:
-        log.warning("Client authentication failed for %r", client_id)
+        security_event(
+            log,
+            "idp.client_auth_failed",
+            "Client authentication failed for %r",
+            client_id,
+            client_id=client_id or None,
+        )
         return False
+
+    @staticmethod
+    def _grant_refused(request: Request, reason: str, user: str) -> None:
+        security_event(
+            log,
+            "idp.grant_refused",
+            "Refused a grant of %s to client %r: %s",
+            user,
+            request.client_id,
+            reason,
+            client_id=request.client_id,
+            user=user,
+            reason=reason,
+        )
 
     def validate_client_id(self, client_id: str, request: Request) -> bool:
         request.client = self.provider.config.client(client_id)
@@ -236,9 +279,13 @@ class HavreValidator(RequestValidator):
 
     def get_code_challenge(self, code: str, request: Request) -> str:
         verifier = request.code_verifier
+        challenge = request.havre_code.code_challenge
         if not verifier or not _PKCE_RE.fullmatch(verifier):
+            _pkce_refused(request, "code_verifier is missing or malformed")
             raise errors.InvalidGrantError("code_verifier is missing or malformed", request=request)
-        return request.havre_code.code_challenge
+        if not code_challenge_method_s256(verifier, challenge):  # oauthlib refuses it next
+            _pkce_refused(request, "code_verifier does not match the code_challenge")
+        return challenge
 
     def get_code_challenge_method(self, code: str, request: Request) -> str:
         return "S256"
@@ -267,16 +314,24 @@ class HavreValidator(RequestValidator):
         """One attempt per code, successful or not; a replay revokes what the code issued
         (RFC 6749 §4.1.2). A code presented by another client is left unspent."""
         record = self.provider.code(code)
-        if record is None or record.client_id != client_id:
+        if record is None:
+            return False
+        if record.client_id != client_id:
+            self._grant_refused(request, "authorization code of another client", record.username)
             return False
         if record.used:
             if record.family:
                 self.provider.revoke_family(record.family)
-                log.warning(
-                    "Authorization code reused by client %s: revoked tokens of %s",
-                    client_id,
-                    record.username,
-                )
+            security_event(
+                log,
+                "idp.token_reused",
+                "Authorization code reused by client %s: revoked tokens of %s",
+                client_id,
+                record.username,
+                client_id=client_id,
+                user=record.username,
+                token="authorization code",
+            )
             return False
         now = time.time()
         if record.expires <= now:
@@ -294,6 +349,11 @@ class HavreValidator(RequestValidator):
         self, client_id: str, code: str, redirect_uri: str, client: Any, request: Request
     ) -> bool:
         if redirect_uri != request.havre_code.redirect_uri:
+            self._grant_refused(
+                request,
+                "redirect_uri does not match the authorization",
+                request.havre_code.username,
+            )
             raise errors.InvalidGrantError(
                 "redirect_uri does not match the authorization", request=request
             )
@@ -323,13 +383,19 @@ class HavreValidator(RequestValidator):
             return False
         record, family = found
         if family.client_id != client.client_id:
+            self._grant_refused(request, "refresh token of another client", family.username)
             return False
         if record.rotated:
             self.provider.revoke_family(record.family)
-            log.warning(
+            security_event(
+                log,
+                "idp.token_reused",
                 "Refresh token reused by client %s: revoked the sign-in of %s",
                 client.client_id,
                 family.username,
+                client_id=client.client_id,
+                user=family.username,
+                token="refresh token",
             )
             return False
         user = self.provider.user(family.username)

@@ -1461,3 +1461,215 @@ def test_password_checks_run_at_most_two_at_once(idp, monkeypatch):
     for thread in threads:
         thread.join(30)
     assert most[0] == 2  # the queued ones ran after, never beside
+
+
+# --------------------------------------------------------------------------- security events
+# Each refusal driven through the real endpoint; the JSON line (havre.enclave.logs' format, as a
+# SIEM reads it) names the event at WARNING with the ids, and holds no password, secret, code or
+# token. Control: the successful path beside it logs no security event.
+
+
+def idp_events(json_log) -> list[dict]:
+    return [line for line in json_log.lines() if "event" in line]
+
+
+def assert_no_secret_logged(json_log, *values: str) -> None:
+    raw = json_log.stream.getvalue()
+    parsed = json.dumps(json_log.lines(), ensure_ascii=False)
+    for value in values:
+        assert value and value not in raw and value not in parsed, value
+
+
+def test_idp_successful_paths_log_no_security_event(idp, json_log):
+    """Control: sign-in, exchange, refresh, userinfo, revocation and an admin call succeed and
+    leave no security event (nor any secret) in the log."""
+    code, params = idp.code_for("alice")
+    exchanged = idp.exchange(code, params)
+    assert exchanged.status_code == 200
+    tokens = exchanged.json()
+    rotated = idp.refresh(tokens["refresh_token"])
+    assert rotated.status_code == 200
+    assert idp.userinfo(rotated.json()["access_token"]).status_code == 200
+    revoked = requests.post(
+        f"{idp.url}/revoke",
+        data={"token": rotated.json()["refresh_token"]},
+        auth=("jupyterhub", idp.client_secret),
+    )
+    assert revoked.status_code == 200
+    assert idp.admin("GET", "/users").status_code == 200
+    assert any("Signed in alice" in line["message"] for line in json_log.lines())
+    assert idp_events(json_log) == []
+    assert_no_secret_logged(
+        json_log,
+        code,
+        params["_verifier"],
+        tokens["access_token"],
+        tokens["refresh_token"],
+        rotated.json()["refresh_token"],
+        idp.client_secret,
+        idp.admin_token,
+        USERS["alice"]["password"],
+    )
+
+
+def test_idp_wrong_password_logs_login_failed(idp, json_log):
+    response, _ = idp.login("alice", password="a wrong password")
+    assert response.status_code == 200 and "Incorrect username or password." in response.text
+    response, _ = idp.login("nobody", password="another guess")
+    assert response.status_code == 200
+    known, unknown = json_log.events("idp.login_failed")
+    for line, user in ((known, "alice"), (unknown, "nobody")):
+        assert line["level"] == "WARNING" and line["logger"] == "havre.idp"
+        assert line["user"] == user
+        assert line["client_id"] == "jupyterhub" and line["client_ip"] == "127.0.0.1"
+    assert [line["event"] for line in idp_events(json_log)] == ["idp.login_failed"] * 2
+    assert_no_secret_logged(json_log, "a wrong password", "another guess")
+
+
+def test_idp_rate_limit_logs_rate_limited(idp, json_log):
+    browser = requests.Session()
+    page = idp.authorize(browser, idp.authorize_params())
+    for _ in range(5):
+        assert idp.submit_login(browser, page, "alice", "guess").status_code == 200
+    assert json_log.events("idp.rate_limited") == []  # the failures so far are login_failed
+    response = idp.submit_login(browser, page, "alice", USERS["alice"]["password"])
+    assert response.status_code == 429
+    (limited,) = json_log.events("idp.rate_limited")
+    assert limited["level"] == "WARNING"
+    assert limited["user"] == "alice" and limited["client_ip"] == "127.0.0.1"
+    assert limited["client_id"] == "jupyterhub"
+    assert len(json_log.events("idp.login_failed")) == 5
+    assert_no_secret_logged(json_log, "guess", USERS["alice"]["password"])
+
+
+def test_idp_wrong_client_secret_logs_client_auth_failed(idp, json_log):
+    code, params = idp.code_for("alice")
+    wrong = "w" * 43
+    refused = idp.exchange(code, params, secret=wrong)
+    assert refused.status_code == 401 and refused.json()["error"] == "invalid_client"
+    (failed,) = json_log.events("idp.client_auth_failed")
+    assert failed["level"] == "WARNING"
+    assert failed["client_id"] == "jupyterhub" and failed["client_ip"] == "127.0.0.1"
+    # the same at the revocation endpoint, with client_secret_post this time
+    revoke = requests.post(
+        f"{idp.url}/revoke",
+        data={"token": "x", "client_id": "jupyterhub", "client_secret": wrong},
+    )
+    assert revoke.status_code == 401
+    assert len(json_log.events("idp.client_auth_failed")) == 2
+    assert_no_secret_logged(json_log, wrong, idp.client_secret, code, params["_verifier"])
+    # control: the right secret takes the code (not spent by the refused attempt) and logs none
+    json_log.clear()
+    assert idp.exchange(code, params).status_code == 200
+    assert idp_events(json_log) == []
+
+
+def test_idp_reused_code_or_refresh_token_logs_token_reused(idp, json_log):
+    code, params = idp.code_for("alice")
+    tokens = idp.exchange(code, params).json()
+    rotated = idp.refresh(tokens["refresh_token"])
+    assert rotated.status_code == 200
+    assert idp_events(json_log) == []  # control: first use of each
+    assert idp.refresh(tokens["refresh_token"]).json()["error"] == "invalid_grant"
+    assert idp.exchange(code, params).json()["error"] == "invalid_grant"
+    reuses = json_log.events("idp.token_reused")
+    assert [(r["token"], r["user"], r["client_id"], r["client_ip"]) for r in reuses] == [
+        ("refresh token", "alice", "jupyterhub", "127.0.0.1"),
+        ("authorization code", "alice", "jupyterhub", "127.0.0.1"),
+    ]
+    assert all(r["level"] == "WARNING" for r in reuses)
+    # the family is revoked: the rotated tokens are dead too
+    assert idp.userinfo(rotated.json()["access_token"]).status_code == 401
+    assert_no_secret_logged(
+        json_log,
+        code,
+        tokens["access_token"],
+        tokens["refresh_token"],
+        rotated.json()["refresh_token"],
+        idp.client_secret,
+    )
+
+
+def test_idp_pkce_refusals_log_pkce_refused(idp, json_log):
+    browser = requests.Session()
+    for overrides, reason in (
+        ({"code_challenge": None, "code_challenge_method": None}, "no code_challenge"),
+        ({"code_challenge_method": "plain"}, "code_challenge_method is not S256"),
+    ):
+        page = idp.authorize(browser, idp.authorize_params(**overrides))
+        assert page.status_code == 302 and "error=invalid_request" in page.headers["Location"]
+        (refused,) = json_log.events("idp.pkce_refused")
+        assert refused["level"] == "WARNING" and refused["reason"] == reason
+        assert refused["client_id"] == "jupyterhub" and refused["client_ip"] == "127.0.0.1"
+        json_log.clear()
+    # at the token endpoint: a verifier that isn't the one of the challenge
+    code, params = idp.code_for("alice")
+    wrong_verifier, _ = pkce()
+    refused = idp.exchange(code, {**params, "_verifier": wrong_verifier})
+    assert refused.status_code == 400 and refused.json()["error"] == "invalid_grant"
+    (wrong,) = json_log.events("idp.pkce_refused")
+    assert wrong["reason"] == "code_verifier does not match the code_challenge"
+    assert wrong["client_id"] == "jupyterhub" and wrong["client_ip"] == "127.0.0.1"
+    assert_no_secret_logged(json_log, code, wrong_verifier, params["_verifier"])
+    # control: the right verifier, on a fresh code, logs none
+    json_log.clear()
+    code, params = idp.code_for("alice")
+    assert idp.exchange(code, params).status_code == 200
+    assert idp_events(json_log) == []
+
+
+def test_idp_grants_of_another_client_log_grant_refused(provider_factory, tmp_path, json_log):
+    other_secret = ensure_secret_file(tmp_path / "other-secret")
+    jupyterhub = {
+        "client_id": "jupyterhub",
+        "client_secret_file": str(tmp_path / "idp0" / "secrets" / "idp-client-jupyterhub"),
+        "redirect_uris": [CALLBACK],
+    }
+    other = {
+        "client_id": "other-app",
+        "client_secret_file": str(tmp_path / "other-secret"),
+        "redirect_uris": ["http://127.0.0.1:9000/callback"],
+    }
+    idp = provider_factory(clients=[jupyterhub, other])
+    tokens = idp.tokens_for("alice")
+    code, params = idp.code_for("alice")
+    json_log.clear()
+
+    def as_other(data):
+        return requests.post(f"{idp.url}/token", data=data, auth=("other-app", other_secret))
+
+    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK}
+    assert as_other({**data, "code_verifier": params["_verifier"]}).status_code == 400
+    stolen = as_other({"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]})
+    assert stolen.status_code == 400
+    wrong_redirect = idp.exchange(code, {**params, "redirect_uri": CALLBACK + "x"})
+    assert wrong_redirect.json()["error"] == "invalid_grant"
+    refusals = json_log.events("idp.grant_refused")
+    assert [(r["reason"], r["client_id"], r["user"]) for r in refusals] == [
+        ("authorization code of another client", "other-app", "alice"),
+        ("refresh token of another client", "other-app", "alice"),
+        ("redirect_uri does not match the authorization", "jupyterhub", "alice"),
+    ]
+    assert all(r["client_ip"] == "127.0.0.1" for r in refusals)
+    assert_no_secret_logged(
+        json_log, code, tokens["refresh_token"], other_secret, idp.client_secret
+    )
+    # control: the rightful client's refresh is untouched and logs none
+    json_log.clear()
+    assert idp.refresh(tokens["refresh_token"]).status_code == 200
+    assert idp_events(json_log) == []
+
+
+def test_idp_admin_call_without_the_admin_token_logs_admin_refused(idp, json_log):
+    assert idp.admin("GET", "/users", token="not-the-admin-token").status_code == 403
+    assert idp.admin("DELETE", "/users/alice", token="").status_code == 403
+    refused = json_log.events("idp.admin_refused")
+    assert [(r["method"], r["path"], r["client_ip"]) for r in refused] == [
+        ("GET", "/admin/users", "127.0.0.1"),
+        ("DELETE", "/admin/users/alice", "127.0.0.1"),
+    ]
+    assert all(r["level"] == "WARNING" for r in refused)
+    assert_no_secret_logged(json_log, "not-the-admin-token", idp.admin_token)
+    json_log.clear()
+    assert idp.admin("GET", "/users").status_code == 200  # control
+    assert idp_events(json_log) == []
