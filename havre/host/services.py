@@ -86,6 +86,7 @@ def start_egress(
         group_add=[str(NOTEBOOK_GID)],
         network=front_network_name(enclave),
         environment={
+            **cluster_test_env(enclave),
             "HAVRE_CONFIG": CONFIG_IN_CONTAINER,
             "HAVRE_EGRESS_PORT": str(EGRESS_PORT),
             "JUPYTERHUB_API_TOKEN": token,
@@ -123,6 +124,18 @@ def start_egress(
         },
         **_service_container(enclave, "egress", digest, tmp="64m", pids=256),
     )
+
+
+def cluster_test_env(enclave: EnclaveConfig) -> dict[str, str]:
+    """The test cluster's flag, for the containers that read the enclave config, when the
+    config disables overlay encryption (``havre.enclave.config.cluster``: refused without it;
+    ``havre up`` passes on only what its own environment has)."""
+    from havre.enclave.config.cluster import INSECURE_TEST_FLAG
+
+    cluster = enclave.cluster
+    if cluster is None or cluster.overlay_encrypted:
+        return {}
+    return {INSECURE_TEST_FLAG: os.environ.get(INSECURE_TEST_FLAG, "")}
 
 
 def _service_container(
@@ -197,6 +210,7 @@ def start_runner(
             **_broker_volumes(enclave, "runner"),
             **data,
         },
+        environment=cluster_test_env(enclave),
         **_service_container(enclave, "runner", digest, tmp="64m", pids=256),
     )
 
@@ -320,6 +334,8 @@ def start_broker(
     name = broker_container_name(enclave)
     state = enclave.state_dir
     socket_path = "/var/run/docker.sock"
+    # on a cluster, the swarm manager's engine (the broker makes services there)
+    socket_source = enclave.cluster.manager_socket if enclave.cluster else socket_path
     digest = config_digest(
         enclave, image_id(client, opts.hub_image), "broker-1", project_mounts(enclave)
     )
@@ -360,10 +376,11 @@ def start_broker(
         detach=True,
         user="0:0",
         network_mode="none",
+        environment=cluster_test_env(enclave),
         cap_add=["CHOWN", "FOWNER", "DAC_OVERRIDE"],
         volumes={
             str(live_config_path(enclave).parent): {"bind": LIVE_CONFIG_IN_CONTAINER, "mode": "ro"},
-            socket_path: {"bind": socket_path, "mode": "rw"},
+            socket_source: {"bind": socket_path, "mode": "rw"},
             str(state / BROKER_SOCKET_SUBDIR): {"bind": BROKER_SOCKET_DIR, "mode": "rw"},
             **{path: {"bind": path, "mode": mode} for path, mode in same.items()},
         },
@@ -481,6 +498,7 @@ def start_hub(
         network=front_network_name(enclave),
         ports={f"{PROXY_PORT}/tcp": (opts.bind_ip, opts.port)},
         environment={
+            **cluster_test_env(enclave),
             "HOME": "/tmp",
             "HAVRE_CONFIG": CONFIG_IN_CONTAINER,
             "HAVRE_HUB_CONTAINER": name,

@@ -107,6 +107,14 @@ def wait_for_hub(
     raise StackError(f"the hub did not answer at {health} within {timeout:.0f} s")
 
 
+def engine_client(enclave: EnclaveConfig) -> docker.DockerClient:
+    """The Docker engine the enclave's services run on: this host's (``DOCKER_HOST``), or on
+    a cluster the swarm manager's engine the config names."""
+    if enclave.cluster is not None:
+        return docker.DockerClient(base_url=enclave.cluster.manager, version="auto")
+    return docker.from_env(version="auto")
+
+
 def up(
     enclave: EnclaveConfig, opts: StackOptions | None = None, changes: list[str] | None = None
 ) -> str:
@@ -117,9 +125,11 @@ def up(
     """
     opts = opts or StackOptions()
     changes = [] if changes is None else changes
-    client = docker.from_env(version="auto")
+    client = engine_client(enclave)
     try:
-        for image in (opts.hub_image, opts.egress_image, *enclave.allowed_images):
+        # on a cluster, notebook images live on the workers (Swarm places servers there)
+        notebook_images = () if enclave.cluster else enclave.allowed_images
+        for image in (opts.hub_image, opts.egress_image, *notebook_images):
             image_id(client, image)
         check_ports(client, enclave, opts)
         prepare_state(enclave, changes)
@@ -143,9 +153,12 @@ def up(
 
 def down(enclave: EnclaveConfig, *, purge: bool = False) -> None:
     """Stop the enclave's containers; with ``purge`` also its networks and state folder."""
-    client = docker.from_env(version="auto")
+    client = engine_client(enclave)
     try:
         label = f"havre.enclave={enclave.name}"
+        if enclave.cluster is not None:  # the servers, wherever Swarm placed them
+            for service in client.services.list(filters={"label": label}):
+                service.remove()
         for container in client.containers.list(all=True, filters={"label": label}):
             try:
                 container.remove(force=True)

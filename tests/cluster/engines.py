@@ -264,8 +264,22 @@ class Cluster:
             with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
                 archive = Path(tmp) / "image.tar"
                 _run(["docker", "save", "-o", str(archive), image])
-                for node in missing:
-                    node.docker("load", "-q", "-i", str(archive))
+                loads = [
+                    (
+                        node,
+                        subprocess.Popen(
+                            ["docker", "-H", node.url, "load", "-q", "-i", str(archive)],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE,
+                            text=True,
+                        ),
+                    )
+                    for node in missing
+                ]
+                for node, process in loads:
+                    _, err = process.communicate(timeout=600)
+                    if process.returncode != 0:
+                        raise ClusterError(f"loading {image} into {node.name} failed: {err}")
                     loaded.append(f"{node.name}:{image}")
         return loaded
 
