@@ -53,6 +53,8 @@ log = logging.getLogger("havre.broker")
 MAX_BODY = 256 * 1024
 #: How long a stop waits for the server to exit before killing it.
 STOP_SECONDS = 10
+#: how long Swarm may take to place and start a server before the broker gives up
+PLACEMENT_SECONDS = 60
 #: a Swarm task's state, as :meth:`Broker.inspect` names a container's (``docker inspect``)
 _TASK_STATES = {
     **dict.fromkeys(
@@ -294,6 +296,13 @@ class Broker:
                 self.client.create_network(name, **spec)
                 attrs = self.client.inspect_network(name)
             encrypted = cluster is not None and cluster.overlay_encrypted
+            if cluster is not None:
+                # the manager's view of a new overlay can lag its creation: read it again
+                for _ in range(20):
+                    if project_network_is_closed(attrs, overlay_encrypted=encrypted):
+                        break
+                    time.sleep(0.25)
+                    attrs = self.client.inspect_network(name, scope="swarm")
             if not project_network_is_closed(attrs, overlay_encrypted=encrypted):
                 raise Refused(
                     500,
@@ -403,7 +412,31 @@ class Broker:
         self.prepare_folders(enclave, request, ident)
         spec = server_service_spec(enclave, request, dns=gateway, identity=(ident.uid, ident.gid))
         created = self.client.create_service(**spec)
-        answer = self.inspect_service(name, enclave.network_name(request.project))
+        network = enclave.network_name(request.project)
+        deadline = time.monotonic() + PLACEMENT_SECONDS
+        retried = False
+        while True:
+            answer = self.inspect_service(name, network)
+            if answer["state"] == "running" and answer["ip"]:
+                break
+            if answer["state"] == "exited" and not retried:
+                # a task that failed before running (e.g. the overlay not yet on the worker):
+                # once more, as Swarm would with a restart policy a server must not have
+                log.warning("%s failed to start (%s); trying once more", name, answer["message"])
+                retried = True
+                self.remove_service(name)
+                created = self.client.create_service(**spec)
+                continue
+            if answer["state"] == "exited" or time.monotonic() > deadline:
+                self.remove_service(name)
+                key, value = enclave.cluster.label_of(request.project)  # type: ignore[union-attr]
+                raise Refused(
+                    503,
+                    f"Swarm could not start the server on a worker holding project "
+                    f"{request.project!r}'s data (node label {key}={value}): "
+                    f"{answer.get('message') or 'no such worker is available'}.",
+                )
+            time.sleep(0.25)
         answer["id"] = created.get("ID", "")
         return answer
 

@@ -126,8 +126,10 @@ def hardened_host_config(
 #: (``docs/sysadmin/cluster.md``, the hardening-parity table; each has a test in
 #: ``tests/cluster/test_swarm_servers.py``).
 SWARM_GAPS: Mapping[str, str] = {
-    "no-new-privileges": "the notebook image has no setuid or setgid file, and the task has "
-    "no capability to gain (cap_drop ALL)",
+    "no-new-privileges": "OPEN: the task's capability bounding set is empty (cap_drop ALL), "
+    "so a setuid file gives no capability; the notebook image still has setuid/setgid files "
+    "(a setuid-root one gives uid 0 without capabilities): strip them from the image, or run "
+    "an engine with API 1.46",
     "Havre's seccomp profile": "Docker's default seccomp profile applies to every task; ICMP "
     "and IPv6 sockets are closed by sysctls instead of by the profile",
     "memory+swap limit": "the task's memory limit only; the engine's default swap (as much "

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,7 +48,9 @@ def test_cluster() -> Iterator[engines.Cluster]:
     try:
         yield cluster
     finally:
+        started = time.monotonic()
         left = cluster.down()
+        print(f"\nthe test cluster was removed in {time.monotonic() - started:.1f} s")
         assert not left, f"the test cluster left things behind: {left}"
 
 
@@ -62,6 +66,7 @@ class ClusterEnclave:
     config: EnclaveConfig
     url: str
     passwords: dict[str, str]
+    options: StackOptions
 
     def user(self, name: str) -> HubUser:
         return HubUser(self.url, name, self.passwords[name]).login()
@@ -86,6 +91,14 @@ class ClusterEnclave:
         ).stdout.strip()
         ids = self.cluster.node_ids()
         return next((n for n in self.cluster.nodes if ids[n.name] == node_id), None)
+
+    def diagnose(self, username: str, project: str, answer: str = "") -> str:
+        """What a failed start left: the hub's answer, Swarm's tasks, the broker's audit."""
+        name = self.config.container_name(project, username)
+        tasks = self.cluster.manager.docker("service", "ps", "--no-trunc", name, check=False)
+        audit = self.config.state_dir / "broker" / "audit.jsonl"
+        tail = audit.read_text()[-1500:] if audit.exists() else "(no broker audit)"
+        return f"{answer[:500]}\n{tasks.stdout}{tasks.stderr}\n{tail}"
 
     def server_container(self, username: str, project: str) -> tuple[engines.Node, str] | None:
         """(engine, container id) of this user's running server."""
@@ -132,15 +145,20 @@ def cluster_enclave(test_cluster, tmp_path_factory) -> Iterator[ClusterEnclave]:
         StackOptions().egress_image: os.environ.get("HAVRE_TEST_EGRESS_IMAGE", ""),
         DEFAULT_NOTEBOOK_IMAGE: "",
     }
+    jobs = []
     for name, own in wanted.items():
         image = own or name
         if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode:
             pytest.fail(f"image {image} is missing: build it with `bash images/build.sh`")
         nodes = test_cluster.workers if name == DEFAULT_NOTEBOOK_IMAGE else [test_cluster.manager]
-        test_cluster.load_images([image], nodes)
-        if own:
-            for node in nodes:
-                node.docker("tag", own, name)
+        jobs.append((name, own, image, nodes))
+    # the manager's images and the workers' at the same time
+    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        for _ in pool.map(lambda job: test_cluster.load_images([job[2]], job[3]), jobs):
+            pass
+    for name, own, _image, nodes in jobs:
+        for node in nodes if own else ():
+            node.docker("tag", own, name)
     for slug, index in DATA_LABELS.items():
         test_cluster.label_node(test_cluster.nodes[index - 1], **{f"havre.data.{slug}": "true"})
     state = tmp_path_factory.mktemp("cluster-enclave")
@@ -168,14 +186,20 @@ def cluster_enclave(test_cluster, tmp_path_factory) -> Iterator[ClusterEnclave]:
         "8001",
     )
     running = ClusterEnclave(
-        test_cluster, config, f"http://{address}:8000/", {u.name: u.password for u in users}
+        test_cluster,
+        config,
+        f"http://{address}:8000/",
+        {u.name: u.password for u in users},
+        StackOptions(bind_ip=address, port=8000, idp_port=8001),
     )
     try:
         assert done.returncode == 0, done.stderr[-3000:]
         yield running
     finally:
+        started = time.monotonic()
         stack.down(config, purge=True)
         os.environ.pop(INSECURE_TEST_FLAG, None)
+        print(f"\nthe cluster enclave stopped in {time.monotonic() - started:.1f} s")
 
 
 #: what the demo config gets to run on the test cluster (the one config `havre up` reads)
@@ -186,3 +210,16 @@ cluster:
   # the test cluster's kernel has no IPsec: refused without HAVRE_INSECURE_TEST_CLUSTER=1
   insecure_test_unencrypted_overlay: true
 """
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Print the hardening seen inside a server on a worker, against the plain control."""
+    from tests.cluster.test_swarm_servers import HARDENING_TABLE
+
+    if not HARDENING_TABLE:
+        return
+    terminalreporter.section("hardening inside a Swarm server on a worker (issue #18)")
+    write = terminalreporter.write_line
+    write(f"{'probe':<34} {'control: plain container':<26} server (Swarm service)")
+    for probe, control, server in HARDENING_TABLE:
+        write(f"{probe:<34} {control:<26} {server}")

@@ -322,6 +322,15 @@ class Cluster:
         for node in self.nodes:
             for root in (node.exec_root, node.data_root):
                 _unmount_under(root)
+        # the data roots hold every loaded image's layers: removed all at once
+        removing = [
+            subprocess.Popen(["rm", "-rf", "--one-file-system", root])
+            for node in self.nodes
+            for root in (node.exec_root, node.data_root)
+        ]
+        for process in removing:
+            process.wait(timeout=600)
+        for node in self.nodes:
             for root in (node.exec_root, node.data_root, node.pidfile, node.socket):
                 path = Path(root)
                 if path.is_dir():
