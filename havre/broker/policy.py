@@ -32,10 +32,16 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from havre.enclave.config import EnclaveConfig, Project, project_hub_group
-from havre.enclave.hardening import container_hardening, hardened_host_config
+from havre.enclave.hardening import (
+    container_hardening,
+    hardened_host_config,
+    swarm_task_hardening,
+)
 
 #: The notebook server's port inside its container (DockerSpawner's default).
 SERVER_PORT = 8888
+#: a Swarm task's grace period between SIGTERM and SIGKILL, in nanoseconds
+STOP_GRACE_NS = 5_000_000_000
 #: Where things are inside notebook and re-execution containers.
 HOME = "/home/researcher"
 DATA = "/data"
@@ -420,6 +426,59 @@ def desktop_spec(
         host_config=host,
         network=f"container:{notebook}",
     )
+
+
+def server_service_spec(
+    enclave: EnclaveConfig,
+    request: BrokerRequest,
+    *,
+    dns: str = "",
+    identity: tuple[int, int] = (NOTEBOOK_UID, NOTEBOOK_GID),
+) -> dict[str, Any]:
+    """The notebook server of ``request`` as a Swarm service (cluster mode): the same
+    container as :func:`server_spec` (image, user, environment, labels, mounts), hardened by
+    :func:`havre.enclave.hardening.swarm_task_hardening`, one replica that is never restarted,
+    on the project's overlay, placed by Swarm on a worker carrying the project's data label.
+
+    Returns the keyword arguments of docker-py's ``APIClient.create_service``.
+    """
+    cluster = enclave.cluster
+    if cluster is None:
+        raise Refused(500, "This enclave runs on one host: no Swarm service to make.")
+    spec = server_spec(enclave, request, dns=dns, identity=identity)
+    project = enclave.project(request.project)
+    task = swarm_task_hardening(project, dns=dns)
+    container = task["ContainerSpec"]
+    container.update(
+        {
+            "Image": spec.image,
+            "User": spec.user,
+            "Dir": spec.working_dir,
+            "Hostname": spec.hostname,
+            "Env": [f"{k}={v}" for k, v in spec.environment.items()],
+            "Labels": dict(spec.labels),
+            "StopGracePeriod": STOP_GRACE_NS,
+        }
+    )
+    container["Mounts"] = [
+        {"Type": "bind", "Source": m.source, "Target": m.target, "ReadOnly": m.read_only}
+        for m in spec.mounts
+    ] + container["Mounts"]
+    task.update(
+        {
+            "RestartPolicy": {"Condition": "none", "MaxAttempts": 0},
+            "Placement": {"Constraints": cluster.constraints(project.slug)},
+            "Networks": [{"Target": spec.network}],
+        }
+    )
+    return {
+        "task_template": task,
+        "name": spec.name,
+        "labels": dict(spec.labels),
+        "mode": {"Replicated": {"Replicas": 1}},
+        # no virtual IP and no load balancer: the hub reaches the one task by its address
+        "endpoint_spec": {"Mode": "dnsrr"},
+    }
 
 
 def papermill_command() -> tuple[str, ...]:

@@ -32,6 +32,7 @@ from typing import Any
 from havre.broker.policy import (
     DESKTOP_PORT,
     RUN_LABEL,
+    SERVER_PORT,
     BrokerRequest,
     ContainerSpec,
     Refused,
@@ -39,18 +40,33 @@ from havre.broker.policy import (
     desktop_spec,
     reexec_scratch,
     reexec_spec,
+    server_service_spec,
     server_spec,
 )
 from havre.enclave.config import EnclaveConfig, EnclaveConfigError
 from havre.enclave.logs import configure as configure_logs
 from havre.enclave.logs import security_event
-from havre.enclave.networks import project_network_is_closed, project_network_spec
+from havre.enclave.networks import (
+    project_network_is_closed,
+    project_network_spec,
+    project_overlay_spec,
+)
 
 log = logging.getLogger("havre.broker")
 
 MAX_BODY = 256 * 1024
 #: How long a stop waits for the server to exit before killing it.
 STOP_SECONDS = 10
+#: how long Swarm may take to place and start a server before the broker gives up
+PLACEMENT_SECONDS = 60
+#: a Swarm task's state, as :meth:`Broker.inspect` names a container's (``docker inspect``)
+_TASK_STATES = {
+    **dict.fromkeys(
+        ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting"), "created"
+    ),
+    "running": "running",
+    **dict.fromkeys(("complete", "shutdown", "failed", "rejected", "orphaned", "remove"), "exited"),
+}
 
 
 def _now() -> str:
@@ -174,14 +190,22 @@ class Broker:
     def act(self, enclave: EnclaveConfig, request: BrokerRequest) -> dict[str, Any]:
         if request.action == "server.start":
             with self._lock(f"server/{request.user}/{request.project}"):
+                if enclave.cluster is not None:
+                    return self.start_service(enclave, request)
                 return self.start_server(enclave, request)
         if request.action == "server.stop":
             with self._lock(f"server/{request.user}/{request.project}"):
                 # the desktop first (it lives in the notebook's network namespace); both are
                 # removed whatever the project's tier is now (the config may have changed)
+                name = enclave.container_name(request.project, request.user)
+                if enclave.cluster is not None:
+                    return self.remove_service(name)
                 self.remove(enclave.desktop_container_name(request.project, request.user))
-                return self.remove(enclave.container_name(request.project, request.user))
+                return self.remove(name)
         if request.action == "server.inspect":
+            if enclave.cluster is not None:
+                name = enclave.container_name(request.project, request.user)
+                return self.inspect_service(name, enclave.network_name(request.project))
             return self.inspect_server(enclave, request)
         if request.action == "reexec.image":
             image = enclave.project(request.project).image
@@ -295,13 +319,28 @@ class Broker:
 
         name = enclave.network_name(slug)
         with self._lock(f"network/{name}"):
+            cluster = enclave.cluster
             try:
                 attrs = self.client.inspect_network(name)
             except docker.errors.NotFound:
                 log.info("creating internal network %s", name)
-                self.client.create_network(name, **project_network_spec(name, enclave.name, slug))
+                if cluster is None:
+                    spec = project_network_spec(name, enclave.name, slug)
+                else:
+                    spec = project_overlay_spec(
+                        name, enclave.name, slug, encrypted=cluster.overlay_encrypted
+                    )
+                self.client.create_network(name, **spec)
                 attrs = self.client.inspect_network(name)
-            if not project_network_is_closed(attrs):
+            encrypted = cluster is not None and cluster.overlay_encrypted
+            if cluster is not None:
+                # the manager's view of a new overlay can lag its creation: read it again
+                for _ in range(20):
+                    if project_network_is_closed(attrs, overlay_encrypted=encrypted):
+                        break
+                    time.sleep(0.25)
+                    attrs = self.client.inspect_network(name, scope="swarm")
+            if not project_network_is_closed(attrs, overlay_encrypted=encrypted):
                 raise Refused(
                     500,
                     f"Network {name} exists but is not an internal network with no host "
@@ -395,6 +434,124 @@ class Broker:
         answer = self.inspect(spec.name, spec.network)
         answer["id"] = container_id
         return answer
+
+    # ------------------------------------------------------------- cluster mode (Swarm)
+
+    def _service(self, name: str) -> dict[str, Any] | None:
+        import docker.errors
+
+        try:
+            return self.client.inspect_service(name)
+        except docker.errors.NotFound:
+            return None
+
+    def start_service(self, enclave: EnclaveConfig, request: BrokerRequest) -> dict[str, Any]:
+        """A notebook server as a Swarm service, which Swarm places on a worker holding the
+        project's data (:func:`havre.broker.policy.server_service_spec`)."""
+        if enclave.project(request.project).desktop:
+            raise Refused(
+                409,
+                f"Project {request.project!r} is pixels-only (access: desktop), which runs on "
+                "one host only: its server is not started as a Swarm service.",
+            )
+        name = enclave.container_name(request.project, request.user)
+        if self._service(name) is not None:
+            current = self.inspect_service(name, enclave.network_name(request.project))
+            if current["state"] in ("running", "created"):
+                raise Refused(
+                    409,
+                    f"{request.user} already has a running server in project "
+                    f"{request.project!r}; stop it first.",
+                )
+            self.remove_service(name)
+        network = self.ensure_project_network(enclave, request.project)
+        gateway = ((network.get("IPAM") or {}).get("Config") or [{}])[0].get("Gateway", "")
+        ident = self.server_identity(enclave, request)
+        self.prepare_folders(enclave, request, ident)
+        spec = server_service_spec(enclave, request, dns=gateway, identity=(ident.uid, ident.gid))
+        created = self.client.create_service(**spec)
+        network = enclave.network_name(request.project)
+        deadline = time.monotonic() + PLACEMENT_SECONDS
+        retried = False
+        while True:
+            answer = self.inspect_service(name, network)
+            if answer["state"] == "running" and answer["ip"]:
+                break
+            if answer["state"] == "exited" and not retried:
+                # a task that failed before running (e.g. the overlay not yet on the worker):
+                # once more, as Swarm would with a restart policy a server must not have
+                log.warning("%s failed to start (%s); trying once more", name, answer["message"])
+                retried = True
+                self.remove_service(name)
+                created = self.client.create_service(**spec)
+                continue
+            if answer["state"] == "exited" or time.monotonic() > deadline:
+                self.remove_service(name)
+                key, value = enclave.cluster.label_of(request.project)  # type: ignore[union-attr]
+                raise Refused(
+                    503,
+                    f"Swarm could not start the server on a worker holding project "
+                    f"{request.project!r}'s data (node label {key}={value}): "
+                    f"{answer.get('message') or 'no such worker is available'}.",
+                )
+            time.sleep(0.25)
+        answer["id"] = created.get("ID", "")
+        return answer
+
+    def _current_task(self, name: str) -> dict[str, Any] | None:
+        tasks = self.client.tasks(filters={"service": name})
+        if not tasks:
+            return None
+        return max(tasks, key=lambda t: (t.get("Version") or {}).get("Index", 0))
+
+    def inspect_service(self, name: str, network: str) -> dict[str, Any]:
+        """The server's state as :meth:`inspect` gives a container's: its one task's state,
+        its address on the project's overlay, and the node it runs on."""
+        if self._service(name) is None:
+            return {"state": "absent"}
+        task = self._current_task(name)
+        if task is None:
+            return {"state": "created", "ip": "", "port": SERVER_PORT, "node": ""}
+        status = task.get("Status") or {}
+        state = _TASK_STATES.get(status.get("State", ""), "exited")
+        ip = ""
+        for attachment in task.get("NetworksAttachments") or []:
+            if ((attachment.get("Network") or {}).get("Spec") or {}).get("Name") == network:
+                ip = (attachment.get("Addresses") or [""])[0].split("/")[0]
+        container = status.get("ContainerStatus") or {}
+        return {
+            "state": state,
+            "id": container.get("ContainerID", ""),
+            "exit_code": container.get("ExitCode"),
+            "oom_killed": False,
+            "ip": ip,
+            "port": SERVER_PORT,
+            "node": task.get("NodeID", ""),
+            "message": (status.get("Err") or status.get("Message") or "")[:300],
+        }
+
+    def remove_service(self, name: str) -> dict[str, Any]:
+        """Remove the server's service: Swarm stops its task (SIGTERM, then SIGKILL after the
+        grace period) wherever it runs; returns once no task of it is left running."""
+        import docker.errors
+
+        service = self._service(name)
+        if service is None:
+            return {"state": "absent"}
+        try:
+            self.client.remove_service(service["ID"])
+        except docker.errors.NotFound:
+            pass
+        deadline = time.monotonic() + STOP_SECONDS + 20
+        while time.monotonic() < deadline:
+            try:
+                tasks = self.client.tasks(filters={"service": service["ID"]})
+            except docker.errors.APIError:
+                break
+            if not any((t.get("Status") or {}).get("State") == "running" for t in tasks):
+                break
+            time.sleep(0.2)
+        return {"state": "removed", "id": service["ID"]}
 
     def _check_scratch(self, enclave: EnclaveConfig, request: BrokerRequest) -> None:
         scratch = reexec_scratch(enclave, request.run_id)

@@ -119,3 +119,51 @@ def hardened_host_config(
         "ipc_mode": "private",
         "network_mode": network,
     }
+
+
+#: What a Swarm service's task can't be given on Docker Engine 20.10 (API 1.41) that
+#: :func:`hardened_host_config` gives a single-host container, and what stands in for it
+#: (``docs/sysadmin/cluster.md``, the hardening-parity table; each has a test in
+#: ``tests/cluster/test_swarm_servers.py``).
+SWARM_GAPS: Mapping[str, str] = {
+    "no-new-privileges": "OPEN: the task's capability bounding set is empty (cap_drop ALL), "
+    "so a setuid file gives no capability; the notebook image still has setuid/setgid files "
+    "(a setuid-root one gives uid 0 without capabilities): strip them from the image, or run "
+    "an engine with API 1.46",
+    "Havre's seccomp profile": "Docker's default seccomp profile applies to every task; ICMP "
+    "and IPv6 sockets are closed by sysctls instead of by the profile",
+    "memory+swap limit": "the task's memory limit only; the engine's default swap (as much "
+    "again) is allowed",
+}
+
+
+def swarm_task_hardening(project: Project, *, dns: str = "", tmp_size_bytes: int = 512 << 20):
+    """The parts of a Swarm ``TaskTemplate`` (API 1.41 field names) that harden a notebook
+    server: as much of :func:`hardened_host_config` as services support (see
+    :data:`SWARM_GAPS` for the rest): no capabilities, read-only root, a ``/tmp`` tmpfs, the
+    same sysctls (no IPv6, no ICMP sockets), the project's process, memory and CPU limits, the
+    resolver on the gateway only."""
+    host = hardened_host_config(project, network="unused", dns=dns)
+    return {
+        "ContainerSpec": {
+            "CapabilityDrop": ["ALL"],
+            "ReadOnly": True,
+            "Sysctls": dict(host["sysctls"]),
+            "Mounts": [
+                {
+                    "Type": "tmpfs",
+                    "Target": "/tmp",
+                    "TmpfsOptions": {"SizeBytes": tmp_size_bytes, "Mode": 0o1777},
+                }
+            ],
+            "DNSConfig": {"Nameservers": list(host["dns"]), "Search": ["."]},
+            "Init": False,
+        },
+        "Resources": {
+            "Limits": {
+                "NanoCPUs": int(project.limits.cpu * 1_000_000_000),
+                "MemoryBytes": project.limits.memory_bytes,
+                "Pids": project.limits.pids,
+            }
+        },
+    }

@@ -44,9 +44,43 @@ def project_network_spec(network: str, enclave: str, project: str) -> dict[str, 
     }
 
 
-def project_network_is_closed(network_attrs: dict[str, Any]) -> bool:
-    """True when an existing Docker network has the properties Havre relies on."""
+#: Docker's overlay option that encrypts the VXLAN traffic between hosts (IPsec)
+OVERLAY_ENCRYPTED = "encrypted"
+
+
+def project_overlay_spec(
+    network: str, enclave: str, project: str, *, encrypted: bool = True
+) -> dict[str, Any]:
+    """The project network on a Swarm cluster: an internal, attachable overlay (the hub and
+    egress, plain containers on the manager, attach to it; servers are services on it),
+    encrypted between hosts unless the test cluster says otherwise
+    (``havre.enclave.config.cluster``)."""
+    return {
+        "driver": "overlay",
+        "internal": True,
+        "attachable": True,
+        "enable_ipv6": False,
+        "check_duplicate": True,
+        "options": {OVERLAY_ENCRYPTED: ""} if encrypted else {},
+        "labels": {"havre.enclave": enclave, "havre.project": project},
+    }
+
+
+def project_network_is_closed(
+    network_attrs: dict[str, Any], *, overlay_encrypted: bool | None = None
+) -> bool:
+    """True when an existing Docker network has the properties Havre relies on.
+
+    An overlay (cluster mode) has no host side to close; it must be internal and, when
+    ``overlay_encrypted`` is true, encrypted."""
     options = network_attrs.get("Options") or {}
+    if network_attrs.get("Driver") == "overlay":
+        return (
+            bool(network_attrs.get("Internal"))
+            and bool(network_attrs.get("Attachable"))
+            and not network_attrs.get("EnableIPv6")
+            and (not overlay_encrypted or OVERLAY_ENCRYPTED in options)
+        )
     return (
         bool(network_attrs.get("Internal"))
         and not network_attrs.get("EnableIPv6")

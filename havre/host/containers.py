@@ -13,7 +13,7 @@ import docker.errors
 
 from havre.enclave.config import EnclaveConfig
 from havre.enclave.live import restart_digest
-from havre.enclave.networks import project_network_spec
+from havre.enclave.networks import project_network_spec, project_overlay_spec
 from havre.host.layout import TLS_IN_CONTAINER, StackError, StackOptions, front_network_name
 
 
@@ -83,7 +83,13 @@ def ensure_project_networks(
             continue
         except docker.errors.NotFound:
             pass
-        client.networks.create(name, **project_network_spec(name, enclave.name, slug))
+        if enclave.cluster is None:
+            spec = project_network_spec(name, enclave.name, slug)
+        else:
+            spec = project_overlay_spec(
+                name, enclave.name, slug, encrypted=enclave.cluster.overlay_encrypted
+            )
+        client.networks.create(name, **spec)
         changes.append(f"created the network {name}")
 
 

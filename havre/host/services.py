@@ -18,6 +18,7 @@ import docker
 import docker.errors
 
 from havre.enclave.config import EnclaveConfig
+from havre.enclave.config.cluster import INSECURE_TEST_FLAG
 from havre.enclave.hardening import service_hardening
 from havre.enclave.jobs_folder import prepare_jobs_folder
 from havre.enclave.live import live_config_path
@@ -90,6 +91,7 @@ def start_egress(
         network=front_network_name(enclave),
         environment={
             **log_environment(enclave),
+            **cluster_test_env(enclave),
             "HAVRE_CONFIG": CONFIG_IN_CONTAINER,
             "HAVRE_EGRESS_PORT": str(EGRESS_PORT),
             "JUPYTERHUB_API_TOKEN": token,
@@ -146,6 +148,16 @@ def log_environment(enclave: EnclaveConfig) -> dict[str, str]:
     """The environment that sets a service's log format from the config's ``logging.format``
     (every service calls :func:`havre.enclave.logs.configure` at start)."""
     return {FORMAT_ENV: enclave.log_format}
+
+
+def cluster_test_env(enclave: EnclaveConfig) -> dict[str, str]:
+    """The test cluster's flag, for the containers that read the enclave config, when the
+    config disables overlay encryption (``havre.enclave.config.cluster``: refused without it;
+    ``havre up`` passes on only what its own environment has)."""
+    cluster = enclave.cluster
+    if cluster is None or cluster.overlay_encrypted:
+        return {}
+    return {INSECURE_TEST_FLAG: os.environ.get(INSECURE_TEST_FLAG, "")}
 
 
 def _service_container(
@@ -220,7 +232,7 @@ def start_runner(
             **_broker_volumes(enclave, "runner"),
             **data,
         },
-        environment=log_environment(enclave),
+        environment={**log_environment(enclave), **cluster_test_env(enclave)},
         **_service_container(enclave, "runner", digest, tmp="64m", pids=256),
     )
 
@@ -376,7 +388,9 @@ def start_broker(
     name = broker_container_name(enclave)
     state = enclave.state_dir
     socket_path = "/var/run/docker.sock"
-    socket_source = engine_socket()
+    # on a cluster, the swarm manager's engine (the broker makes services there); else the
+    # engine `havre up` talks to (DOCKER_HOST)
+    socket_source = enclave.cluster.manager_socket if enclave.cluster else engine_socket()
     digest = config_digest(
         enclave,
         image_id(client, opts.hub_image),
@@ -398,7 +412,7 @@ def start_broker(
     }
     options = _service_container(enclave, "broker", digest, tmp="16m", pids=128)
     options.pop("sysctls")  # no network namespace of its own to set
-    options["environment"] = log_environment(enclave)
+    options["environment"] = {**log_environment(enclave), **cluster_test_env(enclave)}
     client.containers.run(
         opts.hub_image,
         [
@@ -544,6 +558,7 @@ def start_hub(
         ports={f"{PROXY_PORT}/tcp": (opts.bind_ip, opts.port)},
         environment={
             **log_environment(enclave),
+            **cluster_test_env(enclave),
             "HOME": "/tmp",
             "HAVRE_CONFIG": CONFIG_IN_CONTAINER,
             "HAVRE_HUB_CONTAINER": name,

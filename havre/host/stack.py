@@ -114,6 +114,14 @@ def wait_for_hub(
     raise StackError(f"the hub did not answer at {health} within {timeout:.0f} s")
 
 
+def engine_client(enclave: EnclaveConfig) -> docker.DockerClient:
+    """The Docker engine the enclave's services run on: this host's (``DOCKER_HOST``), or on
+    a cluster the swarm manager's engine the config names."""
+    if enclave.cluster is not None:
+        return docker.DockerClient(base_url=enclave.cluster.manager, version="auto")
+    return docker.from_env(version="auto")
+
+
 def up(
     enclave: EnclaveConfig,
     opts: StackOptions | None = None,
@@ -129,9 +137,11 @@ def up(
     opts = opts or StackOptions()
     changes = [] if changes is None else changes
     say = progress or quiet()
-    client = docker.from_env(version="auto")
+    client = engine_client(enclave)
     try:
-        images = (opts.hub_image, opts.egress_image, *enclave.allowed_images)
+        # on a cluster, notebook images live on the workers (Swarm places servers there)
+        notebook_images = () if enclave.cluster else enclave.allowed_images
+        images = (opts.hub_image, opts.egress_image, *notebook_images)
         say.step("checking the images", ", ".join(images))
         for image in images:
             image_id(client, image)
@@ -168,9 +178,12 @@ def up(
 
 def down(enclave: EnclaveConfig, *, purge: bool = False) -> None:
     """Stop the enclave's containers; with ``purge`` also its networks and state folder."""
-    client = docker.from_env(version="auto")
+    client = engine_client(enclave)
     try:
         label = f"havre.enclave={enclave.name}"
+        if enclave.cluster is not None:  # the servers, wherever Swarm placed them
+            for service in client.services.list(filters={"label": label}):
+                service.remove()
         for container in client.containers.list(all=True, filters={"label": label}):
             try:
                 container.remove(force=True)

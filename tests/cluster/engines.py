@@ -264,8 +264,22 @@ class Cluster:
             with tempfile.TemporaryDirectory(dir="/var/tmp") as tmp:
                 archive = Path(tmp) / "image.tar"
                 _run(["docker", "save", "-o", str(archive), image])
-                for node in missing:
-                    node.docker("load", "-q", "-i", str(archive))
+                loads = [
+                    (
+                        node,
+                        subprocess.Popen(
+                            ["docker", "-H", node.url, "load", "-q", "-i", str(archive)],
+                            stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE,
+                            text=True,
+                        ),
+                    )
+                    for node in missing
+                ]
+                for node, process in loads:
+                    _, err = process.communicate(timeout=600)
+                    if process.returncode != 0:
+                        raise ClusterError(f"loading {image} into {node.name} failed: {err}")
                     loaded.append(f"{node.name}:{image}")
         return loaded
 
@@ -308,6 +322,15 @@ class Cluster:
         for node in self.nodes:
             for root in (node.exec_root, node.data_root):
                 _unmount_under(root)
+        # the data roots hold every loaded image's layers: removed all at once
+        removing = [
+            subprocess.Popen(["rm", "-rf", "--one-file-system", root])
+            for node in self.nodes
+            for root in (node.exec_root, node.data_root)
+        ]
+        for process in removing:
+            process.wait(timeout=600)
+        for node in self.nodes:
             for root in (node.exec_root, node.data_root, node.pidfile, node.socket):
                 path = Path(root)
                 if path.is_dir():

@@ -115,3 +115,50 @@ def test_every_bad_value_is_a_problem_of_its_own():
 def test_a_cluster_config_reads_back_the_same():
     config = _load("cluster:\n  manager: unix:///run/m1.sock\n  placement: {cardio: a=b}\n")
     assert parse_enclave_yaml(dump_enclave_config(config)) == config
+
+
+def test_a_server_service_carries_the_hardening_services_allow_and_its_placement(monkeypatch):
+    """The Swarm service the broker makes for a server (havre.broker.policy): every control
+    API 1.41 offers, the project's limits, a worker holding the data, never restarted."""
+    from havre.broker.policy import BrokerRequest, server_service_spec
+    from havre.enclave.hardening import SWARM_GAPS
+
+    config = _load("cluster: {placement: {cardio: site=a}}\n")
+    request = BrokerRequest("hub", "server.start", "alice", "cardio")
+    spec = server_service_spec(config, request, dns="10.0.0.1", identity=(2_000_001, 2_000_002))
+    task = spec["task_template"]
+    container = task["ContainerSpec"]
+    assert container["CapabilityDrop"] == ["ALL"] and "CapabilityAdd" not in container
+    assert container["ReadOnly"] is True and container["User"] == "2000001:2000002"
+    assert container["Sysctls"]["net.ipv4.ping_group_range"] == "1 0"
+    assert container["Sysctls"]["net.ipv6.conf.all.disable_ipv6"] == "1"
+    assert container["DNSConfig"]["Nameservers"] == ["10.0.0.1"]
+    mounts = {m["Target"]: m for m in container["Mounts"]}
+    assert mounts["/data"]["ReadOnly"] is True and mounts["/tmp"]["Type"] == "tmpfs"
+    limits = task["Resources"]["Limits"]
+    project = config.project("cardio")
+    assert limits["Pids"] == project.limits.pids
+    assert limits["MemoryBytes"] == project.limits.memory_bytes
+    assert task["Placement"]["Constraints"] == ["node.role==worker", "node.labels.site==a"]
+    assert task["RestartPolicy"]["Condition"] == "none"
+    assert task["Networks"] == [{"Target": config.network_name("cardio")}]
+    assert spec["endpoint_spec"] == {"Mode": "dnsrr"}
+    # what services can't have is written down, each with its stand-in
+    assert set(SWARM_GAPS) == {"no-new-privileges", "Havre's seccomp profile", "memory+swap limit"}
+
+
+def test_a_pixels_only_project_is_refused_on_a_cluster():
+    """A Swarm service can't share a network namespace with a desktop container: on a cluster a
+    desktop project's JupyterLab would be routed to the researcher's browser, the exit the tier
+    closes. Control: the same project on one host, and the cluster without it."""
+    desktop = BASE.replace(
+        "{title: Cardio, members: [alice]}", "{title: Cardio, members: [alice], access: desktop}"
+    )
+    assert parse_enclave_yaml(desktop).project("cardio").desktop
+    with pytest.raises(EnclaveConfigError) as caught:
+        parse_enclave_yaml(desktop + "cluster: {manager: 'unix:///run/n1.sock'}\n")
+    assert any(
+        "projects.cardio.access" in problem and "one host only" in problem
+        for problem in caught.value.problems
+    )
+    assert _load("cluster: {manager: 'unix:///run/n1.sock'}\n").cluster is not None

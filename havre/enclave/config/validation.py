@@ -446,6 +446,18 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
                 projects.append(project)
 
     cluster = parse_cluster(p, data.get("cluster"), raw_projects)
+    if cluster is not None:
+        for project in projects:
+            if project.desktop:
+                # a cluster runs servers as Swarm services; a desktop must share its server's
+                # network namespace, which services can't: the server would be routed to the
+                # researcher's browser, the exit the desktop tier exists to close
+                p.add(
+                    f"projects.{project.slug}.access",
+                    "pixels-only projects (access: desktop) run on one host only, not on a "
+                    "cluster yet",
+                    "desktop",
+                )
 
     if p.items:
         raise EnclaveConfigError(p.items, source)
