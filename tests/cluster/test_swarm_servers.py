@@ -71,9 +71,9 @@ def test_hardening_seen_from_inside_a_server_on_a_worker(cluster_enclave: Cluste
     """What the server on worker 2 sees of its own hardening, against the same probe in a
     plain container of the same image on the same worker (the control). The documented gaps
     of Swarm services on API 1.41 (havre.enclave.hardening.SWARM_GAPS) show as such: no
-    no-new-privileges flag (NoNewPrivs 0), with setuid/setgid files still in the notebook image
-    (an open gap: only the empty capability bounding set limits them), and Docker's default
-    seccomp profile (mode 2 in both)."""
+    no-new-privileges flag (NoNewPrivs 0), compensated by a notebook image without
+    setuid/setgid files and the empty capability bounding set, and Docker's default seccomp
+    profile (mode 2 in both)."""
     found = cluster_enclave.server_container("alice", "cardio")
     assert found is not None, "alice's cardio server is not running (first test failed?)"
     node, container = found
@@ -99,7 +99,7 @@ def test_hardening_seen_from_inside_a_server_on_a_worker(cluster_enclave: Cluste
         ("ping", control["ping"], server["ping"]),
         ("ipv6-off", control["ipv6-off"], server["ipv6-off"]),
         ("CapBnd:", control["CapBnd:"], server["CapBnd:"]),
-        ("setid-files (open gap)", control["setid-files"], server["setid-files"]),
+        ("setid-files", control["setid-files"], server["setid-files"]),
         ("NoNewPrivs: (exec'd probe)", control["NoNewPrivs:"], server["NoNewPrivs:"]),
         ("NoNewPrivs: (the task's init)", control["init-NoNewPrivs"], server["init-NoNewPrivs"]),
         ("Seccomp: (gap: default profile)", control["Seccomp:"], server["Seccomp:"]),
@@ -113,10 +113,10 @@ def test_hardening_seen_from_inside_a_server_on_a_worker(cluster_enclave: Cluste
     assert server["ipv6-off"] == "1"
     # no capability can come back through a setuid binary: the bounding set is empty
     assert int(control["CapBnd:"], 16) != 0 and int(server["CapBnd:"], 16) == 0
-    # OPEN GAP (docs/sysadmin/cluster.md): the notebook image still has setuid/setgid files
-    # (the find counts them: the control's planted one too), and a service can't set
-    # no-new-privileges on API 1.41; a setuid-root file gives uid 0 without capabilities
-    assert int(control["setid-files"]) == int(server["setid-files"]) + 1
+    # a service can't set no-new-privileges on API 1.41 (docs/sysadmin/cluster.md): the
+    # compensating control is an image without setuid/setgid files (the find counts the
+    # control's planted one, so it would count any left in the image)
+    assert int(control["setid-files"]) == 1 and int(server["setid-files"]) == 0
     # the documented gaps: the flag is off in a service (as in the plain control) and the
     # seccomp filter is Docker's default (mode 2, filtering, in both)
     assert server["Seccomp:"] == "2"

@@ -156,3 +156,23 @@ def test_service_code_is_not_on_disk_in_the_notebook_image(notebook, egress, mod
     assert notebook["found"][path] == []
     # control: the same walk finds it in the egress image
     assert any("site-packages/" + path in found for found in egress["found"][path])
+
+
+def test_the_notebook_image_has_no_setuid_or_setgid_file(docker_client):
+    """A setuid-root file would give uid 0 inside a server where no-new-privileges can't be set
+    (a Swarm service on API 1.41). The image has none; control: the same search, as root in a
+    container of the image, finds a file planted with the bit."""
+    out = docker_client.containers.run(
+        DEFAULT_NOTEBOOK_IMAGE,
+        [
+            "sh",
+            "-c",
+            "cp /bin/true /usr/local/bin/planted && chmod u+s /usr/local/bin/planted && "
+            "find / -xdev -perm /6000 -type f",
+        ],
+        user="0",
+        network_mode="none",
+        remove=True,
+        labels={"havre.test.image-probe": "1"},
+    )
+    assert out.decode().split() == ["/usr/local/bin/planted"]
