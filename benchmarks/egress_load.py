@@ -212,18 +212,20 @@ def serve(args: argparse.Namespace) -> None:
     from egress.service import listen, serve_workers
     from egress.store.content import ContentStore
     from egress.store.db import make_engine
+    from egress.web import api, pages
     from egress.web import app as web
+    from egress.web.base import BaseHandler
     from havre.enclave.config import parse_enclave_yaml
 
     # Authentication, in this process only: the user is who the X-Bench-User header says (the
     # real service asks the hub through Hub OAuth). Projects and roles still come from the
     # enclave config through egress.operations.facade.actor_for, as in production.
-    def bench_user(self: web.BaseHandler) -> dict[str, Any] | None:
+    def bench_user(self: BaseHandler) -> dict[str, Any] | None:
         name = self.request.headers.get(USER_HEADER)
         return {"name": name, "groups": []} if name else None
 
-    web.BaseHandler.get_current_user = bench_user  # type: ignore[method-assign]
-    web.BaseHandler.check_xsrf_cookie = lambda self: None  # type: ignore[method-assign]
+    BaseHandler.get_current_user = bench_user  # type: ignore[method-assign]
+    BaseHandler.check_xsrf_cookie = lambda self: None  # type: ignore[method-assign]
 
     # Every handler is timed from its start to its end (on the IOLoop, with the time its core
     # operations take in the thread pool, waits for a pool thread included), the CPU of those
@@ -235,7 +237,7 @@ def serve(args: argparse.Namespace) -> None:
     profiles: dict[str, cProfile.Profile] | None = (
         defaultdict(cProfile.Profile) if args.profile_dir else None
     )
-    original_run = web.BaseHandler.run
+    original_run = BaseHandler.run
 
     async def measured_run(self: Any, operation: Callable[..., Any], *a: Any, **kw: Any) -> Any:
         label = _server_label(self)
@@ -257,16 +259,16 @@ def serve(args: argparse.Namespace) -> None:
 
         return await original_run(self, job)
 
-    web.BaseHandler.run = measured_run  # type: ignore[method-assign]
+    BaseHandler.run = measured_run  # type: ignore[method-assign]
     handlers = {
-        web.RequestsApi: ("get", "post"),
-        web.RequestApi: ("get",),
-        web.OutputsApi: ("get",),
-        web.FilesApi: ("post",),
-        web.GroupApi: ("put",),
-        web.RequestActionApi: ("post",),
-        web.RawFile: ("get",),
-        web.VoteApi: ("put",),
+        api.RequestsApi: ("get", "post"),
+        api.RequestApi: ("get",),
+        api.OutputsApi: ("get",),
+        api.FilesApi: ("post",),
+        api.GroupApi: ("put",),
+        api.RequestActionApi: ("post",),
+        pages.RawFile: ("get",),
+        api.VoteApi: ("put",),
     }
     for cls, methods in handlers.items():
         for method in methods:

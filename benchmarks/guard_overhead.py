@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from havre.enclave.ports import GUARD_PORT  # noqa: E402
-from havre.host import stack  # noqa: E402
+from havre.host import layout, stack  # noqa: E402
 from havre.host.cli import DEFAULT_NOTEBOOK_IMAGE  # noqa: E402
 from havre.host.demo import init_demo  # noqa: E402
 from tests.enclave_fixtures import free_port  # noqa: E402
@@ -74,7 +74,7 @@ def main() -> None:
     config, users = init_demo(state, DEFAULT_NOTEBOOK_IMAGE, enclave_name="havreguardbench")
     passwords = {u.name: u.password for u in users}
     stack.down(config, purge=False)
-    options = stack.StackOptions(port=free_port(), idp_port=free_port())
+    options = layout.StackOptions(port=free_port(), idp_port=free_port())
     try:
         url = stack.up(config, options)
         alice = HubUser(url, "alice", passwords["alice"]).login()
@@ -91,7 +91,7 @@ def main() -> None:
             filters={"label": ["havre.enclave=havreguardbench", "havre.user=alice"]}
         )[0]
         address = next(iter(notebook.attrs["NetworkSettings"]["Networks"].values()))["IPAddress"]
-        hub = stack.hub_container_name(config)
+        hub = layout.hub_container_name(config)
         path = "/user/alice/cardio/api/contents/outputs/bench.csv?content=1&format=text&type=file"
         host = url.split("//", 1)[1].rstrip("/")
         started = time.monotonic()

@@ -47,7 +47,9 @@ from nbformat.v4 import new_code_cell, new_notebook
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from egress.reexecution.engine import ReexecutionRequest, parameters_yaml, run_notebook  # noqa: E402
+from egress.reexecution.engine import run_notebook  # noqa: E402
+from egress.reexecution.model import ReexecutionRequest  # noqa: E402
+from egress.reexecution.scratch import parameters_yaml  # noqa: E402
 from havre.enclave.config import DEFAULT_IMAGE, GIB, Limits, Project  # noqa: E402
 
 README = Path(__file__).with_name("reexecution-README.md")

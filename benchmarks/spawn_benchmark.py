@@ -84,13 +84,13 @@ from host_facts import cpu_model  # noqa: E402  (this folder)
 
 from havre import __version__  # noqa: E402
 from havre.enclave.config import EnclaveConfig, load_enclave_config, parse_enclave_yaml  # noqa: E402
-from havre.host import stack  # noqa: E402
+from havre.host import layout, stack  # noqa: E402
 from tests.integration.hub_client import HubUser  # noqa: E402
 
 #: How users sign in to the hub: Havre's embedded OpenID Connect provider (users seeded in
 #: ``<state>/idp/users.json``), or, in older trees, the demo password file
 #: (``<state>/secrets/demo-passwords.json``). The hub image must be built from the same tree.
-AUTH_MODE = "oidc" if hasattr(stack, "idp_container_name") else "password-file"
+AUTH_MODE = "oidc" if hasattr(layout, "idp_container_name") else "password-file"
 
 ENCLAVE = "havrebench"
 PROJECT = "bench"
@@ -413,11 +413,11 @@ def write_enclave(base: Path) -> tuple[EnclaveConfig, dict[str, str]]:
     return enclave, passwords
 
 
-def stack_options() -> stack.StackOptions:
+def stack_options() -> layout.StackOptions:
     """Free loopback ports for the proxy (and the embedded identity provider, if any)."""
-    names = {f.name for f in dataclasses.fields(stack.StackOptions)}
+    names = {f.name for f in dataclasses.fields(layout.StackOptions)}
     extra = {"idp_port": free_port()} if "idp_port" in names else {}
-    return stack.StackOptions(port=free_port(), **extra)
+    return layout.StackOptions(port=free_port(), **extra)
 
 
 def hub_image_auth_mode(client: docker.DockerClient) -> str:
@@ -445,7 +445,7 @@ class Bench:
         self.url = url
         self.client = docker.from_env(version="auto")
         self.users = {name: HubUser(url, name, passwords[name]).login() for name in USERS}
-        self.hub = self.client.containers.get(stack.hub_container_name(enclave))
+        self.hub = self.client.containers.get(layout.hub_container_name(enclave))
         self.limits = enclave.project(PROJECT).limits
 
     def container_name(self, user: str) -> str:
@@ -945,7 +945,7 @@ def broker_round_trips(bench: Bench, n: int = 30) -> dict[str, Any]:
 
     secret = (bench.enclave.state_dir / "secrets" / "broker-hub").read_text().strip()
     broker = BrokerClient(
-        bench.enclave.state_dir / stack.BROKER_SOCKET_SUBDIR / "broker.sock", secret=secret
+        bench.enclave.state_dir / layout.BROKER_SOCKET_SUBDIR / "broker.sock", secret=secret
     )
     api = docker.APIClient(version="auto")
     through, direct = [], []

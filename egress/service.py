@@ -4,8 +4,8 @@ A JupyterHub service at ``/services/egress/`` (Hub OAuth: users are who the hub 
 hub groups Havre manages). It keeps its state under ``<state_dir>/egress/``: the database
 (SQLite with WAL by default; ``$HAVRE_EGRESS_DB`` for PostgreSQL), the content store of
 snapshots, the release-signing key (made at first start, mode 0600) and the audit checkpoints.
-The pages and the API are in :mod:`egress.web.app`; every operation in
-:mod:`egress.operations.facade`.
+The pages and the API are in :mod:`egress.web` (:mod:`egress.web.app` builds them); every
+operation in :mod:`egress.operations.facade`.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ import docker
 import pytest
 
 from havre.enclave.config import EnclaveConfig
-from havre.host import stack
+from havre.host import layout, stack
 from havre.host.cli import DEFAULT_NOTEBOOK_IMAGE
 from havre.host.demo import init_demo
 from tests import web_coverage
@@ -36,7 +36,7 @@ def _docker_or_skip() -> docker.DockerClient:
         client.ping()
     except Exception as err:  # pragma: no cover - depends on the machine
         pytest.skip(f"needs a running Docker engine (scripts/run-tests.sh starts one): {err}")
-    for image in (DEFAULT_NOTEBOOK_IMAGE, stack.StackOptions().hub_image):
+    for image in (DEFAULT_NOTEBOOK_IMAGE, layout.StackOptions().hub_image):
         try:
             client.images.get(image)
         except docker.errors.ImageNotFound:
@@ -56,7 +56,7 @@ class RunningEnclave:
     url: str
     passwords: dict[str, str]
     docker: docker.DockerClient
-    options: stack.StackOptions
+    options: layout.StackOptions
 
     def user(self, name: str) -> HubUser:
         return HubUser(self.url, name, self.passwords[name]).login()
@@ -84,10 +84,10 @@ class RunningEnclave:
         return False
 
     def hub_container(self):
-        return self.docker.containers.get(stack.hub_container_name(self.config))
+        return self.docker.containers.get(layout.hub_container_name(self.config))
 
     def egress_container(self):
-        return self.docker.containers.get(stack.egress_container_name(self.config))
+        return self.docker.containers.get(layout.egress_container_name(self.config))
 
 
 @pytest.fixture(scope="session")
@@ -107,7 +107,7 @@ def enclave(docker_client, tmp_path_factory) -> Iterator[RunningEnclave]:
         membership_check_seconds=MEMBERSHIP_CHECK_SECONDS,
     )
     stack.down(config, purge=False)  # leftovers of an interrupted run
-    options = stack.StackOptions(port=free_port(), idp_port=free_port())
+    options = layout.StackOptions(port=free_port(), idp_port=free_port())
     url = stack.up(config, options)
     passwords = {u.name: u.password for u in users}
     running = RunningEnclave(config, url, passwords, docker_client, options)
@@ -115,7 +115,7 @@ def enclave(docker_client, tmp_path_factory) -> Iterator[RunningEnclave]:
         yield running
     finally:
         try:
-            egress = docker_client.containers.get(stack.egress_container_name(config))
+            egress = docker_client.containers.get(layout.egress_container_name(config))
             web_coverage.collect(egress.logs().decode(errors="replace"))
         except docker.errors.NotFound:
             pass

@@ -273,6 +273,26 @@ class ServiceBase:
         policy.require(actor, permission, view)
         return view
 
+    def permitted(
+        self, session: Session, actor: Actor, request_id: object, permission: Permission
+    ) -> Request:
+        """The request, once ``actor`` is allowed ``permission`` on it (404/403/409 if not)."""
+        request = self.load_request(session, request_id)
+        self.require(session, actor, permission, request)
+        return request
+
+    def permitted_file(
+        self,
+        session: Session,
+        actor: Actor,
+        request_id: object,
+        file_id: object,
+        permission: Permission,
+    ) -> tuple[Request, RequestFile]:
+        """The request and its file ``file_id``, once ``actor`` is allowed ``permission``."""
+        request = self.permitted(session, actor, request_id, permission)
+        return request, self.request_file(session, request, file_id)
+
     @staticmethod
     def _move(
         tx: Transaction, request: Request, action: Action, **counts: int

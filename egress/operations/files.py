@@ -68,26 +68,6 @@ from havre.sdc.differencing import count_table_from_csv, differencing_warnings
 class FileOperations(ServiceBase):
     """File operations of :class:`egress.operations.facade.EgressService`."""
 
-    def _permitted(
-        self, session: Session, actor: Actor, request_id: str, permission: Permission
-    ) -> Request:
-        """The request, once ``actor`` is allowed ``permission`` on it (refused otherwise)."""
-        request = self.load_request(session, request_id)
-        self.require(session, actor, permission, request)
-        return request
-
-    def _permitted_file(
-        self,
-        session: Session,
-        actor: Actor,
-        request_id: str,
-        file_id: int,
-        permission: Permission,
-    ) -> tuple[Request, RequestFile]:
-        """The request and its file ``file_id``, once ``actor`` is allowed ``permission``."""
-        request = self._permitted(session, actor, request_id, permission)
-        return request, self.request_file(session, request, file_id)
-
     @staticmethod
     def _audit_seen(
         tx: Transaction, actor: Actor, event: EventType, request: Request, row: RequestFile
@@ -153,7 +133,7 @@ class FileOperations(ServiceBase):
         (as in :meth:`get_request`) plus ``replaced`` and ``content_changed``.
         """
         with self.reading("add_file", actor, request_id) as session:
-            project = self._permitted(session, actor, request_id, Permission.ADD_FILE).project
+            project = self.permitted(session, actor, request_id, Permission.ADD_FILE).project
         try:
             group = _group_name(group)
         except InvalidInput as exc:
@@ -179,7 +159,7 @@ class FileOperations(ServiceBase):
         if result.changed:
             self.content.put(result.release_bytes)
         with self.writing("add_file", actor, request_id) as tx:
-            request = self._permitted(tx.session, actor, request_id, Permission.ADD_FILE)
+            request = self.permitted(tx.session, actor, request_id, Permission.ADD_FILE)
             target_round = (
                 request.round if request.state == RequestState.DRAFT else request.round + 1
             )
@@ -260,7 +240,7 @@ class FileOperations(ServiceBase):
         very bytes), with a sentence when the folder's record has changed since.
         """
         with self.reading("submit", actor, request_id) as session:
-            request = self._permitted(session, actor, request_id, Permission.SUBMIT)
+            request = self.permitted(session, actor, request_id, Permission.SUBMIT)
             rows = [(f.id, f.path, f.sha256, f.check or {}) for f in files_of(session, request)]
             project = request.project
         records = self.library_records(project)
@@ -287,7 +267,7 @@ class FileOperations(ServiceBase):
     def remove_file(self, actor: Actor, request_id: str, file_id: int) -> None:
         """Take a file (and its votes) out of a draft or returned request."""
         with self.writing("remove_file", actor, request_id) as tx:
-            request, row = self._permitted_file(
+            request, row = self.permitted_file(
                 tx.session, actor, request_id, file_id, Permission.REMOVE_FILE
             )
             tx.session.execute(delete(VoteRow).where(VoteRow.file_id == row.id))
@@ -312,7 +292,7 @@ class FileOperations(ServiceBase):
         request is submitted (``Permission.VIEW_FILE``); every view is audited as FILE_VIEWED
         with the viewer, whichever route serves it (the review page, its raw bytes)."""
         with self.writing("view_file", actor, request_id) as tx:
-            request, row = self._permitted_file(
+            request, row = self.permitted_file(
                 tx.session, actor, request_id, file_id, Permission.VIEW_FILE
             )
             content = self._content(row)
@@ -328,7 +308,7 @@ class FileOperations(ServiceBase):
         shown to a researcher has left it). Audited as FILE_PREVIEWED with the viewer.
         """
         with self.writing("preview_file", actor, request_id) as tx:
-            request, row = self._permitted_file(
+            request, row = self.permitted_file(
                 tx.session, actor, request_id, file_id, Permission.VIEW_PREVIEW
             )
             shape = None
@@ -371,7 +351,7 @@ class FileOperations(ServiceBase):
         count: their files left. The 200 most recently changed released tables are compared."""
         tables = (FileKind.CSV.value, FileKind.TSV.value)
         with self.reading("differencing", actor, request_id) as session:
-            request, row = self._permitted_file(
+            request, row = self.permitted_file(
                 session, actor, request_id, file_id, Permission.VIEW_FILE
             )
             if row.kind not in tables:

@@ -121,7 +121,7 @@ class Job:
     requested_at: str
     #: the project's SDC parameters as the service holds them (Havre's names); the runner
     #: forces them in the run, raised to ACRO's defaults where weaker
-    #: (``egress.reexecution.engine.forced_sdc_params``): a job can make a run stricter, not laxer
+    #: (``egress.reexecution.model.forced_sdc_params``): a job can make a run stricter, not laxer
     sdc_params: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
@@ -273,7 +273,7 @@ def _plain_params(params: object) -> dict[str, Any] | None:
 
 
 def result_report(job: Job, result: Any, *, limits_source: str) -> dict[str, Any]:
-    """``result.json`` for a :class:`egress.reexecution.engine.ReexecutionResult` of ``job``.
+    """``result.json`` for a :class:`egress.reexecution.model.ReexecutionResult` of ``job``.
 
     Outputs are listed with sha256, size and the SDC metadata the run's own ``results.json``
     files record (:func:`output_sdc_metadata`).

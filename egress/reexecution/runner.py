@@ -48,6 +48,8 @@ from egress.reexecution.jobs import (
     failure_report,
     result_report,
 )
+from egress.reexecution.model import RUN_LABEL, ReexecutionRequest
+from egress.reexecution.scratch import remove_tree
 from havre.enclave.config import EnclaveConfig, load_enclave_config
 
 log = logging.getLogger("egress.reexecution_runner")
@@ -132,8 +134,6 @@ class BrokerEngine:
 
     # client.containers
     def create(self, _image: str, _command: Any = None, **kwargs: Any) -> _BrokerRun:
-        from egress.reexecution.engine import RUN_LABEL
-
         labels = kwargs.get("labels") or {}
         project, run_id = labels["havre.project"], labels[RUN_LABEL]
         answer = self.broker.call("reexec.start", project=project, run_id=run_id)
@@ -189,8 +189,6 @@ class Runner:
 
     def clean_up(self) -> None:
         """Remove leftover containers, scratch folders and temporary files of earlier runs."""
-        from egress.reexecution.engine import RUN_LABEL, _remove_tree
-
         work = str(self.folder.work.resolve()) + "/"
         for container in self.client.containers.list(
             all=True, filters={"label": [RUN_LABEL, f"havre.enclave={self.enclave.name}"]}
@@ -204,7 +202,7 @@ class Runner:
                     log.info("could not remove %s: %s", container.name, err)
         for entry in os.scandir(self.folder.work):
             if entry.name.startswith("reexec-"):
-                _remove_tree(Path(entry.path))
+                remove_tree(Path(entry.path))
         removed = self.folder.remove_leftovers()
         if removed:
             log.info("removed %d half-written temporary files", removed)
@@ -249,7 +247,7 @@ class Runner:
             self.folder.finish(job_id, failure_report(job, "refused", reason))
             return "refused"
 
-        from egress.reexecution.engine import ReexecutionRequest, run_notebook
+        from egress.reexecution.engine import run_notebook
 
         request = ReexecutionRequest(
             notebook=notebook,

@@ -1,6 +1,6 @@
 """Trusted re-execution, the egress service's side: ask the runner, take its results in, show them.
 
-The operations of :class:`egress.operations.facade.EgressService` that deal with re-execution
+The service's re-execution operations (:class:`egress.operations.reexecution.ReexecutionOperations`)
 delegate here (``request_reexecution``, ``list_reexecutions``, ``reexecution``,
 ``collect_reexecutions``); they follow the operations' rules (policy first, one transaction with
 the audit event, refusals with a sentence). The runner is another container
@@ -28,25 +28,71 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any, Protocol
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from egress.audit.chain import EventType, canonical_json, format_time
 from egress.audit.signing import sign_record
 from egress.domain.errors import EgressError, InvalidInput, NotFound, _refused
 from egress.domain.policy import Actor, Permission, PermissionDenied
+from egress.files.sdc_badge import LibraryRecords
+from egress.operations.base import Transaction
 from egress.reexecution.jobs import Job, JobsFolder, ProtocolError, new_job_id, output_sdc_metadata
-from egress.store.content import ContentNotFound, CorruptContent
+from egress.reexecution.model import ReexecutionResult, Refused, compare_outputs, trusted_record
+from egress.reexecution.scratch import parameters_yaml
+from egress.store.content import ContentNotFound, ContentStore, CorruptContent
 from egress.store.models import Reexecution, Request, RequestFile
 from havre.enclave.outputs_folder import OutputPathError, read_output
 from havre.sdc import check_frequency_csv, read_table_csv
 from havre.sdc.params import SDCParams, SDCParamsError
 
-if TYPE_CHECKING:  # pragma: no cover
-    from egress.operations.facade import EgressService
+
+class ReexecutionHost(Protocol):
+    """What these operations use of the egress service (its state and building blocks)."""
+
+    content: ContentStore
+    sdc_params: SDCParams
+    outputs_root: Callable[[str], Path]
+
+    @property
+    def reexecution_jobs(self) -> JobsFolder: ...
+
+    def now(self) -> datetime: ...
+
+    def private_key(self) -> Ed25519PrivateKey: ...
+
+    def writing(
+        self, op: str, actor: Actor, request_id: str | None = None
+    ) -> AbstractContextManager[Transaction]: ...
+
+    def reading(
+        self, op: str, actor: Actor, request_id: str | None = None
+    ) -> AbstractContextManager[Session]: ...
+
+    def load_request(self, session: Session, request_id: object) -> Request: ...
+
+    def library_records(self, project: str) -> LibraryRecords: ...
+
+    def permitted(
+        self, session: Session, actor: Actor, request_id: object, permission: Permission
+    ) -> Request: ...
+
+    def permitted_file(
+        self,
+        session: Session,
+        actor: Actor,
+        request_id: object,
+        file_id: object,
+        permission: Permission,
+    ) -> tuple[Request, RequestFile]: ...
+
 
 log = logging.getLogger("egress.reexecution")
 
@@ -99,8 +145,6 @@ def _check_parameters(parameters: object) -> dict[str, Any]:
         raise InvalidInput("The parameters must be plain JSON values.") from None
     if len(text) > MAX_PARAMETERS_JSON:
         raise InvalidInput(f"The parameters are larger than {MAX_PARAMETERS_JSON} bytes.")
-    from egress.reexecution.engine import Refused, parameters_yaml
-
     try:
         parameters_yaml(parameters)
     except Refused as why:
@@ -151,7 +195,7 @@ def _entry(row: Reexecution, *, detail: bool = False) -> dict[str, Any]:
 
 
 def request(
-    svc: EgressService,
+    svc: ReexecutionHost,
     actor: Actor,
     request_id: str,
     file_id: int,
@@ -159,9 +203,7 @@ def request(
 ) -> dict[str, Any]:
     """Queue a trusted re-execution of the request's notebook ``file_id``; its entry."""
     with svc.reading("reexecute", actor, request_id) as session:
-        req = svc.load_request(session, request_id)
-        svc.require(session, actor, Permission.REEXECUTE, req)
-        row = svc.request_file(session, req, file_id)
+        req, row = svc.permitted_file(session, actor, request_id, file_id, Permission.REEXECUTE)
         if row.kind != "notebook":
             raise InvalidInput(
                 f"{row.path} is not a notebook; only notebooks (.ipynb) can be re-executed."
@@ -175,9 +217,7 @@ def request(
     notebook = svc.content.get(sha256)
     job_id = new_job_id()
     with svc.writing("reexecute", actor, request_id) as tx:
-        req = svc.load_request(tx.session, request_id)
-        svc.require(tx.session, actor, Permission.REEXECUTE, req)
-        row = svc.request_file(tx.session, req, file_id)
+        req, row = svc.permitted_file(tx.session, actor, request_id, file_id, Permission.REEXECUTE)
         if row.sha256 != sha256:
             raise _conflict(f"{path} changed meanwhile; ask again.")
         waiting = tx.session.execute(
@@ -256,8 +296,7 @@ def _sha(data: bytes) -> str:
 
 
 def _result_of(job_report: Mapping[str, Any], outputs: Mapping[str, bytes], executed: Any) -> Any:
-    """The :class:`egress.reexecution.engine.ReexecutionResult` a result folder describes."""
-    from egress.reexecution.engine import ReexecutionResult
+    """The :class:`egress.reexecution.model.ReexecutionResult` a result folder describes."""
 
     def when(text: object) -> datetime:
         return datetime.fromisoformat(str(text).replace("Z", "+00:00"))
@@ -284,7 +323,7 @@ def _result_of(job_report: Mapping[str, Any], outputs: Mapping[str, bytes], exec
 
 
 def _close(
-    svc: EgressService,
+    svc: ReexecutionHost,
     job_id: str,
     status: str,
     reason: str,
@@ -323,7 +362,7 @@ def _close(
         return True
 
 
-def _take_in(svc: EgressService, job_id: str) -> None:
+def _take_in(svc: ReexecutionHost, job_id: str) -> None:
     jobs: JobsFolder = svc.reexecution_jobs
     with svc.reading("reexecution_result", _RUNNER) as session:
         rx = session.get(Reexecution, job_id)
@@ -356,8 +395,6 @@ def _take_in(svc: EgressService, job_id: str) -> None:
         svc.content.put(data)
     if result.executed_notebook is not None:
         svc.content.put(result.executed_notebook)
-    from egress.reexecution.engine import trusted_record
-
     run_meta, _problems = output_sdc_metadata(result.outputs)
     service_sdc = recompute_sdc(result.outputs, run_meta, svc.sdc_params)
     report = {**result.report, "service_sdc": service_sdc}
@@ -369,7 +406,7 @@ def _take_in(svc: EgressService, job_id: str) -> None:
     jobs.discard_result(job_id)
 
 
-def collect(svc: EgressService) -> int:
+def collect(svc: ReexecutionHost) -> int:
     """Take in every finished result; close queued rows whose job was lost. How many closed."""
     jobs: JobsFolder = svc.reexecution_jobs
     if not jobs.results.is_dir():
@@ -537,11 +574,10 @@ def shown_verdict(
 # Views
 
 
-def list_for_request(svc: EgressService, actor: Actor, request_id: str) -> list[dict[str, Any]]:
+def list_for_request(svc: ReexecutionHost, actor: Actor, request_id: str) -> list[dict[str, Any]]:
     """The request's re-executions, newest first (takes finished results in first)."""
     with svc.reading("list_reexecutions", actor, request_id) as session:
-        req = svc.load_request(session, request_id)
-        svc.require(session, actor, Permission.VIEW_FILE, req)
+        svc.permitted(session, actor, request_id, Permission.VIEW_FILE)
     collect(svc)
     with svc.reading("list_reexecutions", actor, request_id) as session:
         rows = session.execute(
@@ -553,7 +589,7 @@ def list_for_request(svc: EgressService, actor: Actor, request_id: str) -> list[
 
 
 def researcher_metadata(
-    svc: EgressService, project: str, submitted: Mapping[str, str]
+    svc: ReexecutionHost, project: str, submitted: Mapping[str, str]
 ) -> tuple[dict[str, dict[str, Any]], list[str]]:
     """SDC metadata the researcher's own session wrote for the ``submitted`` files ({path:
     sha256}), from their ``results.json``.
@@ -598,12 +634,12 @@ def researcher_metadata(
 
 
 def detail(
-    svc: EgressService, actor: Actor, request_id: str, reexecution_id: str
+    svc: ReexecutionHost, actor: Actor, request_id: str, reexecution_id: str
 ) -> dict[str, Any]:
     """One re-execution for the checker: its run, and the submitted files set against it.
 
     ``comparison``: one line per path in either set (``identical``, ``differs``,
-    ``only-submitted``, ``only-trusted``; see ``egress.reexecution.engine.compare_outputs``), with
+    ``only-submitted``, ``only-trusted``; see ``egress.reexecution.model.compare_outputs``), with
     ``run_sdc`` (the run's ``results.json`` verdict, :data:`IN_RUN_LABEL`, with the rules its
     parameters relax against the project's and any other ``run_problems``), ``service_sdc``
     (the verdict the service recomputed, :data:`SERVICE_LABEL`), ``verdict`` (the worst of the
@@ -613,11 +649,8 @@ def detail(
     ``sdc_params_problem`` says when the run's forced ones were weaker.
     ``executed_notebook_bytes`` is for the renderer.
     """
-    from egress.reexecution.engine import compare_outputs
-
     with svc.reading("reexecution", actor, request_id) as session:
-        req = svc.load_request(session, request_id)
-        svc.require(session, actor, Permission.VIEW_FILE, req)
+        svc.permitted(session, actor, request_id, Permission.VIEW_FILE)
     collect(svc)
     with svc.reading("reexecution", actor, request_id) as session:
         req_project = svc.load_request(session, request_id).project

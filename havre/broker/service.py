@@ -40,7 +40,7 @@ from havre.broker.policy import (
     server_spec,
 )
 from havre.enclave.config import EnclaveConfig, EnclaveConfigError
-from havre.enclave.networks import project_network_is_closed, project_network_options
+from havre.enclave.networks import project_network_is_closed, project_network_spec
 
 log = logging.getLogger("havre.broker")
 
@@ -263,15 +263,7 @@ class Broker:
                 attrs = self.client.inspect_network(name)
             except docker.errors.NotFound:
                 log.info("creating internal network %s", name)
-                self.client.create_network(
-                    name,
-                    driver="bridge",
-                    internal=True,
-                    enable_ipv6=False,
-                    check_duplicate=True,
-                    options=project_network_options(name),
-                    labels={"havre.enclave": enclave.name, "havre.project": slug},
-                )
+                self.client.create_network(name, **project_network_spec(name, enclave.name, slug))
                 attrs = self.client.inspect_network(name)
             if not project_network_is_closed(attrs):
                 raise Refused(

@@ -10,7 +10,7 @@ filesystem with a small ``/tmp`` tmpfs, a process limit, never privileged. On to
   limits, no IPv6, no ICMP sockets, a private IPC namespace, a resolver on the gateway only.
   The spawn broker applies it to notebook servers and re-execution runs alike, so whatever it
   gains, re-execution gains too.
-* :func:`service_hardening` - the stack's service containers (``havre.host.stack``): no IP
+* :func:`service_hardening` - the stack's service containers (``havre.host.services``): no IP
   forwarding between the networks they join. They run Havre's code, not researchers', and keep
   Docker's default seccomp profile (Havre's allow-list is cut to what a notebook needs).
 

@@ -31,6 +31,19 @@ def project_network_options(network: str) -> dict[str, str]:
     return {INHIBIT_IPV4: "true", BRIDGE_NAME: project_bridge_name(network)}
 
 
+def project_network_spec(network: str, enclave: str, project: str) -> dict[str, Any]:
+    """Everything Docker is given to create the project network called ``network`` (the
+    spawn broker and ``havre up`` both create it from this, so they can't drift apart)."""
+    return {
+        "driver": "bridge",
+        "internal": True,
+        "enable_ipv6": False,
+        "check_duplicate": True,
+        "options": project_network_options(network),
+        "labels": {"havre.enclave": enclave, "havre.project": project},
+    }
+
+
 def project_network_is_closed(network_attrs: dict[str, Any]) -> bool:
     """True when an existing Docker network has the properties Havre relies on."""
     options = network_attrs.get("Options") or {}

@@ -17,7 +17,7 @@ from pathlib import Path
 from havre import __version__
 from havre.enclave.config import EnclaveConfig, EnclaveConfigError, load_enclave_config
 from havre.host.demo import demo_roles
-from havre.host.stack import StackOptions
+from havre.host.layout import StackError, StackOptions
 
 DEFAULT_STATE_DIR = Path("/var/lib/havre")
 DEFAULT_NOTEBOOK_IMAGE = f"havre/notebook:{__version__}"
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
             if bool(args.tls_cert) != bool(args.tls_key):
                 print("havre: --tls-cert and --tls-key go together", file=sys.stderr)
                 return 2
-            opts = stack.StackOptions(
+            opts = StackOptions(
                 bind_ip=args.bind,
                 port=args.port,
                 idp_port=args.idp_port,
@@ -116,8 +116,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"havre: {err}", file=sys.stderr)
         return 2
     except Exception as err:  # a clear one-line error for the operator
-        from havre.host.stack import StackError
-
         if isinstance(err, StackError):
             print(f"havre: {err}", file=sys.stderr)
             return 1

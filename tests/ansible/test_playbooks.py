@@ -32,7 +32,7 @@ import yaml
 from havre.enclave.config import load_enclave_config
 from havre.enclave.identities import load_table_any, table_path
 from havre.enclave.networks import project_bridge_name
-from havre.host import stack
+from havre.host import layout, stack
 from tests.enclave_fixtures import free_port
 from tests.integration.canaries import new_token, tcp_canary
 from tests.integration.hub_client import HubUser
@@ -153,7 +153,7 @@ def _skip_unless_possible() -> docker.DockerClient:
         client.ping()
     except Exception as err:  # pragma: no cover - depends on the machine
         pytest.skip(f"needs a running Docker engine (scripts/run-tests.sh starts one): {err}")
-    options = stack.StackOptions()
+    options = layout.StackOptions()
     for image in (options.hub_image, options.egress_image, "havre/notebook:0.1.0"):
         try:
             client.images.get(image)
@@ -165,7 +165,7 @@ def _skip_unless_possible() -> docker.DockerClient:
 def _pin_images(client: docker.DockerClient) -> dict[str, object]:
     """Private tags of today's images, so another build on a shared machine doesn't move them
     under the idempotence checks (images/build.sh re-tags havre/*:VERSION)."""
-    options = stack.StackOptions()
+    options = layout.StackOptions()
     pinned = {}
     for var, image in (
         ("havre_hub_image", options.hub_image),

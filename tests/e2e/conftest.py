@@ -109,6 +109,12 @@ class SignedIn:
         # still loading, can otherwise keep the context's close waiting)
         for page in list(self.context.pages):
             try:
+                # leave the page first (bounded): its websockets, popups and pending loads end
+                # here, so the close below has nothing left to wait for
+                page.goto("about:blank", timeout=10_000)
+            except Exception:  # a page that won't navigate is still closed below
+                pass
+            try:
                 page.close(run_before_unload=False)
             except Exception:  # already closed or crashed: the context close follows anyway
                 pass

@@ -28,7 +28,7 @@ from hypothesis import strategies as st
 from havre.broker.client import BrokerClient, BrokerError
 from havre.broker.policy import ACTIONS, container_problems
 from havre.enclave.config import project_hub_group
-from havre.host import stack
+from havre.host import layout, services
 from tests.integration.hub_client import HubError
 
 pytestmark = pytest.mark.docker
@@ -38,7 +38,7 @@ BROKER_TABLE: list[tuple[str, str, str]] = []
 
 
 def socket_path(enclave) -> str:
-    return str(enclave.config.state_dir / stack.BROKER_SOCKET_SUBDIR / "broker.sock")
+    return str(enclave.config.state_dir / layout.BROKER_SOCKET_SUBDIR / "broker.sock")
 
 
 def secret(enclave, caller: str) -> str:
@@ -68,7 +68,7 @@ except OSError as e:
 import json, socket
 s = socket.socket(socket.AF_UNIX)
 try:
-    s.connect({stack.BROKER_SOCKET!r})
+    s.connect({layout.BROKER_SOCKET!r})
 except OSError as e:
     print('no broker socket:', e.strerror); raise SystemExit
 body = json.dumps({{'user': 'alice', 'project': 'diabetes'}}).encode()
@@ -79,7 +79,7 @@ print(s.recv(4096).split(b'\\r\\n')[0].decode())
 import json, socket
 s = socket.socket(socket.AF_UNIX)
 try:
-    s.connect({stack.BROKER_SOCKET!r})
+    s.connect({layout.BROKER_SOCKET!r})
 except OSError as e:
     print('no broker socket:', e.strerror); raise SystemExit
 body = json.dumps({{'user': 'alice', 'project': 'diabetes'}}).encode()
@@ -147,7 +147,7 @@ def unhardened_hub(enclave):
         ["sleep", "infinity"],
         name=f"{enclave.config.name}-unhardened-{uuid.uuid4().hex[:6]}",
         detach=True,
-        network=stack.front_network_name(enclave.config),
+        network=layout.front_network_name(enclave.config),
         volumes={
             state: {"bind": state, "mode": "rw"},
             "/var/run/docker.sock": {"bind": "/var/run/docker.sock", "mode": "rw"},
@@ -183,7 +183,7 @@ def test_a_compromised_hub_reaches_no_socket_no_other_project_no_secret(
     assert not failures, failures
     # the hub itself runs as a uid of its own, with a read-only root
     hub.reload()
-    assert hub.attrs["Config"]["User"] == f"{stack.HUB_UID}:{stack.HUB_UID}"
+    assert hub.attrs["Config"]["User"] == f"{layout.HUB_UID}:{layout.HUB_UID}"
     assert hub.attrs["HostConfig"]["ReadonlyRootfs"] is True
     assert not any("docker.sock" in b for b in hub.attrs["HostConfig"]["Binds"] or [])
 
@@ -195,7 +195,7 @@ def test_only_the_broker_holds_the_docker_socket(enclave):
     ):
         if any("docker.sock" in str(m.get("Source")) for m in container.attrs.get("Mounts", [])):
             holders.append(container.name)
-    assert holders == [stack.broker_container_name(enclave.config)]
+    assert holders == [layout.broker_container_name(enclave.config)]
     broker = enclave.docker.containers.get(holders[0])
     host = broker.attrs["HostConfig"]
     assert host["NetworkMode"] == "none" and host["ReadonlyRootfs"] is True
@@ -263,7 +263,7 @@ def test_the_broker_refuses_what_it_does_not_know(enclave, alice_cardio):
     # control: the hub's secret and a well-formed request are answered
     assert hub.call("server.inspect", user="alice", project="cardio")["state"] == "running"
     # every call is in the broker's audit log, with the caller and the result
-    audit = (enclave.config.state_dir / stack.BROKER_DIR / "audit.jsonl").read_text()
+    audit = (enclave.config.state_dir / layout.BROKER_DIR / "audit.jsonl").read_text()
     events = [json.loads(line) for line in audit.splitlines()]
     assert any(
         e["caller"] == "unauthenticated" and e["result"] == "refused" and e["status"] == 401
@@ -362,7 +362,7 @@ def test_the_broker_restart_keeps_servers_and_a_spawn_meanwhile_gets_a_sentence(
     alice, _container = alice_cardio
     alice.open_server("cardio")
     assert alice.session.get(alice.server_url("cardio", "api/status"), timeout=30).ok  # control
-    broker = enclave.docker.containers.get(stack.broker_container_name(enclave.config))
+    broker = enclave.docker.containers.get(layout.broker_container_name(enclave.config))
     broker.stop(timeout=10)
     try:
         bob = enclave.user("bob")
@@ -379,7 +379,7 @@ def test_the_broker_restart_keeps_servers_and_a_spawn_meanwhile_gets_a_sentence(
         assert alice.session.get(alice.server_url("cardio", "api/status"), timeout=30).ok
     finally:
         broker.start()
-        stack.wait_for_broker(enclave.config)
+        services.wait_for_broker(enclave.config)
     # control: once it answers, bob's server starts
     bob = enclave.user("bob")
     assert bob.start_server("diabetes").status_code in (201, 202)
@@ -392,6 +392,6 @@ def test_a_notebook_cant_reach_the_broker(enclave, alice_cardio):
     out = container.exec_run(["ls", "/run/havre-broker", "/var/run/docker.sock"]).output
     assert b"No such file" in out
     try:
-        enclave.docker.containers.get(stack.broker_container_name(enclave.config))
+        enclave.docker.containers.get(layout.broker_container_name(enclave.config))
     except docker.errors.NotFound:  # pragma: no cover
         pytest.fail("no broker")

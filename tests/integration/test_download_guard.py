@@ -17,7 +17,7 @@ import time
 import pytest
 
 from havre.enclave.ports import GUARD_PORT
-from havre.host.stack import hub_container_name
+from havre.host.layout import hub_container_name
 
 pytestmark = pytest.mark.docker
 

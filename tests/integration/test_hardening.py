@@ -102,7 +102,7 @@ def test_container_config_matches_the_policy(enclave, alice_cardio):
     assert not any("docker.sock" in b for b in host["Binds"])
 
 
-#: the service containers `havre up` starts (havre/host/stack.py), each hardened by
+#: the service containers `havre up` starts (havre/host/services.py), each hardened by
 #: havre.enclave.hardening.service_hardening
 SERVICE_ROLES = ("hub", "egress", "runner", "idp", "broker")
 

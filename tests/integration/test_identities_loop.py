@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from havre.host import stack
+from havre.host import layout, stack
 from havre.host.cli import DEFAULT_NOTEBOOK_IMAGE
 from havre.host.demo import demo_config_text, init_demo
 from havre.host.project_filesystems import (
@@ -47,7 +47,7 @@ def loop_enclave(docker_client, tmp_path_factory):
     config, users = init_demo(state, DEFAULT_NOTEBOOK_IMAGE, enclave_name=name)
     assert config.project_filesystems == "loop"
     stack.down(config, purge=False)
-    options = stack.StackOptions(port=free_port(), idp_port=free_port())
+    options = layout.StackOptions(port=free_port(), idp_port=free_port())
     url = stack.up(config, options)
     passwords = {u.name: u.password for u in users}
     try:
@@ -127,5 +127,5 @@ def stack_container(config, role: str):
     import docker
 
     client = docker.from_env(version="auto")
-    name = {"broker": stack.broker_container_name, "egress": stack.egress_container_name}[role]
+    name = {"broker": layout.broker_container_name, "egress": layout.egress_container_name}[role]
     return client.containers.get(name(config))

@@ -16,7 +16,7 @@ import pytest
 import requests
 from cryptography import x509
 
-from havre.host import stack
+from havre.host import layout, stack
 from havre.host.cli import DEFAULT_NOTEBOOK_IMAGE
 from havre.host.demo import init_demo
 from havre.idp.passwords import verify_password
@@ -36,7 +36,7 @@ def make_certificate(folder: Path) -> tuple[Path, Path]:
 @dataclass
 class TlsEnclave:
     config: object
-    options: stack.StackOptions
+    options: layout.StackOptions
     url: str
     cert: Path
     passwords: dict[str, str]
@@ -56,7 +56,7 @@ def tls_enclave(docker_client, tmp_path_factory) -> Iterator[TlsEnclave]:
         folder / "state", DEFAULT_NOTEBOOK_IMAGE, enclave_name=f"{ENCLAVE_NAME}tls"
     )
     stack.down(config, purge=False)  # leftovers of an interrupted run
-    options = stack.StackOptions(
+    options = layout.StackOptions(
         port=free_port(), idp_port=free_port(), tls_cert=str(cert), tls_key=str(key)
     )
     try:

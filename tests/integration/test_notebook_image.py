@@ -19,7 +19,7 @@ import json
 import pytest
 
 from havre.enclave.hardening import container_hardening
-from havre.host import stack
+from havre.host import layout
 from havre.host.cli import DEFAULT_NOTEBOOK_IMAGE
 
 pytestmark = pytest.mark.docker
@@ -29,11 +29,11 @@ ABSENT = {
     "egress.web": "egress/web",
     "egress.operations": "egress/operations",
     "egress.audit": "egress/audit",
-    "egress.audit.signing": "egress/audit/signing.py",
-    "egress.operations.facade": "egress/operations/facade.py",
     "egress.files": "egress/files",
     "egress.store": "egress/store",
+    "egress.notifications": "egress/notifications",
     "egress.service": "egress/service.py",
+    "egress.cli": "egress/cli.py",
     "spawner": "spawner",
     "havre.idp": "havre/idp",
     "havre.broker": "havre/broker",
@@ -121,7 +121,7 @@ def notebook(docker_client) -> dict:
 
 @pytest.fixture(scope="module")
 def egress(docker_client) -> dict:
-    image = stack.StackOptions().egress_image
+    image = layout.StackOptions().egress_image
     try:
         docker_client.images.get(image)
     except Exception:

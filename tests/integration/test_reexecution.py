@@ -24,16 +24,16 @@ import pytest
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 from egress.audit.signing import generate_key, load_private_key, sign_record, verify_record
-from egress.reexecution.engine import (
+from egress.reexecution.engine import run_notebook
+from egress.reexecution.jobs import output_sdc_metadata
+from egress.reexecution.model import (
     RUN_LABEL,
     CollectionLimits,
     ReexecutionRequest,
-    collect_outputs,
     compare_outputs,
-    run_notebook,
     trusted_record,
 )
-from egress.reexecution.jobs import output_sdc_metadata
+from egress.reexecution.scratch import collect_outputs
 from egress.reexecution.service import _param_problem, recompute_sdc, shown_verdict
 from havre.enclave.config import DEFAULT_IMAGE, GIB, Limits, Project
 from havre.sdc import SDCParams

@@ -24,7 +24,7 @@ import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
 from egress.audit.signing import load_public_key, public_key_path, verify_record
-from havre.host import stack
+from havre.host import layout, stack
 from tests.integration.canaries import canary_on_a_bridge, new_token
 from tests.integration.test_egress_flow import Egress
 
@@ -60,7 +60,7 @@ def short_runner(enclave):
     """The enclave's runner with a short time limit (``havre up`` with the option changed)."""
     changes: list[str] = []
     stack.up(enclave.config, replace(enclave.options, reexecution_time_limit=TIME_LIMIT), changes)
-    assert f"replaced {stack.runner_container_name(enclave.config)}" in changes, changes
+    assert f"replaced {layout.runner_container_name(enclave.config)}" in changes, changes
     yield
     stack.up(enclave.config, enclave.options)
 
@@ -85,7 +85,7 @@ def wait_finished(checker: Egress, rid: str, rx_id: str, timeout: float = 400) -
 
 
 def test_runner_has_no_docker_and_no_network_and_asks_the_broker(enclave):
-    runner = enclave.docker.containers.get(stack.runner_container_name(enclave.config))
+    runner = enclave.docker.containers.get(layout.runner_container_name(enclave.config))
     egress = enclave.egress_container()
     assert runner.attrs["HostConfig"]["NetworkMode"] == "none"
     interfaces = runner.exec_run(["ls", "/sys/class/net"]).output.decode().split()
@@ -103,7 +103,7 @@ def test_runner_has_no_docker_and_no_network_and_asks_the_broker(enclave):
     code = (
         "import os, sys; from havre.broker.client import BrokerClient, BrokerError\n"
         "print(os.path.exists('/var/run/docker.sock'))\n"
-        f"b = BrokerClient({stack.BROKER_SOCKET!r}, "
+        f"b = BrokerClient({layout.BROKER_SOCKET!r}, "
         f"secret_file={str(enclave.config.state_dir / 'secrets' / 'broker-runner')!r})\n"
         "print(sorted(b.call('reexec.list')))\n"
         "try:\n    b.call('server.start', user='alice', project='cardio')\n"

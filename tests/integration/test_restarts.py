@@ -20,7 +20,7 @@ import time
 import pytest
 import requests
 
-from havre.host import stack
+from havre.host import layout, stack
 from tests.integration.hub_client import HubUser
 from tests.integration.test_egress_flow import Egress
 from tests.integration.test_identity import Provider, new_user
@@ -51,11 +51,11 @@ def people(enclave):
 
 def container_for(enclave, component: str):
     names = {
-        "hub": stack.hub_container_name,
-        "egress": stack.egress_container_name,
-        "idp": stack.idp_container_name,
-        "runner": stack.runner_container_name,
-        "broker": stack.broker_container_name,
+        "hub": layout.hub_container_name,
+        "egress": layout.egress_container_name,
+        "idp": layout.idp_container_name,
+        "runner": layout.runner_container_name,
+        "broker": layout.broker_container_name,
     }
     return enclave.docker.containers.get(names[component](enclave.config))
 
@@ -78,7 +78,7 @@ def answers(enclave, component: str, people) -> bool:
         if component == "broker":  # its socket answers with a refusal for no secret
             from havre.broker.client import BrokerClient, BrokerError
 
-            path = enclave.config.state_dir / stack.BROKER_SOCKET_SUBDIR / "broker.sock"
+            path = enclave.config.state_dir / layout.BROKER_SOCKET_SUBDIR / "broker.sock"
             try:
                 BrokerClient(path, timeout=5).raw("server.inspect", b"{}", secret="")
             except BrokerError as err:

@@ -286,7 +286,7 @@ def test_havre_up_gives_each_project_its_own_filesystem(tmp_path):
     if problem:
         pytest.skip(f"per-project filesystems need loop devices: {problem}")
     from havre.enclave.config import parse_enclave_yaml
-    from havre.host import stack
+    from havre.host import layout
 
     def config(mode: str, state: Path):
         return parse_enclave_yaml(
@@ -297,7 +297,7 @@ def test_havre_up_gives_each_project_its_own_filesystem(tmp_path):
         )
 
     shared = config("shared", tmp_path / "shared")
-    stack.prepare_state(shared, [])
+    layout.prepare_state(shared, [])
     devs = {os.stat(shared.project_dir(s) / "homes").st_dev for s in ("pa", "pb")}
     assert len(devs) == 1  # control: one filesystem for both projects
 
@@ -306,7 +306,7 @@ def test_havre_up_gives_each_project_its_own_filesystem(tmp_path):
     (loop.project_dir("pa") / "homes" / "alice" / "kept.txt").write_text("kept")
     changes: list[str] = []
     try:
-        stack.prepare_state(loop, changes)
+        layout.prepare_state(loop, changes)
         print("\n".join(changes))
         devs = {
             os.stat(loop.project_dir(s) / name).st_dev
@@ -318,7 +318,7 @@ def test_havre_up_gives_each_project_its_own_filesystem(tmp_path):
         outputs = os.stat(loop.outputs_dir("pa"))
         assert oct(outputs.st_mode & 0o7777) == oct(0o3570) and outputs.st_uid == 1001
         again: list[str] = []
-        stack.prepare_state(loop, again)
+        layout.prepare_state(loop, again)
         assert again == [], again
         a = os.statvfs(loop.project_dir("pa") / "homes")
         b = os.statvfs(loop.project_dir("pb") / "homes")

@@ -26,7 +26,15 @@ def imports_without_hub_packages(module: str) -> subprocess.CompletedProcess:
 
 
 def test_the_command_line_imports_without_the_hub_packages():
-    for module in ("havre.host.cli", "havre.host.stack", "havre.host.demo", "havre.enclave.ports"):
+    for module in (
+        "havre.host.cli",
+        "havre.host.stack",
+        "havre.host.layout",
+        "havre.host.containers",
+        "havre.host.services",
+        "havre.host.demo",
+        "havre.enclave.ports",
+    ):
         result = imports_without_hub_packages(module)
         assert result.returncode == 0, (module, result.stderr[-2000:])
 

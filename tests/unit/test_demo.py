@@ -5,7 +5,7 @@ from __future__ import annotations
 import stat
 
 from havre.host.demo import idp_users_file, init_demo
-from havre.host.stack import prepare_state
+from havre.host.layout import prepare_state
 from havre.idp.passwords import hash_password, verify_password
 from havre.idp.users import read_users_file
 

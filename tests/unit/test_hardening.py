@@ -1,7 +1,7 @@
 """One function decides container hardening (havre/enclave/hardening.py).
 
 Every container the stack launcher creates takes its hardening from
-:func:`havre.enclave.hardening.service_hardening` (through ``stack._service_container``), and
+:func:`havre.enclave.hardening.service_hardening` (through ``services._service_container``), and
 notebook and re-execution containers from :func:`hardened_host_config`; both are built on
 :func:`container_hardening`. The source check fails if a ``containers.run`` call in the stack
 launcher spells a hardening option itself, or is made without the one function.
@@ -23,7 +23,7 @@ from havre.enclave.hardening import (
     hardened_host_config,
     service_hardening,
 )
-from havre.host import stack
+from havre.host import services
 
 #: options only the one function may set
 HARDENING_KEYS = set(container_hardening(tmp_size="1m", pids=1)) | {"sysctls"}
@@ -68,7 +68,7 @@ def _hardening_source(call: ast.Call, function: ast.FunctionDef) -> str | None:
 
 
 def test_every_container_of_the_stack_launcher_is_hardened_by_the_one_function():
-    tree = ast.parse(inspect.getsource(stack))
+    tree = ast.parse(inspect.getsource(services))
     functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
     roles = set()
     calls = 0
@@ -114,7 +114,7 @@ def test_the_source_check_sees_a_container_hardened_by_hand():
 
 @pytest.mark.parametrize("role", sorted(ROLES))
 def test_service_containers_get_the_base_hardening(role):
-    options = stack._service_container(
+    options = services._service_container(
         SimpleNamespace(name="unit"), role, "digest", tmp="16m", pids=128
     )
     assert options == {

@@ -10,7 +10,7 @@ from traitlets.config import Config
 
 from havre.enclave.config import load_enclave_config
 from havre.host.demo import init_demo
-from havre.host.stack import prepare_state
+from havre.host.layout import prepare_state
 from spawner.hub_config import ADMIN_SCOPES, USER_SCOPES, configure_hub
 
 KEYCLOAK = """

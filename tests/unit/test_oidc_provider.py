@@ -31,11 +31,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from tornado.netutil import bind_sockets
 
+from havre.idp import authorize as oidc_provider
 from havre.idp import constants as idp_constants
-from havre.idp import handlers as oidc_provider
 from havre.idp.config import ConfigError, ensure_secret_file, load_config
-from havre.idp.handlers import main, make_app, make_server
 from havre.idp.passwords import verify_password
+from havre.idp.server import main, make_app, make_server
 from havre.idp.tokens import SigningKey
 from havre.idp.users import read_users_file, seed_users, write_users_file
 from tests.certificates import self_signed
@@ -1362,7 +1362,7 @@ def _self_signed(folder: Path, host: str = "127.0.0.1") -> tuple[Path, Path]:
 
 
 def test_the_sign_in_page_is_served_over_tls_with_the_given_certificate(tmp_path, seeded):
-    from havre.idp.handlers import tls_context
+    from havre.idp.server import tls_context
 
     cert_file, key_file = _self_signed(tmp_path)
     sockets = bind_sockets(0, "127.0.0.1")

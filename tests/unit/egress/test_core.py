@@ -1310,6 +1310,7 @@ def web_service(service, monkeypatch):
     from tornado.httpserver import HTTPServer
 
     from egress.web import app as web
+    from egress.web.base import BaseHandler
 
     users = {a.username: a for a in ACTORS.values()}
 
@@ -1321,8 +1322,8 @@ def web_service(service, monkeypatch):
         groups = [f"project-{p}" for p in actor.projects]
         return {"name": name, "groups": groups + (["output-checkers"] if actor.is_checker else [])}
 
-    monkeypatch.setattr(web.BaseHandler, "get_current_user", current_user)
-    monkeypatch.setattr(web.BaseHandler, "check_xsrf_cookie", lambda handler: None)
+    monkeypatch.setattr(BaseHandler, "get_current_user", current_user)
+    monkeypatch.setattr(BaseHandler, "check_xsrf_cookie", lambda handler: None)
     started, box = threading.Event(), {}
 
     def serve() -> None:

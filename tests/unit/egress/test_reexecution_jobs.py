@@ -24,7 +24,6 @@ from egress.audit.chain import EventType
 from egress.audit.signing import verify_record
 from egress.domain.policy import PermissionDenied
 from egress.operations.facade import InvalidInput, NotFound
-from egress.reexecution.engine import ReexecutionResult, Refused, compare_outputs, forced_sdc_params
 from egress.reexecution.jobs import (
     MAX_ATTEMPTS,
     Job,
@@ -35,6 +34,7 @@ from egress.reexecution.jobs import (
     output_sdc_metadata,
     result_report,
 )
+from egress.reexecution.model import ReexecutionResult, Refused, compare_outputs, forced_sdc_params
 from egress.reexecution.runner import Runner
 from egress.reexecution.service import IN_RUN_LABEL, RESEARCHER_LABEL, SERVICE_LABEL
 from egress.store.models import AuditEventRow, Reexecution
@@ -690,7 +690,7 @@ def test_a_run_without_forced_parameters_is_not_trusted_for_its_verdicts(svc, jo
 
 
 def test_the_checker_page_says_what_reexecution_proves_and_never_verified(svc, jobs):
-    from egress.web.app import _jinja
+    from egress.web.base import jinja_environment
 
     mine = results_doc({"small.csv": (SMALL, "pass", "count", relaxed(threshold=1))})
     theirs = results_doc({"small.csv": (SMALL, "fail", "count", PROJECT.as_dict())})
@@ -702,7 +702,7 @@ def test_the_checker_page_says_what_reexecution_proves_and_never_verified(svc, j
     )
     request = svc.get_request(olivia, rid)
     html = (
-        _jinja()
+        jinja_environment()
         .get_template("reexecution.html")
         .render(
             prefix="/services/egress/",

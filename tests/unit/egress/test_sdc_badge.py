@@ -361,7 +361,7 @@ def test_odd_results_files_never_raise(doc):
 
 def render(template: str, **context: object) -> str:
     from egress.files.render import render_for_checker
-    from egress.web.app import _jinja
+    from egress.web.base import jinja_environment
 
     base = {
         "prefix": "/services/egress/",
@@ -376,7 +376,7 @@ def render(template: str, **context: object) -> str:
         data = f.get("_bytes", b"")
         context["rendered"] = render_for_checker("csv", data, name=f["path"])
         context.setdefault("differencing", None)
-    return _jinja().get_template(template).render(**base, **context)
+    return jinja_environment().get_template(template).render(**base, **context)
 
 
 def test_the_request_and_file_pages_show_the_badge_the_json_view_holds(service, outputs):

@@ -1,0 +1,342 @@
+"""The egress service's HTML pages for researchers and checkers (forms post back to them).
+
+Checked files are shown sanitised, under the checker page CSP (:mod:`egress.files.render`);
+every action goes through the same core operations as the JSON API.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from tornado import web
+
+from egress.domain.policy import Actor
+from egress.domain.workflow import RequestState
+from egress.files.render import raw_response_headers, render_for_checker
+from egress.operations import break_glass
+from egress.web.base import MAX_PAGE, BaseHandler, reason_phrase
+from egress.web.openapi import REQUEST_ACTIONS
+
+# --------------------------------------------------------------------------------- pages
+
+
+class IndexPage(BaseHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        actor, arg = self.actor(), self.get_query_argument
+        filters = {"project": arg("project", "") or None, "state": arg("state", "") or None}
+        older = arg("older_than_days", "")
+        if older:
+            if not (older.isdigit() and int(older) <= 36500):
+                self._refusal = {"message": "Older than: a whole number of days, 0 to 36500."}
+                raise web.HTTPError(400)
+            filters["older_than"] = timedelta(days=int(older))
+        requests, after = await self.page_of_requests(**filters)
+        queue = (
+            await self.run(self.service.list_requests, actor, mine_to_review=True, limit=MAX_PAGE)
+            if actor.is_checker
+            else []
+        )
+        self.render_page(
+            "index.html",
+            requests=requests,
+            next_page=self.next_page_url(after) if after else None,
+            queue=queue,
+            projects=sorted(actor.projects),
+            filters={
+                "project": filters["project"] or "",
+                "state": filters["state"] or "",
+                "older_than_days": older,
+            },
+            states=[s.value for s in RequestState],
+        )
+
+
+class NewRequestPage(BaseHandler):
+    @web.authenticated
+    async def get(self, project: str) -> None:
+        self.render_page("new_request.html", project=project)
+
+
+class RequestsForm(BaseHandler):
+    @web.authenticated
+    async def post(self) -> None:
+        summary = await self.run(
+            self.service.create_request,
+            self.actor(),
+            self.get_body_argument("project", ""),
+            self.get_body_argument("title", ""),
+        )
+        self.redirect(self.url("requests", summary["id"]))
+
+
+async def _show_request(
+    handler: BaseHandler,
+    request_id: str,
+    refusal: dict[str, Any] | None = None,
+    typed: dict[str, str] | None = None,
+) -> None:
+    """The request page; with ``refusal``, the sentence of a refused form on it (and what was
+    typed into the add-file form, kept)."""
+    actor = handler.actor()
+    request = await handler.run(handler.service.get_request, actor, request_id)
+    outputs = None
+    if "add_file" in request["allowed"]:
+        outputs = await handler.run(handler.service.list_outputs, actor, request["project"])
+    reexecutions = None
+    if "view_file" in request["allowed"]:
+        reexecutions = await handler.run(handler.service.list_reexecutions, actor, request_id)
+    handler.render_page(
+        "request.html",
+        r=request,
+        outputs=outputs,
+        reexecutions=reexecutions,
+        refusal=refusal,
+        typed=typed or {},
+    )
+
+
+class RequestPage(BaseHandler):
+    @web.authenticated
+    async def get(self, request_id: str) -> None:
+        await _show_request(self, request_id)
+
+
+#: The form actions that can't be undone: the request page's button leads to a confirmation
+#: page first (no JavaScript needed); the action runs only with ``confirm=yes``.
+#: action -> (permission, question, what it does, confirming button)
+CONFIRMED_ACTIONS = {
+    "withdraw": (
+        "withdraw",
+        "Withdraw this request?",
+        "Checkers stop reviewing it and nothing in it is released. A withdrawn request can't "
+        "be submitted again: to ask for these files later, start a new request.",
+        "Yes, withdraw the request",
+    ),
+    "reject": (
+        "reject",
+        "Reject this request?",
+        "Nothing in it is released, and the author can't resubmit it (they would start a new "
+        "request). To ask the author for changes instead, return it to them.",
+        "Yes, reject the request",
+    ),
+}
+#: Refusals of a form that the request page shows in place (the request is still there)
+_SHOWN_ON_THE_PAGE = (400, 409, 422)
+
+
+class RequestForm(BaseHandler):
+    """The forms of the request page: one POST route, the form says what to do. A refused form
+    shows the request page again, with the refusal's sentence on it."""
+
+    @web.authenticated
+    async def post(self, request_id: str) -> None:
+        actor, arg = self.actor(), self.get_body_argument
+        action = arg("action", "")
+        if action in CONFIRMED_ACTIONS and arg("confirm", "") != "yes":
+            request = await self.run(self.service.get_request, actor, request_id)
+            permission, question, consequence, button = CONFIRMED_ACTIONS[action]
+            if permission in request["allowed"]:
+                self.render_page(
+                    "confirm.html",
+                    r=request,
+                    action=action,
+                    question=question,
+                    consequence=consequence,
+                    button=button,
+                )
+                return
+        try:
+            await self._act(actor, request_id, action)
+        except web.HTTPError as err:
+            refusal = getattr(self, "_refusal", None)
+            if refusal is None or err.status_code not in _SHOWN_ON_THE_PAGE:
+                raise
+            self.set_status(err.status_code, reason_phrase(err.status_code))
+            typed = {"path": arg("path", ""), "group": arg("group", "")}
+            await _show_request(self, request_id, refusal=refusal, typed=typed)
+            return
+        self.redirect(self.url("requests", request_id))
+
+    async def _act(self, actor: Actor, request_id: str, action: str) -> None:
+        arg = self.get_body_argument
+        svc = self.service
+        if action in REQUEST_ACTIONS:
+            await self.run(getattr(svc, REQUEST_ACTIONS[action]), actor, request_id)
+        elif action == "add_file":
+            await self.run(
+                svc.add_file, actor, request_id, arg("path", ""), arg("group", "") or "main"
+            )
+        elif action == "remove_file":
+            await self.run(svc.remove_file, actor, request_id, arg("file_id", ""))
+        elif action == "context":
+            await self.run(
+                svc.set_group_context,
+                actor,
+                request_id,
+                arg("group", ""),
+                arg("context", ""),
+                arg("controls", ""),
+            )
+        elif action == "vote":
+            await self.run(svc.vote, actor, request_id, arg("file_id", ""), arg("vote", ""))
+        elif action == "reset_votes":
+            await self.run(svc.reset_votes, actor, request_id)
+        elif action == "request_changes_all":
+            await self.run(svc.request_changes, actor, request_id)
+        elif action == "reexecute":
+            parameters = _parameters_field(self, arg("parameters", ""))
+            await self.run(
+                svc.request_reexecution, actor, request_id, arg("file_id", ""), parameters
+            )
+        elif action == "comment":
+            file_id = arg("file_id", "") or None
+            await self.run(
+                svc.comment,
+                actor,
+                request_id,
+                arg("body", ""),
+                arg("visibility", "public"),
+                file_id,
+            )
+        else:
+            self._refusal = {"message": f"Unknown action {action!r}."}
+            raise web.HTTPError(400)
+
+
+class FilePage(BaseHandler):
+    """One file: shown in place and sanitised (no script from a researcher's file runs) to a
+    reviewing checker; to the project's members (the author included), only the preview the
+    service makes (no cell, label or line of the file: what a browser shows has left the
+    enclave)."""
+
+    @web.authenticated
+    async def get(self, request_id: str, file_id: str) -> None:
+        actor = self.actor()
+        request = await self.run(self.service.get_request, actor, request_id)
+        if "view_file" not in request["allowed"] and "view_preview" in request["allowed"]:
+            preview = await self.run(self.service.preview_file, actor, request_id, file_id)
+            self.render_page("file_preview.html", r=request, p=preview)
+            return
+        content = await self.run(self.service.view_file, actor, request_id, file_id)
+        entry = next(f for f in request["files"] if str(f["id"]) == str(file_id))
+        verdicts, reasons = _cell_verdicts(entry.get("check") or {})
+        rendered = render_for_checker(
+            content.kind,
+            content.data,
+            name=content.path,
+            raw_url=self.url("requests", request_id, "files", file_id, "raw"),
+            cell_verdicts=verdicts,
+            cell_reasons=reasons,
+        )
+        differencing = None
+        if actor.is_checker:
+            differencing = await self.run(self.service.differencing, actor, request_id, file_id)
+        self.render_page(
+            "file.html", r=request, f=entry, rendered=rendered, differencing=differencing
+        )
+
+
+class RawFile(BaseHandler):
+    """The snapshot's bytes for viewers (images), with headers that keep them inert."""
+
+    @web.authenticated
+    async def get(self, request_id: str, file_id: str) -> None:
+        content = await self.run(self.service.view_file, self.actor(), request_id, file_id)
+        self._send(content, download=False)
+
+    def _send(self, content: Any, *, download: bool) -> None:
+        for name, value in raw_response_headers(content.kind, content.path).items():
+            self.set_header(name, value)
+        if download:
+            safe = re.sub(r"[^A-Za-z0-9._-]", "_", Path(content.path).name) or "file"
+            self.set_header("Content-Disposition", f'attachment; filename="{safe}"')
+        self.set_header("X-Havre-SHA256", content.sha256)
+        self.finish(content.data)
+
+
+class DownloadFile(RawFile):
+    """A released file: exactly the approved bytes."""
+
+    @web.authenticated
+    async def get(self, request_id: str, file_id: str) -> None:
+        content = await self.run(self.service.download_released, self.actor(), request_id, file_id)
+        self._send(content, download=True)
+
+
+class AuditPage(BaseHandler):
+    @web.authenticated
+    async def get(self) -> None:
+        actor = self.actor()
+        if not (actor.is_checker or actor.is_admin):
+            self._refusal = {"message": "Only output checkers and administrators see the log."}
+            raise web.HTTPError(403)
+        report = await self.run(self.service.verify_audit)
+        request_id = self.get_query_argument("request", "")
+        events = await self.run(self.service.request_audit, actor, request_id) if request_id else []
+        self.render_page("audit.html", report=report, events=events, request_id=request_id)
+
+
+def _cell_verdicts(check: dict[str, Any]) -> tuple[dict[tuple[int, int], str], dict]:
+    """Per-cell verdicts of the SDC check stored with a file, for highlighting its table."""
+    sdc = check.get("sdc") or {}
+    verdicts: dict[tuple[int, int], str] = {}
+    reasons: dict[tuple[int, int], str] = {}
+    for cell in sdc.get("cells", []) if isinstance(sdc.get("cells"), list) else []:
+        try:
+            key = (int(cell["row"]), int(cell["column"]))
+        except (KeyError, TypeError, ValueError):
+            continue
+        verdicts[key] = str(cell.get("verdict", "review"))
+        if cell.get("reason"):
+            reasons[key] = str(cell["reason"])
+    return verdicts, reasons
+
+
+def _parameters_field(handler: BaseHandler, text: str) -> object:
+    """The papermill parameters typed in the request page's form (a JSON object, or empty)."""
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        handler._refusal = {"message": 'Parameters must be a JSON object, e.g. {"year": 2024}.'}
+        raise web.HTTPError(400) from None
+
+
+class ReexecutionPage(BaseHandler):
+    """One trusted re-execution: the comparison, the verdicts, the executed notebook."""
+
+    @web.authenticated
+    async def get(self, request_id: str, reexecution_id: str) -> None:
+        actor = self.actor()
+        request = await self.run(self.service.get_request, actor, request_id)
+        rx = await self.run(self.service.reexecution, actor, request_id, reexecution_id)
+        rendered = None
+        if rx["executed_notebook_bytes"] is not None:
+            executed = rx.get("executed_notebook") or {}
+            await self.run(
+                self.service.record_reexecution_view,
+                actor,
+                request_id,
+                reexecution_id,
+                f"{rx['notebook_path']} (run {reexecution_id[:8]})",
+                str(executed.get("sha256", "")),
+            )
+            rendered = render_for_checker(
+                "notebook", rx["executed_notebook_bytes"], name=f"{rx['notebook_path']} (run)"
+            )
+        self.render_page("reexecution.html", r=request, rx=rx, rendered=rendered)
+
+
+class BreakGlassPage(BaseHandler):
+    """Break-glass sessions, active and recent (checkers and administrators)."""
+
+    @web.authenticated
+    async def get(self) -> None:
+        sessions = await self.run(break_glass.sessions, self.service, self.actor())
+        self.render_page("break_glass.html", sessions=sessions)
