@@ -414,9 +414,13 @@ def write_enclave(base: Path) -> tuple[EnclaveConfig, dict[str, str]]:
 
 
 def stack_options() -> layout.StackOptions:
-    """Free loopback ports for the proxy (and the embedded identity provider, if any)."""
+    """Free loopback ports for the proxy (and the embedded identity provider, if any); the
+    hub image (the hub, the broker) from ``HAVRE_BENCH_HUB_IMAGE`` if set (to measure a
+    build of this tree while the shared tag holds another one's)."""
     names = {f.name for f in dataclasses.fields(layout.StackOptions)}
     extra = {"idp_port": free_port()} if "idp_port" in names else {}
+    if os.environ.get("HAVRE_BENCH_HUB_IMAGE"):
+        extra["hub_image"] = os.environ["HAVRE_BENCH_HUB_IMAGE"]
     return layout.StackOptions(port=free_port(), **extra)
 
 
@@ -760,6 +764,14 @@ def broker_timings(bench: Bench, users: tuple[str, ...]) -> dict[str, dict[str, 
     return found
 
 
+class ConcurrentRunFailed(RuntimeError):
+    """A concurrent run in which a spawn failed; ``hub_log``: the hub's last lines."""
+
+    def __init__(self, message: str, hub_log: str) -> None:
+        super().__init__(message)
+        self.hub_log = hub_log
+
+
 def concurrent_run(bench: Bench, users: tuple[str, ...] = USERS) -> dict[str, Any]:
     """``users`` spawn at the same moment (all ten by default); time until all are ready."""
     for name in USERS:
@@ -794,7 +806,10 @@ def concurrent_run(bench: Bench, users: tuple[str, ...] = USERS) -> dict[str, An
     for client in clients.values():
         client.close()
     if errors or len(results) != len(users):
-        raise RuntimeError("concurrent run failed: " + "; ".join(errors or ["timeout"]))
+        hub_log = bench.hub.logs(tail=60).decode(errors="replace")
+        raise ConcurrentRunFailed(
+            "concurrent run failed: " + "; ".join(errors or ["timeout"]), hub_log
+        )
     start = min(s["t0"] for s in results.values())
     all_ready = max(s["t0"] + s["ready_s"] for s in results.values()) - start
     per_server = []
@@ -1469,6 +1484,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "quick": args.quick,
             },
             "other_containers_at_start": busy_at_start,
+            "hub_image": options.hub_image,
             "machine": machine,
             "setup": {
                 "auth_mode": AUTH_MODE,
@@ -1521,7 +1537,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["concurrency"] = {str(n): [] for n in args.levels}
         for i in range(1, args.concurrent_runs + 1):
             for n in args.levels:  # interleaved: 1, 2, 4, 10, 1, 2, 4, 10, ...
-                sample = measure(f"concurrent-{n}", lambda n=n: concurrent_run(bench, USERS[:n]))
+                try:
+                    sample = measure(
+                        f"concurrent-{n}", lambda n=n: concurrent_run(bench, USERS[:n])
+                    )
+                except ConcurrentRunFailed as failure:  # kept, with the hub's log; go on
+                    log(f"{failure}; the run is recorded as failed")
+                    results.setdefault("failed_concurrent", []).append(
+                        {"spawns": n, "error": str(failure), "hub_log": failure.hub_log}
+                    )
+                    for name in USERS[:n]:
+                        try:
+                            bench.stop(name)
+                        except Exception as err:  # noqa: BLE001 (best effort before the next)
+                            log(f"stopping {name} after the failed run: {err}")
+                    continue
                 results["concurrency"][str(n)].append(sample)
                 if n == len(USERS):
                     results["concurrent"].append(sample)

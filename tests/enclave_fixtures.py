@@ -107,7 +107,17 @@ def enclave(docker_client, tmp_path_factory) -> Iterator[RunningEnclave]:
         membership_check_seconds=MEMBERSHIP_CHECK_SECONDS,
     )
     stack.down(config, purge=False)  # leftovers of an interrupted run
-    options = layout.StackOptions(port=free_port(), idp_port=free_port())
+    # HAVRE_TEST_HUB_IMAGE, HAVRE_TEST_EGRESS_IMAGE: test images of other tags than the shared
+    # ones (a build of this tree while another tree's holds the shared tag)
+    images = {
+        field: os.environ[variable]
+        for field, variable in (
+            ("hub_image", "HAVRE_TEST_HUB_IMAGE"),
+            ("egress_image", "HAVRE_TEST_EGRESS_IMAGE"),
+        )
+        if os.environ.get(variable)
+    }
+    options = layout.StackOptions(port=free_port(), idp_port=free_port(), **images)
     url = stack.up(config, options)
     passwords = {u.name: u.password for u in users}
     running = RunningEnclave(config, url, passwords, docker_client, options)
