@@ -363,8 +363,8 @@ def test_every_operation_succeeds_with_a_valid_request(enclave, fuzz_users):
         "POST",
         f"api/requests/{rid}/files",
         json={"path": FUZZ_FILE},
-    )["files"]
-    fid = files[0]["id"]
+    )
+    fid = files["file"]["id"]
     ok(
         "GET /api/requests/{request_id}/files/{file_id}/preview",
         alice,

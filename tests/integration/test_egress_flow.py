@@ -155,7 +155,8 @@ def test_request_list_pages_and_bulk_request_changes(enclave, alice_cardio):
     for name in ("bulk_a.csv", "bulk_b.csv"):
         researcher.ok("POST", f"api/requests/{rid}/files", 201, json={"path": name})
     researcher.ok("PUT", f"api/requests/{rid}/groups/main", json={"context": "c", "controls": "k"})
-    files = researcher.ok("POST", f"api/requests/{rid}/submit")["files"]
+    assert researcher.ok("POST", f"api/requests/{rid}/submit")["files"] == 2  # the summary
+    files = researcher.ok("GET", f"api/requests/{rid}")["files"]
     for extra in range(3):  # a few more, so that pages of one have somewhere to go
         researcher.ok("POST", "api/requests", 201, json={"project": "cardio", "title": f"p{extra}"})
 
