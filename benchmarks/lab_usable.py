@@ -63,8 +63,13 @@ NAV_TIMING = """() => {
 def usable_lab(page: Any, t0: float) -> dict[str, Any]:
     """On a Lab page being opened: open a notebook from the Launcher, type in its first cell.
     Times (s after ``t0``) of each phase, and the Lab page's Navigation Timing."""
+    page.locator(".lm-MenuBar-itemLabel").first.wait_for(state="visible", timeout=STEP_MS)
     launcher = page.locator(LAUNCHER_CARD).first
-    launcher.wait_for(state="visible", timeout=STEP_MS)
+    try:
+        launcher.wait_for(state="visible", timeout=3_000)
+    except Exception:  # Lab restored a layout without the Launcher: open one (Accel+Shift+L)
+        page.keyboard.press("Control+Shift+L")
+        launcher.wait_for(state="visible", timeout=STEP_MS)
     t_launcher = time.time()
     timing = page.evaluate(NAV_TIMING)
     launcher.click()
@@ -85,7 +90,13 @@ def usable_lab(page: Any, t0: float) -> dict[str, Any]:
     }
 
 
+#: the bare server's files in its writable /tmp (its root filesystem is read-only, as the
+#: hub's server's is; the hub's server has its home folder)
+BARE_LAB_COMMAND = [*sb.BARE_COMMAND, "--ServerApp.root_dir=/tmp"]
+
+
 def bare_sample(bench: Any, network: str, context: Any, index: int) -> dict[str, Any]:
+    sb.BARE_COMMAND = BARE_LAB_COMMAND  # read by start_bare
     container, started = sb.start_bare(bench, network, index)
     try:
         container.reload()
@@ -134,8 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path)
     args = parser.parse_args(argv)
     out = args.output or (HERE / "results" / f"lab-usable-{dt.date.today().isoformat()}.json")
+    import signal
+
     from playwright.sync_api import sync_playwright
 
+    signal.signal(signal.SIGTERM, sb._terminate)  # a stop purges the enclave (finally below)
     _lock = sb.take_lock(3600)
     client = docker.from_env(version="auto")
     sb.wait_for_images(client)
