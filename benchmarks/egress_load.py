@@ -611,7 +611,12 @@ class Client:
         rec: Recorder,
         tables: dict[str, list[str]],
         rng: random.Random,
+        *,
+        full_answers: bool = False,
     ) -> None:
+        #: send ``Prefer: return=representation`` with every write: the whole request in
+        #: each write's answer, as the service answered before issue #21
+        self.full_answers = full_answers
         self.session = session
         self.base = base
         self.world = world
@@ -623,6 +628,8 @@ class Client:
         self, label: str, method: str, path: str, user: str, body: dict[str, Any] | None = None
     ) -> Any:
         headers = {USER_HEADER: user}
+        if self.full_answers and method != "GET":
+            headers["Prefer"] = "return=representation"
         started = time.perf_counter()
         if started >= self.rec.window[1]:
             raise TimeUp
@@ -743,6 +750,7 @@ async def run_clients(
     tables: dict,
     rng: random.Random,
     probe: Probe,
+    full_answers: bool = False,
 ) -> tuple[Recorder, dict[str, float], dict[str, float]]:
     """The load: ``args.warmup`` seconds not recorded, then ``duration`` seconds recorded.
 
@@ -774,7 +782,15 @@ async def run_clients(
         start = time.perf_counter() + args.warmup
         rec = Recorder(window=(start, start + duration))
         workers = [
-            Client(session, base, world, rec, tables, random.Random(rng.getrandbits(64)))
+            Client(
+                session,
+                base,
+                world,
+                rec,
+                tables,
+                random.Random(rng.getrandbits(64)),
+                full_answers=full_answers,
+            )
             for _ in range(args.clients)
         ]
         samples: list[dict[str, float]] = []
@@ -925,13 +941,21 @@ def one_run(
         def drop() -> None:
             cluster.admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
-    processes, threads = (int(n) for n in workers.split("x"))
+    processes, threads = (int(n) for n in workers.removesuffix(FULL_SUFFIX).split("x"))
     proc, port = start_server(env, db_url, workdir, profile_dir, processes, threads)
     try:
         probe = Probe(proc.pid, cluster.postmaster_pid() if cluster else None)
         rng = random.Random(f"{args.seed}-{run}")
         rec, before, after = asyncio.run(
-            run_clients(port, args, duration or args.duration, env.tables, rng, probe)
+            run_clients(
+                port,
+                args,
+                duration or args.duration,
+                env.tables,
+                rng,
+                probe,
+                full_answers=workers.endswith(FULL_SUFFIX),
+            )
         )
     finally:
         stop_server(proc)
@@ -1085,11 +1109,16 @@ def config_key(backend: str, workers: str) -> str:
     return f"{backend}/{workers}"
 
 
+#: a worker configuration's suffix: its clients ask every write for the whole request
+FULL_SUFFIX = "+full"
+
+
 def workers_name(workers: str) -> str:
-    processes, threads = workers.split("x")
+    processes, threads = workers.removesuffix(FULL_SUFFIX).split("x")
+    full = ", writes answered with the whole request" if workers.endswith(FULL_SUFFIX) else ""
     return (
         f"{processes} worker process{'es' if processes != '1' else ''} x "
-        f"{threads} thread{'s' if threads != '1' else ''}"
+        f"{threads} thread{'s' if threads != '1' else ''}{full}"
     )
 
 
@@ -1283,12 +1312,15 @@ def main(argv: list[str] | None = None) -> int:
         default=f"1x1,{worker_count('')}x1",
         help="worker configurations to measure, PROCESSESxTHREADS, comma-separated; the first "
         "is the baseline (default: 1x1, one process as the service ran before, and the "
-        "service's default, one process per core, each with one pool thread)",
+        "service's default, one process per core, each with one pool thread); a suffix "
+        f"{FULL_SUFFIX} (e.g. 2x1{FULL_SUFFIX}) makes the clients send `Prefer: "
+        "return=representation` with every write (each write answered with the whole "
+        "request, as before issue #21)",
     )
     args = parser.parse_args(argv)
     configs_wanted = [w.strip() for w in args.workers.split(",") if w.strip()]
     for spec in configs_wanted:
-        p_, _, t_ = spec.partition("x")
+        p_, _, t_ = spec.removesuffix(FULL_SUFFIX).partition("x")
         if not (p_.isdigit() and t_.isdigit() and int(p_) >= 1 and int(t_) >= 1):
             parser.error(f"--workers: {spec!r} is not PROCESSESxTHREADS, e.g. 2x4")
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]

@@ -414,9 +414,13 @@ def write_enclave(base: Path) -> tuple[EnclaveConfig, dict[str, str]]:
 
 
 def stack_options() -> layout.StackOptions:
-    """Free loopback ports for the proxy (and the embedded identity provider, if any)."""
+    """Free loopback ports for the proxy (and the embedded identity provider, if any); the
+    hub image (the hub, the broker) from ``HAVRE_BENCH_HUB_IMAGE`` if set (to measure a
+    build of this tree while the shared tag holds another one's)."""
     names = {f.name for f in dataclasses.fields(layout.StackOptions)}
     extra = {"idp_port": free_port()} if "idp_port" in names else {}
+    if os.environ.get("HAVRE_BENCH_HUB_IMAGE"):
+        extra["hub_image"] = os.environ["HAVRE_BENCH_HUB_IMAGE"]
     return layout.StackOptions(port=free_port(), **extra)
 
 
@@ -735,19 +739,48 @@ def hub_run(bench: Bench, name: str = USERS[0]) -> dict[str, Any]:
     sample.update(proxy_check(bench, name, sample["t0"]))
     sample.update(container_timeline(container, sample["t0"]))
     sample.update(bench.hub_log_events(name, sample["t0"], sample["t0"]))
+    sample["broker_ms"] = broker_timings(bench, (name,)).get(name)
     bench.stop(name)
     return sample
 
 
-def concurrent_run(bench: Bench) -> dict[str, Any]:
-    """All ten users spawn at the same moment; time until all are ready."""
+def broker_timings(bench: Bench, users: tuple[str, ...]) -> dict[str, dict[str, float]]:
+    """The broker's own phases (ms) of each user's last ``server.start``, from its audit log
+    (``timings_ms``: checks, network, folders, create, start, inspect; trees without it: {})."""
+    path = bench.enclave.state_dir / layout.BROKER_DIR / "audit.jsonl"
+    found: dict[str, dict[str, float]] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if event.get("action") == "server.start" and event.get("user") in users:
+            if isinstance(event.get("timings_ms"), dict):
+                found[event["user"]] = event["timings_ms"]
+    return found
+
+
+class ConcurrentRunFailed(RuntimeError):
+    """A concurrent run in which a spawn failed; ``hub_log``: the hub's last lines."""
+
+    def __init__(self, message: str, hub_log: str) -> None:
+        super().__init__(message)
+        self.hub_log = hub_log
+
+
+def concurrent_run(bench: Bench, users: tuple[str, ...] = USERS) -> dict[str, Any]:
+    """``users`` spawn at the same moment (all ten by default); time until all are ready."""
     for name in USERS:
         bench.stop(name)
     time.sleep(SETTLE)
-    barrier = threading.Barrier(len(USERS) + 1)
+    barrier = threading.Barrier(len(users) + 1)
     results: dict[str, dict[str, Any]] = {}
     errors: list[str] = []
-    clients = {name: docker.from_env(version="auto") for name in USERS}
+    clients = {name: docker.from_env(version="auto") for name in users}
 
     def worker(name: str) -> None:
         try:
@@ -760,7 +793,7 @@ def concurrent_run(bench: Bench) -> dict[str, Any]:
         except Exception as err:  # reported after the run
             errors.append(f"{name}: {err!r}")
 
-    threads = [threading.Thread(target=worker, args=(name,), daemon=True) for name in USERS]
+    threads = [threading.Thread(target=worker, args=(name,), daemon=True) for name in users]
     for thread in threads:
         thread.start()
     before = bench.measure_start()
@@ -772,29 +805,35 @@ def concurrent_run(bench: Bench) -> dict[str, Any]:
     measured = bench.measure_end(before)
     for client in clients.values():
         client.close()
-    if errors or len(results) != len(USERS):
-        raise RuntimeError("concurrent run failed: " + "; ".join(errors or ["timeout"]))
+    if errors or len(results) != len(users):
+        hub_log = bench.hub.logs(tail=60).decode(errors="replace")
+        raise ConcurrentRunFailed(
+            "concurrent run failed: " + "; ".join(errors or ["timeout"]), hub_log
+        )
     start = min(s["t0"] for s in results.values())
     all_ready = max(s["t0"] + s["ready_s"] for s in results.values()) - start
     per_server = []
-    for name in USERS:
+    timings = broker_timings(bench, users)
+    for name in users:
         sample = results[name]
+        sample["broker_ms"] = timings.get(name)
         container = bench.client.containers.get(sample.pop("container_id"))
         sample["start_offset_s"] = sample["t0"] - start
         sample.update(container_timeline(container, sample["t0"]))
         sample.update(bench.hub_log_events(name, start, sample["t0"]))
         per_server.append(sample)
-    for name in USERS:  # stopped in parallel, untimed
+    for name in users:  # stopped in parallel, untimed
         threading.Thread(target=bench.stop, args=(name,), daemon=True).start()
     deadline = time.monotonic() + STOP_TIMEOUT + 30
-    while time.monotonic() < deadline and any(bench.notebook(n) for n in USERS):
+    while time.monotonic() < deadline and any(bench.notebook(n) for n in users):
         time.sleep(0.5)
     listening = [s["t0"] + s["listening_s"] for s in per_server if s.get("listening_s")]
     return {
+        "spawns": len(users),
         "all_ready_s": all_ready,
         # when the last of the ten servers printed "is running at": all-ready if the hub
         # noticed every server at once
-        "all_listening_s": max(listening) - start if len(listening) == len(USERS) else None,
+        "all_listening_s": max(listening) - start if len(listening) == len(users) else None,
         "hub_cpu_s": hub_cpu,
         "containers_cpu_s": sum(s["cpu_s"] for s in per_server),
         **measured,
@@ -1086,6 +1125,30 @@ def build_summary(results: dict[str, Any]) -> dict[str, Any]:
                 "ready_s",
             ],
         )
+    # issue #21: 1, 2, 4, 10 spawns at once against the CPU floor, in the same run: n servers
+    # of one-spawn CPU each, on min(n, cores) cores (each container is limited to 1 CPU)
+    s["concurrency_levels"] = {}
+    one_cpu = s["hub_server_cpu_s"]["median"]
+    for level, runs in (results.get("concurrency") or {}).items():
+        n = int(level)
+        floor_n = n * one_cpu / min(n, cores) if one_cpu else None
+        servers = [srv for run in runs for srv in run["servers"]]
+        ready = summary([run["all_ready_s"] for run in runs])
+        busy = summary([run["machine_busy_cpu_s"] for run in runs])["median"]
+        s["concurrency_levels"][level] = {
+            "runs": len(runs),
+            "noisy_runs": sum(1 for run in runs if run.get("noisy")),
+            "all_ready_s": ready,
+            "floor_s": floor_n,
+            "ratio_to_floor": ratio(ready["median"], floor_n),
+            "ratio_to_floor_p95": ratio(ready["p95"], floor_n),
+            "machine_cpu_per_run_s": busy,
+            "machine_cpu_floor_s": busy / min(n, cores) if busy else None,
+            "per_server_ready_s": stats_of(servers, "ready_s"),
+            "server_cpu_s": stats_of(servers, "cpu_s"),
+            "broker_phases_median_ms": broker_phase_medians(servers),
+        }
+    s["hub_broker_phases_median_ms"] = broker_phase_medians(hub)
     # issue #14: spawn-to-ready through the broker (the hub has no Docker socket any more)
     # against the same-run floor, and that ratio against the pre-broker run's
     rt = results.get("broker_round_trips") or {}
@@ -1100,6 +1163,15 @@ def build_summary(results: dict[str, Any]) -> dict[str, Any]:
         "pre_broker_file": before and before["file"],
     }
     return s
+
+
+def broker_phase_medians(samples: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Median milliseconds of each of the broker's phases over ``samples``."""
+    phases_ms: dict[str, list[float]] = {}
+    for sample in samples:
+        for phase, ms in (sample.get("broker_ms") or {}).items():
+            phases_ms.setdefault(phase, []).append(ms)
+    return {phase: median(values) for phase, values in phases_ms.items()}
 
 
 def print_report(results: dict[str, Any]) -> None:
@@ -1180,6 +1252,30 @@ def print_report(results: dict[str, Any]) -> None:
         out.append("  where a server's time goes in a concurrent run (median s):")
         for phase, value in s["concurrent_phases_median_s"].items():
             out.append(f"    {phase:<58}{fmt(value, ''):>8}")
+    if s.get("hub_broker_phases_median_ms"):
+        parts = ", ".join(f"{k} {fmt(v, '')}" for k, v in s["hub_broker_phases_median_ms"].items())
+        out.append(f"the broker's part of one hub spawn (median ms): {parts}")
+    if s.get("concurrency_levels"):
+        out.append("")
+        out.append(
+            f"{'spawns at once':<16}{'runs':>6}{'all ready':>11}{'p95':>8}{'floor':>8}"
+            f"{'ratio':>8}{'p95':>8}{'machine/cores':>15}"
+        )
+        for level, st in s["concurrency_levels"].items():
+            out.append(
+                f"{level:<16}{st['runs']:>6}{fmt(st['all_ready_s']['median'], ''):>11}"
+                f"{fmt(st['all_ready_s']['p95'], ''):>8}{fmt(st['floor_s'], ''):>8}"
+                f"{fmt(st['ratio_to_floor'], 'x'):>8}{fmt(st['ratio_to_floor_p95'], 'x'):>8}"
+                f"{fmt(st['machine_cpu_floor_s'], ''):>15}"
+            )
+        out.append(
+            "  floor = n x CPU s of one hub-spawned start (same run) / min(n, cores); "
+            "machine/cores = the machine's busy CPU s per run / min(n, cores)"
+        )
+        for level, st in s["concurrency_levels"].items():
+            parts = ", ".join(f"{k} {fmt(v, '')}" for k, v in st["broker_phases_median_ms"].items())
+            if parts:
+                out.append(f"  broker phases, {level} at once (median ms per spawn): {parts}")
     for label, key in (("hub-spawned", "idle_hub"), ("bare", "idle_bare")):
         idle = results.get(key)
         if idle:
@@ -1221,7 +1317,15 @@ def print_report(results: dict[str, Any]) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=7, help="single-spawn runs of each kind")
-    parser.add_argument("--concurrent-runs", type=int, default=3, help="ten-spawn runs")
+    parser.add_argument(
+        "--concurrent-runs", type=int, default=3, help="runs of each concurrency level"
+    )
+    parser.add_argument(
+        "--concurrency",
+        default="10",
+        help="comma-separated numbers of spawns at once (1 to 10), e.g. 1,2,4,10; each run "
+        "goes through the levels in turn (interleaved); 10 is the issue's measure",
+    )
     parser.add_argument(
         "--idle-seconds", type=float, default=30, help="settling time and idle window (each)"
     )
@@ -1253,6 +1357,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.runs, args.concurrent_runs, args.idle_seconds = 2, 1, 5.0
     if args.runs < 1 or args.concurrent_runs < 0 or args.idle_seconds <= 0:
         parser.error("--runs must be >= 1, --concurrent-runs >= 0, --idle-seconds > 0")
+    try:
+        args.levels = sorted({int(part) for part in args.concurrency.split(",") if part.strip()})
+    except ValueError:
+        args.levels = []
+    if not args.levels or not all(1 <= n <= len(USERS) for n in args.levels):
+        parser.error(f"--concurrency takes numbers from 1 to {len(USERS)}, e.g. 1,2,4,10")
     if args.output is None:
         suffix = "-quick" if args.quick else ""
         args.output = (
@@ -1369,10 +1479,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "options": {
                 "runs": args.runs,
                 "concurrent_runs": args.concurrent_runs,
+                "concurrency": args.levels,
                 "idle_seconds": args.idle_seconds,
                 "quick": args.quick,
             },
             "other_containers_at_start": busy_at_start,
+            "hub_image": options.hub_image,
             "machine": machine,
             "setup": {
                 "auth_mode": AUTH_MODE,
@@ -1421,14 +1533,32 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["single"] = single
         log("broker round trips (server.inspect) against direct docker inspect")
         results["broker_round_trips"] = broker_round_trips(bench)
-        results["concurrent"] = []
+        results["concurrent"] = []  # the ten-spawn runs (the issue's measure)
+        results["concurrency"] = {str(n): [] for n in args.levels}
         for i in range(1, args.concurrent_runs + 1):
-            sample = measure("concurrent", lambda: concurrent_run(bench))
-            results["concurrent"].append(sample)
-            log(
-                f"concurrent run {i}/{args.concurrent_runs}: "
-                f"all ready {sample['all_ready_s']:.2f} s"
-            )
+            for n in args.levels:  # interleaved: 1, 2, 4, 10, 1, 2, 4, 10, ...
+                try:
+                    sample = measure(
+                        f"concurrent-{n}", lambda n=n: concurrent_run(bench, USERS[:n])
+                    )
+                except ConcurrentRunFailed as failure:  # kept, with the hub's log; go on
+                    log(f"{failure}; the run is recorded as failed")
+                    results.setdefault("failed_concurrent", []).append(
+                        {"spawns": n, "error": str(failure), "hub_log": failure.hub_log}
+                    )
+                    for name in USERS[:n]:
+                        try:
+                            bench.stop(name)
+                        except Exception as err:  # noqa: BLE001 (best effort before the next)
+                            log(f"stopping {name} after the failed run: {err}")
+                    continue
+                results["concurrency"][str(n)].append(sample)
+                if n == len(USERS):
+                    results["concurrent"].append(sample)
+                log(
+                    f"concurrent run {i}/{args.concurrent_runs}, {n} at once: "
+                    f"all ready {sample['all_ready_s']:.2f} s"
+                )
         log(
             f"idle hub-spawned server: {args.idle_seconds:.0f} s settle + {args.idle_seconds:.0f} s"
         )

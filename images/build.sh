@@ -351,7 +351,7 @@ build_researcher_wheel() {
     all="$(mktemp -d /tmp/havre-src.XXXXXX)"
     src="$(mktemp -d /tmp/havre-researcher-src.XXXXXX)"
     copy_checkout "$all"
-    for part in havre/__init__.py havre/enclave havre/sdc havre/safe egress/safe/__init__.py; do
+    for part in havre/__init__.py havre/enclave havre/sdc havre/safe havre/notebook egress/safe/__init__.py; do
         [[ -e "$all/$part" ]] || die "the researcher distribution needs $part, which is not in the checkout"
         mkdir -p "$src/$(dirname "$part")"
         cp -a "$all/$part" "$src/$part"

@@ -20,8 +20,10 @@ A JupyterHub *named server* is a project: ``/user/<name>/<project-slug>/``. The 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from jupyterhub.spawner import Spawner, SpawnException
@@ -34,6 +36,20 @@ from havre.enclave.config import EnclaveConfig, EnclaveConfigError, Project
 from havre.enclave.live import live_config
 from havre.enclave.logs import security_event
 from spawner.download_guard import ensure_guard
+
+#: The threads the hub's broker calls run on (the client blocks: one call, one thread). Not
+#: asyncio's default executor, which has ``cpu_count() + 4`` threads (6 on a 2-core hub) shared
+#: with everything else the hub runs in threads: ten users pressing Start at once would queue
+#: there, four of them behind six others' whole create-and-start. The broker's HTTP server
+#: takes every call on a thread of its own; a call mostly waits on the Docker engine.
+BROKER_THREADS = 64
+_broker_pool = ThreadPoolExecutor(BROKER_THREADS, thread_name_prefix="havre-broker-call")
+
+
+async def _in_broker_thread(function: Any, *args: Any, **kwargs: Any) -> Any:
+    """Run a blocking broker call on :data:`_broker_pool`."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_broker_pool, functools.partial(function, *args, **kwargs))
 
 
 class ProjectSpawner(Spawner):
@@ -215,7 +231,7 @@ class ProjectSpawner(Spawner):
         if not self.name:
             return 0
         try:
-            answer = await asyncio.to_thread(
+            answer = await _in_broker_thread(
                 self.broker().call, "server.inspect", user=self.user.name, project=self.name
             )
         except BrokerError as err:
@@ -322,7 +338,7 @@ class ProjectSpawner(Spawner):
         """One broker call from a worker thread; a refusal becomes a SpawnException with
         the broker's sentence."""
         try:
-            return await asyncio.to_thread(self.broker().call, action, **fields)
+            return await _in_broker_thread(self.broker().call, action, **fields)
         except BrokerError as err:
             raise SpawnException(err.message, reason="broker", status_code=err.status) from None
 
@@ -449,7 +465,7 @@ class ProjectSpawner(Spawner):
         self._membership_checked_at = time.monotonic()
         self.report(40, "Starting your hardened container (no network out, data read-only)")
         try:
-            answer = await asyncio.to_thread(self.broker().call, "server.start", **request)
+            answer = await _in_broker_thread(self.broker().call, "server.start", **request)
         except BrokerError as err:
             if err.status != 409 or "already has a running server" not in err.message:
                 refusal = SpawnException(err.message, reason="broker", status_code=err.status)

@@ -191,7 +191,8 @@ class FileOperations(ServiceBase):
         stripped bytes, and those are what is released.
 
         Refused with :class:`FileRefused` (422) when the checks fail. Returns the file's entry
-        (as in :meth:`get_request`) plus ``replaced`` and ``content_changed``.
+        (as in :meth:`get_request`) plus ``replaced``, ``content_changed`` and the request's
+        state (``request_state``, unchanged by adding a file).
         """
         with self.reading("add_file", actor, request_id) as session:
             project = self.permitted(session, actor, request_id, Permission.ADD_FILE).project
@@ -285,7 +286,12 @@ class FileOperations(ServiceBase):
             )
             entry = self._file_entry(row, {})
             entry["check"] = member_check(entry["check"])  # the author: verdicts, not cells
-            return {**entry, "replaced": replaced, "content_changed": changed}
+            return {
+                **entry,
+                "replaced": replaced,
+                "content_changed": changed,
+                "request_state": request.state,
+            }
 
     @staticmethod
     def _ensure_group(session: Session, request: Request, name: str) -> FileGroup:
@@ -336,8 +342,9 @@ class FileOperations(ServiceBase):
                 updates[file_id] = (sha256, new)
         return updates
 
-    def remove_file(self, actor: Actor, request_id: str, file_id: int) -> None:
-        """Take a file (and its votes) out of a draft or returned request."""
+    def remove_file(self, actor: Actor, request_id: str, file_id: int) -> dict[str, Any]:
+        """Take a file (and its votes) out of a draft or returned request; returns the
+        request's id and state and the removed file's id."""
         with self.writing("remove_file", actor, request_id) as tx:
             request, row = self.permitted_file(
                 tx.session, actor, request_id, file_id, Permission.REMOVE_FILE
@@ -358,6 +365,7 @@ class FileOperations(ServiceBase):
                 file_hashes={row.path: row.sha256},
                 details={"file_id": row.id, "group": row.group},
             )
+            return {"id": request.id, "state": request.state, "file_id": row.id}
 
     def view_file(self, actor: Actor, request_id: str, file_id: int) -> FileContent:
         """The bytes that would be released for one file, for a reviewing checker once the

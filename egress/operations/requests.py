@@ -151,7 +151,8 @@ class RequestOperations(ServiceBase):
     def set_group_context(
         self, actor: Actor, request_id: str, group: str, context: str, controls: str
     ) -> dict[str, Any]:
-        """Set a file group's context (what the files are) and controls (disclosure controls)."""
+        """Set a file group's context (what the files are) and controls (disclosure controls);
+        returns the group and the request's state (``request_state``, unchanged by this)."""
         with self.writing("set_group_context", actor, request_id) as tx:
             request = self.load_request(tx.session, request_id)
             self.require(tx.session, actor, Permission.EDIT_CONTEXT, request)
@@ -172,7 +173,12 @@ class RequestOperations(ServiceBase):
                     "controls_sha256": sha256_text(controls),
                 },
             )
-            return {"name": name, "context": context, "controls": controls}
+            return {
+                "name": name,
+                "context": context,
+                "controls": controls,
+                "request_state": request.state,
+            }
 
     def submit(self, actor: Actor, request_id: str) -> dict[str, Any]:
         """Submit a draft, or resubmit a returned request (a new review round).

@@ -5,9 +5,10 @@ One code path for SQLite and PostgreSQL:
 * :func:`make_engine` -- SQLite: WAL journal, ``synchronous=FULL`` (a committed release is on
   disk), foreign keys on, a busy timeout, and transactions that start with ``BEGIN IMMEDIATE``
   when they will write (so two writers never both read the audit head and then race to append)
-  and a plain deferred ``BEGIN`` for reads. PostgreSQL: a plain engine (psycopg 3); writers
-  serialise on ``SELECT ... FOR UPDATE`` of the single ``audit_log`` row, readers use
-  ``REPEATABLE READ`` so that a view is one consistent snapshot.
+  and a plain deferred ``BEGIN`` for reads. PostgreSQL (psycopg 3): a pool of connections
+  kept open (LIFO, pinged only after being idle a while) whose statements are prepared on the
+  server from their second use; writers serialise on ``SELECT ... FOR UPDATE`` of the single
+  ``audit_log`` row, readers use ``REPEATABLE READ`` so that a view is one consistent snapshot.
 * :func:`migrate` -- ``alembic upgrade head`` run programmatically with the migrations shipped in
   this package (``egress/store/migrations``); no ``alembic.ini`` and no CLI needed. On
   PostgreSQL an advisory lock makes concurrent ``migrate`` calls (the web service and the
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +30,7 @@ from typing import Any
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.engine.url import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.orm import Session, sessionmaker
 
 __all__ = [
@@ -89,8 +92,59 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         event.listen(engine, "connect", _sqlite_on_connect)
         event.listen(engine, "begin", _sqlite_on_begin)
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
-    return create_engine(parsed, **kwargs)
+    connect_args = {**_POSTGRES_CONNECT_ARGS, **kwargs.pop("connect_args", {})}
+    kwargs.setdefault("pool_size", POSTGRES_POOL_SIZE)
+    kwargs.setdefault("pool_use_lifo", True)  # the warmest connection: its statements prepared
+    engine = create_engine(parsed, connect_args=connect_args, **kwargs)
+    event.listen(engine, "connect", _postgres_on_connect)
+    event.listen(engine, "checkin", _postgres_on_checkin)
+    event.listen(engine, "checkout", _postgres_on_checkout)
+    return engine
+
+
+#: Connections kept open per process (a worker runs one transaction at a time per pool
+#: thread; the admin CLI and the mailer use one or two). More are opened when needed.
+POSTGRES_POOL_SIZE = 5
+#: A pooled connection idle for longer than this is checked (one ``SELECT 1``) before use,
+#: so one that PostgreSQL dropped meanwhile (restarted, idle timeout) is replaced instead of
+#: failing a request. One in use a moment ago is not: checking every checkout, as
+#: ``pool_pre_ping`` does, was one more round trip for each of a request's 2-5 transactions.
+POSTGRES_PING_AFTER_IDLE_S = 5.0
+_POSTGRES_CONNECT_ARGS: dict[str, Any] = {
+    # psycopg prepares a statement on the server once a connection has run it this many times
+    # (its default: 5), and keeps up to ``prepared_max`` of them per connection (set on
+    # connect: its default 100 is fewer than the service's distinct statements, so the busiest
+    # were evicted and prepared again). The service's statements are a fixed set: prepare
+    # them from their second use.
+    "prepare_threshold": 1,
+}
+_POSTGRES_PREPARED_MAX = 1000
+_CHECKED_IN = "havre_checked_in_at"
+
+
+def _postgres_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    if hasattr(dbapi_connection, "prepared_max"):  # psycopg 3
+        dbapi_connection.prepared_max = _POSTGRES_PREPARED_MAX
+
+
+def _postgres_on_checkin(_dbapi_connection: Any, record: Any) -> None:
+    if record is not None:
+        record.info[_CHECKED_IN] = time.monotonic()
+
+
+def _postgres_on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+    """Ping a connection that has been idle a while; a dead one is replaced (the pool retries
+    the checkout with a new connection when this raises ``DisconnectionError``)."""
+    since = record.info.get(_CHECKED_IN)
+    if since is None or time.monotonic() - since < POSTGRES_PING_AFTER_IDLE_S:
+        return
+    try:
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+        if not dbapi_connection.autocommit:
+            dbapi_connection.commit()  # not rollback: that drops the prepared statements
+    except Exception as exc:  # psycopg.OperationalError and the like: the connection is gone
+        raise DisconnectionError(f"pooled PostgreSQL connection is gone: {exc}") from exc
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:
@@ -104,7 +158,7 @@ def _write_engine(engine: Engine) -> Engine:
 
 def _read_engine(engine: Engine) -> Engine:
     if engine.dialect.name == "postgresql":
-        return engine.execution_options(isolation_level="REPEATABLE READ")
+        return engine.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
     return engine
 
 
@@ -144,11 +198,23 @@ def write_session(engine: Engine) -> Iterator[Session]:
 
 @contextmanager
 def read_session(engine: Engine) -> Iterator[Session]:
-    """A session in one read-only snapshot transaction, always rolled back."""
+    """A session in one read-only snapshot transaction, which writes nothing.
+
+    SQLite: rolled back. PostgreSQL: a ``READ ONLY`` transaction (a write in it fails), ended by
+    a commit when the reading went well: a rollback would also make psycopg drop every
+    statement the connection has prepared (``DEALLOCATE ALL``), so none would outlive one
+    request.
+    """
+    commit = engine.dialect.name == "postgresql"
     with Session(bind=_read_engine(engine), expire_on_commit=False) as session:
         try:
             yield session
-        finally:
+        except BaseException:
+            session.rollback()
+            raise
+        if commit:
+            session.commit()
+        else:
             session.rollback()
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from tornado import ioloop, web
 
 from egress.domain.policy import PermissionDenied
+from egress.domain.workflow import RequestState
 from egress.operations import break_glass
 from egress.operations.facade import EgressError
 from egress.web.base import GENERIC_REFUSALS, ApiHandler, reason_phrase
@@ -84,29 +85,55 @@ class RequestApi(ApiHandler):
         self.send(await self.run(self.service.get_request, self.actor(), request_id))
 
 
+def wants_full_view(handler: ApiHandler) -> bool:
+    """Whether a write asks to be answered with the whole request, as ``GET`` gives it
+    (``Prefer: return=representation``, RFC 7240). Otherwise a write answers with what it
+    changed: the request's id and state and the changed part (one read less per write)."""
+    prefer = handler.request.headers.get("Prefer", "")
+    return any(
+        part.strip().lower() == "return=representation"
+        for part in prefer.replace(";", ",").split(",")
+    )
+
+
+async def send_write_answer(
+    handler: ApiHandler, request_id: str, answer: dict[str, Any], status: int = 200
+) -> None:
+    """Send a write's own answer, or the whole request if the client prefers it."""
+    if wants_full_view(handler):
+        answer = await handler.run(handler.service.get_request, handler.actor(), request_id)
+    handler.send(answer, status)
+
+
 class RequestActionApi(ApiHandler):
     @web.authenticated
     async def post(self, request_id: str, action: str) -> None:
         if action not in REQUEST_ACTIONS:
             raise web.HTTPError(404)
         method = getattr(self.service, REQUEST_ACTIONS[action])
-        await self.run(method, self.actor(), request_id)
-        # the request as it now is (a release's signed record is in its "release" field)
-        self.send(await self.run(self.service.get_request, self.actor(), request_id))
+        result = await self.run(method, self.actor(), request_id)
+        if action == "release":  # the signed release record, and the state it leads to
+            answer = {"id": request_id, "state": RequestState.RELEASED.value, "release": result}
+        else:  # the request's summary as it now is (state, turn, round, reviews)
+            answer = result
+        await send_write_answer(self, request_id, answer)
 
 
 class FilesApi(ApiHandler):
     @web.authenticated
     async def post(self, request_id: str) -> None:
         body = self.body()
-        await self.run(
+        entry = await self.run(
             self.service.add_file,
             self.actor(),
             request_id,
             str(body.get("path", "")),
             str(body.get("group", "") or "main"),
         )
-        self.send(await self.run(self.service.get_request, self.actor(), request_id), 201)
+        state = entry.pop("request_state")
+        await send_write_answer(
+            self, request_id, {"id": request_id, "state": state, "file": entry}, 201
+        )
 
 
 class FilePreviewApi(ApiHandler):
@@ -120,8 +147,13 @@ class FilePreviewApi(ApiHandler):
 class FileApi(ApiHandler):
     @web.authenticated
     async def delete(self, request_id: str, file_id: str) -> None:
-        await self.run(self.service.remove_file, self.actor(), request_id, file_id)
-        self.send(await self.run(self.service.get_request, self.actor(), request_id))
+        removed = await self.run(self.service.remove_file, self.actor(), request_id, file_id)
+        answer = {
+            "id": removed["id"],
+            "state": removed["state"],
+            "removed_file_id": removed["file_id"],
+        }
+        await send_write_answer(self, request_id, answer)
 
 
 class VoteApi(ApiHandler):
@@ -163,7 +195,7 @@ class GroupApi(ApiHandler):
     @web.authenticated
     async def put(self, request_id: str, group: str) -> None:
         body = self.body()
-        await self.run(
+        changed = await self.run(
             self.service.set_group_context,
             self.actor(),
             request_id,
@@ -171,7 +203,10 @@ class GroupApi(ApiHandler):
             str(body.get("context", "")),
             str(body.get("controls", "")),
         )
-        self.send(await self.run(self.service.get_request, self.actor(), request_id))
+        state = changed.pop("request_state")
+        await send_write_answer(
+            self, request_id, {"id": request_id, "state": state, "group": changed}
+        )
 
 
 class CommentsApi(ApiHandler):

@@ -44,6 +44,15 @@ _IDEMPOTENCY_KEY = {
     "schema": {"type": "string", "pattern": "^[A-Za-z0-9_.:-]{8,128}$"},
 }
 _FILE = {"name": "file_id", "in": "path", "required": True, "schema": _ID}
+_PREFER = {
+    "name": "Prefer",
+    "in": "header",
+    "required": False,
+    "description": "`return=representation` (RFC 7240): answer this write with the whole "
+    "request, as `GET /api/requests/{request_id}` gives it, instead of what the write changed "
+    "(its id, state and the changed part: one read less on the service)",
+    "schema": {"type": "string"},
+}
 _GROUP = {
     "name": "group",
     "in": "path",
@@ -274,6 +283,26 @@ def _break_glass_paths() -> dict[str, Any]:
     }
 
 
+_REQUEST_FILE_REF = {"$ref": "#/components/schemas/RequestFile"}
+#: The writes that answer with what they changed, or with the whole request when the client
+#: sends ``Prefer: return=representation`` (egress/web/api.py)
+_FULL_VIEW_ON_PREFER = {
+    "/api/requests/{request_id}/files",
+    "/api/requests/{request_id}/files/{file_id}",
+    "/api/requests/{request_id}/groups/{group}",
+    *(f"/api/requests/{{request_id}}/{action}" for action in REQUEST_ACTIONS),
+}
+
+
+def _written(**changed: dict[str, Any]) -> dict[str, Any]:
+    """A write's answer: the request's id and state, and the part the write changed."""
+    return {
+        "type": "object",
+        "required": ["id", "state", *changed],
+        "properties": {"id": {"type": "string"}, "state": {"type": "string"}, **changed},
+    }
+
+
 def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
     """The document; ``servers`` points at the service's prefix behind the hub's proxy."""
     summary = {"$ref": "#/components/schemas/RequestSummary"}
@@ -353,8 +382,11 @@ def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
         },
         "/api/requests/{request_id}/files": {
             "post": _op(
-                "Add (snapshot and check) a file from the project's outputs folder",
-                _json(detail, "Added"),
+                "Add (snapshot and check) a file from the project's outputs folder; answers "
+                "with the request's id and state and the file's entry (`replaced`, "
+                "`content_changed`: whether it replaced a file of the same path, with "
+                "other bytes)",
+                _json(_written(file=_REQUEST_FILE_REF), "Added"),
                 params=[_REQ],
                 body={
                     "type": "object",
@@ -366,7 +398,12 @@ def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
         },
         "/api/requests/{request_id}/files/{file_id}": {
             "delete": {
-                **_op("Remove a file from a draft", _json(detail), params=[_REQ, _FILE]),
+                **_op(
+                    "Remove a file from a draft; answers with the request's id and state and "
+                    "the removed file's id",
+                    _json(_written(removed_file_id=_ID)),
+                    params=[_REQ, _FILE],
+                ),
             }
         },
         "/api/requests/{request_id}/files/{file_id}/preview": {
@@ -439,8 +476,20 @@ def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
         },
         "/api/requests/{request_id}/groups/{group}": {
             "put": _op(
-                "Set a file group's context and disclosure controls",
-                _json(detail),
+                "Set a file group's context and disclosure controls; answers with the "
+                "request's id and state and the group as set",
+                _json(
+                    _written(
+                        group={
+                            "type": "object",
+                            "properties": {
+                                "name": {"type": "string"},
+                                "context": {"type": "string"},
+                                "controls": {"type": "string"},
+                            },
+                        }
+                    )
+                ),
                 params=[_REQ, _GROUP],
                 body={
                     "type": "object",
@@ -549,17 +598,33 @@ def openapi_document(prefix: str = "/services/egress/") -> dict[str, Any]:
     }
     paths["/api/requests/{request_id}/files/{file_id}"]["delete"]["responses"]["409"] = _ERROR
     for action in REQUEST_ACTIONS:
+        if action == "release":
+            said = (
+                "Release the request; answers with its id, its state (`released`) and the "
+                "signed release record (`release`)"
+            )
+            answer = _written(release=obj)
+        else:
+            said = f"{action.capitalize()} the request; answers with its summary as it now is"
+            answer = summary
         paths[f"/api/requests/{{request_id}}/{action}"] = {
-            "post": _op(f"{action.capitalize()} the request", _json(obj), params=[_REQ])
+            "post": _op(said, _json(answer), params=[_REQ])
         }
         paths[f"/api/requests/{{request_id}}/{action}"]["post"]["responses"]["409"] = _ERROR
-    for operations in paths.values():  # every write takes an Idempotency-Key
+    for path, operations in paths.items():  # every write takes an Idempotency-Key
         for method in ("post", "put", "delete"):
             if method in operations:
                 operations[method]["parameters"] = [
                     *operations[method]["parameters"],
                     _IDEMPOTENCY_KEY,
+                    *([_PREFER] if path in _FULL_VIEW_ON_PREFER else []),
                 ]
+                if path in _FULL_VIEW_ON_PREFER:  # or the whole request, on Prefer
+                    for status in ("200", "201"):
+                        content = operations[method]["responses"].get(status, {}).get("content")
+                        if content:
+                            media = content["application/json"]
+                            media["schema"] = {"anyOf": [media["schema"], detail]}
                 operations[method]["responses"].setdefault("409", _ERROR)
                 operations[method]["responses"].setdefault("422", _ERROR)
     paths.update(_break_glass_paths())

@@ -318,7 +318,7 @@ def server_spec(
     return ContainerSpec(
         name=enclave.container_name(project.slug, request.user),
         image=project.image,
-        command=None,  # the image's own (jupyterhub-singleuser)
+        command=None,  # the image's own (havre-singleuser: images/notebook/Dockerfile)
         user=f"{uid}:{gid}",
         working_dir=HOME,
         hostname=project.slug,

@@ -73,6 +73,19 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class _PhaseClock:
+    """Milliseconds spent in each named phase of one call, in order (``lap`` ends a phase)."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self.laps: dict[str, float] = {}
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.laps[phase] = round((now - self._last) * 1000, 1)
+        self._last = now
+
+
 class AuditLog:
     """Append-only JSON lines (one ``write`` per line, ``O_APPEND``)."""
 
@@ -179,7 +192,7 @@ class Broker:
             self.audit.write(event)
             return 502, {"error": message}
         event.update(result="ok", status=200)
-        for key in ("state", "id"):
+        for key in ("state", "id", "timings_ms"):
             if key in answer:
                 event[key] = answer[key]
         self.audit.write(event)
@@ -399,6 +412,9 @@ class Broker:
             apply_rule(rule)
 
     def start_server(self, enclave: EnclaveConfig, request: BrokerRequest) -> dict[str, Any]:
+        """Start a server; the answer has its state, id and address, and ``timings_ms``: where
+        the broker's time went (also in the audit line; benchmarks/spawn_benchmark.py reads it)."""
+        clock = _PhaseClock()
         spec = server_spec(enclave, request)
         # a desktop project's server comes with its desktop: a request a desktop can't be built
         # from is refused before anything is made
@@ -415,24 +431,32 @@ class Broker:
                 )
             self.remove(spec.name)
         image_id = self._image_id(spec.image)
+        clock.lap("checks")
         network = self.ensure_project_network(enclave, request.project)
         gateway = ((network.get("IPAM") or {}).get("Config") or [{}])[0].get("Gateway", "")
+        clock.lap("network")
         ident = self.server_identity(enclave, request)
         self.prepare_folders(enclave, request, ident)
+        clock.lap("folders")
         spec = server_spec(enclave, request, dns=gateway, identity=(ident.uid, ident.gid))
         if desktop is not None:
             self.remove(desktop.name)  # left by a server that stopped on its own
             desktop_image = self._image_id(desktop.image)
-        container_id = self._create_and_start(spec, image_id)
+        container_id = self._create_and_start(spec, image_id, clock)
         if desktop is not None:
             try:
                 self._create_and_start(desktop, desktop_image)
             except Exception:
                 self.remove(spec.name)
                 raise
-            return self.inspect_server(enclave, request) | {"id": container_id}
+            clock.lap("desktop")
+            answer = self.inspect_server(enclave, request) | {"id": container_id}
+            answer["timings_ms"] = clock.laps
+            return answer
         answer = self.inspect(spec.name, spec.network)
+        clock.lap("inspect")
         answer["id"] = container_id
+        answer["timings_ms"] = clock.laps
         return answer
 
     # ------------------------------------------------------------- cluster mode (Swarm)
@@ -602,7 +626,9 @@ class Broker:
             )
         return {"runs": runs}
 
-    def _create_and_start(self, spec: ContainerSpec, image_id: str) -> str:
+    def _create_and_start(
+        self, spec: ContainerSpec, image_id: str, clock: _PhaseClock | None = None
+    ) -> str:
         from docker.types import LogConfig
 
         host = dict(spec.host_config)
@@ -628,11 +654,15 @@ class Broker:
             host_config=host_config,
             network_disabled=spec.network == "none",
         )
+        if clock is not None:
+            clock.lap("create")
         try:
             self.client.start(created["Id"])
         except Exception:
             self.client.remove_container(created["Id"], force=True)
             raise
+        if clock is not None:
+            clock.lap("start")
         return created["Id"]
 
 

@@ -407,9 +407,11 @@ def release_a_table(deployment: Deployment) -> tuple[HubUser, str, str]:
     rid = researcher.ok("POST", "api/requests", 201, json={"project": "cardio", "title": "Cases"})[
         "id"
     ]
-    files = researcher.ok(
-        "POST", f"api/requests/{rid}/files", 201, json={"path": "cases_by_region.csv"}
-    )["files"]
+    files = [
+        researcher.ok(
+            "POST", f"api/requests/{rid}/files", 201, json={"path": "cases_by_region.csv"}
+        )["file"]
+    ]
     researcher.ok(
         "PUT",
         f"api/requests/{rid}/groups/main",

@@ -55,7 +55,7 @@ def _draft(alice: Egress) -> tuple[str, str]:
     rid = alice.ok("POST", "api/requests", 201, json={"project": "cardio", "title": "Exit"})["id"]
     detail = alice.ok("POST", f"api/requests/{rid}/files", 201, json={"path": NAME})
     alice.ok("PUT", f"api/requests/{rid}/groups/main", json={"context": "c", "controls": "k"})
-    return rid, str(detail["files"][0]["id"])
+    return rid, str(detail["file"]["id"])
 
 
 ROWS: list[str] = []

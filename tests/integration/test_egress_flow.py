@@ -61,10 +61,12 @@ def test_researcher_to_release_with_two_independent_reviews(enclave, alice_cardi
         "POST", "api/requests", 201, json={"project": "cardio", "title": "Cases by region"}
     )
     rid = request["id"]
-    detail = researcher.ok(
+    added = researcher.ok(
         "POST", f"api/requests/{rid}/files", 201, json={"path": "cases_by_region.csv"}
     )
-    (table,) = detail["files"]
+    assert (added["id"], added["state"]) == (rid, "draft")  # what the write changed (#21)
+    (table,) = researcher.ok("GET", f"api/requests/{rid}")["files"]
+    assert (added["file"]["id"], added["file"]["sha256"]) == (table["id"], table["sha256"])
     assert table["sha256"] == hashlib.sha256(TABLE.encode()).hexdigest()
     # written by hand, no library record: nothing says these are counts (issue #11)
     assert table["check"]["sdc"]["checked"] and table["check"]["sdc"]["verdict"] == "review"
@@ -163,7 +165,8 @@ def test_request_list_pages_and_bulk_request_changes(enclave, alice_cardio):
     for name in ("bulk_a.csv", "bulk_b.csv"):
         researcher.ok("POST", f"api/requests/{rid}/files", 201, json={"path": name})
     researcher.ok("PUT", f"api/requests/{rid}/groups/main", json={"context": "c", "controls": "k"})
-    files = researcher.ok("POST", f"api/requests/{rid}/submit")["files"]
+    assert researcher.ok("POST", f"api/requests/{rid}/submit")["files"] == 2  # the summary
+    files = researcher.ok("GET", f"api/requests/{rid}")["files"]
     for extra in range(3):  # a few more, so that pages of one have somewhere to go
         researcher.ok("POST", "api/requests", 201, json={"project": "cardio", "title": f"p{extra}"})
 

@@ -596,7 +596,7 @@ def world(enclave) -> World:
             f"api/requests/{rid}/groups/main",
             json={"context": "Stays by region", "controls": "All cells >= 10"},
         )
-        made[key], made[f"{key}_file"] = rid, str(detail["files"][0]["id"])
+        made[key], made[f"{key}_file"] = rid, str(detail["file"]["id"])
     assert alice.ok("POST", f"api/requests/{made['sub']}/submit")["state"] == "submitted"
     return World(users, made)
 

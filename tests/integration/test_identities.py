@@ -131,7 +131,8 @@ def test_egress_reads_both_members_files_and_names_each_owner(enclave, alice_car
         "id"
     ]
     researcher.ok("POST", f"api/requests/{rid}/files", 201, json={"path": "by_alice.csv"})
-    detail = researcher.ok("POST", f"api/requests/{rid}/files", 201, json={"path": "planted.csv"})
+    researcher.ok("POST", f"api/requests/{rid}/files", 201, json={"path": "planted.csv"})
+    detail = researcher.ok("GET", f"api/requests/{rid}")
     owners = {f["path"]: f["check"]["owner"] for f in detail["files"]}
     print(f"\nowners in alice's request: {owners}")
     assert owners["planted.csv"]["user"] == "carol"  # a colleague's file, attributed to her

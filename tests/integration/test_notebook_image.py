@@ -176,3 +176,56 @@ def test_the_notebook_image_has_no_setuid_or_setgid_file(docker_client):
         labels={"havre.test.image-probe": "1"},
     )
     assert out.decode().split() == ["/usr/local/bin/planted"]
+
+
+#: The notebook image's entry point imports JupyterHub's single-user server (Jupyter Server and
+#: all) without the hub's database layer; the same probe with the plain imports is the control.
+LEAN_PROBE = r"""
+import json, sys
+from havre.notebook import singleuser
+singleuser.import_single_user(lean=sys.argv[1] == "lean")
+import jupyterhub.singleuser.extension as extension
+print("PROBE-RESULT " + json.dumps({
+    "kept_out_loaded": [
+        m for m in singleuser.KEPT_OUT
+        if any(k == m or k.startswith(m + ".") for k in sys.modules)
+    ],
+    "stand_ins_left": [k for k, v in sys.modules.items() if isinstance(v, singleuser._StandIn)],
+    "extension": extension.JupyterHubSingleUser.name,
+    "used": singleuser.stand_ins_used(),
+}))
+"""
+
+
+def lean_probe(docker_client, mode: str) -> dict:
+    out = docker_client.containers.run(
+        DEFAULT_NOTEBOOK_IMAGE,
+        ["python3", "-c", LEAN_PROBE, mode],
+        network_mode="none",
+        remove=True,
+        labels={"havre.test.image-probe": "1"},
+        **container_hardening(tmp_size="16m", pids=128),
+    )
+    text = out.decode(errors="replace")
+    assert "PROBE-RESULT " in text, text[-2000:]
+    return json.loads(text.split("PROBE-RESULT ", 1)[1])
+
+
+def test_the_image_runs_the_single_user_server_without_the_hub_database_layer(docker_client):
+    image = docker_client.images.get(DEFAULT_NOTEBOOK_IMAGE)
+    assert image.attrs["Config"]["Cmd"] == ["havre-singleuser"]
+    lean = lean_probe(docker_client, "lean")
+    assert lean == {
+        "kept_out_loaded": [],
+        "stand_ins_left": [],
+        "extension": "jupyterhub-singleuser",
+        "used": [],
+    }
+    # control: the same image and probe, JupyterHub's plain imports
+    plain = lean_probe(docker_client, "plain")
+    assert plain["kept_out_loaded"] == [
+        "sqlalchemy",
+        "alembic",
+        "jupyterhub.orm",
+        "jupyterhub.handlers",
+    ]

@@ -165,8 +165,8 @@ def test_checker_reexecutes_and_sees_identical_differs_and_labelled_verdicts(
         untouched,
         tampered,
     ):
-        detail = researcher.ok("POST", f"api/requests/{rid}/files", 201, json={"path": path})
-        ids[path] = next(f["id"] for f in detail["files"] if f["path"] == path)
+        added = researcher.ok("POST", f"api/requests/{rid}/files", 201, json={"path": path})
+        ids[path] = added["file"]["id"]
     researcher.ok(
         "PUT", f"api/requests/{rid}/groups/main", json={"context": "RX", "controls": "safe"}
     )
@@ -266,8 +266,8 @@ def test_a_relaxed_notebook_is_rerun_with_the_project_parameters_and_the_checker
     rid = researcher.ok("POST", "api/requests", 201, json={"project": "cardio", "title": "R"})["id"]
     ids = {}
     for path in (f"{FOLDER}/relaxed.ipynb", table):
-        detail = researcher.ok("POST", f"api/requests/{rid}/files", 201, json={"path": path})
-        ids[path] = next(f["id"] for f in detail["files"] if f["path"] == path)
+        added = researcher.ok("POST", f"api/requests/{rid}/files", 201, json={"path": path})
+        ids[path] = added["file"]["id"]
     researcher.ok("PUT", f"api/requests/{rid}/groups/main", json={"context": "R", "controls": "-"})
     researcher.ok("POST", f"api/requests/{rid}/submit")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -156,3 +157,44 @@ def test_starting_the_enclave_again_changes_nothing(enclave, alice_cardio):
     notebook.reload()
     assert notebook.status == "running"
     assert alice.run_code("cardio", "print(1 + 1)")["stdout"].strip() == "2"
+
+
+#: Run in the member's container (as its user): which packages' compiled modules are mapped in
+#: the server process (havre-singleuser), and in this probe's own process after importing
+#: JupyterHub's single-user extension the plain way (the control: the probe sees SQLAlchemy
+#: when it is loaded).
+SERVER_IMPORTS_PROBE = r"""
+import json, os, re
+def packages(maps):
+    return sorted({m.group(1) for m in re.finditer(r"site-packages/([A-Za-z0-9_]+)/", maps)})
+server = None
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+    except OSError:
+        continue
+    if any(part.endswith(b"havre-singleuser") for part in cmdline):
+        server = packages(open(f"/proc/{pid}/maps").read())
+import jupyterhub.singleuser.extension
+print("PROBE-RESULT " + json.dumps({
+    "server": server, "plain": packages(open("/proc/self/maps").read()),
+}))
+"""
+
+
+def test_a_served_server_never_loads_the_hub_database_layer(alice_cardio):
+    """`havre-singleuser` (havre/notebook/singleuser.py) leaves SQLAlchemy out of the server;
+    after the server has served the hub's OAuth sign-in, its API and a kernel, nothing it ran
+    needed it: not loaded, and no "used after all" line in its log."""
+    alice, container = alice_cardio
+    out = alice.run_code("cardio", "print(6 * 7)")
+    assert out["error"] is None and "42" in out["stdout"], out
+    code, output = container.exec_run(["python3", "-c", SERVER_IMPORTS_PROBE])
+    text = output.decode(errors="replace")
+    assert code == 0, text
+    result = json.loads(text.split("PROBE-RESULT ", 1)[1])
+    assert result["server"] is not None, "no havre-singleuser process in the container"
+    assert "aiohttp" in result["server"]  # compiled modules it does use are seen
+    assert "sqlalchemy" not in result["server"]
+    assert "sqlalchemy" in result["plain"]  # control: the plain import maps it
+    assert "used after all" not in container.logs().decode(errors="replace")

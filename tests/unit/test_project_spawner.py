@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import http.server
+import json
 import os
+import socketserver
 import tempfile
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -174,3 +178,72 @@ def test_a_spawn_page_opened_before_the_new_start_still_follows_it():
         return seen
 
     assert asyncio.run(scenario()) == [5, 20, 40, 70, 5]
+
+
+class _HoldingBroker(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    """A broker stand-in on a real Unix socket: every call is held until ``size`` calls are in
+    flight at once (a barrier), then answered; a call that never sees the others is refused."""
+
+    daemon_threads = True
+
+    def __init__(self, path: str, size: int) -> None:
+        self.barrier = threading.Barrier(size, timeout=20)
+        self.in_flight = 0
+        self.most_in_flight = 0
+        self.count_lock = threading.Lock()
+        super().__init__(path, _HoldingHandler)
+
+
+class _HoldingHandler(http.server.BaseHTTPRequestHandler):
+    server: _HoldingBroker
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        broker = self.server
+        with broker.count_lock:
+            broker.in_flight += 1
+            broker.most_in_flight = max(broker.most_in_flight, broker.in_flight)
+        try:
+            broker.barrier.wait()
+            status, answer = 200, {"state": "running", "id": "x"}
+        except threading.BrokenBarrierError:
+            status, answer = 409, {"error": "the calls came one batch after another"}
+        with broker.count_lock:
+            broker.in_flight -= 1
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def test_ten_spawners_call_the_broker_at_the_same_time(tmp_path):
+    # issue #21: ten users pressing Start together must not queue in the hub. The broker
+    # stand-in answers nobody until all ten calls are in flight at once; on asyncio's default
+    # executor (6 threads on a 2-core hub) the seventh call waits for a free thread and the
+    # barrier breaks.
+    socket_path = str(tmp_path / "broker.sock")
+    secret = tmp_path / "hub"
+    secret.write_text("s3cret")
+    broker = _HoldingBroker(socket_path, size=10)
+    threading.Thread(target=broker.serve_forever, kwargs={"poll_interval": 0.05}).start()
+    spawners = []
+    for i in range(10):
+        spawner = make_spawner(f"user{i}", "cardio")
+        spawner.broker_socket, spawner.broker_secret_file = socket_path, str(secret)
+        spawners.append(spawner)
+
+    async def all_at_once() -> list[int | None]:
+        return await asyncio.gather(*(s.container_status() for s in spawners))
+
+    try:
+        assert asyncio.run(all_at_once()) == [None] * 10  # all ten answered "running"
+    finally:
+        broker.shutdown()
+        broker.server_close()
+    assert broker.most_in_flight == 10

@@ -1387,6 +1387,56 @@ def test_a_retried_api_create_returns_the_first_answer_and_creates_nothing(web_s
     assert post("create-0003", user="bob").json() == refusal.json()
 
 
+def test_api_writes_answer_with_what_changed_and_the_whole_request_on_request(web_service, service):
+    # issue #21: a write answers with the request's id and state and the part it changed,
+    # without reading the whole request again; GET (or Prefer: return=representation) has it
+    import requests
+    from sqlalchemy import event
+
+    statements: list[str] = []
+    event.listen(service.engine, "before_cursor_execute", lambda *a: statements.append(a[2]))
+    alice_h = {"X-Test-User": "alice"}
+    full = {**alice_h, "Prefer": "return=representation"}
+    base = web_service + "api/requests"
+    rid = requests.post(base, json={"project": "cardio", "title": "W"}, headers=alice_h).json()[
+        "id"
+    ]
+
+    def write(method: str, path: str, headers: dict, **kw) -> tuple[requests.Response, int]:
+        statements.clear()
+        answer = requests.request(method, f"{base}/{rid}{path}", headers=headers, timeout=30, **kw)
+        return answer, len(statements)
+
+    added, lean_count = write("POST", "/files", alice_h, json={"path": "notes.txt"})
+    assert added.status_code == 201, added.text
+    body = added.json()
+    assert set(body) == {"id", "state", "file"} and (body["id"], body["state"]) == (rid, "draft")
+    assert body["file"]["path"] == "notes.txt" and body["file"]["replaced"] is False
+    whole = requests.get(f"{base}/{rid}", headers=alice_h, timeout=30).json()
+    assert whole["files"][0]["id"] == body["file"]["id"]
+    # control: the same write asking for the whole request gets what GET gives, and costs
+    # the service the extra read the lean answer saves
+    again, full_count = write("POST", "/files", full, json={"path": "tables/smoking.csv"})
+    assert again.status_code == 201 and {f["path"] for f in again.json()["files"]} == {
+        "notes.txt",
+        "tables/smoking.csv",
+    }
+    assert "comments" in again.json() and "allowed" in again.json()
+    assert full_count > lean_count
+    group, _ = write("PUT", "/groups/main", alice_h, json={"context": "c", "controls": "k"})
+    assert group.json() == {
+        "id": rid,
+        "state": "draft",
+        "group": {"name": "main", "context": "c", "controls": "k"},
+    }
+    table_id = again.json()["files"][1]["id"]
+    removed, _ = write("DELETE", f"/files/{table_id}", alice_h)
+    assert removed.json() == {"id": rid, "state": "draft", "removed_file_id": table_id}
+    submitted, _ = write("POST", "/submit", alice_h)
+    assert submitted.json()["state"] == "submitted" and submitted.json()["files"] == 1
+    assert "comments" not in submitted.json()  # the summary, not the whole request
+
+
 def test_a_resent_form_is_a_retry_of_that_form(web_service, service):
     import re
 
