@@ -36,6 +36,7 @@ from tests.ansible.test_playbooks import (
     Deployment,
     _events,
     _verify_head,
+    age_keys,
     release_a_table,
 )
 from tests.cluster import engines
@@ -175,6 +176,8 @@ def move(tmp_path_factory):
         "havre_idp_users": [
             {"name": n, "password": p, "groups": groups[n]} for n, p in passwords.items()
         ],
+        # the archive that moves is encrypted to the operator's age key, as a site's are
+        **age_keys(root),
     }
     cluster = engines.up("mv" + secrets.token_hex(2), nodes=1)
     node_b = cluster.manager
@@ -249,7 +252,7 @@ def test_move_from_one_engine_to_another(move):
     started = time.monotonic()
     backup = a.playbook("backup.yml")
     assert backup.returncode == 0, backup.output[-4000:]
-    (archive,) = Path(a.vars["havre_backup_dir"]).glob("*.tar.gz")
+    (archive,) = Path(a.vars["havre_backup_dir"]).glob("*.tar.gz.age")
     FIGURES["archive bytes"] = archive.stat().st_size
     FIGURES["backup.yml (s)"] = round(backup.seconds, 1)
     teardown = a.playbook(
