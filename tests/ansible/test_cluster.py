@@ -168,12 +168,17 @@ class ClusterInventory:
         return found
 
 
-def _missing() -> str | None:
+def missing_for_cluster_playbooks() -> str | None:
+    """What this machine lacks to run playbooks against a test cluster (None: nothing)."""
     if os.geteuid() != 0:
         return "needs root (network namespaces, iptables, Docker engines)"
     if not PLAYBOOK.exists():
         return "needs ansible-core in the venv (pip install -e '.[dev]')"
-    lacking = engines.missing_capability()
+    return engines.missing_capability()
+
+
+def _missing() -> str | None:
+    lacking = missing_for_cluster_playbooks()
     if lacking:
         return lacking
     if subprocess.run(["docker", "image", "inspect", SMALL_IMAGE], capture_output=True).returncode:

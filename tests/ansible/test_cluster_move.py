@@ -28,9 +28,9 @@ import yaml
 
 from havre.enclave.identities import load_table_any, table_path
 from havre.host import layout
+from tests.ansible.test_cluster import missing_for_cluster_playbooks
 from tests.ansible.test_playbooks import (
     HOME_NOTE,
-    PLAYBOOK,
     REPO,
     TABLE,
     Deployment,
@@ -74,17 +74,6 @@ class EngineDeployment(Deployment):
         user = super().user(name)
         user.session.trust_env = False
         return user
-
-
-def _missing() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, iptables, Docker engines)"
-    if not PLAYBOOK.exists():
-        return "needs ansible-core in the venv (pip install -e '.[dev]')"
-    lacking = engines.missing_capability()
-    if lacking:
-        return lacking
-    return None
 
 
 def _images(client: docker.DockerClient) -> dict[str, object]:
@@ -154,7 +143,7 @@ def _enclave_on(client: docker.DockerClient) -> list[str]:
 
 @pytest.fixture(scope="module")
 def move(tmp_path_factory):
-    lacking = _missing()
+    lacking = missing_for_cluster_playbooks()
     if lacking:
         pytest.skip(lacking)
     host_engine = docker.from_env(version="auto")
