@@ -13,9 +13,12 @@ refusal or a preview must never contain them.
 from __future__ import annotations
 
 import html
+import io
+import json
 import os
 import re
 import secrets
+import zipfile
 
 import pytest
 
@@ -143,9 +146,25 @@ def test_release_download_is_the_way_out_and_is_audited(people):
     oscar.ok("POST", f"api/requests/{rid}/approve")
     download = f"requests/{rid}/files/{fid}/download"
     result = _refused(carol, download, words="only released files", status=409)
+    archive = f"requests/{rid}/release.zip"
+    zip_refusals = (
+        _refused(alice, archive, words="only a released request", status=409),
+        _refused(carol, archive, words="only a released request", status=403),
+    )
     oscar.ok("POST", f"api/requests/{rid}/release")
     control = _served(carol, download, olivia, contains="P-77120")
     _row("download by co-member (approved, not released)", control, result)
+    _row("zip of the request by author (approved)", "(co-member after release)", zip_refusals[0])
+    _row("zip of the request by co-member (approved)", "(after release)", zip_refusals[1])
+    # after release, the zip is exactly the released bytes plus the signed record, audited
+    _row("zip of the request by co-member (released)", "-", _served(carol, archive, olivia))
+    served = carol.call("GET", archive)
+    assert served.headers["Content-Type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(served.content)) as opened:
+        assert sorted(opened.namelist()) == sorted([NAME, "havre-release-record.json"])
+        assert opened.read(NAME).decode() == DATA
+        record = json.loads(opened.read("havre-release-record.json"))
+    assert record == olivia.ok("GET", f"api/requests/{rid}/record")
     _row(
         "raw by author (released)",
         control,
