@@ -5,7 +5,7 @@ folders use it. Also declares the Hypothesis profiles (``tests/hypothesis_budget
 unless pytest is given ``--hypothesis-profile=fast`` (``scripts/check.sh`` does).
 """
 
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 from tests.hypothesis_budget import FAST, FULL
 
@@ -16,6 +16,10 @@ pytest_plugins = [
     "tests.web_coverage",
 ]
 
-settings.register_profile("full", max_examples=FULL)
-settings.register_profile("fast", max_examples=FAST)
+# No per-example deadline and no "too slow" health check: both are timed assertions, and on a
+# shared 2-core machine a busy moment failed a correct example (test_policy's 200 ms deadline);
+# slow properties show in the run's --durations instead.
+_UNTIMED = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+settings.register_profile("full", max_examples=FULL, **_UNTIMED)
+settings.register_profile("fast", max_examples=FAST, **_UNTIMED)
 settings.load_profile("full")
