@@ -35,6 +35,7 @@ from tests.e2e.conftest import SignedIn
 from tests.integration import probes
 from tests.integration.canaries import (
     PROBE,
+    canary_on_a_bridge,
     host_address,
     host_resolver_on_loopback,
     link_local_address,
@@ -244,6 +245,52 @@ def test_copying_inside_the_desktop_puts_nothing_on_the_researchers_clipboard(de
     clipboard = page.evaluate("navigator.clipboard.readText()")
     panel = page.evaluate("(document.getElementById('noVNC_clipboard_text') || {value: ''}).value")
     assert clipboard == "control-7f3a" and "clip.txt" not in panel, (clipboard, panel)
+
+
+#: JavaScript shown as a console output in dora's JupyterLab, run by the desktop's Chromium:
+#: it asks the canary for the token, then writes how that went to ``js-probe.txt`` in her home
+#: through the page's own origin (the desktop's loopback proxy adds the server's token)
+SCRIPT_OUTPUT = (
+    "from IPython.display import Javascript; Javascript(\"fetch('{url}', {{mode: 'no-cors'}})"
+    ".then(() => 'reached', e => 'failed: ' + e).then(r => fetch('{prefix}api/contents/"
+    "js-probe.txt', {{method: 'PUT', headers: {{'Content-Type': 'application/json'}}, "
+    "body: JSON.stringify({{type: 'file', format: 'text', content: r}})}}))\")"
+)
+
+
+def test_a_script_in_a_notebook_output_cannot_reach_the_host(desktop_session):
+    """The desktop's browser has no route out: a script in an output of dora's console, run by
+    the desktop's own Chromium (same binary, namespace and policies as the kiosk: it *is* the
+    kiosk), can't reach a canary on the host. Control: the same request from a throwaway
+    container of the desktop image on a plain bridge network reaches it."""
+    s = desktop_session
+    client = s.desktop.client
+    with canary_on_a_bridge(client) as (network, gateway, canary):
+        control = new_token()
+        out = client.containers.run(
+            s.desktop.image.tags[0] if s.desktop.image.tags else s.desktop.image.id,
+            ["python3", "-c", PROBE, "http", gateway, str(canary.port), control],
+            entrypoint=[],
+            network=network,
+            remove=True,
+            labels={probes.CONTROL_LABEL: "1"},
+        )
+        token = new_token()
+        code = SCRIPT_OUTPUT.format(
+            url=f"http://{gateway}:{canary.port}/{token}", prefix="/user/dora/renal/"
+        )
+        s.user.page.keyboard.type(code, delay=10)
+        s.user.page.keyboard.press("Shift+Enter")
+        outcome = _wait_for(
+            "the output's script ran in the desktop's Chromium",
+            lambda: _exec(s.notebook, ["sh", "-c", "cat ~/js-probe.txt 2>/dev/null"]),
+        )
+        time.sleep(probes.SETTLE)
+        assert parse_probe(out)["sent"] and canary.saw(control), "the control did not arrive"
+        assert outcome.startswith("failed") and not canary.saw(token), outcome
+    DESKTOP_PROBE_TABLE.append(
+        ("script in an output -> host canary", "arrived (desktop image)", "nothing arrived")
+    )
 
 
 def test_a_kernel_cannot_drive_the_desktop(desktop_session):
