@@ -179,9 +179,14 @@ def pytest_terminal_summary(terminalreporter) -> None:
         write(f"{'channel':<44} {'control':<48} result")
         for channel, control, result in CROSS_PROJECT_TABLE:
             write(f"{channel:<44} {control:<48} {result}")
-    if not PROBE_TABLE:
-        return
-    terminalreporter.section("isolation probes")
-    terminalreporter.write_line(f"{'channel':<40} {'control':<26} notebook")
-    for channel, control, notebook in PROBE_TABLE:
-        terminalreporter.write_line(f"{channel:<40} {control:<26} {notebook}")
+    from tests.e2e.test_desktop_session import DESKTOP_PROBE_TABLE
+
+    for table, title, column in (
+        (PROBE_TABLE, "isolation probes", "notebook"),
+        (DESKTOP_PROBE_TABLE, "isolation probes from a desktop container (issue #17)", "desktop"),
+    ):
+        if table:
+            terminalreporter.section(title)
+            write(f"{'channel':<40} {'control':<26} {column}")
+            for channel, control, result in table:
+                write(f"{channel:<40} {control:<26} {result}")

@@ -19,14 +19,31 @@ canvas shows JupyterLab running in the desktop's Chromium. One session is shared
 from __future__ import annotations
 
 import os
+import socket
 import tempfile
 import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import websocket
 
+from havre.host.cli import DEFAULT_NOTEBOOK_IMAGE
 from tests.e2e.conftest import SignedIn
+from tests.integration import probes
+from tests.integration.canaries import (
+    PROBE,
+    canary_on_a_bridge,
+    host_address,
+    host_resolver_on_loopback,
+    link_local_address,
+    new_token,
+    parse_probe,
+    tcp_canary,
+    udp_canary,
+)
 
 #: the desktop's screen is 1280x800 (images/desktop); the page leaves room around noVNC's canvas
 DESKTOP_VIEWPORT = {"width": 1400, "height": 900}
@@ -113,13 +130,26 @@ def _exec(container, command: list[str]) -> str:
 
 
 @pytest.fixture(scope="module")
-def desktop_session(enclave, browser):
+def dora_pair(enclave) -> Iterator[tuple[object, object, object]]:
+    """dora's ``renal`` server pair, started through the hub's API: (her hub session, the
+    notebook container, the desktop container); stopped at the end of the module."""
     dora = enclave.user("dora")
     r = dora.start_server("renal")
     assert r.status_code in (201, 202), r.text
-    dora.wait_ready("renal")
-    notebook = enclave.docker.containers.get(enclave.config.container_name("renal", "dora"))
-    desktop = enclave.docker.containers.get(enclave.config.desktop_container_name("renal", "dora"))
+    try:
+        dora.wait_ready("renal")
+        notebook = enclave.docker.containers.get(enclave.config.container_name("renal", "dora"))
+        desktop = enclave.docker.containers.get(
+            enclave.config.desktop_container_name("renal", "dora")
+        )
+        yield dora, notebook, desktop
+    finally:
+        dora.stop_server("renal")
+
+
+@pytest.fixture(scope="module")
+def desktop_session(dora_pair, enclave, browser):
+    dora, notebook, desktop = dora_pair
     user = SignedIn(browser, enclave, "dora")
     user.page.set_viewport_size(DESKTOP_VIEWPORT)
     try:
@@ -140,7 +170,6 @@ def desktop_session(enclave, browser):
         yield DesktopSession(dora, user, notebook, desktop)
     finally:
         user.close()
-        dora.stop_server("renal")
 
 
 def test_the_canvas_shows_jupyterlab_and_typed_keys_run_code_that_reads_data(desktop_session):
@@ -218,6 +247,52 @@ def test_copying_inside_the_desktop_puts_nothing_on_the_researchers_clipboard(de
     assert clipboard == "control-7f3a" and "clip.txt" not in panel, (clipboard, panel)
 
 
+#: JavaScript shown as a console output in dora's JupyterLab, run by the desktop's Chromium:
+#: it asks the canary for the token, then writes how that went to ``js-probe.txt`` in her home
+#: through the page's own origin (the desktop's loopback proxy adds the server's token)
+SCRIPT_OUTPUT = (
+    "from IPython.display import Javascript; Javascript(\"fetch('{url}', {{mode: 'no-cors'}})"
+    ".then(() => 'reached', e => 'failed: ' + e).then(r => fetch('{prefix}api/contents/"
+    "js-probe.txt', {{method: 'PUT', headers: {{'Content-Type': 'application/json'}}, "
+    "body: JSON.stringify({{type: 'file', format: 'text', content: r}})}}))\")"
+)
+
+
+def test_a_script_in_a_notebook_output_cannot_reach_the_host(desktop_session):
+    """The desktop's browser has no route out: a script in an output of dora's console, run by
+    the desktop's own Chromium (same binary, namespace and policies as the kiosk: it *is* the
+    kiosk), can't reach a canary on the host. Control: the same request from a throwaway
+    container of the desktop image on a plain bridge network reaches it."""
+    s = desktop_session
+    client = s.desktop.client
+    with canary_on_a_bridge(client) as (network, gateway, canary):
+        control = new_token()
+        out = client.containers.run(
+            s.desktop.image.tags[0] if s.desktop.image.tags else s.desktop.image.id,
+            ["python3", "-c", PROBE, "http", gateway, str(canary.port), control],
+            entrypoint=[],
+            network=network,
+            remove=True,
+            labels={probes.CONTROL_LABEL: "1"},
+        )
+        token = new_token()
+        code = SCRIPT_OUTPUT.format(
+            url=f"http://{gateway}:{canary.port}/{token}", prefix="/user/dora/renal/"
+        )
+        s.user.page.keyboard.type(code, delay=10)
+        s.user.page.keyboard.press("Shift+Enter")
+        outcome = _wait_for(
+            "the output's script ran in the desktop's Chromium",
+            lambda: _exec(s.notebook, ["sh", "-c", "cat ~/js-probe.txt 2>/dev/null"]),
+        )
+        time.sleep(probes.SETTLE)
+        assert parse_probe(out)["sent"] and canary.saw(control), "the control did not arrive"
+        assert outcome.startswith("failed") and not canary.saw(token), outcome
+    DESKTOP_PROBE_TABLE.append(
+        ("script in an output -> host canary", "arrived (desktop image)", "nothing arrived")
+    )
+
+
 def test_a_kernel_cannot_drive_the_desktop(desktop_session):
     s = desktop_session
     python = "/opt/havre/venv/bin/python"
@@ -233,6 +308,19 @@ def test_a_kernel_cannot_drive_the_desktop(desktop_session):
     token = _exec(s.desktop, ["cat", "/tmp/desktop/websockify.tokens"]).split(":", 1)[0]
     assert len(token) == 48, token
     assert _exec(s.notebook, [python, "-c", WEBSOCKIFY_PROBE, f"/?token={token}"]) == "RFB"
+
+
+def _websocket_status(user, url: str) -> int:  # noqa: ANN001
+    """The status of a websocket handshake to ``url`` with ``user``'s cookies (101: open)."""
+    cookie = "; ".join(f"{c.name}={c.value}" for c in user.session.cookies)
+    try:
+        ws = websocket.create_connection(
+            url.replace("http://", "ws://", 1), header=[f"Cookie: {cookie}"], timeout=30
+        )
+    except websocket.WebSocketBadStatusException as refused:
+        return refused.status_code
+    ws.close()
+    return 101
 
 
 #: JupyterLab's routes a browser uses on a browser-tier server (each answers alice there)
@@ -256,17 +344,260 @@ def test_jupyterlabs_routes_of_the_desktop_project_are_not_routable(desktop_sess
         assert result.status_code == 403 and "pixels only" in result.text, (path, result.text)
         if path in LAB_ROUTES:
             assert control.status_code == 200, (path, control.status_code)
-    # a kernel websocket's upgrade is refused the same way
-    upgrade = {
-        "Connection": "Upgrade",
-        "Upgrade": "websocket",
-        "Sec-WebSocket-Version": "13",
-        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
-    }
-    result = dora.session.get(
-        dora.server_url("renal", "api/kernels/0/channels"), headers=upgrade, timeout=60
+    # the kernel and terminal websockets: an upgrade on alice's server connects (a kernel and a
+    # terminal she started), the same upgrade on dora's is refused by the pixels-only guard
+    xsrf = alice.session.cookies.get("_xsrf", path="/user/alice/cardio/") or ""
+    kernel = alice.session.post(
+        alice.server_url("cardio", "api/kernels"), headers={"X-XSRFToken": xsrf}, timeout=60
     )
-    assert result.status_code == 403, result.status_code
+    terminal = alice.session.post(
+        alice.server_url("cardio", "api/terminals"), headers={"X-XSRFToken": xsrf}, timeout=60
+    )
+    assert kernel.status_code == 201 and terminal.status_code == 200, (kernel, terminal)
+    sockets = {
+        "api/kernels/<id>/channels": f"api/kernels/{kernel.json()['id']}/channels",
+        "terminals/websocket/<name>": f"terminals/websocket/{terminal.json()['name']}",
+    }
+    try:
+        for label, path in sockets.items():
+            control = _websocket_status(alice, alice.server_url("cardio", path))
+            result = _websocket_status(dora, dora.server_url("renal", path))
+            table.append((f"{label} (websocket)", control, result))
+            assert control == 101 and result == 403, (label, control, result)
+    finally:
+        alice.session.delete(
+            alice.server_url("cardio", f"api/kernels/{kernel.json()['id']}"),
+            headers={"X-XSRFToken": xsrf},
+            timeout=30,
+        )
+        alice.session.delete(
+            alice.server_url("cardio", f"api/terminals/{terminal.json()['name']}"),
+            headers={"X-XSRFToken": xsrf},
+            timeout=30,
+        )
     print("\nroute: browser tier (alice/cardio) -> desktop tier (dora/renal)")
     for path, control, status in table:
         print(f"  {path:<40} {control} -> {status}")
+
+
+# -- the desktop container passes the notebook container's isolation probes ------------------
+#
+# tests/integration/test_isolation.py's probe set, run inside dora's desktop container (docker
+# exec as its own user, uid 1100, under its own seccomp profile and capabilities, with the
+# desktop image's own python3), each with the same positive control as for a notebook.
+
+#: (channel, control result, desktop result), printed at the end of the run
+DESKTOP_PROBE_TABLE: list[tuple[str, str, str]] = []
+
+
+@pytest.fixture(scope="module")
+def desktop_controls(docker_client) -> Iterator[dict[str, str]]:
+    yield from probes.control_networks(docker_client, prefix="havretest-dcontrol")
+
+
+def _desktop_probes(desktop, calls: list[tuple[str, str, int, str]]) -> list[dict]:
+    """The probes ``(kind, host, port, token)`` run in the desktop, side by side."""
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(lambda call: probes.in_container(desktop, *call), calls))
+
+
+def test_the_desktop_runs_the_probes_as_its_own_user(dora_pair):
+    _dora, _notebook, desktop = dora_pair
+    # the probe script runs on the desktop image's own python3, as uid 1100, no capabilities
+    assert _exec(desktop, ["id", "-u"]) == "1100"
+    assert _exec(desktop, ["python3", "-c", "print('ok')"]) == "ok"
+    status = _exec(desktop, ["grep", "-E", "^(CapEff|Seccomp):", "/proc/self/status"])
+    assert "CapEff:\t0000000000000000" in status and "Seccomp:\t2" in status, status
+
+
+def test_the_desktop_reaches_no_host_service_through_a_gateway(
+    enclave, dora_pair, desktop_controls
+):
+    _dora, _notebook, desktop = dora_pair
+    client = enclave.docker
+    tcp, udp = tcp_canary("0.0.0.0"), udp_canary("0.0.0.0")
+    try:
+        control_gw = probes.gateway_of(client, desktop_controls["internal"])
+        targets = [
+            probes.gateway_of(client, enclave.config.network_name("renal")),
+            probes.gateway_of(client, f"{enclave.config.name}-front"),
+            "172.17.0.1",  # docker0, the default bridge's gateway
+        ]
+        calls, controls = [], {}
+        for kind, canary in (("tcp", tcp), ("udp", udp)):
+            controls[kind] = new_token()
+            probes.in_control(
+                client, desktop_controls["internal"], kind, control_gw, canary.port, controls[kind]
+            )
+            calls += [(kind, target, canary.port, new_token()) for target in targets]
+        _desktop_probes(desktop, calls)
+        time.sleep(probes.SETTLE)
+        for kind, canary in (("tcp", tcp), ("udp", udp)):
+            assert canary.saw(controls[kind]), f"control {kind} probe did not reach the canary"
+            DESKTOP_PROBE_TABLE.append(
+                (f"host {kind.upper()} via gateway", "arrived", "nothing arrived")
+            )
+        leaked = [(k, h) for k, h, _p, token in calls if (tcp if k == "tcp" else udp).saw(token)]
+        assert leaked == [], f"the desktop reached the host through {leaked}"
+    finally:
+        tcp.close()
+        udp.close()
+
+
+def test_the_desktop_reaches_no_other_project_and_no_proxy_port(enclave, dora_pair, alice_cardio):
+    _dora, _notebook, desktop = dora_pair
+    _alice, alice_notebook = alice_cardio
+    client = enclave.docker
+    cardio = enclave.config.network_name("cardio")
+    hub = f"{enclave.config.name}-hub"
+    canary = probes.canary_container(client, cardio)
+    try:
+        canary_ip = probes.ip_on(canary, cardio)
+        control = new_token()
+        probes.in_control(client, cardio, "tcp", canary_ip, 7000, control)
+        assert probes.in_control(client, f"{enclave.config.name}-front", "tcp", hub, 8000, "x")[
+            "sent"
+        ]
+        token = new_token()
+        calls = [
+            ("tcp", canary_ip, 7000, token),
+            ("tcp", probes.ip_on(alice_notebook, cardio), 8888, new_token()),
+            ("tcp", hub, 8000, new_token()),
+            ("tcp", hub, 8001, new_token()),
+            # needed by the notebook server it shares a namespace with: they answer
+            ("tcp", hub, 8081, new_token()),
+            ("tcp", f"{enclave.config.name}-egress", 8090, new_token()),
+        ]
+        results = _desktop_probes(desktop, calls)
+        time.sleep(probes.SETTLE)
+        logs = canary.logs().decode()
+        assert control in logs, "the control did not reach the canary on cardio"
+        assert token not in logs and results[0]["error"], results[0]
+        assert results[1]["error"], "the desktop reached alice's notebook server"
+        assert results[2]["error"] and results[3]["error"], results[2:4]
+        assert results[4]["sent"] and results[5]["sent"], results[4:]
+    finally:
+        canary.remove(force=True)
+    # the proxy's API port listens inside the hub (control)
+    _code, out = enclave.hub_container().exec_run(
+        ["python3", "-c", PROBE, "tcp", "127.0.0.1", "8001", "x"]
+    )
+    assert parse_probe(out)["sent"]
+    DESKTOP_PROBE_TABLE.extend(
+        [
+            ("another project's containers (TCP)", "arrived", "nothing arrived"),
+            ("proxy public port 8000 on the hub", "connected", "refused"),
+            ("proxy API port 8001", "connected (inside hub)", "refused"),
+        ]
+    )
+
+
+def test_the_desktops_lookups_of_outside_names_never_reach_a_resolver(
+    enclave, dora_pair, desktop_controls
+):
+    _dora, _notebook, desktop = dora_pair
+    resolver = udp_canary("127.0.0.1", 53)
+    try:
+        with host_resolver_on_loopback("127.0.0.1"):
+            control = new_token()
+            probes.in_control(enclave.docker, desktop_controls["internal"], "dns", "-", 0, control)
+            calls = [("dns", "-", 0, new_token()), ("dns-raw", "127.0.0.11", 53, new_token())]
+            _desktop_probes(desktop, calls)
+            time.sleep(probes.SETTLE)
+        assert resolver.saw(control), "the control lookup did not reach the canary resolver"
+        assert not any(resolver.saw(call[3]) for call in calls), "a lookup reached the resolver"
+        DESKTOP_PROBE_TABLE.append(
+            ("DNS lookup of an outside name", "query arrived", "no query arrived")
+        )
+    finally:
+        resolver.close()
+
+
+def test_the_desktop_reaches_no_metadata_service_and_has_no_ipv6(
+    enclave, dora_pair, desktop_controls
+):
+    _dora, _notebook, desktop = dora_pair
+    client = enclave.docker
+    with host_address("169.254.169.254"):
+        canary = tcp_canary("169.254.169.254", 80)
+        try:
+            control = new_token()
+            probes.in_control(
+                client, desktop_controls["bridge"], "http", "169.254.169.254", 80, control
+            )
+            token = new_token()
+            result = probes.in_container(desktop, "http", "169.254.169.254", 80, token)
+            time.sleep(probes.SETTLE)
+            assert canary.saw(control), "control could not reach the fake metadata service"
+            assert not canary.saw(token) and result["error"], result
+        finally:
+            canary.close()
+    DESKTOP_PROBE_TABLE.append(("metadata 169.254.169.254 (HTTP)", "arrived", "nothing arrived"))
+
+    # IPv6: the control (an IPv6-enabled container) reaches the host's link-local address on
+    # its bridge; the desktop has no IPv6 address at all, so the same probe has no route
+    canary = tcp_canary("::", 0, family=socket.AF_INET6)
+    control = client.containers.run(
+        DEFAULT_NOTEBOOK_IMAGE,
+        ["sleep", "60"],
+        network=desktop_controls["internal"],
+        user="0",
+        detach=True,
+        labels={probes.CONTROL_LABEL: "1"},
+        sysctls={
+            "net.ipv6.conf.all.disable_ipv6": "0",
+            "net.ipv6.conf.default.disable_ipv6": "0",
+            "net.ipv6.conf.eth0.disable_ipv6": "0",
+        },
+    )
+    try:
+        renal_ll = link_local_address(
+            probes.bridge_interface(client, enclave.config.network_name("renal"))
+        )
+        token = new_token()
+        result = probes.in_container(desktop, "tcp6", f"{renal_ll}%eth0", canary.port, token)
+        assert _exec(desktop, ["cat", "/proc/net/if_inet6"]) == ""
+        control_ll = link_local_address(
+            probes.bridge_interface(client, desktop_controls["internal"])
+        )
+        deadline = time.monotonic() + 10  # the control's duplicate address detection
+        control_token = new_token()
+        while time.monotonic() < deadline:
+            _code, out = control.exec_run(
+                ["python3", "-c", PROBE, "tcp6", f"{control_ll}%eth0", str(canary.port)]
+                + [control_token]
+            )
+            if parse_probe(out)["sent"]:
+                break
+            time.sleep(0.5)
+        time.sleep(probes.SETTLE)
+        assert canary.saw(control_token), f"control could not reach the host over IPv6: {out!r}"
+        assert not canary.saw(token) and result["error"], result
+        DESKTOP_PROBE_TABLE.append(
+            ("IPv6 link-local to the host", "arrived", "nothing arrived (no IPv6)")
+        )
+    finally:
+        control.remove(force=True)
+        canary.close()
+
+
+def test_the_desktop_has_no_raw_or_icmp_socket(enclave, dora_pair):
+    _dora, _notebook, desktop = dora_pair
+    client = enclave.docker
+    renal = enclave.config.network_name("renal")
+    hub_ip = probes.ip_on(enclave.hub_container(), renal)
+    control = probes.in_control(client, renal, "icmp-raw", hub_ip, 0, "-")
+    assert control.get("reply"), control
+    dgram_control = probes.in_control(client, renal, "icmp-dgram", hub_ip, 0, "-", user="1100")
+    assert dgram_control.get("reply"), dgram_control
+    raw, dgram = _desktop_probes(
+        desktop, [("icmp-raw", hub_ip, 0, "-"), ("icmp-dgram", hub_ip, 0, "-")]
+    )
+    assert "PermissionError" in (raw["error"] or ""), raw
+    assert dgram["error"] and not dgram.get("reply"), dgram
+    DESKTOP_PROBE_TABLE.extend(
+        [
+            ("raw socket (ICMP echo)", "echo reply", "PermissionError: no socket"),
+            ("ICMP datagram socket to the hub", "echo reply (uid 1100)", "refused: no socket"),
+        ]
+    )

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from havre.host.cli import DEFAULT_NOTEBOOK_IMAGE
+from tests.integration import probes
 from tests.integration.canaries import (
     PROBE,
     host_address,
@@ -24,71 +25,30 @@ from tests.integration.canaries import (
     tcp_canary,
     udp_canary,
 )
+from tests.integration.probes import (
+    CONTROL_LABEL,
+    SETTLE,
+    bridge_interface,
+    gateway_of,
+    in_control,
+    ip_on,
+)
+from tests.integration.probes import in_container as in_notebook
 
 pytestmark = pytest.mark.docker
 
 #: (channel, control result, notebook result), printed by conftest at the end of the session
 PROBE_TABLE: list[tuple[str, str, str]] = []
-SETTLE = 1.5  # seconds a canary is given to see late packets
-
-
-def in_notebook(container, kind: str, host: str, port: int, token: str) -> dict:
-    _code, out = container.exec_run(["python3", "-c", PROBE, kind, host, str(port), token])
-    return parse_probe(out)
-
-
-#: a label of the control containers' own (see test_control_containers_are_gone)
-CONTROL_LABEL = "havre.test.control-probe"
-
-
-def in_control(
-    client, network: str, kind: str, host: str, port: int, token: str, user: str = "0", **kw
-) -> dict:
-    out = client.containers.run(
-        DEFAULT_NOTEBOOK_IMAGE,
-        ["python3", "-c", PROBE, kind, host, str(port), token],
-        network=network,
-        user=user,
-        remove=True,
-        labels={CONTROL_LABEL: "1"},
-        **kw,
-    )
-    return parse_probe(out)
 
 
 def record(channel: str, control: str, notebook: str) -> None:
     PROBE_TABLE.append((channel, control, notebook))
 
 
-def gateway_of(client, network: str) -> str:
-    attrs = client.api.inspect_network(network)
-    return attrs["IPAM"]["Config"][0]["Gateway"]
-
-
-def bridge_interface(client, network: str) -> str:
-    attrs = client.api.inspect_network(network)
-    return attrs["Options"].get("com.docker.network.bridge.name") or "br-" + attrs["Id"][:12]
-
-
-def ip_on(container, network: str) -> str:
-    container.reload()
-    return container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
-
-
 @pytest.fixture(scope="module")
 def control_networks(docker_client):
     """Networks for control containers: a plain internal one and an ordinary bridge."""
-    made = {}
-    for key, internal in (("internal", True), ("bridge", False)):
-        name = f"havretest-control-{key}"
-        for old in docker_client.networks.list(names=[name]):
-            old.remove()
-        made[key] = docker_client.networks.create(
-            name, driver="bridge", internal=internal, labels={"havre.test": "control"}
-        ).name
-    yield made
-    for name in made.values():
-        docker_client.networks.get(name).remove()
+    yield from probes.control_networks(docker_client)
 
 
 @pytest.fixture(scope="module")
@@ -98,22 +58,7 @@ def other_project(enclave):
     assert bob.start_server("diabetes").status_code in (201, 202)
     bob.wait_ready("diabetes")
     network = enclave.config.network_name("diabetes")
-    canary = enclave.docker.containers.run(
-        DEFAULT_NOTEBOOK_IMAGE,
-        [
-            "python3",
-            "-u",
-            "-c",
-            "import socket\n"
-            "s=socket.socket(); s.bind(('0.0.0.0', 7000)); s.listen()\n"
-            "while True:\n"
-            "    c,_=s.accept(); print('GOT', c.recv(100).decode(), flush=True); c.close()\n",
-        ],
-        network=network,
-        detach=True,
-        labels={"havre.test": "canary"},
-    )
-    time.sleep(1)
+    canary = probes.canary_container(enclave.docker, network)
     yield bob, canary, network
     canary.remove(force=True)
     bob.stop_server("diabetes")
