@@ -379,6 +379,11 @@ def desktop_spec(
     yet). Its only secret is the server's API token (``JUPYTERHUB_API_TOKEN`` from the hub),
     which its loopback proxy adds to Chromium's requests. See docs/architecture.md, "Access
     tiers".
+
+    Idle culling (``culling.idle_seconds``, ``HAVRE_DESKTOP_IDLE_SECONDS``): the desktop's
+    own Chromium keeps the server's API busy, so the server's activity never ages; the
+    desktop counts only the researcher's keyboard and mouse (VNC input, Xvnc's
+    ``MaxIdleTime``) and stops after that long without any, which stops the pair.
     """
     project = enclave.project(request.project)
     if not project.desktop:
@@ -413,6 +418,7 @@ def desktop_spec(
         environment={
             "HAVRE_SERVER_PREFIX": server_prefix(project, request),
             "HAVRE_NOTEBOOK_TOKEN": token,
+            "HAVRE_DESKTOP_IDLE_SECONDS": str(enclave.culling.idle_seconds),
         },
         labels={
             "havre.enclave": enclave.name,

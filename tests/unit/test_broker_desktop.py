@@ -175,9 +175,20 @@ def test_the_desktop_is_built_from_the_config_only():
     assert dict(desktop.environment) == {
         "HAVRE_SERVER_PREFIX": "/user/alice/renal/",
         "HAVRE_NOTEBOOK_TOKEN": TOKEN,
+        "HAVRE_DESKTOP_IDLE_SECONDS": "3600",  # culling.idle_seconds (default)
     }
     assert desktop.labels[DESKTOP_OF_LABEL] == notebook.name
     assert DESKTOP_PORT != SERVER_PORT
+
+
+def test_a_desktop_is_culled_by_the_enclaves_idle_seconds():
+    """The desktop stops after ``culling.idle_seconds`` without keyboard or mouse input (its
+    own Chromium keeps the server's activity fresh); 0 (never) reaches it as 0."""
+    for idle in (90, 0):
+        enclave = parse_enclave_config({**CONFIG, "culling": {"idle_seconds": idle}}, source="u")
+        request = check_request(enclave, "hub", "server.start", DESK)
+        desktop = desktop_spec(enclave, request)
+        assert desktop.environment["HAVRE_DESKTOP_IDLE_SECONDS"] == str(idle)
 
 
 def test_a_desktop_projects_server_listens_on_loopback_only():
