@@ -3,40 +3,32 @@
 The desktop's own Chromium keeps polling the notebook server's API, so the server's activity
 (what the hub's idle culler reads) never ages. The desktop therefore counts only keyboard and
 mouse events arriving over VNC (Xvnc's ``MaxIdleTime``, set from ``culling.idle_seconds`` by
-the broker's ``desktop_spec``): after that long without any, it stops, and the broker's
-``server.inspect`` (what the hub's poll reads) reports the pair stopped, so the hub removes
-both containers.
+the broker's ``desktop_spec``): after that long without any, it stops, the broker's
+``server.inspect`` (what the hub's poll reads) reports the pair stopped, and the hub stops the
+server, which removes both containers.
 
-Two real pairs (the broker's own specs and ``Broker._create_and_start``, the stand-in server
-of tests/e2e/test_desktop_pixels.py) with ``idle_seconds`` of a few seconds:
+Through the real enclave (tests/enclave_fixtures.py): dora's ``renal`` server (pixels only)
+started while the published enclave config says ``culling.idle_seconds`` of a few seconds
+(the broker reads it live; the config is put back once the server runs):
 
-* untouched: the desktop exits 0 saying why, and the pair is reported stopped;
-* control: a VNC client inside the other desktop (its Unix socket, where websockify sends the
-  researcher's noVNC input) presses a key every second for longer than ``idle_seconds``
-  twice over: that desktop is still running afterwards.
+* control: a VNC client inside the desktop (its Unix socket, where websockify sends the
+  researcher's noVNC input) presses a key every second for three times ``idle_seconds``: the
+  pair still runs and the hub shows the server ready;
+* then untouched: the hub shows the server stopped, and neither the desktop nor its notebook
+  container is left.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import time
+from pathlib import Path
 
 import docker
-import pytest
 
-from havre.broker.policy import check_request, desktop_spec, server_spec
-from havre.broker.service import AuditLog, Broker
-from havre.enclave.config import parse_enclave_config
-from tests.e2e.test_desktop_pixels import (
-    DESKTOP_IMAGE,
-    ENCLAVE,
-    NOTEBOOK_IMAGE,
-    STANDIN,
-    TOKEN,
-    _wait_for,
-)
+from havre.enclave.live import publish_config
+from tests.e2e.test_desktop_pixels import _wait_for
 
-IDLE_SECONDS = 6
+IDLE_SECONDS = 10
 KEY_SECONDS = 3 * IDLE_SECONDS
 
 #: a VNC client on the desktop's Unix socket: no authentication (the socket is the desktop
@@ -63,96 +55,64 @@ print("keys sent", flush=True)
 """
 
 
-@pytest.fixture(scope="module")
-def pairs(tmp_path_factory):
-    try:
-        client = docker.APIClient(version="auto", timeout=120)
-        client.ping()
-    except Exception as err:  # pragma: no cover - depends on the machine
-        pytest.skip(f"needs a running Docker engine (scripts/run-tests.sh starts one): {err}")
-    for image in (DESKTOP_IMAGE, NOTEBOOK_IMAGE):
+def _containers(enclave) -> dict[str, str]:
+    """dora's renal containers that exist: name -> state."""
+    names = (
+        enclave.config.desktop_container_name("renal", "dora"),
+        enclave.config.container_name("renal", "dora"),
+    )
+    found = {}
+    for name in names:
         try:
-            client.inspect_image(image)
-        except docker.errors.ImageNotFound:
-            pytest.skip(f"needs image {image}: build it with `bash images/build.sh`")
-    state = tmp_path_factory.mktemp("desktop-idle")
-    enclave = parse_enclave_config(
-        {
-            "enclave": {"name": ENCLAVE + "i", "state_dir": str(state)},
-            "images": {"allowed": [NOTEBOOK_IMAGE], "desktop": DESKTOP_IMAGE},
-            "culling": {"idle_seconds": IDLE_SECONDS},
-            "projects": {
-                "renal": {"title": "Renal", "members": ["alice", "bob"], "access": "desktop"}
-            },
-        }
-    )
-    broker = Broker(enclave, {}, AuditLog(state / "audit.jsonl"), client)
-    made: list[str] = []
-    requests = {}
+            found[name] = enclave.docker.containers.get(name).status
+        except docker.errors.NotFound:
+            pass
+    return found
+
+
+def test_through_the_hub_an_idle_desktop_pair_is_culled_and_one_typed_in_is_not(enclave):
+    source = Path(enclave.config.source)
+    original = source.read_text()
+    dora = enclave.user("dora")
     try:
-        for user in ("alice", "bob"):
-            prefix = f"/user/{user}/renal/"  # (the stand-in only has to listen)
-            env = {
-                "JUPYTERHUB_API_TOKEN": TOKEN,
-                "JUPYTERHUB_SERVICE_PREFIX": prefix,
-                "JUPYTERHUB_SERVICE_URL": f"http://0.0.0.0:8888{prefix}",
-            }
-            request = check_request(
-                enclave, "hub", "server.start", {"user": user, "project": "renal", "env": env}
-            )
-            notebook = server_spec(enclave, request, identity=(2000001, 2000000))
-            # no network at all: the pair needs only its own loopback here
-            notebook = dataclasses.replace(
-                notebook,
-                command=("/opt/havre/venv/bin/python", "-c", STANDIN),
-                mounts=(),
-                host_config=dict(notebook.host_config, network_mode="none"),
-                network="none",
-            )
-            desktop = desktop_spec(enclave, request, notebook=notebook.name)
-            for name in (desktop.name, notebook.name):
-                broker.remove(name)
-            made += [desktop.name, notebook.name]
-            broker._create_and_start(notebook, NOTEBOOK_IMAGE)
-            broker._create_and_start(desktop, DESKTOP_IMAGE)
-            requests[user] = (request, desktop.name)
-        yield client, enclave, broker, requests
+        source.write_text(original + f"culling:\n  idle_seconds: {IDLE_SECONDS}\n")
+        publish_config(enclave.config)
+        r = dora.start_server("renal")
+        assert r.status_code in (201, 202), r.text
+        # control: keystrokes over VNC from the desktop's start (Xvnc times idleness from its
+        # own start), for three times idle_seconds, keep the pair running
+        name = enclave.config.desktop_container_name("renal", "dora")
+        _wait_for("dora's desktop runs", lambda: _containers(enclave).get(name) == "running")
+        api = enclave.docker.api
+        keys = api.exec_create(name, ["python3", "-c", KEYS])["Id"]
+        api.exec_start(keys, detach=True)
+        started = time.monotonic()
+        dora.wait_ready("renal")
+        source.write_text(original)
+        publish_config(enclave.config)
+        desktop = enclave.docker.containers.get(name)
+        assert f"HAVRE_DESKTOP_IDLE_SECONDS={IDLE_SECONDS}" in desktop.attrs["Config"]["Env"]
+        _wait_for("the keystrokes end", lambda: not api.exec_inspect(keys)["Running"], 90)
+        assert api.exec_inspect(keys)["ExitCode"] == 0
+        assert time.monotonic() - started >= KEY_SECONDS
+        assert set(_containers(enclave).values()) == {"running"}, _containers(enclave)
+        assert len(_containers(enclave)) == 2
+        assert (dora.server_model("renal") or {}).get("ready"), dora.server_model("renal")
+
+        # untouched from now on: culled through the hub, both containers removed
+        _wait_for(
+            "the hub shows dora's renal server stopped",
+            lambda: dora.server_model("renal") is None,
+            deadline=IDLE_SECONDS + 90,
+        )
+        left = _containers(enclave)
+        try:  # (ProjectSpawner.poll removes a pair it finds stopped)
+            _wait_for("no container of the pair is left", lambda: not _containers(enclave), 30)
+        except AssertionError as err:
+            raise AssertionError(f"{err}; when the hub showed it stopped: {left}") from None
     finally:
-        for name in made:
-            try:
-                print(f"--- {name}\n{client.logs(name, tail=20).decode(errors='replace')}")
-            except docker.errors.NotFound:
-                pass
-            broker.remove(name)
-
-
-def test_an_untouched_desktop_stops_and_a_typed_in_one_does_not(pairs):
-    client, enclave, broker, requests = pairs
-    busy_request, busy = requests["bob"]
-    keys = client.exec_create(busy, ["python3", "-c", KEYS])["Id"]
-    client.exec_start(keys, detach=True)
-    started = time.monotonic()
-
-    idle_request, idle = requests["alice"]
-    _wait_for(
-        "the untouched desktop stops",
-        lambda: not client.inspect_container(idle)["State"]["Running"],
-        deadline=IDLE_SECONDS + 60,
-    )
-    state = client.inspect_container(idle)["State"]
-    log = client.logs(idle, tail=20).decode(errors="replace")
-    assert state["ExitCode"] == 0, log
-    assert f"no keyboard or mouse input for {IDLE_SECONDS} s" in log
-    # what the hub's poll reads: the pair is stopped (the hub then stops both containers)
-    assert broker.inspect_server(enclave, idle_request)["state"] == "exited"
-
-    # control: the desktop receiving keystrokes outlives idle_seconds more than twice over
-    _wait_for(
-        "the keystrokes end",
-        lambda: not client.exec_inspect(keys)["Running"],
-        deadline=KEY_SECONDS + 60,
-    )
-    assert client.exec_inspect(keys)["ExitCode"] == 0
-    assert time.monotonic() - started >= KEY_SECONDS
-    assert client.inspect_container(busy)["State"]["Running"], client.logs(busy, tail=20)
-    assert broker.inspect_server(enclave, busy_request)["state"] == "running"
+        if source.read_text() != original:
+            source.write_text(original)
+            publish_config(enclave.config)
+        if dora.server_model("renal") is not None:
+            dora.stop_server("renal")
