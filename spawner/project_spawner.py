@@ -247,6 +247,8 @@ class ProjectSpawner(Spawner):
     async def poll(self) -> int | None:
         """Docker's answer, and a stop when the user has left the project (see help)."""
         status = await self.container_status()
+        if status is not None and self.name:
+            await self._remove_what_is_left_of_a_desktop_pair()
         if status is not None or not self.membership_check_interval or not self.name:
             return status
         now = time.monotonic()
@@ -436,6 +438,23 @@ class ProjectSpawner(Spawner):
     def clear_state(self) -> None:
         super().clear_state()
         self.container_id = ""
+
+    async def _remove_what_is_left_of_a_desktop_pair(self) -> None:
+        """A desktop project's server stops when its desktop does (idle culling: the desktop
+        exits after ``culling.idle_seconds`` without keyboard or mouse input), while its
+        notebook server still runs. JupyterHub calls :meth:`stop` only for a server its poll
+        finds running, so the rest of the pair is removed here (the broker's ``server.stop``
+        removes both; a broker that doesn't answer leaves it to the next start)."""
+        try:
+            desktop = self.enclave.project(self.name).desktop
+        except Exception:  # a project gone from the config: nothing of a pair to find
+            return
+        if not desktop:
+            return
+        try:
+            await self.broker_call("server.stop", user=self.user.name, project=self.name)
+        except Exception as err:
+            self.log.warning("Removing %s's stopped desktop pair failed: %s", self.user.name, err)
 
     async def stop(self, now: bool = False) -> None:
         if getattr(self, "guard_target", ""):

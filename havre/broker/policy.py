@@ -37,6 +37,7 @@ from havre.enclave.hardening import (
     hardened_host_config,
     swarm_task_hardening,
 )
+from havre.enclave.seccomp import security_opt as seccomp_security_opt
 
 #: The notebook server's port inside its container (DockerSpawner's default).
 SERVER_PORT = 8888
@@ -50,13 +51,10 @@ OUTPUTS = f"{HOME}/outputs"
 NOTEBOOK_UID = 1000
 NOTEBOOK_GID = 1000
 #: The remote desktop of an ``access: desktop`` project (images/desktop): its front's port
-#: (noVNC and its websocket, what the hub's proxy reaches), its fixed non-root uid, its limits
-#: (its own: it runs Chromium, not the researcher's code; it has no mounts to protect).
+#: (noVNC and its websocket, what the hub's proxy reaches), its fixed non-root uid, the size
+#: of its /tmp (its memory, CPU and process limits are the config's ``desktop_limits``).
 DESKTOP_PORT = 6080
 DESKTOP_UID = 1100
-DESKTOP_MEMORY = 1024**3
-DESKTOP_PIDS = 512
-DESKTOP_CPU = 1.0
 DESKTOP_TMP = "512m"
 #: Labels every container the broker starts carries.
 ROLE_LABEL = "havre.role"
@@ -374,11 +372,18 @@ def desktop_spec(
 
     It joins the network namespace of the notebook container ``notebook`` (default: the
     server's container name), so it has no interface of its own and exactly the notebook's
-    exits; it mounts nothing; it runs as :data:`DESKTOP_UID` with the base hardening and
-    limits of its own, Docker's default seccomp profile (Chromium's needs are not measured
-    yet). Its only secret is the server's API token (``JUPYTERHUB_API_TOKEN`` from the hub),
-    which its loopback proxy adds to Chromium's requests. See docs/architecture.md, "Access
+    exits; it mounts nothing; it runs as :data:`DESKTOP_UID` with the base hardening, Havre's
+    desktop seccomp profile (``havre/enclave/seccomp/desktop.json``: the notebook profile plus
+    what the desktop was measured to need, today nothing) and the project's
+    ``desktop_limits`` (memory and swap, CPU, processes). Its only secret is the server's
+    API token (``JUPYTERHUB_API_TOKEN`` from the hub), which its loopback proxy adds to
+    Chromium's requests. See docs/architecture.md, "Access
     tiers".
+
+    Idle culling (``culling.idle_seconds``, ``HAVRE_DESKTOP_IDLE_SECONDS``): the desktop's
+    own Chromium keeps the server's API busy, so the server's activity never ages; the
+    desktop counts only the researcher's keyboard and mouse (VNC input, Xvnc's
+    ``MaxIdleTime``) and stops after that long without any, which stops the pair.
     """
     project = enclave.project(request.project)
     if not project.desktop:
@@ -394,12 +399,19 @@ def desktop_spec(
             "A desktop needs the server's API token (JUPYTERHUB_API_TOKEN) from the hub.",
         )
     notebook = notebook or enclave.container_name(project.slug, request.user)
+    limits = project.desktop_limits
     host = {
-        **container_hardening(tmp_size=DESKTOP_TMP, pids=DESKTOP_PIDS, shared_tmp=True),
-        "mem_limit": DESKTOP_MEMORY,
-        "memswap_limit": DESKTOP_MEMORY,
+        **container_hardening(
+            tmp_size=DESKTOP_TMP,
+            pids=limits.pids,
+            shared_tmp=True,
+            havre_seccomp=True,
+            seccomp_profile="desktop",
+        ),
+        "mem_limit": limits.memory_bytes,
+        "memswap_limit": limits.memory_bytes,
         "cpu_period": 100_000,
-        "cpu_quota": int(DESKTOP_CPU * 100_000),
+        "cpu_quota": int(limits.cpu * 100_000),
         "ipc_mode": "private",
         "network_mode": f"container:{notebook}",
     }
@@ -413,6 +425,7 @@ def desktop_spec(
         environment={
             "HAVRE_SERVER_PREFIX": server_prefix(project, request),
             "HAVRE_NOTEBOOK_TOKEN": token,
+            "HAVRE_DESKTOP_IDLE_SECONDS": str(enclave.culling.idle_seconds),
         },
         labels={
             "havre.enclave": enclave.name,
@@ -660,6 +673,8 @@ def _desktop_problems(
     security = host.get("SecurityOpt") or []
     if "no-new-privileges:true" not in security or any("unconfined" in s for s in security):
         problems.append(f"{name}: no-new-privileges missing or a profile unconfined")
+    if seccomp_security_opt("desktop") not in security:
+        problems.append(f"{name}: Havre's desktop seccomp profile missing")
     if not host.get("ReadonlyRootfs"):
         problems.append(f"{name}: writable root filesystem")
     mode = str(host.get("NetworkMode", ""))

@@ -52,12 +52,19 @@ NO_FORWARDING_SYSCTLS: Mapping[str, str] = {
 
 
 def container_hardening(
-    *, tmp_size: str, pids: int, havre_seccomp: bool = False, shared_tmp: bool = False
+    *,
+    tmp_size: str,
+    pids: int,
+    havre_seccomp: bool = False,
+    shared_tmp: bool = False,
+    seccomp_profile: str = "notebook",
 ) -> dict[str, Any]:
     """The docker-py arguments (``HostConfig`` names, also valid for ``containers.run``) every
     container of an enclave gets.
 
-    ``havre_seccomp`` puts Havre's seccomp allow-list in place of Docker's default profile;
+    ``havre_seccomp`` puts Havre's seccomp allow-list ``seccomp_profile`` (``"notebook"``, or
+    ``"desktop"`` for remote desktops: :mod:`havre.enclave.seccomp`) in place of Docker's
+    default profile;
     ``shared_tmp`` makes ``/tmp`` sticky and writable by every uid (mode 1777), for containers
     whose user is not known when the image is built.
     """
@@ -65,7 +72,7 @@ def container_hardening(
         raise ValueError(f"a container's process limit must be at least 1, not {pids}.")
     security_opt = ["no-new-privileges:true"]
     if havre_seccomp:
-        security_opt.append(seccomp_security_opt())
+        security_opt.append(seccomp_security_opt(seccomp_profile))
     tmp = f"rw,nosuid,nodev,size={tmp_size}"
     if shared_tmp:
         tmp += ",mode=1777"

@@ -24,7 +24,8 @@ from havre.broker.policy import (
     desktop_spec,
     server_spec,
 )
-from havre.enclave.config import parse_enclave_config
+from havre.enclave.config import EnclaveConfigError, parse_enclave_config
+from havre.enclave.seccomp import desktop_profile, notebook_profile, security_opt
 
 CONFIG = {
     "enclave": {"name": "unit", "state_dir": "/srv/unit"},
@@ -165,9 +166,12 @@ def test_the_desktop_is_built_from_the_config_only():
     host = desktop.host_config
     assert host["network_mode"] == "container:unit-nb-renal-alice"
     assert host["cap_drop"] == ["ALL"] and host["privileged"] is False
-    assert host["security_opt"] == ["no-new-privileges:true"]  # Docker's default seccomp
+    # Havre's desktop profile (the notebook's allow-list: nothing more was needed)
+    assert host["security_opt"] == ["no-new-privileges:true", security_opt("desktop")]
     assert host["read_only"] is True and host["ipc_mode"] == "private"
+    # desktop_limits' defaults, not the notebook servers' limits (1.5 CPU, 1G, 300 pids)
     assert host["pids_limit"] == 512 and host["mem_limit"] == host["memswap_limit"] == 1024**3
+    assert host["cpu_quota"] == 100_000 and host["cpu_period"] == 100_000
     # joining another container's network namespace: nothing of the network is its own
     assert not {"dns", "sysctls", "ports", "network", "extra_hosts"} & set(host)
     assert desktop.hostname == ""
@@ -175,9 +179,99 @@ def test_the_desktop_is_built_from_the_config_only():
     assert dict(desktop.environment) == {
         "HAVRE_SERVER_PREFIX": "/user/alice/renal/",
         "HAVRE_NOTEBOOK_TOKEN": TOKEN,
+        "HAVRE_DESKTOP_IDLE_SECONDS": "3600",  # culling.idle_seconds (default)
     }
     assert desktop.labels[DESKTOP_OF_LABEL] == notebook.name
     assert DESKTOP_PORT != SERVER_PORT
+
+
+def test_a_desktop_is_culled_by_the_enclaves_idle_seconds():
+    """The desktop stops after ``culling.idle_seconds`` without keyboard or mouse input (its
+    own Chromium keeps the server's activity fresh); 0 (never) reaches it as 0."""
+    for idle in (90, 0):
+        enclave = parse_enclave_config({**CONFIG, "culling": {"idle_seconds": idle}}, source="u")
+        request = check_request(enclave, "hub", "server.start", DESK)
+        desktop = desktop_spec(enclave, request)
+        assert desktop.environment["HAVRE_DESKTOP_IDLE_SECONDS"] == str(idle)
+
+
+def test_desktop_limits_come_from_the_config_with_a_per_project_override():
+    config = {
+        **CONFIG,
+        "desktop_limits": {"cpu": 0.5, "memory": "768M", "pids": 256},
+        "projects": {
+            **CONFIG["projects"],
+            "hepato": {
+                "title": "Hepato",
+                "members": ["alice"],
+                "access": "desktop",
+                "desktop_limits": {"memory": "2G"},  # cpu and pids from desktop_limits
+            },
+        },
+    }
+    enclave = parse_enclave_config(config, source="u")
+    for slug, (cpu, memory, pids) in {
+        "renal": (50_000, 768 * 1024**2, 256),
+        "hepato": (50_000, 2 * 1024**3, 256),
+    }.items():
+        env = {**HUB_ENV, "JUPYTERHUB_SERVICE_PREFIX": f"/user/alice/{slug}/"}
+        body = {**DESK, "project": slug, "env": env}
+        request = check_request(enclave, "hub", "server.start", body)
+        host = desktop_spec(enclave, request).host_config
+        assert (
+            host["cpu_quota"],
+            host["mem_limit"],
+            host["memswap_limit"],
+            host["pids_limit"],
+        ) == (
+            cpu,
+            memory,
+            memory,
+            pids,
+        ), slug
+        # the notebook server keeps the project's own limits
+        assert server_spec(enclave, request).host_config["mem_limit"] == 1024**3
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"desktop_limits": {"memory": "100M"}}, "desktop_limits.memory: must be at least 256M"),
+        ({"desktop_limits": {"cpu": 0}}, "desktop_limits.cpu: must be > 0"),
+        ({"desktop_limits": {"pids": 8}}, "desktop_limits.pids: must be between 32"),
+        ({"desktop_limits": {"memroy": "1G"}}, "did you mean 'memory'"),
+        ({"desktop_limits": "1G"}, "desktop_limits: must be a mapping"),
+        (
+            {"projects": {"cardio": {"title": "C", "desktop_limits": {"memory": "1G"}}}},
+            "projects.cardio.desktop_limits: only an 'access: desktop' project",
+        ),
+        (
+            {
+                "projects": {
+                    "renal": {"title": "R", "access": "desktop", "desktop_limits": {"pids": "x"}}
+                }
+            },
+            "projects.renal.desktop_limits.pids: must be an integer",
+        ),
+    ],
+)
+def test_bad_desktop_limits_get_a_clear_sentence(change, words):
+    with pytest.raises(EnclaveConfigError) as info:
+        parse_enclave_config({**CONFIG, **change}, source="u")
+    assert words in str(info.value)
+
+
+def test_the_desktop_profile_is_the_notebook_profile_plus_its_measured_additions():
+    desktop, notebook = desktop_profile(), notebook_profile()
+    assert desktop["defaultAction"] == "SCMP_ACT_ERRNO" and desktop["defaultErrnoRet"] == 1
+    added = desktop["syscalls"][: len(desktop["syscalls"]) - len(notebook["syscalls"])]
+    assert desktop["syscalls"][len(added) :] == notebook["syscalls"]
+    # measured (havre/enclave/seccomp/desktop.json): the desktop needs nothing more; an
+    # addition must come with that file's comment saying which call and why
+    assert added == []
+    assert {k: v for k, v in desktop.items() if k != "syscalls"} == {
+        k: v for k, v in notebook.items() if k != "syscalls"
+    }
 
 
 def test_a_desktop_projects_server_listens_on_loopback_only():
@@ -260,6 +354,9 @@ def test_the_containers_checker_finds_each_escape_of_a_desktop():
         "cap_drop": lambda a: a["HostConfig"].update(CapDrop=[]),
         "no-new-privileges": lambda a: a["HostConfig"].update(SecurityOpt=[]),
         "unconfined": lambda a: a["HostConfig"]["SecurityOpt"].append("seccomp=unconfined"),
+        "docker's default seccomp": lambda a: a["HostConfig"].update(
+            SecurityOpt=["no-new-privileges:true"]
+        ),
         "rw root": lambda a: a["HostConfig"].update(ReadonlyRootfs=False),
         "project network": lambda a: a["HostConfig"].update(NetworkMode="unit-project-renal"),
         "host network": lambda a: a["HostConfig"].update(NetworkMode="host"),

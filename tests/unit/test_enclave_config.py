@@ -174,6 +174,15 @@ def test_access_tier_per_project():
     assert cfg.desktop_image == "site/desktop:2.0"
     assert parse_enclave_yaml(MINIMAL).desktop_image == "havre/desktop:0.1.0"
     assert parse_enclave_yaml(dump_enclave_config(cfg)) == cfg
+    # desktop_limits: the top level's over the defaults, a project's over the top level's
+    limited = parse_enclave_yaml(
+        "desktop_limits:\n  memory: 1.5G\n"
+        "projects:\n  cardio:\n    title: a\n    access: desktop\n"
+        "    desktop_limits: {cpu: 2}\n  renal:\n    title: c\n    access: desktop\n"
+    )
+    assert limited.project("cardio").desktop_limits == Limits(2.0, 1536 * 1024**2, 512)
+    assert limited.project("renal").desktop_limits == Limits(1.0, 1536 * 1024**2, 512)
+    assert parse_enclave_yaml(dump_enclave_config(limited)) == limited
     assert cfg.desktop_container_name("cardio", "a@b") == "havre-desk-cardio-a-at-b"
     assert cfg.desktop_container_name("cardio", "a@b") != cfg.container_name("cardio", "a@b")
 
@@ -425,8 +434,8 @@ BAD = [
         "colour: blue\n" + OK_PROJECT,
         [
             "colour: unknown key 'colour'",
-            "allowed keys: cluster, culling, enclave, identity, images, limits, logging, "
-            "monitoring, notifications, output_checkers, projects, review",
+            "allowed keys: cluster, culling, desktop_limits, enclave, identity, images, limits, "
+            "logging, monitoring, notifications, output_checkers, projects, review",
         ],
     ),
     (
@@ -440,7 +449,8 @@ BAD = [
         [
             "projects.cardio.titel",
             "unknown key 'titel'",
-            "allowed keys: access, data_path, groups, image, limits, members, title",
+            "allowed keys: access, data_path, desktop_limits, groups, image, limits, members, "
+            "title",
         ],
     ),
     (

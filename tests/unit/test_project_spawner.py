@@ -160,6 +160,36 @@ def test_poll_keeps_a_server_while_the_published_config_is_broken(json_log):
     assert (lost["user"], lost["project"]) == ("alice", "cardio")
 
 
+def test_a_stopped_desktop_pair_is_removed_by_the_poll_that_finds_it():
+    """An idle desktop exits while its notebook server runs; JupyterHub calls ``stop`` only for
+    a server it finds running, so the poll that finds the pair stopped removes it (the broker's
+    ``server.stop``); control: a running pair, and a browser-tier server, are left alone."""
+    config = copy.deepcopy(CONFIG)
+    config["projects"]["renal"] = {"title": "Renal", "members": ["alice"], "access": "desktop"}
+    calls: list[tuple[str, dict]] = []
+
+    async def broker_call(action: str, **fields) -> dict:
+        calls.append((action, fields))
+        return {}
+
+    for project, state, expected in (
+        ("renal", 0, [("server.stop", {"user": "alice", "project": "renal"})]),
+        ("renal", None, []),  # running
+        ("cardio", 0, []),  # browser tier: JupyterHub's own handling, as before
+    ):
+        calls.clear()
+        spawner = make_spawner("alice", project, config)
+        spawner.membership_check_interval = 0
+
+        async def status(state=state) -> int | None:
+            return state
+
+        spawner.container_status = status
+        spawner.broker_call = broker_call
+        assert asyncio.run(spawner.poll()) == state
+        assert calls == expected, (project, state)
+
+
 def test_a_spawn_page_opened_before_the_new_start_still_follows_it():
     # issue #20: Stop then Start; the spawn page's event stream may begin before start() has,
     # while the previous spawn's four messages are still kept. It must follow the new spawn.

@@ -152,8 +152,9 @@ def dump_enclave_config(cfg: EnclaveConfig) -> str:
     """Render ``cfg`` as YAML that reads back to an equal config.
 
     Every project is written fully resolved (``data_path``, ``image`` and all ``limits``
-    explicit), so the output also documents what the hub actually uses.  The top-level
-    ``limits`` section is therefore not written.
+    explicit, and a desktop project's ``desktop_limits``), so the output also documents what
+    the hub actually uses.  The top-level ``limits`` and ``desktop_limits`` sections are
+    therefore not written.
     """
     projects: dict[str, Any] = {}
     for slug, proj in cfg.projects.items():
@@ -170,6 +171,12 @@ def dump_enclave_config(cfg: EnclaveConfig) -> str:
             },
             "access": proj.access,
         }
+        if proj.desktop:
+            projects[slug]["desktop_limits"] = {
+                "cpu": float(proj.desktop_limits.cpu),
+                "memory": format_size(proj.desktop_limits.memory_bytes),
+                "pids": proj.desktop_limits.pids,
+            }
     doc = {
         "enclave": {
             "name": cfg.name,

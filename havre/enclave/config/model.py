@@ -104,7 +104,7 @@ class UnknownProjectError(KeyError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits of one notebook container."""
+    """Resource limits of one container (a notebook server, or a remote desktop)."""
 
     cpu: float
     memory_bytes: int
@@ -126,6 +126,9 @@ class Project:
     #: JupyterLab in their own browser; ``"desktop"``, pixels only: a remote desktop inside
     #: the enclave shows JupyterLab (docs/architecture.md, "Access tiers").
     access: str = "browser"
+    #: The limits of each of the project's remote desktops (``access: desktop`` only):
+    #: ``projects.<slug>.desktop_limits`` over the top-level ``desktop_limits``.
+    desktop_limits: Limits = field(default_factory=lambda: DEFAULT_DESKTOP_LIMITS)
 
     @property
     def desktop(self) -> bool:
@@ -252,6 +255,9 @@ DEFAULT_IMAGE = "havre/notebook:0.1.0"
 #: The image of the remote desktops of ``access: desktop`` projects (``images.desktop``).
 DEFAULT_DESKTOP_IMAGE = "havre/desktop:0.1.0"
 DEFAULT_LIMITS = Limits(cpu=1.0, memory_bytes=2 * GIB, pids=512)
+#: A remote desktop's (``desktop_limits``): Xvnc, the window manager, nginx, websockify and
+#: Chromium showing JupyterLab; an idle one uses about 300 MiB (docs/sysadmin/broker.md).
+DEFAULT_DESKTOP_LIMITS = Limits(cpu=1.0, memory_bytes=GIB, pids=512)
 DEFAULT_REVIEWS_REQUIRED = 2
 
 

@@ -33,6 +33,7 @@ from havre.enclave.config.model import (
     ACCESS_BROWSER,
     ACCESS_TIERS,
     DEFAULT_DESKTOP_IMAGE,
+    DEFAULT_DESKTOP_LIMITS,
     DEFAULT_IMAGE,
     DEFAULT_LIMITS,
     DEFAULT_NAME,
@@ -81,6 +82,7 @@ _TOP_KEYS = (
     "enclave",
     "images",
     "limits",
+    "desktop_limits",
     "projects",
     "output_checkers",
     "review",
@@ -108,7 +110,16 @@ LOG_FORMATS = ("json", "text")
 PROJECT_FILESYSTEMS = ("shared", "loop")
 _IMAGES_KEYS = ("allowed", "default", "desktop")
 _LIMITS_KEYS = ("cpu", "memory", "pids")
-_PROJECT_KEYS = ("title", "members", "groups", "data_path", "image", "limits", "access")
+_PROJECT_KEYS = (
+    "title",
+    "members",
+    "groups",
+    "data_path",
+    "image",
+    "limits",
+    "access",
+    "desktop_limits",
+)
 _IDENTITY_KEYS = (
     "provider",
     "checker_groups",
@@ -390,6 +401,9 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
     # limits:
     limits_raw = p.section(data, "limits", "", _LIMITS_KEYS)
     default_limits = _limits(p, limits_raw, "limits", DEFAULT_LIMITS)
+    # desktop_limits: each remote desktop's own (it runs Chromium, not the researcher's code)
+    desktop_raw = p.section(data, "desktop_limits", "", _LIMITS_KEYS)
+    default_desktop_limits = _limits(p, desktop_raw, "desktop_limits", DEFAULT_DESKTOP_LIMITS)
 
     # output_checkers:, review:
     output_checkers = _usernames(p, data.get("output_checkers"), "output_checkers")
@@ -441,6 +455,7 @@ def parse_enclave_config(data: object, source: str = "<string>") -> EnclaveConfi
                 allowed_raw_strings=allowed_raw_strings,
                 default_image=default_image,
                 default_limits=default_limits,
+                default_desktop_limits=default_desktop_limits,
             )
             if project is not None:
                 projects.append(project)
@@ -696,6 +711,7 @@ def _project(
     allowed_raw_strings: list[str] | None,
     default_image: str | None,
     default_limits: Limits,
+    default_desktop_limits: Limits = DEFAULT_DESKTOP_LIMITS,
 ) -> Project | None:
     path = join_path("projects", slug)
     ok = True
@@ -795,6 +811,19 @@ def _project(
     access = _access(p, raw.get("access"), f"{path}.access")
     ok = ok and access is not None
 
+    n_problems = len(p.items)
+    desktop_limits = default_desktop_limits
+    if raw.get("desktop_limits") is not None and access == ACCESS_BROWSER:
+        p.add(
+            f"{path}.desktop_limits",
+            "only an 'access: desktop' project has remote desktops to limit (this project's "
+            "access is browser): remove desktop_limits or set access: desktop",
+        )
+    else:
+        desktop_raw = p.section(raw, "desktop_limits", path, _LIMITS_KEYS)
+        desktop_limits = _limits(p, desktop_raw, f"{path}.desktop_limits", default_desktop_limits)
+    ok = ok and len(p.items) == n_problems
+
     if not ok or data_path is None or image is None:
         return None
     assert isinstance(slug, str) and isinstance(title, str)
@@ -807,6 +836,7 @@ def _project(
         limits=limits,
         groups=groups,
         access=access or ACCESS_BROWSER,
+        desktop_limits=desktop_limits,
     )
 
 

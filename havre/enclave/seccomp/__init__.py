@@ -1,4 +1,4 @@
-"""Havre's own seccomp profile for notebook and re-execution containers.
+"""Havre's own seccomp profiles: notebook and re-execution containers, and remote desktops.
 
 ``notebook.json`` (package data, versioned here) is an allow-list in Docker's profile format:
 every system call not listed gets EPERM. It allows what Docker's default profile allows an
@@ -8,6 +8,10 @@ AF_UNIX, AF_INET, AF_INET6 and AF_NETLINK with NETLINK_ROUTE (``getifaddrs()``, 
 and so every Jupyter kernel needs: without it a kernel aborts at start), so no AF_PACKET,
 AF_VSOCK or other netlink protocol; ``clone`` can't make namespaces. See
 docs/architecture.md ("System calls") for what was tested.
+
+``desktop.json`` is the remote desktops' profile (``access: desktop`` projects): the notebook
+profile plus the rules it lists, each one measured as needed by the desktop (Xvnc, nginx,
+websockify, the window manager, Chromium); today none (its comment says how it was measured).
 """
 
 from __future__ import annotations
@@ -57,6 +61,48 @@ def notebook_profile_text() -> str:
     return json.dumps(notebook_profile(), separators=(",", ":"), sort_keys=True)
 
 
-def security_opt() -> str:
-    """The ``security_opt`` entry that applies the profile to a container."""
-    return f"seccomp={notebook_profile_text()}"
+#: The profiles by name (the package's JSON files).
+PROFILES = ("notebook", "desktop")
+
+
+def _read(name: str) -> dict[str, Any]:
+    text = resources.files(__package__).joinpath(name).read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:  # a broken package, never user input
+        raise RuntimeError(f"havre/enclave/seccomp/{name} is not valid JSON: {err}") from None
+
+
+@functools.cache
+def desktop_additions() -> tuple[dict[str, Any], ...]:
+    """The rules ``desktop.json`` adds to the notebook profile (each measured as needed)."""
+    delta = _read("desktop.json")
+    if delta.get("extends") != "notebook.json" or not isinstance(delta.get("syscalls"), list):
+        raise RuntimeError(
+            "havre/enclave/seccomp/desktop.json must extend notebook.json with a list of rules."
+        )
+    return tuple(delta["syscalls"])
+
+
+@functools.cache
+def desktop_profile() -> dict[str, Any]:
+    """The remote desktops' profile: the notebook profile plus :func:`desktop_additions`,
+    added before the notebook's refusals (a fresh copy, cached)."""
+    profile = json.loads(notebook_profile_text())
+    profile["syscalls"] = [*desktop_additions(), *profile["syscalls"]]
+    return profile
+
+
+@functools.cache
+def profile_text(name: str = "notebook") -> str:
+    """Profile ``name`` (one of :data:`PROFILES`) as compact JSON, as Docker takes it."""
+    if name == "notebook":
+        return notebook_profile_text()
+    if name == "desktop":
+        return json.dumps(desktop_profile(), separators=(",", ":"), sort_keys=True)
+    raise ValueError(f"no seccomp profile {name!r}: one of {', '.join(PROFILES)}.")
+
+
+def security_opt(name: str = "notebook") -> str:
+    """The ``security_opt`` entry that applies profile ``name`` to a container."""
+    return f"seccomp={profile_text(name)}"

@@ -1,0 +1,192 @@
+"""A remote desktop's own seccomp profile and limits, proven by attack (issue #17).
+
+Three real desktops (the real image running ``havre-desktop``: Xvnc, the window manager and
+websockify start; no notebook server, no network), each made by the broker's own code
+(``Broker._create_and_start``) from the policy's ``desktop_spec`` for a real config; the
+probes run inside them (``docker exec``: the container's seccomp profile and cgroup):
+
+* the seccomp probe table of tests/integration/test_seccomp.py: every call the notebook
+  profile refuses gets EPERM in a desktop; the positive control, a desktop of the same spec
+  differing only in Docker's default profile, reaches the kernel with the same probes
+  (io_uring, ptrace, AF_VSOCK, uevent and sock_diag netlink, keyctl); what ordinary programs
+  need works in both;
+* ``desktop_limits``: a project with ``memory: 256M`` gets that limit (``docker inspect``) and a
+  hog of 384 MiB in its desktop is killed by the kernel; control: the same hog in the desktop
+  of a project with ``memory: 1G`` (a per-project override) finishes.
+
+That the whole desktop (Xvnc, nginx, websockify, Chromium showing JupyterLab) works under the
+profile is tests/e2e/test_desktop_pixels.py and test_desktop_session.py.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import docker
+import pytest
+
+from havre import __version__
+from havre.broker.policy import check_request, desktop_spec
+from havre.broker.service import AuditLog, Broker
+from havre.enclave.config import parse_enclave_config
+from havre.enclave.seccomp import desktop_profile
+from tests.integration.test_seccomp import (
+    MUST_FAIL,
+    MUST_WORK,
+    PROBE,
+    REACHES_THE_KERNEL,
+    parse,
+)
+
+#: what Docker's default profile (20.10) lets through to the kernel: the desktop's own profile
+#: is what stops these (the rest of REACHES_THE_KERNEL, Docker's default refuses as well)
+UNDER_DOCKERS_DEFAULT = (
+    "io_uring_setup",
+    "io_uring_enter",
+    "io_uring_register",
+    "ptrace",
+    "socket(AF_VSOCK)",
+    "socket(NETLINK_KOBJECT_UEVENT)",
+    "socket(NETLINK_SOCK_DIAG)",
+)
+
+pytestmark = pytest.mark.docker
+
+ENCLAVE = os.environ.get("HAVRE_TEST_ENCLAVE", "havretest") + "dhd"
+DESKTOP_IMAGE = f"havre/desktop:{__version__}"
+TOKEN = "d17h" + "0123456789abcdef" * 2
+#: a hog of this many MiB, touched page by page: over the small project's limit, well under
+#: the large one's
+HOG_MIB = 384
+HOG = f"""
+block = bytearray({HOG_MIB} * 1024 * 1024)
+for i in range(0, len(block), 4096):
+    block[i] = 1
+print("HOG-DONE", flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def desktops(tmp_path_factory):
+    try:
+        client = docker.APIClient(version="auto", timeout=120)
+        client.ping()
+    except Exception as err:  # pragma: no cover - depends on the machine
+        pytest.skip(f"needs a running Docker engine (scripts/run-tests.sh starts one): {err}")
+    try:
+        client.inspect_image(DESKTOP_IMAGE)
+    except docker.errors.ImageNotFound:
+        pytest.skip(f"needs image {DESKTOP_IMAGE}: build it with `bash images/build.sh`")
+    state = tmp_path_factory.mktemp("desktop-hardening")
+    enclave = parse_enclave_config(
+        {
+            "enclave": {"name": ENCLAVE, "state_dir": str(state)},
+            "images": {"desktop": DESKTOP_IMAGE},
+            "desktop_limits": {"memory": "256M", "pids": 128},
+            "projects": {
+                "renal": {"title": "Renal", "members": ["alice", "bob"], "access": "desktop"},
+                "hepato": {
+                    "title": "Hepato",
+                    "members": ["alice", "bob"],
+                    "access": "desktop",
+                    "desktop_limits": {"memory": "1G"},
+                },
+            },
+        }
+    )
+    broker = Broker(enclave, {}, AuditLog(state / "audit.jsonl"), client)
+
+    def spec(user: str, project: str):
+        prefix = f"/user/{user}/{project}/"
+        env = {"JUPYTERHUB_API_TOKEN": TOKEN, "JUPYTERHUB_SERVICE_PREFIX": prefix}
+        request = check_request(
+            enclave, "hub", "server.start", {"user": user, "project": project, "env": env}
+        )
+        made = desktop_spec(enclave, request, notebook="unused")
+        return dataclasses.replace(
+            made, host_config=dict(made.host_config, network_mode="none"), network="none"
+        )
+
+    def without_havres_profile(desktop, security_opt: list[str]):
+        return dataclasses.replace(
+            desktop, host_config=dict(desktop.host_config, security_opt=security_opt)
+        )
+
+    renal, hepato = spec("alice", "renal"), spec("alice", "hepato")
+    # the controls: bob's desktops, differing only in the seccomp profile: Docker's default,
+    # and none (what the kernel itself does)
+    control = without_havres_profile(spec("bob", "renal"), ["no-new-privileges:true"])
+    unconfined = without_havres_profile(
+        spec("bob", "hepato"), ["no-new-privileges:true", "seccomp=unconfined"]
+    )
+    made = {
+        "renal": renal.name,
+        "hepato": hepato.name,
+        "control": control.name,
+        "unconfined": unconfined.name,
+    }
+    try:
+        for desktop in (renal, hepato, control, unconfined):
+            broker.remove(desktop.name)
+            broker._create_and_start(desktop, DESKTOP_IMAGE)
+        yield client, made
+    finally:
+        for name in made.values():
+            broker.remove(name)
+
+
+def _exec(client, name: str, code: str) -> tuple[int, str]:
+    """``python3 -c code`` inside container ``name``: its exit code and output."""
+    run = client.exec_create(name, ["python3", "-c", code])["Id"]
+    out = client.exec_start(run).decode(errors="replace")
+    return client.exec_inspect(run)["ExitCode"], out
+
+
+@pytest.fixture(scope="module")
+def probed(desktops) -> dict[str, dict[str, str]]:
+    client, made = desktops
+    return {
+        which: parse(_exec(client, made[which], PROBE)[1].encode())
+        for which in ("renal", "control", "unconfined")
+    }
+
+
+def test_the_desktop_runs_havres_desktop_profile(desktops):
+    client, made = desktops
+    attrs = client.inspect_container(made["renal"])
+    (given,) = [o for o in attrs["HostConfig"]["SecurityOpt"] if o.startswith("seccomp=")]
+    assert json.loads(given.removeprefix("seccomp=")) == desktop_profile()
+    assert attrs["State"]["Running"], client.logs(made["renal"], tail=20)
+    _code, out = _exec(client, made["renal"], "print(open('/proc/1/status').read())")
+    assert "Seccomp:\t2" in out  # filter mode, on the desktop's own process
+
+
+def test_each_call_the_profile_refuses_gets_eperm_in_a_desktop_not_under_dockers_default(probed):
+    desktop, default, none = probed["renal"], probed["control"], probed["unconfined"]
+    assert {name: desktop[name] for name in MUST_FAIL} == dict.fromkeys(MUST_FAIL, "EPERM")
+    # the positive control: Docker's default profile, same spec otherwise, lets these through
+    print("\nprobe | no profile | Docker's default | desktop")
+    for name in desktop:
+        print(f"{name} | {none[name]} | {default[name]} | {desktop[name]}")
+    for name in UNDER_DOCKERS_DEFAULT:
+        assert default[name] != "EPERM", (name, default)
+    # and without any profile the rest reaches the kernel too: the EPERM is a profile's
+    for name in REACHES_THE_KERNEL:
+        assert none[name] != "EPERM", (name, none)
+    for name in MUST_WORK:
+        assert desktop[name] == default[name] == none[name] == "allowed", name
+
+
+def test_a_desktop_gets_its_projects_memory_limit_and_a_hog_over_it_is_killed(desktops):
+    client, made = desktops
+    small = client.inspect_container(made["renal"])["HostConfig"]
+    assert small["Memory"] == small["MemorySwap"] == 256 * 1024**2 and small["PidsLimit"] == 128
+    code, out = _exec(client, made["renal"], HOG)
+    assert code == 137 and "HOG-DONE" not in out, (code, out)  # SIGKILL from the OOM killer
+    # control: the same hog under the other project's override (1G) finishes
+    large = client.inspect_container(made["hepato"])["HostConfig"]
+    assert large["Memory"] == 1024**3 and large["PidsLimit"] == 128
+    code, out = _exec(client, made["hepato"], HOG)
+    assert code == 0 and "HOG-DONE" in out, (code, out)
