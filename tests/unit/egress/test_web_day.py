@@ -331,3 +331,42 @@ def test_the_notices_page_tells_authors_and_checkers_what_needs_them(web_service
     assert "frame-ancestors 'none'" in other.headers["Content-Security-Policy"]
     assert other.headers["X-Frame-Options"] == "DENY"
     assert f"notice-{rid}" not in notices("carol").text  # a colleague is not told
+
+
+def test_the_file_page_marks_failing_and_suppressed_cells_with_words_and_a_legend(
+    web_service, service, outputs
+):
+    """The checker's table: a failing count and a blank (suppressed) cell are coloured, carry a
+    word (never colour alone) and the reason as a title; the legend counts them."""
+    (outputs / "cardio" / "marked.csv").write_text(
+        "region,female,male\nBretagne,41,3\nOccitanie,,57\nNormandie,12,13\n"
+    )
+    rid, files = new_request(service, {"marked.csv": "main", "notes.txt": "main"})
+    html = requests.get(
+        web_service + f"requests/{rid}/files/{files['marked.csv']['id']}",
+        headers={"X-Test-User": "olivia"},
+        timeout=30,
+    ).text
+    cells = re.findall(r'<td class="havre-cell ([^"]+)" title="([^"]+)">([^<]*)<span', html)
+    assert [(c, t.split(":")[0], v.strip()) for c, t, v in cells] == [
+        ("havre-cell-fail", "fail", "3"),
+        ("havre-cell-suppressed", "suppressed", ""),
+    ], cells
+    assert "below the threshold" in cells[0][1]
+    assert html.count('<span class="havre-mark">fails</span>') == 2  # the cell and the legend
+    assert html.count('<span class="havre-mark">suppressed</span>') == 2
+    legend = re.search(r'<div class="havre-legend" id="cell-legend">.*?</div>', html).group(0)
+    assert "1 cell" in legend and "to review" not in legend
+    assert (
+        ".havre-cell-fail,"
+        in (web_service_css := requests.get(web_service + "static/havre.css", timeout=30).text)
+        and ".havre-cell-suppressed," in web_service_css
+    )
+
+    # control: a table every rule passes has no mark and no legend
+    clean = requests.get(
+        web_service + f"requests/{rid}/files/{files['notes.txt']['id']}",
+        headers={"X-Test-User": "olivia"},
+        timeout=30,
+    ).text
+    assert "havre-mark" not in clean and "cell-legend" not in clean
