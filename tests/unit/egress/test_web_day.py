@@ -26,6 +26,7 @@ from tests.unit.egress.conftest import ACTORS
 from tests.unit.egress.test_core import new_request
 from tests.unit.egress.test_core import web_service as web_service  # the fixture
 from tests.unit.egress.test_web_request_forms import page, post
+from tests.unit.test_one_look import BRAND, SOURCE
 
 alice = ACTORS["alice"]
 
@@ -370,3 +371,20 @@ def test_the_file_page_marks_failing_and_suppressed_cells_with_words_and_a_legen
         timeout=30,
     ).text
     assert "havre-mark" not in clean and "cell-legend" not in clean
+
+
+def test_the_egress_pages_and_refusals_share_the_header(web_service):
+    """Issue #20's one look on the egress side (the hub's and sign-in pages:
+    tests/unit/test_one_look.py)."""
+    served = requests.get(web_service + "static/havre.css", timeout=30).text
+    assert served == SOURCE
+    home = requests.get(web_service, headers={"X-Test-User": "alice"}, timeout=30).text
+    refusal = requests.get(
+        web_service + "requests/nosuchrequest", headers={"X-Test-User": "alice"}, timeout=30
+    )
+    assert refusal.status_code == 404
+    for html in (home, refusal.text):
+        assert BRAND.search(html), html[:1500]
+        header = re.search(r'<header role="banner">.*?</header>', html, re.S).group(0)
+        assert 'id="nav-projects"' in header and 'id="nav-release-requests"' in header
+        assert "output checking" not in header.lower()
