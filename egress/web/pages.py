@@ -279,6 +279,9 @@ class RequestForm(BaseHandler):
             )
         elif action == "vote":
             await self.run(svc.vote, actor, request_id, arg("file_id", ""), arg("vote", ""))
+        elif action == "viewed":
+            ticked = arg("viewed", "") == "1"
+            await self.run(svc.set_viewed, actor, request_id, arg("file_id", ""), ticked)
         elif action == "reset_votes":
             await self.run(svc.reset_votes, actor, request_id)
         elif action == "request_changes_all":
