@@ -341,6 +341,8 @@ build_havre_wheel() {
     local src
     src="$(mktemp -d /tmp/havre-src.XXXXXX)"
     copy_checkout "$src"
+    # the one stylesheet: each service's copy made from style/havre.css at build time
+    "$PYTHON" "$src/scripts/sync_style.py" || die "copying style/havre.css to the services failed"
     build_wheel havre "$src"
 }
 

@@ -2,8 +2,10 @@
 
 Havre's templates (``spawner/templates/hub/``) override six of JupyterHub's:
 
-* ``page.html``: JupyterHub's page without the "Token" link (nobody in Havre may create API
-  tokens: see ``USER_SCOPES`` in :mod:`spawner.hub_config`);
+* ``page.html``: JupyterHub's page with Havre's one look (the stylesheet every service serves,
+  its copy :data:`HUB_STYLESHEET` inlined, and the header the egress and sign-in pages share),
+  without the "Token" link (nobody in Havre may create API tokens: see ``USER_SCOPES`` in
+  :mod:`spawner.hub_config`);
 * ``token.html``: what ``/hub/token`` says instead of a token form that could only fail;
 
 * ``home.html``: the signed-in user's projects only (title, server state, start / open / stop),
@@ -21,10 +23,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from markupsafe import Markup
+
 from havre.enclave.config import EnclaveConfig, Project
 
 #: where Havre's hub templates are (shipped as package data)
 HUB_TEMPLATES = Path(__file__).resolve().parent / "templates" / "hub"
+#: the hub's copy of Havre's one stylesheet (``style/havre.css``, copied by images/build.sh)
+HUB_STYLESHEET = Path(__file__).resolve().parent / "static" / "havre.css"
 
 
 def user_projects(enclave: EnclaveConfig, user: Any) -> list[Project]:
@@ -43,8 +49,10 @@ def template_vars(enclave: EnclaveConfig) -> dict[str, Callable[[Any], Any]]:
 
     JupyterHub calls each with the signed-in user and puts the result in the page:
     ``havre_projects`` is that user's projects; ``havre_project_titles`` a function that gives
-    the project titles of a server's owner (the spawn page's ``user``).
+    the project titles of a server's owner (the spawn page's ``user``); ``havre_css`` the
+    stylesheet, read once here (the hub's own copy: no page of the hub needs another service).
     """
+    css = Markup(HUB_STYLESHEET.read_text(encoding="utf-8"))  # Havre's own file, not input
 
     def titles(user: Any) -> dict[str, str]:
         return {project.slug: project.title for project in user_projects(enclave, user)}
@@ -53,6 +61,7 @@ def template_vars(enclave: EnclaveConfig) -> dict[str, Callable[[Any], Any]]:
         "havre_projects": lambda user: user_projects(enclave, user),
         # a function in the page: the spawn page's user is the server's owner
         "havre_project_titles": lambda _user: lambda owner: titles(owner),
+        "havre_css": lambda _user: css,
     }
 
 

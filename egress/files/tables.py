@@ -137,8 +137,30 @@ def list_numbers(numbers: list[int], limit: int = 50) -> str:
 
 # --- the rendering ------------------------------------------------------------------------
 
-VERDICTS = ("pass", "review", "fail")
-"""Per-cell verdicts a table can show (``havre.sdc`` verdict names)."""
+VERDICTS = ("pass", "review", "fail", "suppressed")
+"""Per-cell marks a table can show: ``havre.sdc`` verdict names, and a blank cell of a table of
+counts taken as suppressed."""
+
+#: The words shown in a marked cell (so a mark is never colour alone) and in the legend.
+MARK_WORDS = {"fail": "fails", "review": "to review", "suppressed": "suppressed"}
+
+
+def _legend(marks: Counter[str]) -> str:
+    """The legend of the marks the table shows: a sample cell and its word, with counts."""
+    items = "".join(
+        f'<li><span class="havre-key havre-key-{mark}">'
+        f'<span class="havre-mark">{MARK_WORDS[mark]}</span></span> '
+        f"{plural(marks[mark], 'cell')}</li>"
+        for mark in ("fail", "review", "suppressed")
+        if marks[mark]
+    )
+    return (
+        '<div class="havre-legend" id="cell-legend"><p>Cells marked by the disclosure rules '
+        "(the word in the cell says why; hover over it for the reason):</p>"
+        f"<ul>{items}</ul></div>"
+        if items
+        else ""
+    )
 
 
 def _delimiter(kind: str, text: str) -> str:
@@ -168,6 +190,7 @@ def render_table(
         io.StringIO(text, newline=""), delimiter=_delimiter(kind, text), strict=True
     )
     invisible: Counter[str] = Counter()
+    marked: Counter[str] = Counter()
     out: list[str] = []
     header: list[str] | None = None
     shown = total = formulas = 0
@@ -193,19 +216,23 @@ def render_table(
                 classes = ["havre-cell"]
                 titles: list[str] = []
                 verdict = verdicts.get((index, column))
+                mark = ""
                 if verdict:
                     classes.append(f"havre-cell-{verdict}")
                     reason = reasons.get((index, column))
                     if isinstance(reason, str):
                         reason = [reason]
                     titles.append(verdict + (": " + "; ".join(reason) if reason else ""))
+                    if verdict in MARK_WORDS:
+                        marked[verdict] += 1
+                        mark = f' <span class="havre-mark">{MARK_WORDS[verdict]}</span>'
                 if cell and is_formula(cell):
                     formulas += 1
                     classes.append("havre-cell-formula")
                     titles.append("starts like a spreadsheet formula; shown as text")
                 title = f' title="{esc(" | ".join(titles))}"' if titles else ""
                 out.append(
-                    f'<td class="{" ".join(classes)}"{title}>{visible(cell, invisible)}</td>'
+                    f'<td class="{" ".join(classes)}"{title}>{visible(cell, invisible)}{mark}</td>'
                 )
             out.append("</tr>")
     except csv.Error as error:
@@ -247,5 +274,8 @@ def render_table(
             "disclosure-check results may be for another version of the file."
         )
     invisible_note(invisible, notes)
-    table = f'<div class="havre-table-wrap"><table class="havre-table">{"".join(out)}</table></div>'
+    table = (
+        f"{_legend(marked)}"
+        f'<div class="havre-table-wrap"><table class="havre-table">{"".join(out)}</table></div>'
+    )
     return table, truncated

@@ -30,6 +30,7 @@ from egress.store.models import (
     Request,
     RequestFile,
     Review,
+    ViewedFile,
 )
 from egress.store.models import Vote as VoteRow
 from egress.store.queries import files_of
@@ -71,6 +72,37 @@ class ReviewOperations(ServiceBase):
                 "vote": choice.value,
                 "round": request.round,
             }
+
+    def set_viewed(
+        self, actor: Actor, request_id: str, file_id: int, viewed: bool
+    ) -> dict[str, Any]:
+        """Tick (``viewed``) or untick a file as viewed by ``actor``, for its current version.
+
+        Only a checker who may see the file's contents (``VIEW_FILE``: a reviewing checker of a
+        submitted request, never its author) keeps ticks, and sees only their own. Not audited:
+        a tick is the checker's working note and changes nothing that leaves the enclave; each
+        view of the file is audited (``FILE_VIEWED``), and the votes are the decisions.
+        """
+        with self.writing("set_viewed", actor, request_id) as tx:
+            request = self.load_request(tx.session, request_id)
+            self.require(tx.session, actor, Permission.VIEW_FILE, request)
+            row = self.request_file(tx.session, request, file_id)
+            tick = tx.session.get(ViewedFile, (row.id, actor.username))
+            if viewed and tick is None:
+                tx.session.add(
+                    ViewedFile(
+                        file_id=row.id,
+                        checker=actor.username,
+                        request_id=request.id,
+                        release_sha256=row.release_sha256,
+                        viewed_at=tx.now,
+                    )
+                )
+            elif viewed and tick is not None:
+                tick.release_sha256, tick.viewed_at = row.release_sha256, tx.now
+            elif tick is not None:
+                tx.session.delete(tick)
+            return {"file_id": row.id, "path": row.path, "viewed": bool(viewed)}
 
     @staticmethod
     def _chosen(

@@ -223,3 +223,52 @@ def _check_json(
         "library": library,
         "badge": badge,
     }
+
+
+#: A cell's mark on a checker's table: the count-table rules' verdict, or ``suppressed``.
+SUPPRESSED = "suppressed"
+
+
+def table_cell_marks(
+    kind: str, data: bytes, params: SDCParams
+) -> tuple[dict[tuple[int, int], str], dict[tuple[int, int], str]]:
+    """The marks of a CSV/TSV table's cells for a checker's page, and their reasons.
+
+    The count-table rules are run again on the released bytes (the stored check keeps counts,
+    not positions): a cell the rules fail or send to review gets ``"fail"`` or ``"review"``,
+    a blank cell of the grid of counts (the researcher's or the library's suppression)
+    ``"suppressed"``. Keys are ``(data row, file column)`` as
+    :func:`egress.files.render.render_for_checker` reads them (the header and blank lines not
+    counted, the label columns counted). Empty for anything that is not a table of counts.
+    """
+    if kind not in ("csv", "tsv"):
+        return {}, {}
+    fast = _count_check_function()
+    if fast is None:
+        return {}, {}
+    try:
+        text = data.decode("utf-8-sig")
+        outcome = fast(text, delimiter="\t" if kind == "tsv" else ",", params=params)
+    except Exception:  # marks help a checker; the verdicts above the table still stand
+        log.exception("the per-cell marks of a %s table could not be computed", kind)
+        return {}, {}
+    if outcome is None or outcome.table is None:
+        return {}, {}
+    codes = outcome.verdict_codes
+    reasons = outcome.cell_reasons.to_numpy()
+    values = outcome.table.to_numpy(dtype=float)
+    n_rows, n_columns = codes.shape
+    labels = len(text.splitlines()[0].split("\t" if kind == "tsv" else ",")) - n_columns
+    marks: dict[tuple[int, int], str] = {}
+    why: dict[tuple[int, int], str] = {}
+    for row in range(n_rows):
+        for column in range(n_columns):
+            key = (row, column + labels)
+            if math.isnan(values[row, column]):
+                marks[key] = SUPPRESSED
+                why[key] = "a blank cell of a table of counts, taken as suppressed"
+            elif codes[row, column] == 2:
+                marks[key], why[key] = "fail", str(reasons[row, column])
+            elif codes[row, column] == 1:
+                marks[key], why[key] = "review", str(reasons[row, column])
+    return marks, why

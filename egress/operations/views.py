@@ -42,6 +42,7 @@ from egress.store.models import (
     Request,
     RequestFile,
     Review,
+    ViewedFile,
 )
 from egress.store.queries import files_of, groups_of
 
@@ -141,6 +142,19 @@ class RequestViews(ServiceBase):
             ]
             entries = []
             sees_contents = Permission.VIEW_FILE in allowed
+            ticked = (
+                {
+                    v.file_id: v.release_sha256
+                    for v in session.execute(
+                        select(ViewedFile).where(
+                            ViewedFile.request_id == request.id,
+                            ViewedFile.checker == actor.username,
+                        )
+                    ).scalars()
+                }
+                if sees_contents
+                else {}
+            )
             for row in files:
                 votes = view.files.get(row.path, {})
                 if see_all:
@@ -153,6 +167,8 @@ class RequestViews(ServiceBase):
                     )
                 if not sees_contents:  # members and administrators: no cell, label or text
                     entry["check"] = member_check(entry["check"])
+                else:  # the checker's own "viewed" tick, for this version of the file
+                    entry["viewed"] = ticked.get(row.id) == row.release_sha256
                 entries.append(entry)
             result["files"] = entries
             result["reviewers"] = sorted(view.reviewers_who_submitted)

@@ -14,6 +14,9 @@ What the tables hold
     the snapshot taken when it was added, ``release_sha256`` of the bytes that would leave
     (after CSV neutralisation or SVG sanitisation), the automatic checks as JSON.
     ``votes``: one reviewer's vote on one file in one review round.
+    ``viewed_files``: a checker's "viewed" tick on one file, for the version (``release_sha256``)
+    they ticked: a file changed since then shows unticked. A checker's own working note: not
+    audited (the views themselves are, as ``FILE_VIEWED``) and seen by that checker only.
     ``reviews``: one reviewer's submitted review of one round.
     ``comments``: public (author and checkers) or private (checkers only) comments.
     ``audit_events``: the hash-chained audit log; ``line`` is the canonical
@@ -68,6 +71,7 @@ __all__ = [
     "RequestFile",
     "Review",
     "UTCDateTime",
+    "ViewedFile",
     "Vote",
 ]
 
@@ -187,6 +191,20 @@ class Vote(Base):
     round: Mapped[int] = mapped_column(Integer)
     vote: Mapped[str] = mapped_column(String(20))
     updated_at: Mapped[datetime]
+
+
+class ViewedFile(Base):
+    __tablename__ = "viewed_files"
+
+    file_id: Mapped[int] = mapped_column(
+        ForeignKey("request_files.id", ondelete="CASCADE"), primary_key=True
+    )
+    checker: Mapped[str] = mapped_column(String(USERNAME_LENGTH), primary_key=True)
+    request_id: Mapped[str] = mapped_column(
+        ForeignKey("requests.id", ondelete="CASCADE"), index=True
+    )
+    release_sha256: Mapped[str] = mapped_column(String(SHA256_LENGTH))
+    viewed_at: Mapped[datetime]
 
 
 class Review(Base):

@@ -96,6 +96,11 @@ _REQUEST_FILE: dict[str, Any] = {
         "added_at": {"type": "string"},
         "changed_in_round": {"type": "integer"},
         "votes": {"type": "object"},
+        "viewed": {
+            "type": "boolean",
+            "description": "checkers who see the file's contents: whether they ticked this "
+            "version of the file as viewed (their own tick; absent for everyone else)",
+        },
         "decision": {"type": "string"},
         "check": {
             "type": "object",

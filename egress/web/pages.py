@@ -21,6 +21,7 @@ from egress.domain.workflow import RequestState
 from egress.files.render import CHECKER_PAGE_CSP, raw_response_headers, render_for_checker
 from egress.operations import break_glass
 from egress.operations.files import SESSION_RESULTS, is_session_metadata
+from egress.operations.sdc import table_cell_marks
 from egress.web.base import MAX_PAGE, BaseHandler, reason_phrase
 from egress.web.openapi import REQUEST_ACTIONS
 
@@ -278,6 +279,9 @@ class RequestForm(BaseHandler):
             )
         elif action == "vote":
             await self.run(svc.vote, actor, request_id, arg("file_id", ""), arg("vote", ""))
+        elif action == "viewed":
+            ticked = arg("viewed", "") == "1"
+            await self.run(svc.set_viewed, actor, request_id, arg("file_id", ""), ticked)
         elif action == "reset_votes":
             await self.run(svc.reset_votes, actor, request_id)
         elif action == "request_changes_all":
@@ -363,6 +367,9 @@ class FilePage(BaseHandler):
         content = await self.run(self.service.view_file, actor, request_id, file_id)
         entry = next(f for f in request["files"] if str(f["id"]) == str(file_id))
         verdicts, reasons = _cell_verdicts(entry.get("check") or {})
+        if actor.is_checker:  # the cells the rules fail or send to review, and suppressed ones
+            marks, why = table_cell_marks(content.kind, content.data, self.service.sdc_params)
+            verdicts, reasons = {**verdicts, **marks}, {**reasons, **why}
         rendered = render_for_checker(
             content.kind,
             content.data,

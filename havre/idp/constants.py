@@ -60,6 +60,9 @@ TOKENS_SCHEMA = 1
 HASH_WORKERS = 2
 BROWSER_COOKIE = "havre_idp_browser"
 TEMPLATES = Path(__file__).parent / "templates"
+#: the provider's copy of Havre's one stylesheet (``style/havre.css``, copied by images/build.sh),
+#: inlined in the sign-in pages under the page's CSP nonce
+STYLESHEET = Path(__file__).parent / "static" / "havre.css"
 
 _USER_KEYS = ("password_hash", "groups", "email", "name")
 _ADMIN_KEYS = ("groups", "email", "name", "password")

@@ -47,6 +47,7 @@ from havre.enclave.logs import log_context
 from havre.idp.constants import (
     BROWSER_COOKIE,
     CLAIMS_SUPPORTED,
+    STYLESHEET,
     SUPPORTED_SCOPES,
     log,
 )
@@ -56,6 +57,16 @@ if TYPE_CHECKING:
     from havre.idp.protocol import HavreServer
 
 # --------------------------------------------------------------------------- HTTP
+
+
+_CSS: list[str] = []
+
+
+def _stylesheet() -> str:
+    """Havre's stylesheet, read once (the provider's own copy: no other service needed)."""
+    if not _CSS:
+        _CSS.append(STYLESHEET.read_text(encoding="utf-8"))
+    return _CSS[0]
 
 
 def with_params(uri: str, **params: str | None) -> str:
@@ -115,6 +126,7 @@ class BaseHandler(tornado.web.RequestHandler):
     def get_template_namespace(self) -> dict[str, Any]:
         namespace = super().get_template_namespace()
         namespace["csp_nonce"] = self.csp_nonce
+        namespace["havre_css"] = _stylesheet()
         return namespace
 
     def page(self, status: int, title: str, message: str) -> None:

@@ -107,7 +107,42 @@ def checker_review(user, request_id: str, vote: str) -> int:
     return c.clicks
 
 
-def test_a_day_of_release_requests_in_few_clicks(enclave, sign_in):
+def hub_pages(alice, carol) -> None:
+    """The hub's refusals and its spawn page, audited; each in the one look (the header)."""
+    # carol opens alice's running server (the session's shared one): the hub refuses, 403
+    page = carol.page
+    response = page.goto(carol.url("user/alice/cardio/lab"))
+    assert response is not None and response.status == 403, response
+    expect(page.locator("header[role=banner] .brand")).to_have_text("Havre")
+    audit(page, "hub refusal (another user's server): 403")
+    page = alice.page
+    for name, path in (
+        ("hub refusal (a project not hers)", "hub/spawn/alice/diabetes"),
+        ("hub refusal (another user's spawn page)", "hub/spawn/olivia/cardio"),
+    ):
+        response = page.goto(alice.url(path))
+        assert response is not None and response.status in (403, 404), (path, response)
+        expect(page.locator("header[role=banner] .brand")).to_have_text("Havre")
+        audit(page, f"{name}: {response.status}")
+    # carol's cardio server (alice's is the session's probe target: never stopped here); the
+    # spawn page is kept on screen while it is audited by holding its progress stream back
+    page = carol.page
+    page.route("**/progress*", lambda route: route.abort())
+    page.goto(carol.url("hub/home"))
+    with page.expect_navigation():
+        page.click("#start-cardio")
+    expect(page.locator("#havre-starting")).to_be_visible()
+    expect(page.locator("header[role=banner] .brand")).to_have_text("Havre")
+    audit(page, "hub spawn page")
+    page.unroute("**/progress*")
+    page.reload()
+    page.wait_for_url(re.compile(r"/user/carol/cardio/"))
+    page.goto(carol.url("hub/home"))
+    page.click("#stop-cardio")
+    expect(page.locator("#start-cardio")).to_be_visible()  # stopped again, as it was
+
+
+def test_a_day_of_release_requests_in_few_clicks(enclave, sign_in, alice_cardio):
     write_session(enclave)
     alice = sign_in("alice")
     r = Counted(alice.page)
@@ -217,7 +252,7 @@ def test_a_day_of_release_requests_in_few_clicks(enclave, sign_in):
     expect(notices.locator("main")).to_be_attached()
     expect(notices.locator(f"#notice-{request_id}")).to_have_count(0)
 
-    # the confirmation page, a refusal page, and the sign-in page
+    # the confirmation page, a refusal page, the sign-in page and its error, the hub's pages
     page.goto(request_url)
     with page.expect_navigation():
         page.click("#action-withdraw")
@@ -231,8 +266,15 @@ def test_a_day_of_release_requests_in_few_clicks(enclave, sign_in):
         fresh.goto(carol.url())
         fresh.wait_for_load_state("load")
         audit(fresh, "sign-in")
+        fresh.fill("#username", "carol")
+        fresh.fill("#password", "not carol's password")
+        with fresh.expect_navigation():
+            fresh.click("button[type=submit]")
+        expect(fresh.locator("#login-error")).to_be_visible()
+        audit(fresh, "sign-in error")
     finally:
         signin.close()
+    hub_pages(alice, carol)
 
     print("\naccessibility (axe-core, WCAG 2.1 A/AA):")
     print("\n".join(audit_summary()))

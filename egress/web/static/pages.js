@@ -35,12 +35,4 @@
       }
     });
   }
-  // The checker's "viewed" ticks: remembered in this browser, per request and file.
-  document.querySelectorAll("[data-viewed-key]").forEach(function (box) {
-    var key = "havre-viewed:" + box.dataset.viewedKey;
-    try { box.checked = window.localStorage.getItem(key) === "1" || box.checked; } catch (e) {}
-    box.addEventListener("change", function () {
-      try { window.localStorage.setItem(key, box.checked ? "1" : "0"); } catch (e) {}
-    });
-  });
 }());

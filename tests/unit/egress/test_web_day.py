@@ -26,6 +26,7 @@ from tests.unit.egress.conftest import ACTORS
 from tests.unit.egress.test_core import new_request
 from tests.unit.egress.test_core import web_service as web_service  # the fixture
 from tests.unit.egress.test_web_request_forms import page, post
+from tests.unit.test_one_look import BRAND, SOURCE
 
 alice = ACTORS["alice"]
 
@@ -331,3 +332,59 @@ def test_the_notices_page_tells_authors_and_checkers_what_needs_them(web_service
     assert "frame-ancestors 'none'" in other.headers["Content-Security-Policy"]
     assert other.headers["X-Frame-Options"] == "DENY"
     assert f"notice-{rid}" not in notices("carol").text  # a colleague is not told
+
+
+def test_the_file_page_marks_failing_and_suppressed_cells_with_words_and_a_legend(
+    web_service, service, outputs
+):
+    """The checker's table: a failing count and a blank (suppressed) cell are coloured, carry a
+    word (never colour alone) and the reason as a title; the legend counts them."""
+    (outputs / "cardio" / "marked.csv").write_text(
+        "region,female,male\nBretagne,41,3\nOccitanie,,57\nNormandie,12,13\n"
+    )
+    rid, files = new_request(service, {"marked.csv": "main", "notes.txt": "main"})
+    html = requests.get(
+        web_service + f"requests/{rid}/files/{files['marked.csv']['id']}",
+        headers={"X-Test-User": "olivia"},
+        timeout=30,
+    ).text
+    cells = re.findall(r'<td class="havre-cell ([^"]+)" title="([^"]+)">([^<]*)<span', html)
+    assert [(c, t.split(":")[0], v.strip()) for c, t, v in cells] == [
+        ("havre-cell-fail", "fail", "3"),
+        ("havre-cell-suppressed", "suppressed", ""),
+    ], cells
+    assert "below the threshold" in cells[0][1]
+    assert html.count('<span class="havre-mark">fails</span>') == 2  # the cell and the legend
+    assert html.count('<span class="havre-mark">suppressed</span>') == 2
+    legend = re.search(r'<div class="havre-legend" id="cell-legend">.*?</div>', html).group(0)
+    assert "1 cell" in legend and "to review" not in legend
+    assert (
+        ".havre-cell-fail,"
+        in (web_service_css := requests.get(web_service + "static/havre.css", timeout=30).text)
+        and ".havre-cell-suppressed," in web_service_css
+    )
+
+    # control: a table every rule passes has no mark and no legend
+    clean = requests.get(
+        web_service + f"requests/{rid}/files/{files['notes.txt']['id']}",
+        headers={"X-Test-User": "olivia"},
+        timeout=30,
+    ).text
+    assert "havre-mark" not in clean and "cell-legend" not in clean
+
+
+def test_the_egress_pages_and_refusals_share_the_header(web_service):
+    """Issue #20's one look on the egress side (the hub's and sign-in pages:
+    tests/unit/test_one_look.py)."""
+    served = requests.get(web_service + "static/havre.css", timeout=30).text
+    assert served == SOURCE
+    home = requests.get(web_service, headers={"X-Test-User": "alice"}, timeout=30).text
+    refusal = requests.get(
+        web_service + "requests/nosuchrequest", headers={"X-Test-User": "alice"}, timeout=30
+    )
+    assert refusal.status_code == 404
+    for html in (home, refusal.text):
+        assert BRAND.search(html), html[:1500]
+        header = re.search(r'<header role="banner">.*?</header>', html, re.S).group(0)
+        assert 'id="nav-projects"' in header and 'id="nav-release-requests"' in header
+        assert "output checking" not in header.lower()

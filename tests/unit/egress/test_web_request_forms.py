@@ -123,7 +123,7 @@ def test_refusals_about_the_request_itself_keep_the_error_page(
     target = rid if status == 403 else "nosuchrequest"
     answer = post(web_service, target, "bob", action="add_file", path="notes.txt")
     assert answer.status_code in (403, 404)
-    assert "form-refusal" not in answer.text and "Back to the requests" in answer.text
+    assert "form-refusal" not in answer.text and "Back to the release requests" in answer.text
     refusals = json_log.events("egress.refused")
     if answer.status_code == 403:  # a refusal for lack of permission: the SIEM's line
         (logged,) = refusals
