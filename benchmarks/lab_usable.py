@@ -141,8 +141,21 @@ def hub_sample(bench: Any, user: SignedIn) -> dict[str, Any]:
     sample["server_started"] = model.get("started")
     sample.update(usable_lab(page, t0))
     page.goto("about:blank")
+    forget_workspace(page, user.url(f"user/{user.name}/{sb.PROJECT}/lab/api/workspaces/default"))
     bench.stop(user.name)
     return sample
+
+
+def forget_workspace(page: Any, url: str) -> None:
+    """The hub's server keeps Lab's workspace in the home, which outlives the server: without
+    this, the next run restores the last run's open notebook instead of the Launcher (the bare
+    server starts from an empty /tmp each run)."""
+    # the hub's and the server's _xsrf cookies both match: the server's has the longer path
+    mine = [c for c in page.context.cookies(url) if c["name"] == "_xsrf"]
+    xsrf = max(mine, key=lambda c: len(c["path"]))["value"] if mine else ""
+    answer = page.request.delete(url, headers={"X-XSRFToken": xsrf})
+    if answer.status not in (204, 404):
+        sb.log(f"the workspace was not reset: {answer.status} {answer.text()[:200]}")
 
 
 def stats(samples: list[dict[str, Any]], key: str) -> dict[str, Any]:
