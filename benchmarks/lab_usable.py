@@ -65,11 +65,20 @@ def usable_lab(page: Any, t0: float) -> dict[str, Any]:
     Times (s after ``t0``) of each phase, and the Lab page's Navigation Timing."""
     page.locator(".lm-MenuBar-itemLabel").first.wait_for(state="visible", timeout=STEP_MS)
     launcher = page.locator(LAUNCHER_CARD).first
+    opened_by_shortcut = False
     try:
         launcher.wait_for(state="visible", timeout=3_000)
     except Exception:  # Lab restored a layout without the Launcher: open one (Accel+Shift+L)
         page.keyboard.press("Control+Shift+L")
-        launcher.wait_for(state="visible", timeout=STEP_MS)
+        opened_by_shortcut = True
+        try:
+            launcher.wait_for(state="visible", timeout=20_000)
+        except Exception:
+            shot = Path(tempfile.gettempdir()) / f"lab-usable-no-launcher-{os.getpid()}.png"
+            page.screenshot(path=str(shot), full_page=True)
+            sb.log(f"no Launcher card; screenshot {shot}; url {page.url}")
+            sb.log("launcher cards: " + str(page.locator(".jp-LauncherCard").count()))
+            raise
     t_launcher = time.time()
     timing = page.evaluate(NAV_TIMING)
     launcher.click()
@@ -85,6 +94,7 @@ def usable_lab(page: Any, t0: float) -> dict[str, Any]:
     t_cell = time.time()
     return {
         "launcher_s": t_launcher - t0,
+        "launcher_opened_by_shortcut": opened_by_shortcut,
         "cell_accepts_input_s": t_cell - t0,
         "navigation_ms": timing,
     }
@@ -131,8 +141,21 @@ def hub_sample(bench: Any, user: SignedIn) -> dict[str, Any]:
     sample["server_started"] = model.get("started")
     sample.update(usable_lab(page, t0))
     page.goto("about:blank")
+    forget_workspace(page, user.url(f"user/{user.name}/{sb.PROJECT}/lab/api/workspaces/default"))
     bench.stop(user.name)
     return sample
+
+
+def forget_workspace(page: Any, url: str) -> None:
+    """The hub's server keeps Lab's workspace in the home, which outlives the server: without
+    this, the next run restores the last run's open notebook instead of the Launcher (the bare
+    server starts from an empty /tmp each run)."""
+    # the hub's and the server's _xsrf cookies both match: the server's has the longer path
+    mine = [c for c in page.context.cookies(url) if c["name"] == "_xsrf"]
+    xsrf = max(mine, key=lambda c: len(c["path"]))["value"] if mine else ""
+    answer = page.request.delete(url, headers={"X-XSRFToken": xsrf})
+    if answer.status not in (204, 404):
+        sb.log(f"the workspace was not reset: {answer.status} {answer.text()[:200]}")
 
 
 def stats(samples: list[dict[str, Any]], key: str) -> dict[str, Any]:
