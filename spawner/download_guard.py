@@ -82,8 +82,13 @@ MAX_CLIENTS = 256
 #: (``HubOAuth.cache_max_age``, 1 s in the notebook image), so a sign-out or a revoked token
 #: takes effect here no later than there
 SIGN_IN_REUSE_SECONDS = 1.0
+#: a sign-in check the server failed to answer (5xx) within this many seconds is asked again,
+#: once
+SIGN_IN_RETRY_WITHIN = 5.0
 #: sign-in answers kept at most (expired ones are dropped first)
 SIGN_IN_KEPT = 4096
+#: the clock of the sign-in reuse (a test turns it)
+_clock = time.monotonic
 
 
 class ServerRoutes:
@@ -156,7 +161,7 @@ class SignInChecks:
             return False
         digest = hashlib.sha256(cookie.encode("utf-8", "surrogateescape")).hexdigest()
         key = (prefix, target, host or "", digest)
-        if self._yes_until.get(key, 0.0) > time.monotonic():
+        if self._yes_until.get(key, 0.0) > _clock():
             return True
         pending = self._in_flight.get(key)
         if pending is None:
@@ -176,35 +181,44 @@ class SignInChecks:
         headers = {"Cookie": cookie, "Sec-Fetch-Mode": "navigate", "Accept": "application/json"}
         if host:
             headers["Host"] = host
-        self.asked += 1
-        try:
-            response = await self.client.fetch(
-                httpclient.HTTPRequest(
-                    f"{target}{prefix}api/me",
-                    headers=headers,
-                    follow_redirects=False,
-                    request_timeout=30,
-                ),
-                raise_error=False,
-            )
-        except (OSError, StreamClosedError, httpclient.HTTPClientError) as err:
-            log.warning("Download guard: sign-in check at %s failed: %s", target, err)
-            return False
-        if response.code != 200:
-            if response.code >= 500:  # the server could not tell (599: no answer in time)
-                log.warning(
-                    "Download guard: sign-in check at %s answered %d: %s",
-                    target,
-                    response.code,
-                    response.error,
+        for attempt in (1, 2):
+            self.asked += 1
+            started = _clock()
+            try:
+                response = await self.client.fetch(
+                    httpclient.HTTPRequest(
+                        f"{target}{prefix}api/me",
+                        headers=headers,
+                        follow_redirects=False,
+                        request_timeout=30,
+                    ),
+                    raise_error=False,
                 )
-            return False
+            except (OSError, StreamClosedError, httpclient.HTTPClientError) as err:
+                log.warning("Download guard: sign-in check at %s failed: %s", target, err)
+                return False
+            if response.code == 200:
+                break
+            # The server could not tell (a 5xx: its own check with the hub failed, e.g. a
+            # busy hub; 599: no answer). Refusing would fail a stylesheet or a script of the
+            # page for a signed-in user ("Error Loading Theme"): ask once more if that was
+            # quick; a no (403, a redirect to sign in) is final at once.
+            quick = _clock() - started < SIGN_IN_RETRY_WITHIN
+            if response.code < 500 or attempt == 2 or not quick:
+                if response.code >= 500:
+                    log.warning(
+                        "Download guard: sign-in check at %s answered %d: %s",
+                        target,
+                        response.code,
+                        response.error,
+                    )
+                return False
         if len(self._yes_until) >= SIGN_IN_KEPT:
-            now = time.monotonic()
+            now = _clock()
             self._yes_until = {k: t for k, t in self._yes_until.items() if t > now}
             if len(self._yes_until) >= SIGN_IN_KEPT:
                 self._yes_until.clear()
-        self._yes_until[key] = time.monotonic() + self.reuse_seconds
+        self._yes_until[key] = _clock() + self.reuse_seconds
         return True
 
     def forget(self, prefix: str) -> None:

@@ -57,12 +57,13 @@ class Me(web.RequestHandler):
     #: api/me requests this server got, and how it answers (tests change these)
     asked = 0
     signed_out = False
-    failing = False
+    failing = 0  # this many next checks fail
 
     async def get(self) -> None:
         type(self).asked += 1
         await asyncio.sleep(0)  # let concurrent requests overlap, as a busy server does
         if type(self).failing:
+            type(self).failing -= 1
             raise web.HTTPError(502)  # what HubOAuth answers when the hub can't be asked
         if type(self).signed_out or SESSION not in self.request.headers.get("Cookie", ""):
             raise web.HTTPError(403)
@@ -112,7 +113,7 @@ def guarded():
         guard.routes.register(PREFIX, f"http://127.0.0.1:{upstream_port}")
         return upstream, guard
 
-    Me.asked, Me.signed_out, Me.failing = 0, False, False
+    Me.asked, Me.signed_out, Me.failing = 0, False, 0
     loop = asyncio.new_event_loop()
     upstream, guard = loop.run_until_complete(setup())
     yield loop, guard
@@ -338,7 +339,7 @@ def test_a_yes_is_reused_one_second_at_most(guarded, monkeypatch):
     asyncio.set_event_loop(loop)
     path = PREFIX + "static/lab/main.js"
     now = [1000.0]
-    monkeypatch.setattr(dg.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(dg, "_clock", lambda: now[0])
     assert _many(guard, [path], SESSION)[0].code == 200
     Me.signed_out = True
     now[0] += dg.SIGN_IN_REUSE_SECONDS / 2
@@ -353,10 +354,24 @@ def test_a_failed_or_refused_check_is_never_reused(guarded):
     loop, guard = guarded
     asyncio.set_event_loop(loop)
     path = PREFIX + "static/lab/main.js"
-    Me.failing = True
-    assert _many(guard, [path], SESSION)[0].code == 403
-    Me.failing = False
-    assert _many(guard, [path], SESSION)[0].code == 200 and Me.asked == 2
+    Me.failing = 2  # the server can't tell twice in a row: refused
+    assert _many(guard, [path], SESSION)[0].code == 403 and Me.asked == 2
+    assert _many(guard, [path], SESSION)[0].code == 200 and Me.asked == 3  # asked again
+    Me.signed_out = True
+    guard.checks.forget(PREFIX)
+    assert _many(guard, [path], SESSION)[0].code == 403 and Me.asked == 4  # a no: no retry
+    assert _many(guard, [path], SESSION)[0].code == 403 and Me.asked == 5  # not reused
+
+
+def test_a_server_that_fails_one_check_under_load_still_serves_the_page(guarded):
+    """A 502 from api/me (the server's own check with a busy hub failed) once: the theme's
+    stylesheet and the rest of the page's assets still load (asked once more, shared)."""
+    loop, guard = guarded
+    asyncio.set_event_loop(loop)
+    Me.failing = 1
+    paths = [PREFIX + "static/lab/theme.css"] + [PREFIX + f"static/lab/{i}.js" for i in range(9)]
+    assert [r.code for r in _many(guard, paths, SESSION)] == [200] * 10
+    assert Me.asked == 2
 
 
 def test_a_restarted_server_is_asked_again(guarded):

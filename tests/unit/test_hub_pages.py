@@ -217,6 +217,8 @@ def test_start_and_open_lead_lab_projects_to_jupyterlab_and_desktops_to_their_ro
     start = urlsplit(href("start-cardio"))
     assert start.path == "/hub/spawn/carol/cardio"
     assert parse_qs(start.query) == {"next": ["/user/carol/cardio/lab"]}
+    # encoded in full: a page waiting for ".../user/carol/cardio/lab" doesn't match the link
+    assert "/user/" not in start.query
     assert href("open-cardio") == "/user/carol/cardio/lab"
     assert href("start-diabetes") == "/hub/spawn/carol/diabetes"
     assert href("open-diabetes") == "/user/carol/diabetes/"
