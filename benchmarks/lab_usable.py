@@ -22,6 +22,13 @@ medians and p95 with the ratio hub/bare, and writes every raw sample and the mac
 Run from the repository root, as root, with the images built from the same tree::
 
     .venv/bin/python benchmarks/lab_usable.py --runs 5
+
+(``HAVRE_BENCH_HUB_IMAGE`` and ``HAVRE_BENCH_NOTEBOOK_IMAGE`` name other tags of the hub and
+notebook images.) Per run it also records every answer the page got (``requests``: how many,
+the documents and redirects from the Start click to Lab's page, every answer >= 400 with the
+guard's ``X-Havre-Refused`` reason, and, for the hub, how many of the server's requests each
+kind of the guard's sign-in check met); a run that fails (a dialog such as "Error Loading
+Theme", a timeout) is recorded with its error and the dialog's text, and the runs go on.
 """
 
 from __future__ import annotations
@@ -60,16 +67,91 @@ NAV_TIMING = """() => {
 }"""
 
 
+class Requests:
+    """Every answer a page gets from ``t0`` on: where it went, its status, when it came, and
+    (hub runs) which of the download guard's checks it met (:mod:`spawner.download_policy`).
+    Kept per run: ``summary()`` gives the counts the README's "what Havre adds" table uses."""
+
+    def __init__(self, page: Any, t0: float, prefix: str = "") -> None:
+        self.t0 = t0
+        self.prefix = prefix
+        self.answers: list[dict[str, Any]] = []
+        page.on("response", self._on_response)
+
+    def _on_response(self, response: Any) -> None:
+        try:
+            request = response.request
+            self.answers.append(
+                {
+                    "t_s": round(time.time() - self.t0, 3),
+                    "url": response.url,
+                    "status": response.status,
+                    "type": request.resource_type,
+                    "refused": response.headers.get("x-havre-refused"),
+                }
+            )
+        except Exception:  # a page closing under the listener: nothing to record
+            pass
+
+    def summary(self) -> dict[str, Any]:
+        from urllib.parse import urlsplit
+
+        from spawner.download_policy import allowed_route
+
+        docs = [a for a in self.answers if a["type"] == "document"]
+        failed = [
+            {k: a[k] for k in ("t_s", "url", "status", "refused")}
+            for a in self.answers
+            if a["status"] >= 400
+        ]
+        logins: dict[str, int] = {}
+        if self.prefix:
+            for a in self.answers:
+                path = urlsplit(a["url"]).path
+                if not path.startswith(self.prefix):
+                    continue
+                route = allowed_route("GET", path[len(self.prefix) :])
+                kind = route.login.value if route is not None else "refused-or-other"
+                logins[kind] = logins.get(kind, 0) + 1
+        return {
+            "answers": len(self.answers),
+            "documents": [{k: a[k] for k in ("t_s", "url", "status")} for a in docs],
+            "redirects": sum(1 for a in docs if 300 <= a["status"] < 400),
+            "failed": failed,
+            "by_login_check": logins,
+        }
+
+
+def dialog_text(page: Any) -> str | None:
+    """The text of a JupyterLab dialog on the page (e.g. "Error Loading Theme"), if any."""
+    try:
+        dialog = page.locator(".jp-Dialog")
+        if dialog.count():
+            return dialog.first.inner_text(timeout=2_000)[:500]
+    except Exception:
+        pass
+    return None
+
+
 def usable_lab(page: Any, t0: float) -> dict[str, Any]:
     """On a Lab page being opened: open a notebook from the Launcher, type in its first cell.
     Times (s after ``t0``) of each phase, and the Lab page's Navigation Timing."""
     page.locator(".lm-MenuBar-itemLabel").first.wait_for(state="visible", timeout=STEP_MS)
     launcher = page.locator(LAUNCHER_CARD).first
+    opened_by_shortcut = False
     try:
         launcher.wait_for(state="visible", timeout=3_000)
     except Exception:  # Lab restored a layout without the Launcher: open one (Accel+Shift+L)
         page.keyboard.press("Control+Shift+L")
-        launcher.wait_for(state="visible", timeout=STEP_MS)
+        opened_by_shortcut = True
+        try:
+            launcher.wait_for(state="visible", timeout=20_000)
+        except Exception:
+            shot = Path(tempfile.gettempdir()) / f"lab-usable-no-launcher-{os.getpid()}.png"
+            page.screenshot(path=str(shot), full_page=True)
+            sb.log(f"no Launcher card; screenshot {shot}; url {page.url}")
+            sb.log("launcher cards: " + str(page.locator(".jp-LauncherCard").count()))
+            raise
     t_launcher = time.time()
     timing = page.evaluate(NAV_TIMING)
     launcher.click()
@@ -85,6 +167,7 @@ def usable_lab(page: Any, t0: float) -> dict[str, Any]:
     t_cell = time.time()
     return {
         "launcher_s": t_launcher - t0,
+        "launcher_opened_by_shortcut": opened_by_shortcut,
         "cell_accepts_input_s": t_cell - t0,
         "navigation_ms": timing,
     }
@@ -103,10 +186,17 @@ def bare_sample(bench: Any, network: str, context: Any, index: int) -> dict[str,
         ip = container.attrs["NetworkSettings"]["Networks"][network]["IPAddress"]
         t0 = time.time() - started["ready_s"]  # the docker run call
         page = context.new_page()
-        page.goto(f"http://{ip}:{sb.BARE_PORT}/lab", timeout=STEP_MS)
-        t_page = time.time()
-        sample = {"server_ready_s": started["ready_s"], "lab_page_s": t_page - t0}
-        sample.update(usable_lab(page, t0))
+        answers = Requests(page, t0, "/")
+        sample: dict[str, Any] = {"server_ready_s": started["ready_s"]}
+        try:
+            page.goto(f"http://{ip}:{sb.BARE_PORT}/lab", timeout=STEP_MS)
+            sample["lab_page_s"] = time.time() - t0
+            sample.update(usable_lab(page, t0))
+        except Exception as err:  # recorded as a failed run; the benchmark goes on
+            sample["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+            sample["dialog"] = dialog_text(page)
+        answers.prefix = ""  # a bare server has no guard
+        sample["requests"] = answers.summary()
         page.close()
         return sample
     finally:
@@ -123,16 +213,38 @@ def hub_sample(bench: Any, user: SignedIn) -> dict[str, Any]:
     start = page.locator(f"#start-{sb.PROJECT}")
     start.wait_for(state="visible", timeout=STEP_MS)
     t0 = time.time()
+    answers = Requests(page, t0, f"/user/{user.name}/{sb.PROJECT}/")
+    sample: dict[str, Any] = {}
     start.click()
-    page.wait_for_url(re.compile(rf"/user/{user.name}/{sb.PROJECT}/lab"), timeout=STEP_MS)
-    t_page = time.time()
-    sample = {"lab_page_s": t_page - t0}
-    model = bench.users[user.name].server_model(sb.PROJECT) or {}
-    sample["server_started"] = model.get("started")
-    sample.update(usable_lab(page, t0))
+    try:
+        # the path, not the Start link's ?next=/user/.../lab
+        lab = re.compile(rf"^https?://[^/?]+/user/{user.name}/{sb.PROJECT}/lab([/?#]|$)")
+        page.wait_for_url(lab, timeout=STEP_MS)
+        sample["lab_page_s"] = time.time() - t0
+        model = bench.users[user.name].server_model(sb.PROJECT) or {}
+        sample["server_started"] = model.get("started")
+        sample.update(usable_lab(page, t0))
+    except Exception as err:  # recorded as a failed run; the benchmark goes on
+        sample["error"] = f"{type(err).__name__}: {str(err)[:300]}"
+        sample["dialog"] = dialog_text(page)
+        sb.log(f"hub run failed: {sample['error'][:200]}; dialog: {sample['dialog']}")
+    sample["requests"] = answers.summary()
     page.goto("about:blank")
+    forget_workspace(page, user.url(f"user/{user.name}/{sb.PROJECT}/lab/api/workspaces/default"))
     bench.stop(user.name)
     return sample
+
+
+def forget_workspace(page: Any, url: str) -> None:
+    """The hub's server keeps Lab's workspace in the home, which outlives the server: without
+    this, the next run restores the last run's open notebook instead of the Launcher (the bare
+    server starts from an empty /tmp each run)."""
+    # the hub's and the server's _xsrf cookies both match: the server's has the longer path
+    mine = [c for c in page.context.cookies(url) if c["name"] == "_xsrf"]
+    xsrf = max(mine, key=lambda c: len(c["path"]))["value"] if mine else ""
+    answer = page.request.delete(url, headers={"X-XSRFToken": xsrf})
+    if answer.status not in (204, 404):
+        sb.log(f"the workspace was not reset: {answer.status} {answer.text()[:200]}")
 
 
 def stats(samples: list[dict[str, Any]], key: str) -> dict[str, Any]:
@@ -151,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, sb._terminate)  # a stop purges the enclave (finally below)
     _lock = sb.take_lock(3600)
+    # the notebook image of both sides (default havre/notebook:<version>): another tag lets a
+    # run use an image built from this tree while others rebuild the shared tag
+    sb.NOTEBOOK_IMAGE = os.environ.get("HAVRE_BENCH_NOTEBOOK_IMAGE", sb.NOTEBOOK_IMAGE)
     client = docker.from_env(version="auto")
     sb.wait_for_images(client)
     base = Path(tempfile.mkdtemp(prefix="havrebench-"))
@@ -169,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
             "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
             "command": " ".join(["python", *sys.argv]),
             "machine": sb.machine_info(client),
+            "images_used": {
+                tag: client.images.get(tag).id for tag in (options.hub_image, sb.NOTEBOOK_IMAGE)
+            },
             "bare": [],
             "hub": [],
         }
@@ -193,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
                     results["hub"].append(hub)
                     load.append(os.getloadavg())
                     sb.log(
-                        f"run {i}/{args.runs}: bare {bare['cell_accepts_input_s']:.2f} s, "
-                        f"hub {hub['cell_accepts_input_s']:.2f} s"
+                        f"run {i}/{args.runs}: bare {bare.get('cell_accepts_input_s')} s, "
+                        f"hub {hub.get('cell_accepts_input_s')} s, load {os.getloadavg()}"
                     )
             finally:
                 browser.close()
@@ -207,13 +325,16 @@ def main(argv: list[str] | None = None) -> int:
                 "ratio_of_medians": sb.ratio(h["median"], b["median"]),
             }
         summary["bare_server_ready_s"] = stats(results["bare"], "server_ready_s")
+        summary["failed_runs"] = {
+            kind: sum(1 for x in results[kind] if "error" in x) for kind in ("bare", "hub")
+        }
         results["summary"] = summary
         results["loadavg"] = load
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(results, indent=1) + "\n")
         print(f"{'seconds after Start / docker run':<36}{'bare':>18}{'hub':>18}{'ratio':>8}")
         for key, st in summary.items():
-            if key == "bare_server_ready_s":
+            if key in ("bare_server_ready_s", "failed_runs"):
                 continue
             cell = lambda s: f"{s['median']:.2f} (p95 {s['p95']:.2f})"  # noqa: E731
             print(

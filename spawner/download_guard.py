@@ -15,7 +15,11 @@ registers where the container really listens; the guard
   answers that carry a ``Content-Disposition``;
 * checks the sign-in itself on the allowed routes Jupyter Server serves without one (static
   assets, lab extensions and themes, licenses): it asks the server's ``api/me`` with the
-  request's cookies, and refuses unless the server knows the user;
+  request's cookies, and refuses unless the server knows the user. A JupyterLab page asks for
+  some 60 such assets at once: requests with the same cookies share one ``api/me`` in flight,
+  and a yes is reused for :data:`SIGN_IN_REUSE_SECONDS` (as long as the server itself reuses
+  the hub's answer), so a page load costs the server a few checks, not one per asset
+  (:class:`SignInChecks`);
 * forwards the rest (HTTP, and websockets as a byte tunnel after the upgrade request
   is checked) to the container, and puts the notebook Content-Security-Policy on the answers;
 * answers 503 for a server it doesn't know (stopped, or not started since the hub restarted).
@@ -27,9 +31,11 @@ when the hub restarts (see ``ProjectSpawner.load_state``).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import html
 import json
 import logging
+import time
 from urllib.parse import urlsplit
 
 from tornado import httpclient, httpserver, web
@@ -71,12 +77,25 @@ MAX_BODY_BYTES = 512 * 1024 * 1024
 REQUEST_TIMEOUT = 300.0
 #: concurrent forwarded HTTP requests (websockets don't count)
 MAX_CLIENTS = 256
+#: seconds a server's yes to a sign-in check (``api/me``) is reused for the same cookies: the
+#: single-user server itself reuses the hub's answer about a token for as long
+#: (``HubOAuth.cache_max_age``, 1 s in the notebook image), so a sign-out or a revoked token
+#: takes effect here no later than there
+SIGN_IN_REUSE_SECONDS = 1.0
+#: a sign-in check the server failed to answer (5xx) within this many seconds is asked again,
+#: once
+SIGN_IN_RETRY_WITHIN = 5.0
+#: sign-in answers kept at most (expired ones are dropped first)
+SIGN_IN_KEPT = 4096
+#: the clock of the sign-in reuse (a test turns it)
+_clock = time.monotonic
 
 
 class ServerRoutes:
     """Where each running server really listens: ``/user/<name>/<project>/`` -> URL."""
 
-    def __init__(self) -> None:
+    def __init__(self, checks: SignInChecks | None = None) -> None:
+        self._checks = checks
         self._targets: dict[str, str] = {}
         #: prefixes of ``access: desktop`` servers: their target is the remote desktop, and
         #: only the desktop's routes pass (:func:`check_desktop_request`)
@@ -86,6 +105,8 @@ class ServerRoutes:
         if not prefix.startswith("/") or not prefix.endswith("/"):
             raise ValueError(f"a server prefix starts and ends with '/': {prefix!r}")
         self._targets[prefix] = target.rstrip("/")
+        if self._checks is not None:
+            self._checks.forget(prefix)
         if desktop:
             self._desktops.add(prefix)
         else:
@@ -94,6 +115,8 @@ class ServerRoutes:
 
     def unregister(self, prefix: str) -> None:
         self._desktops.discard(prefix)
+        if self._checks is not None:
+            self._checks.forget(prefix)
         if self._targets.pop(prefix, None) is not None:
             log.info("Download guard: %s removed", prefix)
 
@@ -111,6 +134,96 @@ class ServerRoutes:
 
     def __len__(self) -> int:
         return len(self._targets)
+
+
+class SignInChecks:
+    """The guard's sign-in checks (``api/me`` with a request's cookies), shared.
+
+    Requests for the same server, with the same ``Cookie`` and ``Host``, wait on one check in
+    flight instead of each asking the server, and a yes is reused for ``reuse_seconds``. A no
+    or a failed check is never reused (the next request asks again). Keys hold a hash of the
+    cookies, not the cookies.
+    """
+
+    def __init__(
+        self, client: httpclient.AsyncHTTPClient, reuse_seconds: float = SIGN_IN_REUSE_SECONDS
+    ) -> None:
+        self.client = client
+        self.reuse_seconds = reuse_seconds
+        self._in_flight: dict[tuple[str, str, str, str], asyncio.Future[bool]] = {}
+        self._yes_until: dict[tuple[str, str, str, str], float] = {}
+        #: ``api/me`` requests made (for tests and the benchmark's notes)
+        self.asked = 0
+
+    async def signed_in(self, prefix: str, target: str, cookie: str, host: str | None) -> bool:
+        """Whether the server at ``target`` knows the user of ``cookie``."""
+        if not cookie:
+            return False
+        digest = hashlib.sha256(cookie.encode("utf-8", "surrogateescape")).hexdigest()
+        key = (prefix, target, host or "", digest)
+        if self._yes_until.get(key, 0.0) > _clock():
+            return True
+        pending = self._in_flight.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._ask(key, prefix, target, cookie, host))
+            self._in_flight[key] = pending
+            pending.add_done_callback(lambda _f: self._in_flight.pop(key, None))
+        return await asyncio.shield(pending)
+
+    async def _ask(
+        self,
+        key: tuple[str, str, str, str],
+        prefix: str,
+        target: str,
+        cookie: str,
+        host: str | None,
+    ) -> bool:
+        headers = {"Cookie": cookie, "Sec-Fetch-Mode": "navigate", "Accept": "application/json"}
+        if host:
+            headers["Host"] = host
+        for attempt in (1, 2):
+            self.asked += 1
+            started = _clock()
+            try:
+                response = await self.client.fetch(
+                    httpclient.HTTPRequest(
+                        f"{target}{prefix}api/me",
+                        headers=headers,
+                        follow_redirects=False,
+                        request_timeout=30,
+                    ),
+                    raise_error=False,
+                )
+            except (OSError, StreamClosedError, httpclient.HTTPClientError) as err:
+                log.warning("Download guard: sign-in check at %s failed: %s", target, err)
+                return False
+            if response.code == 200:
+                break
+            # The server could not tell (a 5xx: its own check with the hub failed, e.g. a
+            # busy hub; 599: no answer). Refusing would fail a stylesheet or a script of the
+            # page for a signed-in user ("Error Loading Theme"): ask once more if that was
+            # quick; a no (403, a redirect to sign in) is final at once.
+            quick = _clock() - started < SIGN_IN_RETRY_WITHIN
+            if response.code < 500 or attempt == 2 or not quick:
+                if response.code >= 500:
+                    log.warning(
+                        "Download guard: sign-in check at %s answered %d: %s",
+                        target,
+                        response.code,
+                        response.error,
+                    )
+                return False
+        if len(self._yes_until) >= SIGN_IN_KEPT:
+            now = _clock()
+            self._yes_until = {k: t for k, t in self._yes_until.items() if t > now}
+            if len(self._yes_until) >= SIGN_IN_KEPT:
+                self._yes_until.clear()
+        self._yes_until[key] = _clock() + self.reuse_seconds
+        return True
+
+    def forget(self, prefix: str) -> None:
+        """Drop what is known about a server's sign-ins (it stopped, or moved)."""
+        self._yes_until = {k: t for k, t in self._yes_until.items() if k[0] != prefix}
 
 
 REFUSAL_PAGE = """<!doctype html>
@@ -138,9 +251,12 @@ class GuardHandler(web.RequestHandler):
 
     SUPPORTED_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
 
-    def initialize(self, routes: ServerRoutes, client: httpclient.AsyncHTTPClient) -> None:
+    def initialize(
+        self, routes: ServerRoutes, client: httpclient.AsyncHTTPClient, checks: SignInChecks
+    ) -> None:
         self.routes = routes
         self.client = client
+        self.checks = checks
 
     def compute_etag(self) -> None:
         return None  # the notebook server's own ETag, if any, is forwarded as is
@@ -176,32 +292,15 @@ class GuardHandler(web.RequestHandler):
         await self.forward(prefix, target, route)
 
     async def signed_in(self, prefix: str, target: str) -> bool:
-        """Whether the server knows the user of this request's cookies (asks its ``api/me``).
+        """Whether the server knows the user of this request's cookies (asks its ``api/me``,
+        through the shared :class:`SignInChecks`).
 
         For routes Jupyter Server serves without a sign-in (static assets and the like): the
         guard requires one everywhere. Only the cookies go along (no token reaches here).
         """
-        cookie = self.request.headers.get("Cookie", "")
-        if not cookie:
-            return False
-        headers = {"Cookie": cookie, "Sec-Fetch-Mode": "navigate", "Accept": "application/json"}
-        host = self.request.headers.get("Host")
-        if host:
-            headers["Host"] = host
-        try:
-            response = await self.client.fetch(
-                httpclient.HTTPRequest(
-                    f"{target}{prefix}api/me",
-                    headers=headers,
-                    follow_redirects=False,
-                    request_timeout=30,
-                ),
-                raise_error=False,
-            )
-        except (OSError, StreamClosedError, httpclient.HTTPClientError) as err:
-            log.warning("Download guard: sign-in check at %s failed: %s", target, err)
-            return False
-        return response.code == 200
+        return await self.checks.signed_in(
+            prefix, target, self.request.headers.get("Cookie", ""), self.request.headers.get("Host")
+        )
 
     get = head = post = put = patch = delete = options = _handle
 
@@ -383,10 +482,17 @@ class DownloadGuard:
     def __init__(self, address: str, port: int) -> None:
         self.address = address
         self.port = port
-        self.routes = ServerRoutes()
         self.client = httpclient.AsyncHTTPClient(force_instance=True, max_clients=MAX_CLIENTS)
+        self.checks = SignInChecks(self.client)
+        self.routes = ServerRoutes(self.checks)
         app = web.Application(
-            [(r".*", GuardHandler, {"routes": self.routes, "client": self.client})],
+            [
+                (
+                    r".*",
+                    GuardHandler,
+                    {"routes": self.routes, "client": self.client, "checks": self.checks},
+                )
+            ],
             xsrf_cookies=False,
             log_function=log_request,
         )

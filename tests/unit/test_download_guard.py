@@ -54,8 +54,18 @@ class Attachment(web.RequestHandler):
 
 
 class Me(web.RequestHandler):
-    def get(self) -> None:
-        if SESSION not in self.request.headers.get("Cookie", ""):
+    #: api/me requests this server got, and how it answers (tests change these)
+    asked = 0
+    signed_out = False
+    failing = 0  # this many next checks fail
+
+    async def get(self) -> None:
+        type(self).asked += 1
+        await asyncio.sleep(0)  # let concurrent requests overlap, as a busy server does
+        if type(self).failing:
+            type(self).failing -= 1
+            raise web.HTTPError(502)  # what HubOAuth answers when the hub can't be asked
+        if type(self).signed_out or SESSION not in self.request.headers.get("Cookie", ""):
             raise web.HTTPError(403)
         self.write({"identity": {"username": "alice"}})
 
@@ -103,6 +113,7 @@ def guarded():
         guard.routes.register(PREFIX, f"http://127.0.0.1:{upstream_port}")
         return upstream, guard
 
+    Me.asked, Me.signed_out, Me.failing = 0, False, 0
     loop = asyncio.new_event_loop()
     upstream, guard = loop.run_until_complete(setup())
     yield loop, guard
@@ -297,3 +308,79 @@ def test_a_restarted_hub_puts_running_servers_back_behind_the_guard():
     finally:
         loop.close()
     assert found == (PREFIX, "http://10.9.0.2:8888")
+
+
+def _many(guard: DownloadGuard, paths: list[str], cookie: str) -> list[httpclient.HTTPResponse]:
+    async def go() -> list[httpclient.HTTPResponse]:
+        return await asyncio.gather(*(fetch(guard, p, headers={"Cookie": cookie}) for p in paths))
+
+    return asyncio.get_event_loop().run_until_complete(go())
+
+
+def test_a_page_load_of_assets_asks_the_server_once(guarded):
+    """JupyterLab asks for ~60 guarded assets at once: one api/me for all of them."""
+    loop, guard = guarded
+    asyncio.set_event_loop(loop)
+    paths = [PREFIX + f"static/lab/{i}.js" for i in range(40)]
+    answers = _many(guard, paths, SESSION)
+    assert [r.code for r in answers] == [200] * 40
+    assert Me.asked == 1 and guard.checks.asked == 1
+    # control: other cookies are other checks (and a forged one is refused, not carried along)
+    forged = _many(guard, paths[:10], "jupyterhub-user-alice-cardio=forged")
+    assert {r.code for r in forged} == {403} and Me.asked == 2
+    assert all(r.headers["X-Havre-Refused"] == "login" for r in forged)
+
+
+def test_a_yes_is_reused_one_second_at_most(guarded, monkeypatch):
+    """A sign-out reaches static assets after SIGN_IN_REUSE_SECONDS, as it reaches the server."""
+    import spawner.download_guard as dg
+
+    loop, guard = guarded
+    asyncio.set_event_loop(loop)
+    path = PREFIX + "static/lab/main.js"
+    now = [1000.0]
+    monkeypatch.setattr(dg, "_clock", lambda: now[0])
+    assert _many(guard, [path], SESSION)[0].code == 200
+    Me.signed_out = True
+    now[0] += dg.SIGN_IN_REUSE_SECONDS / 2
+    assert _many(guard, [path], SESSION)[0].code == 200 and Me.asked == 1  # reused
+    now[0] += dg.SIGN_IN_REUSE_SECONDS
+    refused = _many(guard, [path], SESSION)[0]
+    assert refused.code == 403 and refused.headers["X-Havre-Refused"] == "login"
+    assert Me.asked == 2
+
+
+def test_a_failed_or_refused_check_is_never_reused(guarded):
+    loop, guard = guarded
+    asyncio.set_event_loop(loop)
+    path = PREFIX + "static/lab/main.js"
+    Me.failing = 2  # the server can't tell twice in a row: refused
+    assert _many(guard, [path], SESSION)[0].code == 403 and Me.asked == 2
+    assert _many(guard, [path], SESSION)[0].code == 200 and Me.asked == 3  # asked again
+    Me.signed_out = True
+    guard.checks.forget(PREFIX)
+    assert _many(guard, [path], SESSION)[0].code == 403 and Me.asked == 4  # a no: no retry
+    assert _many(guard, [path], SESSION)[0].code == 403 and Me.asked == 5  # not reused
+
+
+def test_a_server_that_fails_one_check_under_load_still_serves_the_page(guarded):
+    """A 502 from api/me (the server's own check with a busy hub failed) once: the theme's
+    stylesheet and the rest of the page's assets still load (asked once more, shared)."""
+    loop, guard = guarded
+    asyncio.set_event_loop(loop)
+    Me.failing = 1
+    paths = [PREFIX + "static/lab/theme.css"] + [PREFIX + f"static/lab/{i}.js" for i in range(9)]
+    assert [r.code for r in _many(guard, paths, SESSION)] == [200] * 10
+    assert Me.asked == 2
+
+
+def test_a_restarted_server_is_asked_again(guarded):
+    loop, guard = guarded
+    asyncio.set_event_loop(loop)
+    path = PREFIX + "static/lab/main.js"
+    assert _many(guard, [path], SESSION)[0].code == 200
+    target = guard.routes.lookup(PREFIX)[1]
+    guard.routes.unregister(PREFIX)
+    guard.routes.register(PREFIX, target)
+    Me.signed_out = True  # the new server doesn't know the old session
+    assert _many(guard, [path], SESSION)[0].code == 403 and Me.asked == 2

@@ -189,6 +189,41 @@ def test_the_project_list_holds_the_user_s_projects_only(env, name, groups, expe
         assert 'id="havre-no-projects"' in html
 
 
+def test_start_and_open_lead_lab_projects_to_jupyterlab_and_desktops_to_their_root(env):
+    """Start and Open skip the server root's redirect to lab (one hop less through the proxy
+    and the guard, issue #21); a pixels-only project's root is its desktop, and ``lab`` is
+    refused there, so its links stay at the root (control)."""
+    from urllib.parse import parse_qs, urlsplit
+
+    config = {**CONFIG, "projects": {**CONFIG["projects"]}}
+    config["projects"]["diabetes"] = {**CONFIG["projects"]["diabetes"], "access": "desktop"}
+    config["images"] = {**CONFIG["images"], "desktop": "havre/desktop:0.1.0"}
+    enclave = parse_enclave_config(config, source="unit")
+    user = SimpleNamespace(
+        name="carol",
+        escaped_name="carol",
+        groups=[SimpleNamespace(name="project-diabetes")],
+        spawners={},
+        spawner=SimpleNamespace(options_form=None),
+        server_url=lambda slug: f"/user/carol/{slug}/",
+    )
+    values = {key: value(user) for key, value in template_vars(enclave).items()}
+    html = render(env, "home.html", user=user, **values)
+
+    def href(element_id: str) -> str:
+        rest = html.split(f'id="{element_id}"', 1)[1]
+        return rest.split('href="', 1)[1].split('"', 1)[0].replace("&amp;", "&")
+
+    start = urlsplit(href("start-cardio"))
+    assert start.path == "/hub/spawn/carol/cardio"
+    assert parse_qs(start.query) == {"next": ["/user/carol/cardio/lab"]}
+    # encoded in full: a page waiting for ".../user/carol/cardio/lab" doesn't match the link
+    assert "/user/" not in start.query
+    assert href("open-cardio") == "/user/carol/cardio/lab"
+    assert href("start-diabetes") == "/hub/spawn/carol/diabetes"
+    assert href("open-diabetes") == "/user/carol/diabetes/"
+
+
 @pytest.mark.parametrize("admin", [False, True])
 def test_no_page_links_to_the_token_page_and_the_token_page_explains(env, admin):
     # Nobody in Havre may create API tokens; JupyterHub's navigation offered a "Token" page
