@@ -29,7 +29,7 @@ name), one headless Chromium driven by Playwright (Debian's ``/usr/bin/chromium`
 
 Every raw sample, the machine and its load averages go to
 ``benchmarks/results/desktop-session-<date>.json``. The images are tagged privately at the
-start (``havrebench/<name>:run<pid>``, each under the image's build lock), so a rebuild of a
+start (``havrebench/<name>:run<pid>``), so a rebuild of a
 shared tag by someone else mid-run doesn't change what is measured; the tags are removed at
 the end. Same lock as ``spawn_benchmark.py`` and ``lab_usable.py`` (one of them at a time).
 A benchmark, not a test: it asserts nothing.
@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import fcntl
 import json
 import os
 import re
@@ -171,31 +170,14 @@ FULL_GRAB = """() => {
 # --------------------------------------------------------------------------- setup
 
 
-def image_lock(name: str, timeout: float = 900) -> Any:
-    """The build lock of a shared image tag (pre.md's ``/tmp/havre-image-<name>.lock``)."""
-    lock = open(Path(tempfile.gettempdir()) / f"havre-image-{name}.lock", "a")
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return lock
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise SystemExit(f"image {name} is being rebuilt for too long") from None
-            sb.log(f"waiting for the build lock of havre/{name}")
-            time.sleep(5)
-
-
 def snapshot_images(client: docker.DockerClient) -> dict[str, dict[str, str]]:
-    """Tag each shared image privately (under its build lock); name -> {tag, shared, id}."""
+    """Tag each shared image privately; name -> {tag, shared, id}. A tag names one image
+    atomically, so this needs no build lock: a build running meanwhile moves the shared tag
+    only, never this copy (the ids are recorded)."""
     out = {}
     for name in IMAGES:
-        lock = image_lock(name)
-        try:
-            image = client.images.get(f"havre/{name}:{__version__}")
-            image.tag(f"havrebench/{name}", tag=f"run{os.getpid()}")
-        finally:
-            lock.close()
+        image = client.images.get(f"havre/{name}:{__version__}")
+        image.tag(f"havrebench/{name}", tag=f"run{os.getpid()}")
         out[name] = {
             "tag": f"havrebench/{name}:run{os.getpid()}",
             "shared": f"havre/{name}:{__version__}",
