@@ -366,11 +366,14 @@ build_researcher_wheel() {
 
 # ---------------------------------------------------------------------------------------------
 # 3. Images
-make_context() {   # make_context NAME: assemble $CONTEXTS/NAME
+make_context() {   # make_context NAME: assemble $CONTEXTS/NAME (the image's folder, its wheels)
     local name="$1" ctx="$CONTEXTS/$1"
     rm -rf "$ctx"
     mkdir -p "$ctx"
     cp -a "$IMAGES_DIR/$name/." "$ctx/"
+    if [[ "$name" == desktop ]]; then
+        return 0   # Debian packages and the files of images/desktop: no wheels, no Havre code
+    fi
     # the lock, not the top-level list: the image installs with --require-hashes
     cp "$IMAGES_DIR/requirements/$name.lock" "$ctx/requirements.txt"
     # Hard links: instant, and no second copy of a few hundred MB of wheels.
@@ -400,7 +403,9 @@ build_image() {   # build_image NAME
         -f "$CONTEXTS/$name/Dockerfile" \
         "$CONTEXTS/$name"
     built+=("$tag")
-    write_sbom "$name" "$tag"
+    if [[ "$name" != desktop ]]; then   # the desktop has no Python environment to list
+        write_sbom "$name" "$tag"
+    fi
 }
 
 # write_sbom NAME TAG: images/sbom/NAME.cdx.json, the CycloneDX SBOM of what pip lists inside
@@ -462,20 +467,9 @@ if ((${#app_images[@]})); then
     done
 fi
 
-# The desktop: Debian packages and three files of images/desktop, no wheels, no Havre code.
+# The desktop: Debian packages and the files of images/desktop, no wheels, no Havre code.
 if wanted desktop; then
-    rm -rf "$CONTEXTS/desktop"
-    mkdir -p "$CONTEXTS/desktop"
-    cp -a "$IMAGES_DIR/desktop/." "$CONTEXTS/desktop/"
-    say "building havre/desktop:$VERSION"
-    havre_step "building havre/desktop:$VERSION" "docker build${DOCKER_HOST:+ at $DOCKER_HOST}"
-    havre_wait_on "docker build of havre/desktop:$VERSION" docker build "${DOCKER_BUILD_FLAGS[@]+"${DOCKER_BUILD_FLAGS[@]}"}" \
-        --build-arg BASE_IMAGE="$BASE_TAG" \
-        --build-arg HAVRE_VERSION="$VERSION" \
-        -t "havre/desktop:$VERSION" \
-        -f "$CONTEXTS/desktop/Dockerfile" \
-        "$CONTEXTS/desktop"
-    built+=("havre/desktop:$VERSION")
+    build_image desktop
 fi
 
 echo

@@ -7,8 +7,13 @@
 set -euo pipefail
 
 HAVRE_CHROMIUM="${HAVRE_CHROMIUM:-/usr/bin/chromium}"
-# axe-core, the accessibility audit the browser tests inject into every page of the story
+# axe-core, the accessibility audit the browser tests inject into every page of the story: the
+# npm registry's tarball of this version, checked against its pinned SHA-512 (the registry's
+# dist.integrity: `curl -s https://registry.npmjs.org/axe-core/VERSION` shows it; change both
+# together). No npm is needed: scripts/fetch_npm_tarball.py fetches, checks and extracts.
 HAVRE_AXE_VERSION="4.14.1"
+HAVRE_AXE_INTEGRITY="sha512-FHfa+lmNjQZfJz1q8wKqIDwC6DExcHt/pkjNQb09a3NPjCKg2rhu5qb2S4r76ASyFNNtuFooJpZe37OgudVGtQ=="
+HAVRE_AXE_URL="${HAVRE_AXE_URL:-https://registry.npmjs.org/axe-core/-/axe-core-$HAVRE_AXE_VERSION.tgz}"
 HAVRE_AXE_DIR="${HAVRE_AXE_DIR:-/opt/havre-axe}"
 
 havre_browser_ready() {
@@ -30,16 +35,15 @@ havre_ensure_browser() {
 
 havre_ensure_axe() {
   local js="$HAVRE_AXE_DIR/node_modules/axe-core/axe.min.js"
-  if [ -f "$js" ] && grep -q "axe v$HAVRE_AXE_VERSION" "$js"; then
+  local stamp="$HAVRE_AXE_DIR/node_modules/axe-core/.integrity"
+  if [ -f "$js" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$HAVRE_AXE_INTEGRITY" ]; then
     return 0
   fi
-  if ! command -v npm >/dev/null 2>&1; then
-    echo "==> Installing npm from Debian (for axe-core)"
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q npm
-  fi
-  echo "==> Installing axe-core $HAVRE_AXE_VERSION into $HAVRE_AXE_DIR"
-  mkdir -p "$HAVRE_AXE_DIR"
-  npm install --silent --no-audit --no-fund --prefix "$HAVRE_AXE_DIR" "axe-core@$HAVRE_AXE_VERSION"
-  [ -f "$js" ] || { echo "error: $js is missing after npm install" >&2; return 1; }
+  echo "==> Fetching axe-core $HAVRE_AXE_VERSION into $HAVRE_AXE_DIR (hash pinned in scripts/lib/browser.sh)"
+  local here
+  here="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+  rm -f "$stamp"
+  python3 "$here/fetch_npm_tarball.py" "$HAVRE_AXE_URL" "$HAVRE_AXE_INTEGRITY" axe.min.js "$js" \
+    || { echo "error: axe-core was not installed (above: why)" >&2; return 1; }
+  echo "$HAVRE_AXE_INTEGRITY" >"$stamp"
 }

@@ -26,6 +26,11 @@ havre_ensure_venv() {
     echo "==> Installing Havre and its ${extras} dependencies into .venv"
     .venv/bin/pip install -q --upgrade pip
     .venv/bin/pip install -q -e ".[${extras}]"
+    # As in the images (images/*/Dockerfile): rfc3987-syntax (jsonschema[format-nongpl], for
+    # "iri" format checks nothing here uses) compiles a Lark grammar on every import of
+    # jsonschema, 0.5 s on an idle machine and half of `import egress.operations.facade` on a
+    # busy one, in every test process and every subprocess a test starts.
+    .venv/bin/pip uninstall -q -y rfc3987-syntax lark
     echo "$want" >"$stamp"
   fi
 }

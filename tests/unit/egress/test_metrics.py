@@ -20,7 +20,6 @@ import http.client
 import multiprocessing
 from dataclasses import replace
 from datetime import UTC, datetime
-from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
@@ -33,6 +32,7 @@ from egress.monitoring.metrics import BUCKETS, EgressCollector, series_names
 from egress.monitoring.refusals import RefusalTally, reason_of
 from havre.enclave.config import EnclaveConfigError, MonitoringSettings, parse_enclave_config
 from tests.unit.egress.conftest import ACTORS, ENCLAVE
+from tests.unit.egress.refusal_workers import add_refusals
 from tests.unit.egress.test_core import new_request, review
 from tests.unit.egress.test_core import web_service as web_service  # the fixture
 
@@ -183,18 +183,12 @@ def test_a_scrape_reads_at_most_a_batch_of_rows_a_table(service, engine, clock):
     assert seen == [(2, 1), (3, 0), (3, 0)]  # two files, then the third, then nothing new
 
 
-def _add_refusals(directory: str, reason: str, count: int) -> None:
-    tally = RefusalTally(Path(directory))
-    for _ in range(count):
-        tally.add(reason)
-
-
 def test_refusals_are_summed_over_the_worker_processes(tmp_path):
     tally = RefusalTally(tmp_path / "metrics")
     tally.reset_directory()
     ctx = multiprocessing.get_context("spawn")
     workers = [
-        ctx.Process(target=_add_refusals, args=(str(tmp_path / "metrics"), reason, n))
+        ctx.Process(target=add_refusals, args=(str(tmp_path / "metrics"), reason, n))
         for reason, n in (("file_refused", 3), ("file_refused", 2), ("permission_denied", 1))
     ]
     for w in workers:
