@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +39,28 @@ class _UnixConnection(http.client.HTTPConnection):
         self._path = path
 
     def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        try:
-            sock.connect(self._path)
-        except OSError:
-            sock.close()
-            raise
-        self.sock = sock
+        # A Unix socket whose accept queue is full refuses a connect with EAGAIN at once
+        # (a socket with a timeout is non-blocking underneath): when many spawns call at the
+        # same moment, wait for room, up to the timeout, instead of failing the spawn.
+        deadline = time.monotonic() + (self.timeout or 0)
+        pause = 0.005
+        while True:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            try:
+                sock.connect(self._path)
+            except BlockingIOError:
+                sock.close()
+                if time.monotonic() + pause > deadline:
+                    raise
+                time.sleep(pause)
+                pause = min(pause * 2, 0.2)
+                continue
+            except OSError:
+                sock.close()
+                raise
+            self.sock = sock
+            return
 
 
 class BrokerClient:
@@ -84,7 +99,12 @@ class BrokerClient:
             connection.request("POST", f"/v1/{action}", body=body, headers=headers)
             response = connection.getresponse()
             data = response.read()
-        except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError) as err:
+        except (
+            FileNotFoundError,
+            ConnectionRefusedError,
+            ConnectionResetError,
+            BlockingIOError,
+        ) as err:
             raise BrokerUnavailable(
                 503,
                 "The spawn broker is not answering (restarting?); try again in a minute.",

@@ -671,6 +671,9 @@ class Broker:
 
 class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
+    # socketserver's default accept queue is 5: ten spawns at once overflowed it (the hub's
+    # connects failed with EAGAIN); the client also waits for room (client._UnixConnection)
+    request_queue_size = 128
     broker: Broker
 
 
