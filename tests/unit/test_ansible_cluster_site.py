@@ -39,6 +39,12 @@ def _task(tasks: list[dict], name: str) -> dict:
     return found
 
 
+FLAG_TASK = (
+    "Pass the test cluster's flag on to havre (only with the test variable AND a test run's "
+    "environment)"
+)
+
+
 def _playbook() -> list[dict]:
     """site.yml's cluster check, havre_enclave's reading of the groups, site.yml's worker play."""
     site = yaml.safe_load((ANSIBLE / "site.yml").read_text())
@@ -52,8 +58,13 @@ def _playbook() -> list[dict]:
         _task(enclave, "Read the projects' groups (cluster)"),
         _task(enclave, "Note the projects' groups for the workers (cluster)"),
     ]
+    flag = _task(enclave, FLAG_TASK)
+    show = {
+        "name": "what the role adds to havre's environment",
+        "ansible.builtin.debug": {"msg": "havre-env={{ havre_enclave_environment | to_json }}"},
+    }
     first = {"name": "the manager", "hosts": "havre", "gather_facts": False}
-    return [{**first, "tasks": [check, *groups]}, workers]
+    return [{**first, "tasks": [check, flag, show, *groups]}, workers]
 
 
 class Site:
@@ -207,9 +218,25 @@ def test_the_unencrypted_test_overlay_needs_a_test_runs_environment(site):
     code, output = site.run(**test_only)
     assert code != 0
     assert "havre_test_cluster_insecure_unencrypted_overlay is for the test cluster" in output
-    # control: the test cluster's run sets the flag in ansible-playbook's environment
+    assert "havre-env=" not in output  # refused before anything reached havre
+    # control: the test cluster's run sets the flag in ansible-playbook's environment, and only
+    # then does the role pass it on to havre (check-config and up, over any connection)
     code, output = site.run(env={"HAVRE_INSECURE_TEST_CLUSTER": "1"}, **test_only)
     assert code == 0, output[-4000:]
+    assert '"msg": "havre-env={\\"HAVRE_INSECURE_TEST_CLUSTER\\": \\"1\\"}"' in output, output
+    # the environment alone, without the test variable: the role passes nothing on
+    code, output = site.run(env={"HAVRE_INSECURE_TEST_CLUSTER": "1"})
+    assert code == 0 and '"msg": "havre-env={}"' in output, output[-4000:]
+
+
+def test_havre_gets_the_roles_environment():
+    """check-config (the template's validate) and havre up run with what the role passes on."""
+    tasks = yaml.safe_load((ANSIBLE / "roles/havre_enclave/tasks/main.yml").read_text())
+    using = [t["name"] for t in tasks if t.get("environment") == "{{ havre_enclave_environment }}"]
+    assert using == [
+        "Write the enclave config (checked with havre check-config before it is put in place)",
+        "Start the enclave (havre up; reports what it created, started or replaced)",
+    ]
 
 
 def _example_hostvars() -> dict[str, dict]:
