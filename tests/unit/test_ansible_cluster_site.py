@@ -290,3 +290,23 @@ def test_the_cluster_playbooks_pass_ansibles_syntax_check_with_the_cluster_inven
         timeout=120,
     )
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def _hosts_of_the_worker_play(inventory: Path) -> list[str]:
+    listed = subprocess.run(
+        [str(ANSIBLE_PLAYBOOK), "--list-hosts", "-i", str(inventory), "site.yml"],
+        capture_output=True,
+        text=True,
+        cwd=ANSIBLE,
+        timeout=120,
+    )
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert "Could not match supplied host pattern" not in listed.stderr
+    worker_play = listed.stdout.split("play #2")[1]
+    return sorted(line.strip() for line in worker_play.splitlines()[3:] if line.strip())
+
+
+def test_the_worker_play_runs_on_the_workers_and_on_one_host_on_none():
+    assert _hosts_of_the_worker_play(EXAMPLE) == ["tre-wrk1.example.org", "tre-wrk2.example.org"]
+    single = ANSIBLE / "inventories" / "example" / "hosts.yml"
+    assert _hosts_of_the_worker_play(single) == []
