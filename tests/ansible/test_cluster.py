@@ -113,6 +113,10 @@ class ClusterInventory:
             "havre_firewall_dir": str(here / "firewall"),
             "havre_firewall_script": str(here / "havre-firewall"),
             "havre_firewall_unit": str(here / "havre-firewall.service"),
+            # the Docker host role merges into this copy, never into the machine's daemon.json
+            # (which every engine started on this machine would read)
+            "havre_docker_host_daemon_json": str(here / "docker" / "daemon.json"),
+            "havre_docker_host_restart_engine": False,
         }
 
     def write(self) -> None:

@@ -122,6 +122,8 @@ def _deployment(root: Path, name: str, common: dict, host_vars: dict) -> EngineD
         "havre_firewall_dir": str(here / "firewall"),
         "havre_firewall_script": str(here / "sbin" / "havre-firewall"),
         "havre_firewall_unit": str(here / "systemd" / "havre-firewall.service"),
+        # the Docker host role merges into this copy, never into the machine's daemon.json
+        "havre_docker_host_daemon_json": str(here / "docker" / "daemon.json"),
     }
     (here / "sbin").mkdir()
     (here / "systemd").mkdir()

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
 from havre.enclave.config import EnclaveConfig, load_enclave_config
 from havre.enclave.config.cluster import INSECURE_TEST_FLAG
@@ -168,8 +169,16 @@ def cluster_enclave(test_cluster, tmp_path_factory) -> Iterator[ClusterEnclave]:
         state, DEFAULT_NOTEBOOK_IMAGE, enclave_name=name, membership_check_seconds=5
     )
     config_path = Path(config.source)
+    demo = yaml.safe_load(config_path.read_text())
+    # pixels-only projects run on one host only: the config refuses them on a cluster
+    demo["projects"] = {
+        slug: project
+        for slug, project in demo["projects"].items()
+        if (project or {}).get("access") != "desktop"
+    }
     config_path.write_text(
-        config_path.read_text() + CLUSTER_SECTION.format(manager=test_cluster.manager.url)
+        yaml.safe_dump(demo, sort_keys=False)
+        + CLUSTER_SECTION.format(manager=test_cluster.manager.url)
     )
     config = load_enclave_config(config_path)
     address = test_cluster.manager.address

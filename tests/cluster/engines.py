@@ -159,12 +159,19 @@ class Cluster:
         for node in self.nodes:
             for folder in (node.data_root, node.exec_root):
                 Path(folder).mkdir(parents=True, exist_ok=True)
+            # its own (empty) daemon.json: the machine's /etc/docker/daemon.json is the host
+            # engine's, and a setting there (e.g. live-restore, which Swarm refuses) must not
+            # leak into the test cluster's engines
+            config = Path(node.data_root).parent / f"{node.name}-daemon.json"
+            config.write_text("{}\n")
             with open(node.log, "ab") as log:
                 subprocess.Popen(
                     [
                         "nsenter",
                         f"--net=/var/run/netns/{node.name}",
                         "dockerd",
+                        "--config-file",
+                        str(config),
                         "--data-root",
                         node.data_root,
                         "--exec-root",

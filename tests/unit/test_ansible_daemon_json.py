@@ -89,3 +89,15 @@ def test_merging_twice_changes_nothing():
 def test_the_inventory_can_choose_other_values():
     result = merged({}, havre_docker_host_log_opts={"max-size": "10m", "max-file": "3"})
     assert result["log-opts"] == {"max-size": "10m", "max-file": "3"}
+
+
+@pytest.mark.parametrize("current", [{}, {"live-restore": True}])
+def test_a_swarm_host_gets_live_restore_off_whatever_the_file_said(current):
+    """Swarm mode refuses an engine with live-restore ("incompatible with swarm mode"), so a
+    cluster host (cluster.yml sets havre_docker_host_swarm) gets it off, even where the
+    operator's file or an earlier single-host run turned it on. Control: a single host keeps
+    the file's value, or Havre's default."""
+    swarm = merged(current, havre_docker_host_swarm=True)
+    assert swarm["live-restore"] is False
+    assert swarm["icc"] is False and swarm["no-new-privileges"] is True
+    assert merged(current)["live-restore"] is True
