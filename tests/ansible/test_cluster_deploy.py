@@ -126,6 +126,11 @@ class Site:
             )
             wrapper.chmod(0o755)
         self.inventory.write_text(yaml.safe_dump(self._inventory()))
+        # extra variables (-e @file), as the other Ansible tests pass theirs: variables written
+        # inline in an inventory rank below the playbook's group_vars/all.yml defaults
+        self.vars_file = root / "vars.yml"
+        self.vars_file.write_text(yaml.safe_dump(self.enclave_vars))
+        self.vars_file.chmod(0o600)
 
     def _host(self, name: str) -> dict:
         node = self.nodes[name]
@@ -159,7 +164,7 @@ class Site:
     def playbook(self, name: str, *args: str) -> Run:
         started = time.monotonic()
         done = subprocess.run(
-            [str(PLAYBOOK), "-i", str(self.inventory), name, *args],
+            [str(PLAYBOOK), "-i", str(self.inventory), "-e", f"@{self.vars_file}", name, *args],
             cwd=ANSIBLE,
             capture_output=True,
             text=True,
