@@ -222,9 +222,16 @@ cluster:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    """Print the hardening seen inside a server on a worker, against the plain control."""
-    from tests.cluster.test_swarm_servers import HARDENING_TABLE
+    """Print the isolation probes across hosts and the hardening seen inside a server on a
+    worker, each against its control."""
+    from tests.cluster.test_swarm_servers import HARDENING_TABLE, PROBE_TABLE
 
+    write = terminalreporter.write_line
+    if PROBE_TABLE:
+        terminalreporter.section("isolation probes across hosts (issue #18)")
+        write(f"{'target':<40} {'from a server on worker 2':<36} control")
+        for target, attack, control in PROBE_TABLE:
+            write(f"{target:<40} {attack.removeprefix('OSError: '):<36} {control}")
     if not HARDENING_TABLE:
         return
     terminalreporter.section("hardening inside a Swarm server on a worker (issue #18)")

@@ -9,9 +9,11 @@ Cluster: node 1 manager (hub, proxy, egress, identity provider, broker), node 2 
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 from havre.host.cli import DEFAULT_NOTEBOOK_IMAGE
+from havre.host.layout import hub_container_name
 from tests.cluster.conftest import DATA_LABELS, ClusterEnclave
 from tests.integration.hub_client import HubUser
 from tests.integration.test_identity import Provider
@@ -136,6 +138,94 @@ def _root(fields: dict[str, str]) -> str:
 
 #: (probe, control: plain container, server as a Swarm service), printed by the conftest
 HARDENING_TABLE: list[tuple[str, str, str]] = []
+
+
+#: run as ``python3 -c REACH TOKEN JSON-TARGETS`` (a list of [label, host, port]): one TCP
+#: connection per target, all at once (3 s each); prints {label: "open" or the error}
+REACH = r"""
+import json, socket, sys, threading
+token, targets = sys.argv[1], json.loads(sys.argv[2])
+found = {}
+def reach(label, host, port):
+    try:
+        s = socket.create_connection((host, port), timeout=3)
+        s.sendall(token.encode()); s.close(); found[label] = "open"
+    except Exception as e:
+        found[label] = type(e).__name__ + ": " + str(e)
+threads = [threading.Thread(target=reach, args=t) for t in targets]
+[t.start() for t in threads]; [t.join() for t in threads]
+print(json.dumps(found))
+"""
+
+
+def _reach(run, targets: list[tuple[str, str, int]], token: str) -> dict[str, str]:
+    """What ``run`` (a command prefix: docker exec into a container, or nsenter into a node's
+    namespace) reaches of ``targets``."""
+    done = run("python3", "-c", REACH, token, json.dumps(targets))
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_isolation_probe_table_across_hosts(cluster_enclave: ClusterEnclave) -> None:
+    """From alice's cardio server on worker 2, nothing reaches bob's diabetes server on
+    worker 3, the worker hosts, the manager's host ports (hub 8000, identity provider 8001),
+    the swarm ports (2377 on the manager, 7946 on every node) or a canary on the test bridge
+    outside the overlays. Each probe has a positive control on the same cluster: the hub
+    (attached to every project's overlay) reaches bob's server, and the host of alice's own
+    worker reaches every host address and the canary (so each target listens and is routable
+    on the cluster; only the server's confinement stands between)."""
+    from tests.integration.canaries import new_token, tcp_canary
+
+    cluster = cluster_enclave.cluster
+    here = cluster_enclave.server_container("alice", "cardio")
+    there = cluster_enclave.server_container("bob", "diabetes")
+    assert here is not None and there is not None, "the servers of the first test are gone"
+    node, container = here
+    nets = json.loads(
+        there[0]
+        .docker("inspect", "--format", "{{json .NetworkSettings.Networks}}", there[1])
+        .stdout
+    )
+    bob_address = next(n["IPAddress"] for n in nets.values() if n.get("IPAddress"))
+    canary = tcp_canary(cluster.bridge_address, 0)
+    try:
+        server_targets = [("bob's server on worker 3 (:8888)", bob_address, 8888)]
+        host_targets = [
+            *(
+                (f"{n.role} {n.index} host {n.address}:7946", n.address, 7946)
+                for n in cluster.nodes
+            ),
+            ("manager host :2377 (swarm control)", cluster.manager.address, 2377),
+            ("manager host :8000 (hub)", cluster.manager.address, 8000),
+            ("manager host :8001 (identity provider)", cluster.manager.address, 8001),
+            (f"outside canary {cluster.bridge_address}", cluster.bridge_address, canary.port),
+        ]
+        attack_token, control_token = new_token(), new_token()
+        attack = _reach(
+            lambda *a: node.docker("exec", container, *a),
+            server_targets + host_targets,
+            attack_token,
+        )
+        hub = cluster.manager.docker(
+            "ps", "-q", "--filter", f"name={hub_container_name(cluster_enclave.config)}"
+        ).stdout.split()[0]
+        control = _reach(
+            lambda *a: cluster.manager.docker("exec", hub, *a), server_targets, control_token
+        )
+        control |= _reach(
+            lambda *a: node.nsenter(sys.executable, *a[1:]), host_targets, control_token
+        )
+        attack_seen, control_seen = canary.saw(attack_token), canary.saw(control_token)
+    finally:
+        canary.close()
+    for label, _host, _port in server_targets + host_targets:
+        PROBE_TABLE.append((label, attack[label], control[label]))
+    assert all(control[label] == "open" for label in control), control
+    assert control_seen and not attack_seen
+    assert not any(result == "open" for result in attack.values()), attack
+
+
+#: (target, from alice's server on worker 2, control), printed by the conftest
+PROBE_TABLE: list[tuple[str, str, str]] = []
 
 
 def test_losing_membership_stops_a_server_on_a_remote_worker(
