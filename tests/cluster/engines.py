@@ -111,6 +111,15 @@ class Node:
         """Run a command in this node's network namespace (the host's other namespaces)."""
         return _run(["nsenter", f"--net=/var/run/netns/{self.name}", *args], check=check)
 
+    def shell_wrapper(self, path: Path) -> Path:
+        """Write ``path``: a ``/bin/sh`` that runs its commands in this node's network
+        namespace, for an Ansible inventory host standing for this node
+        (``ansible_shell_executable`` with the local connection)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f'#!/bin/sh\nexec nsenter --net=/var/run/netns/{self.name} /bin/sh "$@"\n')
+        path.chmod(0o755)
+        return path
+
     def pid(self) -> int | None:
         try:
             return int(Path(self.pidfile).read_text().strip())

@@ -9,7 +9,7 @@ for) are taken from the real files and run against inventory hosts that are this
 private mount namespace where a tmpfs hides the shared folder.
 
 What needs Docker (havre up, the images loaded into the workers' engines, a server on a
-worker reading /data) is tests/ansible/test_cluster_deploy.py.
+worker reading /data) is tests/cluster (tests/cluster/deploy.py deploys it there).
 """
 
 from __future__ import annotations
