@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -263,6 +264,11 @@ class Cluster:
         """Copy images from the host engine into the nodes' engines, only where missing (same
         image id already present: nothing to do). Returns what was loaded, as ``node:image``."""
         targets = list(nodes) if nodes is not None else self.nodes
+        images = list(images)
+        if len(images) > 1:  # each image saved and loaded at the same time as the others
+            with ThreadPoolExecutor(max_workers=len(images)) as pool:
+                done = pool.map(lambda image: self.load_images([image], targets), images)
+                return [item for loaded in done for item in loaded]
         loaded = []
         for image in images:
             wanted = _run(["docker", "image", "inspect", "--format", "{{.Id}}", image])
