@@ -117,7 +117,7 @@ def round_one_engine(cluster, n: int) -> list[float]:
     except docker.errors.NotFound:
         client.create_network(net, **project_network_spec(net, "hb", "bench"))
     host = hardened_host_config(project, network=net)
-    times: list[float] = [0.0] * n
+    times: list[float] = [float("nan")] * n  # a start that raised counts as failed
     names = [f"hb-one-{i}" for i in range(n)]
     barrier = threading.Barrier(n)
 
@@ -154,7 +154,7 @@ def round_cluster(cluster, n: int) -> list[float]:
         client.inspect_network(net)
     except docker.errors.NotFound:
         client.create_network(net, **project_overlay_spec(net, "hb", "bench", encrypted=False))
-    times: list[float] = [0.0] * n
+    times: list[float] = [float("nan")] * n  # a start that raised counts as failed
     ids: list[str] = [""] * n
     barrier = threading.Barrier(n)
 
