@@ -23,7 +23,8 @@ the containers' cgroups (each node's ``--cgroup-parent`` in cgroup v1 ``cpuacct`
 round, divided by N. The three engines share this machine's CPUs (and other work on it): the
 ready times of the cluster are not those of three hosts; CPU-seconds per spawn are the
 comparable figure. Load averages are recorded with the results in
-``benchmarks/results/cluster-spawn-<date>.json``. A benchmark, not a test: it asserts nothing.
+``benchmarks/results/cluster-spawn-<date>-<spawns>x<rounds>.json``. A benchmark, not a test:
+it asserts nothing.
 """
 
 from __future__ import annotations
@@ -116,7 +117,7 @@ def round_one_engine(cluster, n: int) -> list[float]:
     except docker.errors.NotFound:
         client.create_network(net, **project_network_spec(net, "hb", "bench"))
     host = hardened_host_config(project, network=net)
-    times: list[float] = [0.0] * n
+    times: list[float] = [float("nan")] * n  # a start that raised counts as failed
     names = [f"hb-one-{i}" for i in range(n)]
     barrier = threading.Barrier(n)
 
@@ -153,7 +154,7 @@ def round_cluster(cluster, n: int) -> list[float]:
         client.inspect_network(net)
     except docker.errors.NotFound:
         client.create_network(net, **project_overlay_spec(net, "hb", "bench", encrypted=False))
-    times: list[float] = [0.0] * n
+    times: list[float] = [float("nan")] * n  # a start that raised counts as failed
     ids: list[str] = [""] * n
     barrier = threading.Barrier(n)
 
@@ -192,6 +193,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spawns", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results file (default benchmarks/results/cluster-spawn-DATE-NxR.json)",
+    )
     args = parser.parse_args()
     lacking = engines.missing_capability()
     if lacking:
@@ -246,7 +253,12 @@ def main() -> int:
         ratio = (result["modes"]["cluster"]["ready_median_s"] or 0) / base
         result["cluster_over_one_engine_median"] = ratio
         print(f"cluster / one engine (median ready): {ratio:.2f}")
-    out = REPO / "benchmarks" / "results" / f"cluster-spawn-{dt.date.today()}.json"
+    out = args.out or (
+        REPO
+        / "benchmarks"
+        / "results"
+        / f"cluster-spawn-{dt.date.today()}-{args.spawns}x{args.rounds}.json"
+    )
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"results: {out}")
     return 0

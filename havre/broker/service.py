@@ -488,6 +488,12 @@ class Broker:
                     f"{request.project!r}; stop it first.",
                 )
             self.remove_service(name)
+        # refused before anything is made: a service no worker can take would wait in
+        # Pending (a server never starts on a node without its project's data)
+        cluster = enclave.cluster
+        nodes = self.client.nodes()
+        if cluster is not None and not cluster.workers_for(request.project, nodes):
+            raise Refused(503, cluster.no_worker_sentence(request.project, nodes))
         network = self.ensure_project_network(enclave, request.project)
         gateway = ((network.get("IPAM") or {}).get("Config") or [{}])[0].get("Gateway", "")
         ident = self.server_identity(enclave, request)

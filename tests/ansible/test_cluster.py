@@ -1,6 +1,6 @@
 """The cluster playbooks, run for real against a test cluster of Docker engines on this machine.
 
-The test cluster (``tests/cluster/engines.py``) is four engines, each in its own network
+The test cluster (``tests/cluster/engines.py``) is three engines, each in its own network
 namespace on a test bridge. Its swarm is taken apart first, so that ``cluster.yml`` makes it:
 each engine is an inventory host reached with the local connection whose commands run inside
 its namespace (``ansible_shell_executable``: a wrapper entering the namespace with
@@ -11,26 +11,25 @@ changes nothing, the node labels follow the inventory, the firewall accepts the 
 cluster hosts only (attack from the host's bridge address, control from a peer and from the host
 with the rules removed), adds n3 with ``swarm-add-worker.yml`` and drains workers with
 ``swarm-drain.yml`` (a task moves to the other node with the project's data; one whose data is
-on no other node stops). Engine n4 stays out of the swarm: ``tests/ansible/test_cluster_move.py``
-moves an enclave onto it.
+on no other node stops). The enclave deployed on a swarm by ``cluster.yml`` + ``site.yml`` is
+``tests/cluster`` (``tests/cluster/deploy.py``).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import secrets
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.cluster import engines
+from tests.cluster.deploy import Run
 
 # the module's fixture builds its own test cluster (ours drains and removes nodes)
 pytestmark = [pytest.mark.docker, pytest.mark.cluster, pytest.mark.timeout(1200)]
@@ -38,7 +37,6 @@ pytestmark = [pytest.mark.docker, pytest.mark.cluster, pytest.mark.timeout(1200)
 REPO = Path(__file__).resolve().parents[2]
 ANSIBLE = REPO / "ansible"
 PLAYBOOK = REPO / ".venv" / "bin" / "ansible-playbook"
-RECAP = re.compile(r"^\S+\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", re.M)
 #: a small image every engine gets, for the swarm's test services
 SMALL_IMAGE = "havre/base:bookworm"
 LABELS = {
@@ -49,36 +47,6 @@ LABELS = {
 FIGURES: dict[str, object] = {}
 #: overlay networks inside the test cluster's namespaces (the harness's pool)
 OVERLAY_POOL = f"10.{engines.OVERLAY_POOL_SECOND_OCTET}.0.0/16"
-
-
-@dataclass
-class Run:
-    returncode: int
-    output: str
-    seconds: float
-
-    def recaps(self) -> dict[str, tuple[int, int, int, int]]:
-        found = {}
-        for line in self.output.splitlines():
-            match = RECAP.match(line)
-            if match:
-                found[line.split()[0]] = tuple(int(g) for g in match.groups())
-        return found
-
-    @property
-    def changed(self) -> int:
-        recaps = self.recaps()
-        assert recaps, f"no PLAY RECAP in:\n{self.output[-3000:]}"
-        return sum(r[1] for r in recaps.values())
-
-    def changed_tasks(self) -> list[str]:
-        found, task = [], ""
-        for line in self.output.splitlines():
-            if line.startswith(("TASK [", "RUNNING HANDLER [")):
-                task = line.strip("* ")
-            elif line.startswith("changed:"):
-                found.append(f"{task} {line.strip()}")
-        return found
 
 
 class ClusterInventory:
@@ -93,13 +61,8 @@ class ClusterInventory:
         self.path = root / "inventory" / "hosts.yml"
         self.path.parent.mkdir(parents=True)
         for name, node in self.nodes.items():
-            wrapper = root / name / "sh"
-            wrapper.parent.mkdir()
             # every command Ansible runs for this host runs in its network namespace
-            wrapper.write_text(
-                f'#!/bin/sh\nexec nsenter --net=/var/run/netns/{node.name} /bin/sh "$@"\n'
-            )
-            wrapper.chmod(0o755)
+            node.shell_wrapper(root / name / "sh")
 
     def host_vars(self, name: str) -> dict:
         node, here = self.nodes[name], self.root / name
@@ -192,7 +155,7 @@ def cluster(tmp_path_factory):
     if lacking:
         pytest.skip(lacking)
     name = "ta" + secrets.token_hex(2)
-    made = engines.up(name, nodes=4, images=[SMALL_IMAGE])
+    made = engines.up(name, nodes=3, images=[SMALL_IMAGE])
     try:
         # take the harness's swarm apart: the playbook is to make it
         for node in reversed(made.nodes):
@@ -229,9 +192,9 @@ def test_cluster_playbook_forms_the_swarm(formed):
     assert n1 in roles or "0.0.0.0" in roles
     assert nodes[n2]["Spec"]["Labels"] == LABELS["n2"]
     assert nodes[n2]["Status"]["State"] == "ready"
-    # n4 was never asked to join
+    # n3, not in the inventory yet, was never asked to join (swarm-add-worker.yml adds it)
     assert (
-        cluster.nodes["n4"].docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
+        cluster.nodes["n3"].docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip()
         == "inactive"
     )
 

@@ -181,11 +181,7 @@ def move(tmp_path_factory):
         cluster.load_images([*images, *pinned["havre_notebook_images"]])
         FIGURES["images loaded into B (s)"] = round(time.monotonic() - started, 1)
         a = _deployment(root, "a", common, {})
-        wrapper = root / "b-sh"
-        wrapper.write_text(
-            f'#!/bin/sh\nexec nsenter --net=/var/run/netns/{node_b.name} /bin/sh "$@"\n'
-        )
-        wrapper.chmod(0o755)
+        wrapper = node_b.shell_wrapper(root / "b-sh")
         b = _deployment(
             root,
             "b",

@@ -1,4 +1,4 @@
-"""The three-engine test cluster, once per pytest session, for the tests marked ``cluster``.
+"""The three-engine test cluster and the enclave deployed on it, once per pytest session.
 
 ``test_cluster`` builds it (``tests/cluster/engines.py``): node 1 the swarm manager, nodes 2
 and 3 workers, and removes everything at the end. It skips only when the machine lacks a
@@ -9,25 +9,27 @@ capability (root, network namespaces, iptables, dockerd); that skip is not on th
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import yaml
 
 from havre.enclave.config import EnclaveConfig, load_enclave_config
 from havre.enclave.config.cluster import INSECURE_TEST_FLAG
-from havre.host import stack
 from havre.host.cli import DEFAULT_NOTEBOOK_IMAGE
-from havre.host.demo import init_demo
 from havre.host.layout import StackOptions
 from tests.cluster import engines
+from tests.cluster.deploy import PLAYBOOK, VISITS, Run, Site
 from tests.integration.hub_client import HubUser
+
+#: the images the enclave runs; a developer's own build (images/build.sh tags the shared ones,
+#: which another build may re-tag meanwhile) may be named instead
+HUB_IMAGE = os.environ.get("HAVRE_TEST_HUB_IMAGE") or StackOptions().hub_image
+EGRESS_IMAGE = os.environ.get("HAVRE_TEST_EGRESS_IMAGE") or StackOptions().egress_image
 
 #: short (interface names), distinct per run so that two sessions on one machine keep apart
 CLUSTER_NAME = os.environ.get("HAVRE_TEST_CLUSTER", f"hc{os.getpid() % 100000}")
@@ -55,13 +57,15 @@ def test_cluster() -> Iterator[engines.Cluster]:
         assert not left, f"the test cluster left things behind: {left}"
 
 
-#: workers holding each demo project's data (the labels Ansible sets on a real cluster)
+#: workers holding each project's data (the labels cluster.yml sets from the inventory)
 DATA_LABELS = {"cardio": 2, "diabetes": 3}
+#: what the session's deployment took (printed at the end)
+FIGURES: dict[str, float] = {}
 
 
 @dataclass
 class ClusterEnclave:
-    """The demo enclave running on the test cluster from one config."""
+    """The enclave running on the test cluster from one config (site.yml's)."""
 
     cluster: engines.Cluster
     config: EnclaveConfig
@@ -70,7 +74,9 @@ class ClusterEnclave:
     options: StackOptions
 
     def user(self, name: str) -> HubUser:
-        return HubUser(self.url, name, self.passwords[name]).login()
+        user = HubUser(self.url, name, self.passwords[name])
+        user.session.trust_env = False
+        return user.login()
 
     def node_of(self, username: str, project: str) -> engines.Node | None:
         """The engine whose worker runs this user's server (from the swarm's task list)."""
@@ -115,116 +121,76 @@ class ClusterEnclave:
         return (node, found[0]) if found else None
 
 
-def havre_cli(cluster: engines.Cluster, *args: str) -> subprocess.CompletedProcess:
-    """``havre`` run as an operator runs it on the manager host: in the manager's network
-    namespace, with the test cluster's flag."""
-    return subprocess.run(
-        [
-            "nsenter",
-            f"--net=/var/run/netns/{cluster.manager.name}",
-            "env",
-            f"{INSECURE_TEST_FLAG}=1",
-            sys.executable,
-            "-m",
-            "havre.host.cli",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+@pytest.fixture(scope="session")
+def cluster_site(test_cluster, tmp_path_factory) -> Iterator[tuple[Site, Run]]:
+    """The enclave deployed on the session's test cluster as an operator deploys one:
+    ``cluster.yml --tags swarm`` (the node labels from the inventory; the harness formed the
+    swarm), then ``site.yml`` (the enclave on the manager, the notebook image streamed into
+    the workers, the data folders on the labelled workers). Only the manager's engine has
+    Havre's images at the start. What the playbooks alone do to a swarm (forming it, the
+    firewall, adding and draining workers) is tests/ansible/test_cluster.py's."""
+    if not PLAYBOOK.exists():
+        pytest.fail("needs ansible-core in the venv (pip install -e '.[dev]')")
+    for image in (HUB_IMAGE, EGRESS_IMAGE, DEFAULT_NOTEBOOK_IMAGE):
+        if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode:
+            pytest.fail(f"image {image} is missing: build it with `bash images/build.sh`")
+    root = Path(tmp_path_factory.mktemp("cluster-site"))
+    site = Site(test_cluster, root, HUB_IMAGE, EGRESS_IMAGE)
+    os.environ[INSECURE_TEST_FLAG] = "1"  # this process reads the rendered config too
+    try:
+        started = time.monotonic()
+        test_cluster.load_images(
+            [HUB_IMAGE, EGRESS_IMAGE, DEFAULT_NOTEBOOK_IMAGE], [test_cluster.manager]
+        )
+        FIGURES["images into the manager (s)"] = round(time.monotonic() - started, 1)
+        # the operator's data, already on the host before the enclave (mode as it came)
+        cardio = site.state / "projects" / "cardio" / "data"
+        cardio.mkdir(parents=True)
+        (cardio / "visits.csv").write_text(VISITS)
+        (cardio / "visits.csv").chmod(0o666)
+        swarm = site.playbook("cluster.yml", "--tags", "swarm")
+        assert swarm.returncode == 0, swarm.output[-4000:]
+        FIGURES["cluster.yml --tags swarm (s)"] = round(swarm.seconds, 1)
+        # the test cluster's engines are the harness's dockerd's and its firewall is the
+        # netns's: the docker and firewall roles are proven by tests/ansible/test_cluster.py
+        deploy = site.playbook("site.yml", "--skip-tags", "docker,firewall")
+        FIGURES["site.yml (s)"] = round(deploy.seconds, 1)
+        assert deploy.returncode == 0, deploy.output[-6000:]
+        yield site, deploy
+    finally:
+        os.environ.pop(INSECURE_TEST_FLAG, None)
+        print(f"\ncluster deploy figures: {FIGURES}")
+        # the enclave's containers and services go with the test cluster's engines
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
-def cluster_enclave(test_cluster, tmp_path_factory) -> Iterator[ClusterEnclave]:
-    """The demo enclave on the test cluster: ``havre up`` on the manager from one config
-    (the demo's, plus a ``cluster`` section), notebook servers as Swarm services on workers."""
-    # the images under their usual names in the cluster's engines; a developer's own build
-    # (images/build.sh tags the shared ones) may be named instead and is tagged there
-    wanted = {
-        StackOptions().hub_image: os.environ.get("HAVRE_TEST_HUB_IMAGE", ""),
-        StackOptions().egress_image: os.environ.get("HAVRE_TEST_EGRESS_IMAGE", ""),
-        DEFAULT_NOTEBOOK_IMAGE: "",
-    }
-    jobs = []
-    for name, own in wanted.items():
-        image = own or name
-        if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode:
-            pytest.fail(f"image {image} is missing: build it with `bash images/build.sh`")
-        nodes = test_cluster.workers if name == DEFAULT_NOTEBOOK_IMAGE else [test_cluster.manager]
-        jobs.append((name, own, image, nodes))
-    # the manager's images and the workers' at the same time
-    with ThreadPoolExecutor(max_workers=len(jobs)) as pool:
-        for _ in pool.map(lambda job: test_cluster.load_images([job[2]], job[3]), jobs):
-            pass
-    for name, own, _image, nodes in jobs:
-        for node in nodes if own else ():
-            node.docker("tag", own, name)
-    for slug, index in DATA_LABELS.items():
-        test_cluster.label_node(test_cluster.nodes[index - 1], **{f"havre.data.{slug}": "true"})
-    state = tmp_path_factory.mktemp("cluster-enclave")
-    os.environ[INSECURE_TEST_FLAG] = "1"  # this process reads the config too
-    name = f"sw{os.getpid() % 100000}"
-    config, users = init_demo(
-        state, DEFAULT_NOTEBOOK_IMAGE, enclave_name=name, membership_check_seconds=5
-    )
-    config_path = Path(config.source)
-    demo = yaml.safe_load(config_path.read_text())
-    # pixels-only projects run on one host only: the config refuses them on a cluster
-    demo["projects"] = {
-        slug: project
-        for slug, project in demo["projects"].items()
-        if (project or {}).get("access") != "desktop"
-    }
-    config_path.write_text(
-        yaml.safe_dump(demo, sort_keys=False)
-        + CLUSTER_SECTION.format(manager=test_cluster.manager.url)
-    )
-    config = load_enclave_config(config_path)
-    address = test_cluster.manager.address
-    done = havre_cli(
-        test_cluster,
-        "up",
-        "--config",
-        str(config_path),
-        "--bind",
-        address,
-        "--port",
-        "8000",
-        "--idp-port",
-        "8001",
-    )
-    running = ClusterEnclave(
-        test_cluster,
+def cluster_enclave(cluster_site) -> ClusterEnclave:
+    """The enclave site.yml runs on the test cluster (``havre up`` on the manager from the
+    one config it rendered), notebook servers as Swarm services on workers."""
+    site, _deploy = cluster_site
+    config = load_enclave_config(Path(site.enclave_vars["havre_config_dir"]) / "enclave.yaml")
+    manager = site.nodes["n1"]
+    return ClusterEnclave(
+        site.cluster,
         config,
-        f"http://{address}:8000/",
-        {u.name: u.password for u in users},
-        StackOptions(bind_ip=address, port=8000, idp_port=8001),
+        site.url,
+        site.passwords,
+        StackOptions(bind_ip=manager.address, port=8000, idp_port=8001),
     )
-    try:
-        assert done.returncode == 0, done.stderr[-3000:]
-        yield running
-    finally:
-        started = time.monotonic()
-        stack.down(config, purge=True)
-        os.environ.pop(INSECURE_TEST_FLAG, None)
-        print(f"\nthe cluster enclave stopped in {time.monotonic() - started:.1f} s")
-
-
-#: what the demo config gets to run on the test cluster (the one config `havre up` reads)
-CLUSTER_SECTION = """
-cluster:
-  engine: swarm
-  manager: {manager}
-  # the test cluster's kernel has no IPsec: refused without HAVRE_INSECURE_TEST_CLUSTER=1
-  insecure_test_unencrypted_overlay: true
-"""
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    """Print the hardening seen inside a server on a worker, against the plain control."""
-    from tests.cluster.test_swarm_servers import HARDENING_TABLE
+    """Print the isolation probes across hosts and the hardening seen inside a server on a
+    worker, each against its control."""
+    from tests.cluster.test_swarm_servers import HARDENING_TABLE, PROBE_TABLE
 
+    write = terminalreporter.write_line
+    if PROBE_TABLE:
+        terminalreporter.section("isolation probes across hosts (issue #18)")
+        write(f"{'target':<40} {'from a server on worker 2':<36} control")
+        for target, attack, control in PROBE_TABLE:
+            write(f"{target:<40} {attack.removeprefix('OSError: '):<36} {control}")
     if not HARDENING_TABLE:
         return
     terminalreporter.section("hardening inside a Swarm server on a worker (issue #18)")

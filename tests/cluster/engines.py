@@ -33,6 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -110,6 +111,15 @@ class Node:
     def nsenter(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         """Run a command in this node's network namespace (the host's other namespaces)."""
         return _run(["nsenter", f"--net=/var/run/netns/{self.name}", *args], check=check)
+
+    def shell_wrapper(self, path: Path) -> Path:
+        """Write ``path``: a ``/bin/sh`` that runs its commands in this node's network
+        namespace, for an Ansible inventory host standing for this node
+        (``ansible_shell_executable`` with the local connection)."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f'#!/bin/sh\nexec nsenter --net=/var/run/netns/{self.name} /bin/sh "$@"\n')
+        path.chmod(0o755)
+        return path
 
     def pid(self) -> int | None:
         try:
@@ -254,6 +264,11 @@ class Cluster:
         """Copy images from the host engine into the nodes' engines, only where missing (same
         image id already present: nothing to do). Returns what was loaded, as ``node:image``."""
         targets = list(nodes) if nodes is not None else self.nodes
+        images = list(images)
+        if len(images) > 1:  # each image saved and loaded at the same time as the others
+            with ThreadPoolExecutor(max_workers=len(images)) as pool:
+                done = pool.map(lambda image: self.load_images([image], targets), images)
+                return [item for loaded in done for item in loaded]
         loaded = []
         for image in images:
             wanted = _run(["docker", "image", "inspect", "--format", "{{.Id}}", image])

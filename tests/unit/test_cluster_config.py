@@ -162,3 +162,32 @@ def test_a_pixels_only_project_is_refused_on_a_cluster():
         for problem in caught.value.problems
     )
     assert _load("cluster: {manager: 'unix:///run/n1.sock'}\n").cluster is not None
+
+
+def _node(ident: str, labels: dict, availability="active", state="ready", role="worker") -> dict:
+    """A node as the engine lists it (``GET /nodes``), reduced to what placement reads."""
+    return {
+        "ID": ident,
+        "Spec": {"Role": role, "Labels": labels, "Availability": availability},
+        "Status": {"State": state},
+    }
+
+
+def test_a_server_starts_only_where_a_ready_active_worker_holds_the_projects_data():
+    cluster = _load("cluster: {engine: swarm, placement: {diabetes: hospital=b}}\n").cluster
+    nodes = [
+        _node("m", {"havre.data.cardio": "true"}, role="manager"),  # a manager never runs one
+        _node("w1", {"havre.data.cardio": "true"}, availability="drain"),
+        _node("w2", {"havre.data.cardio": "true"}, state="down"),
+        _node("w3", {"havre.data.cardio": "false", "hospital": "b"}),
+    ]
+    assert cluster.workers_for("cardio", nodes) == []
+    assert "drained, paused or down" in cluster.no_worker_sentence("cardio", nodes)
+    assert cluster.workers_for("diabetes", nodes) == ["w3"]  # its placement label
+    # no worker labelled at all: the sentence names the label to set
+    sentence = cluster.no_worker_sentence("onco", nodes)
+    assert "no worker carries the node label havre.data.onco=true" in sentence
+    assert "'onco'" in sentence
+    # control: the same project once a worker holds the label and is active
+    nodes.append(_node("w4", {"havre.data.cardio": "true"}))
+    assert cluster.workers_for("cardio", nodes) == ["w4"]

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -87,6 +87,45 @@ class ClusterConfig:
         """Swarm placement constraints of ``slug``'s servers: a worker with the project's data."""
         key, value = self.label_of(slug)
         return ["node.role==worker", f"node.labels.{key}=={value}"]
+
+    def workers_for(self, slug: str, nodes: Sequence[Mapping[str, Any]]) -> list[str]:
+        """The ids of the swarm nodes (as the engine lists them: ``GET /nodes``) where a
+        server of ``slug`` can start now: workers carrying the project's label, ready and
+        active (not drained, not paused)."""
+        key, value = self.label_of(slug)
+        found = []
+        for node in nodes:
+            spec, status = node.get("Spec") or {}, node.get("Status") or {}
+            if (
+                spec.get("Role") == "worker"
+                and (spec.get("Labels") or {}).get(key) == value
+                and spec.get("Availability") == "active"
+                and status.get("State") == "ready"
+            ):
+                found.append(str(node.get("ID", "")))
+        return found
+
+    def no_worker_sentence(self, slug: str, nodes: Sequence[Mapping[str, Any]]) -> str:
+        """Why no server of ``slug`` can start (:meth:`workers_for` found none), in a sentence
+        a researcher and an operator can act on."""
+        key, value = self.label_of(slug)
+        labelled = [
+            n
+            for n in nodes
+            if (n.get("Spec") or {}).get("Role") == "worker"
+            and ((n.get("Spec") or {}).get("Labels") or {}).get(key) == value
+        ]
+        why = (
+            f"no worker carries the node label {key}={value}"
+            if not labelled
+            else f"every worker carrying the node label {key}={value} is drained, paused or down"
+        )
+        return (
+            f"No worker holding project {slug!r}'s data is available ({why}), so its server "
+            "was not started: a server never starts on a node without its project's data. "
+            "Ask the operator to label a worker that holds the data (cluster.yml) or to bring "
+            "one back."
+        )
 
 
 def parse_cluster(
