@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from markupsafe import Markup
 from tornado import web
 
 from egress.domain.policy import Actor
@@ -68,7 +69,9 @@ class NoticesPage(BaseHandler):
     """What needs the signed-in user, for the hub's home page to embed (a frame: the hub's
     page can't call the service's API, which wants the service's XSRF token from scripts):
     the user's requests returned to them, or released in the last days, and for a checker how
-    many requests wait for their review. Links open in the whole window; no script, no form."""
+    many requests wait for their review. Links open in the whole window; no form. Its one
+    script (static/notices.js) copies the user's notices into the browser's localStorage
+    (:data:`LAB_NOTICES_KEY`) for JupyterLab's banner, which may not connect to this service."""
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
@@ -102,7 +105,47 @@ class NoticesPage(BaseHandler):
             if actor.is_checker
             else []
         )
-        self.render_page("notices.html", mine=mine, queue_count=len(queue))
+        summary = lab_notices(actor.username, mine, self.url, self.service.now())
+        self.render_page(
+            "notices.html", mine=mine, queue_count=len(queue), lab_notices=script_json(summary)
+        )
+
+
+#: The browser's localStorage key the notices page writes and JupyterLab's banner reads
+#: (labextension/src/index.js): same origin, so no connection from the notebook page.
+LAB_NOTICES_KEY = "havre.notices"
+
+
+def lab_notices(
+    username: str, mine: list[dict[str, Any]], url: Any, now: datetime
+) -> dict[str, Any]:
+    """The summary JupyterLab's banner shows: whose it is, when it was written, and the user's
+    returned or released requests (title, state in words, link). Only what the page shows."""
+    return {
+        "key": LAB_NOTICES_KEY,
+        "user": username,
+        "written_at": now.isoformat(),
+        "notices": [
+            {
+                "id": q["id"],
+                "title": q["title"],
+                "state": str(q["state"]),
+                "state_label": q.get("state_label") or "",
+                "url": url("requests", q["id"]),
+                "changed_at": q.get("updated_at") or "",
+            }
+            for q in mine
+        ],
+    }
+
+
+def script_json(value: Any) -> Markup:
+    """``value`` as JSON safe inside an HTML ``<script>`` block: ``<``, ``>`` and ``&`` (and the
+    JavaScript line separators) as ``\\u`` escapes, so a title can't close the block."""
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    for char in "<>&\u2028\u2029":
+        text = text.replace(char, f"\\u{ord(char):04x}")
+    return Markup(text)
 
 
 #: At most this many ``?paths=`` a page takes (JupyterLab's "Add to release request")
