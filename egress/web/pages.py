@@ -124,7 +124,7 @@ def lab_notices(
     return {
         "key": LAB_NOTICES_KEY,
         "user": username,
-        "written_at": now.isoformat(),
+        "written_at": now.isoformat(timespec="seconds"),
         "notices": [
             {
                 "id": q["id"],
