@@ -32,6 +32,8 @@ const NOTICES_KEY = "havre.notices";
 /** A summary older than this is not shown (the hub's home was not opened since). */
 const STALE_MS = 24 * 3600 * 1000;
 const DISMISSED_KEY = "havre-lab:dismissed";
+/** One notice's line (px): the shell's header area is as tall as its widgets' min-height. */
+const LINE_PX = 26;
 
 function pageConfig(name) {
   const el = document.getElementById("jupyter-config-data");
@@ -102,6 +104,8 @@ class Banner extends Widget {
     this.node.setAttribute("aria-label", "Your release requests");
     const style = this.node.style;
     style.padding = "4px 12px";
+    style.boxSizing = "border-box";
+    style.overflow = "hidden";
     style.background = "var(--jp-info-color3, #e1f5fe)";
     style.color = "var(--jp-ui-font-color0, #000)";
     style.borderBottom = "1px solid var(--jp-border-color1, #bdbdbd)";
@@ -123,9 +127,13 @@ class Banner extends Widget {
       line.style.display = "flex";
       line.style.gap = "8px";
       line.style.alignItems = "center";
+      line.style.height = `${LINE_PX}px`;
+      line.style.whiteSpace = "nowrap";
       const label = document.createElement("strong");
       label.textContent = q.state_label || (returned ? "Changes requested" : "Released");
       const text = document.createElement("span");
+      text.style.overflow = "hidden";
+      text.style.textOverflow = "ellipsis";
       text.textContent = returned
         ? `Your release request “${q.title}” came back to you.`
         : `Your release request “${q.title}” was released.`;
@@ -145,17 +153,26 @@ class Banner extends Widget {
       close.onclick = () => {
         dismiss(noticeKey(q));
         line.remove();
-        if (!node.querySelector(".havre-ReleaseBanner-notice")) {
-          this.hide();
-        }
+        this.fitTo(node.querySelectorAll(".havre-ReleaseBanner-notice").length);
       };
       line.append(label, text, link, close);
       node.append(line);
     }
-    if (shown.length) {
-      this.show();
-    } else {
+    this.fitTo(shown.length);
+  }
+
+  /** Shown with room for `lines` notices (JupyterLab's layout sizes the area from min-height),
+   * or hidden when there are none. */
+  fitTo(lines) {
+    if (!lines) {
       this.hide();
+      return;
+    }
+    this.node.style.minHeight = `${lines * LINE_PX + 9}px`; // + padding and border
+    if (this.isHidden) {
+      this.show(); // the area refits when a child is shown
+    } else if (this.parent) {
+      this.parent.fit();
     }
   }
 }
