@@ -383,6 +383,9 @@ make_context() {   # make_context NAME: assemble $CONTEXTS/NAME (the image's fol
     if [[ "$name" == notebook ]]; then
         # researchers' containers get the researcher distribution only
         cp "$WHEELS"/havre_researcher/havre_researcher-*.whl "$ctx/havre/"
+        # Havre's JupyterLab extension, built and committed at development time
+        # (scripts/build-labextension.sh): static files only, no Node.js here
+        cp -a "$REPO/labextension/prebuilt" "$ctx/labextension"
     else
         cp "$WHEELS"/havre/havre-*.whl "$ctx/havre/"
     fi

@@ -157,7 +157,7 @@ def make_app(
             (route(f"requests/{r}/release.zip"), DownloadArchive),
             (route(f"requests/{r}/reexecutions/{x}"), ReexecutionPage),
             (
-                route("static/(pages\\.js|havre\\.css)"),
+                route("static/(pages\\.js|notices\\.js|havre\\.css)"),
                 web.StaticFileHandler,
                 {"path": str(STATIC)},
             ),

@@ -13,11 +13,13 @@ import zipfile
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
+from markupsafe import Markup
 from tornado import web
 
 from egress.domain.policy import Actor
-from egress.domain.workflow import RequestState
+from egress.domain.workflow import Party, RequestState, turn_of
 from egress.files.render import CHECKER_PAGE_CSP, raw_response_headers, render_for_checker
 from egress.operations import break_glass
 from egress.operations.files import SESSION_RESULTS, is_session_metadata
@@ -68,7 +70,9 @@ class NoticesPage(BaseHandler):
     """What needs the signed-in user, for the hub's home page to embed (a frame: the hub's
     page can't call the service's API, which wants the service's XSRF token from scripts):
     the user's requests returned to them, or released in the last days, and for a checker how
-    many requests wait for their review. Links open in the whole window; no script, no form."""
+    many requests wait for their review. Links open in the whole window; no form. Its one
+    script (static/notices.js) copies the user's notices into the browser's localStorage
+    (:data:`LAB_NOTICES_KEY`) for JupyterLab's banner, which may not connect to this service."""
 
     def set_default_headers(self) -> None:
         super().set_default_headers()
@@ -102,25 +106,111 @@ class NoticesPage(BaseHandler):
             if actor.is_checker
             else []
         )
-        self.render_page("notices.html", mine=mine, queue_count=len(queue))
+        summary = lab_notices(actor.username, mine, self.url, self.service.now())
+        self.render_page(
+            "notices.html", mine=mine, queue_count=len(queue), lab_notices=script_json(summary)
+        )
+
+
+#: The browser's localStorage key the notices page writes and JupyterLab's banner reads
+#: (labextension/src/index.js): same origin, so no connection from the notebook page.
+LAB_NOTICES_KEY = "havre.notices"
+
+
+def lab_notices(
+    username: str, mine: list[dict[str, Any]], url: Any, now: datetime
+) -> dict[str, Any]:
+    """The summary JupyterLab's banner shows: whose it is, when it was written, and the user's
+    returned or released requests (title, state in words, link). Only what the page shows."""
+    return {
+        "key": LAB_NOTICES_KEY,
+        "user": username,
+        "written_at": now.isoformat(timespec="seconds"),
+        "notices": [
+            {
+                "id": q["id"],
+                "title": q["title"],
+                "state": str(q["state"]),
+                "state_label": q.get("state_label") or "",
+                "url": url("requests", q["id"]),
+                "changed_at": q.get("updated_at") or "",
+            }
+            for q in mine
+        ],
+    }
+
+
+def script_json(value: Any) -> Markup:
+    """``value`` as JSON safe inside an HTML ``<script>`` block: ``<``, ``>`` and ``&`` (and the
+    JavaScript line separators) as ``\\u`` escapes, so a title can't close the block."""
+    text = json.dumps(value, ensure_ascii=False, sort_keys=True)
+    for char in "<>&\u2028\u2029":
+        text = text.replace(char, f"\\u{ord(char):04x}")
+    return Markup(text)
+
+
+#: At most this many ``?paths=`` a page takes (JupyterLab's "Add to release request")
+MAX_PICKED_PATHS = 200
+#: and at most this long each (a path in the outputs folder)
+MAX_PICKED_PATH = 1024
+
+
+def picked_paths(handler: BaseHandler, body: bool = False) -> list[str]:
+    """The outputs-folder paths a page was asked to tick (``paths``, repeated): from JupyterLab's
+    "Add to release request", carried through the new-request form. Only ticked in the add-files
+    form (the adding itself checks each path); too many or too long is refused with a sentence."""
+    raw = handler.get_body_arguments("paths") if body else handler.get_query_arguments("paths")
+    paths = list(dict.fromkeys(p.strip() for p in raw if p.strip()))
+    if len(paths) > MAX_PICKED_PATHS or any(len(p) > MAX_PICKED_PATH for p in paths):
+        handler._refusal = {
+            "message": f"Too many files to tick at once: at most {MAX_PICKED_PATHS} paths of at "
+            f"most {MAX_PICKED_PATH} characters each."
+        }
+        raise web.HTTPError(400)
+    return paths
+
+
+def with_paths(url: str, paths: list[str]) -> str:
+    """``url`` with ``?paths=`` for each path (the add-files form ticks them)."""
+    return url + ("?" + urlencode([("paths", p) for p in paths]) if paths else "")
 
 
 class NewRequestPage(BaseHandler):
+    """A new release request in a project; with ``?paths=`` (JupyterLab's "Add to release
+    request"), also the author's requests of the project that can still take files, each
+    leading to its add-files form with those files ticked."""
+
     @web.authenticated
     async def get(self, project: str) -> None:
-        self.render_page("new_request.html", project=project)
+        paths = picked_paths(self)
+        open_requests = []
+        if paths:
+            actor = self.actor()
+            requests = await self.run(
+                self.service.list_requests, actor, project=project, limit=MAX_PAGE
+            )
+            open_requests = [
+                {**q, "add_url": with_paths(self.url("requests", q["id"]), paths)}
+                for q in requests
+                if q["author"] == actor.username
+                and turn_of(RequestState(q["state"])) is Party.AUTHOR
+            ]
+        self.render_page(
+            "new_request.html", project=project, paths=paths, open_requests=open_requests
+        )
 
 
 class RequestsForm(BaseHandler):
     @web.authenticated
     async def post(self) -> None:
+        paths = picked_paths(self, body=True)
         summary = await self.run(
             self.service.create_request,
             self.actor(),
             self.get_body_argument("project", ""),
             self.get_body_argument("title", ""),
         )
-        self.redirect(self.url("requests", summary["id"]))
+        self.redirect(with_paths(self.url("requests", summary["id"]), paths))
 
 
 async def _show_request(
@@ -174,7 +264,9 @@ def _outputs_tree(outputs: dict[str, Any], user: str) -> list[dict[str, Any]]:
 class RequestPage(BaseHandler):
     @web.authenticated
     async def get(self, request_id: str) -> None:
-        await _show_request(self, request_id)
+        # ?paths=: files to tick in the add-files form (JupyterLab's "Add to release request")
+        paths = picked_paths(self)
+        await _show_request(self, request_id, typed={"paths": paths} if paths else None)
 
 
 #: The form actions that can't be undone: the request page's button leads to a confirmation

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 
 import pytest
 import requests
@@ -388,3 +389,40 @@ def test_the_egress_pages_and_refusals_share_the_header(web_service):
         header = re.search(r'<header role="banner">.*?</header>', html, re.S).group(0)
         assert 'id="nav-projects"' in header and 'id="nav-release-requests"' in header
         assert "output checking" not in header.lower()
+
+
+def test_the_notices_page_hands_jupyterlab_its_summary_in_a_script_block(web_service, service):
+    """JupyterLab's banner reads what this page leaves in localStorage (labextension/): the JSON
+    block carries her returned request, the title (her own text) can't close the block."""
+    olivia, oscar = ACTORS["olivia"], ACTORS["oscar"]
+    title = "Rates </script><script>alert(\"x\")</script> & 'quoted' <!--"
+    rid, files = new_request(service, {"notes.txt": "main"}, title=title)
+    for checker in (olivia, oscar):
+        service.vote(checker, rid, files["notes.txt"]["id"], "request_changes")
+        service.submit_review(checker, rid)
+    service.return_request(oscar, rid)
+
+    def block(user: str) -> tuple[str, dict]:
+        page = requests.get(web_service + "notices", headers={"X-Test-User": user}, timeout=30)
+        found = re.search(
+            r'<script type="application/json" id="lab-notices">(.*?)</script>', page.text, re.S
+        )
+        assert found, page.text
+        return page.text, json.loads(found.group(1))
+
+    html, summary = block("alice")
+    # the title's markup stays inside the block: only the page's own two scripts end there
+    assert html.count("</script>") == 2 and "<!--" not in html
+    assert '<script src="' in html and html.count("<script") == 2
+    assert summary["key"] == "havre.notices" and summary["user"] == "alice"
+    assert datetime.fromisoformat(summary["written_at"]).tzinfo is not None  # compared in Lab
+    (notice,) = [n for n in summary["notices"] if n["id"] == rid]
+    assert notice["title"] == title  # the same text after JSON.parse
+    assert (notice["state"], notice["state_label"]) == ("returned", "Changes requested")
+    assert notice["url"].endswith(f"/requests/{rid}") and notice["changed_at"]
+    # a colleague's summary is hers, without alice's request
+    _, carol = block("carol")
+    assert carol["user"] == "carol" and rid not in [n["id"] for n in carol["notices"]]
+    # the page's script is served, under the page policy that lets it run (no inline script)
+    script = requests.get(web_service + "static/notices.js", timeout=30)
+    assert script.status_code == 200 and "localStorage.setItem" in script.text
