@@ -21,6 +21,7 @@ from hashlib import sha256
 
 import pytest
 
+from havre.host import layout
 from tests.e2e.conftest import SERIOUS, accessibility_violations
 from tests.e2e.test_release_story_browser import screenshot
 
@@ -107,7 +108,7 @@ def checker_review(user, request_id: str, vote: str) -> int:
     return c.clicks
 
 
-def hub_pages(alice, carol) -> None:
+def hub_pages(enclave, alice, carol) -> None:
     """The hub's refusals and its spawn page, audited; each in the one look (the header)."""
     # carol opens alice's running server (the session's shared one): the hub refuses, 403
     page = carol.page
@@ -124,14 +125,24 @@ def hub_pages(alice, carol) -> None:
         assert response is not None and response.status in (403, 404), (path, response)
         expect(page.locator("header[role=banner] .brand")).to_have_text("Havre")
         audit(page, f"{name}: {response.status}")
-    # carol's cardio server (alice's is the session's probe target: never stopped here); the
-    # spawn page is kept on screen while it is audited by holding its progress stream back
+    # carol's cardio server (alice's is the session's probe target: never stopped here). The
+    # hub shows its spawn page only to a start slower than its slow_spawn_timeout (10 s): the
+    # broker is held (paused) while carol clicks Start, so the page shows however fast the
+    # machine, and it is kept on screen while audited by holding its progress stream back
+    hub_user = enclave.user("carol")
+    if hub_user.server_model("cardio") is not None:  # left running by an earlier test
+        hub_user.stop_server("cardio")
+    broker = enclave.docker.containers.get(layout.broker_container_name(enclave.config))
     page = carol.page
     page.route("**/progress*", lambda route: route.abort())
     page.goto(carol.url("hub/home"))
-    with page.expect_navigation():
-        page.click("#start-cardio")
-    expect(page.locator("#havre-starting")).to_be_visible()
+    broker.pause()
+    try:
+        with page.expect_navigation(timeout=60_000):
+            page.click("#start-cardio")
+        expect(page.locator("#havre-starting")).to_be_visible()
+    finally:
+        broker.unpause()
     expect(page.locator("header[role=banner] .brand")).to_have_text("Havre")
     audit(page, "hub spawn page")
     page.unroute("**/progress*")
@@ -274,7 +285,12 @@ def test_a_day_of_release_requests_in_few_clicks(enclave, sign_in, alice_cardio)
         audit(fresh, "sign-in error")
     finally:
         signin.close()
-    hub_pages(alice, carol)
+    try:
+        hub_pages(enclave, alice, carol)
+    finally:  # a failure above must not leave carol's server to the next tests
+        hub_user = enclave.user("carol")
+        if hub_user.server_model("cardio") is not None:
+            hub_user.stop_server("cardio")
 
     print("\naccessibility (axe-core, WCAG 2.1 A/AA):")
     print("\n".join(audit_summary()))

@@ -79,6 +79,10 @@ def parse_probe(output: bytes) -> dict:
     return json.loads(line)
 
 
+#: seconds a canary's serving thread waits in one socket call before it looks at close()
+POLL = 0.1
+
+
 @dataclass
 class Canary:
     """A listener on the host that keeps every payload it receives."""
@@ -86,20 +90,32 @@ class Canary:
     received: list[bytes] = field(default_factory=list)
     _threads: list[threading.Thread] = field(default_factory=list)
     _sockets: list[socket.socket] = field(default_factory=list)
+    _closed: threading.Event = field(default_factory=threading.Event)
     port: int = 0
 
     def saw(self, token: str) -> bool:
         return any(token.encode() in payload for payload in list(self.received))
 
     def close(self) -> None:
+        """Stop listening and free the address at once: the serving threads leave their
+        socket call within :data:`POLL` seconds and are joined before the sockets close (a
+        socket closed while a thread still waits in ``accept``/``recvfrom`` keeps its port
+        bound for the life of the process, so the next canary on a fixed port, e.g. 53 or 80
+        in another test file, failed with "Address already in use")."""
+        self._closed.set()
+        for thread in self._threads:
+            thread.join(timeout=5 * POLL)
         for s in self._sockets:
             with contextlib.suppress(OSError):
                 s.close()
 
     def _serve_tcp(self, sock: socket.socket) -> None:
-        while True:
+        sock.settimeout(POLL)
+        while not self._closed.is_set():
             try:
                 conn, _ = sock.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
             with conn:
@@ -114,9 +130,12 @@ class Canary:
                 self.received.append(b"".join(chunks))
 
     def _serve_udp(self, sock: socket.socket) -> None:
-        while True:
+        sock.settimeout(POLL)
+        while not self._closed.is_set():
             try:
                 data, _ = sock.recvfrom(4096)
+            except TimeoutError:
+                continue
             except OSError:
                 return
             self.received.append(data)
