@@ -35,9 +35,19 @@ def _answer_after(listener: socket.socket, delay: float, fillers: int) -> thread
             listener.accept()[0].close()
         connection, _ = listener.accept()
         with connection:
+            # read the whole request, body included: http.client sends the body in a second
+            # write, and closing before it arrives breaks the caller's pipe
             request = b""
             while b"\r\n\r\n" not in request:
                 request += connection.recv(4096)
+            head, _, body_read = request.partition(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n")[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            while len(body_read) < length:
+                body_read += connection.recv(4096)
             body = b'{"ok": true}'
             connection.sendall(
                 b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
