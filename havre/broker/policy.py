@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from havre.enclave.config import EnclaveConfig, Project, project_hub_group
+from havre.enclave.config import DESKTOP_PASTE_NONE, EnclaveConfig, Project, project_hub_group
 from havre.enclave.hardening import (
     container_hardening,
     hardened_host_config,
@@ -380,6 +380,11 @@ def desktop_spec(
     Chromium's requests. See docs/architecture.md, "Access
     tiers".
 
+    Inbound paste (``desktop_paste``, ``HAVRE_DESKTOP_PASTE``): ``none`` or ``inbound-text``;
+    the desktop's RFB relay forwards a paste only under the latter, text only, and writes an
+    audit line naming ``HAVRE_DESKTOP_USER`` and ``HAVRE_DESKTOP_PROJECT`` for each
+    (images/desktop/rfb_relay.py). Nothing is ever copied out, whatever the setting.
+
     Idle culling (``culling.idle_seconds``, ``HAVRE_DESKTOP_IDLE_SECONDS``): the desktop's
     own Chromium keeps the server's API busy, so the server's activity never ages; the
     desktop counts only the researcher's keyboard and mouse (VNC input, Xvnc's
@@ -426,6 +431,9 @@ def desktop_spec(
             "HAVRE_SERVER_PREFIX": server_prefix(project, request),
             "HAVRE_NOTEBOOK_TOKEN": token,
             "HAVRE_DESKTOP_IDLE_SECONDS": str(enclave.culling.idle_seconds),
+            "HAVRE_DESKTOP_PASTE": project.desktop_paste,
+            "HAVRE_DESKTOP_USER": request.user,
+            "HAVRE_DESKTOP_PROJECT": project.slug,
         },
         labels={
             "havre.enclave": enclave.name,
@@ -685,6 +693,10 @@ def _desktop_problems(
     for mount in attrs.get("Mounts") or []:
         if mount.get("Type") != "tmpfs":
             problems.append(f"{name}: mounts {mount.get('Source')!r} (a desktop mounts nothing)")
+    env = dict(str(item).partition("=")[::2] for item in config.get("Env") or [])
+    paste = env.get("HAVRE_DESKTOP_PASTE", DESKTOP_PASTE_NONE)
+    if paste != DESKTOP_PASTE_NONE and paste != enclave.projects[slug].desktop_paste:
+        problems.append(f"{name}: inbound paste {paste!r}, the project allows none")
     return problems
 
 

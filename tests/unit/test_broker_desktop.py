@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 
 import pytest
+import yaml
 
 from havre.broker.policy import (
     DESKTOP_OF_LABEL,
@@ -24,7 +25,7 @@ from havre.broker.policy import (
     desktop_spec,
     server_spec,
 )
-from havre.enclave.config import EnclaveConfigError, parse_enclave_config
+from havre.enclave.config import EnclaveConfigError, dump_enclave_config, parse_enclave_config
 from havre.enclave.seccomp import desktop_profile, notebook_profile, security_opt
 
 CONFIG = {
@@ -103,6 +104,9 @@ TABLE = [
             ("HAVRE_SERVER_PREFIX", "/"),
             ("DISPLAY", ":1"),
             ("HAVRE_DESKTOP_GEOMETRY", "9999x9999"),
+            # paste and whose audit lines: the config's and the request's, never the hub's env
+            ("HAVRE_DESKTOP_PASTE", "inbound-text"),
+            ("HAVRE_DESKTOP_USER", "bob"),
         ]
     ],
     # a desktop is built only with its server's token and its own path
@@ -175,11 +179,15 @@ def test_the_desktop_is_built_from_the_config_only():
     # joining another container's network namespace: nothing of the network is its own
     assert not {"dns", "sysctls", "ports", "network", "extra_hosts"} & set(host)
     assert desktop.hostname == ""
-    # its only environment: its server's path and token (nothing else of the hub's)
+    # its only environment: its server's path and token (nothing else of the hub's), the
+    # config's culling and paste settings, and whose desktop it is (for its audit lines)
     assert dict(desktop.environment) == {
         "HAVRE_SERVER_PREFIX": "/user/alice/renal/",
         "HAVRE_NOTEBOOK_TOKEN": TOKEN,
         "HAVRE_DESKTOP_IDLE_SECONDS": "3600",  # culling.idle_seconds (default)
+        "HAVRE_DESKTOP_PASTE": "none",  # desktop_paste (default)
+        "HAVRE_DESKTOP_USER": "alice",
+        "HAVRE_DESKTOP_PROJECT": "renal",
     }
     assert desktop.labels[DESKTOP_OF_LABEL] == notebook.name
     assert DESKTOP_PORT != SERVER_PORT
@@ -231,6 +239,107 @@ def test_desktop_limits_come_from_the_config_with_a_per_project_override():
         ), slug
         # the notebook server keeps the project's own limits
         assert server_spec(enclave, request).host_config["mem_limit"] == 1024**3
+
+
+def test_inbound_paste_is_the_projects_setting_and_a_more_permissive_desktop_is_a_problem():
+    """``desktop_paste`` reaches the desktop's environment per project (renal: the default,
+    none; hepato: inbound-text). A running desktop whose environment allows paste in a
+    project that doesn't (the config changed, or a hand-made container) is a problem;
+    control: the same container in the project that allows it is not."""
+    config = {
+        **CONFIG,
+        "projects": {
+            **CONFIG["projects"],
+            "hepato": {
+                "title": "Hepato",
+                "members": ["alice"],
+                "access": "desktop",
+                "desktop_paste": "inbound-text",
+            },
+        },
+    }
+    enclave = parse_enclave_config(config, source="u")
+    built = {}
+    for slug, paste in {"renal": "none", "hepato": "inbound-text"}.items():
+        env = {**HUB_ENV, "JUPYTERHUB_SERVICE_PREFIX": f"/user/alice/{slug}/"}
+        request = check_request(
+            enclave, "hub", "server.start", {**DESK, "project": slug, "env": env}
+        )
+        built[slug] = desktop_spec(enclave, request)
+        assert built[slug].environment["HAVRE_DESKTOP_PASTE"] == paste, slug
+        assert built[slug].environment["HAVRE_DESKTOP_PROJECT"] == slug
+        assert container_problems(enclave, _inspect(built[slug])) == []
+    # renal's desktop with hepato's setting: flagged
+    attrs = _inspect(built["renal"])
+    attrs["Config"]["Env"] = [
+        "HAVRE_DESKTOP_PASTE=inbound-text" if e.startswith("HAVRE_DESKTOP_PASTE=") else e
+        for e in attrs["Config"]["Env"]
+    ]
+    assert container_problems(enclave, attrs) == [
+        "unit-desk-renal-alice: inbound paste 'inbound-text', the project allows none"
+    ]
+    # control: hepato's own desktop, with the same setting, is within its project's policy
+    assert "HAVRE_DESKTOP_PASTE=inbound-text" in _inspect(built["hepato"])["Config"]["Env"]
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (
+            {"projects": {"renal": {"title": "R", "access": "desktop", "desktop_paste": "text"}}},
+            "projects.renal.desktop_paste: must be 'none' (nothing pasted in, the default) or "
+            "'inbound-text'",
+        ),
+        (
+            {
+                "projects": {
+                    "renal": {"title": "R", "access": "desktop", "desktop_paste": "inbound"}
+                }
+            },
+            "did you mean 'inbound-text'?",
+        ),
+        (
+            {"projects": {"renal": {"title": "R", "access": "desktop", "desktop_paste": False}}},
+            "(got False); note: YAML reads unquoted yes/no",
+        ),
+        (
+            {"projects": {"renal": {"title": "R", "access": "desktop", "desktop_pastes": "none"}}},
+            "unknown key 'desktop_pastes', did you mean 'desktop_paste'?",
+        ),
+        (
+            {"projects": {"cardio": {"title": "C", "desktop_paste": "inbound-text"}}},
+            "projects.cardio.desktop_paste: only an 'access: desktop' project has remote "
+            "desktops to paste into",
+        ),
+        (
+            {"projects": {"cardio": {"title": "C", "desktop_paste": "none"}}},
+            "remove desktop_paste or set access: desktop",
+        ),
+    ],
+)
+def test_a_bad_desktop_paste_gets_a_clear_sentence(change, words):
+    with pytest.raises(EnclaveConfigError) as info:
+        parse_enclave_config({**CONFIG, **change}, source="u")
+    assert words in str(info.value)
+
+
+def test_desktop_paste_is_in_the_effective_config_and_reads_back():
+    """The effective config (``dump_enclave_config``) shows each desktop project's setting,
+    the default too, and reads back to the same projects."""
+    config = {**CONFIG, "projects": {**CONFIG["projects"]}}
+    config["projects"]["hepato"] = {
+        "title": "H",
+        "members": ["alice"],
+        "access": "desktop",
+        "desktop_paste": "inbound-text",
+    }
+    enclave = parse_enclave_config(config, source="u")
+    dumped = yaml.safe_load(dump_enclave_config(enclave))
+    assert dumped["projects"]["hepato"]["desktop_paste"] == "inbound-text"
+    assert dumped["projects"]["renal"]["desktop_paste"] == "none"
+    assert "desktop_paste" not in dumped["projects"]["cardio"]  # browser tier: no desktop
+    again = parse_enclave_config(dumped, source="dump")
+    assert again.projects == enclave.projects
 
 
 @pytest.mark.parametrize(
@@ -319,7 +428,12 @@ def _inspect(spec: ContainerSpec, network_mode: str | None = None) -> dict:
     host = spec.host_config
     return {
         "Name": "/" + spec.name,
-        "Config": {"Image": spec.image, "User": spec.user, "Labels": dict(spec.labels)},
+        "Config": {
+            "Image": spec.image,
+            "User": spec.user,
+            "Labels": dict(spec.labels),
+            "Env": [f"{key}={value}" for key, value in spec.environment.items()],
+        },
         "HostConfig": {
             "CapDrop": host["cap_drop"],
             "CapAdd": None,

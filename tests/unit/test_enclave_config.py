@@ -449,8 +449,8 @@ BAD = [
         [
             "projects.cardio.titel",
             "unknown key 'titel'",
-            "allowed keys: access, data_path, desktop_limits, groups, image, limits, members, "
-            "title",
+            "allowed keys: access, data_path, desktop_limits, desktop_paste, groups, image, "
+            "limits, members, title",
         ],
     ),
     (

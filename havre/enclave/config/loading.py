@@ -152,9 +152,9 @@ def dump_enclave_config(cfg: EnclaveConfig) -> str:
     """Render ``cfg`` as YAML that reads back to an equal config.
 
     Every project is written fully resolved (``data_path``, ``image`` and all ``limits``
-    explicit, and a desktop project's ``desktop_limits``), so the output also documents what
-    the hub actually uses.  The top-level ``limits`` and ``desktop_limits`` sections are
-    therefore not written.
+    explicit, and a desktop project's ``desktop_limits`` and ``desktop_paste``), so the
+    output also documents what the hub actually uses.  The top-level ``limits`` and
+    ``desktop_limits`` sections are therefore not written.
     """
     projects: dict[str, Any] = {}
     for slug, proj in cfg.projects.items():
@@ -177,6 +177,7 @@ def dump_enclave_config(cfg: EnclaveConfig) -> str:
                 "memory": format_size(proj.desktop_limits.memory_bytes),
                 "pids": proj.desktop_limits.pids,
             }
+            projects[slug]["desktop_paste"] = proj.desktop_paste
     doc = {
         "enclave": {
             "name": cfg.name,

@@ -69,6 +69,12 @@ def group_matches(configured: str, provider_group: str) -> bool:
 ACCESS_BROWSER = "browser"
 ACCESS_DESKTOP = "desktop"
 ACCESS_TIERS = (ACCESS_BROWSER, ACCESS_DESKTOP)
+#: ``projects.<slug>.desktop_paste`` (``access: desktop`` only): nothing pasted into the
+#: project's desktops (the default), or text pasted in from the researcher's computer, audited
+#: (images/desktop/rfb_relay.py; docs/sysadmin/desktop.md). Nothing is ever copied out.
+DESKTOP_PASTE_NONE = "none"
+DESKTOP_PASTE_INBOUND_TEXT = "inbound-text"
+DESKTOP_PASTE_MODES = (DESKTOP_PASTE_NONE, DESKTOP_PASTE_INBOUND_TEXT)
 
 
 # --------------------------------------------------------------------------------------
@@ -129,6 +135,9 @@ class Project:
     #: The limits of each of the project's remote desktops (``access: desktop`` only):
     #: ``projects.<slug>.desktop_limits`` over the top-level ``desktop_limits``.
     desktop_limits: Limits = field(default_factory=lambda: DEFAULT_DESKTOP_LIMITS)
+    #: What may be pasted into the project's desktops (:data:`DESKTOP_PASTE_MODES`,
+    #: ``access: desktop`` only): ``"none"``, or ``"inbound-text"`` (text only, audited).
+    desktop_paste: str = DESKTOP_PASTE_NONE
 
     @property
     def desktop(self) -> bool:

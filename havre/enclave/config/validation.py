@@ -39,6 +39,8 @@ from havre.enclave.config.model import (
     DEFAULT_NAME,
     DEFAULT_REVIEWS_REQUIRED,
     DEFAULT_STATE_DIR,
+    DESKTOP_PASTE_MODES,
+    DESKTOP_PASTE_NONE,
     NAME_PATTERN,
     SLUG_PATTERN,
     USERNAME_PATTERN,
@@ -119,6 +121,7 @@ _PROJECT_KEYS = (
     "limits",
     "access",
     "desktop_limits",
+    "desktop_paste",
 )
 _IDENTITY_KEYS = (
     "provider",
@@ -824,6 +827,9 @@ def _project(
         desktop_limits = _limits(p, desktop_raw, f"{path}.desktop_limits", default_desktop_limits)
     ok = ok and len(p.items) == n_problems
 
+    desktop_paste = _desktop_paste(p, raw.get("desktop_paste"), f"{path}.desktop_paste", access)
+    ok = ok and desktop_paste is not None
+
     if not ok or data_path is None or image is None:
         return None
     assert isinstance(slug, str) and isinstance(title, str)
@@ -837,7 +843,39 @@ def _project(
         groups=groups,
         access=access or ACCESS_BROWSER,
         desktop_limits=desktop_limits,
+        desktop_paste=desktop_paste or DESKTOP_PASTE_NONE,
     )
+
+
+def _desktop_paste(p: Problems, value: object, path: str, access: str | None) -> str | None:
+    """``projects.<slug>.desktop_paste``: one of :data:`DESKTOP_PASTE_MODES` (absent or null:
+    none), for an ``access: desktop`` project only."""
+    if value is None:
+        return DESKTOP_PASTE_NONE
+    if access == ACCESS_BROWSER:
+        p.add(
+            path,
+            "only an 'access: desktop' project has remote desktops to paste into (this "
+            "project's access is browser, whose researchers paste into JupyterLab in their own "
+            "browser): remove desktop_paste or set access: desktop",
+        )
+        return None
+    if isinstance(value, str) and value in DESKTOP_PASTE_MODES:
+        return value
+    hint = ""
+    if isinstance(value, str):
+        close = difflib.get_close_matches(
+            value.strip().lower(), DESKTOP_PASTE_MODES, n=1, cutoff=0.5
+        )
+        if close:
+            hint = f", did you mean {close[0]!r}?"
+    p.add(
+        path,
+        f"must be {DESKTOP_PASTE_MODES[0]!r} (nothing pasted in, the default) or "
+        f"{DESKTOP_PASTE_MODES[1]!r} (text pasted in, audited; nothing ever copied out){hint}",
+        value,
+    )
+    return None
 
 
 def _access(p: Problems, value: object, path: str) -> str | None:
