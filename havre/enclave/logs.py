@@ -60,6 +60,10 @@ SECURITY_EVENTS: dict[str, str] = {
     "break_glass.unrecorded": "hub: a break-glass step refused or retried because the audit log "
     "could not record it",
     "download.refused": "hub's download guard: a download route of a notebook server refused",
+    "desktop.paste_refused": "a remote desktop's RFB relay: a paste into the desktop dropped "
+    "(the project allows none, over the limit, not text)",
+    "desktop.rfb_refused": "a remote desktop's RFB relay: a VNC connection closed on a message "
+    "it can't parse",
     "egress.refused": "egress service: an operation refused for lack of permission (HTTP 403)",
     "egress.file_refused": "egress service: a file refused by its file check",
     "audit.verify_failed": "egress service: the audit log or database failed verification",
