@@ -57,6 +57,24 @@ def test_the_role_mounts_them_at_boot_only_for_loop():
     assert (ROLE / "tasks" / "project-filesystems.yml").is_file()
 
 
+def test_a_projects_access_tier_and_desktop_settings_reach_the_enclave_config():
+    projects = {
+        "cardio": {"title": "Cardio", "members": ["alice"]},
+        "renal": {
+            "title": "Renal",
+            "members": ["dora"],
+            "access": "desktop",
+            "desktop_limits": {"memory": "1536M"},
+            "desktop_paste": "inbound-text",
+        },
+    }
+    parsed = parse_enclave_config(render(havre_projects=projects), source="unit").projects
+    assert (parsed["renal"].access, parsed["renal"].desktop_paste) == ("desktop", "inbound-text")
+    assert parsed["renal"].desktop_limits.memory_bytes == 1536 * 1024**2
+    # control: a project without them keeps the defaults
+    assert (parsed["cardio"].access, parsed["cardio"].desktop_paste) == ("browser", "none")
+
+
 def test_the_log_format_reaches_the_enclave_config():
     assert "logging" not in render()  # json, the config's own default
     assert parse_enclave_config(render(), source="unit").log_format == "json"
