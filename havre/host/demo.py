@@ -27,6 +27,9 @@ DEMO_PROJECTS = (
 )
 #: the demo projects reached through a remote desktop only (``access: desktop``, issue #17)
 DEMO_DESKTOP_PROJECTS = frozenset({"renal"})
+#: the demo desktop projects whose researchers may paste text in (``desktop_paste:
+#: inbound-text``, audited; the default is none): renal shows the paste box
+DEMO_PASTE_PROJECTS = frozenset({"renal"})
 #: user -> (groups at the identity provider, what the user is for). bob's group is in
 #: Keycloak's full-path form, to show that both forms map to the project.
 DEMO_USERS = {
@@ -85,6 +88,8 @@ def demo_config_text(
         lines += [f"  {slug}:", f'    title: "{title}"', f"    groups: [project-{slug}]"]
         if slug in DEMO_DESKTOP_PROJECTS:
             lines.append("    access: desktop")
+        if slug in DEMO_PASTE_PROJECTS:
+            lines.append("    desktop_paste: inbound-text")
     lines += ["review:", "  reviews_required: 2", ""]
     return "\n".join(lines)
 

@@ -21,6 +21,12 @@ def test_demo_init_is_idempotent_and_keeps_secrets_private(tmp_path):
     config, users = init_demo(tmp_path, "havre/notebook:0.1.0")
     assert set(config.projects) == {"cardio", "diabetes", "renal"}
     assert [p.slug for p in config.projects.values() if p.desktop] == ["renal"]
+    # renal allows text pasted in (audited), to show the paste box; the others have no desktop
+    assert {p.slug: p.desktop_paste for p in config.projects.values()} == {
+        "cardio": "none",
+        "diabetes": "none",
+        "renal": "inbound-text",
+    }
     names = {u.name for u in users}
     assert names == {"alice", "bob", "carol", "chloe", "dora", "olivia", "oscar", "adam"}
     idp_users = read_users_file(idp_users_file(config))
