@@ -12,7 +12,14 @@ probes run inside them (``docker exec``: the container's seccomp profile and cgr
   need works in both;
 * ``desktop_limits``: a project with ``memory: 256M`` gets that limit (``docker inspect``) and a
   hog of 384 MiB in its desktop is killed by the kernel; control: the same hog in the desktop
-  of a project with ``memory: 1G`` (a per-project override) finishes.
+  of a project with ``memory: 1G`` (a per-project override) finishes;
+* ``desktop_paste``: a paste (an RFB ClientCutText, as noVNC sends it, through the RFB relay's
+  socket where websockify sends the browser's input) into the desktop of a project that
+  allows none is dropped by the relay (its ``desktop.paste_refused`` line on the container's
+  log, with the SHA-256 and never the text) and Xvnc's clipboard stays empty, also when sent
+  to Xvnc's own socket behind the relay; control: the same paste into the desktop of a
+  project with ``desktop_paste: inbound-text`` is in Xvnc's clipboard (read as an X client)
+  with its ``desktop.paste`` line. A message no VNC client sends closes the connection.
 
 That the whole desktop (Xvnc, nginx, websockify, Chromium showing JupyterLab) works under the
 profile is tests/e2e/test_desktop_pixels.py and test_desktop_session.py.
@@ -21,8 +28,11 @@ profile is tests/e2e/test_desktop_pixels.py and test_desktop_session.py.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import secrets
+from pathlib import Path
 
 import docker
 import pytest
@@ -92,6 +102,7 @@ def desktops(tmp_path_factory):
                     "members": ["alice", "bob"],
                     "access": "desktop",
                     "desktop_limits": {"memory": "1G"},
+                    "desktop_paste": "inbound-text",
                 },
             },
         }
@@ -161,6 +172,66 @@ def test_the_desktop_runs_havres_desktop_profile(desktops):
     assert attrs["State"]["Running"], client.logs(made["renal"], tail=20)
     _code, out = _exec(client, made["renal"], "print(open('/proc/1/status').read())")
     assert "Seccomp:\t2" in out  # filter mode, on the desktop's own process
+
+
+#: a paste over VNC inside a desktop, then Xvnc's clipboard read as an X client
+PASTE_PROBE = (Path(__file__).parent / "rfb_paste_probe.py").read_text()
+RELAY_SOCKET = "/tmp/desktop/vnc.sock"  # websockify's target: the relay
+XVNC_SOCKET = "/tmp/desktop/xvnc.sock"  # Xvnc's own, behind it
+
+
+def _paste(client, name: str, socket_path: str, *args: str) -> dict:
+    run = client.exec_create(name, ["python3", "-c", PASTE_PROBE, socket_path, *args])["Id"]
+    out = client.exec_start(run).decode(errors="replace")
+    assert client.exec_inspect(run)["ExitCode"] == 0, out
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def _log_lines(client, name: str) -> tuple[str, list[dict]]:
+    """The container's log (what the SIEM reads) and its JSON lines."""
+    text = client.logs(name).decode(errors="replace")
+    lines = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            lines.append(json.loads(line))
+    return text, lines
+
+
+def test_a_paste_into_a_desktop_that_allows_none_is_refused_and_logged(desktops):
+    client, made = desktops
+    marker = "havre-paste-" + secrets.token_hex(8)
+    # through the relay (where websockify sends noVNC's input): dropped, Xvnc holds nothing
+    assert _paste(client, made["renal"], RELAY_SOCKET, marker) == {"owner": 0, "text": None}
+    # and behind it, Xvnc's own setting (-AcceptCutText=0) drops it too
+    direct = marker + "-direct"
+    assert _paste(client, made["renal"], XVNC_SOCKET, direct) == {"owner": 0, "text": None}
+    text, lines = _log_lines(client, made["renal"])
+    sha = hashlib.sha256(marker.encode()).hexdigest()
+    (line,) = [x for x in lines if x.get("sha256") == sha]
+    assert line["event"] == "desktop.paste_refused" and line["level"] == "WARNING", line
+    assert (line["user"], line["project"], line["service"]) == ("alice", "renal", "desktop")
+    assert (line["reason"], line["characters"]) == ("paste-off", len(marker))
+    assert marker not in text  # the text itself is never logged
+
+    # control: the same paste into hepato's desktop (desktop_paste: inbound-text) arrives
+    marker = "havre-paste-" + secrets.token_hex(8)
+    result = _paste(client, made["hepato"], RELAY_SOCKET, marker)
+    assert result["owner"] != 0 and result["text"] == marker, result
+    text, lines = _log_lines(client, made["hepato"])
+    sha = hashlib.sha256(marker.encode()).hexdigest()
+    (line,) = [x for x in lines if x.get("sha256") == sha]
+    assert line["event"] == "desktop.paste" and line["level"] == "INFO", line
+    assert (line["user"], line["project"], line["characters"]) == ("alice", "hepato", len(marker))
+    assert "reason" not in line and marker not in text
+
+
+def test_the_relay_closes_a_connection_it_cannot_parse(desktops):
+    client, made = desktops
+    # (the probe's handshake through the relay succeeded first: valid input is forwarded)
+    assert _paste(client, made["renal"], RELAY_SOCKET, "-", "--junk") == {"closed": True}
+    _text, lines = _log_lines(client, made["renal"])
+    refused = [x for x in lines if x.get("event") == "desktop.rfb_refused"]
+    assert refused and refused[-1]["reason"] == "unknown client message type 7", refused
 
 
 def test_each_call_the_profile_refuses_gets_eperm_in_a_desktop_not_under_dockers_default(probed):
