@@ -9,6 +9,12 @@ canvas shows JupyterLab running in the desktop's Chromium. One session is shared
 * keystrokes sent through the canvas open a console and run code that reads ``/data``: the
   file the typed code writes in her home holds the data file's line count (read back with
   ``docker exec``), and the output is on the canvas (screenshot ``desktop-lab.png``);
+* ``renal`` allows text pasted in (the demo's ``desktop_paste: inbound-text``): code put in
+  the page's "Paste text into the desktop" box and pasted with Ctrl+V through the canvas runs
+  (its file in her home), and the desktop container's log has its ``desktop.paste`` line
+  (SHA-256 and length, not the text); noVNC's own clipboard panel is not shown. (The refusal
+  where a project allows none, and Xvnc's clipboard then: tests/integration/
+  test_desktop_hardening.py; the relay's parser: tests/unit/test_desktop_paste_relay.py.)
 * a kernel of the project can't drive the desktop: websockify, on the loopback the kernel
   shares, gives VNC only to a websocket with the token the desktop's front adds (control:
   the same handshake with the token, read from the desktop's own files, gets VNC's greeting);
@@ -18,7 +24,10 @@ canvas shows JupyterLab running in the desktop's Chromium. One session is shared
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import secrets
 import socket
 import tempfile
 import time
@@ -245,6 +254,43 @@ def test_copying_inside_the_desktop_puts_nothing_on_the_researchers_clipboard(de
     clipboard = page.evaluate("navigator.clipboard.readText()")
     panel = page.evaluate("(document.getElementById('noVNC_clipboard_text') || {value: ''}).value")
     assert clipboard == "control-7f3a" and "clip.txt" not in panel, (clipboard, panel)
+
+
+PASTED_FILE = "desktop-pasted.txt"
+
+
+def test_text_pasted_through_the_pages_box_runs_in_the_desktop_and_is_audited(desktop_session):
+    s = desktop_session
+    page = s.user.page
+    marker = "pasted-" + secrets.token_hex(8)
+    code = f"open('{PASTED_FILE}', 'w').write('{marker}')"
+    # the page's own box (renal allows inbound text); noVNC's clipboard panel is hidden
+    assert not page.locator("#noVNC_clipboard_button").is_visible()
+    page.locator("#havre_paste summary").click()
+    page.locator("#havre_paste_text").fill(code)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SCREENSHOTS / "researcher-desktop-paste.png"))
+    page.locator("#havre_paste_send").click()
+    status = page.locator("#havre_paste_status").text_content() or ""
+    assert status.startswith(f"Sent {len(code)} characters"), status
+    # the box gave the focus back to the canvas: Ctrl+V there pastes into the console's
+    # prompt (focused since the tests above), Shift+Enter runs it
+    page.keyboard.press("Control+v")
+    page.keyboard.press("Shift+Enter")
+    pasted = _wait_for(
+        "the pasted code's file in dora's home",
+        lambda: _exec(s.notebook, ["sh", "-c", f"cat ~/{PASTED_FILE} 2>/dev/null"]),
+    )
+    assert pasted == marker
+    # one audit line on the desktop container's log (what the SIEM reads): who, where, how
+    # many characters and their SHA-256; never the text
+    log = s.desktop.logs().decode(errors="replace")
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    sha = hashlib.sha256(code.encode("latin-1")).hexdigest()
+    (line,) = [x for x in lines if x.get("sha256") == sha]
+    assert line["event"] == "desktop.paste" and line["level"] == "INFO", line
+    assert (line["user"], line["project"], line["characters"]) == ("dora", "renal", len(code))
+    assert marker not in log
 
 
 #: JavaScript shown as a console output in dora's JupyterLab, run by the desktop's Chromium:
