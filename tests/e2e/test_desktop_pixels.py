@@ -44,6 +44,7 @@ from havre.broker.policy import (
 )
 from havre.broker.service import AuditLog, Broker
 from havre.enclave.config import parse_enclave_config
+from tests.e2e.conftest import wait_for_novnc_canvas
 
 ENCLAVE = os.environ.get("HAVRE_TEST_ENCLAVE", "havretest") + "dsk"
 DESKTOP_IMAGE = f"havre/desktop:{__version__}"
@@ -244,6 +245,7 @@ def test_the_desktop_shows_the_servers_page_as_pixels_only(desktop_pair, browser
     )
     page = context.new_page()
     page.goto(front)  # redirects to noVNC with autoconnect and the websocket's path
+    wait_for_novnc_canvas(page)
 
     def green_share() -> float:
         """The share of the canvas's pixels that are the page's colour (read in the page)."""
