@@ -44,6 +44,7 @@ from havre.broker.policy import (
 )
 from havre.broker.service import AuditLog, Broker
 from havre.enclave.config import parse_enclave_config
+from tests.docker_engine import engine_with_images
 from tests.e2e.conftest import wait_for_novnc_canvas
 
 ENCLAVE = os.environ.get("HAVRE_TEST_ENCLAVE", "havretest") + "dsk"
@@ -95,16 +96,7 @@ def _config(state: Path):
 
 @pytest.fixture(scope="module")
 def desktop_pair(tmp_path_factory):
-    try:
-        client = docker.APIClient(version="auto", timeout=120)
-        client.ping()
-    except Exception as err:  # pragma: no cover - depends on the machine
-        pytest.skip(f"needs a running Docker engine (scripts/run-tests.sh starts one): {err}")
-    for image in (DESKTOP_IMAGE, NOTEBOOK_IMAGE):
-        try:
-            client.inspect_image(image)
-        except docker.errors.ImageNotFound:
-            pytest.skip(f"needs image {image}: build it with `bash images/build.sh`")
+    client = engine_with_images(DESKTOP_IMAGE, NOTEBOOK_IMAGE)
     state = tmp_path_factory.mktemp("desktop")
     enclave = _config(state)
     broker = Broker(enclave, {}, AuditLog(state / "audit.jsonl"), client)
