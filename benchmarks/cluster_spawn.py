@@ -20,11 +20,13 @@ Each server runs ``jupyter server`` (the notebook image, HOME=/tmp); its ready t
 the moment the start is asked until its log says the server is running (polled every 0.2 s).
 CPU-seconds per spawn: the engines' own processes (dockerd and containerd of every node) plus
 the containers' cgroups (each node's ``--cgroup-parent`` in cgroup v1 ``cpuacct``), over the
-round, divided by N. The three engines share this machine's CPUs (and other work on it): the
-ready times of the cluster are not those of three hosts; CPU-seconds per spawn are the
-comparable figure. Load averages are recorded with the results in
-``benchmarks/results/cluster-spawn-<date>-<spawns>x<rounds>.json``. A benchmark, not a test:
-it asserts nothing.
+round, divided by N. A start that fails (its call to the engine raises, or its server is not
+ready within 300 s) is counted and listed apart, with its reason: the medians and p95 are of
+the starts that became ready only (:func:`summarize`). The three engines share this
+machine's CPUs (and other work on it): the ready times of the cluster are not those of three
+hosts; CPU-seconds per spawn are the comparable figure. Load averages are recorded with the
+results in ``benchmarks/results/cluster-spawn-<date>-<spawns>x<rounds>.json``. A benchmark,
+not a test: it asserts nothing.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -54,6 +57,11 @@ from tests.cluster import engines  # noqa: E402
 IMAGE = "havre/notebook:0.1.0"
 COMMAND = ["jupyter", "server", "--ip=0.0.0.0", "--port=8888", "--ServerApp.token=bench"]
 READY = "is running at"
+#: seconds a server is given to say it runs before its start counts as failed
+READY_WITHIN = 300
+
+#: one start's outcome: its ready time in seconds, or why it failed
+Sample = float | str
 
 
 def config(manager: str):
@@ -89,7 +97,9 @@ def cpu_seconds(cluster: engines.Cluster) -> float:
 
 
 def wait_logs(client: docker.APIClient, ident: str, start: float, service: bool) -> float:
-    deadline = start + 300
+    """Seconds from ``start`` until the log of container or service ``ident`` says the server
+    runs; TimeoutError after READY_WITHIN seconds."""
+    deadline = start + READY_WITHIN
     while time.monotonic() < deadline:
         try:
             raw = (
@@ -103,10 +113,15 @@ def wait_logs(client: docker.APIClient, ident: str, start: float, service: bool)
         except docker.errors.APIError:
             pass
         time.sleep(0.2)
-    return float("nan")
+    raise TimeoutError(f"not ready within {READY_WITHIN} s")
 
 
-def round_one_engine(cluster, n: int) -> list[float]:
+def failure(err: BaseException) -> str:
+    """A failed start's reason, as the results list it."""
+    return f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+
+
+def round_one_engine(cluster, n: int) -> list[Sample]:
     node = cluster.workers[0]
     client = docker.APIClient(base_url=node.url, version="auto")
     enclave = config(cluster.manager.url)
@@ -117,23 +132,27 @@ def round_one_engine(cluster, n: int) -> list[float]:
     except docker.errors.NotFound:
         client.create_network(net, **project_network_spec(net, "hb", "bench"))
     host = hardened_host_config(project, network=net)
-    times: list[float] = [float("nan")] * n  # a start that raised counts as failed
+    times: list[Sample] = ["never started"] * n
     names = [f"hb-one-{i}" for i in range(n)]
     barrier = threading.Barrier(n)
 
     def start(i: int) -> None:
-        barrier.wait()
-        t0 = time.monotonic()
-        created = client.create_container(
-            IMAGE,
-            COMMAND,
-            name=names[i],
-            user="1000:1000",
-            environment={"HOME": "/tmp"},
-            host_config=client.create_host_config(**host),
-        )
-        client.start(created["Id"])
-        times[i] = wait_logs(client, created["Id"], t0, service=False)
+        try:
+            barrier.wait()
+            t0 = time.monotonic()
+            created = client.create_container(
+                IMAGE,
+                COMMAND,
+                name=names[i],
+                user="1000:1000",
+                environment={"HOME": "/tmp"},
+                host_config=client.create_host_config(**host),
+            )
+            client.start(created["Id"])
+            times[i] = wait_logs(client, created["Id"], t0, service=False)
+        except Exception as err:  # e.g. the engine's API timing out under load: a failed start
+            barrier.abort()
+            times[i] = failure(err)
 
     threads = [threading.Thread(target=start, args=(i,)) for i in range(n)]
     for t in threads:
@@ -141,12 +160,15 @@ def round_one_engine(cluster, n: int) -> list[float]:
     for t in threads:
         t.join()
     for name in names:
-        client.remove_container(name, force=True)
+        try:
+            client.remove_container(name, force=True)
+        except docker.errors.NotFound:  # its start failed before the engine made it
+            pass
     client.close()
     return times
 
 
-def round_cluster(cluster, n: int) -> list[float]:
+def round_cluster(cluster, n: int) -> list[Sample]:
     client = docker.APIClient(base_url=cluster.manager.url, version="auto")
     enclave = config(cluster.manager.url)
     net = enclave.network_name("bench")
@@ -154,23 +176,27 @@ def round_cluster(cluster, n: int) -> list[float]:
         client.inspect_network(net)
     except docker.errors.NotFound:
         client.create_network(net, **project_overlay_spec(net, "hb", "bench", encrypted=False))
-    times: list[float] = [float("nan")] * n  # a start that raised counts as failed
+    times: list[Sample] = ["never started"] * n
     ids: list[str] = [""] * n
     barrier = threading.Barrier(n)
 
     def start(i: int) -> None:
-        request = BrokerRequest("hub", "server.start", f"u{i:02d}", "bench")
-        spec = server_service_spec(enclave, request, identity=(1000, 1000))
-        container = spec["task_template"]["ContainerSpec"]
-        container["Command"] = COMMAND
-        container["Mounts"] = [m for m in container["Mounts"] if m["Type"] == "tmpfs"]
-        container["Env"] = ["HOME=/tmp"]
-        container.pop("Dir", None)
-        spec["task_template"]["Placement"]["Constraints"][1] = "node.labels.havre.bench==true"
-        barrier.wait()
-        t0 = time.monotonic()
-        ids[i] = client.create_service(**spec)["ID"]
-        times[i] = wait_logs(client, ids[i], t0, service=True)
+        try:
+            request = BrokerRequest("hub", "server.start", f"u{i:02d}", "bench")
+            spec = server_service_spec(enclave, request, identity=(1000, 1000))
+            container = spec["task_template"]["ContainerSpec"]
+            container["Command"] = COMMAND
+            container["Mounts"] = [m for m in container["Mounts"] if m["Type"] == "tmpfs"]
+            container["Env"] = ["HOME=/tmp"]
+            container.pop("Dir", None)
+            spec["task_template"]["Placement"]["Constraints"][1] = "node.labels.havre.bench==true"
+            barrier.wait()
+            t0 = time.monotonic()
+            ids[i] = client.create_service(**spec)["ID"]
+            times[i] = wait_logs(client, ids[i], t0, service=True)
+        except Exception as err:  # e.g. the engine's API timing out under load: a failed start
+            barrier.abort()
+            times[i] = failure(err)
 
     threads = [threading.Thread(target=start, args=(i,)) for i in range(n)]
     for t in threads:
@@ -187,6 +213,22 @@ def round_cluster(cluster, n: int) -> list[float]:
 def p95(values: list[float]) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+
+
+def summarize(samples: Sequence[Sample]) -> dict[str, object]:
+    """One mode's ready times: median and p95 of the starts that became ready (a number of
+    seconds) only; the failed ones (a reason) counted and listed apart, never in the figures.
+    ``samples`` are the ready times alone, in the order of the starts."""
+    ready = [s for s in samples if not isinstance(s, str)]
+    failures = [s for s in samples if isinstance(s, str)]
+    return {
+        "ready_median_s": statistics.median(ready) if ready else None,
+        "ready_p95_s": p95(ready) if ready else None,
+        "ready": len(ready),
+        "failed": len(failures),
+        "failures": failures,
+        "samples": ready,
+    }
 
 
 def main() -> int:
@@ -206,21 +248,23 @@ def main() -> int:
         return 2
     name = f"hb{os.getpid() % 10000}"
     cluster = engines.up(name, nodes=3)
-    samples: dict[str, list[float]] = {"one engine": [], "cluster": []}
+    samples: dict[str, list[Sample]] = {"one engine": [], "cluster": []}
     cpu: dict[str, list[float]] = {"one engine": [], "cluster": []}
     load = []
     try:
         cluster.load_images([IMAGE], cluster.workers)
         for worker in cluster.workers:
             cluster.label_node(worker, **{"havre.bench": "true"})
-        for _ in range(args.rounds):
+        for number in range(1, args.rounds + 1):
             for mode, run in (("one engine", round_one_engine), ("cluster", round_cluster)):
                 load.append(os.getloadavg())
                 before = cpu_seconds(cluster)
                 times = run(cluster, args.spawns)
                 time.sleep(3)  # the removals' own work is part of the round's cost
                 cpu[mode].append((cpu_seconds(cluster) - before) / args.spawns)
-                samples[mode].extend(times)
+                samples[mode].extend(
+                    f"round {number}: {t}" if isinstance(t, str) else t for t in times
+                )
     finally:
         left = cluster.down()
     result = {
@@ -232,22 +276,23 @@ def main() -> int:
         "left_behind": left,
         "modes": {},
     }
-    print(f"{'mode':<12} {'median s':>9} {'p95 s':>7} {'CPU-s/spawn':>12}  (N={args.spawns})")
+    print(
+        f"{'mode':<12} {'median s':>9} {'p95 s':>7} {'CPU-s/spawn':>12} {'failed':>7}"
+        f"  (N={args.spawns}; the figures are of the ready starts only)"
+    )
     for mode, times in samples.items():
-        ok = [t for t in times if t == t]
         row = {
-            "ready_median_s": statistics.median(ok) if ok else None,
-            "ready_p95_s": p95(ok) if ok else None,
+            **summarize(times),
             "cpu_seconds_per_spawn_median": statistics.median(cpu[mode]),
-            "failed": len(times) - len(ok),
-            "samples": times,
             "cpu_per_round": cpu[mode],
         }
         result["modes"][mode] = row
         print(
             f"{mode:<12} {row['ready_median_s'] or 0:9.2f} {row['ready_p95_s'] or 0:7.2f} "
-            f"{row['cpu_seconds_per_spawn_median']:12.2f}"
+            f"{row['cpu_seconds_per_spawn_median']:12.2f} {row['failed']:>7}"
         )
+        for reason in row["failures"]:
+            print(f"  failed: {reason}")
     base = result["modes"]["one engine"]["ready_median_s"]
     if base:
         ratio = (result["modes"]["cluster"]["ready_median_s"] or 0) / base

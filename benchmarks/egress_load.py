@@ -232,8 +232,8 @@ def serve(args: argparse.Namespace) -> None:
     # operations and of the handler's own code measured, and their SQL statements counted; with
     # --profile-dir the core operations are profiled per endpoint (then with one pool thread:
     # cProfile follows one thread at a time).
-    # label -> [(start, wall ms, CPU ms, SQL statements)]
-    times: dict[str, list[tuple[float, float, float, int]]] = defaultdict(list)
+    # label -> [(start, wall ms, CPU ms, SQL statements, the client's port)]
+    times: dict[str, list[tuple[float, float, float, int, int]]] = defaultdict(list)
     profiles: dict[str, cProfile.Profile] | None = (
         defaultdict(cProfile.Profile) if args.profile_dir else None
     )
@@ -325,7 +325,7 @@ def _statements() -> int:
 
 
 def _timed(
-    method: Callable[..., Any], times: dict[str, list[tuple[float, float, float, int]]]
+    method: Callable[..., Any], times: dict[str, list[tuple[float, float, float, int, int]]]
 ) -> Any:
     """The handler ``method`` timed per endpoint: its wall time from start to end (waits for
     the pool included), and the CPU and SQL statements of the core operations it ran in the
@@ -335,12 +335,16 @@ def _timed(
     async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         label = _server_label(self)
         started = time.perf_counter()
+        try:  # the client's port: which keep-alive connection the request came on
+            client_port = self.request.connection.stream.socket.getpeername()[1]
+        except (AttributeError, OSError):
+            client_port = 0
         try:
             return await method(self, *args, **kwargs)
         finally:
             wall = (time.perf_counter() - started) * 1000
             pool_cpu, sql = getattr(self, "_bench_used", [0.0, 0])
-            times[label].append((started, wall, pool_cpu, sql))
+            times[label].append((started, wall, pool_cpu, sql, client_port))
 
     return wrapper
 
@@ -829,6 +833,11 @@ class RunResult:
     cpu: dict[str, float]
     error_samples: list[str]
     loadavg: tuple[float, float, float]
+    #: requests each worker process started in the measurement window (the kernel spreads
+    #: the clients' keep-alive connections over the workers' sockets by a hash)
+    worker_requests: tuple[int, ...] = ()
+    #: the clients' connections each worker process served in the window
+    worker_connections: tuple[int, ...] = ()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -963,9 +972,12 @@ def one_run(
     loadavg = os.getloadavg()
     elapsed = after["t"] - before["t"]
     server: dict[str, dict[str, list]] = {"times_ms": defaultdict(list)}
-    for stats_path in workdir.glob("server-stats.json.*"):  # one per worker process
+    per_worker: list[list] = []
+    for stats_path in sorted(workdir.glob("server-stats.json.*")):  # one per worker process
+        per_worker.append([])
         for label, rows in json.loads(stats_path.read_text())["times_ms"].items():
             server["times_ms"][label] += rows
+            per_worker[-1] += rows
     endpoints = {
         label: summarise(
             rec.latencies.get(label, []), elapsed, rec.conflicts[label], rec.errors[label]
@@ -999,6 +1011,11 @@ def one_run(
         if rows
     }
     usage = {key: (after[key] - before[key]) / elapsed for key in after if key != "t"}
+    worker_requests = tuple(sum(start <= row[0] < end for row in rows) for rows in per_worker)
+    worker_connections = tuple(
+        len({row[4] for row in rows if start <= row[0] < end and len(row) > 4})
+        for rows in per_worker
+    )
     # handlers in progress on average (Little's law over the window, all workers together)
     usage["handlers"] = server_ms.get("all requests", {}).get("sum_s", 0.0) / elapsed
     result = RunResult(
@@ -1011,6 +1028,8 @@ def one_run(
         cpu=usage,
         error_samples=rec.error_samples,
         loadavg=loadavg,
+        worker_requests=worker_requests,
+        worker_connections=worker_connections,
     )
     shutil.rmtree(workdir, ignore_errors=True)
     return result
@@ -1371,7 +1390,10 @@ def main(argv: list[str] | None = None) -> int:
                         f"{result.cpu['postgres_wait']:.2f} clients "
                         f"{result.cpu['clients_cpu']:.2f}/{result.cpu['clients_wait']:.2f}; "
                         "handlers in progress "
-                        f"{result.cpu['handlers']:.1f}; load {result.loadavg[0]:.2f}",
+                        f"{result.cpu['handlers']:.1f}; requests (connections) per worker "
+                        f"{'/'.join(map(str, result.worker_requests)) or '-'} "
+                        f"({'/'.join(map(str, result.worker_connections)) or '-'}); "
+                        f"load {result.loadavg[0]:.2f}",
                         flush=True,
                     )
             if args.profile:

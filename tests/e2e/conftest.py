@@ -44,6 +44,47 @@ SCREENSHOTS = Path(
 )
 
 
+#: Chromium's error for a request it dropped because the host's network interfaces changed
+#: (Docker adds one per container; other tests' and benchmarks' containers come and go).
+NETWORK_CHANGED = "ERR_NETWORK_CHANGED"
+
+
+def wait_for_novnc_canvas(page, *, attempts: int = 4, timeout_s: float = 45.0) -> int:
+    """Wait until noVNC's canvas shows on ``page`` (noVNC's page already loading); the reloads.
+
+    noVNC loads some fifty modules; when Chromium drops one of them because the host's
+    interfaces changed (``NETWORK_CHANGED``, a browser on the Docker host: never a
+    researcher's), noVNC never starts. The page is then reloaded at once, as a person would,
+    instead of after a timeout; a reload also follows ``timeout_s`` without a canvas. Raises
+    the last wait's error after ``attempts`` loads.
+    """
+    import time
+
+    dropped: list[str] = []
+
+    def on_failed(request) -> None:
+        if NETWORK_CHANGED in (request.failure or ""):
+            dropped.append(request.url)
+
+    page.on("requestfailed", on_failed)
+    reloads = 0
+    try:
+        while True:
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and not dropped:
+                if page.locator("canvas").is_visible():
+                    return reloads
+                page.wait_for_timeout(100)
+            if reloads + 1 >= attempts:
+                page.wait_for_selector("canvas", state="visible", timeout=1_000)
+                return reloads
+            dropped.clear()
+            reloads += 1
+            page.reload()
+    finally:
+        page.remove_listener("requestfailed", on_failed)
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     """One headless Chromium per test module (users get contexts of their own).

@@ -44,6 +44,8 @@ from havre.broker.policy import (
 )
 from havre.broker.service import AuditLog, Broker
 from havre.enclave.config import parse_enclave_config
+from tests.docker_engine import engine_with_images
+from tests.e2e.conftest import wait_for_novnc_canvas
 
 ENCLAVE = os.environ.get("HAVRE_TEST_ENCLAVE", "havretest") + "dsk"
 DESKTOP_IMAGE = f"havre/desktop:{__version__}"
@@ -94,16 +96,7 @@ def _config(state: Path):
 
 @pytest.fixture(scope="module")
 def desktop_pair(tmp_path_factory):
-    try:
-        client = docker.APIClient(version="auto", timeout=120)
-        client.ping()
-    except Exception as err:  # pragma: no cover - depends on the machine
-        pytest.skip(f"needs a running Docker engine (scripts/run-tests.sh starts one): {err}")
-    for image in (DESKTOP_IMAGE, NOTEBOOK_IMAGE):
-        try:
-            client.inspect_image(image)
-        except docker.errors.ImageNotFound:
-            pytest.skip(f"needs image {image}: build it with `bash images/build.sh`")
+    client = engine_with_images(DESKTOP_IMAGE, NOTEBOOK_IMAGE)
     state = tmp_path_factory.mktemp("desktop")
     enclave = _config(state)
     broker = Broker(enclave, {}, AuditLog(state / "audit.jsonl"), client)
@@ -244,6 +237,7 @@ def test_the_desktop_shows_the_servers_page_as_pixels_only(desktop_pair, browser
     )
     page = context.new_page()
     page.goto(front)  # redirects to noVNC with autoconnect and the websocket's path
+    wait_for_novnc_canvas(page)
 
     def green_share() -> float:
         """The share of the canvas's pixels that are the page's colour (read in the page)."""

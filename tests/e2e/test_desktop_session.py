@@ -40,7 +40,7 @@ import pytest
 import websocket
 
 from havre.host.cli import DEFAULT_NOTEBOOK_IMAGE
-from tests.e2e.conftest import SignedIn
+from tests.e2e.conftest import SignedIn, wait_for_novnc_canvas
 from tests.integration import probes
 from tests.integration.canaries import (
     PROBE,
@@ -165,17 +165,9 @@ def desktop_session(dora_pair, enclave, browser):
         user.sign_in()
         user.page.goto(user.url("user/dora/renal/"))  # the hub's OAuth, then noVNC
         assert "/user/dora/renal/desktop/vnc.html" in user.page.url, user.page.url
-        # noVNC loads some fifty modules, each after the front's sign-in check; on a machine
-        # where other network namespaces come and go, Chromium aborts requests in flight
-        # (net::ERR_NETWORK_CHANGED) and noVNC never starts: reload, a bounded number of times
-        for attempt in range(LOAD_ATTEMPTS):
-            try:
-                user.page.wait_for_selector("canvas", state="visible", timeout=45_000)
-                break
-            except Exception:
-                if attempt == LOAD_ATTEMPTS - 1:
-                    raise
-                user.page.reload()
+        # noVNC loads some fifty modules, each after the front's sign-in check; a module
+        # Chromium drops as the host's interfaces change is reloaded at once
+        wait_for_novnc_canvas(user.page, attempts=LOAD_ATTEMPTS)
         yield DesktopSession(dora, user, notebook, desktop)
     finally:
         user.close()

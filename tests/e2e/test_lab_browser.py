@@ -23,7 +23,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tests.e2e.conftest import STEP_TIMEOUT_MS
+from tests.e2e.conftest import NETWORK_CHANGED, STEP_TIMEOUT_MS
 from tests.e2e.test_release_story_browser import post_form, screenshot
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -35,8 +35,6 @@ pytestmark = pytest.mark.docker
 SAFE_TABLE = "getting-started-bob/output_0.csv"  # bob runs it (one session folder per person)
 #: running all cells: a kernel starts, pandas loads, two checked tables
 RUN_ALL_TIMEOUT_MS = 120_000
-#: Chromium's error for requests dropped because the machine's network interfaces changed
-NETWORK_CHANGED = "ERR_NETWORK_CHANGED"
 #: JupyterLab menu entries that hand files to the browser, none of which may appear
 DOWNLOAD_ENTRIES = {
     "Download",

@@ -34,7 +34,6 @@ import os
 import secrets
 from pathlib import Path
 
-import docker
 import pytest
 
 from havre import __version__
@@ -42,6 +41,7 @@ from havre.broker.policy import check_request, desktop_spec
 from havre.broker.service import AuditLog, Broker
 from havre.enclave.config import parse_enclave_config
 from havre.enclave.seccomp import desktop_profile
+from tests.docker_engine import engine_with_images
 from tests.integration.test_seccomp import (
     MUST_FAIL,
     MUST_WORK,
@@ -80,15 +80,7 @@ print("HOG-DONE", flush=True)
 
 @pytest.fixture(scope="module")
 def desktops(tmp_path_factory):
-    try:
-        client = docker.APIClient(version="auto", timeout=120)
-        client.ping()
-    except Exception as err:  # pragma: no cover - depends on the machine
-        pytest.skip(f"needs a running Docker engine (scripts/run-tests.sh starts one): {err}")
-    try:
-        client.inspect_image(DESKTOP_IMAGE)
-    except docker.errors.ImageNotFound:
-        pytest.skip(f"needs image {DESKTOP_IMAGE}: build it with `bash images/build.sh`")
+    client = engine_with_images(DESKTOP_IMAGE)
     state = tmp_path_factory.mktemp("desktop-hardening")
     enclave = parse_enclave_config(
         {

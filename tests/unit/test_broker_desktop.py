@@ -27,16 +27,12 @@ from havre.broker.policy import (
 )
 from havre.enclave.config import EnclaveConfigError, dump_enclave_config, parse_enclave_config
 from havre.enclave.seccomp import desktop_profile, notebook_profile, security_opt
+from tests.unit.broker_enclave import inspect_of, unit_config
 
-CONFIG = {
-    "enclave": {"name": "unit", "state_dir": "/srv/unit"},
-    "images": {"allowed": ["havre/notebook:0.1.0"], "desktop": "havre/desktop:0.1.0"},
-    "limits": {"cpu": 1.5, "memory": "1G", "pids": 300},
-    "projects": {
-        "cardio": {"title": "Cardio", "members": ["alice", "carol"]},
-        "renal": {"title": "Renal", "members": ["alice", "a@b.org"], "access": "desktop"},
-    },
-}
+CONFIG = unit_config(
+    images={"desktop": "havre/desktop:0.1.0"},
+    projects={"renal": {"title": "Renal", "members": ["alice", "a@b.org"], "access": "desktop"}},
+)
 ENCLAVE = parse_enclave_config(CONFIG, source="unit")
 TOKEN = "0123456789abcdef0123456789abcdef"
 HUB_ENV = {
@@ -154,9 +150,9 @@ def test_what_a_desktop_request_builds(body, expected):
         return
     notebook, desktop = build(body)
     assert (desktop is not None) == (expected == "desktop")
-    assert container_problems(ENCLAVE, _inspect(notebook)) == []
+    assert container_problems(ENCLAVE, inspect_of(notebook)) == []
     if desktop is not None:
-        assert container_problems(ENCLAVE, _inspect(desktop)) == []
+        assert container_problems(ENCLAVE, inspect_of(desktop)) == []
 
 
 def test_the_desktop_is_built_from_the_config_only():
@@ -268,9 +264,9 @@ def test_inbound_paste_is_the_projects_setting_and_a_more_permissive_desktop_is_
         built[slug] = desktop_spec(enclave, request)
         assert built[slug].environment["HAVRE_DESKTOP_PASTE"] == paste, slug
         assert built[slug].environment["HAVRE_DESKTOP_PROJECT"] == slug
-        assert container_problems(enclave, _inspect(built[slug])) == []
+        assert container_problems(enclave, inspect_of(built[slug])) == []
     # renal's desktop with hepato's setting: flagged
-    attrs = _inspect(built["renal"])
+    attrs = inspect_of(built["renal"])
     attrs["Config"]["Env"] = [
         "HAVRE_DESKTOP_PASTE=inbound-text" if e.startswith("HAVRE_DESKTOP_PASTE=") else e
         for e in attrs["Config"]["Env"]
@@ -279,7 +275,7 @@ def test_inbound_paste_is_the_projects_setting_and_a_more_permissive_desktop_is_
         "unit-desk-renal-alice: inbound paste 'inbound-text', the project allows none"
     ]
     # control: hepato's own desktop, with the same setting, is within its project's policy
-    assert "HAVRE_DESKTOP_PASTE=inbound-text" in _inspect(built["hepato"])["Config"]["Env"]
+    assert "HAVRE_DESKTOP_PASTE=inbound-text" in inspect_of(built["hepato"])["Config"]["Env"]
 
 
 @pytest.mark.parametrize(
@@ -423,41 +419,15 @@ def test_a_browser_tier_project_never_gets_a_desktop():
     assert desktop_spec(ENCLAVE, check_request(ENCLAVE, "hub", "server.start", DESK))
 
 
-def _inspect(spec: ContainerSpec, network_mode: str | None = None) -> dict:
-    """A ``docker inspect`` of a container made from ``spec`` (what the engine reports)."""
-    host = spec.host_config
-    return {
-        "Name": "/" + spec.name,
-        "Config": {
-            "Image": spec.image,
-            "User": spec.user,
-            "Labels": dict(spec.labels),
-            "Env": [f"{key}={value}" for key, value in spec.environment.items()],
-        },
-        "HostConfig": {
-            "CapDrop": host["cap_drop"],
-            "CapAdd": None,
-            "Privileged": False,
-            "SecurityOpt": host["security_opt"],
-            "ReadonlyRootfs": True,
-            "NetworkMode": network_mode or host["network_mode"],
-        },
-        "Mounts": [
-            {"Type": "bind", "Source": m.source, "Destination": m.target, "RW": not m.read_only}
-            for m in spec.mounts
-        ],
-    }
-
-
 def test_the_containers_checker_finds_each_escape_of_a_desktop():
     """The oracle the live broker's tests use on every container: a desktop that differs from
     the policy in any one way is reported."""
     notebook, desktop = build(DESK)
     assert desktop is not None
-    good = _inspect(desktop)
+    good = inspect_of(desktop)
     assert container_problems(ENCLAVE, good) == []
     # the engine reports the namespace's owner by id
-    by_id = _inspect(desktop, network_mode="container:" + "f" * 64)
+    by_id = inspect_of(desktop, network_mode="container:" + "f" * 64)
     assert container_problems(ENCLAVE, by_id, container_ids={notebook.name: "f" * 64}) == []
     assert container_problems(ENCLAVE, by_id, container_ids={notebook.name: "e" * 64})
     mutations = {

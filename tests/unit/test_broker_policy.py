@@ -20,17 +20,13 @@ from havre.broker.policy import (
     server_spec,
 )
 from havre.enclave.config import parse_enclave_config, project_hub_group
+from tests.unit.broker_enclave import NOTEBOOK_IMAGE, inspect_of, unit_config
 
-CONFIG = {
-    "enclave": {"name": "unit", "state_dir": "/srv/unit"},
-    "images": {"allowed": ["havre/notebook:0.1.0"], "default": "havre/notebook:0.1.0"},
-    "limits": {"cpu": 1.5, "memory": "1G", "pids": 300},
-    "projects": {
-        "cardio": {"title": "Cardio", "members": ["alice", "carol"]},
-        "diabetes": {"title": "Diabetes", "members": ["bob"], "groups": ["diab-team"]},
-    },
-    "output_checkers": ["olivia"],
-}
+CONFIG = unit_config(
+    images={"default": NOTEBOOK_IMAGE},
+    projects={"diabetes": {"title": "Diabetes", "members": ["bob"], "groups": ["diab-team"]}},
+    output_checkers=["olivia"],
+)
 ENCLAVE = parse_enclave_config(CONFIG, source="unit")
 RUN = "0123456789abcdef"
 OK_START = {"user": "alice", "project": "cardio"}
@@ -237,34 +233,13 @@ def test_the_reexecution_spec_has_no_network_and_the_runs_scratch_folder():
     assert spec.environment["HAVRE_TRUSTED_REEXECUTION"] == "1"
 
 
-def _inspect(spec):
-    """A ``docker inspect`` of a container made from ``spec`` (what the engine reports)."""
-    host = spec.host_config
-    return {
-        "Name": "/" + spec.name,
-        "Config": {"Image": spec.image, "User": spec.user, "Labels": dict(spec.labels)},
-        "HostConfig": {
-            "CapDrop": host["cap_drop"],
-            "CapAdd": None,
-            "Privileged": False,
-            "SecurityOpt": host["security_opt"],
-            "ReadonlyRootfs": True,
-            "NetworkMode": host["network_mode"],
-        },
-        "Mounts": [
-            {"Type": "bind", "Source": m.source, "Destination": m.target, "RW": not m.read_only}
-            for m in spec.mounts
-        ],
-    }
-
-
 def test_the_containers_checker_accepts_the_policys_containers_and_nothing_else():
     """The fuzz test's oracle: it must find each kind of escape (else it proves nothing)."""
     request = check_request(ENCLAVE, "hub", "server.start", OK_START)
-    good = _inspect(server_spec(ENCLAVE, request))
+    good = inspect_of(server_spec(ENCLAVE, request))
     assert container_problems(ENCLAVE, good) == []
     run = check_request(ENCLAVE, "runner", "reexec.start", {"project": "cardio", "run_id": RUN})
-    assert container_problems(ENCLAVE, _inspect(reexec_spec(ENCLAVE, run))) == []
+    assert container_problems(ENCLAVE, inspect_of(reexec_spec(ENCLAVE, run))) == []
     mutations = {
         "image": lambda a: a["Config"].update(Image="alpine"),
         "root": lambda a: a["Config"].update(User="0"),

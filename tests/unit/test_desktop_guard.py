@@ -12,23 +12,18 @@ real desktop container and JupyterLab, is for tests/integration (docs/architectu
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
-from tornado import httpclient, httpserver, web, websocket
+from tornado import httpclient, web, websocket
 
 from spawner.download_guard import DownloadGuard
 from spawner.download_policy import DESKTOP_ROUTES, check_desktop_request, check_request
+from tests.unit.guarded_upstream import Echo, free_port, guarded_upstream
+from tests.unit.guarded_upstream import fetch as guarded_upstream_fetch
 
 PREFIX = "/user/alice/renal/"
 KERNEL = "0f2c5a1e-8a3b-4c2d-9e1f-123456789abc"
 DATA = b"secret,cells\n4711,2\n"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Data(web.RequestHandler):
@@ -53,53 +48,28 @@ class Redirect(web.RequestHandler):
             self.redirect(PREFIX + "desktop/vnc.html")
 
 
-class Echo(websocket.WebSocketHandler):
-    def on_message(self, message: str | bytes) -> None:
-        self.write_message(message, binary=isinstance(message, bytes))
+#: the upstream's routes: a desktop's and JupyterLab's
+ROUTES = [
+    (PREFIX + r"desktop/(.*)", NoVnc),
+    (PREFIX + r"websockify", Echo),
+    (PREFIX + rf"api/kernels/{KERNEL}/channels", Echo),
+    (PREFIX + r"terminals/websocket/1", Echo),
+    (PREFIX + r"(login|oauth_callback)", Redirect),
+    (PREFIX, Redirect),
+    (PREFIX + r"(.*)", Data),
+]
 
 
 @pytest.fixture
 def guards():
     """(loop, desktop guard, browser-tier guard): one upstream, registered both ways."""
-
-    async def setup():
-        app = web.Application(
-            [
-                (PREFIX + r"desktop/(.*)", NoVnc),
-                (PREFIX + r"websockify", Echo),
-                (PREFIX + rf"api/kernels/{KERNEL}/channels", Echo),
-                (PREFIX + r"terminals/websocket/1", Echo),
-                (PREFIX + r"(login|oauth_callback)", Redirect),
-                (PREFIX, Redirect),
-                (PREFIX + r"(.*)", Data),
-            ]
-        )
-        port = free_port()
-        upstream = httpserver.HTTPServer(app)
-        upstream.listen(port, "127.0.0.1")
-        desktop = DownloadGuard("127.0.0.1", free_port())
-        desktop.routes.register(PREFIX, f"http://127.0.0.1:{port}", desktop=True)
-        browser = DownloadGuard("127.0.0.1", free_port())
-        browser.routes.register(PREFIX, f"http://127.0.0.1:{port}")
-        return upstream, desktop, browser
-
-    loop = asyncio.new_event_loop()
-    upstream, desktop, browser = loop.run_until_complete(setup())
-    yield loop, desktop, browser
-    desktop.stop()
-    browser.stop()
-    upstream.stop()
-    loop.close()
+    with guarded_upstream(ROUTES, PREFIX, desktop=(True, False)) as (loop, (desktop, browser)):
+        yield loop, desktop, browser
 
 
 async def fetch(guard: DownloadGuard, path: str, **kwargs) -> httpclient.HTTPResponse:
-    client = httpclient.AsyncHTTPClient(force_instance=True)
-    try:
-        return await client.fetch(
-            guard.url + path, raise_error=False, follow_redirects=False, **kwargs
-        )
-    finally:
-        client.close()
+    """Redirects not followed: the sign-in steps' answers are what is checked."""
+    return await guarded_upstream_fetch(guard, path, follow_redirects=False, **kwargs)
 
 
 #: JupyterLab's ways to hand bytes to a browser (method, path in the server); each passes

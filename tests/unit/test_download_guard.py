@@ -11,23 +11,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 
 import pytest
-from tornado import httpclient, httpserver, web, websocket
+from tornado import httpclient, web, websocket
 
 from spawner.download_guard import DownloadGuard
+from tests.unit.guarded_upstream import Echo, fetch, free_port, guarded_upstream
 
 PREFIX = "/user/alice/cardio/"
 KERNEL = "0f2c5a1e-8a3b-4c2d-9e1f-123456789abc"
 #: the cookie the upstream's api/me accepts (a signed-in browser)
 SESSION = "jupyterhub-user-alice-cardio=signed-in"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Api(web.RequestHandler):
@@ -83,51 +77,24 @@ class Root(web.RequestHandler):
             self.redirect(PREFIX + "lab")
 
 
-class Echo(websocket.WebSocketHandler):
-    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
-        return subprotocols[0] if subprotocols else None
-
-    def on_message(self, message: str | bytes) -> None:
-        self.write_message(message, binary=isinstance(message, bytes))
+#: the upstream's routes: a notebook server's
+ROUTES = [
+    (PREFIX + r"api/contents/(.*)", Api),
+    (PREFIX + r"files/(.*)", Raw),
+    (PREFIX + r"metrics", Raw),
+    (PREFIX + r"api/nbconvert", Attachment),
+    (PREFIX + rf"api/kernels/{KERNEL}/channels", Echo),
+    (PREFIX + r"api/me", Me),
+    (PREFIX + r"static/(.*)", Static),
+    (PREFIX, Root),
+]
 
 
 @pytest.fixture
 def guarded():
-    async def setup():
-        app = web.Application(
-            [
-                (PREFIX + r"api/contents/(.*)", Api),
-                (PREFIX + r"files/(.*)", Raw),
-                (PREFIX + r"metrics", Raw),
-                (PREFIX + r"api/nbconvert", Attachment),
-                (PREFIX + rf"api/kernels/{KERNEL}/channels", Echo),
-                (PREFIX + r"api/me", Me),
-                (PREFIX + r"static/(.*)", Static),
-                (PREFIX, Root),
-            ]
-        )
-        upstream_port = free_port()
-        upstream = httpserver.HTTPServer(app)
-        upstream.listen(upstream_port, "127.0.0.1")
-        guard = DownloadGuard("127.0.0.1", free_port())
-        guard.routes.register(PREFIX, f"http://127.0.0.1:{upstream_port}")
-        return upstream, guard
-
     Me.asked, Me.signed_out, Me.failing = 0, False, 0
-    loop = asyncio.new_event_loop()
-    upstream, guard = loop.run_until_complete(setup())
-    yield loop, guard
-    guard.stop()
-    upstream.stop()
-    loop.close()
-
-
-async def fetch(guard: DownloadGuard, path: str, **kwargs) -> httpclient.HTTPResponse:
-    client = httpclient.AsyncHTTPClient(force_instance=True)
-    try:
-        return await client.fetch(guard.url + path, raise_error=False, **kwargs)
-    finally:
-        client.close()
+    with guarded_upstream(ROUTES, PREFIX) as (loop, (guard,)):
+        yield loop, guard
 
 
 def test_api_passes_with_headers_cookies_and_the_notebook_csp(guarded, json_log):

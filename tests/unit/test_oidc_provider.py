@@ -728,7 +728,10 @@ def test_refresh_rotation_and_reuse_detection(idp):
     assert idp.refresh(rotated["refresh_token"]).json()["error"] == "invalid_grant"
 
 
-def test_codes_and_tokens_are_bound_to_their_client(provider_factory, tmp_path):
+def _with_another_client(provider_factory, tmp_path):
+    """A provider with a second client, ``other-app`` (a secret and a redirect URI of its
+    own), beside jupyterhub: the provider, the other client's secret, and a POST to the token
+    endpoint as the other client."""
     other_secret = ensure_secret_file(tmp_path / "other-secret")
     # the factory's first provider lives in tmp_path / "idp0" and writes this secret there
     jupyterhub = {
@@ -742,11 +745,17 @@ def test_codes_and_tokens_are_bound_to_their_client(provider_factory, tmp_path):
         "redirect_uris": ["http://127.0.0.1:9000/callback"],
     }
     idp = provider_factory(clients=[jupyterhub, other])
-    tokens = idp.tokens_for("alice")
-    code, params = idp.code_for("alice")
 
     def as_other(data):
         return requests.post(f"{idp.url}/token", data=data, auth=("other-app", other_secret))
+
+    return idp, other_secret, as_other
+
+
+def test_codes_and_tokens_are_bound_to_their_client(provider_factory, tmp_path):
+    idp, other_secret, as_other = _with_another_client(provider_factory, tmp_path)
+    tokens = idp.tokens_for("alice")
+    code, params = idp.code_for("alice")
 
     stolen_code = as_other(
         {
@@ -1619,24 +1628,10 @@ def test_idp_pkce_refusals_log_pkce_refused(idp, json_log):
 
 
 def test_idp_grants_of_another_client_log_grant_refused(provider_factory, tmp_path, json_log):
-    other_secret = ensure_secret_file(tmp_path / "other-secret")
-    jupyterhub = {
-        "client_id": "jupyterhub",
-        "client_secret_file": str(tmp_path / "idp0" / "secrets" / "idp-client-jupyterhub"),
-        "redirect_uris": [CALLBACK],
-    }
-    other = {
-        "client_id": "other-app",
-        "client_secret_file": str(tmp_path / "other-secret"),
-        "redirect_uris": ["http://127.0.0.1:9000/callback"],
-    }
-    idp = provider_factory(clients=[jupyterhub, other])
+    idp, other_secret, as_other = _with_another_client(provider_factory, tmp_path)
     tokens = idp.tokens_for("alice")
     code, params = idp.code_for("alice")
     json_log.clear()
-
-    def as_other(data):
-        return requests.post(f"{idp.url}/token", data=data, auth=("other-app", other_secret))
 
     data = {"grant_type": "authorization_code", "code": code, "redirect_uri": CALLBACK}
     assert as_other({**data, "code_verifier": params["_verifier"]}).status_code == 400

@@ -20,17 +20,13 @@ from jupyterhub.spawner import SpawnException
 from havre.enclave.config import parse_enclave_config
 from havre.enclave.networks import project_network_is_closed
 from spawner.project_spawner import ProjectSpawner
+from tests.unit.broker_enclave import NOTEBOOK_IMAGE, unit_config
 
-CONFIG = {
-    "enclave": {"name": "unit", "state_dir": "/srv/unit"},
-    "images": {"allowed": ["havre/notebook:0.1.0"], "default": "havre/notebook:0.1.0"},
-    "limits": {"cpu": 1.5, "memory": "1G", "pids": 300},
-    "projects": {
-        "cardio": {"title": "Cardio", "members": ["alice", "carol"]},
-        "diabetes": {"title": "Diabetes", "members": ["bob", "carol"]},
-    },
-    "output_checkers": ["olivia"],
-}
+CONFIG = unit_config(
+    images={"default": NOTEBOOK_IMAGE},
+    projects={"diabetes": {"title": "Diabetes", "members": ["bob", "carol"]}},
+    output_checkers=["olivia"],
+)
 
 
 def make_spawner(username: str, server_name: str, config=CONFIG) -> ProjectSpawner:

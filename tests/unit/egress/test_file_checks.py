@@ -44,6 +44,7 @@ from egress.files.checks import (
 )
 from havre.enclave.outputs_folder import OutputPathError, read_output, scan_outputs
 from tests.hypothesis_budget import examples
+from tests.unit.source_imports import imported_packages
 
 MiB = 1024 * 1024
 
@@ -834,19 +835,12 @@ def test_the_checks_parse_with_the_standard_library_only():
     dispatcher and these kinds' modules import the standard library only (the text and
     notebook modules also render, with markdown-it, nh3 and nbconvert; their checks use
     the standard library's parsers)."""
-    import ast
     import sys
 
     from egress.files import checks, common, images, pdf, svg, tables
 
     for module in (checks, common, images, pdf, svg, tables):
-        tree = ast.parse(Path(module.__file__).read_text(encoding="utf-8"))
-        imported = set()
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Import):
-                imported |= {alias.name.split(".")[0] for alias in node.names}
-            elif isinstance(node, ast.ImportFrom):
-                imported.add((node.module or "").split(".")[0])
+        imported = imported_packages(module)
         allowed = set(sys.stdlib_module_names) | {"__future__"}
         assert imported - {"egress", "havre"} <= allowed, module.__name__
 

@@ -36,6 +36,7 @@ from havre.enclave.outputs_folder import (
     validate_relative_path,
 )
 from tests.hypothesis_budget import examples
+from tests.unit.source_imports import imported_packages
 
 CSV = b"region,n\nNorth,12\n"
 SECRET = b"the other project's data\n"
@@ -585,16 +586,9 @@ def validate_name_safely(name: str) -> tuple[str, ...] | None:
 
 
 def test_outputs_folder_imports_only_the_standard_library():
-    import ast
     import sys
 
-    tree = ast.parse(Path(outputs_folder.__file__).read_text(encoding="utf-8"))
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imported.add((node.module or "").split(".")[0])
+    imported = imported_packages(outputs_folder)
     assert imported <= set(sys.stdlib_module_names) | {"__future__"}
 
 

@@ -3,7 +3,6 @@ page."""
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +33,7 @@ from egress.domain.workflow import (
     votes_after_resubmit,
 )
 from tests.hypothesis_budget import examples
+from tests.unit.source_imports import imported_packages
 
 REPO = Path(__file__).resolve().parents[3]
 DOC = REPO / "docs" / "egress" / "request-states.md"
@@ -416,11 +416,4 @@ STDLIB_ALLOWED = {"__future__", "collections", "dataclasses", "enum", "sys", "te
 
 
 def test_workflow_imports_only_the_standard_library():
-    tree = ast.parse(Path(workflow.__file__).read_text(encoding="utf-8"))
-    imported = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            imported |= {alias.name.split(".")[0] for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            imported.add((node.module or "").split(".")[0])
-    assert imported <= STDLIB_ALLOWED
+    assert imported_packages(workflow) <= STDLIB_ALLOWED
