@@ -639,3 +639,496 @@ def test_the_desktop_has_no_raw_or_icmp_socket(enclave, dora_pair):
             ("ICMP datagram socket to the hub", "echo reply (uid 1100)", "refused: no socket"),
         ]
     )
+
+
+# -- the desktop's Chromium is locked down (images/desktop/chromium-policy.json) ---------------
+#
+# One script, shown as the output of one line typed through the canvas and run by the desktop's
+# own Chromium (the kiosk: a Chromium started apart under the same policies proves nothing),
+# tries every way out in turn and writes what it saw into dora's home through the server's API
+# (the desktop's loopback proxy adds the server's token). A canary listening on the loopback
+# the desktop shares with its notebook server, which the desktop's network does reach (the
+# script's own fetch of it is the control), tells whether a navigation left the page: there,
+# only the URL allow-list stands in the way (a canary on the host would also be cut off by the
+# network, so it could not show the policy). Then keys typed through the canvas: F8, on which
+# the script opens a pop-up (pop-ups need a user's action), and Chromium's own keys for a file
+# chooser and printing; the script, still running, reports what its window saw meanwhile, and
+# the desktop's X server lists its windows. Seen failing with the desktop image without its
+# policies: the canary heard the frames and the form, the blob download was saved in
+# ~/Downloads, window.print() held the script in a print dialog, the file chooser and Ctrl+O
+# opened a dialog ("Open File"), Ctrl+P began printing.
+
+#: where the script is put for the kernel to read, in the notebook container's own /tmp
+LOCKDOWN_SCRIPT = "/tmp/havre-lockdown-probe.js"
+#: the one line typed through the canvas
+LOCKDOWN_LINE = f"from IPython.display import Javascript; Javascript(filename='{LOCKDOWN_SCRIPT}')"
+#: the observation files the script writes in dora's home, and the file that tells it the
+#: keys were typed
+LOCKDOWN_SEEN, LOCKDOWN_KEYS_SEEN, LOCKDOWN_GO = (
+    "lockdown-seen.json",
+    "lockdown-keys-seen.json",
+    "lockdown-go",
+)
+#: keys that open Chromium's file chooser ("open file") and print preview when the policies
+#: allow them (not Ctrl+S, "save page as": JupyterLab takes it to save the document). The
+#: developer tools' keys (F12, Ctrl+Shift+I/J, Ctrl+U) are not among them: with the policy
+#: Chromium answers them with "DevTools not allowed on this page", but without it this kiosk
+#: showed no developer tools either (no window, no panel taking room, no tab), so no
+#: observable here tells the policy's work apart (docs/architecture.md, row 11)
+LOCKDOWN_KEYS = ("Control+O", "Control+P")
+#: the close button of the bar Chromium shows over the page when a file chooser is refused
+INFOBAR_CLOSE = (1249, 28)
+
+#: a canary for the desktop's loopback, run in the desktop container as ``python3 -c ... DIR``:
+#: it writes the port it got to DIR/port and each request's first line to DIR/requests, and
+#: exits when DIR/stop appears (or after two minutes)
+LOOPBACK_CANARY = r"""
+import os, socket, sys, time
+run = sys.argv[1]
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(16)
+s.settimeout(0.2)
+with open(run + "/port.tmp", "w") as f:
+    f.write(str(s.getsockname()[1]))
+os.rename(run + "/port.tmp", run + "/port")
+end = time.monotonic() + 120
+while time.monotonic() < end and not os.path.exists(run + "/stop"):
+    try:
+        conn, _ = s.accept()
+    except socket.timeout:
+        continue
+    conn.settimeout(2)
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data and len(data) < 65536:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        conn.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: text/html\r\nContent-Length: 2\r\n\r\nok")
+    except OSError:
+        pass
+    conn.close()
+    with open(run + "/requests", "ab") as f:
+        f.write(data.split(b"\r\n", 1)[0] + b"\n")
+"""
+
+#: the desktop's top-level windows by title (X11's QueryTree, GetWindowAttributes and the
+#: WM_NAME property, spoken on the X socket with the desktop's cookie: the image has no X
+#: client tools), run in the desktop container as ``python3 -c X11_WINDOWS``
+X11_WINDOWS = r"""import os, socket, struct, sys
+def pad(n):
+    return (4 - n % 4) % 4
+def xauth(path):
+    data = open(path, "rb").read()
+    i = 0
+    while i < len(data):
+        fields = []
+        i += 2
+        for _ in range(4):
+            (n,) = struct.unpack(">H", data[i : i + 2])
+            fields.append(data[i + 2 : i + 2 + n])
+            i += 2 + n
+        if fields[2] == b"MIT-MAGIC-COOKIE-1":
+            return fields[2], fields[3]
+    return b"", b""
+s = socket.socket(socket.AF_UNIX)
+s.connect("/tmp/.X11-unix/X0")
+def recv(n):
+    out = b""
+    while len(out) < n:
+        chunk = s.recv(n - len(out))
+        if not chunk:
+            raise SystemExit("X closed")
+        out += chunk
+    return out
+name, cookie = xauth(os.environ.get("XAUTHORITY", "/tmp/desktop/Xauthority"))
+setup = struct.pack("<BxHHHHxx", 0x6C, 11, 0, len(name), len(cookie))
+s.sendall(setup + name + b"\0" * pad(len(name)) + cookie + b"\0" * pad(len(cookie)))
+head = recv(8)
+extra = recv(struct.unpack("<H", head[6:8])[0] * 4)
+if head[0] != 1:
+    raise SystemExit("X refused: " + extra.decode(errors="replace"))
+vendor_len, = struct.unpack("<H", extra[16:18])
+n_formats = extra[21]
+screen = 32 + vendor_len + pad(vendor_len) + 8 * n_formats
+root, = struct.unpack("<I", extra[screen : screen + 4])
+def request(data):
+    s.sendall(data)
+    while True:
+        reply = recv(32)
+        if reply[0] == 0:
+            return None  # an error
+        if reply[0] == 1:
+            (more,) = struct.unpack("<I", reply[4:8])
+            return reply + recv(more * 4)
+def children(window):
+    r = request(struct.pack("<BxHI", 15, 2, window))
+    (n,) = struct.unpack("<H", r[16:18])
+    return struct.unpack(f"<{n}I", r[32 : 32 + 4 * n])
+def mapped(window):
+    r = request(struct.pack("<BxHI", 3, 2, window))
+    return r is not None and r[26] == 2
+def name(window):
+    r = request(struct.pack("<BBHIIIII", 20, 0, 6, window, 39, 0, 0, 256))
+    if r is None or r[1] != 8:
+        return ""
+    (n,) = struct.unpack("<I", r[16:20])
+    return r[32 : 32 + n].decode("latin-1")
+def title(window, depth=0):
+    found = name(window)
+    for child in children(window) if depth < 2 and not found else ():
+        found = found or title(child, depth + 1)
+    return found
+for window in children(root):
+    if mapped(window):
+        print(title(window) or "(no title)")
+"""
+
+#: the script (``__CONFIG__`` becomes {prefix, canary, token, seen, keysSeen, go})
+LOCKDOWN_JS = r"""
+(async () => {
+  const C = __CONFIG__;
+  const t0 = performance.now();
+  const ms = () => Math.round(performance.now() - t0);
+  const events = [];
+  const on = (target, name, label) => target.addEventListener(name, (e) => {
+    if (e.target === target || target === document) events.push([label(), ms()]);
+  });
+  on(window, "blur", () => "blur");
+  on(window, "focus", () => "focus");
+  on(window, "resize", () => `resize ${innerWidth}x${innerHeight}`);
+  on(window, "beforeprint", () => "beforeprint");
+  on(window, "afterprint", () => "afterprint");
+  on(document, "visibilitychange", () => `visibility ${document.visibilityState}`);
+  window.addEventListener("keydown", (e) => events.push([
+    `key ${e.ctrlKey ? "Control+" : ""}${e.shiftKey ? "Shift+" : ""}${e.key}`
+    + (e.defaultPrevented ? " (taken by the page)" : ""), ms()]));
+  const sleep = (t) => new Promise((r) => setTimeout(r, t));
+  // a pop-up needs a user's action: the test's F8, typed through the canvas, opens one
+  let popup = "no F8";
+  window.addEventListener("keydown", (e) => {
+    if (e.key !== "F8" || popup !== "no F8") return;
+    const w = window.open(`${C.canary}open-${C.token}`);
+    popup = w ? "a window" : "null";
+    if (w) setTimeout(() => { try { w.close(); } catch (err) { /* gone */ } }, 1000);
+  });
+  const seen = {size: `${innerWidth}x${innerHeight}`};
+  const put = (name, value) => fetch(C.prefix + "api/contents/" + name, {
+    method: "PUT", headers: {"Content-Type": "application/json"},
+    body: JSON.stringify({type: "file", format: "text", content: JSON.stringify(value, null, 1)}),
+  });
+  const step = async (name, attempt) => {
+    try { seen[name] = await attempt(); } catch (e) { seen[name] = `threw ${e}`; }
+    events.push([`(${name})`, ms()]);
+  };
+  const url = (label) => `${C.canary}${label}-${C.token}`;
+  const frame = (name) => {
+    const f = document.createElement("iframe");
+    f.name = name;
+    f.style.cssText = "position: fixed; width: 8px; height: 8px; bottom: 0; right: 0";
+    document.body.append(f);
+    added.push(f);
+    return f;
+  };
+  const added = [];  // what the script adds to the page, removed at the end
+  const opened = [];
+
+  // file choosers (first: the key press that ran the cell still counts as a user's action)
+  seen.user_activation = navigator.userActivation ? navigator.userActivation.isActive : null;
+  await step("file chooser", () => new Promise((resolve) => {
+    const input = document.createElement("input");
+    input.type = "file";
+    input.style.display = "none";
+    document.body.append(input);
+    added.push(input);
+    const start = performance.now();
+    input.addEventListener("cancel", () =>
+      resolve(`cancelled without a dialog (${Math.round(performance.now() - start)} ms)`));
+    input.addEventListener("change", () => resolve("a file was chosen"));
+    input.click();
+    setTimeout(() => resolve("no answer in 2 s (a dialog is open?)"), 2000);
+  }));
+
+  // controls: the server's own API, and the canary by fetch (the allow-list filters
+  // navigations, not a page's requests)
+  await step("control: fetch the server's api/status", async () =>
+    (await fetch(C.prefix + "api/status")).status);
+  await step("control: fetch the loopback canary", async () => {
+    await fetch(url("fetch"), {mode: "no-cors"});
+    return "sent";
+  });
+  // navigation out of the server, five ways
+  await step("frame src", () => { frame("src").src = url("frame"); return "set"; });
+  await step("frame location", () => {
+    frame("location").contentWindow.location.href = url("location");
+    return "set";
+  });
+  await step("form post", () => {
+    frame("post");
+    const form = document.createElement("form");
+    form.method = "POST";
+    form.action = url("post");
+    form.target = "post";
+    const field = document.createElement("input");
+    field.name = "data";
+    field.value = "rows";
+    form.append(field);
+    document.body.append(form);
+    added.push(form);
+    form.submit();
+    return "submitted";
+  });
+
+  // downloads, four ways
+  const bytes = new Blob([`havre ${C.token}`], {type: "application/octet-stream"});
+  const blob = URL.createObjectURL(bytes);
+  const data = "data:application/octet-stream;base64," + btoa(`havre ${C.token}`);
+  for (const [name, href] of [["blob", blob], ["data", data]]) {
+    await step(`download: <a download> of a ${name}: URL`, () => {
+      const a = document.createElement("a");
+      a.href = href;
+      a.download = `havre-download-${name}-${C.token}.txt`;
+      document.body.append(a);
+      added.push(a);
+      a.click();
+      return "clicked";
+    });
+    await step(`download: a frame on a ${name}: URL`, () => {
+      frame(name).src = href;
+      return "set";
+    });
+  }
+
+  // printing: a print dialog would hold the script on this line (what it saw so far is saved)
+  seen.events = events.slice();
+  await put(C.seen, seen);
+  await step("window.print()", () => {
+    const start = performance.now();
+    window.print();
+    return `returned after ${Math.round(performance.now() - start)} ms`;
+  });
+
+  await sleep(2500);  // navigations and downloads settle
+  for (const w of opened) { try { w.close(); } catch (e) { /* gone */ } }
+  for (const element of added) element.remove();
+  seen.events = events.slice();
+  seen.visibility = document.visibilityState;
+  seen.focused = document.hasFocus();
+  // the keys that follow go to the page, not to the console's editor (whose own bindings,
+  // e.g. Ctrl+U, would take them before Chromium could act); the editor gets its focus back
+  const editor = document.activeElement;
+  if (editor && editor.blur) editor.blur();
+  seen.done = true;
+  await put(C.seen, seen);
+
+  // the keys, typed by the test through the canvas: report when told they have been
+  const before = events.length;
+  const deadline = performance.now() + 90000;
+  while (performance.now() < deadline) {
+    if ((await fetch(C.prefix + "api/contents/" + C.go + "?content=0")).ok) break;
+    await sleep(300);
+  }
+  await put(C.keysSeen, {
+    popup, events: events.slice(before), size: `${innerWidth}x${innerHeight}`,
+    visibility: document.visibilityState, focused: document.hasFocus(),
+  });
+  if (editor && editor.focus) editor.focus();
+})();
+"""
+
+
+@dataclass
+class Lockdown:
+    """What the lock-down probe saw (see :data:`LOCKDOWN_JS`)."""
+
+    token: str
+    seen: dict  # the script's observations, attempt by attempt
+    keys_seen: dict  # what its window saw while the keys were typed
+    requests: list[str]  # the first line of each request the loopback canary received
+    files: list[str]  # files named like a download or a saved page in the desktop's /tmp
+    windows: dict[str, list[str]]  # the desktop's windows by title, before and after each key
+
+
+#: where a download or a saved page would be (names matched in the desktop's writable places,
+#: ``{token}`` replaced; the desktop's root filesystem is read-only, /tmp a tmpfs)
+DOWNLOAD_NAMES = ("*{token}*", "*.crdownload", "Downloads", "*.htm*", "*.mhtml", "*.pdf")
+
+
+def _lockdown_files(desktop, token: str, canary_dir: str) -> list[str]:  # noqa: ANN001
+    names = " -o ".join(f"-name '{n.format(token=token)}'" for n in DOWNLOAD_NAMES)
+    profile = "/tmp/desktop/chromium"  # Chromium's profile: its own files, never a download
+    found = _exec(
+        desktop,
+        [
+            "sh",
+            "-c",
+            f"find /tmp /dev/shm /var/tmp -xdev \\( -path {profile} -o -path {canary_dir} \\) "
+            f"-prune -o \\( {names} \\) -print 2>/dev/null",
+        ],
+    )
+    return found.split()
+
+
+@pytest.fixture(scope="module")
+def lockdown(desktop_session) -> Iterator[Lockdown]:
+    """Run the lock-down probe once in dora's desktop (after the tests above, which leave
+    JupyterLab's console focused) and collect what it saw."""
+    s = desktop_session
+    token = new_token()
+    canary_dir = f"/tmp/havre-canary-{token[:12]}"
+    _exec(s.desktop, ["mkdir", canary_dir])
+    s.desktop.exec_run(["python3", "-c", LOOPBACK_CANARY, canary_dir], detach=True)
+    try:
+        port = _wait_for(
+            "the loopback canary's port",
+            lambda: _exec(s.desktop, ["sh", "-c", f"cat {canary_dir}/port 2>/dev/null"]),
+            deadline=20,
+        )
+        config = {
+            "prefix": "/user/dora/renal/",
+            "canary": f"http://127.0.0.1:{port}/",
+            "token": token,
+            "seen": LOCKDOWN_SEEN,
+            "keysSeen": LOCKDOWN_KEYS_SEEN,
+            "go": LOCKDOWN_GO,
+        }
+        script = LOCKDOWN_JS.replace("__CONFIG__", json.dumps(config))
+        write = "import sys; open(sys.argv[1], 'w').write(sys.argv[2])"
+        _exec(s.notebook, ["python3", "-c", write, LOCKDOWN_SCRIPT, script])
+        files = (LOCKDOWN_SEEN, LOCKDOWN_KEYS_SEEN, LOCKDOWN_GO)
+        _exec(s.notebook, ["sh", "-c", "cd && rm -f " + " ".join(files)])
+
+        def read(name: str):  # noqa: ANN202
+            text = _exec(s.notebook, ["sh", "-c", f"cat ~/{name} 2>/dev/null"])
+            return json.loads(text) if text else None
+
+        page = s.user.page
+        page.keyboard.type(LOCKDOWN_LINE, delay=10)
+        page.keyboard.press("Shift+Enter")
+
+        def finished():  # noqa: ANN202
+            seen = read(LOCKDOWN_SEEN)
+            return seen if seen and seen.get("done") else None
+
+        try:
+            seen = _wait_for("the lock-down probe's end", finished, 30)
+        except AssertionError:  # held up (by a dialog?): what it saw before, for the tests below
+            seen = read(LOCKDOWN_SEEN) or {}
+        # Escape closes what the script opened (Chromium's "download multiple files?" question),
+        # then each key, and Escape for whatever it opened (a refusal, a panel, a dialog)
+        page.keyboard.press("Escape")
+        time.sleep(0.5)
+
+        def windows() -> list[str]:
+            return _exec(s.desktop, ["python3", "-c", X11_WINDOWS]).splitlines()
+
+        shown = {"before": windows()}
+        for key in ("F8", *LOCKDOWN_KEYS):  # F8: the script's window.open
+            page.keyboard.press(key)
+            time.sleep(1.5 if key == "F8" else 0.7)
+            shown[key] = windows()  # (while whatever the key opened is open)
+            page.keyboard.press("Escape")
+            time.sleep(0.5)
+        # the file chooser's refusal left Chromium's bar "Access to local files on your machine
+        # is disabled by your administrator" over the page: close it (its x, top right)
+        box = page.locator("canvas").bounding_box()
+        assert box is not None, "no canvas"
+        page.mouse.click(box["x"] + INFOBAR_CLOSE[0], box["y"] + INFOBAR_CLOSE[1])
+        time.sleep(0.5)
+        _exec(s.notebook, ["sh", "-c", f": > ~/{LOCKDOWN_GO}"])
+        try:
+            keys_seen = _wait_for("what the page saw of the keys", lambda: read(LOCKDOWN_KEYS_SEEN))
+        except AssertionError:
+            keys_seen = {"events": []}
+        requests = _exec(s.desktop, ["sh", "-c", f"cat {canary_dir}/requests 2>/dev/null"])
+        found = _lockdown_files(s.desktop, token, canary_dir)
+        lockdown = Lockdown(token, seen, keys_seen, requests.splitlines(), found, shown)
+        print("\nthe desktop's Chromium, lock-down probe:")
+        report = {**seen, "keys_seen": keys_seen, "canary": lockdown.requests, "windows": shown}
+        print(json.dumps(report, indent=1))
+        print("files named like a download:", found)
+        page.screenshot(path=str(SCREENSHOTS / "desktop-lockdown.png"))
+        yield lockdown
+    finally:
+        _exec(s.desktop, ["sh", "-c", f": > {canary_dir}/stop"])
+
+
+def test_the_lockdown_probe_ran_and_its_controls_passed(lockdown):
+    seen = lockdown.seen
+    # the script ran to its end in the desktop's Chromium and wrote through the server's API
+    assert seen.get("done") and seen["control: fetch the server's api/status"] == 200, seen
+    # the canary is reachable from the page: its fetch (not a navigation) arrived
+    assert seen["control: fetch the loopback canary"] == "sent", seen
+    assert any(f"/fetch-{lockdown.token}" in line for line in lockdown.requests), lockdown.requests
+
+
+NAVIGATIONS = ("window.open", "frame src", "frame location", "form post")
+NAVIGATION_LABELS = {
+    "window.open": "open",
+    "frame src": "frame",
+    "frame location": "location",
+    "form post": "post",
+}
+
+
+@pytest.mark.parametrize("attempt", NAVIGATIONS)
+def test_the_desktops_chromium_navigates_nowhere_but_its_server(lockdown, attempt):
+    label = NAVIGATION_LABELS[attempt]
+    if attempt == "window.open":  # (on the test's F8, a user's action, as pop-ups need)
+        assert lockdown.keys_seen.get("popup") in ("null", "a window"), lockdown.keys_seen
+    else:
+        result = lockdown.seen.get(attempt, "threw: not tried")
+        assert not result.startswith("threw"), (attempt, result)
+    arrived = [line for line in lockdown.requests if f"/{label}-{lockdown.token}" in line]
+    assert arrived == [], f"{attempt} reached the canary: {arrived}"
+
+
+DOWNLOADS = ("blob", "data")
+
+
+@pytest.mark.parametrize("kind", DOWNLOADS)
+def test_the_desktops_chromium_saves_no_download(lockdown, kind):
+    attempts = (f"download: <a download> of a {kind}: URL", f"download: a frame on a {kind}: URL")
+    for attempt in attempts:
+        result = lockdown.seen.get(attempt, "threw: not tried")
+        assert not result.startswith("threw"), (attempt, result)
+    assert lockdown.files == [], lockdown.files
+
+
+def test_the_desktops_chromium_does_not_print(lockdown):
+    # a print dialog would have held the script on window.print(): the next line ran, and the
+    # page never heard that printing began
+    assert lockdown.seen.get("window.print()", "").startswith("returned after"), lockdown.seen
+    assert "beforeprint" not in [label for label, _ms in lockdown.seen["events"]], lockdown.seen
+
+
+def test_the_desktops_chromium_opens_no_file_chooser(lockdown):
+    assert lockdown.seen.get("file chooser", "").startswith("cancelled without"), lockdown.seen
+
+
+#: keys that are only modifiers, sent before the key they modify
+MODIFIERS = ("Control", "Shift", "CapsLock", "Alt")
+
+
+def _after_key(events: list, key: str) -> list[str]:
+    """What the page's window saw after ``key`` reached it, until the next key."""
+    labels = [label for label, _ms in events]
+    assert f"key {key}" in labels, f"{key} did not reach the page (or the page took it): {labels}"
+    after = []
+    for label in labels[labels.index(f"key {key}") + 1 :]:
+        if label.startswith("key ") and label.rsplit("+", 1)[-1] not in MODIFIERS:
+            break
+        after.append(label)
+    return after
+
+
+@pytest.mark.parametrize("key", LOCKDOWN_KEYS)
+def test_keys_through_the_canvas_open_no_file_chooser_or_print_preview(lockdown, key):
+    # the key reached the page, which left it to Chromium; a file chooser or print preview
+    # would have taken the page's focus (blur) and, for the file chooser, added a window of
+    # its own ("Open File"): nothing did, the desktop's only window is still JupyterLab's
+    assert _after_key(lockdown.keys_seen["events"], key) == [], lockdown.keys_seen
+    windows = lockdown.windows
+    assert windows["before"] == ["JupyterLab - Chromium"] == windows.get(key), windows
